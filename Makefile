@@ -1,0 +1,94 @@
+# Helix developer tasks. Every target installs what it needs (virtualenv, pip, npm) itself.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+BUF := node_modules/.bin/buf
+PROTOS := $(sort $(wildcard protos/helix/v1/*.proto))
+HOST ?= 127.0.0.1
+PORT ?= 50051
+ARGS ?=
+
+.PHONY: help run test check fix lint format-check typecheck buf-lint generate check-generated bench clean lock
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+run: $(STAMP) ## run the embedded suite (all four services on one port)
+	$(VENV)/bin/helix up --host $(HOST) --port $(PORT) $(ARGS)
+
+test: $(STAMP) ## run the test suite
+	$(PY) -m pytest $(ARGS)
+
+check: format-check lint typecheck buf-lint check-generated ## every static check CI runs
+
+format-check: $(STAMP)
+	$(VENV)/bin/ruff format --check services tests benchmarks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+buf-lint: $(NPM_STAMP)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+fix: $(STAMP) $(NPM_STAMP) ## format and auto-fix what can be fixed
+	$(VENV)/bin/ruff format services tests benchmarks
+	$(VENV)/bin/ruff check --fix services tests benchmarks
+	$(BUF) format -w
+
+# protoc output: Python modules, gRPC stubs, .pyi stubs for both, and a descriptor set
+# (with comments) for `grpcurl -protoset generated/helix.protoset`.
+define protoc
+	$(PY) -m grpc_tools.protoc -I protos \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
+	  --include_imports --include_source_info --descriptor_set_out=$(1)/helix.protoset \
+	  $(PROTOS)
+endef
+
+generate: $(STAMP) ## regenerate generated/ from protos/
+	rm -rf generated && mkdir -p generated
+	$(call protoc,generated)
+
+check-generated: $(STAMP) ## fail if generated/ differs from what the protos produce
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(call protoc,$$tmp) && \
+	if ! diff -r "$$tmp" generated >/dev/null; then \
+	  diff -r "$$tmp" generated | head -n 20; \
+	  echo "generated/ is stale: run 'make generate' and commit the result" >&2; exit 1; \
+	fi
+
+bench: $(STAMP) ## run the benchmarks
+	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
+	for b in benchmarks/bench_*.py; do $(PY) $$b; done
+
+lock: ## re-resolve the dependency ranges and rewrite requirements.lock
+	rm -rf /tmp/helix-lock && $(PYTHON) -m venv /tmp/helix-lock
+	/tmp/helix-lock/bin/pip install --quiet --upgrade pip
+	/tmp/helix-lock/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions CI and 'make' install (constraints for pyproject's ranges)."; \
+	  echo "# Regenerate with 'make lock'. Keeps protoc output (generated/) reproducible."; \
+	  /tmp/helix-lock/bin/pip freeze --exclude-editable | sort -f; } > requirements.lock
+
+clean: ## remove the virtualenv, node_modules and caches
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

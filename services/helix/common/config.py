@@ -1,0 +1,279 @@
+"""Configuration: one frozen dataclass per service, filled from flags and `HELIX_*` variables.
+
+Precedence is flag, then environment, then the field's default. Every field declares its
+help text in `metadata`; the flag is `--field-name` and the variable `HELIX_FIELD_NAME`.
+Values are parsed by the field's type (durations accept `500ms`, `10s`, `2m`, `1h`; sizes
+accept `KiB`/`MiB`/`GiB` suffixes) and each class validates itself in `__post_init__`,
+raising `ConfigError` that names the setting, its source and the rule broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+ENV_PREFIX = "HELIX_"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message says which and why."""
+
+
+class Duration(float):
+    """Seconds, written as a number or with a unit (`ms`, `s`, `m`, `h`)."""
+
+
+class ByteSize(int):
+    """Bytes, written as a number or with a unit (`KiB`, `MiB`, `GiB`)."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, None: 1}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_duration(text: str) -> float:
+    """Parse `1.5`, `250ms`, `10s`, `2m` or `1h` into seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 250ms, 10s, 2m, 1h)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """Parse `1048576`, `512KiB`, `4MiB` or `1GiB` into bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size in bytes (examples: 65536, 512KiB, 4MiB)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+
+
+_PARSERS: dict[Any, Callable[[str], Any]] = {
+    str: str,
+    int: _parse_int,
+    float: _parse_float,
+    bool: _parse_bool,
+    Path: Path,
+    Duration: parse_duration,
+    ByteSize: parse_size,
+}
+
+
+def _parser_for(annotation: Any) -> tuple[Callable[[str], Any], bool]:
+    """The text parser for a field type and whether the field accepts `None`."""
+    optional = False
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) != len(typing.get_args(annotation))
+        if len(args) != 1:
+            raise TypeError(f"unsupported config field type {annotation!r}")
+        annotation = args[0]
+    try:
+        return _PARSERS[annotation], optional
+    except KeyError:
+        raise TypeError(f"unsupported config field type {annotation!r}") from None
+
+
+def setting(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """Declare a config field with its default and help text (and optionally its flag)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag})
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable for a field: `HELIX_` + the name in upper case."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field: dataclasses.Field[Any]) -> str:
+    """The command-line flag for a field: `--field-name` unless declared otherwise."""
+    declared = field.metadata.get("flag")
+    return str(declared) if declared else "--" + field.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """Add one flag per field of config class `cls`; unset flags stay `None`."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        _, optional = _parser_for(hints[field.name])
+        default = field.default
+        shown = "unset" if default is None and optional else f"{default}"
+        parser.add_argument(
+            flag_name(field),
+            dest=field.name,
+            default=None,
+            metavar=field.name.upper(),
+            help=f"{field.metadata.get('help', '')} [env {env_name(field.name)}; default {shown}]",
+        )
+
+
+def load(
+    cls: type[T],
+    flags: Mapping[str, Any] | argparse.Namespace | None = None,
+    env: Mapping[str, str] | None = None,
+) -> T:
+    """Build config `cls` from flags (strings or typed values), then `env`, then defaults.
+
+    Raises `ConfigError` naming the flag or variable whose value could not be parsed, or
+    the rule the assembled configuration breaks.
+    """
+    if isinstance(flags, argparse.Namespace):
+        flags = vars(flags)
+    flags = flags or {}
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        parse, optional = _parser_for(hints[field.name])
+        raw: Any = flags.get(field.name)
+        source = flag_name(field)
+        if raw is None and env_name(field.name) in env:
+            raw, source = env[env_name(field.name)], env_name(field.name)
+        if raw is None:
+            continue
+        if isinstance(raw, str):
+            if optional and raw.strip().lower() in ("", "none", "off"):
+                values[field.name] = None
+                continue
+            try:
+                values[field.name] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+        else:
+            values[field.name] = raw
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def require(condition: bool, name: str, rule: str) -> None:
+    """Raise `ConfigError` for setting `name` (flag and variable) unless `condition` holds."""
+    if not condition:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(f"{flag} / {env_name(name)}: {rule}")
+
+
+def _valid_host(host: str) -> bool:
+    if host in ("localhost", "[::]", "[::1]"):
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", host))
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """What every Helix gRPC server needs: address, limits, keepalive, drain, metrics."""
+
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(50051, "gRPC port; 0 picks a free port")
+    metrics_port: int | None = setting(None, "HTTP port for Prometheus /metrics; 0 picks one")
+    metrics_host: str = setting("127.0.0.1", "address the /metrics endpoint listens on")
+    grace_period: Duration = setting(Duration(10.0), "how long in-flight calls may finish")
+    max_receive_message_bytes: ByteSize = setting(ByteSize(16 * 1024**2), "largest request")
+    max_send_message_bytes: ByteSize = setting(ByteSize(16 * 1024**2), "largest response")
+    max_concurrent_rpcs: int = setting(1024, "calls served at once; more get RESOURCE_EXHAUSTED")
+    keepalive_time: Duration = setting(Duration(60.0), "ping an idle connection this often")
+    keepalive_timeout: Duration = setting(Duration(20.0), "drop a connection after this silence")
+    keepalive_min_time: Duration = setting(
+        Duration(30.0), "shortest client ping interval the server tolerates"
+    )
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        require(_valid_host(self.host), "host", f"{self.host!r} is not a host name or IP")
+        require(0 <= self.port <= 65535, "port", f"{self.port} is not in 0..65535")
+        require(
+            self.metrics_port is None or 0 <= self.metrics_port <= 65535,
+            "metrics_port",
+            f"{self.metrics_port} is not in 0..65535",
+        )
+        require(_valid_host(self.metrics_host), "metrics_host", "not a host name or IP")
+        require(0 <= self.grace_period <= 3600, "grace_period", "must be within 0s..1h")
+        for name in ("max_receive_message_bytes", "max_send_message_bytes"):
+            size = getattr(self, name)
+            require(1024 <= size <= 1024**3, name, f"{size} is not within 1KiB..1GiB")
+        require(
+            1 <= self.max_concurrent_rpcs <= 1_000_000,
+            "max_concurrent_rpcs",
+            f"{self.max_concurrent_rpcs} is not in 1..1000000",
+        )
+        require(self.keepalive_time >= 1, "keepalive_time", "must be at least 1s")
+        require(self.keepalive_timeout >= 1, "keepalive_timeout", "must be at least 1s")
+        require(self.keepalive_min_time >= 1, "keepalive_min_time", "must be at least 1s")
+        require(
+            self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "log_level",
+            f"{self.log_level!r} is not DEBUG, INFO, WARNING or ERROR",
+        )
+
+    @property
+    def address(self) -> str:
+        """The `host:port` to bind, with IPv6 hosts bracketed."""
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/helix`, else `~/.local/share/helix`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "helix"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedConfig(ServerConfig):
+    """`helix up`: all four services in one process on one port, state under `data_dir`."""
+
+    data_dir: Path = setting(default_data_dir(), "where the embedded suite keeps its state")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(str(self.data_dir) != "", "data_dir", "must not be empty")
+        require(
+            not self.data_dir.exists() or self.data_dir.is_dir(),
+            "data_dir",
+            f"{self.data_dir} exists and is not a directory",
+        )

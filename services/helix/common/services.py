@@ -1,0 +1,71 @@
+"""The `helix.v1` services: their descriptors, and placeholders for those not yet served.
+
+A placeholder answers every method of its service (all four call types) with
+UNIMPLEMENTED, an `ErrorInfo` and a message naming the method, so clients and operators see
+the whole API surface through reflection before each service is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor, message_factory
+
+from helix.common import errors
+from helix.common.server import ServiceBinding
+from helix.v1 import generator_pb2, oracle_pb2, orchestrator_pb2, registry_pb2
+
+REGISTRY = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
+GENERATOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
+ORACLE = oracle_pb2.DESCRIPTOR.services_by_name["OracleService"]
+ORCHESTRATOR = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
+
+SERVICE_DESCRIPTORS: tuple[descriptor.ServiceDescriptor, ...] = (
+    REGISTRY,
+    GENERATOR,
+    ORACLE,
+    ORCHESTRATOR,
+)
+
+
+def _method_handler(
+    method: descriptor.MethodDescriptor, reason: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    text = f"{path} is not implemented yet in this server ({reason})"
+
+    def fail() -> errors.Unimplemented:
+        return errors.Unimplemented(text, reason="NOT_IMPLEMENTED_YET", metadata={"method": path})
+
+    async def unary(request: Any, context: Any) -> Any:
+        raise fail()
+
+    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        raise fail()
+        yield  # pragma: no cover - makes this an async generator
+
+    deserialize = request_class.FromString
+    serialize = response_class.SerializeToString
+    kind = (method.client_streaming, method.server_streaming)
+    if kind == (False, False):
+        return grpc.unary_unary_rpc_method_handler(unary, deserialize, serialize)
+    if kind == (True, False):
+        return grpc.stream_unary_rpc_method_handler(unary, deserialize, serialize)
+    if kind == (False, True):
+        return grpc.unary_stream_rpc_method_handler(stream, deserialize, serialize)
+    return grpc.stream_stream_rpc_method_handler(stream, deserialize, serialize)
+
+
+def placeholder(service: descriptor.ServiceDescriptor, reason: str) -> ServiceBinding:
+    """A binding that serves every method of `service` as UNIMPLEMENTED, saying `reason`."""
+    handlers = {m.name: _method_handler(m, reason) for m in service.methods}
+    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+    def add(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((generic,))
+
+    return ServiceBinding(service.full_name, add)

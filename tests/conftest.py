@@ -1,0 +1,61 @@
+"""Shared fixtures: real servers on 127.0.0.1 port 0, real channels."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helix.common.config import Duration, ServerConfig
+from helix.common.server import HelixServer, ServiceBinding, create_server
+
+StartServer = Callable[..., Awaitable[HelixServer]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    """Start real servers on a free loopback port; all are stopped after the test."""
+    started: list[HelixServer] = []
+
+    async def start(services: Sequence[ServiceBinding], **overrides: Any) -> HelixServer:
+        settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "grace_period": Duration(1)}
+        settings.update(overrides)
+        server, _ = create_server(ServerConfig(**settings), services)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.shutdown(0)
+
+
+@pytest.fixture
+async def channel_to() -> AsyncIterator[Callable[[HelixServer], grpc.aio.Channel]]:
+    """Open plain channels to servers; all are closed after the test."""
+    channels: list[grpc.aio.Channel] = []
+
+    def open_channel(server: HelixServer) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(server.address)
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        await channel.close()
+
+
+@pytest.fixture
+def helix_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for `helix` subprocesses: no stray HELIX_* settings, a private data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
+    env["HELIX_DATA_DIR"] = str(tmp_path / "data")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

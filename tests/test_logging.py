@@ -1,0 +1,88 @@
+"""JSON logs: one object per line per call, with method, principal, request id, status, time."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import grpc
+import pytest
+
+from helix.common import logs
+
+from echo_service import EchoServicer, String, binding, stubs
+
+
+@pytest.fixture
+def log_stream():
+    stream = io.StringIO()
+    logs.configure("INFO", stream=stream)
+    yield stream
+    logs.shutdown()
+
+
+async def lines_of(stream: io.StringIO, count: int) -> list[dict]:
+    for _ in range(200):
+        text = stream.getvalue()
+        if text.count("\n") >= count:
+            break
+        await asyncio.sleep(0.01)
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_each_call_logs_one_json_line(start_server, channel_to, log_stream):
+    server = await start_server([binding(EchoServicer())])
+    echo = stubs(channel_to(server))
+    await echo["Echo"](String(value="x"), metadata=(("x-request-id", "req-42"),), timeout=5)
+    records = [r for r in await lines_of(log_stream, 1) if r["message"] == "rpc finished"]
+    assert len(records) == 1
+    record = records[0]
+    assert record["method"] == "/helix.test.EchoService/Echo"
+    assert record["request_id"] == "req-42"
+    assert record["status"] == "OK"
+    assert record["principal"] == "anonymous"
+    assert record["grpc_type"] == "UNARY"
+    assert record["duration_ms"] >= 0
+    assert record["level"] == "INFO"
+
+
+async def test_malformed_request_id_is_replaced(start_server, channel_to, log_stream):
+    server = await start_server([binding(EchoServicer())])
+    echo = stubs(channel_to(server))
+    await echo["Echo"](
+        String(value="x"), metadata=(("x-request-id", "bad id with junk and {braces} " + "x" * 80),)
+    )
+    record = next(r for r in await lines_of(log_stream, 1) if r["message"] == "rpc finished")
+    assert len(record["request_id"]) == 32
+    assert "junk" not in record["request_id"]
+
+
+async def test_internal_error_is_logged_with_traceback_and_request_id(
+    start_server, channel_to, log_stream
+):
+    server = await start_server([binding(EchoServicer())])
+    echo = stubs(channel_to(server))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await echo["Fail"](String(value="crash"), metadata=(("x-request-id", "req-7"),))
+    assert "req-7" in caught.value.details()
+    records = await lines_of(log_stream, 2)
+    failure = next(r for r in records if r["message"].startswith("unexpected error"))
+    assert failure["request_id"] == "req-7"
+    assert "secret-internal-detail" in failure["exception"]
+    finished = next(r for r in records if r["message"] == "rpc finished")
+    assert finished["status"] == "INTERNAL"
+    assert finished["level"] == "WARNING"
+
+
+def test_full_queue_drops_instead_of_blocking():
+    import logging
+    import queue
+
+    bounded: queue.Queue = queue.Queue(maxsize=1)
+    handler = logs.DroppingQueueHandler(bounded)
+    record = logging.LogRecord("helix", logging.INFO, __file__, 1, "m", None, None)
+    handler.handle(record)
+    handler.handle(record)
+    assert handler.dropped == 1
+    assert bounded.qsize() == 1

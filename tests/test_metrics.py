@@ -1,0 +1,99 @@
+"""RPC metrics with the conventional names, counted for all four call types and exported."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+
+from echo_service import EchoServicer, String, binding, stubs
+
+SERVICE = "helix.test.EchoService"
+
+
+def sample(server, name: str, **labels: str) -> float:
+    value = server.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_every_call_type_is_counted_with_grpc_labels(start_server, channel_to):
+    server = await start_server([binding(EchoServicer())])
+    echo = stubs(channel_to(server))
+    await echo["Echo"](String(value="x"), timeout=5)
+    assert [r async for r in echo["Count"](String(value="4"), timeout=5)]
+
+    async def numbers():
+        for i in range(3):
+            yield String(value=str(i))
+
+    await echo["Sum"](numbers(), timeout=5)
+    assert [r async for r in echo["Chat"](numbers(), timeout=5)]
+    with pytest.raises(grpc.aio.AioRpcError):
+        await echo["Fail"](String(value="invalid"), timeout=5)
+
+    expected = {
+        ("UNARY", "Echo", "OK"),
+        ("SERVER_STREAM", "Count", "OK"),
+        ("CLIENT_STREAM", "Sum", "OK"),
+        ("BIDI_STREAM", "Chat", "OK"),
+        ("UNARY", "Fail", "INVALID_ARGUMENT"),
+    }
+    for grpc_type, method, code in expected:
+        labels = {"grpc_type": grpc_type, "grpc_service": SERVICE, "grpc_method": method}
+        assert sample(server, "grpc_server_started_total", **labels) == 1
+        assert sample(server, "grpc_server_handled_total", **labels, grpc_code=code) == 1
+        assert sample(server, "grpc_server_handling_seconds_count", **labels) == 1
+    count = {"grpc_type": "SERVER_STREAM", "grpc_service": SERVICE, "grpc_method": "Count"}
+    assert sample(server, "grpc_server_msg_sent_total", **count) == 4
+    total = {"grpc_type": "CLIENT_STREAM", "grpc_service": SERVICE, "grpc_method": "Sum"}
+    assert sample(server, "grpc_server_msg_received_total", **total) == 3
+    chat = {"grpc_type": "BIDI_STREAM", "grpc_service": SERVICE, "grpc_method": "Chat"}
+    assert sample(server, "grpc_server_msg_received_total", **chat) == 3
+    assert sample(server, "grpc_server_msg_sent_total", **chat) == 3
+
+
+async def test_cancelled_stream_is_counted_as_cancelled(start_server, channel_to):
+    servicer = EchoServicer()
+    server = await start_server([binding(servicer)])
+    call = stubs(channel_to(server))["Count"](String(value="1000000"), timeout=5)
+    await call.read()
+    call.cancel()
+    labels = {"grpc_type": "SERVER_STREAM", "grpc_service": SERVICE, "grpc_method": "Count"}
+    for _ in range(100):
+        if sample(server, "grpc_server_handled_total", **labels, grpc_code="CANCELLED"):
+            break
+        await asyncio.sleep(0.02)
+    assert sample(server, "grpc_server_handled_total", **labels, grpc_code="CANCELLED") == 1
+
+
+async def test_deadline_exceeded_is_counted(start_server, channel_to):
+    server = await start_server([binding(EchoServicer())])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stubs(channel_to(server))["Sleep"](String(value="5"), timeout=0.2)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    labels = {"grpc_type": "UNARY", "grpc_service": SERVICE, "grpc_method": "Sleep"}
+    for _ in range(100):
+        if sample(server, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED"):
+            break
+        await asyncio.sleep(0.02)
+    assert sample(server, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED") == 1
+
+
+async def test_metrics_are_served_over_http(start_server, channel_to):
+    server = await start_server([binding(EchoServicer())], metrics_port=0)
+    assert server.metrics_port
+    await stubs(channel_to(server))["Echo"](String(value="x"), timeout=5)
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    text = await asyncio.to_thread(fetch)
+    assert (
+        'grpc_server_handled_total{grpc_code="OK",grpc_method="Echo",'
+        'grpc_service="helix.test.EchoService",grpc_type="UNARY"} 1.0'
+    ) in text
+    assert "grpc_server_handling_seconds_bucket" in text
