@@ -31,8 +31,8 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 # grpc's type stubs describe synchronous handlers; aio behaviours are typed loosely here.
 UnaryBehavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
-Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
 
 @dataclass(frozen=True, slots=True)
