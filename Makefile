@@ -61,7 +61,7 @@ define protoc
 	$(PY) -m grpc_tools.protoc -I protos \
 	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
-	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
+	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=quiet:$(1) --mypy_grpc_out=quiet:$(1) \
 	  --include_imports --include_source_info --descriptor_set_out=$(1)/helix.protoset \
 	  $(PROTOS)
 endef

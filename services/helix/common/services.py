@@ -13,9 +13,14 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, message_factory
 
+# `import helix.v1.x as x`, not `from helix.v1 import x`: mypy resolves the namespace
+# package split over generated/ and services/ only in this form.
+import helix.v1.generator_pb2 as generator_pb2
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors
 from helix.common.server import ServiceBinding
-from helix.v1 import generator_pb2, oracle_pb2, orchestrator_pb2, registry_pb2
 
 REGISTRY = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
 GENERATOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
