@@ -78,7 +78,7 @@ check-generated: $(STAMP) ## fail if generated/ differs from what the protos pro
 	  echo "generated/ is stale: run 'make generate' and commit the result" >&2; exit 1; \
 	fi
 
-bench: $(STAMP) ## run the benchmarks
+bench: $(STAMP) ## run the benchmarks (each prints its figures and ratios)
 	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
 	for b in benchmarks/bench_*.py; do $(PY) $$b; done
 

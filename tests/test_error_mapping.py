@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -149,3 +151,23 @@ async def test_all_four_call_types_succeed_through_the_chain(start_server, chann
             yield String(value=word)
 
     assert [r.value async for r in echo["Chat"](words(), timeout=5)] == ["A", "B"]
+
+
+async def test_calls_over_the_concurrency_limit_are_refused_with_retry_info(
+    start_server, channel_to
+):
+    servicer = EchoServicer()
+    server = await start_server([binding(servicer)], max_concurrent_rpcs=2)
+    echo = stubs(channel_to(server))
+    slow = [asyncio.ensure_future(echo["Sleep"](String(value="0.5"), timeout=5)) for _ in range(2)]
+    await servicer.started.wait()
+    await asyncio.sleep(0.1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await echo["Echo"](String(value="one too many"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    found = details_of(caught.value)
+    assert found["ErrorInfo"].reason == "TOO_MANY_CONCURRENT_CALLS"
+    assert found["ErrorInfo"].metadata["limit"] == "2"
+    assert "RetryInfo" in found
+    assert [r.value for r in await asyncio.gather(*slow)] == ["slept", "slept"]
+    assert (await echo["Echo"](String(value="room again"), timeout=5)).value == "room again"

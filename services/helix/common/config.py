@@ -213,7 +213,7 @@ class ServerConfig:
     grace_period: Duration = setting(Duration(10.0), "how long in-flight calls may finish")
     max_receive_message_bytes: ByteSize = setting(ByteSize(16 * 1024**2), "largest request")
     max_send_message_bytes: ByteSize = setting(ByteSize(16 * 1024**2), "largest response")
-    max_concurrent_rpcs: int = setting(1024, "calls served at once; more get RESOURCE_EXHAUSTED")
+    max_concurrent_rpcs: int = setting(1024, "calls in flight at once; more get RESOURCE_EXHAUSTED")
     keepalive_time: Duration = setting(Duration(60.0), "ping an idle connection this often")
     keepalive_timeout: Duration = setting(Duration(20.0), "drop a connection after this silence")
     keepalive_min_time: Duration = setting(
