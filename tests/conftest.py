@@ -24,10 +24,12 @@ async def start_server() -> AsyncIterator[StartServer]:
     """Start real servers on a free loopback port; all are stopped after the test."""
     started: list[HelixServer] = []
 
-    async def start(services: Sequence[ServiceBinding], **overrides: Any) -> HelixServer:
+    async def start(
+        services: Sequence[ServiceBinding], security: Any = None, **overrides: Any
+    ) -> HelixServer:
         settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "grace_period": Duration(1)}
         settings.update(overrides)
-        server, _ = create_server(ServerConfig(**settings), services)
+        server, _ = create_server(ServerConfig(**settings), services, security=security)
         await server.start()
         started.append(server)
         return server

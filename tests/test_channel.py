@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -88,3 +89,27 @@ def test_long_lived_streams_have_no_default_deadline():
 def test_bad_channel_config_is_rejected(settings):
     with pytest.raises(ConfigError):
         ChannelConfig(**settings)
+
+
+async def test_streams_without_a_deadline_get_the_default_too(start_server):
+    server = await start_server([binding(EchoServicer())])
+    config = ChannelConfig(default_timeout=Duration(0.3))
+
+    async def silent():
+        await asyncio.sleep(30)
+        yield String(value="never")
+
+    async def read_slowly(call):
+        async for _ in call:
+            await asyncio.sleep(0.01)
+
+    async with create_channel(server.address, config, services=[]) as channel:
+        echo = stubs(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as bidi:
+            await read_slowly(echo["Chat"](silent()))
+        with pytest.raises(grpc.aio.AioRpcError) as client_stream:
+            await echo["Sum"](silent())
+        with pytest.raises(grpc.aio.AioRpcError) as server_stream:
+            await read_slowly(echo["Count"](String(value="1000000000")))
+    for caught in (bidi, client_stream, server_stream):
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -11,6 +11,8 @@ from grpc_status import rpc_status
 
 from helix.common.config import Duration, EmbeddedConfig
 from helix.common.services import SERVICE_DESCRIPTORS
+from helix.security.client import StaticTokenSource, bearer_interceptors
+from helix.security.tokens import mint
 from helix.suite import create_embedded, embedded_services
 
 from reflection_client import file_for_symbol, list_services
@@ -29,7 +31,10 @@ async def suite(tmp_path):
     server, port = create_embedded(config)
     assert port == server.port > 0
     await server.start()
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    admin = StaticTokenSource(mint(server.security.signer, "tester", ["admin"], 60))
+    async with grpc.aio.insecure_channel(
+        server.address, interceptors=bearer_interceptors(admin)
+    ) as channel:
         yield channel
     await server.shutdown(0)
 

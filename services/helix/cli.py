@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from helix.client_cli import add_client_arguments, run_call
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.version import version
+from helix.security import scopes
+from helix.security.keys import KeyMaterialError, load_hs256_dir
+from helix.security.tokens import TokenPolicy, inspect_token, mint
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -28,9 +35,83 @@ def _build_parser() -> argparse.ArgumentParser:
     cfg.add_arguments(up, cfg.EmbeddedConfig)
     up.set_defaults(handler=_up)
 
+    token = commands.add_parser("token", help="mint or inspect bearer tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    mint_parser = token_commands.add_parser(
+        "mint",
+        help="print a token signed with a local suite's key",
+        description="Print a token signed with the embedded HS256 key of the suite whose data "
+        "dir is given, for grpcurl, buf curl and other clients: "
+        "-H 'authorization: Bearer TOKEN'.",
+    )
+    mint_parser.add_argument("--sub", required=True, help="the principal (subject) to name")
+    mint_parser.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=scopes.ALL_SCOPES,
+        help="a scope to grant; repeat for several",
+    )
+    mint_parser.add_argument("--ttl", default="1h", help="lifetime, e.g. 15m, 1h [default 1h]")
+    mint_parser.add_argument(
+        "--data-dir", type=Path, help="the suite's data dir [env HELIX_DATA_DIR]"
+    )
+    mint_parser.add_argument("--issuer", default="helix", help="iss claim [default helix]")
+    mint_parser.add_argument("--audience", default="helix", help="aud claim [default helix]")
+    mint_parser.set_defaults(handler=_token_mint)
+    inspect_parser = token_commands.add_parser(
+        "inspect", help="print a token's header and claims (not verified)"
+    )
+    inspect_parser.add_argument("token", help="the token")
+    inspect_parser.set_defaults(handler=_token_inspect)
+
+    call = commands.add_parser(
+        "call",
+        help="call any helix.v1 RPC with a JSON request",
+        description="Call METHOD (e.g. helix.v1.RegistryService/ListAgents) with the JSON "
+        "request -d and print each response as a JSON line. Client-streaming methods take a "
+        "JSON array of requests.",
+    )
+    call.add_argument("method", help="Service/Method, e.g. helix.v1.RegistryService/GetAgent")
+    call.add_argument("-d", "--data", default="{}", help="the request as JSON [default {}]")
+    add_client_arguments(call)
+    call.set_defaults(handler=run_call)
+
     show_version = commands.add_parser("version", help="print the Helix version")
     show_version.set_defaults(handler=_version)
     return parser
+
+
+MAX_TOKEN_TTL = 30 * 24 * 3600.0
+
+
+def _token_mint(args: argparse.Namespace) -> int:
+    ttl = cfg.parse_duration_setting("--ttl", args.ttl)
+    if not 1 <= ttl <= MAX_TOKEN_TTL:
+        raise cfg.ConfigError(f"--ttl: {args.ttl!r} is not within 1s..30 days")
+    data_dir = args.data_dir or Path(os.environ.get("HELIX_DATA_DIR") or cfg.default_data_dir())
+    key_dir = data_dir / "keys"
+    try:
+        _, signer = load_hs256_dir(key_dir) if key_dir.is_dir() else (None, None)
+    except (OSError, KeyMaterialError) as exc:
+        raise cfg.ConfigError(f"cannot use the signing key in {key_dir}: {exc}") from None
+    if signer is None:
+        raise cfg.ConfigError(
+            f"no signing key in {key_dir}: start `helix up --data-dir {data_dir}` once to create it"
+        )
+    policy = TokenPolicy(args.issuer, args.audience)
+    print(mint(signer, args.sub, args.scope, ttl, policy))
+    return 0
+
+
+def _token_inspect(args: argparse.Namespace) -> int:
+    try:
+        found = inspect_token(args.token)
+    except ValueError as exc:
+        raise cfg.ConfigError(str(exc)) from None
+    found["verified"] = False
+    print(json.dumps(found, indent=2, sort_keys=True))
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:

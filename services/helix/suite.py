@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from helix.common.config import EmbeddedConfig
 from helix.common.server import HelixServer, ServiceBinding, create_server
 from helix.common.services import GENERATOR, ORACLE, ORCHESTRATOR, REGISTRY, placeholder
+from helix.security.setup import security_from_config
 
 
 def embedded_services(config: EmbeddedConfig) -> list[ServiceBinding]:
@@ -17,7 +20,18 @@ def embedded_services(config: EmbeddedConfig) -> list[ServiceBinding]:
     ]
 
 
+def embedded_key_dir(config: EmbeddedConfig) -> Path:
+    """Where the embedded suite keeps its HS256 signing secrets."""
+    return config.auth_hs256_dir or config.data_dir / "keys"
+
+
 def create_embedded(config: EmbeddedConfig) -> tuple[HelixServer, int]:
-    """Create (not start) the embedded suite's server; prepares the data directory."""
+    """Create (not start) the embedded suite's server.
+
+    Prepares the data directory and, on first start, the HS256 signing secret that tokens
+    for this suite are minted with (`helix token mint --data-dir`). Blocking file I/O:
+    call it before the event loop serves.
+    """
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return create_server(config, embedded_services(config))
+    security = security_from_config(config, embedded_key_dir=embedded_key_dir(config))
+    return create_server(config, embedded_services(config), security=security)

@@ -20,7 +20,7 @@ from echo_service import EchoServicer, binding
 
 async def main(grace: float) -> None:
     config = ServerConfig(host="127.0.0.1", port=0, grace_period=Duration(grace))
-    server, port = create_server(config, [binding(EchoServicer())])
+    server, port = create_server(config, [binding(EchoServicer())], security=None)
     await server.serve(on_ready=lambda _: print(f"listening {port}", flush=True))
     print("drained", flush=True)
 

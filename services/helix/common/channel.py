@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -93,40 +94,32 @@ def is_long_lived(method: str | bytes) -> bool:
     return name.rpartition("/")[2].startswith("Watch") or name.endswith("Stream")
 
 
-def _with_timeout(
-    details: grpc.aio.ClientCallDetails, timeout: float
-) -> grpc.aio.ClientCallDetails:
-    if details.timeout is not None or is_long_lived(details.method):
-        return details
-    return grpc.aio.ClientCallDetails(
-        details.method,
-        timeout,
-        details.metadata,
-        details.credentials,
-        details.wait_for_ready,
-    )
+DetailsTransform = Callable[[grpc.aio.ClientCallDetails], Awaitable[grpc.aio.ClientCallDetails]]
 
 
-class DeadlineInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Sets `timeout` on every call that has none, except long-lived streams."""
-
-    def __init__(self, timeout: float) -> None:
-        self._timeout = timeout
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, transform: DetailsTransform) -> None:
+        self._transform = transform
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
-        return await continuation(_with_timeout(client_call_details, self._timeout), request)
+        return await continuation(await self._transform(client_call_details), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, transform: DetailsTransform) -> None:
+        self._transform = transform
 
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
-        return await continuation(_with_timeout(client_call_details, self._timeout), request)
+        return await continuation(await self._transform(client_call_details), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, transform: DetailsTransform) -> None:
+        self._transform = transform
 
     async def intercept_stream_unary(
         self,
@@ -134,9 +127,12 @@ class DeadlineInterceptor(
         client_call_details: Any,
         request_iterator: AsyncIterable[Any] | Iterable[Any],
     ) -> Any:
-        return await continuation(
-            _with_timeout(client_call_details, self._timeout), request_iterator
-        )
+        return await continuation(await self._transform(client_call_details), request_iterator)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, transform: DetailsTransform) -> None:
+        self._transform = transform
 
     async def intercept_stream_stream(
         self,
@@ -144,9 +140,38 @@ class DeadlineInterceptor(
         client_call_details: Any,
         request_iterator: AsyncIterable[Any] | Iterable[Any],
     ) -> Any:
-        return await continuation(
-            _with_timeout(client_call_details, self._timeout), request_iterator
+        return await continuation(await self._transform(client_call_details), request_iterator)
+
+
+def details_interceptors(transform: DetailsTransform) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors for all four call types that rewrite each call's details.
+
+    grpc.aio files an interceptor under the first call type it implements, so one object
+    implementing all four would only ever see unary-unary calls: this returns four.
+    """
+    return [
+        _UnaryUnary(transform),
+        _UnaryStream(transform),
+        _StreamUnary(transform),
+        _StreamStream(transform),
+    ]
+
+
+def deadline_interceptors(timeout: float) -> list[grpc.aio.ClientInterceptor]:
+    """Set `timeout` on every call that has none, except long-lived streams."""
+
+    async def with_timeout(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        if details.timeout is not None or is_long_lived(details.method):
+            return details
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            timeout,
+            details.metadata,
+            details.credentials,
+            details.wait_for_ready,
         )
+
+    return details_interceptors(with_timeout)
 
 
 def channel_options(
@@ -172,6 +197,23 @@ def helix_services() -> list[descriptor.ServiceDescriptor]:
     return list(SERVICE_DESCRIPTORS)
 
 
+def tls_channel_credentials(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS credentials trusting `ca_file` (system roots if None), with a client certificate
+    for mutual TLS when `cert_file` and `key_file` are given. Reads the files (blocking)."""
+    if (cert_file is None) != (key_file is None):
+        raise ConfigError("a client certificate needs both its certificate and its key file")
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca_file.read_bytes() if ca_file else None,
+            private_key=key_file.read_bytes() if key_file else None,
+            certificate_chain=cert_file.read_bytes() if cert_file else None,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS files: {exc}") from None
+
+
 def create_channel(
     target: str,
     config: ChannelConfig | None = None,
@@ -184,7 +226,7 @@ def create_channel(
     config = config or ChannelConfig()
     options = channel_options(config, helix_services() if services is None else services)
     chain: list[grpc.aio.ClientInterceptor] = [
-        DeadlineInterceptor(config.default_timeout),
+        *deadline_interceptors(config.default_timeout),
         *interceptors,
     ]
     if credentials is None:

@@ -53,6 +53,14 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+def parse_duration_setting(name: str, text: str) -> float:
+    """Parse a duration given for setting `name`, raising `ConfigError` that names it."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 def parse_size(text: str) -> int:
     """Parse `1048576`, `512KiB`, `4MiB` or `1GiB` into bytes."""
     match = _SIZE.match(text)
@@ -220,6 +228,24 @@ class ServerConfig:
         Duration(30.0), "shortest client ping interval the server tolerates"
     )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    auth_issuer: str = setting("helix", "required `iss` of every token")
+    auth_audience: str = setting("helix", "required `aud` of every token")
+    auth_leeway: Duration = setting(Duration(10.0), "clock skew allowed on exp and nbf")
+    auth_hs256_dir: Path | None = setting(None, "directory of <kid>.hs256 secrets")
+    auth_public_keys: str = setting("", "EdDSA/RS256 PEM public keys: [kid=]file.pem,...")
+    auth_jwks_file: Path | None = setting(None, "JWKS file of public keys, re-read on change")
+    auth_reload_interval: Duration = setting(Duration(5.0), "how often key files are checked")
+    auth_token_cache_size: int = setting(10_000, "verified tokens kept until they expire")
+    rate_read: float = setting(500.0, "read calls per second per principal")
+    rate_write: float = setting(100.0, "write calls per second per principal")
+    rate_data: float = setting(200.0, "Generate/Verify calls per second per principal")
+    rate_burst: Duration = setting(Duration(2.0), "a bucket holds this many seconds of calls")
+    rate_limit_principals: int = setting(10_000, "principals whose buckets are remembered")
+    tls_cert_file: Path | None = setting(None, "server certificate chain (PEM) to serve TLS")
+    tls_key_file: Path | None = setting(None, "private key (PEM) of the server certificate")
+    tls_client_ca_file: Path | None = setting(
+        None, "CA bundle (PEM); when set, clients must present a certificate it signed"
+    )
 
     def __post_init__(self) -> None:
         require(_valid_host(self.host), "host", f"{self.host!r} is not a host name or IP")
@@ -247,6 +273,37 @@ class ServerConfig:
             "log_level",
             f"{self.log_level!r} is not DEBUG, INFO, WARNING or ERROR",
         )
+        require(bool(self.auth_issuer.strip()), "auth_issuer", "must not be empty")
+        require(bool(self.auth_audience.strip()), "auth_audience", "must not be empty")
+        require(0 <= self.auth_leeway <= 300, "auth_leeway", "must be within 0s..5m")
+        require(self.auth_reload_interval >= 0.1, "auth_reload_interval", "must be at least 100ms")
+        require(
+            1 <= self.auth_token_cache_size <= 10_000_000,
+            "auth_token_cache_size",
+            "must be within 1..10000000",
+        )
+        for name in ("rate_read", "rate_write", "rate_data"):
+            value = getattr(self, name)
+            require(0 < value <= 1e7 and value == value, name, f"{value} is not within (0, 1e7]")
+        require(0.001 <= self.rate_burst <= 3600, "rate_burst", "must be within 1ms..1h")
+        require(
+            1 <= self.rate_limit_principals <= 10_000_000,
+            "rate_limit_principals",
+            "must be within 1..10000000",
+        )
+        require(
+            (self.tls_cert_file is None) == (self.tls_key_file is None),
+            "tls_key_file",
+            "TLS needs both a certificate file and a key file",
+        )
+        require(
+            self.tls_client_ca_file is None or self.tls_cert_file is not None,
+            "tls_client_ca_file",
+            "mutual TLS needs the server's own certificate and key too",
+        )
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_jwks_file"):
+            path = getattr(self, name)
+            require(path is None or path.is_file(), name, f"{path} is not a readable file")
 
     @property
     def address(self) -> str:

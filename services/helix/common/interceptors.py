@@ -77,7 +77,7 @@ def method_info(path: str, handler: Handler) -> MethodInfo:
 class Call:
     """One call as the stages see it: its method, context, and what stages attach."""
 
-    __slots__ = ("code", "context", "info", "peer", "request_id", "started")
+    __slots__ = ("_metadata", "code", "context", "info", "peer", "request_id", "started")
 
     def __init__(self, info: MethodInfo, context: Context) -> None:
         self.info = info
@@ -86,6 +86,21 @@ class Call:
         self.request_id = ""
         self.peer = ""
         self.code: grpc.StatusCode | None = None
+        self._metadata: Sequence[tuple[str, str | bytes]] | None = None
+
+    def metadata(self) -> Sequence[tuple[str, str | bytes]]:
+        """The call's invocation metadata (read once, then cached for later stages)."""
+        if self._metadata is None:
+            found: Any = self.context.invocation_metadata()
+            self._metadata = tuple(found or ())
+        return self._metadata
+
+    def header(self, key: str) -> str | bytes | None:
+        """The first value of metadata `key` (lower case), or None."""
+        for name, value in self.metadata():
+            if name == key:
+                return value
+        return None
 
 
 class Stage:
@@ -191,8 +206,7 @@ class AccessLogStage(Stage):
     JSON line when it ends: method, type, principal, request id, peer, status, duration."""
 
     def before(self, call: Call) -> None:
-        metadata: Any = call.context.invocation_metadata()
-        call.request_id = request_id_from(metadata)
+        call.request_id = request_id_from(call.metadata())
         logs.request_id_var.set(call.request_id)
         # Read the peer now: the context must not be touched once the call has ended.
         if log.isEnabledFor(logging.INFO):

@@ -15,7 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +24,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from helix.common.config import ServerConfig
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
 from helix.common.metrics import MetricsExporter, RpcMetrics
+
+if TYPE_CHECKING:
+    from helix.security.setup import Security
 
 log = logging.getLogger("helix.server")
 
@@ -81,6 +84,7 @@ class HelixServer:
         self.port = port
         self.metrics_port: int | None = None
         self._exporter: MetricsExporter | None = None
+        self.security: Security | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -95,6 +99,8 @@ class HelixServer:
     async def start(self) -> None:
         """Start serving and mark every service SERVING; start /metrics if configured."""
         await self.grpc_server.start()
+        if self.security is not None:
+            self.security.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
         for service in self.services:
@@ -127,6 +133,8 @@ class HelixServer:
                         log.exception("shutdown hook of %s failed", service.name)
             await self.grpc_server.stop(grace)
         finally:
+            if self.security is not None:
+                await self.security.stop()
             if self._exporter is not None:
                 await asyncio.to_thread(self._exporter.close)
                 self._exporter = None
@@ -155,21 +163,43 @@ class HelixServer:
             await asyncio.shield(self.shutdown())
 
 
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured files (mutual TLS with a client CA), or None."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    try:
+        chain = config.tls_cert_file.read_bytes()
+        key = config.tls_key_file.read_bytes()
+        client_ca = config.tls_client_ca_file.read_bytes() if config.tls_client_ca_file else None
+    except OSError as exc:
+        raise BindError(f"cannot read TLS files: {exc}") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 def create_server(
     config: ServerConfig,
     services: Sequence[ServiceBinding],
     *,
+    security: Security | None,
     extra_stages: Sequence[Stage] = (),
 ) -> tuple[HelixServer, int]:
     """Build and bind a server for `services`; returns it (not started) and its real port.
 
-    `extra_stages` run after the default stages (metrics, access log), before the servicer.
+    `security` adds authentication, scopes and rate limits to the chain; it is required so
+    that serving without it is always an explicit `security=None` in code (tests of the
+    runtime, the benchmark's baseline), never a setting. `extra_stages` run last.
     """
     metrics = RpcMetrics()
     # maximum_concurrent_rpcs is enforced by the chain's ConcurrencyLimitStage, not by
     # grpc.aio's own limiter, which costs a fifth of a unary call (see docs/decisions.md).
     server = grpc.aio.server(options=server_options(config))
-    stages = [*default_stages(metrics, config.max_concurrent_rpcs), *extra_stages]
+    stages = [
+        *default_stages(metrics, config.max_concurrent_rpcs),
+        *(security.stages() if security is not None else ()),
+        *extra_stages,
+    ]
     # Every handler, health and reflection included, is added through the chain.
     chained: Any = ChainedServer(server, CallChain(stages))
     for service in services:
@@ -182,10 +212,16 @@ def create_server(
         reflection.aio.ReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]),
         chained,
     )
+    credentials = server_credentials(config)
     try:
-        port = server.add_insecure_port(config.address)
+        if credentials is None:
+            port = server.add_insecure_port(config.address)
+        else:
+            port = server.add_secure_port(config.address, credentials)
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {config.address}: {exc}") from None
     if port == 0:
         raise BindError(f"cannot listen on {config.address}")
-    return HelixServer(config, server, health_servicer, metrics, services, port), port
+    helix_server = HelixServer(config, server, health_servicer, metrics, services, port)
+    helix_server.security = security
+    return helix_server, port

@@ -1,0 +1,178 @@
+"""What every `helix` command that calls a server shares: address, credentials, `helix call`.
+
+Credentials, first found wins: `--token` / `HELIX_TOKEN`; `--token-file` /
+`HELIX_TOKEN_FILE` (re-read when it changes); else the signing key of a local embedded
+suite under `--data-dir` / `HELIX_DATA_DIR`, from which a short-lived admin token is minted
+(whoever can read that key can mint any token anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor, descriptor_pool, json_format, message_factory
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from helix.common.channel import ChannelConfig, create_channel, tls_channel_credentials
+from helix.common.config import ConfigError, default_data_dir, parse_duration_setting
+from helix.security.client import (
+    FileTokenSource,
+    MintingTokenSource,
+    StaticTokenSource,
+    TokenSource,
+    bearer_interceptors,
+)
+from helix.security.keys import KeyMaterialError, load_hs256_dir
+from helix.security.principal import ADMIN_SCOPE
+
+CLI_TOKEN_TTL = 300.0
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a command that calls a Helix server."""
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("HELIX_ADDRESS", "127.0.0.1:50051"),
+        help="server HOST:PORT [env HELIX_ADDRESS; default 127.0.0.1:50051]",
+    )
+    parser.add_argument("--token", help="bearer token [env HELIX_TOKEN]")
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding the token [env HELIX_TOKEN_FILE]"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="data dir of a local embedded suite: mint a short-lived token from its key "
+        "[env HELIX_DATA_DIR]",
+    )
+    parser.add_argument("--timeout", default="10s", help="deadline per call [default 10s]")
+    parser.add_argument("--tls-ca", type=Path, help="CA bundle to verify the server (enables TLS)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
+
+
+def token_source(args: argparse.Namespace) -> TokenSource:
+    """Resolve the caller's credentials (see module doc); raises ConfigError if none."""
+    token = args.token or os.environ.get("HELIX_TOKEN")
+    if token:
+        return StaticTokenSource(token)
+    token_file = args.token_file or os.environ.get("HELIX_TOKEN_FILE")
+    if token_file:
+        return FileTokenSource(Path(token_file))
+    data_dir = args.data_dir or Path(os.environ.get("HELIX_DATA_DIR") or default_data_dir())
+    key_dir = data_dir / "keys"
+    try:
+        _, signer = load_hs256_dir(key_dir) if key_dir.is_dir() else (None, None)
+    except (OSError, KeyMaterialError) as exc:
+        raise ConfigError(f"cannot use the signing key in {key_dir}: {exc}") from None
+    if signer is None:
+        raise ConfigError(
+            f"no credentials: pass --token (or HELIX_TOKEN), --token-file, or the --data-dir "
+            f"of a local suite (no signing key in {key_dir})"
+        )
+    return MintingTokenSource(signer, f"cli:{getpass.getuser()}", [ADMIN_SCOPE], ttl=CLI_TOKEN_TTL)
+
+
+def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """A channel to `--address` with the caller's credentials and TLS settings."""
+    timeout = parse_duration_setting("--timeout", args.timeout)
+    credentials = None
+    if args.tls_ca or args.tls_cert:
+        credentials = tls_channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    return create_channel(
+        args.address,
+        ChannelConfig(default_timeout=timeout),  # type: ignore[arg-type]
+        credentials=credentials,
+        interceptors=bearer_interceptors(token_source(args)),
+    )
+
+
+def find_method(name: str) -> descriptor.MethodDescriptor:
+    """The method `package.Service/Method` (a leading `/` is fine) of a helix.v1 service."""
+    import helix.common.services  # noqa: F401  (registers every helix.v1 file in the pool)
+
+    service_name, _, method_name = name.strip("/").rpartition("/")
+    try:
+        service = descriptor_pool.Default().FindServiceByName(service_name)
+    except KeyError:
+        raise ConfigError(
+            f"unknown service {service_name!r} (e.g. helix.v1.RegistryService)"
+        ) from None
+    method = service.methods_by_name.get(method_name)
+    if method is None:
+        known = ", ".join(m.name for m in service.methods)
+        raise ConfigError(f"{service_name} has no method {method_name!r} (it has {known})")
+    return method
+
+
+def _describe_error(error: grpc.aio.AioRpcError) -> str:
+    lines = [f"error: {error.code().name}: {error.details()}"]
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+            error_details_pb2.QuotaFailure,
+        ):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                text = json_format.MessageToJson(message, indent=None)
+                lines.append(f"  {kind.DESCRIPTOR.name}: {text}")
+    return "\n".join(lines)
+
+
+async def call(args: argparse.Namespace) -> int:
+    """`helix call METHOD -d JSON`: one call, responses printed as JSON lines."""
+    method = find_method(args.method)
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    try:
+        data = json.loads(args.data)
+        items = data if method.client_streaming and isinstance(data, list) else [data]
+        requests = [json_format.ParseDict(item, request_class()) for item in items]
+    except (ValueError, json_format.ParseError) as exc:
+        raise ConfigError(
+            f"-d is not a valid {request_class.DESCRIPTOR.full_name}: {exc}"
+        ) from None
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    serialize = request_class.SerializeToString
+    deserialize = response_class.FromString
+
+    def show(response: Any) -> None:
+        print(json_format.MessageToJson(response, indent=None, preserving_proto_field_name=True))
+
+    async with open_channel(args) as channel:
+        try:
+            kind = (method.client_streaming, method.server_streaming)
+            if kind == (False, False):
+                show(await channel.unary_unary(path, serialize, deserialize)(requests[0]))
+            elif kind == (False, True):
+                async for response in channel.unary_stream(path, serialize, deserialize)(
+                    requests[0]
+                ):
+                    show(response)
+            elif kind == (True, False):
+                show(await channel.stream_unary(path, serialize, deserialize)(iter(requests)))
+            else:
+                stream = channel.stream_stream(path, serialize, deserialize)(iter(requests))
+                async for response in stream:
+                    show(response)
+        except grpc.aio.AioRpcError as error:
+            print(_describe_error(error), file=sys.stderr)
+            return 1
+    return 0
+
+
+def run_call(args: argparse.Namespace) -> int:
+    return asyncio.run(call(args))

@@ -1,0 +1,1 @@
+"""Authentication and authorisation: JWT keys and tokens, scopes, ownership, rate limits."""

@@ -1,0 +1,127 @@
+"""Client-side credentials: token sources and the interceptor that attaches them.
+
+- `MintingTokenSource`: embedded mode. A service mints its own short-lived token with the
+  local signing key and mints a new one when a third of its lifetime is left.
+- `FileTokenSource`: distributed mode. Reads a token from a file (a mounted secret) and
+  re-reads it when the file changes, checking at most once per `check_interval`.
+- `StaticTokenSource`: a token given once (a flag or `HELIX_TOKEN`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from helix.common.channel import details_interceptors
+from helix.security.keys import SigningKey, file_signature
+from helix.security.tokens import TokenPolicy, mint
+
+
+class TokenSource(Protocol):
+    """Something that can give the token to send now."""
+
+    async def token(self) -> str: ...
+
+
+class StaticTokenSource:
+    """Always the same token."""
+
+    def __init__(self, token: str) -> None:
+        token = token.strip()
+        if not token:
+            raise ValueError("the token is empty")
+        self._token = token
+
+    async def token(self) -> str:
+        return self._token
+
+
+class MintingTokenSource:
+    """Mints tokens for `subject` with `scopes`, renewing when a third of the TTL is left."""
+
+    def __init__(
+        self,
+        signer: SigningKey,
+        subject: str,
+        scopes: Iterable[str],
+        *,
+        ttl: float = 300.0,
+        policy: TokenPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._signer = signer
+        self._subject = subject
+        self._scopes = tuple(scopes)
+        self._ttl = ttl
+        self._policy = policy
+        self._clock = clock
+        self._token = ""
+        self._renew_at = 0.0
+
+    def current(self) -> str:
+        now = self._clock()
+        if not self._token or now >= self._renew_at:
+            self._token = mint(
+                self._signer, self._subject, self._scopes, self._ttl, self._policy, now=now
+            )
+            self._renew_at = now + self._ttl * 2 / 3
+        return self._token
+
+    async def token(self) -> str:
+        return self.current()
+
+
+class FileTokenSource:
+    """The token in a file, re-read when the file changes (checked off the event loop)."""
+
+    def __init__(self, path: Path, check_interval: float = 1.0) -> None:
+        self._path = path
+        self._interval = check_interval
+        self._token = ""
+        self._signature: tuple[int, int] | None = None
+        self._checked = float("-inf")
+        self._lock = asyncio.Lock()
+
+    def _read_if_changed(self) -> None:
+        signature = file_signature(self._path)
+        if signature is None:
+            raise FileNotFoundError(f"token file {self._path} does not exist")
+        if signature != self._signature:
+            token = self._path.read_text().strip()
+            if not token:
+                raise ValueError(f"token file {self._path} is empty")
+            self._token, self._signature = token, signature
+
+    async def token(self) -> str:
+        now = time.monotonic()
+        if now - self._checked >= self._interval:
+            async with self._lock:
+                if now - self._checked >= self._interval:
+                    await asyncio.to_thread(self._read_if_changed)
+                    self._checked = now
+        return self._token
+
+
+def bearer_interceptors(source: TokenSource | None) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors (all four call types) adding `authorization: Bearer <token>` from
+    `source` to every call; none without a source."""
+    if source is None:
+        return []
+
+    async def with_token(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        token = await source.token()
+        metadata = grpc.aio.Metadata()
+        for key, value in details.metadata or ():
+            if key != "authorization":
+                metadata.add(key, value)
+        metadata.add("authorization", f"Bearer {token}")
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    return details_interceptors(with_token)

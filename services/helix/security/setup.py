@@ -1,0 +1,170 @@
+"""Assemble a server's security from its configuration: keys, verifier, stages, key reload."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helix.common.config import ConfigError, ServerConfig
+from helix.common.interceptors import Stage
+from helix.security import keys as keymod
+from helix.security import scopes
+from helix.security.keys import KeyMaterialError, KeySet, SigningKey
+from helix.security.ratelimit import Rate, TokenBucketLimiter
+from helix.security.stages import AuthStage, RateLimitStage
+from helix.security.tokens import TokenPolicy, TokenVerifier
+
+log = logging.getLogger("helix.security")
+
+
+@dataclass(frozen=True)
+class KeySources:
+    """Where verification keys come from; reloaded together when any file changes."""
+
+    hs256_dir: Path | None = None
+    public_keys: str = ""
+    jwks_file: Path | None = None
+
+    def load(self) -> tuple[KeySet, SigningKey | None]:
+        """Read every configured key (blocking file I/O: call it off the event loop)."""
+        keyset = KeySet([])
+        signer = None
+        if self.hs256_dir is not None:
+            keyset, signer = keymod.load_hs256_dir(self.hs256_dir)
+        pems = [
+            keymod.load_public_pem(p, kid)
+            for kid, p in keymod.parse_public_key_specs(self.public_keys)
+        ]
+        keyset = keyset.merged(KeySet(pems))
+        if self.jwks_file is not None:
+            try:
+                text = self.jwks_file.read_text()
+            except OSError as exc:
+                raise KeyMaterialError(f"{self.jwks_file}: {exc}") from None
+            keyset = keyset.merged(keymod.parse_jwks(text, str(self.jwks_file)))
+        return keyset, signer
+
+    def signature(self) -> tuple[object, ...]:
+        """A cheap fingerprint of the key files, to notice changes (blocking: stat calls)."""
+        files: list[Path] = []
+        if self.hs256_dir is not None:
+            files.extend(sorted(self.hs256_dir.glob(f"*{keymod.HS256_SUFFIX}")))
+        files.extend(p for _, p in keymod.parse_public_key_specs(self.public_keys))
+        if self.jwks_file is not None:
+            files.append(self.jwks_file)
+        return tuple((str(p), keymod.file_signature(p)) for p in files)
+
+
+@dataclass
+class Security:
+    """A server's verifier, limiter and the chain stages that use them."""
+
+    verifier: TokenVerifier
+    limiter: TokenBucketLimiter
+    policy: TokenPolicy
+    signer: SigningKey | None = None
+    sources: KeySources | None = None
+    reload_interval: float = 5.0
+    extra_scopes: Mapping[str, str] = field(default_factory=dict)
+    _reloader: asyncio.Task[None] | None = None
+
+    def stages(self) -> list[Stage]:
+        """Auth then rate limiting, to follow the default stages of the chain."""
+        return [
+            AuthStage(self.verifier, self.extra_scopes),
+            RateLimitStage(self.limiter, self.extra_scopes),
+        ]
+
+    def start(self) -> None:
+        """Begin watching key files for changes (rotation, JWKS updates)."""
+        if self.sources is not None and self._reloader is None:
+            self._reloader = asyncio.create_task(self._watch(self.sources))
+
+    async def stop(self) -> None:
+        if self._reloader is not None:
+            reloader, self._reloader = self._reloader, None
+            reloader.cancel()
+            try:
+                await reloader
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we were cancelled ourselves, not just the reloader
+
+    async def _watch(self, sources: KeySources) -> None:
+        seen = await asyncio.to_thread(sources.signature)
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            try:
+                current = await asyncio.to_thread(sources.signature)
+                if current == seen:
+                    continue
+                keyset, signer = await asyncio.to_thread(sources.load)
+            except (OSError, KeyMaterialError) as exc:
+                log.warning(
+                    "key files changed but could not be loaded; keeping the old keys: %s", exc
+                )
+                continue
+            if len(keyset) == 0:
+                log.warning("key files changed and no key is left; keeping the old keys")
+                continue
+            seen = current
+            self.verifier.replace_keys(keyset)
+            if signer is not None:
+                self.signer = signer
+            log.info("verification keys reloaded", extra={"kids": keyset.kids})
+
+
+def rates_from(config: ServerConfig) -> dict[str, Rate]:
+    """The per-class token-bucket rates of a server configuration."""
+
+    def rate(per_second: float) -> Rate:
+        return Rate(per_second, max(1.0, per_second * config.rate_burst))
+
+    return {
+        scopes.READ: rate(config.rate_read),
+        scopes.WRITE: rate(config.rate_write),
+        scopes.DATA: rate(config.rate_data),
+    }
+
+
+def security_from_config(
+    config: ServerConfig,
+    *,
+    embedded_key_dir: Path | None = None,
+    extra_scopes: Mapping[str, str] | None = None,
+) -> Security:
+    """Build a server's security; `embedded_key_dir` gets an HS256 secret if it has none.
+
+    Blocking file I/O: call it before the event loop serves. Raises `ConfigError` when no
+    key is configured or a key file is unusable.
+    """
+    hs256_dir = config.auth_hs256_dir or embedded_key_dir
+    if embedded_key_dir is not None and config.auth_hs256_dir is None:
+        try:
+            keymod.ensure_hs256_secret(embedded_key_dir)
+        except (OSError, KeyMaterialError) as exc:
+            raise ConfigError(f"embedded signing key in {embedded_key_dir}: {exc}") from None
+    sources = KeySources(hs256_dir, config.auth_public_keys, config.auth_jwks_file)
+    try:
+        keyset, signer = sources.load()
+    except (OSError, KeyMaterialError) as exc:
+        raise ConfigError(f"authentication keys: {exc}") from None
+    if len(keyset) == 0:
+        raise ConfigError(
+            "no token verification keys: set --auth-hs256-dir, --auth-public-keys or "
+            "--auth-jwks-file (HELIX_AUTH_*)"
+        )
+    policy = TokenPolicy(config.auth_issuer, config.auth_audience, config.auth_leeway)
+    return Security(
+        verifier=TokenVerifier(keyset, policy, cache_size=config.auth_token_cache_size),
+        limiter=TokenBucketLimiter(rates_from(config), config.rate_limit_principals),
+        policy=policy,
+        signer=signer,
+        sources=sources,
+        reload_interval=config.auth_reload_interval,
+        extra_scopes=dict(extra_scopes or {}),
+    )

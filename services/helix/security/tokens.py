@@ -1,0 +1,170 @@
+"""Minting and verifying JWTs, with a bounded cache of verified tokens.
+
+Verification fixes the algorithm from the key (selected by `kid`), never from the token;
+requires `exp`, `iss`, `aud` and `sub`; checks `nbf` with a small leeway; and caps token
+size. A verified token is cached until it expires, so the signature is checked once per
+token rather than once per call; the cache is bounded and is emptied when keys change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from helix.common import errors
+from helix.security.keys import KeySet, SigningKey
+from helix.security.principal import Principal
+
+MAX_TOKEN_BYTES = 8 * 1024
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """What a valid token must say: issuer, audience, and the leeway on time claims."""
+
+    issuer: str = "helix"
+    audience: str = "helix"
+    leeway: float = 10.0
+
+
+def _reject(message: str, reason: str) -> errors.Unauthenticated:
+    return errors.Unauthenticated(message, reason=reason)
+
+
+_JWT_ERRORS: list[tuple[type[Exception], str, str]] = [
+    (jwt.ExpiredSignatureError, "the token has expired", "TOKEN_EXPIRED"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet (nbf)", "TOKEN_NOT_YET_VALID"),
+    (jwt.InvalidAudienceError, "the token is not for this audience (aud)", "TOKEN_WRONG_AUDIENCE"),
+    (jwt.InvalidIssuerError, "the token is from an unknown issuer (iss)", "TOKEN_WRONG_ISSUER"),
+    (jwt.InvalidSignatureError, "the token's signature does not verify", "TOKEN_BAD_SIGNATURE"),
+    (jwt.InvalidAlgorithmError, "the token's algorithm is not allowed", "TOKEN_BAD_ALGORITHM"),
+    (jwt.MissingRequiredClaimError, "the token lacks a required claim", "TOKEN_MISSING_CLAIM"),
+]
+
+
+class TokenVerifier:
+    """Turns a bearer token into a `Principal` or raises `Unauthenticated`."""
+
+    def __init__(
+        self,
+        keys: KeySet,
+        policy: TokenPolicy | None = None,
+        *,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._policy = policy or TokenPolicy()
+        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock
+        self._decoder = jwt.PyJWT()
+
+    @property
+    def keys(self) -> KeySet:
+        return self._keys
+
+    def replace_keys(self, keys: KeySet) -> None:
+        """Swap in a new key set (rotation, JWKS reload); forgets every cached token."""
+        self._keys = keys
+        self._cache.clear()
+
+    def verify(self, token: str) -> Principal:
+        """The principal of `token`, from the cache while it is unexpired, else verified."""
+        cached = self._cache.get(token)
+        if cached is not None:
+            if self._clock() < cached.expires_at + self._policy.leeway:
+                self._cache.move_to_end(token)
+                return cached
+            del self._cache[token]
+            raise _reject("the token has expired", "TOKEN_EXPIRED")
+        principal = self._verify_uncached(token)
+        self._cache[token] = principal
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return principal
+
+    def _verify_uncached(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise _reject(f"the token is larger than {MAX_TOKEN_BYTES} bytes", "TOKEN_TOO_LARGE")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _reject("the token is not a well-formed JWT", "TOKEN_MALFORMED") from None
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise _reject("the token's kid is not a string", "TOKEN_MALFORMED")
+        key = self._keys.get(kid)
+        if key is None:
+            raise _reject("the token's key id (kid) is not known here", "TOKEN_UNKNOWN_KEY")
+        policy = self._policy
+        try:
+            claims = self._decoder.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm],
+                audience=policy.audience,
+                issuer=policy.issuer,
+                leeway=policy.leeway,
+                options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": False},
+            )
+        except jwt.PyJWTError as exc:
+            for kind, message, reason in _JWT_ERRORS:
+                if isinstance(exc, kind):
+                    raise _reject(message, reason) from None
+            raise _reject("the token is not valid", "TOKEN_INVALID") from None
+        return _principal_from(claims)
+
+
+def _principal_from(claims: dict[str, Any]) -> Principal:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject or len(subject) > 256:
+        raise _reject(
+            "the token's subject (sub) must be a string of 1..256 characters", "TOKEN_BAD_SUBJECT"
+        )
+    scope = claims.get("scope", "")
+    if not isinstance(scope, str):
+        raise _reject("the token's scope must be a space-separated string", "TOKEN_BAD_SCOPE")
+    exp = claims["exp"]
+    if not isinstance(exp, int | float):
+        raise _reject("the token's exp is not a number", "TOKEN_MALFORMED")
+    return Principal(subject, frozenset(scope.split()), float(exp))
+
+
+def mint(
+    signer: SigningKey,
+    subject: str,
+    scopes: Iterable[str],
+    ttl: float,
+    policy: TokenPolicy | None = None,
+    *,
+    now: float | None = None,
+) -> str:
+    """A token for `subject` with `scopes`, valid for `ttl` seconds, signed by `signer`."""
+    policy = policy or TokenPolicy()
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "sub": subject,
+        "scope": " ".join(sorted(set(scopes))),
+        "iss": policy.issuer,
+        "aud": policy.audience,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + max(1, int(ttl)),
+    }
+    return jwt.encode(claims, signer.key, algorithm=signer.algorithm, headers={"kid": signer.kid})
+
+
+def inspect_token(token: str) -> dict[str, Any]:
+    """The header and claims of a token, NOT verified (for `helix token inspect`)."""
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise ValueError(f"not a well-formed JWT: {exc}") from None
+    return {"header": header, "claims": claims}
