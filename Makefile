@@ -20,7 +20,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	@touch $@
@@ -76,7 +76,7 @@ check-generated: $(STAMP) ## fail if generated/ differs from what the protos pro
 	if ! diff -r "$$tmp" generated >/dev/null; then \
 	  diff -r "$$tmp" generated | head -n 20; \
 	  echo "generated/ is stale: run 'make generate' and commit the result" >&2; exit 1; \
-	fi
+	fi && echo "generated/ matches protos/"
 
 bench: $(STAMP) ## run the benchmarks (each prints its figures and ratios)
 	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }

@@ -25,11 +25,16 @@ async def start_server() -> AsyncIterator[StartServer]:
     started: list[HelixServer] = []
 
     async def start(
-        services: Sequence[ServiceBinding], security: Any = None, **overrides: Any
+        services: Sequence[ServiceBinding],
+        security: Any = None,
+        extra_stages: Sequence[Any] = (),
+        **overrides: Any,
     ) -> HelixServer:
         settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "grace_period": Duration(1)}
         settings.update(overrides)
-        server, _ = create_server(ServerConfig(**settings), services, security=security)
+        server, _ = create_server(
+            ServerConfig(**settings), services, security=security, extra_stages=extra_stages
+        )
         await server.start()
         started.append(server)
         return server

@@ -25,7 +25,9 @@ class EchoServicer:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.sleeping = 0
         self.started = asyncio.Event()
+        self.sleep_starts: asyncio.Queue[None] = asyncio.Queue()
         self.fail_first = 0
 
     async def Echo(self, request: String, context: Any) -> String:
@@ -36,8 +38,13 @@ class EchoServicer:
         return String(value=request.value)
 
     async def Sleep(self, request: String, context: Any) -> String:
+        self.sleeping += 1
         self.started.set()
-        await asyncio.sleep(float(request.value))
+        self.sleep_starts.put_nowait(None)
+        try:
+            await asyncio.sleep(float(request.value))
+        finally:
+            self.sleeping -= 1
         return String(value="slept")
 
     async def Fail(self, request: String, context: Any) -> String:
@@ -57,6 +64,17 @@ class EchoServicer:
             raise errors.NotFound("agents/x not found", metadata={"name": "agents/x"})
         if kind == "abort":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "aborted directly")
+        if kind == "odd_metadata":
+            raise errors.NotFound("agents/x not found", metadata={"revision": 7})  # type: ignore[dict-item]
+        if kind == "nan_retry":
+            raise errors.Unavailable("try later", retry_after=float("nan"))
+        if kind == "many_violations":
+            raise errors.InvalidArgument.from_violations(
+                errors.FieldViolation(f"candidates[{i}].id", "must be 32 hex characters " * 8)
+                for i in range(2000)
+            )
+        if kind == "returns_dict":
+            return {"value": "not a message"}  # type: ignore[return-value]
         raise RuntimeError("secret-internal-detail")
 
     async def Count(self, request: String, context: Any) -> AsyncIterator[String]:
@@ -113,8 +131,8 @@ def stubs(channel: grpc.aio.Channel) -> dict[str, Any]:
     }
 
 
-def echo_service_descriptor() -> Any:
-    """A descriptor of the echo service where `Echo` is declared IDEMPOTENT (for retries)."""
+def echo_service_descriptor(idempotent: tuple[str, ...] = ("Echo",)) -> Any:
+    """A descriptor of the echo service declaring `idempotent` methods IDEMPOTENT."""
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     proto = descriptor_pb2.FileDescriptorProto(
@@ -130,7 +148,7 @@ def echo_service_descriptor() -> Any:
             input_type=".google.protobuf.StringValue",
             output_type=".google.protobuf.StringValue",
         )
-        if name == "Echo":
+        if name in idempotent:
             method.options.idempotency_level = descriptor_pb2.MethodOptions.IDEMPOTENT
     pool.Add(proto)
     return pool.FindServiceByName(SERVICE)

@@ -52,11 +52,22 @@ async def test_method_not_declared_idempotent_is_not_retried(start_server):
     servicer = EchoServicer()
     servicer.fail_first = 1
     server = await start_server([binding(servicer)])
-    async with create_channel(server.address, services=[]) as channel:
+    # Other methods of the service are retryable; Echo is not declared idempotent here.
+    services = [echo_service_descriptor(idempotent=("Sleep", "Fail"))]
+    assert service_config(ChannelConfig(), services)["methodConfig"]
+    async with create_channel(server.address, services=services) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stubs(channel)["Echo"](String(value="once"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert servicer.calls == 1
+
+
+def test_tiny_backoffs_still_make_a_valid_service_config():
+    config = ChannelConfig(
+        retry_initial_backoff=Duration(0.0015), retry_max_backoff=Duration(0.002)
+    )
+    policy = service_config(config, [echo_service_descriptor()])["methodConfig"][0]["retryPolicy"]
+    assert policy["initialBackoff"] == "0.001500000s"
 
 
 def test_retry_config_lists_only_declared_methods():

@@ -114,3 +114,15 @@ async def test_unknown_command_shows_usage(helix_env):
 
 def test_helix_script_is_installed():
     assert os.access(HELIX, os.X_OK)
+
+
+async def test_busy_metrics_port_is_a_clear_error(helix_env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await run("up", "--port", "0", "--metrics-port", str(port), env=helix_env)
+    assert code == 1
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+    assert "helix listening" not in out

@@ -101,3 +101,20 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="is not a duration"):
         cfg.parse_duration(text)
+
+
+def test_typed_flag_values_are_type_checked():
+    with pytest.raises(ConfigError, match=r"--port: 5\.5 is not a int"):
+        cfg.load(ServerConfig, {"port": 5.5}, env={})
+
+
+@pytest.mark.parametrize("value", ["", "."])
+def test_empty_data_dir_is_refused(value):
+    with pytest.raises(ConfigError, match="HELIX_DATA_DIR: must name a directory"):
+        cfg.load(EmbeddedConfig, env={"HELIX_DATA_DIR": value})
+
+
+def test_data_dir_expands_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = cfg.load(EmbeddedConfig, env={"HELIX_DATA_DIR": "~/suite"})
+    assert config.data_dir == tmp_path / "suite"

@@ -7,7 +7,10 @@ import asyncio
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+
+from helix.common.interceptors import Stage
 
 from echo_service import EchoServicer, String, binding, stubs
 
@@ -160,8 +163,8 @@ async def test_calls_over_the_concurrency_limit_are_refused_with_retry_info(
     server = await start_server([binding(servicer)], max_concurrent_rpcs=2)
     echo = stubs(channel_to(server))
     slow = [asyncio.ensure_future(echo["Sleep"](String(value="0.5"), timeout=5)) for _ in range(2)]
-    await servicer.started.wait()
-    await asyncio.sleep(0.1)
+    for _ in range(2):
+        await servicer.sleep_starts.get()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await echo["Echo"](String(value="one too many"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -171,3 +174,54 @@ async def test_calls_over_the_concurrency_limit_are_refused_with_retry_info(
     assert "RetryInfo" in found
     assert [r.value for r in await asyncio.gather(*slow)] == ["slept", "slept"]
     assert (await echo["Echo"](String(value="room again"), timeout=5)).value == "room again"
+
+
+async def test_health_is_exempt_from_the_concurrency_limit(start_server, channel_to):
+    servicer = EchoServicer()
+    server = await start_server([binding(servicer)], max_concurrent_rpcs=1)
+    channel = channel_to(server)
+    slow = asyncio.ensure_future(stubs(channel)["Sleep"](String(value="0.5"), timeout=5))
+    await servicer.sleep_starts.get()
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(3):
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await slow).value == "slept"
+
+
+@pytest.mark.parametrize("kind", ["odd_metadata", "nan_retry", "returns_dict"])
+async def test_servicer_mistakes_never_leak_exception_text(start_server, channel_to, kind):
+    error = await call_fail(start_server, channel_to, kind)
+    assert "Unexpected" not in error.details()
+    assert "<class" not in error.details()
+    assert error.code() in (
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+    )
+    assert details_of(error)["ErrorInfo"].domain == "helix"
+
+
+async def test_a_huge_bad_request_is_capped_to_fit_the_trailers(start_server, channel_to):
+    error = await call_fail(start_server, channel_to, "many_violations")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = details_of(error)
+    shown = len(found["BadRequest"].field_violations)
+    assert 1 <= shown <= 50
+    assert found["ErrorInfo"].metadata["violations_total"] == "2000"
+    assert found["ErrorInfo"].metadata["violations_shown"] == str(shown)
+    assert len(rpc_status.from_call(error).SerializeToString()) < 4096
+
+
+class _ExplodingStage(Stage):
+    def after(self, call, code):
+        raise RuntimeError("after-secret")
+
+
+async def test_a_failing_after_hook_does_not_leak_a_concurrency_slot(start_server, channel_to):
+    server = await start_server(
+        [binding(EchoServicer())], max_concurrent_rpcs=1, extra_stages=[_ExplodingStage()]
+    )
+    echo = stubs(channel_to(server))
+    for _ in range(3):
+        assert (await echo["Echo"](String(value="x"), timeout=5)).value == "x"

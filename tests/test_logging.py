@@ -111,3 +111,13 @@ async def test_cancelled_stream_is_logged_as_cancelled(start_server, channel_to,
         await asyncio.sleep(0.01)
     assert finished[0]["status"] == "CANCELLED"
     assert finished[0]["peer"].startswith("ipv4:127.0.0.1:")
+
+
+def test_closed_sink_counts_late_lines_and_flushed_the_rest():
+    stream = io.StringIO()
+    sink = logs.LineSink(stream, flush_interval=60)
+    sink.put("before")
+    sink.close()
+    sink.put("after")
+    assert stream.getvalue() == "before\n"
+    assert sink.dropped == 1

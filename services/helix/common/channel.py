@@ -47,8 +47,8 @@ class ChannelConfig:
             raise ConfigError("keepalive_time below 30s would be rejected by Helix servers")
         if not 1 <= self.retry_max_attempts <= 5:
             raise ConfigError("retry_max_attempts must be within 1..5 (gRPC caps it at 5)")
-        if not 0 < self.retry_initial_backoff <= self.retry_max_backoff:
-            raise ConfigError("retry backoffs need 0 < initial <= max")
+        if not 0.001 <= self.retry_initial_backoff <= self.retry_max_backoff:
+            raise ConfigError("retry backoffs need 1ms <= initial <= max")
 
 
 def idempotent_methods(
@@ -75,8 +75,8 @@ def service_config(
                 "name": names,
                 "retryPolicy": {
                     "maxAttempts": config.retry_max_attempts,
-                    "initialBackoff": f"{config.retry_initial_backoff:.3f}s",
-                    "maxBackoff": f"{config.retry_max_backoff:.3f}s",
+                    "initialBackoff": f"{config.retry_initial_backoff:.9f}s",
+                    "maxBackoff": f"{config.retry_max_backoff:.9f}s",
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },

@@ -97,7 +97,7 @@ _PARSERS: dict[Any, Callable[[str], Any]] = {
     int: _parse_int,
     float: _parse_float,
     bool: _parse_bool,
-    Path: Path,
+    Path: lambda text: Path(text).expanduser(),
     Duration: parse_duration,
     ByteSize: parse_size,
 }
@@ -141,6 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     for field in dataclasses.fields(cls):
         _, optional = _parser_for(hints[field.name])
         default = field.default
+        if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
         shown = "unset" if default is None and optional else f"{default}"
         parser.add_argument(
             flag_name(field),
@@ -184,6 +186,10 @@ def load(
             except ValueError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
         else:
+            expected = typing.get_args(hints[field.name]) or (hints[field.name],)
+            accepted = tuple(t for t in expected if isinstance(t, type) and t is not type(None))
+            if accepted and not isinstance(raw, accepted):
+                raise ConfigError(f"{source}: {raw!r} is not a {accepted[0].__name__}")
             values[field.name] = raw
     try:
         return cls(**values)
@@ -267,7 +273,11 @@ class ServerConfig:
         )
         require(self.keepalive_time >= 1, "keepalive_time", "must be at least 1s")
         require(self.keepalive_timeout >= 1, "keepalive_timeout", "must be at least 1s")
-        require(self.keepalive_min_time >= 1, "keepalive_min_time", "must be at least 1s")
+        require(
+            1 <= self.keepalive_min_time <= 60,
+            "keepalive_min_time",
+            "must be within 1s..60s (Helix clients ping idle connections every 60s)",
+        )
         require(
             self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "log_level",
@@ -315,20 +325,28 @@ class ServerConfig:
 
 
 def default_data_dir() -> Path:
-    """`$XDG_DATA_HOME/helix`, else `~/.local/share/helix`."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "helix"
+    """`$XDG_DATA_HOME/helix`, else `~/.local/share/helix`, else `./helix-data` (no home)."""
+    base = os.environ.get("XDG_DATA_HOME")
+    if base:
+        return Path(base) / "helix"
+    try:
+        return Path.home() / ".local" / "share" / "helix"
+    except RuntimeError:
+        return Path("helix-data")
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddedConfig(ServerConfig):
     """`helix up`: all four services in one process on one port, state under `data_dir`."""
 
-    data_dir: Path = setting(default_data_dir(), "where the embedded suite keeps its state")
+    data_dir: Path = dataclasses.field(
+        default_factory=default_data_dir,
+        metadata={"help": "where the embedded suite keeps its state", "flag": None},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(str(self.data_dir) != "", "data_dir", "must not be empty")
+        require(str(self.data_dir) not in ("", "."), "data_dir", "must name a directory")
         require(
             not self.data_dir.exists() or self.data_dir.is_dir(),
             "data_dir",

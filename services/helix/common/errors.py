@@ -8,6 +8,7 @@ secret, a token or a stack trace in one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,13 @@ class FieldViolation:
 
     field: str
     description: str
+
+
+def _finite_delay(seconds: float | None) -> float | None:
+    """A retry hint in seconds within 0..1 day, or None when it is not a usable number."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), 86_400.0)
 
 
 class HelixError(Exception):
@@ -39,7 +47,7 @@ class HelixError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        self.metadata: dict[str, str] = dict(metadata or {})
+        self.metadata: dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
 
 
 class InvalidArgument(HelixError):
@@ -126,7 +134,7 @@ class ResourceExhausted(HelixError):
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
-        self.retry_after = retry_after
+        self.retry_after = _finite_delay(retry_after)
         self.quota_subject = quota_subject
 
 
@@ -144,7 +152,7 @@ class Unavailable(HelixError):
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
-        self.retry_after = retry_after
+        self.retry_after = _finite_delay(retry_after)
 
 
 class Unimplemented(HelixError):

@@ -29,12 +29,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from helix.common import errors, logs
 from helix.common.metrics import RpcMetrics
@@ -155,6 +156,15 @@ class MetricsStage(Stage):
         bound[4][code].inc()
 
 
+EXEMPT_FROM_LIMITS = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+
 class ConcurrencyLimitStage(Stage):
     """Caps calls in flight; one more gets RESOURCE_EXHAUSTED with ErrorInfo and RetryInfo.
 
@@ -167,8 +177,16 @@ class ConcurrencyLimitStage(Stage):
         self.limit = limit
         self.in_flight = 0
         self._retry_after = retry_after
+        self._exempt: set[str] = set()
+
+    def bind(self, info: MethodInfo) -> None:
+        # Probes and discovery must answer when the server is busy: that is when they matter.
+        if info.service in EXEMPT_FROM_LIMITS:
+            self._exempt.add(info.path)
 
     def before(self, call: Call) -> None:
+        if call.info.path in self._exempt:
+            return
         if self.in_flight >= self.limit:
             raise errors.ResourceExhausted(
                 f"the server is at its limit of {self.limit} concurrent calls",
@@ -179,11 +197,12 @@ class ConcurrencyLimitStage(Stage):
         self.in_flight += 1
 
     def after(self, call: Call, code: grpc.StatusCode) -> None:
-        self.in_flight -= 1
+        if call.info.path not in self._exempt:
+            self.in_flight -= 1
 
 
 REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _ID_PREFIX = os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
 
@@ -191,7 +210,7 @@ _ID_COUNTER = itertools.count(1)
 def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     """The caller's `x-request-id` if it is well formed, else a fresh process-unique id."""
     for key, value in metadata or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.match(value):
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
     return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
@@ -262,7 +281,9 @@ def _reject_undecodable(request: Any) -> None:
         )
 
 
-async def iterate_responses(behavior: Any, request: Any, context: Context) -> AsyncIterator[Any]:
+async def iterate_responses(
+    behavior: Any, request: Any, context: Context
+) -> AsyncGenerator[Any, None]:
     """Run a response-streaming behaviour, whether an async generator or a coroutine.
 
     A servicer may stream by yielding or by `await context.write(...)`; in the second case
@@ -272,8 +293,11 @@ async def iterate_responses(behavior: Any, request: Any, context: Context) -> As
     if inspect.isawaitable(result):
         await result
         return
-    async for response in result:
-        yield response
+    # Close the servicer's generator as soon as the call ends (cancelled included), so its
+    # `finally` runs now rather than whenever the loop's finaliser gets to it.
+    async with aclosing(result):
+        async for response in result:
+            yield response
 
 
 def final_code(context: Context) -> grpc.StatusCode:
@@ -300,25 +324,49 @@ async def _fail(exc: Exception, call: Call) -> NoReturn:
     """Abort `call` for `exc` through the error table, recording the code in `call.code`.
 
     Domain errors abort with their status; anything else is logged with its traceback
-    and answered INTERNAL naming only the request id.
+    and answered INTERNAL naming only the request id. Building the status cannot let an
+    exception escape: gRPC would answer it with UNKNOWN and the exception's text.
     """
     context = call.context
     if isinstance(exc, grpc.aio.AbortError):
         call.code = final_code(context)
         raise exc
+    status = None
     if isinstance(exc, errors.HelixError):
-        call.code = status_code_for(exc)
-        await context.abort_with_status(to_grpc_status(to_rpc_status(exc)))
-    call.code = grpc.StatusCode.INTERNAL
-    log.error(
-        "unexpected error in %s",
-        call.info.path,
-        exc_info=exc,
-        extra={"method": call.info.path, "request_id": call.request_id},
-    )
-    message = f"internal error (request id {call.request_id or 'unknown'}); see the server log"
-    await context.abort_with_status(to_grpc_status(internal_status(message)))
+        try:
+            status = to_grpc_status(to_rpc_status(exc))
+            call.code = status_code_for(exc)
+        except Exception:
+            log.exception("could not build the status for %r", type(exc).__name__)
+    if status is None:
+        call.code = grpc.StatusCode.INTERNAL
+        if not isinstance(exc, errors.HelixError):
+            log.error(
+                "unexpected error in %s",
+                call.info.path,
+                exc_info=exc,
+                extra={"method": call.info.path, "request_id": call.request_id},
+            )
+        message = f"internal error (request id {call.request_id or 'unknown'}); see the server log"
+        status = to_grpc_status(internal_status(message))
+    await context.abort_with_status(status)
     raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def _check_response(response: Any, info: MethodInfo) -> Any:
+    """A servicer bug that returns a non-message must become INTERNAL, not gRPC's UNKNOWN."""
+    if not isinstance(response, Message):
+        raise TypeError(f"{info.path} returned {type(response).__name__}, not a message")
+    return response
+
+
+def _run_after(stages: Sequence[Stage], call: Call, code: grpc.StatusCode) -> None:
+    """Run every `after` even if one raises (a skipped one could leak a concurrency slot)."""
+    for stage in stages:
+        try:
+            stage.after(call, code)
+        except Exception:
+            log.exception("stage %s failed after %s", type(stage).__name__, call.info.path)
 
 
 class CallChain:
@@ -394,16 +442,14 @@ class CallChain:
                     reached += 1
                 response = await behavior(self._requests(info, request), context)
                 code = final_code(context)
-                return response
+                return response if response is None else _check_response(response, info)
             except asyncio.CancelledError:
                 code = _cancelled_code(context)
                 raise
             except Exception as exc:
                 await _fail(exc, call)
             finally:
-                code = call.code or code
-                for stage in reversed_stages[len(stages) - reached :]:
-                    stage.after(call, code)
+                _run_after(reversed_stages[len(stages) - reached :], call, call.code or code)
 
         return call_unary
 
@@ -419,10 +465,11 @@ class CallChain:
                     stage.before(call)
                     reached += 1
                 requests = self._requests(info, request)
-                async for response in iterate_responses(behavior, requests, context):
-                    for stage in stages:
-                        stage.on_response(info)
-                    yield response
+                async with aclosing(iterate_responses(behavior, requests, context)) as responses:
+                    async for response in responses:
+                        for stage in stages:
+                            stage.on_response(info)
+                        yield _check_response(response, info)
                 code = final_code(context)
             except (asyncio.CancelledError, GeneratorExit):
                 code = _cancelled_code(context)
@@ -430,9 +477,7 @@ class CallChain:
             except Exception as exc:
                 await _fail(exc, call)
             finally:
-                code = call.code or code
-                for stage in reversed_stages[len(stages) - reached :]:
-                    stage.after(call, code)
+                _run_after(reversed_stages[len(stages) - reached :], call, call.code or code)
 
         return call_stream
 

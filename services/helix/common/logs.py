@@ -34,6 +34,9 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+_RESERVED = frozenset({"time", "level", "logger", "message", "exception"})
+
+
 def _timestamp(created: float) -> str:
     return datetime.datetime.fromtimestamp(created, datetime.UTC).isoformat(timespec="milliseconds")
 
@@ -58,7 +61,7 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
             entry["principal"] = principal_var.get()
         for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS:
+            if key not in _STANDARD_ATTRS and key not in _RESERVED:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -81,9 +84,9 @@ class LineSink:
         self._thread.start()
 
     def put(self, line: str) -> None:
-        """Buffer one line; drop it (and count it) if the buffer is full."""
+        """Buffer one line; drop it (and count it) if the buffer is full or the sink closed."""
         with self._lock:
-            if len(self._lines) >= self._capacity:
+            if self._closed or len(self._lines) >= self._capacity:
                 self.dropped += 1
                 return
             self._lines.append(line)
@@ -101,20 +104,26 @@ class LineSink:
                 self._stream.write("\n".join(lines) + "\n")
                 self._stream.flush()
             except (OSError, ValueError):
-                self.dropped += len(lines)
+                with self._lock:
+                    self.dropped += len(lines)
 
     def _run(self) -> None:
-        while not self._closed:
+        # The writer thread is the only one that writes to the stream, final flush included.
+        while True:
             self._wake.wait(self._interval)
             self._wake.clear()
+            with self._lock:
+                closing = self._closed
             self._write(self._take())
+            if closing:
+                return
 
-    def close(self) -> None:
-        """Write what is buffered and stop the thread."""
-        self._closed = True
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting lines, let the writer flush what is buffered, and stop it."""
+        with self._lock:
+            self._closed = True
         self._wake.set()
-        self._thread.join(timeout=5)
-        self._write(self._take())
+        self._thread.join(timeout=timeout)
 
 
 class SinkHandler(logging.Handler):
@@ -147,10 +156,14 @@ def configure(level: str = "INFO", stream: TextIO | None = None, capacity: int =
         _stop_locked()
         sink = LineSink(stream or sys.stderr, capacity=capacity)
         handler = SinkHandler(sink)
-        root = logging.getLogger("helix")
+        # On the root logger, so gRPC's and asyncio's own records are JSON lines too; the
+        # `helix` loggers propagate to it at their own level, everything else at WARNING.
+        root = logging.getLogger()
         root.addHandler(handler)
-        root.setLevel(level.upper())
-        root.propagate = False
+        root.setLevel(logging.WARNING)
+        helix = logging.getLogger("helix")
+        helix.setLevel(level.upper())
+        helix.propagate = True
         _sink, _handler = sink, handler
 
 
@@ -171,15 +184,16 @@ def access(level: int, logger: logging.Logger, message: str, fields: Mapping[str
         "level": logging.getLevelName(level),
         "logger": logger.name,
         "message": message,
-        **fields,
     }
+    for key, value in fields.items():
+        entry.setdefault(key, value)
     sink.put(dumps(entry))
 
 
 def _stop_locked() -> None:
     global _sink, _handler
     if _handler is not None:
-        logging.getLogger("helix").removeHandler(_handler)
+        logging.getLogger().removeHandler(_handler)
     if _sink is not None:
         _sink.close()
     _sink = None

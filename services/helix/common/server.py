@@ -86,6 +86,7 @@ class HelixServer:
         self._exporter: MetricsExporter | None = None
         self.security: Security | None = None
         self._shutdown: asyncio.Task[None] | None = None
+        self._force_stop: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
 
     @property
@@ -97,7 +98,23 @@ class HelixServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        """Start serving and mark every service SERVING; start /metrics if configured."""
+        """Start /metrics (if configured), then serving, and mark every service SERVING.
+
+        The exporter starts first so that a busy metrics port fails the start before any
+        call has been accepted.
+        """
+        if self.config.metrics_port is not None:
+            address = f"{self.config.metrics_host}:{self.config.metrics_port}"
+            try:
+                self._exporter = await asyncio.to_thread(
+                    MetricsExporter,
+                    self.metrics.registry,
+                    self.config.metrics_host,
+                    self.config.metrics_port,
+                )
+            except OSError as exc:
+                raise BindError(f"cannot serve /metrics on {address}: {exc.strerror}") from None
+            self.metrics_port = self._exporter.port
         await self.grpc_server.start()
         if self.security is not None:
             self.security.start()
@@ -105,14 +122,6 @@ class HelixServer:
         await self.health.set("", serving)
         for service in self.services:
             await self.health.set(service.name, serving)
-        if self.config.metrics_port is not None:
-            self._exporter = await asyncio.to_thread(
-                MetricsExporter,
-                self.metrics.registry,
-                self.config.metrics_host,
-                self.config.metrics_port,
-            )
-            self.metrics_port = self._exporter.port
 
     def shutdown(self, grace: float | None = None) -> asyncio.Task[None]:
         """Begin the drain (once) and return the task that finishes it; await it to wait."""
@@ -120,18 +129,31 @@ class HelixServer:
             self._shutdown = asyncio.ensure_future(self._drain(grace))
         return self._shutdown
 
+    def _on_signal(self) -> None:
+        """First SIGTERM/SIGINT drains; a second one stops at once (Ctrl-C twice)."""
+        if self._shutdown is None:
+            self.shutdown()
+            return
+        log.warning("second signal: stopping without waiting for in-flight calls")
+        self._force_stop = asyncio.ensure_future(self.grpc_server.stop(0))
+
     async def _drain(self, grace: float | None) -> None:
         grace = self.config.grace_period if grace is None else grace
+        deadline = asyncio.get_running_loop().time() + grace
         log.info("draining", extra={"grace_seconds": grace})
         try:
             await self.health.enter_graceful_shutdown()
             for service in self.services:
                 for hook in service.on_shutdown:
+                    remaining = max(0.0, deadline - asyncio.get_running_loop().time())
                     try:
-                        await hook()
+                        await asyncio.wait_for(hook(), timeout=remaining)
+                    except TimeoutError:
+                        log.warning("shutdown hook of %s ran out of grace time", service.name)
                     except Exception:
                         log.exception("shutdown hook of %s failed", service.name)
-            await self.grpc_server.stop(grace)
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            await self.grpc_server.stop(remaining)
         finally:
             if self.security is not None:
                 await self.security.stop()
@@ -151,7 +173,7 @@ class HelixServer:
         await self.start()
         signals = (signal.SIGTERM, signal.SIGINT)
         for signum in signals:
-            loop.add_signal_handler(signum, self.shutdown)
+            loop.add_signal_handler(signum, self._on_signal)
         try:
             if on_ready is not None:
                 on_ready(self)

@@ -18,6 +18,12 @@ from grpc_status import rpc_status
 from helix.common import errors
 
 DOMAIN = "helix"
+# Trailers must fit gRPC's metadata limits (clients may refuse over 8 KiB, and the status
+# travels base64-encoded): cap what a status carries to about 4 KiB.
+MAX_MESSAGE_CHARS = 512
+MAX_VIOLATIONS = 50
+MAX_DESCRIPTION_CHARS = 200
+VIOLATIONS_BUDGET_BYTES = 2500
 
 _TABLE: dict[type[errors.HelixError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,6 +51,10 @@ def status_code_for(error: errors.HelixError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     whole = math.floor(seconds)
     return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
@@ -53,14 +63,29 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 def to_rpc_status(error: errors.HelixError) -> status_pb2.Status:
     """Build the rich status for a domain error: ErrorInfo first, then kind-specific details."""
     code = status_code_for(error)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    status = status_pb2.Status(code=code.value[0], message=_clip(error.message, MAX_MESSAGE_CHARS))
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
-    info.metadata.update(error.metadata)
+    info.metadata.update(
+        {
+            _clip(k, 64): _clip(v, MAX_DESCRIPTION_CHARS)
+            for k, v in list(error.metadata.items())[:16]
+        }
+    )
+    violations = error.violations if isinstance(error, errors.InvalidArgument) else ()
+    bad = error_details_pb2.BadRequest()
+    budget = VIOLATIONS_BUDGET_BYTES
+    for violation in violations[:MAX_VIOLATIONS]:
+        field = _clip(violation.field, MAX_DESCRIPTION_CHARS)
+        description = _clip(violation.description, MAX_DESCRIPTION_CHARS)
+        budget -= len(field.encode()) + len(description.encode()) + 8
+        if budget < 0 and bad.field_violations:
+            break
+        bad.field_violations.add(field=field, description=description)
+    if len(bad.field_violations) < len(violations):
+        info.metadata["violations_total"] = str(len(violations))
+        info.metadata["violations_shown"] = str(len(bad.field_violations))
     status.details.add().Pack(info)
-    if isinstance(error, errors.InvalidArgument) and error.violations:
-        bad = error_details_pb2.BadRequest()
-        for violation in error.violations:
-            bad.field_violations.add(field=violation.field, description=violation.description)
+    if violations:
         status.details.add().Pack(bad)
     retry_after = getattr(error, "retry_after", None)
     if isinstance(error, errors.ResourceExhausted | errors.Unavailable) and retry_after is not None:
