@@ -16,6 +16,7 @@ from helix.security.tokens import mint
 from helix.suite import create_embedded, embedded_services
 
 from reflection_client import file_for_symbol, list_services
+from test_validation import VALID
 
 HELIX_SERVICES = [
     "helix.v1.GeneratorService",
@@ -81,20 +82,20 @@ def _stub_calls(channel):
         for method in service.methods:
             path = f"/{service.full_name}/{method.name}"
             kind = (method.client_streaming, method.server_streaming)
-            calls.append((path, kind))
+            calls.append((path, kind, VALID[method.name][1].SerializeToString()))
     return calls
 
 
-async def _call(channel, path, kind):
+async def _call(channel, path, kind, payload=b""):
     if kind == (False, False):
-        return await channel.unary_unary(path)(b"", timeout=5)
+        return await channel.unary_unary(path)(payload, timeout=5)
     if kind == (False, True):
-        return [m async for m in channel.unary_stream(path)(b"", timeout=5)]
+        return [m async for m in channel.unary_stream(path)(payload, timeout=5)]
     if kind == (True, False):
-        return await channel.stream_unary(path)(iter([b""]), timeout=5)
+        return await channel.stream_unary(path)(iter([payload]), timeout=5)
 
     async def one():
-        yield b""
+        yield payload
 
     return [m async for m in channel.stream_stream(path)(one(), timeout=5)]
 
@@ -102,11 +103,11 @@ async def _call(channel, path, kind):
 async def test_every_unbuilt_method_says_it_is_not_implemented_yet(suite):
     calls = _stub_calls(suite)
     assert len(calls) >= 20
-    kinds = {kind for _, kind in calls}
+    kinds = {kind for _, kind, _ in calls}
     assert {(False, False), (False, True), (True, True)} <= kinds
-    for path, kind in calls:
+    for path, kind, payload in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await _call(suite, path, kind)
+            await _call(suite, path, kind, payload)
         error = caught.value
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED, path
         assert path in error.details()
@@ -115,3 +116,18 @@ async def test_every_unbuilt_method_says_it_is_not_implemented_yet(suite):
         info = error_details_pb2.ErrorInfo()
         assert status.details[0].Unpack(info)
         assert (info.reason, info.domain) == ("NOT_IMPLEMENTED_YET", "helix")
+
+
+async def test_bad_requests_are_invalid_argument_before_unimplemented(suite):
+    calls = _stub_calls(suite)
+    for path, kind, _ in calls:
+        if path.endswith(("/ListDnas", "/ListOracles", "/ListRuns", "/ListAgents", "/WatchAgents")):
+            continue  # an empty request is a valid listing
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(suite, path, kind, b"")
+        error = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+        status = rpc_status.from_call(error)
+        bad = error_details_pb2.BadRequest()
+        assert any(d.Unpack(bad) for d in status.details), path
+        assert bad.field_violations, path

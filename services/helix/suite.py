@@ -7,16 +7,22 @@ from pathlib import Path
 from helix.common.config import EmbeddedConfig
 from helix.common.server import HelixServer, ServiceBinding, create_server
 from helix.common.services import GENERATOR, ORACLE, ORCHESTRATOR, REGISTRY, placeholder
+from helix.generator import validation as generator_checks
+from helix.oracle import validation as oracle_checks
+from helix.orchestrator import validation as orchestrator_checks
+from helix.registry import validation as registry_checks
 from helix.security.setup import security_from_config
 
 
 def embedded_services(config: EmbeddedConfig) -> list[ServiceBinding]:
     """The service bindings of the embedded suite, registry first."""
     return [
-        placeholder(REGISTRY, "the registry lands with its own issue"),
-        placeholder(GENERATOR, "the generator lands with its own issue"),
-        placeholder(ORACLE, "the oracle lands with its own issue"),
-        placeholder(ORCHESTRATOR, "the orchestrator lands with its own issue"),
+        placeholder(REGISTRY, "the registry lands with its own issue", registry_checks.CHECKS),
+        placeholder(GENERATOR, "the generator lands with its own issue", generator_checks.CHECKS),
+        placeholder(ORACLE, "the oracle lands with its own issue", oracle_checks.CHECKS),
+        placeholder(
+            ORCHESTRATOR, "the orchestrator lands with its own issue", orchestrator_checks.CHECKS
+        ),
     ]
 
 

@@ -59,6 +59,8 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
             int(config.keepalive_min_time * 1000),
         ),
         ("grpc.http2.max_ping_strikes", 2),
+        # Room for an oversized token to reach the auth stage and get a clear answer.
+        ("grpc.max_metadata_size", 32 * 1024),
         # Two servers on one port would silently split traffic; fail to bind instead.
         ("grpc.so_reuseport", 0),
     ]

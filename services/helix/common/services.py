@@ -1,13 +1,14 @@
 """The `helix.v1` services: their descriptors, and placeholders for those not yet served.
 
-A placeholder answers every method of its service (all four call types) with
-UNIMPLEMENTED, an `ErrorInfo` and a message naming the method, so clients and operators see
-the whole API surface through reflection before each service is built.
+A placeholder validates each request with the service's pure `check_*` functions (so bad
+input is INVALID_ARGUMENT with every violation listed), then answers UNIMPLEMENTED with an
+`ErrorInfo` and a message naming the method, for all four call types, so clients and
+operators see the whole API surface through reflection before each service is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -35,8 +36,19 @@ SERVICE_DESCRIPTORS: tuple[descriptor.ServiceDescriptor, ...] = (
 )
 
 
+Check = Callable[[Any], list[errors.FieldViolation]]
+
+
+def validate(check: Check | None, request: Any) -> None:
+    """Raise INVALID_ARGUMENT listing every violation `check` finds in `request`."""
+    if check is not None:
+        violations = check(request)
+        if violations:
+            raise errors.InvalidArgument.from_violations(violations)
+
+
 def _method_handler(
-    method: descriptor.MethodDescriptor, reason: str
+    method: descriptor.MethodDescriptor, reason: str, check: Check | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)
@@ -46,10 +58,19 @@ def _method_handler(
     def fail() -> errors.Unimplemented:
         return errors.Unimplemented(text, reason="NOT_IMPLEMENTED_YET", metadata={"method": path})
 
+    async def first_request(request: Any) -> Any:
+        if not method.client_streaming:
+            return request
+        async for first in request:
+            return first
+        return request_class()
+
     async def unary(request: Any, context: Any) -> Any:
+        validate(check, await first_request(request))
         raise fail()
 
     async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        validate(check, await first_request(request))
         raise fail()
         yield  # pragma: no cover - makes this an async generator
 
@@ -65,9 +86,16 @@ def _method_handler(
     return grpc.stream_stream_rpc_method_handler(stream, deserialize, serialize)
 
 
-def placeholder(service: descriptor.ServiceDescriptor, reason: str) -> ServiceBinding:
-    """A binding that serves every method of `service` as UNIMPLEMENTED, saying `reason`."""
-    handlers = {m.name: _method_handler(m, reason) for m in service.methods}
+def placeholder(
+    service: descriptor.ServiceDescriptor, reason: str, checks: Mapping[str, Check] | None = None
+) -> ServiceBinding:
+    """A binding that serves every method of `service` as UNIMPLEMENTED, saying `reason`.
+
+    Requests are validated first with `checks` (method name → check of its request, the
+    first message for request streams), so bad input is INVALID_ARGUMENT already.
+    """
+    checks = checks or {}
+    handlers = {m.name: _method_handler(m, reason, checks.get(m.name)) for m in service.methods}
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
 
     def add(server: grpc.aio.Server) -> None:

@@ -69,6 +69,9 @@ class Security:
     sources: KeySources | None = None
     reload_interval: float = 5.0
     extra_scopes: Mapping[str, str] = field(default_factory=dict)
+    # The key files' fingerprint when the keys in use were read (taken before reading, so a
+    # change racing with the read is still noticed).
+    loaded_signature: tuple[object, ...] = ()
     _reloader: asyncio.Task[None] | None = None
 
     def stages(self) -> list[Stage]:
@@ -95,7 +98,7 @@ class Security:
                     raise  # we were cancelled ourselves, not just the reloader
 
     async def _watch(self, sources: KeySources) -> None:
-        seen = await asyncio.to_thread(sources.signature)
+        seen = self.loaded_signature
         while True:
             await asyncio.sleep(self.reload_interval)
             try:
@@ -150,6 +153,7 @@ def security_from_config(
             raise ConfigError(f"embedded signing key in {embedded_key_dir}: {exc}") from None
     sources = KeySources(hs256_dir, config.auth_public_keys, config.auth_jwks_file)
     try:
+        signature = sources.signature()
         keyset, signer = sources.load()
     except (OSError, KeyMaterialError) as exc:
         raise ConfigError(f"authentication keys: {exc}") from None
@@ -167,4 +171,5 @@ def security_from_config(
         sources=sources,
         reload_interval=config.auth_reload_interval,
         extra_scopes=dict(extra_scopes or {}),
+        loaded_signature=signature,
     )

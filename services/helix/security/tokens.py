@@ -64,6 +64,8 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._clock = clock
         self._decoder = jwt.PyJWT()
+        self.hits = 0
+        self.misses = 0
 
     @property
     def keys(self) -> KeySet:
@@ -80,9 +82,11 @@ class TokenVerifier:
         if cached is not None:
             if self._clock() < cached.expires_at + self._policy.leeway:
                 self._cache.move_to_end(token)
+                self.hits += 1
                 return cached
             del self._cache[token]
             raise _reject("the token has expired", "TOKEN_EXPIRED")
+        self.misses += 1
         principal = self._verify_uncached(token)
         self._cache[token] = principal
         if len(self._cache) > self._cache_size:

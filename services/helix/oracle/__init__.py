@@ -1,0 +1,1 @@
+"""Helix oracle service."""

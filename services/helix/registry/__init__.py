@@ -1,0 +1,1 @@
+"""Helix registry service."""
