@@ -32,7 +32,7 @@ $(NPM_STAMP): package.json package-lock.json
 run: $(STAMP) ## run the embedded suite (all four services on one port)
 	$(VENV)/bin/helix up --host $(HOST) --port $(PORT) $(ARGS)
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) $(NPM_STAMP) ## run the test suite (buf from npm is used by CLI tests)
 	$(PY) -m pytest $(ARGS)
 
 check: format-check lint typecheck buf-lint check-generated ## every static check CI runs
