@@ -226,9 +226,10 @@ async def test_helix_call_mints_from_the_local_suite_key(running_suite, helix_en
         env=helix_env,
     )
     assert code == 1
+    assert out == ""
     assert "error: UNIMPLEMENTED" in err
     assert "NOT_IMPLEMENTED_YET" in err
-    code, _out, err = await run(
+    code, _, err = await run(
         "call",
         "helix.v1.GeneratorService/GetDna",
         "-d",
