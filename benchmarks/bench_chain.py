@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -26,11 +27,11 @@ import grpc  # noqa: E402
 
 from echo_service import String, stubs  # noqa: E402
 
-MODES = ("bare", "chain", "chain-logged")
+MODES = ("bare", "chain", "chain-logged", "secured")
 SERVER = ROOT / "benchmarks" / "servers" / "echo_server.py"
 
 
-async def start(mode: str) -> tuple[asyncio.subprocess.Process, str]:
+async def start(mode: str) -> tuple[asyncio.subprocess.Process, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SERVER),
@@ -42,7 +43,7 @@ async def start(mode: str) -> tuple[asyncio.subprocess.Process, str]:
     line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().split()
     if os.cpu_count() and os.cpu_count() > 1 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(process.pid, {0})
-    return process, f"127.0.0.1:{line[1]}"
+    return process, f"127.0.0.1:{line[1]}", line[2]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -51,10 +52,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(address: str, concurrency: int, seconds: float, pid: int) -> tuple[float, float]:
-    """Calls/s completed by `concurrency` callers in `seconds`, and server CPU µs per call."""
+async def drive(
+    address: str, concurrency: int, seconds: float, pid: int, token: str = "-"
+) -> tuple[float, float]:
+    """Calls/s completed by `concurrency` callers in `seconds`, and server CPU µs per call.
+
+    Every mode gets the same bearer-token metadata, so only the server's work differs.
+    """
+    metadata = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(address) as channel:
-        echo = stubs(channel)["Echo"]
+        unauthenticated = stubs(channel)["Echo"]
+
+        def echo(request: String, timeout: float) -> Any:
+            return unauthenticated(request, timeout=timeout, metadata=metadata)
+
         request = String(value="x" * 64)
         for _ in range(200):  # warm up the connection and the server
             await echo(request, timeout=10)
@@ -91,12 +102,14 @@ async def main() -> None:
     try:
         for _ in range(args.rounds):
             for concurrency in args.concurrency:
-                for mode, (process, address) in servers.items():
-                    rate, micros = await drive(address, concurrency, args.seconds, process.pid)
+                for mode, (process, address, token) in servers.items():
+                    rate, micros = await drive(
+                        address, concurrency, args.seconds, process.pid, token
+                    )
                     results[mode][concurrency].append(rate)
                     cpu[mode][concurrency].append(micros)
     finally:
-        for process, _ in servers.values():
+        for process, _, _ in servers.values():
             process.terminate()
             await process.wait()
 
@@ -114,6 +127,10 @@ async def main() -> None:
             "server_cpu_us_per_call": cpus,
             "throughput_vs_bare": {m: medians[m] / bare for m in MODES[1:]},
             "cpu_per_call_vs_bare": {m: cpus[m] / cpus["bare"] for m in MODES[1:]},
+            "security_cost": {
+                "throughput_secured_vs_chain": medians["secured"] / medians["chain"],
+                "cpu_per_call_secured_vs_chain": cpus["secured"] / cpus["chain"],
+            },
         }
         print(
             f"  concurrency {concurrency:3d}: bare {bare:6.0f}/s {cpus['bare']:5.0f}us"
@@ -122,6 +139,13 @@ async def main() -> None:
                 f" {cpus[m]:5.0f}us ({cpus[m] / cpus['bare']:.2f}x)"
                 for m in MODES[1:]
             )
+        )
+    for concurrency in args.concurrency:
+        cost = report[concurrency]["security_cost"]
+        print(
+            f"  security chain (auth cached + rate limit + validation) at {concurrency:3d}: "
+            f"throughput {cost['throughput_secured_vs_chain']:.2f}x of the chain without it, "
+            f"server CPU per call {cost['cpu_per_call_secured_vs_chain']:.2f}x"
         )
     print(json.dumps({"bench": "chain", "results": report}))
 

@@ -13,17 +13,29 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2
 
-from helix.common import errors
+from helix.common import errors, validation
 from helix.common.server import ServiceBinding
 
 SERVICE = "helix.test.EchoService"
 String = wrappers_pb2.StringValue
 
 
-class EchoServicer:
-    """Echo answers; `Fail` raises the error its request names; `Sleep` waits."""
+def check_echo_request(request: String) -> list[errors.FieldViolation]:
+    """The echo request's rules, with the same primitives the real services use."""
+    return [
+        *validation.check_no_unknown_fields(request),
+        *validation.check_string(request.value, "value", required=True, max_len=1024),
+    ]
 
-    def __init__(self) -> None:
+
+class EchoServicer:
+    """Echo answers; `Fail` raises the error its request names; `Sleep` waits.
+
+    With `validate`, `Echo` validates its request like a real servicer does.
+    """
+
+    def __init__(self, validate: bool = False) -> None:
+        self.validate = validate
         self.calls = 0
         self.sleeping = 0
         self.started = asyncio.Event()
@@ -32,6 +44,10 @@ class EchoServicer:
 
     async def Echo(self, request: String, context: Any) -> String:
         self.calls += 1
+        if self.validate:
+            violations = check_echo_request(request)
+            if violations:
+                raise errors.InvalidArgument.from_violations(violations)
         if self.fail_first > 0:
             self.fail_first -= 1
             raise errors.Unavailable("try again", retry_after=0.01)
