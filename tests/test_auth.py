@@ -176,6 +176,25 @@ async def test_bad_credentials_are_unauthenticated(secured, keyring, case, call_
         assert token not in caught.value.details()
 
 
+async def test_refusals_are_counted_by_reason(start_server, channel_to, keyring):
+    server = await start_server([binding(EchoServicer())], security=keyring.security())
+    channel = Target(channel_to(server), server.address)
+    for token in (None, "garbage", keyring.token(scope="dna.read")):
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await invoke(channel, "unary", token)
+
+    def refused(reason: str) -> float | None:
+        return server.metrics.registry.get_sample_value(
+            "helix_auth_refused_total", {"reason": reason}
+        )
+
+    assert (refused("TOKEN_MISSING"), refused("TOKEN_MALFORMED"), refused("SCOPE_MISSING")) == (
+        1,
+        1,
+        1,
+    )
+
+
 @pytest.mark.parametrize("call_type", CALL_TYPES)
 async def test_right_token_wrong_scope_is_permission_denied(secured, keyring, call_type):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -301,3 +320,7 @@ async def test_a_flooding_principal_does_not_starve_others(start_server, channel
     # The other principal's calls keep succeeding.
     for _ in range(4):
         assert await invoke(channel, "unary", bystander) == "hi"
+    limited = server.metrics.registry.get_sample_value(
+        "helix_rate_limited_total", {"rate_class": "read"}
+    )
+    assert limited == len(refused)

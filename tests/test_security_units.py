@@ -14,7 +14,12 @@ from helix.common import errors
 from helix.common.config import ConfigError, ServerConfig
 from helix.common.services import SERVICE_DESCRIPTORS
 from helix.security import scopes
-from helix.security.client import FileTokenSource, MintingTokenSource, StaticTokenSource
+from helix.security.client import (
+    FileTokenSource,
+    MintingTokenSource,
+    StaticTokenSource,
+    service_token_source,
+)
 from helix.security.keys import KeyMaterialError, ensure_hs256_secret, load_hs256_dir, parse_jwks
 from helix.security.principal import Principal, may_act_on, require_owner
 from helix.security.ratelimit import Rate, TokenBucketLimiter
@@ -278,3 +283,20 @@ def test_jwks_keys_carry_their_algorithm(tmp_path):
     found = keys.get("e1")
     assert found is not None
     assert found.algorithm == "EdDSA"
+
+
+async def test_service_token_source_prefers_the_mounted_secret(tmp_path):
+    keyring = make_keyring(tmp_path)
+    secret = tmp_path / "service-token"
+    secret.write_text("from-the-file")
+    env = {"HELIX_SERVICE_TOKEN_FILE": str(secret), "HELIX_SERVICE_TOKEN": "from-env"}
+    source = service_token_source("svc:gen", ["agents.write"], signer=keyring.hs256, env=env)
+    assert await source.token() == "from-the-file"
+    env.pop("HELIX_SERVICE_TOKEN_FILE")
+    source = service_token_source("svc:gen", ["agents.write"], signer=keyring.hs256, env=env)
+    assert await source.token() == "from-env"
+    minted = service_token_source("svc:gen", ["agents.write"], signer=keyring.hs256, env={})
+    principal = keyring.security().verifier.verify(await minted.token())
+    assert (principal.subject, principal.scopes) == ("svc:gen", {"agents.write"})
+    with pytest.raises(ConfigError, match="no credentials for svc:gen"):
+        service_token_source("svc:gen", ["agents.write"], signer=None, env={})

@@ -221,7 +221,7 @@ def create_server(
     server = grpc.aio.server(options=server_options(config))
     stages = [
         *default_stages(metrics, config.max_concurrent_rpcs),
-        *(security.stages() if security is not None else ()),
+        *(security.stages(metrics.registry) if security is not None else ()),
         *extra_stages,
     ]
     # Every handler, health and reflection included, is added through the chain.

@@ -10,14 +10,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import grpc
 
 from helix.common.channel import details_interceptors
+from helix.common.config import ConfigError
 from helix.security.keys import SigningKey, file_signature
 from helix.security.tokens import TokenPolicy, mint
 
@@ -105,6 +107,37 @@ class FileTokenSource:
                     await asyncio.to_thread(self._read_if_changed)
                     self._checked = now
         return self._token
+
+
+SERVICE_TOKEN_ENV = "HELIX_SERVICE_TOKEN"
+SERVICE_TOKEN_FILE_ENV = "HELIX_SERVICE_TOKEN_FILE"
+
+
+def service_token_source(
+    subject: str,
+    scopes: Iterable[str],
+    *,
+    signer: SigningKey | None,
+    policy: TokenPolicy | None = None,
+    env: Mapping[str, str] | None = None,
+) -> TokenSource:
+    """The credentials one Helix service uses to call another.
+
+    Distributed mode: `HELIX_SERVICE_TOKEN_FILE` (a mounted secret, re-read when it
+    changes) or `HELIX_SERVICE_TOKEN`. Embedded mode: short-lived tokens minted with the
+    suite's own `signer` for `subject` with `scopes`, renewed before they expire.
+    """
+    env = os.environ if env is None else env
+    if env.get(SERVICE_TOKEN_FILE_ENV):
+        return FileTokenSource(Path(env[SERVICE_TOKEN_FILE_ENV]))
+    if env.get(SERVICE_TOKEN_ENV):
+        return StaticTokenSource(env[SERVICE_TOKEN_ENV])
+    if signer is not None:
+        return MintingTokenSource(signer, subject, scopes, policy=policy)
+    raise ConfigError(
+        f"no credentials for {subject}'s calls to other services: set "
+        f"{SERVICE_TOKEN_FILE_ENV} or {SERVICE_TOKEN_ENV}, or give it a signing key"
+    )
 
 
 def bearer_interceptors(source: TokenSource | None) -> list[grpc.aio.ClientInterceptor]:

@@ -8,11 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from helix.common.config import ConfigError, ServerConfig
 from helix.common.interceptors import Stage
 from helix.security import keys as keymod
 from helix.security import scopes
 from helix.security.keys import KeyMaterialError, KeySet, SigningKey
+from helix.security.metrics import SecurityMetrics
 from helix.security.ratelimit import Rate, TokenBucketLimiter
 from helix.security.stages import AuthStage, RateLimitStage
 from helix.security.tokens import TokenPolicy, TokenVerifier
@@ -74,11 +77,13 @@ class Security:
     loaded_signature: tuple[object, ...] = ()
     _reloader: asyncio.Task[None] | None = None
 
-    def stages(self) -> list[Stage]:
-        """Auth then rate limiting, to follow the default stages of the chain."""
+    def stages(self, registry: CollectorRegistry | None = None) -> list[Stage]:
+        """Auth then rate limiting, to follow the default stages of the chain; refusals are
+        counted on `registry` when given."""
+        metrics = SecurityMetrics(registry) if registry is not None else None
         return [
-            AuthStage(self.verifier, self.extra_scopes),
-            RateLimitStage(self.limiter, self.extra_scopes),
+            AuthStage(self.verifier, self.extra_scopes, metrics),
+            RateLimitStage(self.limiter, self.extra_scopes, metrics=metrics),
         ]
 
     def start(self) -> None:

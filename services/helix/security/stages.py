@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from helix.common import errors, logs
 from helix.common.interceptors import Call, MethodInfo, Stage
 from helix.security import scopes
+from helix.security.metrics import SecurityMetrics
 from helix.security.principal import Principal, current_principal, set_current_principal
 from helix.security.ratelimit import TokenBucketLimiter
 from helix.security.tokens import TokenVerifier
@@ -23,9 +24,15 @@ class AuthStage(Stage):
     PERMISSION_DENIED. The principal is then available through `current_principal()`.
     """
 
-    def __init__(self, verifier: TokenVerifier, extra_scopes: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        extra_scopes: Mapping[str, str] | None = None,
+        metrics: SecurityMetrics | None = None,
+    ):
         self._verifier = verifier
         self._extra = dict(extra_scopes or {})
+        self._metrics = metrics
         # path -> required scope (None: not in any table), or "" for open methods
         self._required: dict[str, str | None] = {}
 
@@ -38,6 +45,14 @@ class AuthStage(Stage):
         required = self._required[call.info.path]
         if required == "":
             return
+        try:
+            self._authorise(call, required)
+        except errors.HelixError as refused:
+            if self._metrics is not None:
+                self._metrics.auth_refused.labels(refused.reason).inc()
+            raise
+
+    def _authorise(self, call: Call, required: str | None) -> None:
         principal = self._verifier.verify(_bearer_token(call))
         set_current_principal(principal)
         logs.principal_var.set(principal.subject)
@@ -79,8 +94,10 @@ class RateLimitStage(Stage):
         limiter: TokenBucketLimiter,
         extra_scopes: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: SecurityMetrics | None = None,
     ) -> None:
         self._limiter = limiter
+        self._metrics = metrics
         self._extra = dict(extra_scopes or {})
         self._clock = clock
         self._classes: dict[str, str | None] = {}
@@ -99,6 +116,8 @@ class RateLimitStage(Stage):
         principal: Principal = current_principal()
         wait = self._limiter.acquire(principal.subject, rate_class, self._clock())
         if wait > 0:
+            if self._metrics is not None:
+                self._metrics.rate_limited.labels(rate_class).inc()
             raise errors.ResourceExhausted(
                 f"rate limit for {rate_class} calls exceeded; retry in {wait:.3f}s",
                 retry_after=wait,
