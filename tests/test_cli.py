@@ -202,8 +202,8 @@ async def test_minted_token_works_with_grpcurl_style_metadata(running_suite, hel
     _, authorised = await buf_curl(
         running_suite.address, method, body, f"authorization: Bearer {token}"
     )
-    # Past authentication and the scope check: the registry itself is not built yet.
-    assert "unimplemented" in authorised, authorised
+    # Past authentication and the scope check, into the registry: no such agent.
+    assert "not_found" in authorised, authorised
     _, wrong_scope = await buf_curl(
         running_suite.address,
         "helix.v1.RegistryService/DeregisterAgent",

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from helix.common import config as cfg
-from helix.common.config import ConfigError, EmbeddedConfig, ServerConfig
+from helix.common.config import ConfigError, ServerConfig
+from helix.suite import EmbeddedConfig
 
 
 def test_defaults_are_valid():

@@ -17,6 +17,7 @@ from helix.common.version import version
 from helix.security import scopes
 from helix.security.keys import KeyMaterialError, load_hs256_dir
 from helix.security.tokens import TokenPolicy, inspect_token, mint
+from helix.suite import EmbeddedConfig
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -32,7 +33,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Serve the registry, generator, oracle and orchestrator on one port. "
         "Prints 'helix listening on HOST:PORT' once ready; SIGTERM or Ctrl-C drains and stops.",
     )
-    cfg.add_arguments(up, cfg.EmbeddedConfig)
+    cfg.add_arguments(up, EmbeddedConfig)
     up.set_defaults(handler=_up)
 
     token = commands.add_parser("token", help="mint or inspect bearer tokens")
@@ -117,7 +118,7 @@ def _token_inspect(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from helix.suite import create_embedded
 
-    config = cfg.load(cfg.EmbeddedConfig, args)
+    config = cfg.load(EmbeddedConfig, args)
     logs.configure(config.log_level)
 
     async def serve() -> None:

@@ -333,22 +333,3 @@ def default_data_dir() -> Path:
         return Path.home() / ".local" / "share" / "helix"
     except RuntimeError:
         return Path("helix-data")
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddedConfig(ServerConfig):
-    """`helix up`: all four services in one process on one port, state under `data_dir`."""
-
-    data_dir: Path = dataclasses.field(
-        default_factory=default_data_dir,
-        metadata={"help": "where the embedded suite keeps its state", "flag": None},
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(str(self.data_dir) not in ("", "."), "data_dir", "must name a directory")
-        require(
-            not self.data_dir.exists() or self.data_dir.is_dir(),
-            "data_dir",
-            f"{self.data_dir} exists and is not a directory",
-        )

@@ -39,11 +39,15 @@ class BindError(OSError):
 
 @dataclass(frozen=True)
 class ServiceBinding:
-    """One gRPC service to serve: its full name and how to add its handlers to a server."""
+    """One gRPC service to serve: its full name, how to add its handlers to a server, and
+    hooks: `on_start` before the server accepts calls, `on_shutdown` when the drain begins
+    (end long-lived streams), `on_stopped` once no call is in flight (close stores)."""
 
     name: str
     add_to_server: Callable[[grpc.aio.Server], None]
     on_shutdown: Sequence[ShutdownHook] = field(default=())
+    on_start: Sequence[ShutdownHook] = field(default=())
+    on_stopped: Sequence[ShutdownHook] = field(default=())
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -117,6 +121,18 @@ class HelixServer:
             except OSError as exc:
                 raise BindError(f"cannot serve /metrics on {address}: {exc.strerror}") from None
             self.metrics_port = self._exporter.port
+        started: list[ServiceBinding] = []
+        try:
+            for service in self.services:
+                for hook in service.on_start:
+                    await hook()
+                started.append(service)
+        except BaseException:
+            await self._run_stopped(started)
+            if self._exporter is not None:
+                await asyncio.to_thread(self._exporter.close)
+                self._exporter = None
+            raise
         await self.grpc_server.start()
         if self.security is not None:
             self.security.start()
@@ -156,6 +172,7 @@ class HelixServer:
                         log.exception("shutdown hook of %s failed", service.name)
             remaining = max(0.0, deadline - asyncio.get_running_loop().time())
             await self.grpc_server.stop(remaining)
+            await self._run_stopped(self.services)
         finally:
             if self.security is not None:
                 await self.security.stop()
@@ -164,6 +181,14 @@ class HelixServer:
                 self._exporter = None
             self._stopped.set()
             log.info("stopped")
+
+    async def _run_stopped(self, services: Sequence[ServiceBinding]) -> None:
+        for service in services:
+            for hook in service.on_stopped:
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("stop hook of %s failed", service.name)
 
     async def wait_for_termination(self) -> None:
         """Return when the server has stopped."""

@@ -1,0 +1,76 @@
+"""Configuration of the registry service."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from helix.common.config import Duration, ServerConfig, require, setting
+from helix.registry.engine import EngineSettings
+from helix.registry.validation import RegistryLimits
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryConfig(ServerConfig):
+    """The registry: where it stores agents, lease bounds, history and watch limits."""
+
+    registry_db: Path | None = setting(None, "SQLite file of the registry (embedded: DATA_DIR)")
+    registry_sync: str = setting("full", "SQLite synchronous mode: full (fsync) or normal")
+    registry_default_ttl: Duration = setting(Duration(10.0), "lease TTL when none is asked")
+    registry_min_ttl: Duration = setting(Duration(2.0), "shortest lease granted")
+    registry_max_ttl: Duration = setting(Duration(300.0), "longest lease granted")
+    registry_sweep_interval: Duration = setting(Duration(0.5), "how often lapsed leases expire")
+    registry_history: int = setting(10_000, "events kept for watches and paginated lists")
+    registry_watch_buffer: int = setting(1024, "events a watcher may fall behind by")
+    registry_max_watchers: int = setting(1000, "watches served at once")
+    registry_progress_interval: Duration = setting(
+        Duration(10.0), "idle watches get a progress notification this often"
+    )
+    registry_max_batch: int = setting(1000, "mutations committed together at most")
+    registry_write_queue: int = setting(10_000, "mutations waiting for the writer at most")
+    registry_request_ttl: Duration = setting(
+        Duration(600.0), "how long RegisterAgent request ids are remembered"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.registry_sync.lower() in ("full", "normal"), "registry_sync", "full or normal")
+        require(
+            0 < self.registry_min_ttl <= self.registry_default_ttl <= self.registry_max_ttl,
+            "registry_default_ttl",
+            "need 0 < registry_min_ttl <= registry_default_ttl <= registry_max_ttl",
+        )
+        require(
+            0.01 <= self.registry_sweep_interval <= 60,
+            "registry_sweep_interval",
+            "must be within 10ms..60s",
+        )
+        require(100 <= self.registry_history <= 10_000_000, "registry_history", "100..10000000")
+        require(1 <= self.registry_watch_buffer <= 1_000_000, "registry_watch_buffer", "1..1000000")
+        require(1 <= self.registry_max_watchers <= 100_000, "registry_max_watchers", "1..100000")
+        require(
+            0.1 <= self.registry_progress_interval <= 3600,
+            "registry_progress_interval",
+            "must be within 100ms..1h",
+        )
+        require(1 <= self.registry_max_batch <= 100_000, "registry_max_batch", "1..100000")
+        require(1 <= self.registry_write_queue <= 1_000_000, "registry_write_queue", "1..1000000")
+        require(self.registry_request_ttl >= 600, "registry_request_ttl", "at least 10m")
+
+    def engine_settings(self) -> EngineSettings:
+        limits = RegistryLimits(
+            default_ttl_seconds=self.registry_default_ttl,
+            min_ttl_seconds=self.registry_min_ttl,
+            max_ttl_seconds=self.registry_max_ttl,
+        )
+        return EngineSettings(
+            limits=limits,
+            sweep_interval=self.registry_sweep_interval,
+            history_limit=self.registry_history,
+            watch_buffer=self.registry_watch_buffer,
+            max_watchers=self.registry_max_watchers,
+            progress_interval=self.registry_progress_interval,
+            max_batch=self.registry_max_batch,
+            write_queue=self.registry_write_queue,
+            request_ttl=self.registry_request_ttl,
+        )

@@ -1,0 +1,415 @@
+"""The registry's domain core: committed state, the rules of every mutation, snapshots.
+
+Pure and synchronous (no grpc, no I/O, no clock of its own). The writer feeds mutations
+through `Batch`, which applies them on top of the committed state and yields one `Event`
+per change with consecutive revisions; the batch is installed with `install` only once
+the store has made it durable, so readers only ever see committed state.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+import helix.v1.registry_pb2 as registry_pb2
+from helix.common import errors
+from helix.common.validation import LabelRequirement, mask_paths, parse_label_selector
+from helix.registry.validation import UPDATABLE_PATHS, RegistryLimits, granted_ttl_seconds
+from helix.security.principal import Principal
+
+Agent = registry_pb2.Agent
+PUT = registry_pb2.AGENT_EVENT_TYPE_PUT
+DELETE = registry_pb2.AGENT_EVENT_TYPE_DELETE
+DEREGISTERED = registry_pb2.AGENT_DELETE_REASON_DEREGISTERED
+EXPIRED = registry_pb2.AGENT_DELETE_REASON_EXPIRED
+FILTERED_OUT = registry_pb2.AGENT_DELETE_REASON_FILTERED_OUT
+SERVING = registry_pb2.AGENT_HEALTH_SERVING
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One committed change. `agent` is the new state (PUT) or the last state (DELETE)."""
+
+    revision: int
+    type: int
+    agent: Agent
+    prev: Agent | None
+    reason: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.agent.name
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What a RegisterAgent with this (owner, request_id) answered."""
+
+    fingerprint: bytes
+    revision: int
+    response: registry_pb2.RegisterAgentResponse
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """A watch or list filter: kind, label requirements, and (lists only) health."""
+
+    kind: int = 0
+    labels: tuple[LabelRequirement, ...] = ()
+    health: int = 0
+
+    @classmethod
+    def parse(cls, kind: int, label_selector: str, health: int = 0) -> Selector:
+        requirements, problems = parse_label_selector(label_selector)
+        if problems:  # validated before; kept as a guard for direct callers
+            raise errors.InvalidArgument(f"label_selector {problems[0]}")
+        return cls(kind, tuple(requirements), health)
+
+    def matches(self, agent: Agent) -> bool:
+        if self.kind and agent.kind != self.kind:
+            return False
+        if self.health and agent.health != self.health:
+            return False
+        return all(r.matches(agent.labels) for r in self.labels)
+
+
+def fingerprint(message: registry_pb2.RegisterAgentRequest) -> bytes:
+    """A digest of a request, to tell a retry from a different request with the same id."""
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()[:16]
+
+
+def _etag(revision: int) -> str:
+    return f"r{revision}"
+
+
+def _timestamp(wall: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(wall * 1e9))
+    return stamp
+
+
+def _duration(seconds: float) -> Duration:
+    value = Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+@dataclass
+class RegistryState:
+    """The committed registry: agents by name (and in name order), revision, history."""
+
+    history_limit: int = 10_000
+    agents: dict[str, Agent] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    revision: int = 0
+    history: deque[Event] = field(default_factory=deque)
+    requests: dict[tuple[str, str], RequestRecord] = field(default_factory=dict)
+
+    @property
+    def first_available(self) -> int:
+        """The oldest revision still in the history (revision + 1 when it is empty)."""
+        return self.history[0].revision if self.history else self.revision + 1
+
+    def install(self, events: Sequence[Event]) -> int:
+        """Make a durable batch visible; returns the first revision now forgotten, or 0."""
+        for event in events:
+            if event.revision != self.revision + 1:
+                raise errors.Internal(f"revision {event.revision} after {self.revision}")
+            name = event.name
+            if event.type == DELETE:
+                if self.agents.pop(name, None) is not None:
+                    del self.names[bisect.bisect_left(self.names, name)]
+            else:
+                if name not in self.agents:
+                    bisect.insort(self.names, name)
+                self.agents[name] = event.agent
+            self.history.append(event)
+            self.revision = event.revision
+        forgotten = 0
+        while len(self.history) > self.history_limit:
+            forgotten = self.history.popleft().revision + 1
+        return forgotten
+
+    def remember(self, owner: str, request_id: str, record: RequestRecord) -> None:
+        self.requests[(owner, request_id)] = record
+
+    def forget_requests_before(self, created_at: float) -> None:
+        stale = [k for k, r in self.requests.items() if r.created_at < created_at]
+        for key in stale:
+            del self.requests[key]
+
+    def events_since(self, revision: int) -> Iterator[Event]:
+        """History events with revision >= `revision` (which must be available)."""
+        if not self.history:
+            return iter(())
+        start = max(0, revision - self.history[0].revision)
+        return (self.history[i] for i in range(start, len(self.history)))
+
+    def page(
+        self, snapshot: int, selector: Selector, after: str, limit: int
+    ) -> tuple[list[Agent], str | None]:
+        """Up to `limit` matching agents named after `after`, as of revision `snapshot`.
+
+        Returns the page and the name to continue after (None at the end). The state at an
+        older snapshot is the current state with the later history events undone.
+        """
+        if snapshot < self.first_available - 1:
+            raise _compacted(self.first_available)
+        overlay: dict[str, Agent | None] = {}
+        for event in reversed(list(self.events_since(snapshot + 1))):
+            overlay[event.name] = event.prev if event.type == PUT else event.agent
+        names = self.names
+        extra = sorted(n for n, a in overlay.items() if a is not None and n not in self.agents)
+        found: list[Agent] = []
+        for name in _merged(names, extra, after):
+            agent = overlay[name] if name in overlay else self.agents.get(name)
+            if agent is None or not selector.matches(agent):
+                continue
+            if len(found) == limit:
+                return found, found[-1].name
+            found.append(agent)
+        return found, None
+
+
+def _merged(names: list[str], extra: list[str], after: str) -> Iterator[str]:
+    """The sorted union of two sorted name lists, starting after `after`."""
+    i = bisect.bisect_right(names, after) if after else 0
+    j = bisect.bisect_right(extra, after) if after else 0
+    while i < len(names) or j < len(extra):
+        if j >= len(extra) or (i < len(names) and names[i] < extra[j]):
+            yield names[i]
+            i += 1
+        elif i >= len(names) or extra[j] < names[i]:
+            yield extra[j]
+            j += 1
+        else:
+            yield names[i]
+            i += 1
+            j += 1
+
+
+def _compacted(first_available: int) -> errors.OutOfRange:
+    return errors.OutOfRange(
+        f"revision {first_available - 1} and older have been compacted; "
+        f"the oldest available is {first_available}: list again, then watch from its revision",
+        reason="REVISION_COMPACTED",
+        metadata={"compact_revision": str(first_available)},
+    )
+
+
+def check_watchable(state: RegistryState, start: int) -> None:
+    """Raise OUT_OF_RANGE if a watch from `start` (> 0) would miss compacted events."""
+    if 0 < start < state.first_available:
+        raise _compacted(state.first_available)
+
+
+class Batch:
+    """Mutations applied on top of committed state, one revision each, not yet durable."""
+
+    def __init__(self, state: RegistryState, limits: RegistryLimits, wall: float) -> None:
+        self._state = state
+        self._limits = limits
+        self._wall = wall
+        self._pending: dict[str, Agent | None] = {}
+        self._requests: dict[tuple[str, str], RequestRecord] = {}
+        self.events: list[Event] = []
+        self.new_requests: list[tuple[str, str, RequestRecord]] = []
+
+    @property
+    def revision(self) -> int:
+        return self._state.revision + len(self.events)
+
+    def get(self, name: str) -> Agent | None:
+        if name in self._pending:
+            return self._pending[name]
+        return self._state.agents.get(name)
+
+    def _emit(self, type_: int, agent: Agent, prev: Agent | None, reason: int = 0) -> Event:
+        event = Event(self.revision + 1, type_, agent, prev, reason)
+        self.events.append(event)
+        self._pending[agent.name] = agent if type_ == PUT else None
+        return event
+
+    # --- register -------------------------------------------------------------------
+
+    def register(
+        self,
+        principal: Principal,
+        request: registry_pb2.RegisterAgentRequest,
+        agent_id: str,
+        digest: bytes,
+    ) -> tuple[registry_pb2.RegisterAgentResponse, bool]:
+        """Register (or replace the caller's own registration of) an agent.
+
+        Returns the response and whether it is new (False: a retry answered from memory).
+        """
+        key = (principal.subject, request.request_id)
+        record = self._requests.get(key) or self._state.requests.get(key)
+        if record is not None:
+            if record.fingerprint != digest:
+                raise errors.InvalidArgument(
+                    "request_id was already used for a different RegisterAgent request",
+                    [errors.FieldViolation("request_id", "reused with a different request")],
+                    reason="REQUEST_ID_REUSED",
+                )
+            return record.response, False
+        name = f"agents/{agent_id}"
+        existing = self.get(name)
+        if existing is not None and existing.owner != principal.subject and not principal.is_admin:
+            raise errors.AlreadyExists(
+                f"{name} is registered by another principal", metadata={"name": name}
+            )
+        revision = self.revision + 1
+        agent = Agent()
+        agent.CopyFrom(request.agent)
+        agent.name = name
+        agent.owner = existing.owner if existing is not None else principal.subject
+        agent.health = agent.health or SERVING
+        agent.ttl.CopyFrom(
+            _duration(
+                granted_ttl_seconds(
+                    request.agent.ttl if request.agent.HasField("ttl") else None, self._limits
+                )
+            )
+        )
+        agent.epoch = revision
+        agent.create_revision = revision
+        agent.update_revision = revision
+        agent.create_time.CopyFrom(_timestamp(self._wall))
+        agent.update_time.CopyFrom(_timestamp(self._wall))
+        agent.etag = _etag(revision)
+        self._emit(PUT, agent, existing)
+        response = registry_pb2.RegisterAgentResponse(agent=agent, revision=revision)
+        record = RequestRecord(digest, revision, response, self._wall)
+        self._requests[key] = record
+        self.new_requests.append((principal.subject, request.request_id, record))
+        return response, True
+
+    # --- changes to an existing agent ------------------------------------------------------
+
+    def _owned(self, principal: Principal, name: str, etag: str = "") -> Agent:
+        agent = self.get(name)
+        if agent is None:
+            raise errors.NotFound(f"{name} not found", metadata={"name": name})
+        if agent.owner != principal.subject and not principal.is_admin:
+            raise errors.PermissionDenied(
+                f"{name} was registered by another principal", reason="NOT_OWNER"
+            )
+        if etag and etag != agent.etag:
+            raise errors.Aborted(
+                f"{name} changed since etag {etag!r} (now {agent.etag!r}); read it again",
+                reason="STALE_ETAG",
+                metadata={"etag": agent.etag},
+            )
+        return agent
+
+    def _changed(self, before: Agent, after: Agent) -> Event | None:
+        if after == before:
+            return None
+        revision = self.revision + 1
+        after.update_revision = revision
+        after.update_time.CopyFrom(_timestamp(self._wall))
+        after.etag = _etag(revision)
+        return self._emit(PUT, after, before)
+
+    def heartbeat_change(
+        self, principal: Principal, name: str, epoch: int, health: int, load: object | None
+    ) -> Event | None:
+        """Apply the health and load a heartbeat reports; None if they change nothing."""
+        agent = self._owned(principal, name)
+        if agent.epoch != epoch:
+            raise epoch_mismatch(name, epoch, agent.epoch)
+        after = Agent()
+        after.CopyFrom(agent)
+        if health:
+            after.health = health  # type: ignore[assignment]
+        if load is not None:
+            after.load.CopyFrom(load)  # type: ignore[arg-type]
+        return self._changed(agent, after)
+
+    def update(
+        self, principal: Principal, request: registry_pb2.UpdateAgentRequest
+    ) -> tuple[Agent, Event | None]:
+        """UpdateAgent: the masked fields, conditional on the etag if one is given."""
+        agent = self._owned(principal, request.agent.name, request.agent.etag)
+        paths = mask_paths(request.update_mask, UPDATABLE_PATHS)
+        kind_of = {
+            "generator": registry_pb2.AGENT_KIND_GENERATOR,
+            "oracle": registry_pb2.AGENT_KIND_ORACLE,
+        }
+        for detail, kind in kind_of.items():
+            if detail in paths and agent.kind != kind and request.agent.HasField(detail):  # type: ignore[arg-type]
+                raise errors.InvalidArgument.from_violations(
+                    [errors.FieldViolation(f"agent.{detail}", f"is only for {detail} agents")]
+                )
+        after = Agent()
+        after.CopyFrom(agent)
+        source: Any = request.agent  # field names come from the mask
+        for path in paths:
+            if path == "labels":
+                after.labels.clear()
+                after.labels.update(source.labels)
+            elif path == "ttl":
+                ttl = source.ttl if source.HasField("ttl") else None
+                after.ttl.CopyFrom(_duration(granted_ttl_seconds(ttl, self._limits)))
+            elif path in ("generator", "oracle"):
+                if agent.kind == kind_of[path]:
+                    after.ClearField(path)  # type: ignore[arg-type]
+                    if source.HasField(path):
+                        getattr(after, path).CopyFrom(getattr(source, path))
+            elif path in ("load",):
+                after.load.CopyFrom(source.load)
+            elif path == "health":
+                after.health = source.health
+            else:
+                setattr(after, path, getattr(source, path))
+        event = self._changed(agent, after)
+        return (event.agent if event else agent), event
+
+    def deregister(self, principal: Principal, name: str, etag: str) -> Event:
+        agent = self._owned(principal, name, etag)
+        return self._emit(DELETE, agent, agent, DEREGISTERED)
+
+    def expire(self, name: str, epoch: int) -> Event | None:
+        """The sweeper's expiry of a lapsed lease; None if the agent moved on meanwhile."""
+        agent = self.get(name)
+        if agent is None or agent.epoch != epoch:
+            return None
+        return self._emit(DELETE, agent, agent, EXPIRED)
+
+    def request_records(self) -> Iterable[tuple[str, str, RequestRecord]]:
+        return self.new_requests
+
+
+def epoch_mismatch(name: str, sent: int, current: int) -> errors.FailedPrecondition:
+    return errors.FailedPrecondition(
+        f"{name} was registered again (epoch {current}) since epoch {sent}: this registration "
+        "was superseded",
+        reason="EPOCH_MISMATCH",
+        metadata={"epoch": str(current)},
+    )
+
+
+def selector_from(request: object) -> Selector:
+    """The filter of a ListAgentsRequest or WatchAgentsRequest."""
+    kind = getattr(request, "kind", 0)
+    label_selector = getattr(request, "label_selector", "")
+    health = getattr(request, "health", 0)
+    return Selector.parse(kind, label_selector, health)
+
+
+def agents_by(kind_and_health: Mapping[str, Agent]) -> dict[tuple[int, int], int]:
+    """Counts of agents by (kind, health), for metrics."""
+    counts: dict[tuple[int, int], int] = {}
+    for agent in kind_and_health.values():
+        key = (agent.kind, agent.health)
+        counts[key] = counts.get(key, 0) + 1
+    return counts

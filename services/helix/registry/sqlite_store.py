@@ -1,0 +1,209 @@
+"""The embedded registry store: one SQLite file in WAL mode, group commits, integrity check.
+
+All database work happens on one dedicated thread (sqlite3 connections belong to their
+thread), so the event loop never waits on disk. `commit` writes a whole batch in one
+transaction: many concurrent mutations cost one fsync (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from helix.registry.store import (
+    EVENT_DELETE,
+    Snapshot,
+    StoreCorrupt,
+    StoredEvent,
+    StoredRequest,
+    StoreError,
+)
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agents (name TEXT PRIMARY KEY, agent BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    revision INTEGER PRIMARY KEY,
+    type INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    agent BLOB NOT NULL,
+    prev BLOB,
+    reason INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    owner TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    response BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (owner, request_id)
+);
+CREATE INDEX IF NOT EXISTS requests_by_age ON requests (created_at);
+"""
+
+
+class SqliteRegistryStore:
+    """`RegistryStore` on a SQLite file."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be FULL or NORMAL")
+        self.path = path
+        self._synchronous = synchronous.upper()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise StoreError(f"{self.path}: the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def open(self) -> Snapshot:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="registry-sqlite"
+        )
+        try:
+            return await self._run(self._open)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _open(self) -> Snapshot:
+        existed = self.path.exists()
+        if existed and self.path.stat().st_size > 0:
+            self._check_integrity()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        self._db = db
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.executescript(_SCHEMA)
+            version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if version is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                db.execute("INSERT INTO meta VALUES ('revision', 0)")
+            elif version[0] != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {version[0]}, "
+                    f"this registry reads {SCHEMA_VERSION}"
+                )
+            return self._read_all(db)
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(f"{self.path}: {exc}") from None
+
+    def _check_integrity(self) -> None:
+        """Read-only check of an existing file; refuse (changing nothing) if it is damaged."""
+        uri = f"file:{self.path}?mode=ro"
+        try:
+            probe = sqlite3.connect(uri, uri=True)
+        except sqlite3.Error as exc:
+            raise StoreCorrupt(f"{self.path}: cannot open the registry database ({exc})") from None
+        try:
+            rows = probe.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(
+                f"{self.path}: not a usable registry database ({exc}); it was left as it is"
+            ) from None
+        finally:
+            probe.close()
+        if rows != [("ok",)]:
+            problems = "; ".join(str(r[0]) for r in rows[:3])
+            raise StoreCorrupt(
+                f"{self.path}: integrity check failed ({problems}); it was left as it is"
+            )
+
+    @staticmethod
+    def _read_all(db: sqlite3.Connection) -> Snapshot:
+        revision = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
+        agents = dict(db.execute("SELECT name, agent FROM agents"))
+        events = [
+            StoredEvent(*row)
+            for row in db.execute(
+                "SELECT revision, type, name, agent, prev, reason FROM events ORDER BY revision"
+            )
+        ]
+        requests = [
+            StoredRequest(*row)
+            for row in db.execute(
+                "SELECT owner, request_id, fingerprint, revision, response, created_at "
+                "FROM requests"
+            )
+        ]
+        return Snapshot(revision, agents, events, requests)
+
+    async def commit(
+        self,
+        events: Sequence[StoredEvent],
+        requests: Sequence[StoredRequest],
+        *,
+        forget_events_before: int = 0,
+        forget_requests_before: float = 0.0,
+    ) -> None:
+        batch = list(events)
+        records = list(requests)
+
+        def write() -> None:
+            db = self._db
+            if db is None:
+                raise StoreError(f"{self.path}: the store is closed")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for event in batch:
+                    if event.type == EVENT_DELETE:
+                        db.execute("DELETE FROM agents WHERE name=?", (event.name,))
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO agents VALUES (?, ?)", (event.name, event.agent)
+                        )
+                db.executemany(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.revision, e.type, e.name, e.agent, e.prev, e.reason) for e in batch],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.owner, r.request_id, r.fingerprint, r.revision, r.response, r.created_at)
+                        for r in records
+                    ],
+                )
+                if batch:
+                    db.execute(
+                        "UPDATE meta SET value=? WHERE key='revision'", (batch[-1].revision,)
+                    )
+                if forget_events_before:
+                    db.execute("DELETE FROM events WHERE revision < ?", (forget_events_before,))
+                if forget_requests_before:
+                    db.execute(
+                        "DELETE FROM requests WHERE created_at < ?", (forget_requests_before,)
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        try:
+            await self._run(write)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: commit failed ({exc})") from None
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+
+        def close_db() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(executor, close_db)
+        executor.shutdown(wait=True)

@@ -1,0 +1,88 @@
+"""What the registry needs from durable storage, independent of the backend.
+
+The registry core keeps the whole committed state in memory and hands the store one
+ordered batch of changes per group commit. A backend (SQLite here; etcd later) persists
+each batch atomically and gives everything back on open. Nothing above this protocol
+may assume SQLite: values are opaque bytes (serialized protobuf messages).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# AgentEventType values (helix.v1), repeated here so backends need not import protobuf.
+EVENT_PUT = 1
+EVENT_DELETE = 2
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message names the file or endpoint and the problem."""
+
+
+class StoreCorrupt(StoreError):
+    """The stored data failed its integrity check. Nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One committed change: `agent` is the new state (PUT) or the last state (DELETE)."""
+
+    revision: int
+    type: int
+    name: str
+    agent: bytes
+    prev: bytes | None
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """An idempotency record: a RegisterAgent retried with `request_id` gets `response`."""
+
+    owner: str
+    request_id: str
+    fingerprint: bytes
+    revision: int
+    response: bytes
+    created_at: float
+
+
+@dataclass
+class Snapshot:
+    """Everything a backend holds, as read on open."""
+
+    revision: int = 0
+    agents: dict[str, bytes] = field(default_factory=dict)
+    events: list[StoredEvent] = field(default_factory=list)
+    requests: list[StoredRequest] = field(default_factory=list)
+
+
+class RegistryStore(Protocol):
+    """Durable storage of the registry: agents, the event history, idempotency records."""
+
+    async def open(self) -> Snapshot:
+        """Check integrity, create the schema if new, and return what is stored.
+
+        Raises `StoreCorrupt` (changing nothing) when the stored data is damaged.
+        """
+        ...
+
+    async def commit(
+        self,
+        events: Sequence[StoredEvent],
+        requests: Sequence[StoredRequest],
+        *,
+        forget_events_before: int = 0,
+        forget_requests_before: float = 0.0,
+    ) -> None:
+        """Persist one batch atomically: apply `events` (consecutive revisions, in order) to
+        the stored agents, append them to the history, record `requests`; drop history
+        events with revision < `forget_events_before` and requests created before
+        `forget_requests_before`. When this returns, the batch survives a crash."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store; safe to call twice."""
+        ...
