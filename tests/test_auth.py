@@ -145,6 +145,18 @@ def bad_tokens(keyring: KeyRing) -> dict[str, tuple[str | None, str]]:
             "TOKEN_UNKNOWN_KEY",
         ),
         "too_large": (huge, "TOKEN_TOO_LARGE"),
+        "rsa_public_key_as_secret": (
+            hs256_by_hand(
+                {"alg": "HS256", "kid": "rsa", "typ": "JWT"},
+                claims(),
+                public_pem(keyring.rsa_private),
+            ),
+            "TOKEN_BAD_ALGORITHM",
+        ),
+        "scope_smuggled_by_unicode_space": (
+            keyring.token(scope="agents.read\u00a0admin"),
+            "TOKEN_BAD_SCOPE",
+        ),
     }
 
 
@@ -161,6 +173,8 @@ BAD = [
     "no_exp",
     "unknown_kid",
     "too_large",
+    "rsa_public_key_as_secret",
+    "scope_smuggled_by_unicode_space",
 ]
 
 
@@ -324,3 +338,44 @@ async def test_a_flooding_principal_does_not_starve_others(start_server, channel
         "helix_rate_limited_total", {"rate_class": "read"}
     )
     assert limited == len(refused)
+
+
+async def test_two_authorization_entries_are_refused(secured, keyring):
+    metadata = (
+        ("authorization", f"Bearer {keyring.token()}"),
+        ("authorization", "Bearer garbage"),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stubs(secured.channel)["Echo"](String(value="x"), metadata=metadata, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(caught.value) == "TOKEN_AMBIGUOUS"
+
+
+async def test_deleting_a_key_file_revokes_its_tokens_even_cached(
+    start_server, channel_to, keyring
+):
+    security = keyring.security(auth_public_keys=f"ed={keyring.ed25519_pem}")
+    server = await start_server([binding(EchoServicer())], security=security)
+    channel = Target(channel_to(server), server.address)
+    token = keyring.ed25519_token()
+    assert await invoke(channel, "unary", token) == "hi"  # now cached
+    keyring.ed25519_pem.unlink()
+    for _ in range(100):
+        if "ed" not in security.verifier.keys.kids:
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await invoke(channel, "unary", token)
+    assert reason_of(caught.value) == "TOKEN_UNKNOWN_KEY"
+    assert await invoke(channel, "unary", keyring.token()) == "hi"  # HS256 key still there
+
+
+async def test_a_broken_key_file_keeps_the_current_keys(start_server, channel_to, keyring):
+    security = keyring.security()
+    server = await start_server([binding(EchoServicer())], security=security)
+    channel = Target(channel_to(server), server.address)
+    keyring.rsa_pem.write_text("-----BEGIN PUBLIC KEY-----\nnot base64\n")
+    await asyncio.sleep(0.5)
+    assert security._reloader is not None
+    assert not security._reloader.done()
+    assert await invoke(channel, "unary", keyring.ed25519_token()) == "hi"

@@ -268,10 +268,42 @@ async def test_helix_call_with_a_token_lacking_the_scope(running_suite, helix_en
 
 
 async def test_helix_call_without_credentials_says_how_to_get_them(helix_env, tmp_path):
-    env = dict(helix_env, HELIX_DATA_DIR=str(tmp_path / "empty"))
+    env = {k: v for k, v in helix_env.items() if k != "HELIX_DATA_DIR"}
     code, _, err = await run("call", "helix.v1.RegistryService/ListAgents", env=env)
     assert code == 2
     assert "no credentials: pass --token" in err
+    env = dict(helix_env, HELIX_DATA_DIR=str(tmp_path / "empty"))
+    code, _, err = await run("call", "helix.v1.RegistryService/ListAgents", env=env)
+    assert code == 2
+    assert "no signing key in" in err
+
+
+async def test_helix_call_never_mints_for_a_remote_server(running_suite, helix_env):
+    code, _, err = await run(
+        "call",
+        "helix.v1.RegistryService/ListAgents",
+        "--address",
+        "helix.example.com:443",
+        "--data-dir",
+        str(running_suite.data_dir),
+        env=helix_env,
+    )
+    assert code == 2
+    assert "no credentials" in err
+
+
+async def test_helix_call_mints_only_the_scope_it_needs(running_suite, helix_env):
+    code, out, err = await run(
+        "call",
+        "helix.v1.RegistryService/ListAgents",
+        "--address",
+        running_suite.address,
+        "--data-dir",
+        str(running_suite.data_dir),
+        env=helix_env,
+    )
+    assert code == 0, err
+    assert json.loads(out)["revision"] is not None
 
 
 @pytest.mark.parametrize(

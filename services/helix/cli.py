@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from helix.client_cli import add_client_arguments, run_call
+from helix.client_cli import add_client_arguments, local_signer, run_call
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.version import version
 from helix.security import scopes
-from helix.security.keys import KeyMaterialError, load_hs256_dir
 from helix.security.tokens import TokenPolicy, inspect_token, mint
 from helix.suite import EmbeddedConfig
 
@@ -63,7 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect_parser = token_commands.add_parser(
         "inspect", help="print a token's header and claims (not verified)"
     )
-    inspect_parser.add_argument("token", help="the token")
+    inspect_parser.add_argument(
+        "token", help="the token, or - to read it from standard input (keeps it out of ps)"
+    )
     inspect_parser.set_defaults(handler=_token_inspect)
 
     call = commands.add_parser(
@@ -90,24 +90,16 @@ def _token_mint(args: argparse.Namespace) -> int:
     ttl = cfg.parse_duration_setting("--ttl", args.ttl)
     if not 1 <= ttl <= MAX_TOKEN_TTL:
         raise cfg.ConfigError(f"--ttl: {args.ttl!r} is not within 1s..30 days")
-    data_dir = args.data_dir or Path(os.environ.get("HELIX_DATA_DIR") or cfg.default_data_dir())
-    key_dir = data_dir / "keys"
-    try:
-        _, signer = load_hs256_dir(key_dir) if key_dir.is_dir() else (None, None)
-    except (OSError, KeyMaterialError) as exc:
-        raise cfg.ConfigError(f"cannot use the signing key in {key_dir}: {exc}") from None
-    if signer is None:
-        raise cfg.ConfigError(
-            f"no signing key in {key_dir}: start `helix up --data-dir {data_dir}` once to create it"
-        )
+    signer = local_signer(args.data_dir)
     policy = TokenPolicy(args.issuer, args.audience)
     print(mint(signer, args.sub, args.scope, ttl, policy))
     return 0
 
 
 def _token_inspect(args: argparse.Namespace) -> int:
+    token = sys.stdin.read().strip() if args.token == "-" else args.token
     try:
-        found = inspect_token(args.token)
+        found = inspect_token(token)
     except ValueError as exc:
         raise cfg.ConfigError(str(exc)) from None
     found["verified"] = False
@@ -116,20 +108,20 @@ def _token_inspect(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from helix.suite import create_embedded
+    from helix.suite import create_embedded, prepare_embedded
 
     config = cfg.load(EmbeddedConfig, args)
     logs.configure(config.log_level)
+    security = prepare_embedded(config)  # key files: before the event loop runs
 
     async def serve() -> None:
-        server, _ = create_embedded(config)
+        server, _ = create_embedded(config, security)
 
         def ready(started: object) -> None:
             print(f"helix listening on {server.address}", flush=True)
             if server.metrics_port is not None:
-                print(
-                    f"helix metrics on http://{config.metrics_host}:{server.metrics_port}/metrics"
-                )
+                metrics_url = f"http://{config.metrics_host}:{server.metrics_port}/metrics"
+                print(f"helix metrics on {metrics_url}", flush=True)
 
         await server.serve(on_ready=ready)
 

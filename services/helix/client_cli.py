@@ -1,9 +1,9 @@
 """What every `helix` command that calls a server shares: address, credentials, `helix call`.
 
 Credentials, first found wins: `--token` / `HELIX_TOKEN`; `--token-file` /
-`HELIX_TOKEN_FILE` (re-read when it changes); else the signing key of a local embedded
-suite under `--data-dir` / `HELIX_DATA_DIR`, from which a short-lived admin token is minted
-(whoever can read that key can mint any token anyway).
+`HELIX_TOKEN_FILE` (re-read when it changes); else, for a suite on this machine whose
+`--data-dir` / `HELIX_DATA_DIR` is named, a short-lived token minted from its signing key
+with just the scope the call needs.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import ipaddress
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,8 @@ from helix.security.client import (
     TokenSource,
     bearer_interceptors,
 )
-from helix.security.keys import KeyMaterialError, load_hs256_dir
-from helix.security.principal import ADMIN_SCOPE
+from helix.security.keys import KeyMaterialError, SigningKey, load_hs256_dir
+from helix.security.scopes import METHOD_SCOPES
 
 CLI_TOKEN_TTL = 300.0
 
@@ -60,39 +62,78 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
 
 
-def token_source(args: argparse.Namespace) -> TokenSource:
-    """Resolve the caller's credentials (see module doc); raises ConfigError if none."""
-    token = args.token or os.environ.get("HELIX_TOKEN")
-    if token:
-        return StaticTokenSource(token)
-    token_file = args.token_file or os.environ.get("HELIX_TOKEN_FILE")
-    if token_file:
-        return FileTokenSource(Path(token_file))
-    data_dir = args.data_dir or Path(os.environ.get("HELIX_DATA_DIR") or default_data_dir())
-    key_dir = data_dir / "keys"
+def suite_key_dir(data_dir: Path | None) -> Path:
+    """Where a local suite keeps its HS256 keys: `HELIX_AUTH_HS256_DIR`, else DATA_DIR/keys
+    (the same rule `helix up` follows)."""
+    override = os.environ.get("HELIX_AUTH_HS256_DIR")
+    if override:
+        return Path(override).expanduser()
+    base = data_dir or Path(os.environ.get("HELIX_DATA_DIR") or default_data_dir())
+    return base.expanduser() / "keys"
+
+
+def local_signer(data_dir: Path | None) -> SigningKey:
+    """The signing key of the local suite under `data_dir`; ConfigError if there is none."""
+    key_dir = suite_key_dir(data_dir)
     try:
         _, signer = load_hs256_dir(key_dir) if key_dir.is_dir() else (None, None)
     except (OSError, KeyMaterialError) as exc:
         raise ConfigError(f"cannot use the signing key in {key_dir}: {exc}") from None
     if signer is None:
         raise ConfigError(
-            f"no credentials: pass --token (or HELIX_TOKEN), --token-file, or the --data-dir "
-            f"of a local suite (no signing key in {key_dir})"
+            f"no signing key in {key_dir}: start `helix up` with that data dir once to create it"
         )
-    return MintingTokenSource(signer, f"cli:{getpass.getuser()}", [ADMIN_SCOPE], ttl=CLI_TOKEN_TTL)
+    return signer
 
 
-def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
-    """A channel to `--address` with the caller's credentials and TLS settings."""
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]") or address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_source(args: argparse.Namespace, scopes: Sequence[str]) -> TokenSource:
+    """Resolve the caller's credentials (see module doc); raises ConfigError if none.
+
+    A token is minted from a local suite's key only when its data dir is named (flag or
+    `HELIX_DATA_DIR`) and the server is on this machine, and only with `scopes`: a minted
+    token never travels to another host.
+    """
+    token = args.token or os.environ.get("HELIX_TOKEN")
+    if token:
+        return StaticTokenSource(token)
+    token_file = args.token_file or os.environ.get("HELIX_TOKEN_FILE")
+    if token_file:
+        return FileTokenSource(Path(token_file))
+    data_dir = args.data_dir or (
+        Path(os.environ["HELIX_DATA_DIR"]) if os.environ.get("HELIX_DATA_DIR") else None
+    )
+    if data_dir is None or not _is_loopback(args.address):
+        raise ConfigError(
+            "no credentials: pass --token (or HELIX_TOKEN) or --token-file; or, for a suite on "
+            "this machine, its --data-dir (or HELIX_DATA_DIR) to mint a short-lived token"
+        )
+    signer = local_signer(data_dir)
+    return MintingTokenSource(signer, f"cli:{getpass.getuser()}", scopes, ttl=CLI_TOKEN_TTL)
+
+
+def open_channel(args: argparse.Namespace, scopes: Sequence[str]) -> grpc.aio.Channel:
+    """A channel to `--address` with the caller's credentials (for `scopes`) and TLS."""
     timeout = parse_duration_setting("--timeout", args.timeout)
     credentials = None
+    if args.tls_key and not args.tls_cert:
+        raise ConfigError("--tls-key needs --tls-cert (a client certificate and its key)")
     if args.tls_ca or args.tls_cert:
         credentials = tls_channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     return create_channel(
         args.address,
         ChannelConfig(default_timeout=timeout),  # type: ignore[arg-type]
         credentials=credentials,
-        interceptors=bearer_interceptors(token_source(args)),
+        interceptors=bearer_interceptors(token_source(args, scopes)),
     )
 
 
@@ -150,9 +191,16 @@ async def call(args: argparse.Namespace) -> int:
     deserialize = response_class.FromString
 
     def show(response: Any) -> None:
-        print(json_format.MessageToJson(response, indent=None, preserving_proto_field_name=True))
+        text = json_format.MessageToJson(
+            response,
+            indent=None,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        print(text)
 
-    async with open_channel(args) as channel:
+    scope = METHOD_SCOPES.get(path)
+    async with open_channel(args, [scope] if scope else []) as channel:
         try:
             kind = (method.client_streaming, method.server_streaming)
             if kind == (False, False):

@@ -15,7 +15,7 @@ from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
 from helix.registry.service import registry_binding
 from helix.registry.sqlite_store import SqliteRegistryStore
-from helix.security.setup import security_from_config
+from helix.security.setup import Security, security_from_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +66,18 @@ def embedded_key_dir(config: EmbeddedConfig) -> Path:
     return config.auth_hs256_dir or config.data_dir / "keys"
 
 
-def create_embedded(config: EmbeddedConfig) -> tuple[HelixServer, int]:
-    """Create (not start) the embedded suite's server.
-
-    Prepares the data directory and, on first start, the HS256 signing secret that tokens
-    for this suite are minted with (`helix token mint --data-dir`). Blocking file I/O:
-    call it before the event loop serves.
-    """
+def prepare_embedded(config: EmbeddedConfig) -> Security:
+    """The suite's data directory and security: on first start, the HS256 signing secret
+    that its tokens are minted with (`helix token mint`). Blocking file I/O: run it before
+    the event loop serves, or in a thread."""
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    security = security_from_config(config, embedded_key_dir=embedded_key_dir(config))
+    return security_from_config(config, embedded_key_dir=embedded_key_dir(config))
+
+
+def create_embedded(
+    config: EmbeddedConfig, security: Security | None = None
+) -> tuple[HelixServer, int]:
+    """Create (not start) the embedded suite's server; `security` from `prepare_embedded`
+    (prepared here, blocking, when not given)."""
+    security = security or prepare_embedded(config)
     return create_server(config, embedded_services(config), security=security)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +23,8 @@ from helix.common.channel import details_interceptors
 from helix.common.config import ConfigError
 from helix.security.keys import SigningKey, file_signature
 from helix.security.tokens import TokenPolicy, mint
+
+log = logging.getLogger("helix.security")
 
 
 class TokenSource(Protocol):
@@ -48,7 +51,7 @@ class MintingTokenSource:
 
     def __init__(
         self,
-        signer: SigningKey,
+        signer: SigningKey | Callable[[], SigningKey | None],
         subject: str,
         scopes: Iterable[str],
         *,
@@ -68,8 +71,12 @@ class MintingTokenSource:
     def current(self) -> str:
         now = self._clock()
         if not self._token or now >= self._renew_at:
+            # A callable follows key rotation (e.g. `lambda: security.signer`).
+            signer = self._signer() if callable(self._signer) else self._signer
+            if signer is None:
+                raise ConfigError(f"no signing key to mint {self._subject}'s token with")
             self._token = mint(
-                self._signer, self._subject, self._scopes, self._ttl, self._policy, now=now
+                signer, self._subject, self._scopes, self._ttl, self._policy, now=now
             )
             self._renew_at = now + self._ttl * 2 / 3
         return self._token
@@ -104,7 +111,13 @@ class FileTokenSource:
         if now - self._checked >= self._interval:
             async with self._lock:
                 if now - self._checked >= self._interval:
-                    await asyncio.to_thread(self._read_if_changed)
+                    try:
+                        await asyncio.to_thread(self._read_if_changed)
+                    except (OSError, ValueError) as exc:
+                        # Mid-rotation (file briefly missing or empty): keep the last good one.
+                        if not self._token:
+                            raise
+                        log.warning("keeping the previous token: %s", exc)
                     self._checked = now
         return self._token
 

@@ -163,8 +163,10 @@ def parse_jwks(document: Mapping[str, Any] | str, source: str) -> KeySet:
         raise KeyMaterialError(f"{source}: not a JWKS document ({exc})") from None
     keys = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not entry.get("kid"):
-            raise KeyMaterialError(f"{source}: keys[{index}] has no 'kid'")
+        if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str) or not entry["kid"]:
+            raise KeyMaterialError(f"{source}: keys[{index}] has no 'kid' string")
+        if entry.get("use", "sig") != "sig":
+            raise KeyMaterialError(f"{source}: keys[{index}] is not a signing key (use != sig)")
         if entry.get("kty") == "oct" or "d" in entry:
             raise KeyMaterialError(f"{source}: keys[{index}] is not a public key")
         try:

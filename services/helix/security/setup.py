@@ -31,8 +31,12 @@ class KeySources:
     public_keys: str = ""
     jwks_file: Path | None = None
 
-    def load(self) -> tuple[KeySet, SigningKey | None]:
-        """Read every configured key (blocking file I/O: call it off the event loop)."""
+    def load(self, *, missing_ok: bool = False) -> tuple[KeySet, SigningKey | None]:
+        """Read every configured key (blocking file I/O: call it off the event loop).
+
+        With `missing_ok` (reloads), a key file that no longer exists contributes no key:
+        deleting a key's file revokes it. A file that exists but does not parse raises.
+        """
         keyset = KeySet([])
         signer = None
         if self.hs256_dir is not None:
@@ -40,9 +44,10 @@ class KeySources:
         pems = [
             keymod.load_public_pem(p, kid)
             for kid, p in keymod.parse_public_key_specs(self.public_keys)
+            if not (missing_ok and not p.exists())
         ]
         keyset = keyset.merged(KeySet(pems))
-        if self.jwks_file is not None:
+        if self.jwks_file is not None and not (missing_ok and not self.jwks_file.exists()):
             try:
                 text = self.jwks_file.read_text()
             except OSError as exc:
@@ -110,19 +115,20 @@ class Security:
                 current = await asyncio.to_thread(sources.signature)
                 if current == seen:
                     continue
-                keyset, signer = await asyncio.to_thread(sources.load)
-            except (OSError, KeyMaterialError) as exc:
-                log.warning(
-                    "key files changed but could not be loaded; keeping the old keys: %s", exc
+                seen = current
+                keyset, signer = await asyncio.to_thread(lambda: sources.load(missing_ok=True))
+            except Exception as exc:  # a bad file must not end the watch (CancelledError passes)
+                log.error(
+                    "key files changed but do not load; keeping the current keys until they "
+                    "are fixed: %s",
+                    exc,
                 )
                 continue
-            if len(keyset) == 0:
-                log.warning("key files changed and no key is left; keeping the old keys")
-                continue
-            seen = current
+            # Deleted files revoke their keys, even the last one: then every token is refused.
             self.verifier.replace_keys(keyset)
-            if signer is not None:
-                self.signer = signer
+            self.signer = signer if signer is not None else self.signer
+            if len(keyset) == 0:
+                log.error("no verification key is left: every authenticated call is refused")
             log.info("verification keys reloaded", extra={"kids": keyset.kids})
 
 

@@ -70,7 +70,13 @@ class AuthStage(Stage):
 
 
 def _bearer_token(call: Call) -> str:
-    value = call.header("authorization")
+    values = [v for k, v in call.metadata() if k == "authorization"]
+    if len(values) > 1:
+        # A proxy may have checked another copy than the one we would read.
+        raise errors.Unauthenticated(
+            "send exactly one authorization metadata entry", reason="TOKEN_AMBIGUOUS"
+        )
+    value = values[0] if values else None
     if value is None:
         raise errors.Unauthenticated(
             "no credentials: send metadata 'authorization: Bearer <token>'",

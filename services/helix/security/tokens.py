@@ -8,6 +8,8 @@ token rather than once per call; the cache is bounded and is emptied when keys c
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -21,6 +23,10 @@ from helix.security.keys import KeySet, SigningKey
 from helix.security.principal import Principal
 
 MAX_TOKEN_BYTES = 8 * 1024
+# How long a verified token is trusted from the cache before its signature is checked again
+# (so a token with an absurd exp cannot live in the cache for ever).
+MAX_CACHE_SECONDS = 300.0
+_SCOPE = re.compile(r"([\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*)?")
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,8 @@ class TokenVerifier:
     ) -> None:
         self._keys = keys
         self._policy = policy or TokenPolicy()
-        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        # sha256(token) -> (principal, trusted until): keys stay small however long tokens are.
+        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         self._cache_size = cache_size
         self._clock = clock
         self._decoder = jwt.PyJWT()
@@ -78,17 +85,22 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Principal:
         """The principal of `token`, from the cache while it is unexpired, else verified."""
-        cached = self._cache.get(token)
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        cached = self._cache.get(key)
+        now = self._clock()
         if cached is not None:
-            if self._clock() < cached.expires_at + self._policy.leeway:
-                self._cache.move_to_end(token)
+            principal, trusted_until = cached
+            if now < trusted_until:
+                self._cache.move_to_end(key)
                 self.hits += 1
-                return cached
-            del self._cache[token]
-            raise _reject("the token has expired", "TOKEN_EXPIRED")
+                return principal
+            del self._cache[key]
+            if now >= principal.expires_at + self._policy.leeway:
+                raise _reject("the token has expired", "TOKEN_EXPIRED")
         self.misses += 1
         principal = self._verify_uncached(token)
-        self._cache[token] = principal
+        trusted_until = min(principal.expires_at + self._policy.leeway, now + MAX_CACHE_SECONDS)
+        self._cache[key] = (principal, trusted_until)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return principal
@@ -132,12 +144,17 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
             "the token's subject (sub) must be a string of 1..256 characters", "TOKEN_BAD_SUBJECT"
         )
     scope = claims.get("scope", "")
-    if not isinstance(scope, str):
-        raise _reject("the token's scope must be a space-separated string", "TOKEN_BAD_SCOPE")
+    # RFC 6749 §3.3: scope tokens separated by single spaces (%x20), each of %x21 / %x23-5B
+    # / %x5D-7E. Splitting on any whitespace would let "read\u00a0admin" grant admin here
+    # while an issuer that splits on spaces sees one harmless scope.
+    if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
+        raise _reject(
+            "the token's scope must be space-separated RFC 6749 scope tokens", "TOKEN_BAD_SCOPE"
+        )
     exp = claims["exp"]
-    if not isinstance(exp, int | float):
+    if not isinstance(exp, int | float) or exp != exp:
         raise _reject("the token's exp is not a number", "TOKEN_MALFORMED")
-    return Principal(subject, frozenset(scope.split()), float(exp))
+    return Principal(subject, frozenset(s for s in scope.split(" ") if s), float(exp))
 
 
 def mint(
