@@ -1,0 +1,100 @@
+"""A real embedded suite for registry tests, with stubs per principal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration as PbDuration
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+import helix.v1.registry_pb2 as registry_pb2
+import helix.v1.registry_pb2_grpc as registry_pb2_grpc
+from helix.common.config import Duration
+from helix.security.client import StaticTokenSource, bearer_interceptors
+from helix.security.tokens import mint
+from helix.suite import EmbeddedConfig, create_embedded
+
+FAST = {
+    "registry_min_ttl": Duration(0.2),
+    "registry_default_ttl": Duration(1.0),
+    "registry_sweep_interval": Duration(0.05),
+    "rate_read": 1e6,
+    "rate_write": 1e6,
+}
+
+
+@dataclass
+class Suite:
+    """A started suite and the channels opened to it."""
+
+    server: Any
+    config: EmbeddedConfig
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def stub(
+        self, subject: str = "alice", scopes: tuple[str, ...] = ("agents.read", "agents.write")
+    ) -> registry_pb2_grpc.RegistryServiceStub:
+        token = mint(self.server.security.signer, subject, scopes, 3600)
+        channel = grpc.aio.insecure_channel(
+            self.server.address, interceptors=bearer_interceptors(StaticTokenSource(token))
+        )
+        self.channels.append(channel)
+        return registry_pb2_grpc.RegistryServiceStub(channel)
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+        await self.server.shutdown(0)
+
+
+async def start_suite(data_dir: Path, **overrides: Any) -> Suite:
+    settings: dict[str, Any] = {"port": 0, "data_dir": data_dir, "grace_period": Duration(1)}
+    settings.update(FAST)
+    settings.update(overrides)
+    config = EmbeddedConfig(**settings)
+    server, _ = create_embedded(config)
+    await server.start()
+    return Suite(server, config)
+
+
+def agent_spec(
+    kind: int = registry_pb2.AGENT_KIND_ORACLE,
+    endpoint: str = "127.0.0.1:7000",
+    capacity: int = 8,
+    ttl: float | None = None,
+    **labels: str,
+) -> registry_pb2.Agent:
+    agent = registry_pb2.Agent(kind=kind, endpoint=endpoint, capacity=capacity, labels=labels)
+    if ttl is not None:
+        agent.ttl.CopyFrom(PbDuration(seconds=int(ttl), nanos=int((ttl % 1) * 1e9)))
+    return agent
+
+
+def register_request(
+    agent_id: str, request_id: str | None = None, **spec: Any
+) -> registry_pb2.RegisterAgentRequest:
+    return registry_pb2.RegisterAgentRequest(
+        agent_id=agent_id, agent=agent_spec(**spec), request_id=request_id or f"req-{agent_id}"
+    )
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(error)
+    info = error_details_pb2.ErrorInfo()
+    assert status is not None
+    assert status.details[0].Unpack(info)
+    return info
+
+
+def bad_request(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        found = error_details_pb2.BadRequest()
+        if detail.Unpack(found):
+            return [(v.field, v.description) for v in found.field_violations]
+    return []

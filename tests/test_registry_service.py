@@ -1,0 +1,534 @@
+"""The registry's promises (DESIGN §3), each against a real suite on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+
+import helix.v1.registry_pb2 as registry_pb2
+
+from registry_support import (
+    agent_spec,
+    bad_request,
+    error_info,
+    register_request,
+    start_suite,
+)
+
+PUT = registry_pb2.AGENT_EVENT_TYPE_PUT
+DELETE = registry_pb2.AGENT_EVENT_TYPE_DELETE
+
+
+@pytest.fixture
+async def suite(tmp_path):
+    running = await start_suite(tmp_path / "data")
+    yield running
+    await running.close()
+
+
+async def collect(stream, count: int, within: float = 10.0) -> list[registry_pb2.AgentEvent]:
+    """The next `count` events of a watch stream."""
+    events: list[registry_pb2.AgentEvent] = []
+
+    async def read() -> None:
+        async for response in stream:
+            events.extend(response.events)
+            if len(events) >= count:
+                return
+
+    await asyncio.wait_for(read(), within)
+    return events
+
+
+# --- promise 1: one revision per change, none for a no-op heartbeat ------------------------
+
+
+async def test_each_change_advances_the_revision_by_exactly_one(suite):
+    stub = suite.stub()
+    first = await stub.RegisterAgent(register_request("a1"))
+    assert first.revision == 1
+    assert first.agent.epoch == 1
+    assert first.agent.name == "agents/a1"
+    assert first.agent.owner == "alice"
+    beat = await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=1))
+    assert beat.revision == 1  # nothing changed, nothing advanced
+    changed = await stub.Heartbeat(
+        registry_pb2.HeartbeatRequest(
+            name="agents/a1", epoch=1, health=registry_pb2.AGENT_HEALTH_DEGRADED
+        )
+    )
+    assert changed.revision == 2
+    update = await stub.UpdateAgent(
+        registry_pb2.UpdateAgentRequest(
+            agent=registry_pb2.Agent(name="agents/a1", capacity=99),
+            update_mask=FieldMask(paths=["capacity"]),
+        )
+    )
+    assert update.revision == 3
+    assert update.agent.capacity == 99
+    gone = await stub.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name="agents/a1"))
+    assert gone.revision == 4
+
+
+# --- promise 3: reads reflect acknowledged writes ---------------------------------------
+
+
+async def test_get_and_list_reflect_an_acknowledged_write(suite):
+    stub = suite.stub()
+    registered = await stub.RegisterAgent(register_request("a1", team="x"))
+    got = await stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/a1"))
+    assert got.agent == registered.agent
+    assert got.revision >= registered.revision
+    listed = await stub.ListAgents(registry_pb2.ListAgentsRequest(label_selector="team=x"))
+    assert [a.name for a in listed.agents] == ["agents/a1"]
+
+
+# --- promise 4: stale etag -------------------------------------------------------------
+
+
+async def test_stale_etag_is_aborted_and_changes_nothing(suite):
+    stub = suite.stub()
+    registered = await stub.RegisterAgent(register_request("a1"))
+    old_etag = registered.agent.etag
+    await stub.UpdateAgent(
+        registry_pb2.UpdateAgentRequest(
+            agent=registry_pb2.Agent(name="agents/a1", capacity=2, etag=old_etag),
+            update_mask=FieldMask(paths=["capacity"]),
+        )
+    )
+    for call in (
+        stub.UpdateAgent(
+            registry_pb2.UpdateAgentRequest(
+                agent=registry_pb2.Agent(name="agents/a1", capacity=3, etag=old_etag),
+                update_mask=FieldMask(paths=["capacity"]),
+            )
+        ),
+        stub.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name="agents/a1", etag=old_etag)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.ABORTED
+        assert error_info(caught.value).reason == "STALE_ETAG"
+    got = await stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/a1"))
+    assert got.agent.capacity == 2
+    assert got.revision == 2
+
+
+# --- promise 5: watch exactly once, in order; resume equals uninterrupted -------------------
+
+
+async def test_resumed_watch_yields_the_same_sequence_as_an_uninterrupted_one(suite):
+    stub = suite.stub()
+    whole = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=1))
+    part = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=1))
+    for i in range(12):
+        await stub.RegisterAgent(register_request(f"a{i}"))
+        if i % 3 == 0:
+            await stub.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name=f"agents/a{i}"))
+    total = 16
+    uninterrupted = await collect(whole, total)
+    first_part = await collect(part, 5)
+    part.cancel()
+    resumed = stub.WatchAgents(
+        registry_pb2.WatchAgentsRequest(start_revision=first_part[4].revision + 1)
+    )
+    rest = await collect(resumed, total - 5)
+    stitched = first_part[:5] + rest
+    assert [e.revision for e in uninterrupted] == list(range(1, total + 1))
+    assert stitched == uninterrupted
+    whole.cancel()
+    resumed.cancel()
+
+
+# --- promise 6: compaction and slow watchers ---------------------------------------------
+
+
+async def test_watch_or_list_from_a_compacted_revision_is_out_of_range(tmp_path):
+    suite = await start_suite(tmp_path / "data", registry_history=100)
+    try:
+        stub = suite.stub()
+        first = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_size=1))
+        await stub.RegisterAgent(register_request("keep"))
+        for i in range(120):
+            await stub.UpdateAgent(
+                registry_pb2.UpdateAgentRequest(
+                    agent=registry_pb2.Agent(name="agents/keep", capacity=i + 1),
+                    update_mask=FieldMask(paths=["capacity"]),
+                )
+            )
+        watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=3))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await watch.read()
+        assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        info = error_info(caught.value)
+        assert info.reason == "REVISION_COMPACTED"
+        assert info.metadata["compact_revision"] == "22"  # 121 revisions, the last 100 kept
+        await stub.RegisterAgent(register_request("second"))  # give the old listing a page 2
+        old = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_size=1))
+        assert old.next_page_token
+        # A token from a snapshot that has since been compacted.
+        for i in range(150):
+            await stub.UpdateAgent(
+                registry_pb2.UpdateAgentRequest(
+                    agent=registry_pb2.Agent(name="agents/keep", capacity=i + 1),
+                    update_mask=FieldMask(paths=["capacity"]),
+                )
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as stale:
+            await stub.ListAgents(
+                registry_pb2.ListAgentsRequest(page_size=1, page_token=old.next_page_token)
+            )
+        assert stale.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert first.revision == 0
+    finally:
+        await suite.close()
+
+
+async def test_a_slow_watcher_is_cancelled_while_fast_ones_continue(tmp_path):
+    suite = await start_suite(tmp_path / "data", registry_watch_buffer=20)
+    try:
+        stub = suite.stub()
+        slow = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=0))
+        fast = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=0))
+        await asyncio.sleep(0.2)  # both watches are registered
+        fast_events: list[registry_pb2.AgentEvent] = []
+
+        async def keep_up() -> None:
+            async for response in fast:
+                fast_events.extend(response.events)
+                if len(fast_events) >= 300:
+                    return
+
+        reader = asyncio.ensure_future(keep_up())
+        # Flood in batches, giving the fast reader time; the slow one reads nothing.
+        for i in range(300):
+            await stub.RegisterAgent(register_request(f"f{i}"))
+        await asyncio.wait_for(reader, 20)
+        assert [e.revision for e in fast_events] == list(range(1, 301))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in slow:
+                pass
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_info(caught.value).reason == "WATCHER_TOO_SLOW"
+    finally:
+        await suite.close()
+
+
+# --- promise 7: paginated list is one snapshot; watch from S+1 continues it; progress ------
+
+
+async def test_paged_listing_is_one_snapshot_and_watch_continues_it(suite):
+    stub = suite.stub()
+    for i in range(25):
+        await stub.RegisterAgent(register_request(f"a{i:02d}"))
+    page = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_size=10))
+    snapshot = page.revision
+    names = [a.name for a in page.agents]
+    # Changes between pages must not show up in the listing.
+    await stub.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name="agents/a15"))
+    await stub.RegisterAgent(register_request("a12x"))
+    await stub.RegisterAgent(register_request("zz"))
+    token = page.next_page_token
+    while token:
+        page = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_size=10, page_token=token))
+        assert page.revision == snapshot
+        names += [a.name for a in page.agents]
+        token = page.next_page_token
+    assert names == [f"agents/a{i:02d}" for i in range(25)]
+    watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=snapshot + 1))
+    events = await collect(watch, 3)
+    assert [(e.type, e.agent.name) for e in events] == [
+        (DELETE, "agents/a15"),
+        (PUT, "agents/a12x"),
+        (PUT, "agents/zz"),
+    ]
+    watch.cancel()
+
+
+async def test_idle_watch_gets_progress_notifications(tmp_path):
+    suite = await start_suite(tmp_path / "data", registry_progress_interval=0.2)
+    try:
+        stub = suite.stub()
+        await stub.RegisterAgent(register_request("a1"))
+        watch = stub.WatchAgents(
+            registry_pb2.WatchAgentsRequest(start_revision=2, progress_notify=True)
+        )
+        response = await asyncio.wait_for(watch.read(), 5)
+        assert response.progress
+        assert not response.events
+        assert response.revision == 1
+        watch.cancel()
+    finally:
+        await suite.close()
+
+
+async def test_filtered_watch_reports_agents_leaving_the_filter(suite):
+    stub = suite.stub()
+    watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(label_selector="zone=a"))
+    await asyncio.sleep(0.1)
+    await stub.RegisterAgent(register_request("a1", zone="a"))
+    await stub.RegisterAgent(register_request("b1", zone="b"))
+    await stub.UpdateAgent(
+        registry_pb2.UpdateAgentRequest(
+            agent=registry_pb2.Agent(name="agents/a1", labels={"zone": "b"}),
+            update_mask=FieldMask(paths=["labels"]),
+        )
+    )
+    events = await collect(watch, 2)
+    assert [(e.type, e.agent.name, e.reason) for e in events] == [
+        (PUT, "agents/a1", 0),
+        (DELETE, "agents/a1", registry_pb2.AGENT_DELETE_REASON_FILTERED_OUT),
+    ]
+    watch.cancel()
+
+
+# --- promise 8 and 10: leases ------------------------------------------------------------
+
+
+async def test_lease_expires_after_ttl_not_before_with_an_expired_event(suite):
+    stub = suite.stub()
+    watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=1))
+    registered = await stub.RegisterAgent(register_request("a1", ttl=0.6))
+    ttl = registered.agent.ttl.seconds + registered.agent.ttl.nanos / 1e9
+    assert ttl == pytest.approx(0.6)
+    # Heartbeats keep it alive well past its TTL.
+    for _ in range(6):
+        await asyncio.sleep(0.2)
+        await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=1))
+    last_beat = time.monotonic()
+    events = await collect(watch, 2)
+    expired_after = time.monotonic() - last_beat
+    assert events[1].type == DELETE
+    assert events[1].reason == registry_pb2.AGENT_DELETE_REASON_EXPIRED
+    assert expired_after >= 0.6
+    assert expired_after < 0.6 + 0.05 + 0.5  # TTL + sweep interval + scheduling slack
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=1))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    again = await stub.RegisterAgent(register_request("a1", request_id="req-a1-again"))
+    assert again.agent.epoch > registered.agent.epoch
+    watch.cancel()
+
+
+async def test_ttl_is_clamped_into_the_server_bounds(suite):
+    stub = suite.stub()
+    short = await stub.RegisterAgent(register_request("short", ttl=0.01))
+    long = await stub.RegisterAgent(register_request("long", ttl=99999))
+    assert short.agent.ttl.ToNanoseconds() == 200_000_000
+    assert long.agent.ttl.seconds == 300
+
+
+async def test_register_retried_with_the_same_request_id_creates_no_duplicate(suite):
+    stub = suite.stub()
+    first = await stub.RegisterAgent(register_request("", request_id="same-req"))
+    again = await stub.RegisterAgent(register_request("", request_id="same-req"))
+    assert again == first
+    listed = await stub.ListAgents(registry_pb2.ListAgentsRequest())
+    assert len(listed.agents) == 1
+    different = register_request("", request_id="same-req", capacity=3)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RegisterAgent(different)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "REQUEST_ID_REUSED"
+
+
+async def test_epoch_mismatch_after_the_name_was_registered_again(suite):
+    stub = suite.stub()
+    await stub.RegisterAgent(register_request("a1", request_id="one"))
+    await stub.RegisterAgent(register_request("a1", request_id="two"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=1))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "EPOCH_MISMATCH"
+
+
+# --- ownership -----------------------------------------------------------------------------
+
+
+async def test_only_the_owner_or_an_admin_may_change_an_agent(suite):
+    alice, bob = suite.stub("alice"), suite.stub("bob")
+    admin = suite.stub("root", ("admin",))
+    await alice.RegisterAgent(register_request("a1"))
+    for call in (
+        bob.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=1)),
+        bob.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name="agents/a1")),
+        bob.UpdateAgent(
+            registry_pb2.UpdateAgentRequest(
+                agent=registry_pb2.Agent(name="agents/a1", capacity=1),
+                update_mask=FieldMask(paths=["capacity"]),
+            )
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await bob.RegisterAgent(register_request("a1", request_id="bob-1"))
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    await admin.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name="agents/a1"))
+
+
+# --- promise 11: concurrent mutations equal a serial replay -----------------------------------
+
+
+async def test_concurrent_mutations_equal_a_serial_replay_of_the_history(suite):
+    stub = suite.stub()
+    watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=1))
+    rng = random.Random(7)
+    names = [f"c{i}" for i in range(60)]
+
+    refused: list[grpc.StatusCode] = []
+
+    async def one(i: int) -> None:
+        name = rng.choice(names)
+        op = rng.random()
+        try:
+            if op < 0.5:
+                await stub.RegisterAgent(register_request(name, request_id=f"r{i}", capacity=i + 1))
+            elif op < 0.8:
+                await stub.UpdateAgent(
+                    registry_pb2.UpdateAgentRequest(
+                        agent=registry_pb2.Agent(name=f"agents/{name}", capacity=i + 1),
+                        update_mask=FieldMask(paths=["capacity"]),
+                    )
+                )
+            else:
+                await stub.DeregisterAgent(
+                    registry_pb2.DeregisterAgentRequest(name=f"agents/{name}")
+                )
+        except grpc.aio.AioRpcError as error:
+            refused.append(error.code())
+
+    await asyncio.gather(*(one(i) for i in range(1000)))
+    assert set(refused) <= {grpc.StatusCode.NOT_FOUND}
+    final = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_size=1000))
+    events = await collect(watch, final.revision, within=30)
+    watch.cancel()
+    assert [e.revision for e in events] == list(range(1, final.revision + 1))  # gapless
+    replay: dict[str, registry_pb2.Agent] = {}
+    for event in events:
+        if event.type == PUT:
+            replay[event.agent.name] = event.agent
+        else:
+            replay.pop(event.agent.name)
+    assert sorted(replay) == [a.name for a in final.agents]
+    assert all(replay[a.name] == a for a in final.agents)
+
+
+# --- promise 2 and 9: restart ------------------------------------------------------------------
+
+
+async def test_restart_keeps_everything_and_gives_every_lease_a_full_ttl(tmp_path):
+    data = tmp_path / "data"
+    suite = await start_suite(data)
+    stub = suite.stub()
+    registered = await stub.RegisterAgent(register_request("a1", ttl=1.0))
+    await stub.RegisterAgent(register_request("a2", ttl=1.0))
+    await stub.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name="agents/a2"))
+    await suite.close()
+    await asyncio.sleep(1.2)  # longer than the TTL while the registry is down
+    suite = await start_suite(data)
+    try:
+        restarted = time.monotonic()
+        stub = suite.stub()
+        got = await stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/a1"))
+        assert got.agent == registered.agent
+        assert got.revision == 3  # the revision never goes backwards
+        watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=4))
+        events = await collect(watch, 1)
+        assert events[0].reason == registry_pb2.AGENT_DELETE_REASON_EXPIRED
+        assert time.monotonic() - restarted >= 1.0  # a full TTL after the restart
+        history = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=1))
+        replayed = await collect(history, 4)
+        assert [e.revision for e in replayed] == [1, 2, 3, 4]
+        history.cancel()
+        watch.cancel()
+    finally:
+        await suite.close()
+
+
+async def test_a_corrupted_database_is_refused_and_left_as_it_is(tmp_path):
+    data = tmp_path / "data"
+    suite = await start_suite(data)
+    await suite.stub().RegisterAgent(register_request("a1"))
+    await suite.close()
+    database = data / "registry.sqlite3"
+    raw = bytearray(database.read_bytes())
+    for offset in range(4096, len(raw), 997):  # scribble over the data pages
+        raw[offset] ^= 0xFF
+    database.write_bytes(bytes(raw))
+    before = hashlib.sha256(database.read_bytes()).hexdigest()
+    with pytest.raises(Exception, match=r"registry\.sqlite3") as caught:
+        await start_suite(data)
+    assert "left as it is" in str(caught.value) or "not a usable" in str(caught.value)
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (registry_pb2.RegisterAgentRequest(agent=agent_spec(), request_id=""), "request_id"),
+        (
+            registry_pb2.RegisterAgentRequest(
+                agent_id="Bad_Name", agent=agent_spec(), request_id="r"
+            ),
+            "agent_id",
+        ),
+        (
+            registry_pb2.RegisterAgentRequest(
+                agent_id="a" * 64, agent=agent_spec(), request_id="r"
+            ),
+            "agent_id",
+        ),
+        (
+            registry_pb2.RegisterAgentRequest(agent=agent_spec(endpoint="nohost"), request_id="r"),
+            "agent.endpoint",
+        ),
+        (
+            registry_pb2.RegisterAgentRequest(agent=agent_spec(endpoint="h:99999"), request_id="r"),
+            "agent.endpoint",
+        ),
+        (
+            registry_pb2.RegisterAgentRequest(
+                agent=registry_pb2.Agent(kind=2, endpoint="h:1", capacity=1, labels={"-bad": "x"}),
+                request_id="r",
+            ),
+            'agent.labels["-bad"]',
+        ),
+        (registry_pb2.ListAgentsRequest(page_size=-1), "page_size"),
+        (registry_pb2.ListAgentsRequest(page_token="garbage!"), "page_token"),
+        (registry_pb2.GetAgentRequest(name=""), "name"),
+        (registry_pb2.GetAgentRequest(name="agents/" + "x" * 70), "name"),
+        (registry_pb2.WatchAgentsRequest(start_revision=-1), "start_revision"),
+    ],
+)
+async def test_bad_input_gets_invalid_argument_naming_the_field(suite, request_, field):
+    stub = suite.stub()
+    method = {
+        registry_pb2.RegisterAgentRequest: stub.RegisterAgent,
+        registry_pb2.ListAgentsRequest: stub.ListAgents,
+        registry_pb2.GetAgentRequest: stub.GetAgent,
+    }.get(type(request_))
+    call = stub.WatchAgents(request_).read() if method is None else method(request_)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in [f for f, _ in bad_request(caught.value)]
+
+
+async def test_unknown_fields_are_invalid_argument(suite):
+    suite.stub()  # opens an authenticated channel
+    raw = registry_pb2.GetAgentRequest(name="agents/a1").SerializeToString() + b"\xa8\x1f\x01"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await suite.channels[-1].unary_unary("/helix.v1.RegistryService/GetAgent")(raw)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in bad_request(caught.value)] == ["501"]
