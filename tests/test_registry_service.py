@@ -313,6 +313,7 @@ async def test_lease_expires_after_ttl_not_before_with_an_expired_event(suite):
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     again = await stub.RegisterAgent(register_request("a1", request_id="req-a1-again"))
     assert again.agent.epoch > registered.agent.epoch
+    assert suite.server.metrics.registry.get_sample_value("helix_registry_expired_total") == 1
     watch.cancel()
 
 
@@ -532,3 +533,24 @@ async def test_unknown_fields_are_invalid_argument(suite):
         await suite.channels[-1].unary_unary("/helix.v1.RegistryService/GetAgent")(raw)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in bad_request(caught.value)] == ["501"]
+
+
+async def test_registry_metrics(suite):
+    stub = suite.stub()
+    await stub.RegisterAgent(register_request("m1"))
+    await stub.RegisterAgent(register_request("m2", kind=registry_pb2.AGENT_KIND_GENERATOR))
+    registry = suite.server.metrics.registry
+
+    def value(name, **labels):
+        return registry.get_sample_value(name, labels)
+
+    assert (
+        value("helix_registry_agents", kind="AGENT_KIND_ORACLE", health="AGENT_HEALTH_SERVING") == 1
+    )
+    assert (
+        value("helix_registry_agents", kind="AGENT_KIND_GENERATOR", health="AGENT_HEALTH_SERVING")
+        == 1
+    )
+    assert value("helix_registry_revision") == 2
+    assert value("helix_registry_write_batch_size_count") == 2
+    assert value("helix_registry_leases") == 2

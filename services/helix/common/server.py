@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from helix.common.config import ServerConfig
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
@@ -48,6 +49,8 @@ class ServiceBinding:
     on_shutdown: Sequence[ShutdownHook] = field(default=())
     on_start: Sequence[ShutdownHook] = field(default=())
     on_stopped: Sequence[ShutdownHook] = field(default=())
+    # Registers the service's own metrics on the server's Prometheus registry.
+    add_metrics: Callable[[CollectorRegistry], None] | None = None
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -253,6 +256,8 @@ def create_server(
     chained: Any = ChainedServer(server, CallChain(stages))
     for service in services:
         service.add_to_server(chained)
+        if service.add_metrics is not None:
+            service.add_metrics(metrics.registry)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, chained)
     names = [s.name for s in services]

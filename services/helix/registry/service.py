@@ -27,6 +27,7 @@ from helix.registry.core import (
     selector_from,
 )
 from helix.registry.engine import Registry
+from helix.registry.metrics import register_metrics
 from helix.registry.watch import Watcher, view
 from helix.security.principal import current_principal
 
@@ -240,4 +241,5 @@ def registry_binding(registry: Registry) -> ServiceBinding:
         on_start=(registry.start,),
         on_shutdown=(end_watches,),
         on_stopped=(registry.stop,),
+        add_metrics=lambda metrics: register_metrics(registry, metrics),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from helix.common import errors
 from helix.registry.core import DELETE, FILTERED_OUT, PUT, Event, Selector
@@ -50,6 +50,7 @@ class WatchHub:
         self._max = max_watchers
         self._buffer = buffer
         self.cut_off = 0
+        self.on_cut_off: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._watchers)
@@ -88,6 +89,8 @@ class WatchHub:
     def _cut_off(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
         self.cut_off += 1
+        if self.on_cut_off is not None:
+            self.on_cut_off()
         watcher.too_slow = True
         watcher.closed_reason = errors.ResourceExhausted(
             "this watch fell too far behind the registry's events and was cancelled; "
