@@ -18,7 +18,7 @@ from echo_service import EchoServicer, String, binding, stubs
 @pytest.fixture
 def log_stream():
     stream = io.StringIO()
-    logs.configure("INFO", stream=stream)
+    logs.configure("DEBUG", stream=stream)
     yield stream
     logs.shutdown()
 
@@ -45,7 +45,7 @@ async def test_each_call_logs_one_json_line(start_server, channel_to, log_stream
     assert record["principal"] == "anonymous"
     assert record["grpc_type"] == "UNARY"
     assert record["duration_ms"] >= 0
-    assert record["level"] == "INFO"
+    assert record["level"] == "DEBUG"
 
 
 async def test_malformed_request_id_is_replaced(start_server, channel_to, log_stream):
@@ -121,3 +121,21 @@ def test_closed_sink_counts_late_lines_and_flushed_the_rest():
     sink.put("after")
     assert stream.getvalue() == "before\n"
     assert sink.dropped == 1
+
+
+async def test_at_info_only_failed_calls_are_logged(start_server, channel_to):
+    stream = io.StringIO()
+    logs.configure("INFO", stream=stream)
+    try:
+        server = await start_server([binding(EchoServicer())])
+        echo = stubs(channel_to(server))
+        await echo["Echo"](String(value="fine"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await echo["Fail"](String(value="not_found"), timeout=5)
+        records = await lines_of(stream, 1)
+    finally:
+        logs.shutdown()
+    finished = [r for r in records if r["message"] == "rpc finished"]
+    assert [(r["method"].rpartition("/")[2], r["status"], r["level"]) for r in finished] == [
+        ("Fail", "NOT_FOUND", "INFO")
+    ]

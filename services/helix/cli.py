@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from helix.client_cli import add_client_arguments, local_signer, run_call
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.version import version
+from helix.registry.cli import add_agents_commands
 from helix.security import scopes
 from helix.security.tokens import TokenPolicy, inspect_token, mint
 from helix.suite import EmbeddedConfig
@@ -78,6 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add_client_arguments(call)
     call.set_defaults(handler=run_call)
 
+    add_agents_commands(commands)
+
     show_version = commands.add_parser("version", help="print the Helix version")
     show_version.set_defaults(handler=_version)
     return parser
@@ -126,7 +128,7 @@ def _up(args: argparse.Namespace) -> int:
         await server.serve(on_ready=ready)
 
     try:
-        asyncio.run(serve())
+        cfg.run_loop(serve(), config.event_loop)
     finally:
         logs.shutdown()
     return 0

@@ -10,13 +10,14 @@ raising `ConfigError` that names the setting, its source and the rule broken.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import ipaddress
 import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -233,7 +234,8 @@ class ServerConfig:
     keepalive_min_time: Duration = setting(
         Duration(30.0), "shortest client ping interval the server tolerates"
     )
-    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", "DEBUG (every call), INFO (failed calls), WARNING, ERROR")
+    event_loop: str = setting("uvloop", "uvloop (faster, where installed) or asyncio")
     auth_issuer: str = setting("helix", "required `iss` of every token")
     auth_audience: str = setting("helix", "required `aud` of every token")
     auth_leeway: Duration = setting(Duration(10.0), "clock skew allowed on exp and nbf")
@@ -283,6 +285,11 @@ class ServerConfig:
             "log_level",
             f"{self.log_level!r} is not DEBUG, INFO, WARNING or ERROR",
         )
+        require(
+            self.event_loop in ("uvloop", "asyncio"),
+            "event_loop",
+            f"{self.event_loop!r} is not uvloop or asyncio",
+        )
         require(bool(self.auth_issuer.strip()), "auth_issuer", "must not be empty")
         require(bool(self.auth_audience.strip()), "auth_audience", "must not be empty")
         require(0 <= self.auth_leeway <= 300, "auth_leeway", "must be within 0s..5m")
@@ -322,6 +329,19 @@ class ServerConfig:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{host}:{self.port}"
+
+
+def run_loop(main: Coroutine[Any, Any, T], event_loop: str) -> T:
+    """Run `main` on uvloop when asked for and installed, else on asyncio's own loop."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            result: T = uvloop.run(main)
+            return result
+    return asyncio.run(main)
 
 
 def default_data_dir() -> Path:
