@@ -166,7 +166,9 @@ class HelixServer:
             await self.health.enter_graceful_shutdown()
             for service in self.services:
                 for hook in service.on_shutdown:
-                    remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+                    # Hooks get at least a moment, even with no grace: ending streams with
+                    # a proper status is quick and better than a cut connection.
+                    remaining = max(0.1, deadline - asyncio.get_running_loop().time())
                     try:
                         await asyncio.wait_for(hook(), timeout=remaining)
                     except TimeoutError:

@@ -195,6 +195,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     else await watcher.queue.get()
                 )
             except TimeoutError:
+                # A bookmark promises every event up to `revision` was delivered: never send
+                # one while an event is still queued (publishing follows install at once, so
+                # an empty queue means nothing up to state.revision is pending).
+                if not watcher.queue.empty():
+                    continue
                 yield registry_pb2.WatchAgentsResponse(
                     revision=state.revision, progress=True, compact_revision=state.first_available
                 )

@@ -1,0 +1,25 @@
+"""The registry client library every Helix service uses.
+
+- `AgentRegistration`: an agent's own registration — registers, heartbeats at about
+  ttl/3 with jitter, registers again after its lease was lost, stops when superseded,
+  deregisters on exit (see `helix.registry.registration`).
+- `AgentInformer`: discovery — list, then watch from the list's revision; an O(1) cache
+  by name; re-list on OUT_OF_RANGE; reconnect with jittered backoff; callbacks or an async
+  iterator of changes (see `helix.registry.informer`).
+
+Both take a `grpc.aio.Channel` (ideally from `helix.common.channel.create_channel`, with
+`helix.security.client.bearer_interceptors`) or a RegistryService stub.
+"""
+
+from __future__ import annotations
+
+from helix.registry.informer import AgentChange, AgentInformer, ChangesOverflow, ChangeStream
+from helix.registry.registration import AgentRegistration
+
+__all__ = [
+    "AgentChange",
+    "AgentInformer",
+    "AgentRegistration",
+    "ChangeStream",
+    "ChangesOverflow",
+]

@@ -1,0 +1,298 @@
+"""`helix agents list|get|watch` as a user runs them, against a `helix up` subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+import helix.v1.registry_pb2 as registry_pb2
+import helix.v1.registry_pb2_grpc as registry_pb2_grpc
+from helix.client_cli import local_signer
+from helix.registry.client import AgentRegistration
+from helix.security.client import StaticTokenSource, bearer_interceptors
+from helix.security.tokens import mint
+
+HELIX = str(Path(sys.executable).parent / "helix")
+LISTENING = re.compile(rb"^helix listening on (127\.0\.0\.1:(\d+))$")
+
+
+async def run(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        HELIX, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+class RunningSuite:
+    """`helix up` as a subprocess on a free port, stopped with SIGTERM."""
+
+    def __init__(self, process: asyncio.subprocess.Process, address: str, data_dir: Path):
+        self.process, self.address, self.data_dir = process, address, data_dir
+
+    def args(self) -> list[str]:
+        """The flags that point a client command at this suite (minting from its key)."""
+        return ["--address", self.address, "--data-dir", str(self.data_dir)]
+
+
+@pytest.fixture
+async def running_suite(helix_env, tmp_path):
+    data_dir = tmp_path / "suite"
+    process = await asyncio.create_subprocess_exec(
+        HELIX,
+        "up",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        env=helix_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+    match = LISTENING.match(line.strip())
+    assert match, line
+    yield RunningSuite(process, match.group(1).decode(), data_dir)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), timeout=20) == 0
+
+
+@pytest.fixture
+async def registry(running_suite):
+    """A RegistryService stub of principal `tester` on the running suite."""
+    token = mint(
+        local_signer(running_suite.data_dir), "tester", ["agents.read", "agents.write"], 600
+    )
+    async with grpc.aio.insecure_channel(
+        running_suite.address, interceptors=bearer_interceptors(StaticTokenSource(token))
+    ) as channel:
+        yield channel
+
+
+def agent(kind: int, port: int, **labels: str) -> registry_pb2.Agent:
+    return registry_pb2.Agent(kind=kind, endpoint=f"127.0.0.1:{port}", capacity=8, labels=labels)
+
+
+@pytest.fixture
+async def two_agents(registry):
+    """A generator (zone a, DEGRADED) and an oracle (zone b), heartbeating meanwhile."""
+    generator = AgentRegistration(
+        registry, agent(registry_pb2.AGENT_KIND_GENERATOR, 7001, zone="a"), agent_id="gen-1"
+    )
+    oracle = AgentRegistration(
+        registry, agent(registry_pb2.AGENT_KIND_ORACLE, 7002, zone="b"), agent_id="oracle-1"
+    )
+    async with generator, oracle:
+        generator.health = registry_pb2.AGENT_HEALTH_DEGRADED
+        stub = registry_pb2_grpc.RegistryServiceStub(registry)
+        for _ in range(500):  # the health change lands within a beat or so
+            found = await stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/gen-1"))
+            if found.agent.health == registry_pb2.AGENT_HEALTH_DEGRADED:
+                break
+            await asyncio.sleep(0.01)
+        yield generator, oracle
+
+
+async def test_list_prints_a_table_and_json_lines(running_suite, two_agents, helix_env):
+    generator, oracle = two_agents
+    code, out, err = await run("agents", "list", *running_suite.args(), env=helix_env)
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME", "KIND", "ENDPOINT", "HEALTH", "CAPACITY", "EPOCH", "OWNER"]
+    assert [row.split() for row in rows] == [
+        [
+            "agents/gen-1",
+            "generator",
+            "127.0.0.1:7001",
+            "degraded",
+            "8",
+            str(generator.epoch),
+            "tester",
+        ],
+        [
+            "agents/oracle-1",
+            "oracle",
+            "127.0.0.1:7002",
+            "serving",
+            "8",
+            str(oracle.epoch),
+            "tester",
+        ],
+    ]
+    code, out, err = await run("agents", "list", "--json", *running_suite.args(), env=helix_env)
+    assert code == 0, err
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [a["name"] for a in listed] == ["agents/gen-1", "agents/oracle-1"]
+    assert listed[1]["kind"] == "AGENT_KIND_ORACLE"
+    assert listed[1]["labels"] == {"zone": "b"}
+
+
+@pytest.mark.parametrize(
+    ("filters", "names"),
+    [
+        (["--kind", "oracle"], ["agents/oracle-1"]),
+        (["--kind", "AGENT_KIND_GENERATOR"], ["agents/gen-1"]),
+        (["--selector", "zone=a"], ["agents/gen-1"]),
+        (["--selector", "zone!=a,zone"], ["agents/oracle-1"]),
+        (["--health", "degraded"], ["agents/gen-1"]),
+        (["--health", "not-serving"], []),
+        (["--kind", "orchestrator", "--selector", "zone=a"], []),
+    ],
+)
+async def test_list_filters(running_suite, two_agents, helix_env, filters, names):
+    code, out, err = await run(
+        "agents", "list", "--json", *filters, *running_suite.args(), env=helix_env
+    )
+    assert code == 0, err
+    assert [json.loads(line)["name"] for line in out.splitlines()] == names
+
+
+async def test_list_of_nothing_says_so(running_suite, helix_env):
+    code, out, err = await run("agents", "list", *running_suite.args(), env=helix_env)
+    assert (code, out) == (0, "")
+    assert "no agents" in err
+
+
+async def test_get_prints_the_agent_or_the_error(running_suite, two_agents, helix_env):
+    generator, _ = two_agents
+    for name in ("gen-1", "agents/gen-1"):
+        code, out, err = await run("agents", "get", name, *running_suite.args(), env=helix_env)
+        assert code == 0, err
+        shown = json.loads(out)
+        assert shown["name"] == "agents/gen-1"
+        assert shown["epoch"] == str(generator.epoch)
+        assert shown["health"] == "AGENT_HEALTH_DEGRADED"
+    code, out, err = await run("agents", "get", "nope", *running_suite.args(), env=helix_env)
+    assert (code, out) == (1, "")
+    assert "error: NOT_FOUND: agents/nope not found" in err
+    assert "ErrorInfo" in err
+
+
+async def test_watch_prints_changes_as_json_lines(running_suite, registry, helix_env):
+    stub = registry_pb2_grpc.RegistryServiceStub(registry)
+    first = await stub.RegisterAgent(
+        registry_pb2.RegisterAgentRequest(
+            agent_id="early",
+            agent=agent(registry_pb2.AGENT_KIND_ORACLE, 7003),
+            request_id=uuid.uuid4().hex,
+        )
+    )
+    process = await asyncio.create_subprocess_exec(
+        HELIX,
+        "agents",
+        "watch",
+        "--kind",
+        "oracle",
+        "--from",
+        str(first.revision),
+        *running_suite.args(),
+        env=helix_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+
+    async def next_event() -> dict[str, object]:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+        assert line, "watch ended"
+        event: dict[str, object] = json.loads(line)
+        return event
+
+    try:
+        # History from --from, then live changes; other kinds are filtered out.
+        event = await next_event()
+        assert event["type"] == "AGENT_EVENT_TYPE_PUT"
+        assert event["revision"] == str(first.revision)
+        async with (
+            AgentRegistration(
+                registry, agent(registry_pb2.AGENT_KIND_GENERATOR, 7004), agent_id="gen-9"
+            ),
+            AgentRegistration(
+                registry, agent(registry_pb2.AGENT_KIND_ORACLE, 7005), agent_id="late"
+            ) as late,
+        ):
+            event = await next_event()
+            assert event["type"] == "AGENT_EVENT_TYPE_PUT"
+            assert event["agent"]["name"] == "agents/late"  # type: ignore[index]
+            assert event["agent"]["epoch"] == str(late.epoch)  # type: ignore[index]
+        event = await next_event()
+        assert event["type"] == "AGENT_EVENT_TYPE_DELETE"
+        assert event["reason"] == "AGENT_DELETE_REASON_DEREGISTERED"
+        assert event["agent"]["name"] == "agents/late"  # type: ignore[index]
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), timeout=20) == 130
+        assert process.stderr is not None
+        assert "Traceback" not in (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_watch_reports_a_server_error(running_suite, helix_env):
+    code, token, _ = await run(
+        "token",
+        "mint",
+        "--sub",
+        "nobody",
+        "--scope",
+        "dna.read",
+        "--data-dir",
+        str(running_suite.data_dir),
+        env=helix_env,
+    )
+    assert code == 0
+    env = dict(helix_env, HELIX_TOKEN=token.strip())
+    for command in (["list"], ["get", "a1"], ["watch"]):
+        code, out, err = await run("agents", *command, "--address", running_suite.address, env=env)
+        assert (code, out) == (1, ""), command
+        assert "error: PERMISSION_DENIED" in err
+        assert "SCOPE_MISSING" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["list", "--kind", "wizard"], "argument --kind: unknown kind 'wizard' (one of: "),
+        (["watch", "--kind", "unspecified"], "unknown kind 'unspecified'"),
+        (["list", "--health", "sick"], "argument --health: unknown health 'sick'"),
+        (["list", "--selector", "=x"], "argument --selector: bad label selector '=x'"),
+        (["watch", "--selector", "a,,b"], "bad label selector 'a,,b'"),
+        (["get", "Not A Name"], "argument name: bad agent name 'Not A Name'"),
+        (["get", "dnas/x"], "bad agent name 'dnas/x'"),
+        (["watch", "--from", "-5"], "argument --from: '-5': a revision is not negative"),
+        (["watch", "--from", "soon"], "'soon' is not a revision"),
+        (["list", "--timeout", "forever"], "--timeout: 'forever' is not a duration"),
+        (["fly"], "argument ACTION: invalid choice: 'fly'"),
+    ],
+)
+async def test_bad_input_exits_2_with_a_clear_message(helix_env, args, message):
+    code, out, err = await run("agents", *args, "--token", "t", env=helix_env)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert "Traceback" not in err
+
+
+async def test_agents_alone_shows_usage(helix_env):
+    code, _, err = await run("agents", env=helix_env)
+    assert code == 2
+    assert "usage: helix agents" in err
+    assert "the following arguments are required: ACTION" in err
+
+
+async def test_no_credentials_exits_2(helix_env):
+    env = {k: v for k, v in helix_env.items() if k != "HELIX_DATA_DIR"}
+    code, _, err = await run("agents", "list", env=env)
+    assert code == 2
+    assert "no credentials: pass --token" in err
