@@ -51,8 +51,12 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def start_registry(data_dir: Path) -> tuple[asyncio.subprocess.Process, str, str]:
+async def start_registry(
+    data_dir: Path, **settings: str
+) -> tuple[asyncio.subprocess.Process, str, str]:
+    """`helix up` with generous rate limits (plus `settings` as HELIX_* variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
+    env.update({f"HELIX_{k.upper()}": v for k, v in settings.items()})
     env.update(HELIX_RATE_READ="1e7", HELIX_RATE_WRITE="1e7", HELIX_RATE_DATA="1e7")
     env["HELIX_REGISTRY_MAX_WATCHERS"] = "1000"
     env["HELIX_REGISTRY_WATCH_BUFFER"] = "20000"
