@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -385,9 +385,6 @@ class Batch:
             return None
         return self._emit(DELETE, agent, agent, EXPIRED)
 
-    def request_records(self) -> Iterable[tuple[str, str, RequestRecord]]:
-        return self.new_requests
-
 
 def epoch_mismatch(name: str, sent: int, current: int) -> errors.FailedPrecondition:
     return errors.FailedPrecondition(
@@ -404,12 +401,3 @@ def selector_from(request: object) -> Selector:
     label_selector = getattr(request, "label_selector", "")
     health = getattr(request, "health", 0)
     return Selector.parse(kind, label_selector, health)
-
-
-def agents_by(kind_and_health: Mapping[str, Agent]) -> dict[tuple[int, int], int]:
-    """Counts of agents by (kind, health), for metrics."""
-    counts: dict[tuple[int, int], int] = {}
-    for agent in kind_and_health.values():
-        key = (agent.kind, agent.health)
-        counts[key] = counts.get(key, 0) + 1
-    return counts

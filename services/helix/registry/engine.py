@@ -11,7 +11,6 @@ never wait behind writes; heartbeats that change nothing never reach the writer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors
+from helix.common.aio import cancel_and_wait
 from helix.common.validation import duration_seconds
 from helix.registry.core import (
     DELETE,
@@ -129,12 +129,8 @@ class Registry:
         self.hub.close_all(
             errors.Unavailable("the registry is shutting down; reconnect", retry_after=1.0)
         )
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(tasks)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.done.done():

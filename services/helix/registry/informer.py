@@ -37,6 +37,7 @@ from typing import TypeAlias
 import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.common.aio import cancel_and_wait
 from helix.registry.client_support import (
     Backoff,
     RegistryStub,
@@ -234,9 +235,7 @@ class AgentInformer:
     async def stop(self) -> None:
         """Stop watching and end every `changes()` stream. Safe to call twice."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
+        await cancel_and_wait([task])
         self._halt()
 
     def _halt(self) -> None:

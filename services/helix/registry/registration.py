@@ -35,6 +35,7 @@ from typing import Any, TypeAlias
 import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.common.aio import cancel_and_wait
 from helix.registry.client_support import (
     TRANSIENT_CODES,
     Backoff,
@@ -187,13 +188,7 @@ class AgentRegistration:
         Deregistration failures are logged, not raised: the lease then simply expires.
         """
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # asyncio.wait never raises the task's CancelledError, so a cancellation of
-            # the caller (and only that) propagates from here.
-            await asyncio.wait({task})
-            if not task.cancelled():
-                task.exception()  # retrieved (it was logged when it happened)
+        await cancel_and_wait([task])
         if self._agent is not None and self.registered and not self.superseded:
             self.registered = False
             await self._deregister()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from helix.common.interceptors import EXEMPT_FROM_LIMITS
 from helix.security.principal import ADMIN_SCOPE
 
 AGENTS_READ = "agents.read"
@@ -64,13 +65,8 @@ METHOD_SCOPES: Mapping[str, str] = MappingProxyType(
     }
 )
 
-OPEN_SERVICES = frozenset(
-    {
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-        "grpc.reflection.v1.ServerReflection",
-    }
-)
+# Health and reflection: the same services the concurrency limit exempts.
+OPEN_SERVICES = EXEMPT_FROM_LIMITS
 
 # Rate-limit classes: reads are cheap, writes touch the store, data-plane calls
 # (Generate, Verify) carry whole batches.

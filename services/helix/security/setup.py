@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from helix.common.aio import cancel_and_wait
 from helix.common.config import ConfigError, ServerConfig
 from helix.common.interceptors import Stage
 from helix.security import keys as keymod
@@ -97,15 +98,8 @@ class Security:
             self._reloader = asyncio.create_task(self._watch(self.sources))
 
     async def stop(self) -> None:
-        if self._reloader is not None:
-            reloader, self._reloader = self._reloader, None
-            reloader.cancel()
-            try:
-                await reloader
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # we were cancelled ourselves, not just the reloader
+        reloader, self._reloader = self._reloader, None
+        await cancel_and_wait([reloader])
 
     async def _watch(self, sources: KeySources) -> None:
         seen = self.loaded_signature
