@@ -554,3 +554,21 @@ async def test_registry_metrics(suite):
     assert value("helix_registry_revision") == 2
     assert value("helix_registry_write_batch_size_count") == 2
     assert value("helix_registry_leases") == 2
+
+
+async def test_the_number_of_agents_is_bounded(tmp_path):
+    suite = await start_suite(tmp_path / "data", registry_max_agents=3)
+    try:
+        stub = suite.stub()
+        for i in range(3):
+            await stub.RegisterAgent(register_request(f"cap{i}"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RegisterAgent(register_request("cap3"))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_info(caught.value).reason == "TOO_MANY_AGENTS"
+        # Replacing one's own registration is not a new agent; removing one makes room.
+        await stub.RegisterAgent(register_request("cap0", request_id="again"))
+        await stub.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name="agents/cap1"))
+        await stub.RegisterAgent(register_request("cap3"))
+    finally:
+        await suite.close()

@@ -221,6 +221,7 @@ class Batch:
         self._pending: dict[str, Agent | None] = {}
         self._requests: dict[tuple[str, str], RequestRecord] = {}
         self.events: list[Event] = []
+        self._net_added = 0  # agents this batch adds minus those it removes
         self.new_requests: list[tuple[str, str, RequestRecord]] = []
 
     @property
@@ -267,6 +268,14 @@ class Batch:
             raise errors.AlreadyExists(
                 f"{name} is registered by another principal", metadata={"name": name}
             )
+        if existing is None:
+            if len(self._state.agents) + self._net_added >= self._limits.max_agents:
+                raise errors.ResourceExhausted(
+                    f"the registry holds its maximum of {self._limits.max_agents} agents",
+                    retry_after=5.0,
+                    reason="TOO_MANY_AGENTS",
+                )
+            self._net_added += 1
         revision = self.revision + 1
         agent = Agent()
         agent.CopyFrom(request.agent)
@@ -376,6 +385,7 @@ class Batch:
 
     def deregister(self, principal: Principal, name: str, etag: str) -> Event:
         agent = self._owned(principal, name, etag)
+        self._net_added -= 1
         return self._emit(DELETE, agent, agent, DEREGISTERED)
 
     def expire(self, name: str, epoch: int) -> Event | None:
@@ -383,6 +393,7 @@ class Batch:
         agent = self.get(name)
         if agent is None or agent.epoch != epoch:
             return None
+        self._net_added -= 1
         return self._emit(DELETE, agent, agent, EXPIRED)
 
 

@@ -69,6 +69,7 @@ class RegistryLimits:
     default_ttl_seconds: float = 10.0
     min_ttl_seconds: float = 2.0
     max_ttl_seconds: float = 300.0
+    max_agents: int = 100_000
 
     def __post_init__(self) -> None:
         if self.max_capacity < 1:
