@@ -1,0 +1,341 @@
+"""How a DNA lays out its candidates: defaults, the per-kind column layout, and batches.
+
+Pure and synchronous (no grpc, no I/O). Everything downstream — the wire codec, the
+genetic operators, the named JSON form — works from one `Layout` built from a *valid*,
+*normalised* DNA, and on `Population`s: a batch of N genomes held as NumPy arrays, one
+array per gene kind, columns in gene order, exactly like the Genome wire layout in
+candidate.proto:
+
+- ``reals``     float64 ``(N, R)``: all real genes' values, natural (not log) space.
+- ``integers``  int64   ``(N, I)``: all integer genes' values.
+- ``choices``   int64   ``(N, C)``: all choice genes' option indices.
+- ``bits``      bool    ``(N, B)``: all bits genes' bits (unpacked).
+- ``permutations`` one int64 ``(N, size)`` array per permutation gene.
+- ``sequences`` one `SequenceBlock` per sequence gene: uint8 symbol indices
+  ``(N, max_length)`` with every position at or past the row's length set to 0, and the
+  lengths int64 ``(N,)``.
+
+Gene g of a kind owns the columns ``gene.start:gene.stop`` of its kind's array
+(for permutation and sequence genes, ``gene.start`` is the index into the tuple).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+import helix.v1.dna_pb2 as dna_pb2
+
+Kind = Literal["real", "integer", "choice", "bits", "permutation", "sequence"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+ByteArray = npt.NDArray[np.uint8]
+
+DEFAULT_POPULATION_SIZE = 64
+DEFAULT_ELITISM = 1
+DEFAULT_TOURNAMENT_SIZE = 3
+DEFAULT_CROSSOVER_RATE = 0.9
+DEFAULT_MUTATION_RATE = 0.1
+DEFAULT_BLEND_ALPHA = 0.5
+DEFAULT_SBX_ETA = 15.0
+DEFAULT_GAUSSIAN_SIGMA = 0.1
+DEFAULT_POLYNOMIAL_ETA = 20.0
+DEFAULT_INSERTION_RATE = 0.05
+DEFAULT_DELETION_RATE = 0.05
+
+
+# --- normalisation ------------------------------------------------------------------------
+
+
+def _normalise_numeric(ops: dna_pb2.RealOperators | dna_pb2.IntegerOperators) -> None:
+    if ops.crossover == dna_pb2.NUMERIC_CROSSOVER_UNSPECIFIED:
+        ops.crossover = dna_pb2.NUMERIC_CROSSOVER_SIMULATED_BINARY
+    if ops.mutation == dna_pb2.NUMERIC_MUTATION_UNSPECIFIED:
+        ops.mutation = dna_pb2.NUMERIC_MUTATION_POLYNOMIAL
+    if ops.bounds == dna_pb2.BOUND_HANDLING_UNSPECIFIED:
+        ops.bounds = dna_pb2.BOUND_HANDLING_REFLECT
+    if not ops.HasField("blend_alpha"):
+        ops.blend_alpha = DEFAULT_BLEND_ALPHA
+    if not ops.HasField("sbx_eta"):
+        ops.sbx_eta = DEFAULT_SBX_ETA
+    if not ops.HasField("gaussian_sigma"):
+        ops.gaussian_sigma = DEFAULT_GAUSSIAN_SIGMA
+    if not ops.HasField("polynomial_eta"):
+        ops.polynomial_eta = DEFAULT_POLYNOMIAL_ETA
+
+
+def _normalise_alpha(alpha: dna_pb2.AlphaStrategy) -> None:
+    if alpha.population_size == 0:
+        alpha.population_size = DEFAULT_POPULATION_SIZE
+    if not alpha.HasField("elitism"):
+        alpha.elitism = min(DEFAULT_ELITISM, alpha.population_size - 1)
+    if alpha.tournament_size == 0:
+        # "0 means 3"; with a population of 2 the written-out value must stay within
+        # 1..population_size, and drawing 3 from 2 with replacement equals drawing 2.
+        alpha.tournament_size = min(DEFAULT_TOURNAMENT_SIZE, alpha.population_size)
+    if not alpha.HasField("crossover_rate"):
+        alpha.crossover_rate = DEFAULT_CROSSOVER_RATE
+    if not alpha.HasField("mutation_rate"):
+        alpha.mutation_rate = DEFAULT_MUTATION_RATE
+    _normalise_numeric(alpha.real)
+    _normalise_numeric(alpha.integer)
+    if not alpha.choice.HasField("gene_mutation_rate"):
+        alpha.choice.gene_mutation_rate = alpha.mutation_rate
+    alpha.bits.SetInParent()  # flip_rate stays unset: its default is per gene (1/size)
+    if alpha.permutation.mutation == dna_pb2.PERMUTATION_MUTATION_UNSPECIFIED:
+        alpha.permutation.mutation = dna_pb2.PERMUTATION_MUTATION_INVERSION
+    sequence = alpha.sequence
+    if not sequence.HasField("substitution_rate"):
+        sequence.substitution_rate = alpha.mutation_rate
+    if not sequence.HasField("insertion_rate"):
+        sequence.insertion_rate = DEFAULT_INSERTION_RATE
+    if not sequence.HasField("deletion_rate"):
+        sequence.deletion_rate = DEFAULT_DELETION_RATE
+
+
+def normalise(dna: dna_pb2.Dna) -> dna_pb2.Dna:
+    """A copy of a valid DNA with every default written out.
+
+    Gene sizes of 0 become 1; an unset strategy becomes `alpha`; every unset strategy
+    parameter takes the default dna.proto names, except BitsOperators.flip_rate, whose
+    default (1/size) differs per gene and so stays unset. Normalising twice changes
+    nothing, and two DNAs that mean the same normalise to equal messages.
+    """
+    out = dna_pb2.Dna()
+    out.CopyFrom(dna)
+    for gene in out.genes:
+        kind = gene.WhichOneof("kind")
+        if kind in ("real", "integer", "choice"):
+            spec = getattr(gene, kind)
+            if spec.size == 0:
+                spec.size = 1
+    if out.strategy.WhichOneof("kind") == "random":
+        if out.strategy.random.population_size == 0:
+            out.strategy.random.population_size = DEFAULT_POPULATION_SIZE
+    else:
+        _normalise_alpha(out.strategy.alpha)
+    return out
+
+
+def fingerprint(normalised: dna_pb2.Dna) -> str:
+    """DnaDocument.fingerprint: SHA-256 of the normalised DNA without name and description."""
+    copy = dna_pb2.Dna()
+    copy.CopyFrom(normalised)
+    copy.ClearField("name")
+    copy.ClearField("description")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def population_size(normalised: dna_pb2.Dna) -> int:
+    """Candidates per generation of a normalised DNA's strategy."""
+    strategy = normalised.strategy
+    if strategy.WhichOneof("kind") == "random":
+        return strategy.random.population_size
+    return strategy.alpha.population_size
+
+
+# --- layout -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GeneSlot:
+    """One gene's place in the layout.
+
+    For real, integer, choice and bits genes, `start:stop` are its columns in the kind's
+    array; for permutation and sequence genes, `start` is its index in the kind's tuple
+    (and stop = start + 1). `size` is the number of values (bits, elements; for a
+    sequence, max_length).
+    """
+
+    name: str
+    kind: Kind
+    index: int
+    start: int
+    stop: int
+    size: int
+    spec: dna_pb2.Gene
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSpec:
+    """One sequence gene's shape."""
+
+    alphabet: str
+    min_length: int
+    max_length: int
+
+
+class Layout:
+    """The column layout and per-column bounds of a valid, normalised DNA."""
+
+    __slots__ = (
+        "choice_counts",
+        "choice_options",
+        "dna",
+        "genes",
+        "integer_high",
+        "integer_low",
+        "n_bits",
+        "n_choices",
+        "n_integers",
+        "n_reals",
+        "permutation_sizes",
+        "real_high",
+        "real_log",
+        "real_low",
+        "sequences",
+    )
+
+    def __init__(self, normalised: dna_pb2.Dna) -> None:
+        self.dna = normalised
+        slots: list[GeneSlot] = []
+        real_low: list[float] = []
+        real_high: list[float] = []
+        real_log: list[bool] = []
+        int_low: list[int] = []
+        int_high: list[int] = []
+        choice_counts: list[int] = []
+        choice_options: list[tuple[str, ...]] = []
+        n_bits = 0
+        perm_sizes: list[int] = []
+        sequences: list[SequenceSpec] = []
+        for i, gene in enumerate(normalised.genes):
+            kind: Kind = gene.WhichOneof("kind")  # type: ignore[assignment]
+            if kind == "real":
+                n = gene.real.size or 1
+                start = len(real_low)
+                real_low += [gene.real.low] * n
+                real_high += [gene.real.high] * n
+                real_log += [gene.real.log_scale] * n
+                slots.append(GeneSlot(gene.name, kind, i, start, start + n, n, gene))
+            elif kind == "integer":
+                n = gene.integer.size or 1
+                start = len(int_low)
+                int_low += [gene.integer.low] * n
+                int_high += [gene.integer.high] * n
+                slots.append(GeneSlot(gene.name, kind, i, start, start + n, n, gene))
+            elif kind == "choice":
+                n = gene.choice.size or 1
+                start = len(choice_counts)
+                choice_counts += [len(gene.choice.options)] * n
+                choice_options += [tuple(gene.choice.options)] * n
+                slots.append(GeneSlot(gene.name, kind, i, start, start + n, n, gene))
+            elif kind == "bits":
+                n = gene.bits.size
+                slots.append(GeneSlot(gene.name, kind, i, n_bits, n_bits + n, n, gene))
+                n_bits += n
+            elif kind == "permutation":
+                n = gene.permutation.size
+                slots.append(
+                    GeneSlot(gene.name, kind, i, len(perm_sizes), len(perm_sizes) + 1, n, gene)
+                )
+                perm_sizes.append(n)
+            else:
+                seq = gene.sequence
+                n = seq.max_length
+                slots.append(
+                    GeneSlot(gene.name, kind, i, len(sequences), len(sequences) + 1, n, gene)
+                )
+                sequences.append(SequenceSpec(seq.alphabet, seq.min_length, seq.max_length))
+        self.genes: tuple[GeneSlot, ...] = tuple(slots)
+        self.real_low: FloatArray = np.asarray(real_low, dtype=np.float64)
+        self.real_high: FloatArray = np.asarray(real_high, dtype=np.float64)
+        self.real_log: BoolArray = np.asarray(real_log, dtype=np.bool_)
+        self.integer_low: IntArray = np.asarray(int_low, dtype=np.int64)
+        self.integer_high: IntArray = np.asarray(int_high, dtype=np.int64)
+        self.choice_counts: IntArray = np.asarray(choice_counts, dtype=np.int64)
+        self.choice_options: tuple[tuple[str, ...], ...] = tuple(choice_options)
+        self.n_reals = len(real_low)
+        self.n_integers = len(int_low)
+        self.n_choices = len(choice_counts)
+        self.n_bits = n_bits
+        self.permutation_sizes: tuple[int, ...] = tuple(perm_sizes)
+        self.sequences: tuple[SequenceSpec, ...] = tuple(sequences)
+
+    def genes_of(self, kind: Kind) -> tuple[GeneSlot, ...]:
+        """The genes of one kind, in gene order."""
+        return tuple(g for g in self.genes if g.kind == kind)
+
+    def empty(self, n: int) -> Population:
+        """A population of n all-zero rows (not valid genomes: a buffer to fill)."""
+        return Population(
+            reals=np.zeros((n, self.n_reals), dtype=np.float64),
+            integers=np.zeros((n, self.n_integers), dtype=np.int64),
+            choices=np.zeros((n, self.n_choices), dtype=np.int64),
+            bits=np.zeros((n, self.n_bits), dtype=np.bool_),
+            permutations=tuple(np.zeros((n, s), dtype=np.int64) for s in self.permutation_sizes),
+            sequences=tuple(
+                SequenceBlock(
+                    np.zeros((n, s.max_length), dtype=np.uint8), np.zeros(n, dtype=np.int64)
+                )
+                for s in self.sequences
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceBlock:
+    """One sequence gene over a batch: padded symbol indices and lengths."""
+
+    symbols: ByteArray
+    lengths: IntArray
+
+    def take(self, rows: npt.NDArray[np.intp]) -> SequenceBlock:
+        """The given rows, in the given order (a copy)."""
+        return SequenceBlock(self.symbols[rows], self.lengths[rows])
+
+
+@dataclass(frozen=True, slots=True)
+class Population:
+    """A batch of genomes as NumPy arrays (see the module docstring for the layout)."""
+
+    reals: FloatArray
+    integers: IntArray
+    choices: IntArray
+    bits: BoolArray
+    permutations: tuple[IntArray, ...]
+    sequences: tuple[SequenceBlock, ...]
+
+    def __len__(self) -> int:
+        return int(self.reals.shape[0])
+
+    def take(self, rows: npt.ArrayLike) -> Population:
+        """The given rows, in the given order (a copy); rows may repeat."""
+        index = np.asarray(rows, dtype=np.intp)
+        return Population(
+            reals=self.reals[index],
+            integers=self.integers[index],
+            choices=self.choices[index],
+            bits=self.bits[index],
+            permutations=tuple(p[index] for p in self.permutations),
+            sequences=tuple(s.take(index) for s in self.sequences),
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Population]) -> Population:
+        """The rows of several populations of one layout, in order."""
+        first = parts[0]
+        return Population(
+            reals=np.concatenate([p.reals for p in parts]),
+            integers=np.concatenate([p.integers for p in parts]),
+            choices=np.concatenate([p.choices for p in parts]),
+            bits=np.concatenate([p.bits for p in parts]),
+            permutations=tuple(
+                np.concatenate([p.permutations[k] for p in parts])
+                for k in range(len(first.permutations))
+            ),
+            sequences=tuple(
+                SequenceBlock(
+                    np.concatenate([p.sequences[k].symbols for p in parts]),
+                    np.concatenate([p.sequences[k].lengths for p in parts]),
+                )
+                for k in range(len(first.sequences))
+            ),
+        )
