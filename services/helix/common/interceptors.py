@@ -38,7 +38,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from helix.common import errors, logs
-from helix.common.metrics import RpcMetrics
+from helix.common.metrics import MethodStats, RpcMetrics
 from helix.common.status import internal_status, status_code_for, to_grpc_status, to_rpc_status
 
 log = logging.getLogger("helix.rpc")
@@ -124,36 +124,26 @@ class Stage:
 
 
 class MetricsStage(Stage):
-    """The conventional `grpc_server_*` metrics, with label children bound once per method."""
+    """The conventional `grpc_server_*` metrics, with each method's counters bound once."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self._metrics = metrics
-        self._bound: dict[str, tuple[Any, Any, Any, Any, dict[grpc.StatusCode, Any]]] = {}
+        self._bound: dict[str, MethodStats] = {}
 
     def bind(self, info: MethodInfo) -> None:
-        labels = (info.grpc_type, info.service, info.method)
-        m = self._metrics
-        self._bound[info.path] = (
-            m.started.labels(*labels),
-            m.handling_seconds.labels(*labels),
-            m.msg_received.labels(*labels),
-            m.msg_sent.labels(*labels),
-            {code: m.handled.labels(*labels, code.name) for code in grpc.StatusCode},
-        )
+        self._bound[info.path] = self._metrics.method(info.grpc_type, info.service, info.method)
 
     def before(self, call: Call) -> None:
-        self._bound[call.info.path][0].inc()
+        self._bound[call.info.path].started += 1
 
     def on_request(self, info: MethodInfo) -> None:
-        self._bound[info.path][2].inc()
+        self._bound[info.path].received += 1
 
     def on_response(self, info: MethodInfo) -> None:
-        self._bound[info.path][3].inc()
+        self._bound[info.path].sent += 1
 
     def after(self, call: Call, code: grpc.StatusCode) -> None:
-        bound = self._bound[call.info.path]
-        bound[1].observe(time.perf_counter() - call.started)
-        bound[4][code].inc()
+        self._bound[call.info.path].finished(code, time.perf_counter() - call.started)
 
 
 EXEMPT_FROM_LIMITS = frozenset(
@@ -243,6 +233,8 @@ class AccessLogStage(Stage):
             level = logging.WARNING
         else:
             level = logging.INFO
+        if not log.isEnabledFor(level):  # the common case: OK calls with DEBUG off
+            return
         logs.access(
             level,
             log,

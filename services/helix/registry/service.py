@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
@@ -102,9 +103,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
             event = await self.registry.submit(apply)
             revision = event.revision if event is not None else self.registry.state.revision
-        response = registry_pb2.HeartbeatResponse(revision=revision)
-        response.ttl.FromNanoseconds(int(ttl * 1e9))
-        return response
+        nanos = int(ttl * 1e9)
+        return registry_pb2.HeartbeatResponse(
+            revision=revision, ttl=Duration(seconds=nanos // 10**9, nanos=nanos % 10**9)
+        )
 
     async def UpdateAgent(
         self, request: registry_pb2.UpdateAgentRequest, context: Any

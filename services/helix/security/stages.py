@@ -70,13 +70,15 @@ class AuthStage(Stage):
 
 
 def _bearer_token(call: Call) -> str:
-    values = [v for k, v in call.metadata() if k == "authorization"]
-    if len(values) > 1:
-        # A proxy may have checked another copy than the one we would read.
-        raise errors.Unauthenticated(
-            "send exactly one authorization metadata entry", reason="TOKEN_AMBIGUOUS"
-        )
-    value = values[0] if values else None
+    value: str | bytes | None = None
+    for key, found in call.metadata():
+        if key == "authorization":
+            if value is not None:
+                # A proxy may have checked another copy than the one we would read.
+                raise errors.Unauthenticated(
+                    "send exactly one authorization metadata entry", reason="TOKEN_AMBIGUOUS"
+                )
+            value = found
     if value is None:
         raise errors.Unauthenticated(
             "no credentials: send metadata 'authorization: Bearer <token>'",
