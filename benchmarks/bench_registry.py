@@ -243,10 +243,11 @@ async def main() -> None:
                 "ratio": h / b,
                 "bare_cpu_us": bc,
                 "heartbeat_cpu_us": hc,
+                "cpu_ratio": hc / bc,
             }
             print(
                 f"  heartbeat x{concurrency:2d}: {h:6.0f}/s vs bare echo {b:6.0f}/s = {h / b:.2f}x"
-                f"  (server CPU/call {hc:.0f}us vs {bc:.0f}us)"
+                f"  (server CPU/call {hc:.0f}us vs {bc:.0f}us = {hc / bc:.2f}x)"
             )
         for callers in (64, 1):
             total = 3000 if callers == 64 else 300
