@@ -15,10 +15,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """One problem with one field of a request: `field` is a path such as `agent.labels`."""
+    """One problem with one field of a request: `field` is a path such as `agent.labels`.
+
+    `reason` is an optional stable rule code in lower_snake_case ("required", "range",
+    "pattern", …), sent as `google.rpc.BadRequest.FieldViolation.reason`.
+    """
 
     field: str
     description: str
+    reason: str = ""
 
 
 def _finite_delay(seconds: float | None) -> float | None:

@@ -77,10 +77,11 @@ def to_rpc_status(error: errors.HelixError) -> status_pb2.Status:
     for violation in violations[:MAX_VIOLATIONS]:
         field = _clip(violation.field, MAX_DESCRIPTION_CHARS)
         description = _clip(violation.description, MAX_DESCRIPTION_CHARS)
-        budget -= len(field.encode()) + len(description.encode()) + 8
+        reason = _clip(violation.reason, 64)
+        budget -= len(field.encode()) + len(description.encode()) + len(reason.encode()) + 10
         if budget < 0 and bad.field_violations:
             break
-        bad.field_violations.add(field=field, description=description)
+        bad.field_violations.add(field=field, description=description, reason=reason)
     if len(bad.field_violations) < len(violations):
         info.metadata["violations_total"] = str(len(violations))
         info.metadata["violations_shown"] = str(len(bad.field_violations))

@@ -12,10 +12,11 @@ inspected: the request fails on the count anyway, and the work stays bounded.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence, Sized
+from dataclasses import dataclass, replace
 from typing import Any
 
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
 import helix.v1.candidate_pb2 as candidate_pb2
@@ -58,6 +59,24 @@ DEFAULT_POPULATION_SIZE = 64
 MAX_FILENAME_LEN = 1024
 
 _GENE_KINDS = "real, integer, choice, bits, permutation, sequence"
+
+# Rule codes (FieldViolation.reason, DnaViolation.rule) of the DNA checks: stable across
+# versions. The generic ones first, then the DNA's own rules named in dna.proto.
+REQUIRED = "required"  # empty or unset, but required
+TOO_LONG = "too_long"  # a string over its length cap
+PATTERN = "pattern"  # a string or name not matching its pattern
+RANGE = "range"  # a number outside its bounds
+FINITE = "finite"  # NaN or an infinity where a finite double is needed
+ENUM = "enum"  # an enum number the schema does not know
+TOO_MANY = "too_many"  # a repeated field over its cap
+UNKNOWN_FIELD = "unknown_field"  # a field this server's schema does not know
+LOW_LE_HIGH = "low_le_high"
+LOG_SCALE_POSITIVE = "log_scale_positive"
+UNIQUE_GENE_NAME = "unique_gene_name"
+UNIQUE_OPTION = "unique_option"
+UNIQUE_SYMBOL = "unique_symbol"
+MIN_LE_MAX_LENGTH = "min_le_max_length"
+GENOME_TOO_LARGE = "genome_too_large"
 _VERDICT_STATUS = candidate_pb2.VerdictStatus.DESCRIPTOR
 _VERDICT_STATUSES = frozenset(_VERDICT_STATUS.values_by_number)
 
@@ -87,6 +106,47 @@ DEFAULT_LIMITS = GeneratorLimits()
 # --- DNA ----------------------------------------------------------------------------------
 
 
+def _ruled(found: Violations, rule: str) -> Violations:
+    """`found` with `rule` as the reason of each violation that has none yet."""
+    return [v if v.reason else replace(v, reason=rule) for v in found]
+
+
+def _string(
+    value: str, path: str, *, required: bool, max_len: int, pattern: str | None = None
+) -> Violations:
+    """check_string, with its rule: "required", "too_long" or "pattern"."""
+    found = check_string(value, path, required=required, max_len=max_len, pattern=pattern)
+    if not found:
+        return found
+    return _ruled(found, REQUIRED if not value else TOO_LONG if len(value) > max_len else PATTERN)
+
+
+def _range(
+    value: float,
+    path: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_exclusive: bool = False,
+) -> Violations:
+    """check_range, with the rule "range"."""
+    return _ruled(check_range(value, path, low, high, low_exclusive=low_exclusive), RANGE)
+
+
+def _finite(value: float, path: str) -> Violations:
+    return _ruled(check_finite(value, path), FINITE)
+
+
+def _enum(value: int, enum_type: EnumDescriptor, path: str) -> Violations:
+    return _ruled(check_enum(value, enum_type, path), ENUM)
+
+
+def _count(values: Sized, path: str, max_len: int, min_len: int = 0) -> Violations:
+    """check_repeated_len, with its rule: "required" (empty) or "too_many"."""
+    found = check_repeated_len(values, path, max_len, min_len)
+    return _ruled(found, TOO_MANY if len(values) > max_len else REQUIRED)
+
+
 def _values(size: int) -> int:
     """How many values a gene of `size` holds: 0 reads as 1."""
     return size or 1
@@ -113,41 +173,44 @@ def genome_budget(dna: dna_pb2.Dna) -> int:
 
 
 def _check_gene_size(size: int, path: str) -> Violations:
-    return check_range(size, join(path, "size"), high=MAX_GENE_SIZE)
+    return _range(size, join(path, "size"), high=MAX_GENE_SIZE)
 
 
 def _check_real(gene: dna_pb2.RealGene, path: str) -> Violations:
-    found = check_finite(gene.low, join(path, "low")) + check_finite(gene.high, join(path, "high"))
+    found = _finite(gene.low, join(path, "low")) + _finite(gene.high, join(path, "high"))
     if math.isfinite(gene.low) and math.isfinite(gene.high):
         if gene.low > gene.high:
-            found.append(FieldViolation(join(path, "low"), "must be <= high"))
+            found.append(FieldViolation(join(path, "low"), "must be <= high", LOW_LE_HIGH))
         elif not math.isfinite(gene.high - gene.low):
-            found.append(FieldViolation(join(path, "high"), "high - low must be finite"))
+            found.append(FieldViolation(join(path, "high"), "high - low must be finite", FINITE))
     if gene.log_scale and not gene.low > 0:
-        found.append(FieldViolation(join(path, "low"), "must be > 0 when log_scale is set"))
+        text = "must be > 0 when log_scale is set"
+        found.append(FieldViolation(join(path, "low"), text, LOG_SCALE_POSITIVE))
     return found + _check_gene_size(gene.size, path)
 
 
 def _check_integer(gene: dna_pb2.IntegerGene, path: str) -> Violations:
     bound = MAX_INTEGER_MAGNITUDE
-    found = check_range(gene.low, join(path, "low"), -bound, bound)
-    found += check_range(gene.high, join(path, "high"), -bound, bound)
+    found = _range(gene.low, join(path, "low"), -bound, bound)
+    found += _range(gene.high, join(path, "high"), -bound, bound)
     if gene.low > gene.high:
-        found.append(FieldViolation(join(path, "low"), "must be <= high"))
+        found.append(FieldViolation(join(path, "low"), "must be <= high", LOW_LE_HIGH))
     return found + _check_gene_size(gene.size, path)
 
 
 def _check_choice(gene: dna_pb2.ChoiceGene, path: str) -> Violations:
     options_path = join(path, "options")
-    found = check_repeated_len(gene.options, options_path, MAX_CHOICE_OPTIONS, 1)
+    found = _count(gene.options, options_path, MAX_CHOICE_OPTIONS, 1)
     first_seen: dict[str, int] = {}
     for i, option in enumerate(gene.options[:MAX_CHOICE_OPTIONS]):
         option_path = index(options_path, i)
-        found += check_string(option, option_path, required=True, max_len=MAX_OPTION_LEN)
+        found += _string(option, option_path, required=True, max_len=MAX_OPTION_LEN)
         if option in first_seen:
             found.append(
                 FieldViolation(
-                    option_path, f"must be unique (same as options[{first_seen[option]}])"
+                    option_path,
+                    f"must be unique (same as options[{first_seen[option]}])",
+                    UNIQUE_OPTION,
                 )
             )
         else:
@@ -157,24 +220,26 @@ def _check_choice(gene: dna_pb2.ChoiceGene, path: str) -> Violations:
 
 def _check_sequence(gene: dna_pb2.SequenceGene, path: str) -> Violations:
     alphabet_path = join(path, "alphabet")
-    found = check_string(gene.alphabet, alphabet_path, required=True, max_len=MAX_ALPHABET)
+    found = _string(gene.alphabet, alphabet_path, required=True, max_len=MAX_ALPHABET)
     if len(gene.alphabet) <= MAX_ALPHABET and len(set(gene.alphabet)) != len(gene.alphabet):
         repeated = sorted({c for c in gene.alphabet if gene.alphabet.count(c) > 1})
         symbols = ", ".join(show(c) for c in repeated)
-        found.append(FieldViolation(alphabet_path, f"must not repeat symbols ({symbols})"))
-    found += check_range(gene.max_length, join(path, "max_length"), 1, MAX_SEQUENCE_LENGTH)
+        text = f"must not repeat symbols ({symbols})"
+        found.append(FieldViolation(alphabet_path, text, UNIQUE_SYMBOL))
+    found += _range(gene.max_length, join(path, "max_length"), 1, MAX_SEQUENCE_LENGTH)
     if gene.min_length > gene.max_length:
-        found.append(FieldViolation(join(path, "min_length"), "must be <= max_length"))
+        text = "must be <= max_length"
+        found.append(FieldViolation(join(path, "min_length"), text, MIN_LE_MAX_LENGTH))
     return found
 
 
 def _check_gene(gene: dna_pb2.Gene, path: str) -> Violations:
-    found = check_string(
+    found = _string(
         gene.name, join(path, "name"), required=True, max_len=63, pattern=GENE_NAME_PATTERN
     )
     kind = gene.WhichOneof("kind")
     if kind is None:
-        return [*found, FieldViolation(path, f"must set a kind: one of {_GENE_KINDS}")]
+        return [*found, FieldViolation(path, f"must set a kind: one of {_GENE_KINDS}", REQUIRED)]
     kind_path = join(path, kind)
     if kind == "real":
         found += _check_real(gene.real, kind_path)
@@ -183,12 +248,10 @@ def _check_gene(gene: dna_pb2.Gene, path: str) -> Violations:
     elif kind == "choice":
         found += _check_choice(gene.choice, kind_path)
     elif kind == "bits":
-        found += check_range(gene.bits.size, join(kind_path, "size"), 1, MAX_BITS)
+        found += _range(gene.bits.size, join(kind_path, "size"), 1, MAX_BITS)
     elif kind == "permutation":
         size = gene.permutation.size
-        found += check_range(
-            size, join(kind_path, "size"), MIN_PERMUTATION_SIZE, MAX_PERMUTATION_SIZE
-        )
+        found += _range(size, join(kind_path, "size"), MIN_PERMUTATION_SIZE, MAX_PERMUTATION_SIZE)
     else:
         found += _check_sequence(gene.sequence, kind_path)
     return found
@@ -201,22 +264,22 @@ def _check_optional_range(
     if not message.HasField(field):
         return []
     value: float = getattr(message, field)
-    return check_range(value, join(path, field), low, high, low_exclusive=low_exclusive)
+    return _range(value, join(path, field), low, high, low_exclusive=low_exclusive)
 
 
 def _check_population_size(size: int, path: str) -> Violations:
     if size == 0 or 2 <= size <= MAX_POPULATION_SIZE:
         return []
     text = f"must be 0 (meaning {DEFAULT_POPULATION_SIZE}) or within 2..{MAX_POPULATION_SIZE}"
-    return [FieldViolation(path, text)]
+    return [FieldViolation(path, text, RANGE)]
 
 
 def _check_numeric_operators(
     ops: dna_pb2.RealOperators | dna_pb2.IntegerOperators, path: str
 ) -> Violations:
-    found = check_enum(ops.crossover, dna_pb2.NumericCrossover.DESCRIPTOR, join(path, "crossover"))
-    found += check_enum(ops.mutation, dna_pb2.NumericMutation.DESCRIPTOR, join(path, "mutation"))
-    found += check_enum(ops.bounds, dna_pb2.BoundHandling.DESCRIPTOR, join(path, "bounds"))
+    found = _enum(ops.crossover, dna_pb2.NumericCrossover.DESCRIPTOR, join(path, "crossover"))
+    found += _enum(ops.mutation, dna_pb2.NumericMutation.DESCRIPTOR, join(path, "mutation"))
+    found += _enum(ops.bounds, dna_pb2.BoundHandling.DESCRIPTOR, join(path, "bounds"))
     found += _check_optional_range(ops, "blend_alpha", path, 0, 10)
     found += _check_optional_range(ops, "sbx_eta", path, 0, 1000)
     found += _check_optional_range(ops, "gaussian_sigma", path, 0, 10, low_exclusive=True)
@@ -229,10 +292,10 @@ def _check_alpha(alpha: dna_pb2.AlphaStrategy, path: str) -> Violations:
     population = alpha.population_size or DEFAULT_POPULATION_SIZE
     if alpha.HasField("elitism") and alpha.elitism > population - 1:
         text = f"must be at most population_size - 1 ({population - 1})"
-        found.append(FieldViolation(join(path, "elitism"), text))
+        found.append(FieldViolation(join(path, "elitism"), text, RANGE))
     if alpha.tournament_size > population:
         text = f"must be 0 (meaning 3) or within 1..population_size ({population})"
-        found.append(FieldViolation(join(path, "tournament_size"), text))
+        found.append(FieldViolation(join(path, "tournament_size"), text, RANGE))
     found += _check_optional_range(alpha, "crossover_rate", path, 0, 1)
     found += _check_optional_range(alpha, "mutation_rate", path, 0, 1)
     if alpha.HasField("real"):
@@ -247,7 +310,7 @@ def _check_alpha(alpha: dna_pb2.AlphaStrategy, path: str) -> Violations:
         found += _check_optional_range(alpha.bits, "flip_rate", join(path, "bits"), 0, 1)
     if alpha.HasField("permutation"):
         mutation = alpha.permutation.mutation
-        found += check_enum(
+        found += _enum(
             mutation, dna_pb2.PermutationMutation.DESCRIPTOR, join(path, "permutation.mutation")
         )
     if alpha.HasField("sequence"):
@@ -277,19 +340,21 @@ def check_dna(dna: dna_pb2.Dna, path: str) -> Violations:
     the strategy's parameters. (Rules that need a file, such as "name_matches_file", are
     the library loader's.)
     """
-    found = check_resource_name(dna.name, "dnas", join(path, "name"), required=False)
-    found += check_string(
+    found = _ruled(
+        check_resource_name(dna.name, "dnas", join(path, "name"), required=False), PATTERN
+    )
+    found += _string(
         dna.description, join(path, "description"), required=False, max_len=MAX_DESCRIPTION_LEN
     )
     genes_path = join(path, "genes")
-    found += check_repeated_len(dna.genes, genes_path, MAX_GENES, 1)
+    found += _count(dna.genes, genes_path, MAX_GENES, 1)
     first_seen: dict[str, int] = {}
     for i, gene in enumerate(dna.genes[:MAX_GENES]):
         gene_path = index(genes_path, i)
         found += _check_gene(gene, gene_path)
         if gene.name and gene.name in first_seen:
             text = f"must be unique within the DNA (same as genes[{first_seen[gene.name]}].name)"
-            found.append(FieldViolation(join(gene_path, "name"), text))
+            found.append(FieldViolation(join(gene_path, "name"), text, UNIQUE_GENE_NAME))
         else:
             first_seen.setdefault(gene.name, i)
     budget = genome_budget(dna)
@@ -297,7 +362,7 @@ def check_dna(dna: dna_pb2.Dna, path: str) -> Violations:
         text = (
             f"worst-case genome size must be at most {MAX_GENOME_BYTES} bytes (1 MiB), got {budget}"
         )
-        found.append(FieldViolation(genes_path, text))
+        found.append(FieldViolation(genes_path, text, GENOME_TOO_LARGE))
     if dna.HasField("strategy"):
         found += check_strategy(dna.strategy, join(path, "strategy"))
     return found
