@@ -1,0 +1,342 @@
+"""The DNA library on a real directory: listing, caching, single flight and bad files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+
+import helix.v1.generator_pb2 as generator_pb2
+from helix.common import errors
+from helix.common.status import status_code_for, to_rpc_status
+from helix.generator import library as library_module
+from helix.generator.library import DnaInvalid, DnaLibrary
+
+SPHERE = "name: dnas/sphere\ngenes:\n  - {name: x, real: {low: -5.12, high: 5.12, size: 10}}\n"
+ONEMAX = '{"genes": [{"name": "bits", "bits": {"size": 100}}]}'
+BROKEN = "genes:\n  - {name: x, real: {low: 2, high: 1}}\n"
+
+
+def write(directory: Path, filename: str, text: str | bytes) -> Path:
+    path = directory / filename
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def summary(documents: list[generator_pb2.DnaDocument]) -> list[tuple[str, bool, str]]:
+    return [(doc.name, doc.valid, doc.source) for doc in documents]
+
+
+def rules(document: generator_pb2.DnaDocument) -> list[tuple[str, str, str, int]]:
+    return [(v.file, v.field_path, v.rule, v.line) for v in document.violations]
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    path = tmp_path / "dnas"
+    path.mkdir()
+    write(path, "sphere.yaml", SPHERE)
+    write(path, "onemax.json", ONEMAX)
+    write(path, "broken.yml", BROKEN)
+    return path
+
+
+@pytest.fixture
+async def library(directory: Path):
+    dnas = DnaLibrary(directory)
+    yield dnas
+    await dnas.aclose()
+
+
+async def test_lists_valid_and_invalid_documents_in_name_order(library, directory) -> None:
+    for ignored in ("Upper.yaml", ".hidden.yaml", "notes.txt", "x.tar.yaml"):
+        write(directory, ignored, SPHERE)
+    (directory / "subdir.yaml").mkdir()
+    documents = await library.list()
+    assert summary(documents) == [
+        ("dnas/broken", False, "broken.yml"),
+        ("dnas/onemax", True, "onemax.json"),
+        ("dnas/sphere", True, "sphere.yaml"),
+    ]
+    broken, onemax, sphere = documents
+    assert rules(broken) == [("broken.yml", "genes[0].real.low", "low_le_high", 2)]
+    assert (broken.fingerprint, broken.dna.genes[0].real.low) == ("", 2)
+    assert onemax.dna.name == "dnas/onemax"  # a library DNA is named after its file
+    assert onemax.dna.strategy.alpha.population_size == 64  # normalised
+    assert len(sphere.fingerprint) == 64
+    assert not sphere.violations
+    mtime_ns = (directory / "sphere.yaml").stat().st_mtime_ns
+    assert sphere.update_time == Timestamp(seconds=mtime_ns // 10**9, nanos=mtime_ns % 10**9)
+
+
+async def test_get_and_valid(library) -> None:
+    sphere = await library.get("dnas/sphere")
+    assert (sphere.name, sphere.valid, sphere.source) == ("dnas/sphere", True, "sphere.yaml")
+    found = await library.valid("dnas/sphere")
+    assert found.document == sphere
+    assert found.dna == sphere.dna
+    assert found.dna.genes[0].real.size == 10
+    found.dna.genes[0].name = "mutated"  # callers get copies: the cache is not touched
+    assert (await library.get("dnas/sphere")).dna.genes[0].name == "x"
+
+
+async def test_valid_refuses_an_invalid_dna_with_its_violations(library) -> None:
+    assert not (await library.get("dnas/broken")).valid
+    with pytest.raises(DnaInvalid) as caught:
+        await library.valid("dnas/broken")
+    error = caught.value
+    assert isinstance(error, errors.InvalidArgument)
+    assert error.reason == "DNA_INVALID"
+    assert error.message == (
+        "dnas/broken is invalid: broken.yml:2: genes[0].real.low: must be <= high [low_le_high]"
+    )
+    assert [(v.field, v.description, v.reason) for v in error.violations] == [
+        ("genes[0].real.low", "broken.yml:2: must be <= high", "low_le_high")
+    ]
+    status = to_rpc_status(error)
+    assert status_code_for(error).name == "INVALID_ARGUMENT"
+    bad_request = error_details_pb2.BadRequest()
+    assert any(detail.Unpack(bad_request) for detail in status.details)
+    assert [(v.field, v.reason) for v in bad_request.field_violations] == [
+        ("genes[0].real.low", "low_le_high")
+    ]
+
+
+@pytest.mark.parametrize(
+    "name", ["dnas/missing", "dnas/Sphere", "dnas/../dnas/sphere", "agents/sphere", "sphere", ""]
+)
+async def test_get_of_a_name_no_file_has_is_not_found(library, name) -> None:
+    with pytest.raises(errors.NotFound):
+        await library.get(name)
+    with pytest.raises(errors.NotFound):
+        await library.valid(name)
+
+
+async def test_an_unchanged_file_is_read_once_and_a_changed_one_again(library, directory):
+    path = directory / "sphere.yaml"
+    first = await library.get("dnas/sphere")
+    await library.get("dnas/sphere")
+    await library.list()
+    assert library.stats.reads == 3  # sphere once, then onemax and broken
+    assert library.stats.hits == 2
+    # Same size, new mtime: read again.
+    before = path.stat()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert (await library.get("dnas/sphere")).update_time != first.update_time
+    assert library.stats.reads == 4
+    # New content and size, the old mtime put back: read again, and the change shows.
+    path.write_text(SPHERE.replace("size: 10", "size: 100"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    changed = await library.get("dnas/sphere")
+    assert library.stats.reads == 5
+    assert changed.dna.genes[0].real.size == 100
+    assert changed.fingerprint != first.fingerprint
+    await library.get("dnas/sphere")
+    assert library.stats.reads == 5
+
+
+async def test_the_cache_is_bounded_least_recently_used_first(directory) -> None:
+    write(directory, "fourth.yaml", SPHERE.replace("dnas/sphere", "dnas/fourth"))
+    library = DnaLibrary(directory, max_entries=2)
+    for name in ("broken", "onemax", "sphere"):
+        await library.get(f"dnas/{name}")
+    assert (library.stats.reads, library.stats.evictions) == (3, 1)
+    await library.get("dnas/sphere")  # cached
+    await library.get("dnas/onemax")  # cached, and now the most recently used
+    assert library.stats.reads == 3
+    await library.get("dnas/fourth")  # evicts sphere
+    await library.get("dnas/onemax")
+    assert library.stats.reads == 4
+    await library.get("dnas/sphere")
+    assert (library.stats.reads, library.stats.evictions) == (5, 3)
+    assert len(await library.list()) == 4  # the listing does not depend on the cache
+
+
+async def test_a_deleted_file_disappears(library, directory) -> None:
+    assert len(await library.list()) == 3
+    (directory / "sphere.yaml").unlink()
+    assert [doc.name for doc in await library.list()] == ["dnas/broken", "dnas/onemax"]
+    with pytest.raises(errors.NotFound):
+        await library.get("dnas/sphere")
+
+
+async def test_two_files_of_one_name_make_one_invalid_document(library, directory) -> None:
+    write(directory, "sphere.json", ONEMAX)
+    documents = {doc.name: doc for doc in await library.list()}
+    sphere = documents["dnas/sphere"]
+    assert (sphere.valid, sphere.source, sphere.fingerprint) == (False, "sphere.json", "")
+    assert [(v.file, v.rule) for v in sphere.violations] == [
+        ("sphere.json", "duplicate_name"),
+        ("sphere.yaml", "duplicate_name"),
+    ]
+    assert "defined by more than one file (sphere.json, sphere.yaml)" in (
+        sphere.violations[0].description
+    )
+    assert await library.get("dnas/sphere") == sphere
+    with pytest.raises(DnaInvalid):
+        await library.valid("dnas/sphere")
+    assert library.stats.reads == 2  # onemax and broken; neither sphere file
+
+
+async def test_unusable_files_are_invalid_documents_and_stop_nothing(directory, monkeypatch):
+    write(directory, "big.yaml", SPHERE + "#" * 200)
+    write(directory, "latin.yaml", b"genes:\n  - name: caf\xe9\n")
+    write(directory, "locked.yaml", ONEMAX)
+    write(directory, "empty.yaml", "")
+    real_open = library_module.aiofiles.open
+
+    def guarded_open(path, *args, **kwargs):
+        if str(path).endswith("locked.yaml"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(library_module.aiofiles, "open", guarded_open)
+    library = DnaLibrary(directory, max_file_bytes=len(SPHERE) + 100)
+    documents = {doc.name: doc for doc in await library.list()}
+    assert sorted(documents) == [
+        "dnas/big",
+        "dnas/broken",
+        "dnas/empty",
+        "dnas/latin",
+        "dnas/locked",
+        "dnas/onemax",
+        "dnas/sphere",
+    ]
+    assert rules(documents["dnas/big"]) == [("big.yaml", "", "file_too_large", 0)]
+    assert rules(documents["dnas/latin"]) == [("latin.yaml", "", "encoding", 2)]
+    assert rules(documents["dnas/locked"]) == [("locked.yaml", "", "unreadable", 0)]
+    assert documents["dnas/locked"].violations[0].description == (
+        "the file cannot be read: Permission denied"
+    )
+    assert rules(documents["dnas/empty"]) == [("empty.yaml", "", "empty", 1)]
+    assert documents["dnas/sphere"].valid
+    assert documents["dnas/onemax"].valid
+    # An unreadable file is tried again on each use: the cause may be fixed meanwhile.
+    monkeypatch.setattr(library_module.aiofiles, "open", real_open)
+    assert (await library.get("dnas/locked")).valid
+
+
+async def test_a_file_removed_between_listing_and_reading(directory, monkeypatch) -> None:
+    library = DnaLibrary(directory)
+    real_scan = library._scan
+
+    def scan_then_remove():
+        files = real_scan()
+        (directory / "sphere.yaml").unlink()
+        return files
+
+    monkeypatch.setattr(library, "_scan", scan_then_remove)
+    documents = {doc.name: doc for doc in await library.list()}
+    assert rules(documents["dnas/sphere"]) == [("sphere.yaml", "", "unreadable", 0)]
+    assert "removed while being read" in documents["dnas/sphere"].violations[0].description
+    assert documents["dnas/onemax"].valid
+
+
+async def test_a_missing_directory_is_an_empty_library(tmp_path) -> None:
+    library = DnaLibrary(tmp_path / "nowhere")
+    assert await library.list() == []
+    with pytest.raises(errors.NotFound):
+        await library.get("dnas/sphere")
+
+
+class GatedLibrary(DnaLibrary):
+    """A library whose file reads wait for `gate`, counting how many start."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.gate = asyncio.Event()
+        self.started = 0
+
+    async def _read(self, file):
+        self.started += 1
+        await self.gate.wait()
+        return await super()._read(file)
+
+
+async def wait_for(condition) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met")
+
+
+async def test_concurrent_requests_for_one_file_share_one_read(directory) -> None:
+    library = GatedLibrary(directory)
+    calls = [asyncio.create_task(library.get("dnas/sphere")) for _ in range(8)]
+    calls.append(asyncio.create_task(library.valid("dnas/sphere")))
+    calls.append(asyncio.create_task(library.list()))
+    await wait_for(lambda: library.started == 3)  # sphere, onemax and broken
+    await asyncio.sleep(0.05)  # every caller is waiting by now
+    library.gate.set()
+    results = await asyncio.gather(*calls)
+    assert library.started == 3
+    assert library.stats.reads == 3
+    assert library.stats.hits == 0
+    assert all(doc == results[0] for doc in results[:8])
+    assert results[8].document == results[0]
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_read(directory) -> None:
+    library = GatedLibrary(directory)
+    leaving = asyncio.create_task(library.get("dnas/sphere"))
+    staying = asyncio.create_task(library.get("dnas/sphere"))
+    await wait_for(lambda: library.started == 1)
+    await asyncio.sleep(0.02)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    library.gate.set()
+    assert (await staying).valid
+    assert library.stats.reads == 1
+
+
+async def test_a_read_whose_callers_all_left_still_fills_the_cache(directory) -> None:
+    library = GatedLibrary(directory)
+    caller = asyncio.create_task(library.get("dnas/sphere"))
+    await wait_for(lambda: library.started == 1)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    library.gate.set()
+    await wait_for(lambda: not library._loading)
+    assert (await library.get("dnas/sphere")).valid
+    assert (library.stats.reads, library.stats.hits) == (1, 1)
+
+
+async def test_aclose_cancels_reads_nobody_waits_for(directory) -> None:
+    library = GatedLibrary(directory)
+    caller = asyncio.create_task(library.get("dnas/sphere"))
+    await wait_for(lambda: library.started == 1)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await library.aclose()
+    assert not library._loading
+    assert library.stats.reads == 0
+
+
+def test_limits_must_be_positive(tmp_path) -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        DnaLibrary(tmp_path, max_entries=0)
+
+
+def test_an_inline_dna_error_puts_the_fields_under_a_prefix() -> None:
+    violation = generator_pb2.DnaViolation(
+        field_path="genes[0].real.low", rule="low_le_high", description="must be <= high"
+    )
+    error = library_module.invalid_dna_error("", "", [violation], field_prefix="dna")
+    assert (
+        error.message
+        == "the DNA is invalid: <dna>: genes[0].real.low: must be <= high [low_le_high]"
+    )
+    assert [(v.field, v.description, v.reason) for v in error.violations] == [
+        ("dna.genes[0].real.low", "must be <= high", "low_le_high")
+    ]
