@@ -30,7 +30,7 @@ $(NPM_STAMP): package.json package-lock.json
 	@touch $@
 
 run: $(STAMP) ## run the embedded suite (all four services on one port)
-	$(VENV)/bin/helix up --host $(HOST) --port $(PORT) $(ARGS)
+	$(VENV)/bin/helix up --host $(HOST) --port $(PORT) --generator-dna-dir examples/dna $(ARGS)
 
 test: $(STAMP) $(NPM_STAMP) ## run the test suite (buf from npm is used by CLI tests)
 	$(PY) -m pytest $(ARGS)

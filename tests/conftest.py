@@ -65,4 +65,6 @@ def helix_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
     env["HELIX_DATA_DIR"] = str(tmp_path / "data")
     env["PYTHONUNBUFFERED"] = "1"
+    # Registry tests count agents and revisions: keep the embedded generator out of them.
+    env["HELIX_GENERATOR_SELF_REGISTER"] = "false"
     return env

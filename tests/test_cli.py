@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -130,6 +131,7 @@ async def test_busy_metrics_port_is_a_clear_error(helix_env):
     assert "helix listening" not in out
 
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dna"
 BUF = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "buf"
 
 
@@ -214,6 +216,8 @@ async def test_minted_token_works_with_grpcurl_style_metadata(running_suite, hel
 
 
 async def test_helix_call_mints_from_the_local_suite_key(running_suite, helix_env):
+    library = Path(running_suite.data_dir) / "dnas"  # the embedded suite's default library
+    shutil.copy(EXAMPLES / "sphere.yaml", library / "sphere.yaml")
     code, out, err = await run(
         "call",
         "helix.v1.GeneratorService/GetDna",
@@ -225,10 +229,10 @@ async def test_helix_call_mints_from_the_local_suite_key(running_suite, helix_en
         str(running_suite.data_dir),
         env=helix_env,
     )
-    assert code == 1
-    assert out == ""
-    assert "error: UNIMPLEMENTED" in err
-    assert "NOT_IMPLEMENTED_YET" in err
+    assert code == 0, err
+    document = json.loads(out)["dna"]
+    assert document["name"] == "dnas/sphere"
+    assert document["valid"] is True
     code, _, err = await run(
         "call",
         "helix.v1.GeneratorService/GetDna",

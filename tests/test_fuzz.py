@@ -80,6 +80,8 @@ def suite(tmp_path_factory) -> Iterator[tuple[grpc.Channel, tuple[tuple[str, str
         rate_read=1e6,
         rate_write=1e6,
         rate_data=1e6,
+        # Its heartbeats would use the `random` module while Hypothesis draws (another thread).
+        generator_self_register=False,
     )
     running = Suite(config)
     token = mint(running.server.security.signer, "fuzzer", ["admin"], 3600)

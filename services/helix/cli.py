@@ -12,6 +12,8 @@ from helix.client_cli import add_client_arguments, local_signer, run_call
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.version import version
+from helix.generator.agent import add_generator_commands
+from helix.generator.cli import add_dna_commands
 from helix.registry.cli import add_agents_commands
 from helix.security import scopes
 from helix.security.tokens import TokenPolicy, inspect_token, mint
@@ -79,6 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
     call.set_defaults(handler=run_call)
 
     add_agents_commands(commands)
+    add_dna_commands(commands)
+    add_generator_commands(commands)
 
     show_version = commands.add_parser("version", help="print the Helix version")
     show_version.set_defaults(handler=_version)

@@ -5,23 +5,36 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from helix.common.config import default_data_dir, require
+import grpc
+
+import helix.v1.registry_pb2 as registry_pb2
+from helix.common.channel import create_channel
+from helix.common.config import default_data_dir, require, setting
 from helix.common.server import HelixServer, ServiceBinding, create_server
-from helix.common.services import GENERATOR, ORACLE, ORCHESTRATOR, placeholder
-from helix.generator import validation as generator_checks
+from helix.common.services import ORACLE, ORCHESTRATOR, placeholder
+from helix.generator.config import GeneratorConfig
+from helix.generator.library import DnaLibrary
+from helix.generator.service import generator_binding
 from helix.oracle import validation as oracle_checks
 from helix.orchestrator import validation as orchestrator_checks
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
+from helix.registry.presence import AgentPresence
 from helix.registry.service import registry_binding
 from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.security.client import MintingTokenSource, bearer_interceptors
 from helix.security.setup import Security, security_from_config
+
+EMBEDDED_GENERATOR_ID = "embedded-generator"
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddedConfig(RegistryConfig):
+class EmbeddedConfig(RegistryConfig, GeneratorConfig):
     """`helix up`: all four services in one process on one port, state under `data_dir`."""
 
+    generator_self_register: bool = setting(
+        True, "register the embedded generator as an agent in the suite's own registry"
+    )
     data_dir: Path = dataclasses.field(
         default_factory=default_data_dir,
         metadata={"help": "where the embedded suite keeps its state", "flag": None},
@@ -40,6 +53,10 @@ class EmbeddedConfig(RegistryConfig):
     def registry_path(self) -> Path:
         return self.registry_db or self.data_dir / "registry.sqlite3"
 
+    @property
+    def dna_dir(self) -> Path:
+        return self.generator_dna_dir or self.data_dir / "dnas"
+
 
 def embedded_registry(config: EmbeddedConfig) -> Registry:
     """The registry engine of the suite, on its SQLite file."""
@@ -48,12 +65,21 @@ def embedded_registry(config: EmbeddedConfig) -> Registry:
 
 
 def embedded_services(
-    config: EmbeddedConfig, registry: Registry | None = None
+    config: EmbeddedConfig,
+    registry: Registry | None = None,
+    presence: AgentPresence | None = None,
 ) -> list[ServiceBinding]:
-    """The service bindings of the embedded suite, registry first."""
+    """The service bindings of the embedded suite, registry first. `presence` keeps the
+    embedded generator registered in the suite's own registry."""
+    library = DnaLibrary(config.dna_dir, max_entries=config.generator_cache_entries)
     return [
         registry_binding(registry or embedded_registry(config)),
-        placeholder(GENERATOR, "the generator lands with its own issue", generator_checks.CHECKS),
+        generator_binding(
+            library,
+            workers=config.generator_workers,
+            max_message_bytes=int(config.max_send_message_bytes),
+            presence=presence,
+        ),
         placeholder(ORACLE, "the oracle lands with its own issue", oracle_checks.CHECKS),
         placeholder(
             ORCHESTRATOR, "the orchestrator lands with its own issue", orchestrator_checks.CHECKS
@@ -68,16 +94,52 @@ def embedded_key_dir(config: EmbeddedConfig) -> Path:
 
 def prepare_embedded(config: EmbeddedConfig) -> Security:
     """The suite's data directory and security: on first start, the HS256 signing secret
-    that its tokens are minted with (`helix token mint`). Blocking file I/O: run it before
-    the event loop serves, or in a thread."""
+    that its tokens are minted with (`helix token mint`), and the DNA directory. Blocking
+    file I/O: run it before the event loop serves, or in a thread."""
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if config.generator_dna_dir is None:
+        config.dna_dir.mkdir(mode=0o700, exist_ok=True)
     return security_from_config(config, embedded_key_dir=embedded_key_dir(config))
+
+
+def _loopback(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        host = "127.0.0.1" if host != "[::]" else "[::1]"
+    return f"{host}:{port}"
 
 
 def create_embedded(
     config: EmbeddedConfig, security: Security | None = None
 ) -> tuple[HelixServer, int]:
     """Create (not start) the embedded suite's server; `security` from `prepare_embedded`
-    (prepared here, blocking, when not given)."""
+    (prepared here, blocking, when not given).
+
+    The embedded generator registers itself in the suite's registry, over loopback with
+    tokens minted by the suite's own key, as any generator agent does, so discovery works
+    the same embedded and distributed. (Not with TLS, where the suite's certificate may not
+    name the loopback address: the generator is then simply not registered.)
+    """
     security = security or prepare_embedded(config)
-    return create_server(config, embedded_services(config), security=security)
+    agent = registry_pb2.Agent(
+        kind=registry_pb2.AGENT_KIND_GENERATOR,
+        capacity=config.advertised_capacity,
+        labels={"embedded": "true"},
+    )
+    target: dict[str, str] = {}
+    signer = security.signer
+
+    def connect() -> grpc.aio.Channel:
+        assert signer is not None
+        tokens = MintingTokenSource(signer, "helix-generator", ["agents.write"])
+        return create_channel(target["address"], interceptors=bearer_interceptors(tokens))
+
+    presence = None
+    if config.generator_self_register and signer is not None and config.tls_cert_file is None:
+        presence = AgentPresence(connect, agent, agent_id=EMBEDDED_GENERATOR_ID)
+    server, port = create_server(
+        config, embedded_services(config, presence=presence), security=security
+    )
+    target["address"] = _loopback(server.address)
+    agent.endpoint = target["address"]
+    return server, port

@@ -1,0 +1,325 @@
+"""Generator throughput: alpha against DEAP's equivalent operators, in this one process.
+
+For each DNA, both sides breed `--batch` children from the same 1,000 scored parents and
+encode each child as a helix.v1.Candidate with its content-hash id (the output a
+generator must produce):
+
+- 10-D real: DEAP selTournament(3) + cxBlend(0.5) at 0.9 + mutGaussian(indpb 0.1) with
+  clipping, against alpha with BLEND crossover, GAUSSIAN mutation and CLIP bounds;
+- permutation of 52: DEAP selTournament(3) + cxOrdered at 0.9 + mutShuffleIndexes
+  (indpb 0.1), against alpha with order crossover and SWAP mutation.
+
+DEAP's generation is `algorithms.varAnd` on the tournament's picks, then each child is
+turned into a Genome, serialised deterministically, hashed, and serialised as a Candidate,
+as the generator does in bulk. Both start from their parents already in memory (alpha's
+decoded and ranked, DEAP's as individuals with fitness).
+Reports the median children/s of several rounds and alpha/DEAP. Then children/s received
+by a gRPC client streaming Generate from a real `helix up` (uvloop, the embedded suite),
+for the same two DNAs, with and without parents.
+
+    python benchmarks/bench_generator.py [--rounds 5] [--batch 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from deap import algorithms, base, creator, tools
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.common_pb2 as common_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.generator_pb2 as generator_pb2
+import helix.v1.generator_pb2_grpc as generator_pb2_grpc
+from helix.generator import strategies
+from helix.generator.layout import Layout, normalise
+from helix.generator.service import Parents, chunk_records, rank_parents
+from helix.security.client import StaticTokenSource, bearer_interceptors
+from helix.security.keys import load_hs256_dir
+from helix.security.tokens import mint
+
+HELIX = str(Path(sys.executable).parent / "helix")
+LISTENING = re.compile(r"^helix listening on (127\.0\.0\.1:\d+)$")
+PARENTS = 1000
+CXPB, INDPB, TOURNAMENT = 0.9, 0.1, 3
+
+
+def real_dna() -> dna_pb2.Dna:
+    alpha = dna_pb2.AlphaStrategy(
+        population_size=PARENTS,
+        elitism=0,
+        tournament_size=TOURNAMENT,
+        crossover_rate=CXPB,
+        mutation_rate=INDPB,
+        real=dna_pb2.RealOperators(
+            crossover=dna_pb2.NUMERIC_CROSSOVER_BLEND,
+            blend_alpha=0.5,
+            mutation=dna_pb2.NUMERIC_MUTATION_GAUSSIAN,
+            gaussian_sigma=0.1,
+            bounds=dna_pb2.BOUND_HANDLING_CLIP,
+        ),
+    )
+    return dna_pb2.Dna(
+        name="dnas/bench-real",
+        genes=[dna_pb2.Gene(name="x", real=dna_pb2.RealGene(low=-5.12, high=5.12, size=10))],
+        strategy=dna_pb2.Strategy(alpha=alpha),
+    )
+
+
+def permutation_dna() -> dna_pb2.Dna:
+    alpha = dna_pb2.AlphaStrategy(
+        population_size=PARENTS,
+        elitism=0,
+        tournament_size=TOURNAMENT,
+        crossover_rate=CXPB,
+        mutation_rate=INDPB,
+        permutation=dna_pb2.PermutationOperators(mutation=dna_pb2.PERMUTATION_MUTATION_SWAP),
+    )
+    return dna_pb2.Dna(
+        name="dnas/bench-tour",
+        genes=[dna_pb2.Gene(name="tour", permutation=dna_pb2.PermutationGene(size=52))],
+        strategy=dna_pb2.Strategy(alpha=alpha),
+    )
+
+
+def parents_for(layout: Layout, seed: int) -> list[candidate_pb2.ScoredCandidate]:
+    """PARENTS sampled candidates scored by a simple objective (sphere / tour displacement)."""
+    chunk = next(strategies.generate(layout, None, PARENTS, seed, 0))
+    candidates = [
+        candidate_pb2.Candidate.FromString(r) for r in chunk_records(layout, chunk, None, 0)
+    ]
+    scored = []
+    for candidate in candidates:
+        genome = candidate.genome
+        if genome.reals:
+            score = float(sum(v * v for v in genome.reals))
+        else:
+            score = float(sum(abs(v - i) for i, v in enumerate(genome.permutations)))
+        verdict = candidate_pb2.Verdict(
+            candidate_id=candidate.id, status=candidate_pb2.VERDICT_STATUS_PASSED, score=score
+        )
+        scored.append(candidate_pb2.ScoredCandidate(candidate=candidate, verdict=verdict))
+    return scored
+
+
+# --- alpha ----------------------------------------------------------------------------------
+
+
+def alpha_round(layout: Layout, parents: Parents, count: int, seed: int) -> list[bytes]:
+    """What Generate does per generation once the parents are ranked: breed, encode, hash
+    and serialise each child as a Candidate (id, genome, generation, parent_ids)."""
+    out: list[bytes] = []
+    for chunk in strategies.generate(
+        layout, parents.population, count, seed, 1, scored=parents.scored
+    ):
+        out += chunk_records(layout, chunk, parents, 1)
+    return out
+
+
+# --- DEAP -----------------------------------------------------------------------------------
+
+
+def deap_toolbox(kind: str) -> base.Toolbox:
+    if not hasattr(creator, "BenchFitness"):
+        creator.create("BenchFitness", base.Fitness, weights=(-1.0,))
+        creator.create("BenchIndividual", list, fitness=creator.BenchFitness)
+    toolbox = base.Toolbox()
+    toolbox.register("select", tools.selTournament, tournsize=TOURNAMENT)
+    if kind == "real":
+        toolbox.register("mate", tools.cxBlend, alpha=0.5)
+        sigma = 0.1 * 10.24
+        toolbox.register("mutate", tools.mutGaussian, mu=0.0, sigma=sigma, indpb=INDPB)
+
+        def clip(func: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                children = func(*args, **kwargs)
+                for child in children:
+                    for i, value in enumerate(child):
+                        child[i] = min(5.12, max(-5.12, value))
+                return children
+
+            return wrapper
+
+        toolbox.decorate("mate", clip)
+        toolbox.decorate("mutate", clip)
+    else:
+        toolbox.register("mate", tools.cxOrdered)
+        toolbox.register("mutate", tools.mutShuffleIndexes, indpb=INDPB)
+    return toolbox
+
+
+def deap_population(scored: list[candidate_pb2.ScoredCandidate]) -> list[Any]:
+    population = []
+    for parent in scored:
+        genome = parent.candidate.genome
+        values = list(genome.reals) if genome.reals else list(genome.permutations)
+        individual = creator.BenchIndividual(values)
+        individual.fitness.values = (parent.verdict.score,)
+        population.append(individual)
+    return population
+
+
+def deap_round(toolbox: base.Toolbox, population: list[Any], count: int, kind: str) -> list[bytes]:
+    offspring = algorithms.varAnd(toolbox.select(population, count), toolbox, CXPB, 1.0)
+    out = []
+    for child in offspring:
+        genome = (
+            candidate_pb2.Genome(reals=child)
+            if kind == "real"
+            else candidate_pb2.Genome(permutations=child)
+        )
+        encoding = genome.SerializeToString(deterministic=True)
+        candidate_id = hashlib.sha256(encoding).hexdigest()[:32]
+        out.append(
+            candidate_pb2.Candidate(
+                id=candidate_id, genome=genome, generation=1
+            ).SerializeToString()
+        )
+    return out
+
+
+def rate(work: Callable[[], list[Any]], rounds: int) -> tuple[float, int]:
+    rates, produced = [], 0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        produced = len(work())
+        rates.append(produced / (time.perf_counter() - started))
+    return statistics.median(rates), produced
+
+
+# --- through gRPC ---------------------------------------------------------------------------
+
+
+async def start_suite(data_dir: Path, dna_dir: Path) -> tuple[asyncio.subprocess.Process, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
+    env.update(HELIX_RATE_DATA="1e6", HELIX_RATE_READ="1e6", HELIX_RATE_WRITE="1e6")
+    process = await asyncio.create_subprocess_exec(
+        HELIX,
+        "up",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--generator-dna-dir",
+        str(dna_dir),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+    match = LISTENING.match(line)
+    assert match, line
+    _, signer = load_hs256_dir(data_dir / "keys")
+    assert signer is not None
+    return process, match.group(1), mint(signer, "bench", ["generate", "dna.read"], 3600)
+
+
+async def stream_rate(
+    address: str, token: str, request: generator_pb2.GenerateRequest, rounds: int
+) -> float:
+    rates = []
+    channel = grpc.aio.insecure_channel(
+        address,
+        interceptors=bearer_interceptors(StaticTokenSource(token)),
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    async with channel:
+        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        for _ in range(rounds):
+            received = 0
+            started = time.perf_counter()
+            async for response in stub.Generate(request, timeout=120):
+                received += len(response.candidates)
+            rates.append(received / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+async def grpc_rates(
+    dnas: dict[str, tuple[dna_pb2.Dna, list[candidate_pb2.ScoredCandidate]]],
+    rounds: int,
+    count: int,
+) -> dict[str, float]:
+    root = Path(tempfile.mkdtemp(prefix="helix-bench-generator-"))
+    (root / "dnas").mkdir()
+    process, address, token = await start_suite(root / "data", root / "dnas")
+    out = {}
+    try:
+        for kind, (dna, parents) in dnas.items():
+            sample = generator_pb2.GenerateRequest(dna=dna, count=count, seed=1, batch_size=1000)
+            out[f"{kind}_sampled"] = await stream_rate(address, token, sample, rounds)
+            bred = generator_pb2.GenerateRequest(
+                dna=dna,
+                count=count,
+                seed=1,
+                generation=1,
+                parents=parents,
+                objective=common_pb2.OBJECTIVE_MINIMIZE,
+                batch_size=1000,
+            )
+            out[f"{kind}_bred"] = await stream_rate(address, token, bred, rounds)
+    finally:
+        process.terminate()
+        await process.wait()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--stream-count", type=int, default=50_000)
+    args = parser.parse_args()
+    random.seed(1)
+    np.random.seed(1)
+    report: dict[str, Any] = {}
+    dnas = {}
+    print(f"generator: children/s, median of {args.rounds} rounds, batch {args.batch}")
+    for kind, dna in (("real", real_dna()), ("permutation", permutation_dna())):
+        layout = Layout(normalise(dna))
+        parents = parents_for(layout, seed=11)
+        dnas[kind] = (dna, parents)
+        request = generator_pb2.GenerateRequest(
+            dna=dna,
+            parents=parents,
+            objective=common_pb2.OBJECTIVE_MINIMIZE,
+            count=args.batch,
+            seed=5,
+            generation=1,
+        )
+        ranked = rank_parents(layout, request)  # as DEAP's population, prepared once
+        assert ranked is not None
+        ours, made = rate(partial(alpha_round, layout, ranked, args.batch, 5), args.rounds)
+        assert made == args.batch
+        toolbox = deap_toolbox(kind)
+        population = deap_population(parents)
+        deap_work = partial(deap_round, toolbox, population, args.batch, kind)
+        theirs, made = rate(deap_work, args.rounds)
+        assert made == args.batch
+        report[kind] = {"alpha_per_s": ours, "deap_per_s": theirs, "ratio": ours / theirs}
+        print(f"  {kind:11s}: alpha {ours:9,.0f}/s  DEAP {theirs:9,.0f}/s  = {ours / theirs:5.1f}x")
+    streamed = asyncio.run(grpc_rates(dnas, max(1, args.rounds // 2), args.stream_count))
+    report["generate_stream_per_s"] = streamed
+    for key, value in streamed.items():
+        print(f"  Generate stream ({key}, {args.stream_count} children): {value:9,.0f}/s received")
+    print(json.dumps({"bench": "generator", "results": report}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""`helix generator serve`: a standalone generator agent.
+
+It serves GeneratorService (with health, reflection, auth and rate limits, as every Helix
+server) over its DNA directory, and — given `--registry-address` — registers itself in the
+registry as a generator agent (its strategies, the valid DNAs of its library, its
+capacity), heartbeats, and deregisters when it drains. Its calls to the registry carry
+the service token (`HELIX_SERVICE_TOKEN_FILE` or `HELIX_SERVICE_TOKEN`, scope
+agents.write), or tokens minted with its own HS256 key when it has one (the embedded
+setup's shared secret).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import grpc
+
+import helix.v1.registry_pb2 as registry_pb2
+from helix.common import config as cfg
+from helix.common import logs
+from helix.common.channel import create_channel, tls_channel_credentials
+from helix.common.config import require, setting
+from helix.common.server import HelixServer, create_server
+from helix.generator.config import GeneratorConfig
+from helix.generator.library import DnaLibrary
+from helix.generator.service import generator_binding
+from helix.registry.presence import AgentPresence
+from helix.security.client import bearer_interceptors, service_token_source
+from helix.security.setup import Security, security_from_config
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorAgentConfig(GeneratorConfig):
+    """A standalone generator: its library and, optionally, the registry it joins."""
+
+    registry_address: str = setting("", "registry host:port to register with (empty: none)")
+    registry_ca_file: Path | None = setting(None, "CA bundle (PEM) to reach the registry by TLS")
+    agent_id: str = setting("", "id to register as (empty: the registry picks one)")
+    advertise_address: str = setting(
+        "", "host:port other agents dial to reach this one (default: the listen address)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.generator_dna_dir is not None, "generator_dna_dir", "must be set")
+        require(
+            self.generator_dna_dir is None or self.generator_dna_dir.is_dir(),
+            "generator_dna_dir",
+            f"{self.generator_dna_dir} is not a directory",
+        )
+        require(
+            not self.agent_id or len(self.agent_id) <= 63,
+            "agent_id",
+            "at most 63 characters matching [a-z][a-z0-9-]*",
+        )
+
+
+def advertised(config: GeneratorAgentConfig, server: HelixServer) -> str:
+    """The endpoint to register: --advertise-address, else the listen address (a
+    wildcard host is advertised as loopback: set --advertise-address beyond one machine)."""
+    if config.advertise_address:
+        return config.advertise_address
+    host, _, port = server.address.rpartition(":")
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def create_agent(
+    config: GeneratorAgentConfig, security: Security
+) -> tuple[HelixServer, AgentPresence | None]:
+    """Create (not start) the generator agent's server and its registration."""
+    library = DnaLibrary(
+        config.generator_dna_dir or Path("."), max_entries=config.generator_cache_entries
+    )
+    presence = None
+    if config.registry_address:
+        tokens = service_token_source(
+            config.agent_id or "helix-generator", ["agents.write"], signer=security.signer
+        )
+        credentials = (
+            tls_channel_credentials(config.registry_ca_file) if config.registry_ca_file else None
+        )
+
+        def connect() -> grpc.aio.Channel:
+            return create_channel(
+                config.registry_address,
+                credentials=credentials,
+                interceptors=bearer_interceptors(tokens),
+            )
+
+        agent = registry_pb2.Agent(
+            kind=registry_pb2.AGENT_KIND_GENERATOR, capacity=config.advertised_capacity
+        )
+        presence = AgentPresence(connect, agent, agent_id=config.agent_id)
+    binding = generator_binding(
+        library,
+        workers=config.generator_workers,
+        max_message_bytes=int(config.max_send_message_bytes),
+        presence=presence,
+    )
+    server, _ = create_server(config, [binding], security=security)
+    if presence is not None:
+        presence.agent.endpoint = advertised(config, server)
+    return server, presence
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = cfg.load(GeneratorAgentConfig, args)
+    logs.configure(config.log_level)
+    security = security_from_config(config)  # key files: before the event loop runs
+
+    async def serve() -> None:
+        server, _ = create_agent(config, security)
+
+        def ready(started: object) -> None:
+            print(f"helix generator listening on {server.address}", flush=True)
+
+        await server.serve(on_ready=ready)
+
+    try:
+        cfg.run_loop(serve(), config.event_loop)
+    finally:
+        logs.shutdown()
+    return 0
+
+
+def add_generator_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """Add `helix generator serve` to the `helix` command line."""
+    generator = subparsers.add_parser("generator", help="run a standalone generator agent")
+    actions = generator.add_subparsers(dest="generator_command", metavar="ACTION", required=True)
+    serve = actions.add_parser(
+        "serve",
+        help="serve GeneratorService over a DNA directory, registered in a registry",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    cfg.add_arguments(serve, GeneratorAgentConfig)
+    serve.set_defaults(handler=_serve)

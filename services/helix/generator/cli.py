@@ -1,0 +1,183 @@
+"""`helix dna validate|list`: check DNA files offline; list a generator's DNA library.
+
+`validate` needs no server: it reads each file (or each DNA file of a directory), prints
+every broken rule as "file:line: field_path: description [rule]" and "file: ok (name,
+fingerprint …)" for good ones. Exit status: 0 when every file is a valid DNA, 1 when any
+is not, 2 for a usage error or a file that cannot be read at all (missing, a directory
+without DNA files, no permission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from google.protobuf import json_format
+
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.generator_pb2 as generator_pb2
+import helix.v1.generator_pb2_grpc as generator_pb2_grpc
+from helix.client_cli import _describe_error, add_client_arguments, open_channel
+from helix.generator.documents import (
+    DNA_EXTENSIONS,
+    MAX_DOCUMENT_BYTES,
+    DnaCheck,
+    Violation,
+    check_dna_bytes,
+    dna_name_for,
+)
+from helix.security.scopes import DNA_READ
+
+PAGE_SIZE = 1000
+TABLE_COLUMNS = ("NAME", "VALID", "GENES", "STRATEGY", "FINGERPRINT", "SOURCE")
+EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+
+
+def add_dna_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `helix dna validate|list` to the `helix` command line."""
+    dna = subparsers.add_parser("dna", help="check DNA files; list a generator's DNA library")
+    actions = dna.add_subparsers(dest="dna_command", metavar="ACTION", required=True)
+
+    validate = actions.add_parser(
+        "validate",
+        help="check DNA files offline",
+        description="Check DNA documents (YAML or JSON) without a server. Prints each "
+        "broken rule as 'file:line: field_path: description [rule]', and 'file: ok (name, "
+        "fingerprint F)' for each valid file. A directory stands for its *.yaml, *.yml "
+        "and *.json files.",
+        epilog="Exit status: 0 all valid, 1 some DNA invalid, 2 usage error or a file "
+        "that cannot be read.",
+    )
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DNA file or dir")
+    validate.set_defaults(handler=lambda args: validate_files(args.files))
+
+    listing = actions.add_parser(
+        "list",
+        help="list a generator's DNA documents",
+        description="List the DNA documents of a generator's library, in name order, "
+        "invalid ones included (their violations follow the table).",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per document")
+    add_client_arguments(listing)
+    listing.set_defaults(handler=lambda args: asyncio.run(list_dnas(args)))
+
+
+# --- validate -----------------------------------------------------------------------------
+
+
+def _dna_files(path: Path) -> list[Path]:
+    """The files `path` stands for: itself, or a directory's DNA files (sorted)."""
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.iterdir() if p.name.endswith(DNA_EXTENSIONS) and p.is_file())
+
+
+def check_file(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> DnaCheck:
+    """Read and check one DNA file; OSError if it cannot be read at all."""
+    with path.open("rb") as handle:
+        data = handle.read(max_bytes + 1)
+    return check_dna_bytes(data, str(path), max_bytes=max_bytes)
+
+
+def describe(check: DnaCheck) -> list[str]:
+    """The lines `validate` prints for one checked file."""
+    if check.valid:
+        name = check.dna.name or dna_name_for(check.file) or "unnamed"
+        return [f"{check.file}: ok ({name}, fingerprint {check.fingerprint})"]
+    lines = [str(violation) for violation in check.violations]
+    dropped = check.total_violations - len(check.violations)
+    if dropped > 0:
+        lines.append(f"{check.file}: … and {dropped} more violations")
+    return lines
+
+
+def validate_files(
+    paths: Sequence[Path], out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """`helix dna validate`: check every file, print the outcome, return the exit status."""
+    out, err = out or sys.stdout, err or sys.stderr
+    status = EXIT_OK
+    for path in paths:
+        files = _dna_files(path)
+        if not files:
+            print(f"helix dna validate: {path}: no *.yaml, *.yml or *.json files", file=err)
+            status = EXIT_UNREADABLE
+        for file in files:
+            try:
+                check = check_file(file)
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                print(f"helix dna validate: {file}: cannot read: {reason}", file=err)
+                status = EXIT_UNREADABLE
+                continue
+            print("\n".join(describe(check)), file=out)
+            if not check.valid:
+                status = max(status, EXIT_INVALID)
+    return status
+
+
+# --- list ---------------------------------------------------------------------------------
+
+
+def _strategy(dna: dna_pb2.Dna) -> str:
+    kind = dna.strategy.WhichOneof("kind")
+    return kind or ("alpha" if dna.genes else "-")
+
+
+def format_table(documents: Sequence[generator_pb2.DnaDocument]) -> str:
+    """The documents as an aligned table, then each invalid document's violations."""
+    rows = [TABLE_COLUMNS] + [
+        (
+            doc.name,
+            "yes" if doc.valid else f"no ({len(doc.violations)})",
+            str(len(doc.dna.genes)),
+            _strategy(doc.dna),
+            doc.fingerprint[:12] or "-",
+            doc.source,
+        )
+        for doc in documents
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    problems = [
+        str(Violation(v.file or doc.source, v.field_path, v.rule, v.description, v.line))
+        for doc in documents
+        for v in doc.violations
+    ]
+    return "\n".join(lines + (["", *problems] if problems else []))
+
+
+async def list_dnas(args: argparse.Namespace) -> int:
+    """`helix dna list`: every page of GeneratorService.ListDnas, as a table or JSON lines."""
+    request = generator_pb2.ListDnasRequest(page_size=PAGE_SIZE)
+    documents: list[generator_pb2.DnaDocument] = []
+    async with open_channel(args, [DNA_READ]) as channel:
+        stub: generator_pb2_grpc.GeneratorServiceAsyncStub = (
+            generator_pb2_grpc.GeneratorServiceStub(channel)
+        )
+        try:
+            while True:
+                page = await stub.ListDnas(request)
+                documents.extend(page.dnas)
+                if not page.next_page_token:
+                    break
+                request.page_token = page.next_page_token
+        except grpc.aio.AioRpcError as error:
+            print(_describe_error(error), file=sys.stderr)
+            return 1
+    if args.json:
+        for doc in documents:
+            print(json_format.MessageToJson(doc, indent=None, preserving_proto_field_name=True))
+    elif documents:
+        print(format_table(documents))
+    else:
+        print("no DNA documents", file=sys.stderr)
+    return 0

@@ -1,0 +1,393 @@
+"""GeneratorService: the DNA library over gRPC, and Generate streaming candidates in batches.
+
+The servicer is thin: it validates each request, resolves the DNA (library or inline),
+decodes and ranks the parents, and then streams what `strategies.generate` breeds. The
+breeding and encoding of each chunk runs in the service's thread pool (NumPy releases
+the GIL for the heavy parts), one chunk ahead of what the stream is sending, so the event
+loop only moves finished messages; a cancelled stream stops after the chunk in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.generator_pb2 as generator_pb2
+import helix.v1.generator_pb2_grpc as generator_pb2_grpc
+from helix.common import errors
+from helix.common.server import ServiceBinding
+from helix.common.services import validate
+from helix.generator import codec, strategies
+from helix.generator import validation as checks
+from helix.generator.documents import check_dna_message, parse_dna_text
+from helix.generator.layout import Layout, Population
+from helix.generator.library import DnaLibrary, invalid_dna_error
+from helix.registry.presence import AgentPresence
+
+DEFAULT_BATCH_SIZE = 256
+STRATEGIES = ("alpha", "random")
+# Room for a response's own fields around its candidates, under the message limit.
+_RESPONSE_OVERHEAD = 64
+
+
+# --- pages --------------------------------------------------------------------------------
+
+
+def _page_token(after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
+
+
+def _after(token: str) -> str:
+    """The name a ListDnas page token continues after; INVALID_ARGUMENT if it is not ours."""
+    if not token:
+        return ""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        after = value["after"]
+        if isinstance(after, str) and after:
+            return after
+    except (ValueError, TypeError, KeyError, UnicodeError):
+        pass
+    raise errors.InvalidArgument(
+        "page_token is not a token this service issued",
+        [errors.FieldViolation("page_token", "must be a next_page_token from ListDnas")],
+        reason="INVALID_PAGE_TOKEN",
+    )
+
+
+# --- Generate -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Parents:
+    """The parents of a Generate call, ranked, without exact repeats.
+
+    `population[i]` is the genome of `ids[i]`; `records[i]` its Candidate serialised as
+    sent (id filled in), copied unchanged when it is an elite; the first `scored` have a
+    score (verdict PASSED or FAILED).
+    """
+
+    population: Population
+    ids: list[str]
+    sources: list[candidate_pb2.Candidate]
+    scored: int
+
+    def record(self, i: int) -> bytes:
+        """Parent i's Candidate, serialised as it came (with its id), for an elite."""
+        source = self.sources[i]
+        if source.id == self.ids[i]:
+            return source.SerializeToString()
+        copy = candidate_pb2.Candidate()
+        copy.CopyFrom(source)
+        copy.id = self.ids[i]
+        return copy.SerializeToString()
+
+
+_SCORED = (candidate_pb2.VERDICT_STATUS_PASSED, candidate_pb2.VERDICT_STATUS_FAILED)
+
+
+def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Parents | None:
+    """Decode the request's parents (INVALID_ARGUMENT if a genome does not fit the DNA or
+    an id is not the genome's), rank them, and drop exact repeats (the same candidate with
+    the same verdict), so the output depends on the set of parents, not on their order."""
+    if not request.parents:
+        return None
+    given = request.parents
+    population = codec.decode_genomes(
+        layout,
+        [p.candidate.genome for p in given],
+        lambda i: f"parents[{i}].candidate.genome",
+    )
+    ids = codec.candidate_ids(codec.encode_genomes(layout, population))
+    wrong = [
+        errors.FieldViolation(
+            f"parents[{i}].candidate.id",
+            f"must be the genome's content hash {ids[i]} (or empty), got {p.candidate.id}",
+        )
+        for i, p in enumerate(given)
+        if p.candidate.id and p.candidate.id != ids[i]
+    ]
+    if wrong:
+        raise errors.InvalidArgument(
+            "a parent's id is not its genome's content hash", wrong[:100], reason="WRONG_ID"
+        )
+    statuses = [p.verdict.status for p in given]
+    scores = [
+        p.verdict.score if s in _SCORED else 0.0 for p, s in zip(given, statuses, strict=True)
+    ]
+    order = strategies.rank(ids, statuses, scores, request.objective)
+    keep: list[int] = []
+    previous: tuple[str, int, float] | None = None
+    for i in order.tolist():
+        key = (ids[i], statuses[i], scores[i])
+        if key != previous:
+            keep.append(i)
+        previous = key
+    return Parents(
+        population.take(keep),
+        [ids[i] for i in keep],
+        [given[i].candidate for i in keep],
+        sum(1 for i in keep if statuses[i] in _SCORED),
+    )
+
+
+def chunk_records(
+    layout: Layout, chunk: strategies.Chunk, parents: Parents | None, generation: int
+) -> list[bytes]:
+    """The candidates of one chunk, serialised, in output order: elites (copied unchanged),
+    then children with their id, generation and parent ids.
+
+    Candidates are assembled as bytes (tag, length, payload) and parsed once per response,
+    which costs a fraction of building a message per candidate.
+    """
+    out = [parents.record(i) for i in chunk.elites.tolist()] if parents is not None else []
+    n = len(chunk.children)
+    if not n:
+        return out
+    encodings = codec.encode_genomes(layout, chunk.children)
+    lineage: list[tuple[str, ...]]
+    if parents is not None:
+        ids = parents.ids
+        lineage = [
+            () if a < 0 else (ids[a],) if b < 0 else (ids[a], ids[b])
+            for a, b in chunk.parents.tolist()
+        ]
+    else:
+        lineage = [()] * n
+    return out + codec.encode_candidates(
+        encodings, codec.candidate_ids(encodings), generation=generation, parent_ids=lineage
+    )
+
+
+def batches(records: Sequence[bytes], batch_size: int, max_bytes: int) -> Iterator[list[bytes]]:
+    """Cut serialised candidates into batches of at most `batch_size` and `max_bytes`."""
+    batch: list[bytes] = []
+    size = _RESPONSE_OVERHEAD
+    for record in records:
+        item = len(record) + 6  # the field's tag and length prefix
+        if batch and (len(batch) >= batch_size or size + item > max_bytes):
+            yield batch
+            batch, size = [], _RESPONSE_OVERHEAD
+        batch.append(record)
+        size += item
+    if batch:
+        yield batch
+
+
+def response_bytes(batch: Sequence[bytes], generation: int, remaining: int) -> bytes:
+    """A GenerateResponse serialised: the candidates, generation and remaining."""
+    parts = [b"\x0a" + codec.varint(len(record)) + record for record in batch]
+    if generation:
+        parts.append(b"\x10" + codec.varint(generation))
+    if remaining:
+        parts.append(b"\x18" + codec.varint(remaining))
+    return b"".join(parts)
+
+
+@dataclass(slots=True)
+class GeneratorStats:
+    """What the generator has done, exported as `helix_generator_*` metrics."""
+
+    chunks: int = 0
+    candidates: int = 0
+    streams: int = 0
+
+
+class _StatsCollector(Collector):
+    def __init__(self, stats: GeneratorStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        yield CounterMetricFamily(
+            "helix_generator_chunks", "Chunks of candidates bred.", value=stats.chunks
+        )
+        yield CounterMetricFamily(
+            "helix_generator_candidates",
+            "Candidates bred (elites included).",
+            value=stats.candidates,
+        )
+        yield CounterMetricFamily(
+            "helix_generator_streams", "Generate streams started.", value=stats.streams
+        )
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
+    """GeneratorService over a DNA library, breeding in `executor`."""
+
+    def __init__(
+        self,
+        library: DnaLibrary,
+        executor: concurrent.futures.Executor,
+        *,
+        limits: checks.GeneratorLimits = checks.DEFAULT_LIMITS,
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.library = library
+        self._executor = executor
+        self._limits = limits
+        self._max_bytes = max_message_bytes
+        self.stats = GeneratorStats()
+
+    async def _run(self, work: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def ListDnas(
+        self, request: generator_pb2.ListDnasRequest, context: Any
+    ) -> generator_pb2.ListDnasResponse:
+        validate(lambda r: checks.check_list_dnas_request(r, self._limits), request)
+        after = _after(request.page_token)
+        size = min(request.page_size or self._limits.default_page_size, self._limits.max_page_size)
+        documents = [d for d in await self.library.list() if d.name > after]
+        response = generator_pb2.ListDnasResponse()
+        room = self._max_bytes - _RESPONSE_OVERHEAD - 2048
+        for document in documents[:size]:
+            room -= document.ByteSize() + 6
+            if room < 0 and response.dnas:
+                break
+            response.dnas.append(document)
+        if len(response.dnas) < len(documents):
+            response.next_page_token = _page_token(response.dnas[-1].name)
+        return response
+
+    async def GetDna(
+        self, request: generator_pb2.GetDnaRequest, context: Any
+    ) -> generator_pb2.GetDnaResponse:
+        validate(lambda r: checks.check_get_dna_request(r, self._limits), request)
+        return generator_pb2.GetDnaResponse(dna=await self.library.get(request.name))
+
+    async def ValidateDna(
+        self, request: generator_pb2.ValidateDnaRequest, context: Any
+    ) -> generator_pb2.ValidateDnaResponse:
+        validate(lambda r: checks.check_validate_dna_request(r, self._limits), request)
+        if request.WhichOneof("source") == "text":
+            check = await asyncio.to_thread(parse_dna_text, request.text, request.filename)
+        else:
+            check = await asyncio.to_thread(check_dna_message, request.dna, request.filename)
+        response = generator_pb2.ValidateDnaResponse(
+            valid=check.valid, violations=check.violation_protos()
+        )
+        if check.normalised is not None:
+            response.dna.CopyFrom(check.normalised)
+            response.fingerprint = check.fingerprint
+        return response
+
+    async def _dna(self, request: generator_pb2.GenerateRequest) -> dna_pb2.Dna:
+        if request.WhichOneof("dna_source") == "dna_name":
+            return (await self.library.valid(request.dna_name)).dna
+        check = await asyncio.to_thread(check_dna_message, request.dna, "")
+        if check.normalised is None:
+            raise invalid_dna_error("", "dna", check.violation_protos(), field_prefix="dna")
+        return check.normalised
+
+    async def Generate(
+        self, request: generator_pb2.GenerateRequest, context: Any
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        validate(lambda r: checks.check_generate_request(r, self._limits), request)
+        dna = await self._dna(request)
+        kind = dna.strategy.WhichOneof("kind")
+        if kind not in STRATEGIES:
+            raise errors.FailedPrecondition(
+                f"this generator does not implement the strategy {kind!r}",
+                reason="STRATEGY_NOT_IMPLEMENTED",
+            )
+        layout = Layout(dna)
+        parents = await self._run(lambda: rank_parents(layout, request))
+        population = parents.population if parents is not None else None
+        chunks = strategies.generate(
+            layout,
+            population,
+            request.count,
+            request.seed,
+            request.generation,
+            scored=parents.scored if parents is not None else None,
+        )
+
+        stats = self.stats
+        stats.streams += 1
+        batch_size = request.batch_size or DEFAULT_BATCH_SIZE
+        parse = generator_pb2.GenerateResponse.FromString
+        remaining = request.count
+
+        def next_chunk() -> list[generator_pb2.GenerateResponse] | None:
+            # In a worker thread; chunks are bred one after another, never two at once.
+            nonlocal remaining
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            responses = []
+            records = chunk_records(layout, chunk, parents, request.generation)
+            for batch in batches(records, batch_size, self._max_bytes):
+                remaining -= len(batch)
+                responses.append(parse(response_bytes(batch, request.generation, remaining)))
+            return responses
+
+        pending = asyncio.ensure_future(self._run(next_chunk))
+        try:
+            while True:
+                responses = await pending
+                if responses is None:
+                    return
+                stats.chunks += 1
+                # Breed the next chunk while this one is being sent.
+                pending = asyncio.ensure_future(self._run(next_chunk))
+                for response in responses:
+                    stats.candidates += len(response.candidates)
+                    yield response
+        finally:
+            pending.cancel()
+
+
+def generator_binding(
+    library: DnaLibrary,
+    *,
+    workers: int = 2,
+    max_message_bytes: int = 4 * 1024 * 1024,
+    presence: AgentPresence | None = None,
+) -> ServiceBinding:
+    """GeneratorService on a server, with its breeding threads started and stopped alongside.
+
+    With `presence`, the generator registers itself (kind generator, its strategies and
+    the valid DNAs of its library at start) when the server starts, and deregisters when
+    the drain begins.
+    """
+    executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="helix-breed")
+    servicer = GeneratorServicer(library, executor, max_message_bytes=max_message_bytes)
+
+    def add(server: grpc.aio.Server) -> None:
+        generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
+
+    async def announce() -> None:
+        if presence is not None:
+            details = presence.agent.generator
+            details.strategies[:] = STRATEGIES
+            details.dnas[:] = [d.name for d in await library.list() if d.valid]
+            await presence.start()
+
+    async def leave() -> None:
+        if presence is not None:
+            await presence.stop()
+
+    async def stopped() -> None:
+        await library.aclose()
+        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    return ServiceBinding(
+        generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name,
+        add,
+        on_start=(announce,),
+        on_shutdown=(leave,),
+        on_stopped=(stopped,),
+        add_metrics=lambda registry: registry.register(_StatsCollector(servicer.stats)),
+    )

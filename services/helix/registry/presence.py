@@ -1,0 +1,90 @@
+"""Keep a service's own agent registered for as long as it serves.
+
+`AgentPresence` runs an `AgentRegistration` in a background task: it registers as soon as
+the registry answers (retrying with backoff while it does not: in the embedded suite the
+registry is the same server, which accepts calls only after the services' start hooks),
+heartbeats, and deregisters when stopped. Services call `start` from their server's
+`on_start` hook and `stop` from `on_shutdown`, so an agent leaves the registry before it
+stops answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import grpc
+
+import helix.v1.registry_pb2 as registry_pb2
+from helix.common.aio import cancel_and_wait
+from helix.registry.client_support import Backoff
+from helix.registry.registration import AgentRegistration
+
+log = logging.getLogger("helix.registry.presence")
+
+
+class AgentPresence:
+    """Registers `agent` through channels from `connect`, in the background, until stopped.
+
+    `agent_id` is the id to register under (empty: the registry picks one, kept for
+    re-registrations); `ttl` the lease asked for in seconds (None: the registry's default).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], grpc.aio.Channel],
+        agent: registry_pb2.Agent,
+        *,
+        agent_id: str = "",
+        ttl: float | None = None,
+        backoff: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        self._connect = connect
+        self.agent = agent  # may be completed (endpoint, details) until `start`
+        self._agent_id = agent_id
+        self._ttl = ttl
+        self._backoff = backoff
+        self._task: asyncio.Task[None] | None = None
+        self.registration: AgentRegistration | None = None
+        self.registered = asyncio.Event()
+
+    async def start(self) -> None:
+        """Begin registering in the background (idempotent); returns at once."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="agent presence")
+
+    async def stop(self) -> None:
+        """Deregister (if registered) and stop heartbeating."""
+        task, self._task = self._task, None
+        await cancel_and_wait([task])
+
+    async def _run(self) -> None:
+        backoff = Backoff(*self._backoff)
+        while True:
+            channel = self._connect()
+            try:
+                async with channel:
+                    registration = AgentRegistration(
+                        channel, self.agent, agent_id=self._agent_id, ttl=self._ttl
+                    )
+                    async with registration:
+                        self.registration = registration
+                        self._agent_id = registration.name.removeprefix("agents/")
+                        self.registered.set()
+                        backoff.reset()
+                        await asyncio.Event().wait()  # until stopped
+            except grpc.aio.AioRpcError as error:
+                # Not transient (AgentRegistration retries those itself): a misconfigured
+                # token or a refused agent. Keep trying, loudly, rather than give up.
+                delay = backoff.next(error)
+                log.error(
+                    "could not register this agent (%s: %s); retrying in %.1fs",
+                    error.code().name,
+                    error.details(),
+                    delay,
+                )
+            finally:
+                self.registered.clear()
+                self.registration = None
+            await asyncio.sleep(delay)
