@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import sys
@@ -108,3 +109,56 @@ async def test_generator_agent_needs_a_dna_directory_and_keys(helix_env, tmp_pat
     assert process.returncode == 2
     assert b"generator-dna-dir" in stderr
     assert b"is not a directory" in stderr
+
+
+async def test_dna_list_against_a_running_generator(helix_env, tmp_path):
+    library = tmp_path / "dnas"
+    library.mkdir()
+    for name in ("sphere.yaml", "tsp.yaml"):
+        (library / name).write_text((EXAMPLES / name).read_text())
+    (library / "broken.yaml").write_text("genes: [{name: x, real: {low: 2, high: 1}}]\n")
+    suite = await start_suite(tmp_path / "suite", generator_dna_dir=library)
+    try:
+        token = mint(suite.server.security.signer, "reader", ["dna.read"], 600)
+        common = ("--address", suite.server.address, "--token", token)
+        process = await asyncio.create_subprocess_exec(
+            HELIX, "dna", "list", *common, env=helix_env, stdout=asyncio.subprocess.PIPE
+        )
+        table, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0
+        header, *rest = table.decode().splitlines()
+        assert header.split()[:2] == ["NAME", "VALID"]
+        assert [line.split()[:2] for line in rest[:3]] == [
+            ["dnas/broken", "no"],
+            ["dnas/sphere", "yes"],
+            ["dnas/tsp", "yes"],
+        ]
+        # Then every violation of the invalid ones, as `helix dna validate` prints them.
+        assert "broken.yaml:1: genes[0].real.low: must be <= high [low_le_high]" in rest
+        process = await asyncio.create_subprocess_exec(
+            HELIX, "dna", "list", "--json", *common, env=helix_env, stdout=asyncio.subprocess.PIPE
+        )
+        lines, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0
+        documents = [json.loads(line) for line in lines.decode().splitlines()]
+        assert [d.get("valid", False) for d in documents] == [False, True, True]
+        assert documents[0]["violations"][0]["rule"] == "low_le_high"
+        # Without the scope the command fails with the server's reason.
+        weak = mint(suite.server.security.signer, "nobody", ["agents.read"], 600)
+        process = await asyncio.create_subprocess_exec(
+            HELIX,
+            "dna",
+            "list",
+            "--address",
+            suite.server.address,
+            "--token",
+            weak,
+            env=helix_env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 1
+        assert b"PERMISSION_DENIED" in err
+    finally:
+        await suite.close()
