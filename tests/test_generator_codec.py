@@ -1,4 +1,4 @@
-"""helix.generator.codec: wire encoding, ids, candidates, decoding checks, named JSON."""
+"""Genomes on the wire (codec), their decoding checks (genome_checks), named JSON (named)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 from helix.common.errors import InvalidArgument
-from helix.generator import codec
+from helix.generator import codec, genome_checks
 from helix.generator.layout import Layout, Population, SequenceBlock, normalise
+from helix.generator.named import from_named, to_named, to_named_rows
 from helix.generator.validation import check_dna
 
 from genome_strategies import (
@@ -131,19 +132,19 @@ def test_worked_example_bytes_and_id() -> None:
 
 
 def test_worked_example_decodes() -> None:
-    pop = codec.decode_genomes(EXAMPLE, [EXAMPLE_GENOME], path_of)
+    pop = genome_checks.decode_genomes(EXAMPLE, [EXAMPLE_GENOME], path_of)
     assert_same_population(EXAMPLE, pop, example_population())
 
 
 def test_worked_example_named_form() -> None:
     pop = example_population()
-    assert codec.to_named(EXAMPLE, pop, 0) == EXAMPLE_NAMED
-    assert list(codec.to_named(EXAMPLE, pop, 0)) == list(EXAMPLE_NAMED)  # gene order
-    assert codec.from_named(EXAMPLE, EXAMPLE_NAMED) == EXAMPLE_GENOME
+    assert to_named(EXAMPLE, pop, 0) == EXAMPLE_NAMED
+    assert list(to_named(EXAMPLE, pop, 0)) == list(EXAMPLE_NAMED)  # gene order
+    assert from_named(EXAMPLE, EXAMPLE_NAMED) == EXAMPLE_GENOME
 
 
 def test_worked_example_candidates() -> None:
-    pop = codec.decode_genomes(EXAMPLE, [EXAMPLE_GENOME] * 3, path_of)
+    pop = genome_checks.decode_genomes(EXAMPLE, [EXAMPLE_GENOME] * 3, path_of)
     parents = [[], ["a" * 32], ["b" * 32, "c" * 32]]
     candidates = codec.to_candidates(EXAMPLE, pop, generation=300, parent_ids=parents)
     for candidate, lineage in zip(candidates, parents, strict=True):
@@ -231,10 +232,10 @@ def test_decode_inverts_encode(case: tuple[Layout, Population]) -> None:
     layout, pop = case
     encodings = codec.encode_genomes(layout, pop)
     genomes = [candidate_pb2.Genome.FromString(e) for e in encodings]
-    assert_same_population(layout, codec.decode_genomes(layout, genomes, path_of), pop)
+    assert_same_population(layout, genome_checks.decode_genomes(layout, genomes, path_of), pop)
     # Messages holding -0.0 decode too, to the same (canonical) population.
     raw = [genome_message(pop, row) for row in range(len(pop))]
-    assert_same_population(layout, codec.decode_genomes(layout, raw, path_of), pop)
+    assert_same_population(layout, genome_checks.decode_genomes(layout, raw, path_of), pop)
 
 
 @PROPERTY
@@ -242,14 +243,14 @@ def test_decode_inverts_encode(case: tuple[Layout, Population]) -> None:
 def test_named_json_round_trips(case: tuple[Layout, Population]) -> None:
     layout, pop = case
     encodings = codec.encode_genomes(layout, pop)
-    rows = codec.to_named_rows(layout, pop)
+    rows = to_named_rows(layout, pop)
     assert len(rows) == len(pop)
     for row, named in enumerate(rows):
-        assert codec.to_named(layout, pop, row) == named
+        assert to_named(layout, pop, row) == named
         text = json.dumps(named, allow_nan=False, ensure_ascii=False)
         parsed = json.loads(text)
         assert list(parsed) == [gene.name for gene in layout.genes]
-        genome = codec.from_named(layout, parsed, "named")
+        genome = from_named(layout, parsed, "named")
         assert genome.SerializeToString(deterministic=True) == encodings[row]
         for gene in layout.genes:
             value = parsed[gene.name]
@@ -368,7 +369,7 @@ BAD_GENOMES = [
 @pytest.mark.parametrize(("genome", "paths"), BAD_GENOMES)
 def test_decode_names_the_bad_field(genome: candidate_pb2.Genome, paths: list[str]) -> None:
     with pytest.raises(InvalidArgument) as error:
-        codec.decode_genomes(EXAMPLE, [EXAMPLE_GENOME, genome, EXAMPLE_GENOME], path_of)
+        genome_checks.decode_genomes(EXAMPLE, [EXAMPLE_GENOME, genome, EXAMPLE_GENOME], path_of)
     assert violations(error) == paths
     assert error.value.reason == "INVALID_ARGUMENT"
 
@@ -380,7 +381,7 @@ def test_decode_reports_every_row_in_order() -> None:
         _genome(integers=[1, 2], permutations=[0, 0, 1]),
     ]
     with pytest.raises(InvalidArgument) as error:
-        codec.decode_genomes(EXAMPLE, genomes, path_of)
+        genome_checks.decode_genomes(EXAMPLE, genomes, path_of)
     assert violations(error) == ["g[0].reals[0]", "g[0].choices[0]", "g[2].integers"]
     reals = error.value.violations[0].description
     assert "-5..5" in reals
@@ -391,19 +392,19 @@ def test_decode_reports_every_row_in_order() -> None:
 def test_decode_caps_the_violations() -> None:
     genomes = [_genome(integers=[99], choices=[9])] * 150
     with pytest.raises(InvalidArgument) as error:
-        codec.decode_genomes(EXAMPLE, genomes, path_of)
+        genome_checks.decode_genomes(EXAMPLE, genomes, path_of)
     found = violations(error)
-    assert len(found) == codec.MAX_VIOLATIONS
+    assert len(found) == genome_checks.MAX_VIOLATIONS
     assert found[:3] == ["g[0].integers[0]", "g[0].choices[0]", "g[1].integers[0]"]
 
 
 def test_decode_accepts_negative_zero_and_no_genomes() -> None:
-    pop = codec.decode_genomes(EXAMPLE, [_genome(reals=[-0.0, -0.0, 0.0])], path_of)
+    pop = genome_checks.decode_genomes(EXAMPLE, [_genome(reals=[-0.0, -0.0, 0.0])], path_of)
     assert not np.signbit(pop.reals).any()
-    empty = codec.decode_genomes(EXAMPLE, [], path_of)
+    empty = genome_checks.decode_genomes(EXAMPLE, [], path_of)
     assert len(empty) == 0
     assert codec.encode_genomes(EXAMPLE, empty) == []
-    assert codec.to_named_rows(EXAMPLE, empty) == []
+    assert to_named_rows(EXAMPLE, empty) == []
 
 
 def test_empty_sequences_are_omitted_from_the_wire() -> None:
@@ -421,17 +422,17 @@ def test_empty_sequences_are_omitted_from_the_wire() -> None:
         candidate_pb2.Genome(sequence_lengths=[0, 1], sequences=b"\x00"),
         candidate_pb2.Genome(sequence_lengths=[2, 1], sequences=b"\x01\x00\x00"),
     ]
-    pop = codec.decode_genomes(layout, genomes, path_of)
-    assert codec.to_named_rows(layout, pop) == [{"a": "", "b": "z"}, {"a": "yx", "b": "z"}]
+    pop = genome_checks.decode_genomes(layout, genomes, path_of)
+    assert to_named_rows(layout, pop) == [{"a": "", "b": "z"}, {"a": "yx", "b": "z"}]
     assert codec.encode_genomes(layout, pop) == [g.SerializeToString() for g in genomes]
     no_symbols = candidate_pb2.Genome(sequence_lengths=[0, 0])
     assert no_symbols.SerializeToString() == b"\x32\x02\x00\x00"
     with pytest.raises(InvalidArgument) as error:
-        codec.decode_genomes(layout, [genomes[1], no_symbols], path_of)
+        genome_checks.decode_genomes(layout, [genomes[1], no_symbols], path_of)
     assert violations(error) == ["g[1].sequence_lengths[1]"]
     bad_symbols = candidate_pb2.Genome(sequence_lengths=[2, 1], sequences=b"\x02\x00\x01")
     with pytest.raises(InvalidArgument) as error:
-        codec.decode_genomes(layout, [bad_symbols], path_of)
+        genome_checks.decode_genomes(layout, [bad_symbols], path_of)
     assert violations(error) == ["g[0].sequences[0]"]  # one per row and field, counting the rest
     assert error.value.violations[0].description == (
         "must be a symbol index below 2 (gene a) (and 1 more)"
@@ -477,9 +478,9 @@ def test_decode_of_arbitrary_genomes_rejects_or_fits(
     for genome in genomes:
         if data.draw(st.integers(0, 9)) == 0:
             genome.MergeFromString(b"\x4a\x00")  # field 9, length-delimited: unknown here
-    outcome = outcome_of(lambda: codec.decode_genomes(EXAMPLE, genomes, path_of))
+    outcome = outcome_of(lambda: genome_checks.decode_genomes(EXAMPLE, genomes, path_of))
     if isinstance(outcome, InvalidArgument):
-        assert 1 <= len(outcome.violations) <= codec.MAX_VIOLATIONS
+        assert 1 <= len(outcome.violations) <= genome_checks.MAX_VIOLATIONS
         rows = [int(v.field[2 : v.field.index("]")]) for v in outcome.violations]
         assert rows == sorted(rows)
     else:
@@ -541,28 +542,28 @@ BAD_NAMED = [
 @pytest.mark.parametrize(("named", "paths"), BAD_NAMED)
 def test_from_named_names_the_bad_field(named: dict[str, object], paths: list[str]) -> None:
     with pytest.raises(InvalidArgument) as error:
-        codec.from_named(EXAMPLE, named)
+        from_named(EXAMPLE, named)
     assert violations(error) == paths
     with pytest.raises(InvalidArgument) as error:
-        codec.from_named(EXAMPLE, named, "named")
+        from_named(EXAMPLE, named, "named")
     assert violations(error) == [("named" if p[0] == "[" else "named.") + p for p in paths]
 
 
 def test_from_named_accepts_integral_numbers_in_either_form() -> None:
     named = _named(x=[1, -1], n=7.0, y=2, m=[1.0, 0, 1], route=[2.0, 0, 1])
-    genome = codec.from_named(EXAMPLE, named)
+    genome = from_named(EXAMPLE, named)
     assert list(genome.reals) == [1.0, -1.0, 2.0]
     assert list(genome.integers) == [7]
     assert genome.bits == EXAMPLE_GENOME.bits
     assert list(genome.permutations) == [2, 0, 1]
-    signed = codec.from_named(EXAMPLE, _named(x=[-0.0, 0.5]))
-    assert signed == codec.from_named(EXAMPLE, _named(x=[0.0, 0.5]))
+    signed = from_named(EXAMPLE, _named(x=[-0.0, 0.5]))
+    assert signed == from_named(EXAMPLE, _named(x=[0.0, 0.5]))
     assert not math.copysign(1.0, signed.reals[0]) < 0
 
 
 def test_from_named_needs_an_object() -> None:
     with pytest.raises(InvalidArgument) as error:
-        codec.from_named(EXAMPLE, [1, 2], "genome")  # type: ignore[arg-type]
+        from_named(EXAMPLE, [1, 2], "genome")  # type: ignore[arg-type]
     assert violations(error) == ["genome"]
 
 
@@ -582,11 +583,11 @@ NAMED_VALUES = st.recursive(
 @given(st.dictionaries(st.sampled_from([*EXAMPLE_NAMED, "zz"]), NAMED_VALUES, max_size=3))
 def test_from_named_of_arbitrary_objects_rejects_or_fits(changes: dict[str, object]) -> None:
     named = {**EXAMPLE_NAMED, **changes}
-    outcome = outcome_of(lambda: codec.from_named(EXAMPLE, named, "obj"))
+    outcome = outcome_of(lambda: from_named(EXAMPLE, named, "obj"))
     if isinstance(outcome, InvalidArgument):
-        assert 1 <= len(outcome.violations) <= codec.MAX_VIOLATIONS
+        assert 1 <= len(outcome.violations) <= genome_checks.MAX_VIOLATIONS
         assert all(v.field.startswith("obj.") for v in outcome.violations)
     else:
-        pop = codec.decode_genomes(EXAMPLE, [outcome], path_of)
+        pop = genome_checks.decode_genomes(EXAMPLE, [outcome], path_of)
         encoding = outcome.SerializeToString(deterministic=True)
         assert codec.encode_genomes(EXAMPLE, pop) == [encoding]

@@ -19,7 +19,6 @@ from helix.generator import layout
 from helix.generator.documents import (
     MAX_VIOLATIONS,
     DnaCheck,
-    Violation,
     check_dna_bytes,
     check_dna_message,
     dna_name_for,
@@ -27,6 +26,7 @@ from helix.generator.documents import (
     parse_dna_text,
 )
 from helix.generator.validation import check_dna
+from helix.generator.violations import Violation
 
 from proto_strategies import messages
 

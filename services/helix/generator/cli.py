@@ -27,10 +27,10 @@ from helix.generator.documents import (
     DNA_EXTENSIONS,
     MAX_DOCUMENT_BYTES,
     DnaCheck,
-    Violation,
     check_dna_bytes,
     dna_name_for,
 )
+from helix.generator.violations import Violation
 from helix.security.scopes import DNA_READ
 
 PAGE_SIZE = 1000

@@ -35,14 +35,13 @@ import helix.v1.generator_pb2 as generator_pb2
 from helix.common import errors
 from helix.generator.documents import (
     DNA_EXTENSIONS,
-    FILE_TOO_LARGE,
     DnaCheck,
-    Violation,
     check_dna_bytes,
     dna_name_for,
     file_problem,
     is_dna_id,
 )
+from helix.generator.violations import FILE_TOO_LARGE, Violation
 
 DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_MAX_FILE_BYTES = 1 << 20

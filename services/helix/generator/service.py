@@ -28,7 +28,7 @@ import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 from helix.common import errors
 from helix.common.server import ServiceBinding
 from helix.common.services import validate
-from helix.generator import codec, strategies
+from helix.generator import codec, genome_checks, strategies
 from helix.generator import validation as checks
 from helix.generator.documents import check_dna_message, parse_dna_text
 from helix.generator.layout import Layout, Population
@@ -104,7 +104,7 @@ def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Pare
     if not request.parents:
         return None
     given = request.parents
-    population = codec.decode_genomes(
+    population = genome_checks.decode_genomes(
         layout,
         [p.candidate.genome for p in given],
         lambda i: f"parents[{i}].candidate.genome",

@@ -1,0 +1,368 @@
+"""Walking a YAML node tree against a message descriptor: the reading half of documents.py.
+
+Pure and synchronous. `Walk` reads the mapping nodes PyYAML composed from a DNA document
+into a proto message field by field, the way the proto3 JSON mapping reads JSON: proto
+and lowerCamelCase names, enums by name or number, 64-bit integers as numbers or
+strings, doubles as numbers or "NaN"/"Infinity"/"-Infinity", null as unset, plus YAML
+merge keys. It records the line of every field path it sees, and every value it cannot
+store becomes a `Violation` ("unknown_field", "type", "range", "enum", "duplicate_key",
+"oneof", "too_large") while the field is left unset. documents.py composes the text and
+turns the walk into a `DnaCheck`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import functools
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import descriptor
+from google.protobuf.message import Message
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from helix.common.validation import index, join, show
+from helix.generator.validation import ENUM, RANGE, UNKNOWN_FIELD
+from helix.generator.violations import (
+    DUPLICATE_KEY,
+    MAX_NODES,
+    ONEOF,
+    TOO_LARGE,
+    TYPE,
+    YAML_TAG,
+    Violation,
+)
+
+_MERGE_TAG = YAML_TAG + "merge"
+_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SPECIAL_DOUBLES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_FD = descriptor.FieldDescriptor
+_INT_BOUNDS = {
+    _FD.CPPTYPE_INT32: (-(2**31), 2**31 - 1, "an int32"),
+    _FD.CPPTYPE_INT64: (-(2**63), 2**63 - 1, "an int64"),
+    _FD.CPPTYPE_UINT32: (0, 2**32 - 1, "a uint32"),
+    _FD.CPPTYPE_UINT64: (0, 2**64 - 1, "a uint64"),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _fields_by_name(message_type: descriptor.Descriptor) -> dict[str, descriptor.FieldDescriptor]:
+    """A message's fields by proto name and by lowerCamelCase JSON name."""
+    fields: dict[str, descriptor.FieldDescriptor] = {}
+    for f in message_type.fields:
+        fields[f.name] = f
+        fields.setdefault(f.json_name, f)
+    return fields
+
+
+def _node_kind(node: Node) -> str:
+    """How a node reads to a person: "a list", "a string ("x")", "a boolean (yes)"…"""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    tag, value = node.tag, node.value
+    kinds = {"str": "a string", "int": "a number", "float": "a number", "bool": "a boolean"}
+    kinds |= {"timestamp": "a date", "binary": "binary data"}
+    if tag == YAML_TAG + "null":
+        return "null"
+    if tag.startswith(YAML_TAG) and tag[len(YAML_TAG) :] in kinds:
+        return (
+            f"{kinds[tag[len(YAML_TAG) :]]} ({show(value) if tag == YAML_TAG + 'str' else value})"
+        )
+    return f"a value tagged {tag}"
+
+
+def _expected(f: descriptor.FieldDescriptor) -> str:
+    """What a field's value must be, for a "type" violation."""
+    cpp = f.cpp_type
+    if cpp == _FD.CPPTYPE_MESSAGE and f.message_type is not None:
+        return f"a mapping (a {f.message_type.full_name})"
+    if cpp == _FD.CPPTYPE_STRING:
+        return "a base64 string" if f.type == _FD.TYPE_BYTES else "a string"
+    if cpp == _FD.CPPTYPE_BOOL:
+        return "true or false"
+    if cpp == _FD.CPPTYPE_ENUM and f.enum_type is not None:
+        return f"an enum value name ({', '.join(v.name for v in f.enum_type.values)})"
+    if cpp in (_FD.CPPTYPE_DOUBLE, _FD.CPPTYPE_FLOAT):
+        return "a number"
+    return "an integer"
+
+
+class _Unread(Exception):
+    """A value that cannot be stored in its field; carries the rule and the description."""
+
+    def __init__(self, rule: str, description: str) -> None:
+        super().__init__(description)
+        self.rule, self.description = rule, description
+
+
+@dataclass
+class Walk:
+    """One walk of a YAML node tree against a message descriptor."""
+
+    file: str
+    is_json: bool
+    found: list[Violation] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict)
+    budget: int = MAX_NODES
+    exhausted: bool = False
+    constructor: SafeConstructor = field(default_factory=SafeConstructor)
+
+    def report(self, path: str, rule: str, description: str, node: Node) -> None:
+        self.found.append(Violation(self.file, path, rule, description, node.start_mark.line + 1))
+
+    def spend(self, node: Node) -> bool:
+        """Count one visited node; False (and one violation) once the budget is spent."""
+        self.budget -= 1
+        if self.budget >= 0:
+            return True
+        if not self.exhausted:
+            self.exhausted = True
+            text = f"the document expands to more than {MAX_NODES} values (YAML aliases?)"
+            self.report("", TOO_LARGE, text, node)
+        return False
+
+    def message(self, node: Node, message: Message, path: str) -> None:
+        """Read a mapping node into `message`, field by field."""
+        if not self.spend(node):
+            return
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        schema = message.DESCRIPTOR
+        if not isinstance(node, MappingNode):
+            expected = f"must be a mapping (a {schema.full_name}), got {_node_kind(node)}"
+            self.report(path, TYPE, expected, node)
+            return
+        fields = _fields_by_name(schema)
+        seen: dict[str, int] = {}
+        oneofs: dict[str, str] = {}
+        for key_node, value_node in self.pairs(node, path, depth=0):
+            key_text = str(key_node.value) if isinstance(key_node, ScalarNode) else "?"
+            line = key_node.start_mark.line + 1
+            f = fields.get(key_text) if isinstance(key_node, ScalarNode) else None
+            field_path = join(path, f.name if f is not None else key_text)
+            if field_path in seen:
+                text = f"is given more than once (first on line {seen[field_path]})"
+                self.report(field_path, DUPLICATE_KEY, text, key_node)
+                continue
+            seen[field_path] = line
+            if f is None:
+                self.report(field_path, UNKNOWN_FIELD, _unknown(key_text, schema), key_node)
+                continue
+            self.lines[field_path] = line
+            if isinstance(value_node, ScalarNode) and value_node.tag == YAML_TAG + "null":
+                continue  # proto JSON: null means unset
+            oneof = f.containing_oneof
+            if oneof is not None:
+                if oneof.name in oneofs:
+                    members = ", ".join(m.name for m in oneof.fields)
+                    text = (
+                        f"{oneof.name} is already set by {oneofs[oneof.name]}: "
+                        f"set exactly one of {members}"
+                    )
+                    self.report(field_path, ONEOF, text, key_node)
+                    continue
+                oneofs[oneof.name] = f.name
+            self.field(value_node, message, f, field_path)
+
+    def pairs(self, node: MappingNode, path: str, depth: int) -> list[tuple[Node, Node]]:
+        """The key/value pairs of a mapping with YAML merge keys (`<<: *base`) applied."""
+        explicit: list[tuple[Node, Node]] = []
+        merged: list[tuple[Node, Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                explicit.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            for source in sources:
+                if isinstance(source, MappingNode) and depth < 16 and self.spend(source):
+                    merged += self.pairs(source, path, depth + 1)
+                elif not isinstance(source, MappingNode):
+                    text = f"a merge key (<<) takes mappings, got {_node_kind(source)}"
+                    self.report(path, TYPE, text, source)
+        taken = {k.value for k, _ in explicit if isinstance(k, ScalarNode)}
+        result: list[tuple[Node, Node]] = []
+        for key_node, value_node in merged:  # the first source to name a key wins
+            if isinstance(key_node, ScalarNode) and key_node.value not in taken:
+                taken.add(key_node.value)
+                result.append((key_node, value_node))
+        return result + explicit
+
+    def field(self, node: Node, message: Message, f: descriptor.FieldDescriptor, path: str) -> None:
+        """Read one field's (non-null) value node into `message`."""
+        if f.is_repeated:
+            if not isinstance(node, SequenceNode):
+                text = f"must be a list of {_expected(f)} values, got {_node_kind(node)}"
+                self.report(path, TYPE, text, node)
+                return
+            target = getattr(message, f.name)
+            for i, item in enumerate(node.value):
+                item_path = index(path, i)
+                self.lines.setdefault(item_path, item.start_mark.line + 1)
+                # An unreadable item still takes its place (as the default value), so the
+                # indices of the items after it stay those of the text.
+                if f.cpp_type == _FD.CPPTYPE_MESSAGE:
+                    self.message(item, target.add(), item_path)
+                elif self.spend(item) and not self.scalar_into(item, f, item_path, target.append):
+                    target.append(_zero(f))
+            return
+        if f.cpp_type == _FD.CPPTYPE_MESSAGE:
+            if not isinstance(node, MappingNode):  # leave the field unset
+                self.report(path, TYPE, f"must be {_expected(f)}, got {self.kind(node)}", node)
+                return
+            child = getattr(message, f.name)
+            child.SetInParent()
+            self.message(node, child, path)
+        elif self.spend(node):
+            self.scalar_into(node, f, path, lambda value: setattr(message, f.name, value))
+
+    def scalar_into(
+        self,
+        node: Node,
+        f: descriptor.FieldDescriptor,
+        path: str,
+        store: Callable[[Any], object],
+    ) -> bool:
+        """Store a scalar field's value; False (and a violation) if it cannot be read."""
+        try:
+            value = self.scalar(node, f)
+        except _Unread as problem:
+            self.report(path, problem.rule, problem.description, node)
+            return False
+        try:
+            store(value)
+        except (TypeError, ValueError) as exc:  # the runtime refused it: say so, never raise
+            self.report(path, TYPE, f"cannot be stored: {exc}", node)
+            return False
+        return True
+
+    def scalar(self, node: Node, f: descriptor.FieldDescriptor) -> Any:
+        """The Python value of a scalar field, or _Unread."""
+        if not isinstance(node, ScalarNode):
+            raise _Unread(TYPE, f"must be {_expected(f)}, got {_node_kind(node)}")
+        tag, text, cpp = node.tag, node.value, f.cpp_type
+        if cpp == _FD.CPPTYPE_STRING and tag == YAML_TAG + "str" and not self.json_number(node):
+            return _unicode(text) if f.type != _FD.TYPE_BYTES else _base64(text)
+        if cpp == _FD.CPPTYPE_BOOL and tag == YAML_TAG + "bool":
+            return self.constructor.construct_yaml_bool(node)
+        if cpp == _FD.CPPTYPE_ENUM:
+            return _enum_value(node, f)
+        if cpp in (_FD.CPPTYPE_DOUBLE, _FD.CPPTYPE_FLOAT):
+            return self.double(node)
+        if cpp in _INT_BOUNDS:
+            return self.integer(node, f)
+        hint = " (quote it to make it a string)" if cpp == _FD.CPPTYPE_STRING else ""
+        raise _Unread(TYPE, f"must be {_expected(f)}, got {self.kind(node)}{hint}")
+
+    def json_number(self, node: ScalarNode) -> bool:
+        """Whether a node is a JSON number that YAML 1.1 reads as a string (`1e-5`)."""
+        return self.is_json and node.style is None and node.tag == YAML_TAG + "str"
+
+    def kind(self, node: Node) -> str:
+        if isinstance(node, ScalarNode) and self.json_number(node):
+            return f"a number ({node.value})"
+        return _node_kind(node)
+
+    def double(self, node: ScalarNode) -> float:
+        tag, text = node.tag, node.value
+        if tag == YAML_TAG + "float":
+            try:
+                return float(self.constructor.construct_yaml_float(node))
+            except ValueError:
+                raise _Unread(TYPE, f"must be a number, got {self.kind(node)}") from None
+        if tag == YAML_TAG + "int":
+            return float(self.integer_value(node))
+        if tag == YAML_TAG + "str":  # proto JSON accepts numbers written as strings
+            if text in _SPECIAL_DOUBLES:
+                return _SPECIAL_DOUBLES[text]
+            if _JSON_NUMBER.fullmatch(text):
+                return float(text)
+        raise _Unread(TYPE, f"must be a number, got {self.kind(node)}")
+
+    def integer_value(self, node: ScalarNode) -> int:
+        try:
+            value: int = self.constructor.construct_yaml_int(node)
+        except ValueError:  # e.g. more digits than Python converts
+            raise _Unread(RANGE, "is too large a number") from None
+        return value
+
+    def integer(self, node: ScalarNode, f: descriptor.FieldDescriptor) -> int:
+        tag, text = node.tag, node.value
+        if tag == YAML_TAG + "int":
+            value = self.integer_value(node)
+        elif tag == YAML_TAG + "str" and len(text) <= 40 and _INTEGER_TEXT.fullmatch(text):
+            value = int(text)  # proto JSON writes 64-bit integers as strings
+        elif tag in (YAML_TAG + "float", YAML_TAG + "str"):
+            number = self.double(node)  # proto JSON takes an integral 1.0 or 1e3 too
+            if not (math.isfinite(number) and number == int(number)):
+                raise _Unread(TYPE, f"must be an integer, got {self.kind(node)}")
+            value = int(number)
+        else:
+            raise _Unread(TYPE, f"must be an integer, got {self.kind(node)}")
+        low, high, name = _INT_BOUNDS[f.cpp_type]
+        if not low <= value <= high:
+            if low == 0 and value < 0:
+                raise _Unread(RANGE, f"must not be negative (it is {name})")
+            raise _Unread(RANGE, f"must be within {low}..{high} (it is {name})")
+        return value
+
+
+def _zero(f: descriptor.FieldDescriptor) -> object:
+    """The proto3 default of a scalar field's type."""
+    cpp = f.cpp_type
+    if cpp == _FD.CPPTYPE_STRING:
+        return b"" if f.type == _FD.TYPE_BYTES else ""
+    if cpp == _FD.CPPTYPE_BOOL:
+        return False
+    return 0.0 if cpp in (_FD.CPPTYPE_DOUBLE, _FD.CPPTYPE_FLOAT) else 0
+
+
+def _unknown(key: str, schema: Any) -> str:
+    names = [f.name for f in schema.fields]
+    close = difflib.get_close_matches(key, names + [f.json_name for f in schema.fields], n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; known fields: {', '.join(names)}"
+    return f"is not a field of {schema.full_name}{hint}"
+
+
+def _enum_value(node: ScalarNode, f: descriptor.FieldDescriptor) -> int:
+    enum = f.enum_type
+    if enum is None:
+        raise _Unread(TYPE, "has an enum type this server does not know")
+    if node.tag == YAML_TAG + "str":
+        value = enum.values_by_name.get(node.value)
+        if value is None:
+            names = ", ".join(v.name for v in enum.values)
+            raise _Unread(ENUM, f"must be one of {names} (got {show(node.value)})")
+        return int(value.number)
+    if node.tag == YAML_TAG + "int" and _INTEGER_TEXT.fullmatch(node.value):
+        number = int(node.value)
+        if -(2**31) <= number < 2**31:
+            return number  # an unknown number is reported by check_dna ("enum")
+        raise _Unread(RANGE, f"must be within {-(2**31)}..{2**31 - 1} (an enum number)")
+    raise _Unread(TYPE, f"must be {_expected(f)}, got {_node_kind(node)}")
+
+
+def _unicode(text: str) -> str:
+    """`text` with escaped UTF-16 surrogate pairs ("\\ud83e\\uddec", as JSON writes
+    characters beyond U+FFFF) joined into the characters they encode."""
+    if not _SURROGATE.search(text):
+        return text
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if "\ufffd" in joined and "\ufffd" not in text:
+        raise _Unread(TYPE, "must be valid Unicode (it holds an unpaired surrogate escape)")
+    return joined
+
+
+def _base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.replace("-", "+").replace("_", "/") + "==", validate=False)
+    except (binascii.Error, ValueError):
+        raise _Unread(TYPE, "must be base64 data") from None
