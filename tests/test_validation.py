@@ -179,7 +179,7 @@ VALID: dict[str, tuple[Check, Message]] = {
             dna_name="dnas/rastrigin-10d",
             parents=[
                 candidate_pb2.ScoredCandidate(
-                    candidate=candidate(generation=3, parent_ids=["anything"]),
+                    candidate=candidate(generation=3, parent_ids=[CANDIDATE_ID]),
                     verdict=candidate_pb2.Verdict(
                         candidate_id=CANDIDATE_ID,
                         status=candidate_pb2.VERDICT_STATUS_PASSED,

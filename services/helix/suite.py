@@ -78,6 +78,7 @@ def embedded_services(
             library,
             workers=config.generator_workers,
             max_message_bytes=int(config.max_send_message_bytes),
+            capacity=config.advertised_capacity,
             presence=presence,
         ),
         placeholder(ORACLE, "the oracle lands with its own issue", oracle_checks.CHECKS),

@@ -99,6 +99,7 @@ def create_agent(
         library,
         workers=config.generator_workers,
         max_message_bytes=int(config.max_send_message_bytes),
+        capacity=config.advertised_capacity,
         presence=presence,
     )
     server, _ = create_server(config, [binding], security=security)

@@ -325,6 +325,10 @@ def crossover_permutation(rng: Rng, a: IntArray, b: IntArray) -> tuple[IntArray,
     return order_crossover(a, b, lo, hi), order_crossover(b, a, lo, hi)
 
 
+# Up to this size, INVERSION moves of all rows are applied together by one gather.
+_VECTOR_REVERSE_SIZE = 256
+
+
 def _reverse_segments(x: IntArray, lo: IntArray, hi: IntArray) -> IntArray:
     positions = np.arange(x.shape[1])
     inside = (positions >= lo[:, None]) & (positions <= hi[:, None])
@@ -355,14 +359,20 @@ def mutate_permutation(
         r, p, q = rows[moves], at[moves], partner[moves]
         if mutation == dna_pb2.PERMUTATION_MUTATION_SWAP:
             out[r, p], out[r, q] = out[r, q], out[r, p]
-        else:
+        elif size <= _VECTOR_REVERSE_SIZE:
             out[r] = _reverse_segments(out[r], np.minimum(p, q), np.maximum(p, q))
+        else:
+            # Long permutations: reverse each move's slice alone rather than rebuild every
+            # moving row (the same result; the work follows the segments, not the rows).
+            lo, hi = np.minimum(p, q).tolist(), (np.maximum(p, q) + 1).tolist()
+            for row, a, b in zip(r.tolist(), lo, hi, strict=True):
+                out[row, a:b] = out[row, a:b][::-1].copy()
     return out
 
 
 def sample_permutation(rng: Rng, size: int, n: int) -> IntArray:
     """n uniformly random permutations of 0..size-1."""
-    return np.argsort(rng.random((n, size)), axis=1).astype(np.int64)
+    return np.argsort(rng.random((n, size)), axis=1, kind="stable").astype(np.int64)
 
 
 # --- sequences ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from helix.generator.library import DnaLibrary, invalid_dna_error
 from helix.registry.presence import AgentPresence
 
 DEFAULT_BATCH_SIZE = 256
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 STRATEGIES = ("alpha", "random")
 # Room for a response's own fields around its candidates, under the message limit.
 _RESPONSE_OVERHEAD = 64
@@ -71,11 +72,11 @@ def _after(token: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Parents:
-    """The parents of a Generate call, ranked, without exact repeats.
+    """The parents of a Generate call, ranked, one entry per candidate id.
 
-    `population[i]` is the genome of `ids[i]`; `records[i]` its Candidate serialised as
-    sent (id filled in), copied unchanged when it is an elite; the first `scored` have a
-    score (verdict PASSED or FAILED).
+    `population[i]` is the genome of `ids[i]`, `sources[i]` its Candidate as sent (copied
+    unchanged, id filled in, when it is an elite); the first `scored` have a score
+    (verdict PASSED or FAILED).
     """
 
     population: Population
@@ -87,20 +88,41 @@ class Parents:
         """Parent i's Candidate, serialised as it came (with its id), for an elite."""
         source = self.sources[i]
         if source.id == self.ids[i]:
-            return source.SerializeToString()
+            return source.SerializeToString(deterministic=True)
         copy = candidate_pb2.Candidate()
         copy.CopyFrom(source)
         copy.id = self.ids[i]
-        return copy.SerializeToString()
+        return copy.SerializeToString(deterministic=True)
 
 
 _SCORED = (candidate_pb2.VERDICT_STATUS_PASSED, candidate_pb2.VERDICT_STATUS_FAILED)
 
 
+def _check_ids(given: Sequence[candidate_pb2.ScoredCandidate], ids: list[str]) -> None:
+    wrong = []
+    for i, parent in enumerate(given):
+        for field, value in (
+            ("candidate.id", parent.candidate.id),
+            ("verdict.candidate_id", parent.verdict.candidate_id),
+        ):
+            if value and value != ids[i]:
+                wrong.append(
+                    errors.FieldViolation(
+                        f"parents[{i}].{field}",
+                        f"must be the genome's content hash {ids[i]} (or empty), got {value}",
+                    )
+                )
+    if wrong:
+        raise errors.InvalidArgument(
+            "a parent's id is not its genome's content hash", wrong[:100], reason="WRONG_ID"
+        )
+
+
 def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Parents | None:
     """Decode the request's parents (INVALID_ARGUMENT if a genome does not fit the DNA or
-    an id is not the genome's), rank them, and drop exact repeats (the same candidate with
-    the same verdict), so the output depends on the set of parents, not on their order."""
+    an id is not the genome's) and rank them, keeping one entry per candidate id: its
+    best-ranked verdict, and of several messages the one whose serialisation sorts first.
+    The result depends on the set of parents, never on their order or repeats."""
     if not request.parents:
         return None
     given = request.parents
@@ -110,34 +132,28 @@ def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Pare
         lambda i: f"parents[{i}].candidate.genome",
     )
     ids = codec.candidate_ids(codec.encode_genomes(layout, population))
-    wrong = [
-        errors.FieldViolation(
-            f"parents[{i}].candidate.id",
-            f"must be the genome's content hash {ids[i]} (or empty), got {p.candidate.id}",
-        )
-        for i, p in enumerate(given)
-        if p.candidate.id and p.candidate.id != ids[i]
-    ]
-    if wrong:
-        raise errors.InvalidArgument(
-            "a parent's id is not its genome's content hash", wrong[:100], reason="WRONG_ID"
-        )
+    _check_ids(given, ids)
     statuses = [p.verdict.status for p in given]
     scores = [
         p.verdict.score if s in _SCORED else 0.0 for p, s in zip(given, statuses, strict=True)
     ]
-    order = strategies.rank(ids, statuses, scores, request.objective)
-    keep: list[int] = []
-    previous: tuple[str, int, float] | None = None
-    for i in order.tolist():
-        key = (ids[i], statuses[i], scores[i])
-        if key != previous:
-            keep.append(i)
-        previous = key
+    order = strategies.rank(ids, statuses, scores, request.objective).tolist()
+    first: dict[str, int] = {}
+    for i in order:
+        first.setdefault(ids[i], i)
+    keep = list(first.values())  # dicts keep insertion (rank) order
+    sources = [given[i].candidate for i in keep]
+    if len(keep) < len(given):  # repeats: pick each id's message canonically
+        by_id: dict[str, list[candidate_pb2.Candidate]] = {}
+        for i, parent in enumerate(given):
+            by_id.setdefault(ids[i], []).append(parent.candidate)
+        sources = [
+            min(by_id[ids[i]], key=lambda c: c.SerializeToString(deterministic=True)) for i in keep
+        ]
     return Parents(
         population.take(keep),
         [ids[i] for i in keep],
-        [given[i].candidate for i in keep],
+        sources,
         sum(1 for i in keep if statuses[i] in _SCORED),
     )
 
@@ -232,12 +248,17 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         executor: concurrent.futures.Executor,
         *,
         limits: checks.GeneratorLimits = checks.DEFAULT_LIMITS,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_RESPONSE_BYTES,
+        max_streams: int = 8,
     ) -> None:
         self.library = library
         self._executor = executor
         self._limits = limits
-        self._max_bytes = max_message_bytes
+        # generator.proto promises responses under 4 MiB, the default limit of every
+        # gRPC client, whatever this server may send.
+        self._max_bytes = min(max_message_bytes, MAX_RESPONSE_BYTES)
+        self._max_streams = max_streams
+        self._streams = 0
         self.stats = GeneratorStats()
 
     async def _run(self, work: Callable[[], Any]) -> Any:
@@ -294,7 +315,28 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def Generate(
         self, request: generator_pb2.GenerateRequest, context: Any
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
-        validate(lambda r: checks.check_generate_request(r, self._limits), request)
+        # Thousands of parents take milliseconds to check: not on the event loop.
+        await self._run(
+            lambda: validate(lambda r: checks.check_generate_request(r, self._limits), request)
+        )
+        if self._streams >= self._max_streams:
+            raise errors.ResourceExhausted(
+                f"this generator is serving its capacity of {self._max_streams} Generate "
+                "streams; retry later or use another generator agent",
+                retry_after=1.0,
+                reason="GENERATOR_BUSY",
+                metadata={"capacity": str(self._max_streams)},
+            )
+        self._streams += 1
+        try:
+            async for response in self._generate(request):
+                yield response
+        finally:
+            self._streams -= 1
+
+    async def _generate(
+        self, request: generator_pb2.GenerateRequest
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
         dna = await self._dna(request)
         kind = dna.strategy.WhichOneof("kind")
         if kind not in STRATEGIES:
@@ -353,17 +395,21 @@ def generator_binding(
     library: DnaLibrary,
     *,
     workers: int = 2,
-    max_message_bytes: int = 4 * 1024 * 1024,
+    max_message_bytes: int = MAX_RESPONSE_BYTES,
+    capacity: int = 8,
     presence: AgentPresence | None = None,
 ) -> ServiceBinding:
     """GeneratorService on a server, with its breeding threads started and stopped alongside.
 
-    With `presence`, the generator registers itself (kind generator, its strategies and
-    the valid DNAs of its library at start) when the server starts, and deregisters when
-    the drain begins.
+    `capacity` Generate streams are served at once (more get RESOURCE_EXHAUSTED with
+    RetryInfo); it is what the agent advertises. With `presence`, the generator registers
+    itself (kind generator, its strategies and the valid DNAs of its library at start) when
+    the server starts, and deregisters when the drain begins.
     """
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="helix-breed")
-    servicer = GeneratorServicer(library, executor, max_message_bytes=max_message_bytes)
+    servicer = GeneratorServicer(
+        library, executor, max_message_bytes=max_message_bytes, max_streams=capacity
+    )
 
     def add(server: grpc.aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)

@@ -45,7 +45,12 @@ from helix.generator.layout import (
 )
 
 CHUNK = 1024
-CHUNK_BYTES = 1 << 25
+# Working arrays of one chunk (their peak is about 12x this, measured on wide genomes).
+CHUNK_BYTES = 1 << 23
+# Element moves of permutation mutation one chunk may make: an INVERSION reverses about a
+# third of the permutation per move, so huge permutations get few rows per chunk, and a
+# chunk (the unit of cancellation) stays well under a second.
+CHUNK_MOVES = 1 << 25
 _T = TypeVar("_T", bound=np.generic)
 _SCORED = (candidate_pb2.VERDICT_STATUS_PASSED, candidate_pb2.VERDICT_STATUS_FAILED)
 
@@ -90,7 +95,9 @@ def rank(
 
     Scored candidates (status VERDICT_STATUS_PASSED or _FAILED) first, by score
     (ascending for OBJECTIVE_MINIMIZE, descending for OBJECTIVE_MAXIMIZE), ties by id in
-    ascending code-point (= UTF-8 byte-wise) order; then the rest by id. `statuses` are
+    ascending code-point (= UTF-8 byte-wise) order; then the rest by id. Entries with
+    the same id and score are ordered by status, so the order never depends on the
+    input's. `statuses` are
     candidate_pb2.VerdictStatus values (UNSPECIFIED for "no verdict"); `scores` of
     unscored candidates are ignored. Ids are compared as NumPy strings, which drop
     trailing NUL characters (candidate ids are hex, so this never matters).
@@ -105,15 +112,22 @@ def rank(
     direction = 1.0 if objective == common_pb2.OBJECTIVE_MINIMIZE else -1.0
     key = np.where(scored, direction * score, 0.0)
     _, id_order = np.unique(np.asarray(ids, dtype=np.str_), return_inverse=True)
-    return np.lexsort((id_order.reshape(-1), key, ~scored))
+    # Last tie-break, by status: one id with equal scores but verdicts PASSED and FAILED.
+    return np.lexsort((status, id_order.reshape(-1), key, ~scored))
 
 
 def tournament(rng: np.random.Generator, n_parents: int, n_picks: int, size: int) -> IntArray:
     """`n_picks` parent indices, each the best (lowest rank index) of `size` drawn
     uniformly with replacement from 0..n_parents-1."""
-    u = rng.random((n_picks, size))
-    drawn = np.minimum((u * n_parents).astype(np.int64), n_parents - 1)
-    best: IntArray = drawn.min(axis=1)
+    best = np.empty(n_picks, dtype=np.int64)
+    # Row blocks of about a million draws: the stream is consumed in the same order as one
+    # (n_picks, size) draw, without its memory when size is large.
+    block = max(1, (1 << 20) // max(size, 1))
+    for start in range(0, n_picks, block):
+        stop = min(start + block, n_picks)
+        u = rng.random((stop - start, size))
+        drawn = np.minimum((u * n_parents).astype(np.int64), n_parents - 1)
+        best[start:stop] = drawn.min(axis=1)
     return best
 
 
@@ -167,7 +181,8 @@ class AlphaParams:
 
 def chunk_size(layout: Layout) -> int:
     """Rows per chunk for a layout: CHUNK, or fewer so that a chunk's widest working
-    arrays (8 bytes per value, bit or symbol) stay near CHUNK_BYTES; at least 1."""
+    arrays (8 bytes per value, bit or symbol) stay near CHUNK_BYTES and its permutation
+    mutation moves about CHUNK_MOVES elements; at least 1. A function of the DNA alone."""
     values = (
         layout.n_reals
         + layout.n_integers
@@ -176,7 +191,16 @@ def chunk_size(layout: Layout) -> int:
         + sum(layout.permutation_sizes)
         + sum(s.max_length for s in layout.sequences)
     )
-    return max(1, min(CHUNK, CHUNK_BYTES // (8 * max(values, 1))))
+    rows = min(CHUNK, CHUNK_BYTES // (8 * max(values, 1)))
+    strategy = layout.dna.strategy
+    if strategy.WhichOneof("kind") == "alpha" and layout.permutation_sizes:
+        rate = strategy.alpha.mutation_rate
+        inversion = strategy.alpha.permutation.mutation != dna_pb2.PERMUTATION_MUTATION_SWAP
+        moved = sum(
+            rate * size * (size / 3 if inversion else 2) for size in layout.permutation_sizes
+        )
+        rows = min(rows, int(CHUNK_MOVES // max(moved, 1.0)))
+    return max(1, rows)
 
 
 # --- the driver ---------------------------------------------------------------------------

@@ -539,11 +539,25 @@ def check_validate_dna_request(
     return found
 
 
+def _check_lineage(candidate: candidate_pb2.Candidate, path: str) -> Violations:
+    """A parent's parent_ids, which Generate copies into the output when it is an elite:
+    at most 2, each a well-formed candidate id."""
+    ids_path = join(path, "candidate.parent_ids")
+    found = check_repeated_len(candidate.parent_ids, ids_path, 2)
+    for j, parent_id in enumerate(candidate.parent_ids[:2]):
+        if not parent_id:
+            found.append(FieldViolation(index(ids_path, j), "must not be empty", "required"))
+        else:
+            found += check_candidate_id(parent_id, index(ids_path, j))
+    return found
+
+
 def check_generate_request(
     request: generator_pb2.GenerateRequest, limits: GeneratorLimits = DEFAULT_LIMITS
 ) -> Violations:
-    """DNA (by name or inline, structurally sound); parents capped and sane; objective
-    required with parents; count 1..1000000; batch_size at most 10000."""
+    """DNA (by name or inline, structurally sound); parents capped and sane (their
+    parent_ids included: elites are copied); objective required with parents; count
+    1..1000000; batch_size at most 10000."""
     found = check_no_unknown_fields(request)
     source = request.WhichOneof("dna_source")
     if source is None:
@@ -555,6 +569,7 @@ def check_generate_request(
     found += check_repeated_len(request.parents, "parents", limits.max_parents)
     for i, parent in enumerate(request.parents[: limits.max_parents]):
         found += check_scored_candidate(parent, index("parents", i))
+        found += _check_lineage(parent.candidate, index("parents", i))
     if request.parents:
         objective_type = common_pb2.Objective.DESCRIPTOR
         found += check_enum(request.objective, objective_type, "objective", required=True)
