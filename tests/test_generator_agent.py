@@ -15,6 +15,7 @@ import pytest
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
+from helix.common.config import Duration
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 
@@ -33,7 +34,8 @@ async def list_generators(registry) -> list[registry_pb2.Agent]:
 
 @pytest.mark.timeout(60)
 async def test_generator_agent_registers_serves_and_deregisters(helix_env, tmp_path):
-    suite = await start_suite(tmp_path / "suite")
+    # A 60 s lease: only a deregistration can remove the agent as soon as it has stopped.
+    suite = await start_suite(tmp_path / "suite", registry_default_ttl=Duration(60))
     try:
         keys = suite.config.data_dir / "keys"
         env = dict(helix_env, HELIX_AUTH_HS256_DIR=str(keys), HELIX_RATE_DATA="1000")

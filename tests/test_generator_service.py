@@ -267,6 +267,55 @@ async def test_generate_breeds_from_parents_independently_of_their_order(suite):
         assert set(child.parent_ids) <= ids
 
 
+async def test_repeated_parents_and_ties_do_not_depend_on_order(suite):
+    stub = generator(suite)
+    a, b, c = flatten(await generate(stub, dna_name="dnas/rastrigin", count=3, seed=2))
+
+    def parent(candidate, status=PASSED, score=1.0, generation=None):
+        copy = candidate_pb2.Candidate()
+        copy.CopyFrom(candidate)
+        if generation is not None:
+            copy.generation = generation
+        verdict = candidate_pb2.Verdict(status=status, score=score)
+        return candidate_pb2.ScoredCandidate(candidate=copy, verdict=verdict)
+
+    failed = candidate_pb2.VERDICT_STATUS_FAILED
+    orders = [
+        [parent(a), parent(a, failed), parent(a), parent(b, score=2.0, generation=7), parent(c)],
+        [parent(c), parent(a), parent(a), parent(b, score=2.0), parent(a, failed)],
+        [parent(b, score=2.0, generation=7), parent(a, failed), parent(c), parent(b, score=2.0)],
+    ]
+    outputs = []
+    for parents in orders:
+        request = {"dna_name": "dnas/rastrigin", "count": 50, "seed": 3, "generation": 1}
+        out = flatten(await generate(stub, parents=parents, objective=MINIMIZE, **request))
+        outputs.append([x.SerializeToString() for x in out])
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+async def test_only_scored_parents_become_elites(suite):
+    stub = generator(suite)
+    population = flatten(await generate(stub, dna_name="dnas/rastrigin", count=10, seed=4))
+    parents = scored(population)
+    error = candidate_pb2.VERDICT_STATUS_ERROR
+    for p in parents[1:]:
+        p.verdict.status = error  # only parents[0] has a score; rastrigin.yaml: elitism 2
+    children = flatten(
+        await generate(
+            stub,
+            dna_name="dnas/rastrigin",
+            count=10,
+            seed=5,
+            generation=1,
+            parents=parents,
+            objective=MINIMIZE,
+        )
+    )
+    assert children[0].SerializeToString() == parents[0].candidate.SerializeToString()
+    assert children[1].generation == 1  # bred, not a second (unscored) elite
+    assert len(children[1].parent_ids) >= 1
+
+
 async def test_generate_maximize_ranks_the_other_way(suite):
     stub = generator(suite)
     population = flatten(await generate(stub, dna_name="dnas/onemax", count=50, seed=1))
@@ -319,13 +368,17 @@ async def test_generate_with_an_inline_dna_and_the_random_strategy(suite):
     assert all(not c.parent_ids and c.generation == 1 for c in children)
 
 
-async def test_generate_splits_batches_under_the_message_limit(suite):
-    dna = dna_pb2.Dna(genes=[dna_pb2.Gene(name="mask", bits=dna_pb2.BitsGene(size=1_000_000))])
-    responses = await generate(generator(suite), dna=dna, count=100, seed=1, batch_size=100)
-    assert sum(len(r.candidates) for r in responses) == 100
-    assert len(responses) > 1
-    limit = int(suite.config.max_send_message_bytes)
-    assert all(r.ByteSize() <= limit for r in responses)
+async def test_generate_keeps_every_response_under_4_mib(suite):
+    # 100,000 reals: about 800 kB per candidate. The server may send 16 MiB, but the proto
+    # promises responses a default client (4 MiB) can read, whatever batch_size asks.
+    dna = dna_pb2.Dna(
+        genes=[dna_pb2.Gene(name="x", real=dna_pb2.RealGene(low=0, high=1, size=100_000))]
+    )
+    assert int(suite.config.max_send_message_bytes) > 4 * 1024 * 1024
+    responses = await generate(generator(suite), dna=dna, count=30, seed=1, batch_size=30)
+    assert sum(len(r.candidates) for r in responses) == 30
+    assert len(responses) >= 6
+    assert all(r.ByteSize() <= 4 * 1024 * 1024 for r in responses)
 
 
 async def test_generate_rejects_bad_requests_with_precise_errors(suite):
@@ -366,6 +419,25 @@ async def test_generate_rejects_bad_requests_with_precise_errors(suite):
             "parents[2].candidate.id",
         )
     )
+    lineage = scored(population)
+    lineage[0].candidate.parent_ids[:] = [population[1].id] * 3
+    cases.append(
+        (
+            {"dna_name": "dnas/sphere", "count": 2, "parents": lineage, "objective": MINIMIZE},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "parents[0].candidate.parent_ids",
+        )
+    )
+    verdict_id = scored(population)
+    verdict_id[3].candidate.id = ""
+    verdict_id[3].verdict.candidate_id = population[0].id
+    cases.append(
+        (
+            {"dna_name": "dnas/sphere", "count": 2, "parents": verdict_id, "objective": MINIMIZE},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "parents[3].verdict.candidate_id",
+        )
+    )
     for request, code, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await generate(stub, **request)
@@ -383,30 +455,48 @@ async def test_generate_needs_the_generate_scope(suite):
 
 
 async def test_cancelling_generate_stops_the_breeding_promptly(suite):
-    servicer_stats = suite.server.metrics.registry
+    registry = suite.server.metrics.registry
+    # Long permutations with inversion: a few rows per chunk, each chunk milliseconds of
+    # work in a breeding thread; a full stream would breed for many minutes.
+    dna = dna_pb2.Dna(
+        genes=[dna_pb2.Gene(name="tour", permutation=dna_pb2.PermutationGene(size=20_000))]
+    )
+    population = flatten(await generate(generator(suite), dna=dna, count=8, seed=1))
     stub = generator(suite)
     call = stub.Generate(
-        generator_pb2.GenerateRequest(dna_name="dnas/tsp", count=1_000_000, seed=1), timeout=60
+        generator_pb2.GenerateRequest(
+            dna=dna,
+            count=1_000_000,
+            seed=1,
+            generation=1,
+            parents=scored(population, score=lambda c: float(c.genome.permutations[0])),
+            objective=MINIMIZE,
+        ),
+        timeout=60,
     )
     first = await call.read()
     assert first.remaining == 1_000_000 - len(first.candidates)
     call.cancel()
 
-    def chunks_bred() -> float:
-        return servicer_stats.get_sample_value("helix_generator_chunks_total") or 0.0
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
 
-    labels = {"grpc_type": "SERVER_STREAM", "grpc_service": "helix.v1.GeneratorService"}
-    labels["grpc_method"] = "Generate"
-    for _ in range(100):
-        if servicer_stats.get_sample_value(
-            "grpc_server_handled_total", {**labels, "grpc_code": "CANCELLED"}
-        ):
+    labels = {
+        "grpc_type": "SERVER_STREAM",
+        "grpc_service": "helix.v1.GeneratorService",
+        "grpc_method": "Generate",
+        "grpc_code": "CANCELLED",
+    }
+    for _ in range(200):
+        if sample("grpc_server_handled_total", **labels):
             break
         await asyncio.sleep(0.02)
-    settled = chunks_bred()
+    assert sample("grpc_server_handled_total", **labels) == 1
+    await asyncio.sleep(0.2)  # the chunk in progress when it ended may still finish
+    settled = sample("helix_generator_chunks_total")
     await asyncio.sleep(0.5)
-    assert chunks_bred() == settled  # nothing is bred after the stream ended
-    assert settled <= 4  # of the ~980 chunks a full stream would breed
+    assert sample("helix_generator_chunks_total") == settled  # no breeding after the end
+    assert settled < 200  # of the ~330,000 chunks a full stream would breed
 
 
 # --- registration ---------------------------------------------------------------------------

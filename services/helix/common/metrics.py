@@ -17,12 +17,11 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-# prometheus_client's own spelling of bounds ("1.0", not "1"), so queries on `le` keep working.
-_BUCKET_NAMES = (*(floatToGoString(b) for b in _BUCKETS), "+Inf")
+# prometheus_client's spelling of these bounds ("1.0", not "1"): queries on `le` keep working.
+_BUCKET_NAMES = (*(repr(float(b)) for b in _BUCKETS), "+Inf")
 
 
 class MethodStats:

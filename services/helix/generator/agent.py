@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ from helix.common import logs
 from helix.common.channel import create_channel, tls_channel_credentials
 from helix.common.config import require, setting
 from helix.common.server import HelixServer, create_server
+from helix.common.validation import RESOURCE_ID_PATTERN
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
 from helix.generator.service import generator_binding
@@ -51,9 +53,9 @@ class GeneratorAgentConfig(GeneratorConfig):
             f"{self.generator_dna_dir} is not a directory",
         )
         require(
-            not self.agent_id or len(self.agent_id) <= 63,
+            not self.agent_id or re.fullmatch(RESOURCE_ID_PATTERN, self.agent_id) is not None,
             "agent_id",
-            "at most 63 characters matching [a-z][a-z0-9-]*",
+            f"{self.agent_id!r} does not match {RESOURCE_ID_PATTERN}",
         )
 
 

@@ -13,8 +13,9 @@ import asyncio
 import base64
 import concurrent.futures
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -101,14 +102,14 @@ _SCORED = (candidate_pb2.VERDICT_STATUS_PASSED, candidate_pb2.VERDICT_STATUS_FAI
 def _check_ids(given: Sequence[candidate_pb2.ScoredCandidate], ids: list[str]) -> None:
     wrong = []
     for i, parent in enumerate(given):
-        for field, value in (
+        for name, value in (
             ("candidate.id", parent.candidate.id),
             ("verdict.candidate_id", parent.verdict.candidate_id),
         ):
             if value and value != ids[i]:
                 wrong.append(
                     errors.FieldViolation(
-                        f"parents[{i}].{field}",
+                        f"parents[{i}].{name}",
                         f"must be the genome's content hash {ids[i]} (or empty), got {value}",
                     )
                 )
@@ -213,11 +214,17 @@ def response_bytes(batch: Sequence[bytes], generation: int, remaining: int) -> b
 
 @dataclass(slots=True)
 class GeneratorStats:
-    """What the generator has done, exported as `helix_generator_*` metrics."""
+    """What the generator has done, exported as `helix_generator_*` metrics. `chunks` is
+    counted by the breeding threads as each chunk is finished, the rest on the loop."""
 
     chunks: int = 0
     candidates: int = 0
     streams: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def chunk_bred(self) -> None:
+        with self._lock:
+            self.chunks += 1
 
 
 class _StatsCollector(Collector):
@@ -370,6 +377,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 return None
             responses = []
             records = chunk_records(layout, chunk, parents, request.generation)
+            stats.chunk_bred()
             for batch in batches(records, batch_size, self._max_bytes):
                 remaining -= len(batch)
                 responses.append(parse(response_bytes(batch, request.generation, remaining)))
@@ -381,7 +389,6 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 responses = await pending
                 if responses is None:
                     return
-                stats.chunks += 1
                 # Breed the next chunk while this one is being sent.
                 pending = asyncio.ensure_future(self._run(next_chunk))
                 for response in responses:
@@ -434,6 +441,6 @@ def generator_binding(
         add,
         on_start=(announce,),
         on_shutdown=(leave,),
-        on_stopped=(stopped,),
+        on_stopped=(leave, stopped),  # leave again: a start that failed skips the drain
         add_metrics=lambda registry: registry.register(_StatsCollector(servicer.stats)),
     )

@@ -54,6 +54,12 @@ class AgentPresence:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="agent presence")
 
+    @property
+    def running(self) -> bool:
+        """Whether it is still registered or trying to be (False once stopped, or after
+        another process took over its agent id)."""
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         """Deregister (if registered) and stop heartbeating."""
         task, self._task = self._task, None
@@ -62,9 +68,8 @@ class AgentPresence:
     async def _run(self) -> None:
         backoff = Backoff(*self._backoff)
         while True:
-            channel = self._connect()
             try:
-                async with channel:
+                async with self._connect() as channel:
                     registration = AgentRegistration(
                         channel, self.agent, agent_id=self._agent_id, ttl=self._ttl
                     )
@@ -73,7 +78,19 @@ class AgentPresence:
                         self._agent_id = registration.name.removeprefix("agents/")
                         self.registered.set()
                         backoff.reset()
-                        await asyncio.Event().wait()  # until stopped
+                        await registration.wait_stopped()
+                    if registration.superseded:
+                        # Another process registered under this id: fighting over it would
+                        # flap the agent, so this one stops registering, loudly.
+                        log.error(
+                            "agents/%s was registered again by another process; this agent "
+                            "stops registering (give each agent its own --agent-id)",
+                            self._agent_id,
+                        )
+                        return
+                    delay = backoff.next()
+            except asyncio.CancelledError:
+                raise
             except grpc.aio.AioRpcError as error:
                 # Not transient (AgentRegistration retries those itself): a misconfigured
                 # token or a refused agent. Keep trying, loudly, rather than give up.
@@ -84,6 +101,9 @@ class AgentPresence:
                     error.details(),
                     delay,
                 )
+            except Exception:
+                delay = backoff.next()
+                log.exception("registering this agent failed; retrying in %.1fs", delay)
             finally:
                 self.registered.clear()
                 self.registration = None

@@ -182,6 +182,14 @@ class AgentRegistration:
     ) -> None:
         await self.close()
 
+    async def wait_stopped(self) -> None:
+        """Wait until heartbeats stop on their own: superseded by a newer registration
+        (returns; see `superseded`) or failed (raises what stopped them). Returns at once
+        when not active. Cancelling the wait leaves the heartbeats running."""
+        task = self._task
+        if task is not None:
+            await asyncio.shield(task)
+
     async def close(self) -> None:
         """Stop heartbeating and deregister (unless superseded). Safe to call twice.
 
