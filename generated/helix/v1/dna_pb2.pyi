@@ -847,9 +847,9 @@ Global___PermutationOperators: _TypeAlias = PermutationOperators  # noqa: Y015
 
 @_typing.final
 class SequenceOperators(_message.Message):
-    """Operators for sequence genes. Crossover is uniform over the common prefix: for each
-    position below the shorter parent's length, the symbols are swapped between the children
-    with probability 1/2; each child keeps its own parent's tail, so lengths stay valid.
+    """Operators for sequence genes. Crossover is one-point within the common prefix: a cut is
+    drawn uniformly in 0..min(both parents' lengths) and the children exchange the symbols
+    before it; each child keeps its own parent's tail, so lengths stay valid.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

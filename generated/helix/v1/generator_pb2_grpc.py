@@ -108,9 +108,13 @@ class GeneratorServiceServicer:
         children by the DNA's strategy (see AlphaStrategy, RandomStrategy). Determinism: the
         candidates and their order are a pure function of (normalised DNA, the set of parents
         with their verdicts, objective, count, seed, generation) for a given major version of
-        the generator — independent of the order of `parents`, of batch_size, of which
-        generator agent serves the call and of how many there are. Candidates may repeat
-        (same id); callers dedupe by id.
+        the generator — independent of the order of `parents`, of repeats among them (each
+        candidate id counts once, with its best-ranked verdict), of batch_size, of which
+        generator agent serves the call and of how many there are. Real-valued operators
+        (SBX, polynomial and Gaussian mutation, log scale) are bit-for-bit reproducible on one
+        numerical build and CPU class: vectorised exp/log/pow may differ in the last bit
+        between CPU feature sets, so a deployment should run one generator image on one CPU
+        class. Candidates may repeat (same id); callers dedupe by id.
 
         Errors: NOT_FOUND for an unknown dna_name; INVALID_ARGUMENT for an invalid DNA (with
         a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA,

@@ -28,6 +28,8 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 import helix.v1.dna_pb2 as dna_pb2
 
@@ -77,8 +79,8 @@ def _normalise_alpha(alpha: dna_pb2.AlphaStrategy) -> None:
     if not alpha.HasField("elitism"):
         alpha.elitism = min(DEFAULT_ELITISM, alpha.population_size - 1)
     if alpha.tournament_size == 0:
-        # "0 means 3"; with a population of 2 the written-out value must stay within
-        # 1..population_size, and drawing 3 from 2 with replacement equals drawing 2.
+        # "0 means 3", capped by the rule 1..population_size for a population of 2 (the
+        # written-out DNA must stay valid): such a DNA gets tournaments of 2.
         alpha.tournament_size = min(DEFAULT_TOURNAMENT_SIZE, alpha.population_size)
     if not alpha.HasField("crossover_rate"):
         alpha.crossover_rate = DEFAULT_CROSSOVER_RATE
@@ -100,13 +102,24 @@ def _normalise_alpha(alpha: dna_pb2.AlphaStrategy) -> None:
         sequence.deletion_rate = DEFAULT_DELETION_RATE
 
 
+def _positive_zeros(message: Message) -> None:
+    """Replace -0.0 by 0.0 in every double field: equal meaning, equal fingerprint."""
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value if field.is_repeated else (value,):
+                _positive_zeros(item)
+        elif field.type == FieldDescriptor.TYPE_DOUBLE and not field.is_repeated and value == 0:
+            setattr(message, field.name, 0.0)
+
+
 def normalise(dna: dna_pb2.Dna) -> dna_pb2.Dna:
     """A copy of a valid DNA with every default written out.
 
-    Gene sizes of 0 become 1; an unset strategy becomes `alpha`; every unset strategy
-    parameter takes the default dna.proto names, except BitsOperators.flip_rate, whose
-    default (1/size) differs per gene and so stays unset. Normalising twice changes
-    nothing, and two DNAs that mean the same normalise to equal messages.
+    Gene sizes of 0 become 1; -0.0 becomes 0.0; an unset strategy becomes `alpha`; every
+    unset strategy parameter takes the default dna.proto names, except
+    BitsOperators.flip_rate, whose default (1/size) differs per gene and so stays unset.
+    Normalising twice changes nothing, and two DNAs that mean the same normalise to equal
+    messages.
     """
     out = dna_pb2.Dna()
     out.CopyFrom(dna)
@@ -116,6 +129,7 @@ def normalise(dna: dna_pb2.Dna) -> dna_pb2.Dna:
             spec = getattr(gene, kind)
             if spec.size == 0:
                 spec.size = 1
+    _positive_zeros(out)
     if out.strategy.WhichOneof("kind") == "random":
         if out.strategy.random.population_size == 0:
             out.strategy.random.population_size = DEFAULT_POPULATION_SIZE

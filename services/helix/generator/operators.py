@@ -386,10 +386,12 @@ def _past(lengths: IntArray, width: int) -> BoolArray:
 def crossover_sequence(
     rng: Rng, a: SequenceBlock, b: SequenceBlock
 ) -> tuple[SequenceBlock, SequenceBlock]:
-    """Uniform crossover over the common prefix: each position below the shorter
-    parent's length swapped with probability 1/2; each child keeps its parent's tail."""
+    """One-point crossover within the common prefix: per pair, a cut drawn uniformly in
+    0..min(both lengths); the children exchange the symbols before the cut, and each keeps
+    its own parent's tail (so its length, which stays within the gene's bounds)."""
     common = np.minimum(a.lengths, b.lengths)
-    swap = (rng.random(a.symbols.shape) < 0.5) & ~_past(common, a.symbols.shape[1])
+    cut = np.minimum((rng.random(common.shape) * (common + 1)).astype(np.int64), common)
+    swap = ~_past(cut, a.symbols.shape[1])  # the positions before each row's cut
     return (
         SequenceBlock(np.where(swap, b.symbols, a.symbols), a.lengths.copy()),
         SequenceBlock(np.where(swap, a.symbols, b.symbols), b.lengths.copy()),

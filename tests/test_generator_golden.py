@@ -1,0 +1,99 @@
+"""Golden outputs: the determinism contract pinned down.
+
+Generate's output is a pure function of its request for a given major version of the
+generator. These hashes fix that function for a few requests; if one changes, the change
+alters which candidates every existing run would breed (a new major version), and the
+new values must be written here on purpose. Real genes are only sampled here: their
+bred values use exp/log/pow, which are reproducible on one CPU class (see generator.proto),
+not across the machines CI may run on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.common_pb2 as common_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.generator_pb2 as generator_pb2
+from helix.generator import strategies
+from helix.generator.layout import Layout, normalise
+from helix.generator.service import chunk_records, rank_parents
+
+GENES = [
+    dna_pb2.Gene(name="opt", choice=dna_pb2.ChoiceGene(options=["adam", "sgd", "rmsprop"], size=2)),
+    dna_pb2.Gene(name="mask", bits=dna_pb2.BitsGene(size=37)),
+    dna_pb2.Gene(name="route", permutation=dna_pb2.PermutationGene(size=19)),
+    dna_pb2.Gene(
+        name="primer",
+        sequence=dna_pb2.SequenceGene(alphabet="ACGT", min_length=3, max_length=12),
+    ),
+]
+
+
+def output(dna: dna_pb2.Dna, count: int, seed: int, generation: int, parents=()) -> str:
+    layout = Layout(normalise(dna))
+    request = generator_pb2.GenerateRequest(
+        dna=dna,
+        parents=parents,
+        objective=common_pb2.OBJECTIVE_MINIMIZE,
+        count=count,
+        seed=seed,
+        generation=generation,
+    )
+    ranked = rank_parents(layout, request)
+    digest = hashlib.sha256()
+    for chunk in strategies.generate(
+        layout,
+        ranked.population if ranked else None,
+        count,
+        seed,
+        generation,
+        scored=ranked.scored if ranked else None,
+    ):
+        for record in chunk_records(layout, chunk, ranked, generation):
+            digest.update(record)
+    return digest.hexdigest()[:16]
+
+
+def sampled(dna: dna_pb2.Dna, count: int, seed: int) -> list[candidate_pb2.Candidate]:
+    layout = Layout(normalise(dna))
+    chunk = next(strategies.generate(layout, None, count, seed, 0))
+    return [candidate_pb2.Candidate.FromString(r) for r in chunk_records(layout, chunk, None, 0)]
+
+
+def test_sampled_generation_zero_is_pinned():
+    reals = dna_pb2.Gene(name="x", real=dna_pb2.RealGene(low=-5.12, high=5.12, size=3))
+    dna = dna_pb2.Dna(genes=[reals, *GENES])
+    assert output(dna, 2500, seed=42, generation=0) == GOLDEN["sampled"]
+
+
+def test_bred_generation_is_pinned_for_each_permutation_mutation():
+    for mutation in ("SWAP", "INVERSION"):
+        alpha = dna_pb2.AlphaStrategy(
+            population_size=40,
+            elitism=3,
+            permutation=dna_pb2.PermutationOperators(
+                mutation=dna_pb2.PermutationMutation.Value(f"PERMUTATION_MUTATION_{mutation}")
+            ),
+            sequence=dna_pb2.SequenceOperators(insertion_rate=0.3, deletion_rate=0.3),
+        )
+        dna = dna_pb2.Dna(genes=GENES, strategy=dna_pb2.Strategy(alpha=alpha))
+        parents = [
+            candidate_pb2.ScoredCandidate(
+                candidate=c,
+                verdict=candidate_pb2.Verdict(
+                    status=candidate_pb2.VERDICT_STATUS_PASSED,
+                    score=float(sum(c.genome.permutations[:5])),
+                ),
+            )
+            for c in sampled(dna, 40, seed=7)
+        ]
+        assert output(dna, 1500, seed=9, generation=3, parents=parents) == GOLDEN[mutation]
+
+
+GOLDEN = {
+    "sampled": "023451b1cf39df10",
+    "SWAP": "771f7aec18998e0a",
+    "INVERSION": "d8fa3fb24dbf2475",
+}
