@@ -457,24 +457,31 @@ def check_candidate_id(value: str, path: str) -> Violations:
     return [FieldViolation(path, "must be 32 lowercase hex characters")]
 
 
-def check_candidate(candidate: candidate_pb2.Candidate, path: str) -> Violations:
-    """A candidate sent to a server: id empty or well-formed, genome set and sane.
+def check_candidate(
+    candidate: candidate_pb2.Candidate, path: str, *, genome: bool = True
+) -> Violations:
+    """A candidate sent to a server: id empty or well-formed, genome set and (unless
+    `genome` is False, for callers that decode it against its DNA anyway) sane.
 
     generation and parent_ids are output only and ignored.
     """
     found = check_candidate_id(candidate.id, join(path, "id"))
     if not candidate.HasField("genome"):
         return [*found, FieldViolation(join(path, "genome"), "must be set")]
+    if not genome:
+        return found
     return found + check_genome(candidate.genome, join(path, "genome"))
 
 
-def check_scored_candidate(scored: candidate_pb2.ScoredCandidate, path: str) -> Violations:
+def check_scored_candidate(
+    scored: candidate_pb2.ScoredCandidate, path: str, *, genome: bool = True
+) -> Violations:
     """A candidate with its optional verdict, as given to Generate: ranking needs sane values."""
     candidate_path = join(path, "candidate")
     if not scored.HasField("candidate"):
         found = [FieldViolation(candidate_path, "must be set")]
     else:
-        found = check_candidate(scored.candidate, candidate_path)
+        found = check_candidate(scored.candidate, candidate_path, genome=genome)
     if not scored.HasField("verdict"):
         return found
     verdict, verdict_path = scored.verdict, join(path, "verdict")
@@ -568,7 +575,10 @@ def check_generate_request(
         found += check_dna(request.dna, "dna")
     found += check_repeated_len(request.parents, "parents", limits.max_parents)
     for i, parent in enumerate(request.parents[: limits.max_parents]):
-        found += check_scored_candidate(parent, index("parents", i))
+        # Genomes are decoded against the DNA before any use, which checks every value
+        # (vectorised, and stricter than check_genome); checking them here too would double
+        # the per-parent cost of a Generate call.
+        found += check_scored_candidate(parent, index("parents", i), genome=False)
         found += _check_lineage(parent.candidate, index("parents", i))
     if request.parents:
         objective_type = common_pb2.Objective.DESCRIPTOR
