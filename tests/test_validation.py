@@ -1106,3 +1106,32 @@ def test_random_wire_bytes_never_raise(
     except DecodeError:
         return
     _assert_checked(check, request)
+
+
+_IDS = st.sampled_from(
+    ["", "0" * 32, "0123456789abcdef" * 2, "A" * 32, "g" * 32, "0" * 31, "0" * 33, "é" * 32]
+)
+
+
+@st.composite
+def _parents(draw: st.DrawFn) -> candidate_pb2.ScoredCandidate:
+    parent = candidate_pb2.ScoredCandidate()
+    if draw(st.booleans()):
+        parent.candidate.id = draw(_IDS)
+        parent.candidate.parent_ids.extend(draw(st.lists(_IDS, max_size=3)))
+        if draw(st.booleans()):
+            parent.candidate.genome.reals.append(draw(st.floats()))
+    if draw(st.booleans()):
+        parent.verdict.candidate_id = draw(_IDS)
+        parent.verdict.status = draw(st.integers(-1, 6))
+        parent.verdict.score = draw(st.floats())
+    return parent
+
+
+@settings(max_examples=500, deadline=None)
+@given(parent=_parents())
+def test_the_fast_parent_check_agrees_with_the_full_checks(parent) -> None:
+    full = generator.check_generate_request(
+        generator_pb2.GenerateRequest(dna_name="dnas/x", parents=[parent], objective=1, count=1)
+    )
+    assert generator.parent_is_clean(parent) == (full == []), full

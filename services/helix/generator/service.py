@@ -99,20 +99,14 @@ class Parents:
 _SCORED = (candidate_pb2.VERDICT_STATUS_PASSED, candidate_pb2.VERDICT_STATUS_FAILED)
 
 
-def _check_ids(given: Sequence[candidate_pb2.ScoredCandidate], ids: list[str]) -> None:
+def _check_ids(ids: list[str], own: list[str], claimed: list[str]) -> None:
+    """Every non-empty candidate.id and verdict.candidate_id equals the genome's hash."""
     wrong = []
-    for i, parent in enumerate(given):
-        for name, value in (
-            ("candidate.id", parent.candidate.id),
-            ("verdict.candidate_id", parent.verdict.candidate_id),
-        ):
-            if value and value != ids[i]:
-                wrong.append(
-                    errors.FieldViolation(
-                        f"parents[{i}].{name}",
-                        f"must be the genome's content hash {ids[i]} (or empty), got {value}",
-                    )
-                )
+    for i, (real, candidate_id, verdict_id) in enumerate(zip(ids, own, claimed, strict=True)):
+        for name, value in (("candidate.id", candidate_id), ("verdict.candidate_id", verdict_id)):
+            if value and value != real:
+                text = f"must be the genome's content hash {real} (or empty), got {value}"
+                wrong.append(errors.FieldViolation(f"parents[{i}].{name}", text))
     if wrong:
         raise errors.InvalidArgument(
             "a parent's id is not its genome's content hash", wrong[:100], reason="WRONG_ID"
@@ -126,28 +120,30 @@ def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Pare
     The result depends on the set of parents, never on their order or repeats."""
     if not request.parents:
         return None
-    given = request.parents
+    candidates, own, claimed, statuses, scores = [], [], [], [], []
+    for parent in request.parents:  # one pass: each field access builds a Python object
+        candidate, verdict = parent.candidate, parent.verdict
+        candidates.append(candidate)
+        own.append(candidate.id)
+        claimed.append(verdict.candidate_id)
+        statuses.append(verdict.status)
+        scores.append(verdict.score)
     population = genome_checks.decode_genomes(
-        layout,
-        [p.candidate.genome for p in given],
-        lambda i: f"parents[{i}].candidate.genome",
+        layout, [c.genome for c in candidates], lambda i: f"parents[{i}].candidate.genome"
     )
     ids = codec.candidate_ids(codec.encode_genomes(layout, population))
-    _check_ids(given, ids)
-    statuses = [p.verdict.status for p in given]
-    scores = [
-        p.verdict.score if s in _SCORED else 0.0 for p, s in zip(given, statuses, strict=True)
-    ]
+    if own != ids or claimed != ids:
+        _check_ids(ids, own, claimed)
     order = strategies.rank(ids, statuses, scores, request.objective).tolist()
     first: dict[str, int] = {}
     for i in order:
         first.setdefault(ids[i], i)
     keep = list(first.values())  # dicts keep insertion (rank) order
-    sources = [given[i].candidate for i in keep]
-    if len(keep) < len(given):  # repeats: pick each id's message canonically
+    sources = [candidates[i] for i in keep]
+    if len(keep) < len(candidates):  # repeats: pick each id's message canonically
         by_id: dict[str, list[candidate_pb2.Candidate]] = {}
-        for i, parent in enumerate(given):
-            by_id.setdefault(ids[i], []).append(parent.candidate)
+        for i, candidate in enumerate(candidates):
+            by_id.setdefault(ids[i], []).append(candidate)
         sources = [
             min(by_id[ids[i]], key=lambda c: c.SerializeToString(deterministic=True)) for i in keep
         ]

@@ -12,6 +12,7 @@ inspected: the request fails on the count anyway, and the work stays bounded.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, replace
 from typing import Any
@@ -559,6 +560,36 @@ def _check_lineage(candidate: candidate_pb2.Candidate, path: str) -> Violations:
     return found
 
 
+_CANDIDATE_ID = re.compile(CANDIDATE_ID_PATTERN)
+
+
+def _well_formed_id(value: str) -> bool:
+    return len(value) == 32 and _CANDIDATE_ID.fullmatch(value) is not None
+
+
+def parent_is_clean(parent: candidate_pb2.ScoredCandidate) -> bool:
+    """A fast accept of a parent that passes every per-parent check of
+    `check_generate_request` (without building field paths); any other parent gets the full
+    checks, which name each problem. It must never accept what they would refuse
+    (tests/test_validation.py checks that on random messages)."""
+    if not parent.HasField("candidate"):
+        return False
+    candidate = parent.candidate
+    own_id = candidate.id
+    if (own_id and not _well_formed_id(own_id)) or not candidate.HasField("genome"):
+        return False
+    lineage = candidate.parent_ids
+    if len(lineage) > 2 or not all(map(_well_formed_id, lineage)):
+        return False
+    if not parent.HasField("verdict"):
+        return True
+    verdict = parent.verdict
+    verdict_id = verdict.candidate_id
+    if verdict_id and (verdict_id != own_id if own_id else not _well_formed_id(verdict_id)):
+        return False
+    return verdict.status in _VERDICT_STATUSES and math.isfinite(verdict.score)
+
+
 def check_generate_request(
     request: generator_pb2.GenerateRequest, limits: GeneratorLimits = DEFAULT_LIMITS
 ) -> Violations:
@@ -575,6 +606,8 @@ def check_generate_request(
         found += check_dna(request.dna, "dna")
     found += check_repeated_len(request.parents, "parents", limits.max_parents)
     for i, parent in enumerate(request.parents[: limits.max_parents]):
+        if parent_is_clean(parent):
+            continue
         # Genomes are decoded against the DNA before any use, which checks every value
         # (vectorised, and stricter than check_genome); checking them here too would double
         # the per-parent cost of a Generate call.
