@@ -1135,3 +1135,38 @@ def test_the_fast_parent_check_agrees_with_the_full_checks(parent) -> None:
         generator_pb2.GenerateRequest(dna_name="dnas/x", parents=[parent], objective=1, count=1)
     )
     assert generator.parent_is_clean(parent) == (full == []), full
+
+
+@st.composite
+def _heartbeats(draw: st.DrawFn) -> registry_pb2.HeartbeatRequest:
+    names = ["agents/a", "agents/gen-1", "agents/" + "a" * 63, "agents/" + "a" * 64]
+    names += ["agents/", "agents/A", "agent/a", "", "agents/a\n", "agents/1a"]
+    request = registry_pb2.HeartbeatRequest(
+        name=draw(st.sampled_from(names)),
+        epoch=draw(st.integers(-2, 3)),
+        health=draw(st.integers(-1, 5)),
+    )
+    if draw(st.booleans()):
+        request.load.utilization = draw(st.floats())
+    raw = request.SerializeToString()
+    if draw(st.booleans()):
+        raw += b"\xf8\x07\x01"  # field 127 (unknown), varint 1
+    return registry_pb2.HeartbeatRequest.FromString(raw)
+
+
+@settings(max_examples=500, deadline=None)
+@given(request=_heartbeats())
+def test_the_fast_heartbeat_accept_agrees_with_the_full_checks(request) -> None:
+    fast = registry.check_heartbeat_request(request)
+    full = (
+        common.check_no_unknown_fields(request)
+        + common.check_resource_name(request.name, "agents", "name")
+        + common.check_range(request.epoch, "epoch", 1)
+        + common.check_enum(request.health, registry_pb2.AgentHealth.DESCRIPTOR, "health")
+        + (
+            common.check_range(request.load.utilization, "load.utilization", 0, 1)
+            if request.HasField("load")
+            else []
+        )
+    )
+    assert fast == full

@@ -515,7 +515,7 @@ def _unknown_field_numbers(message: Message) -> list[int]:
     return sorted({int(f.field_number) for f in legacy.UnknownFields()})
 
 
-def _has_unknown_fields(message: Message) -> bool:
+def has_unknown_fields(message: Message) -> bool:
     """Whether any unknown field is anywhere in `message` (one pass in C, no Python walk)."""
     clean = type(message)()
     clean.CopyFrom(message)
@@ -566,7 +566,7 @@ def check_no_unknown_fields(
     """
     found: Violations = []
     try:
-        if _has_unknown_fields(message):
+        if has_unknown_fields(message):
             _walk_unknown(message, path, skip, found, 0)
     except Exception:  # a validator must never raise on input; report what was found
         return found
