@@ -715,3 +715,24 @@ def test_substitution_and_crossover_keep_sequences_valid(rows: list[list[int]], 
         np.sort(np.stack([c1.symbols, c2.symbols]), axis=0),
         np.sort(np.stack([block.symbols, mate.symbols]), axis=0),
     )
+
+
+def test_long_inversions_equal_the_vectorised_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Permutations longer than _VECTOR_REVERSE_SIZE reverse each move's slice alone; the
+    # result must be the one the gather over all rows gives.
+    rng = np.random.default_rng(3)
+    x = np.argsort(rng.random((40, 300)), axis=1).astype(np.int64)
+    inversion = dna_pb2.PERMUTATION_MUTATION_INVERSION
+    sliced = ops.mutate_permutation(np.random.default_rng(9), x, 0.05, inversion)
+    monkeypatch.setattr(ops, "_VECTOR_REVERSE_SIZE", 10**9)
+    gathered = ops.mutate_permutation(np.random.default_rng(9), x, 0.05, inversion)
+    assert np.array_equal(sliced, gathered)
+    assert not np.array_equal(sliced, x)
+
+
+def test_tournaments_in_blocks_draw_what_one_draw_would() -> None:
+    # 300 picks of 5000 draws is more than one block of 2**20: several blocks.
+    picks = strategies.tournament(np.random.default_rng(4), 7000, 300, 5000)
+    u = np.random.default_rng(4).random((300, 5000))
+    expected = np.minimum((u * 7000).astype(np.int64), 6999).min(axis=1)
+    assert np.array_equal(picks, expected)

@@ -293,6 +293,39 @@ async def test_repeated_parents_and_ties_do_not_depend_on_order(suite):
     assert outputs[0] == outputs[1] == outputs[2]
 
 
+async def test_an_elite_sent_as_two_messages_is_copied_canonically(suite):
+    stub = generator(suite)
+    best, *rest = flatten(await generate(stub, dna_name="dnas/rastrigin", count=6, seed=8))
+
+    def parent(candidate, score, generation):
+        copy = candidate_pb2.Candidate()
+        copy.CopyFrom(candidate)
+        copy.generation = generation
+        verdict = candidate_pb2.Verdict(status=PASSED, score=score)
+        return candidate_pb2.ScoredCandidate(candidate=copy, verdict=verdict)
+
+    others = [parent(c, 10.0 + i, 0) for i, c in enumerate(rest)]
+    request = {"dna_name": "dnas/rastrigin", "count": 5, "seed": 1, "generation": 9}
+    first = flatten(
+        await generate(
+            stub,
+            parents=[parent(best, 0.0, 3), parent(best, 0.0, 5), *others],
+            objective=MINIMIZE,
+            **request,
+        )
+    )
+    second = flatten(
+        await generate(
+            stub,
+            parents=[*others, parent(best, 0.0, 5), parent(best, 0.0, 3)],
+            objective=MINIMIZE,
+            **request,
+        )
+    )
+    assert first[0].id == best.id
+    assert first[0].SerializeToString() == second[0].SerializeToString()
+
+
 async def test_only_scored_parents_become_elites(suite):
     stub = generator(suite)
     population = flatten(await generate(stub, dna_name="dnas/rastrigin", count=10, seed=4))
@@ -492,11 +525,44 @@ async def test_cancelling_generate_stops_the_breeding_promptly(suite):
             break
         await asyncio.sleep(0.02)
     assert sample("grpc_server_handled_total", **labels) == 1
-    await asyncio.sleep(0.2)  # the chunk in progress when it ended may still finish
+    # The chunk in progress when the stream ended may still finish (a slow machine can take
+    # a while): wait until the count holds, then make sure it keeps holding.
     settled = sample("helix_generator_chunks_total")
+    for _ in range(50):
+        await asyncio.sleep(0.3)
+        now = sample("helix_generator_chunks_total")
+        if now == settled:
+            break
+        settled = now
     await asyncio.sleep(0.5)
     assert sample("helix_generator_chunks_total") == settled  # no breeding after the end
-    assert settled < 200  # of the ~330,000 chunks a full stream would breed
+    assert settled < 200  # of the ~500,000 chunks a full stream would breed
+
+
+async def test_generate_beyond_capacity_is_resource_exhausted_until_a_slot_frees(suite):
+    capacity = suite.config.advertised_capacity
+    stub = generator(suite)
+    request = generator_pb2.GenerateRequest(dna_name="dnas/tsp", count=1_000_000, seed=1)
+    calls = [stub.Generate(request, timeout=60) for _ in range(capacity)]
+    for call in calls:
+        await call.read()  # every stream is being served
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await generate(stub, dna_name="dnas/sphere", count=1)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(caught.value).reason == "GENERATOR_BUSY"
+    calls[0].cancel()
+    refusals: list[grpc.StatusCode] = []
+    for _ in range(100):
+        try:
+            served = await generate(stub, dna_name="dnas/sphere", count=1)
+            break
+        except grpc.aio.AioRpcError as error:
+            refusals.append(error.code())
+            await asyncio.sleep(0.05)
+    assert set(refusals) <= {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert len(flatten(served)) == 1
+    for call in calls[1:]:
+        call.cancel()
 
 
 # --- registration ---------------------------------------------------------------------------

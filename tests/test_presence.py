@@ -114,3 +114,23 @@ async def test_embedded_generator_leaves_the_registry_when_the_suite_drains(tmp_
         assert "agents/embedded-generator" not in await agents(second)
     finally:
         await second.close()
+
+
+async def test_presence_keeps_retrying_a_refused_registration(suite):
+    # A token without agents.write: PERMISSION_DENIED is not transient, so the presence
+    # itself backs off and retries (an operator may fix the credentials), loudly.
+    token = mint(suite.server.security.signer, "agent-owner", ["agents.read"], 600)
+
+    def connect() -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(
+            suite.server.address, interceptors=bearer_interceptors(StaticTokenSource(token))
+        )
+
+    presence = AgentPresence(connect, agent_spec(), agent_id="refused", backoff=(0.05, 0.1))
+    await presence.start()
+    await asyncio.sleep(0.6)
+    assert presence.running
+    assert not presence.registered.is_set()
+    assert "agents/refused" not in await agents(suite)
+    await presence.stop()
+    assert not presence.running

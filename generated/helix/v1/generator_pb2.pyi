@@ -338,8 +338,9 @@ class GenerateRequest(_message.Message):
     """
     batch_size: _builtins.int
     """Optional. Maximum candidates per response message: 0 means 256; at most 10000. The
-    server may send fewer per message to stay under its maximum message size (4 MiB by
-    default). Does not change which candidates are generated.
+    server sends fewer per message when needed to keep every response under 4 MiB (the
+    default receive limit of gRPC clients). Does not change which candidates are
+    generated.
     """
     @_builtins.property
     def dna(self) -> _dna_pb2.Dna:

@@ -117,9 +117,11 @@ class GeneratorServiceServicer:
         class. Candidates may repeat (same id); callers dedupe by id.
 
         Errors: NOT_FOUND for an unknown dna_name; INVALID_ARGUMENT for an invalid DNA (with
-        a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA,
-        or a missing objective when parents are given; FAILED_PRECONDITION when the DNA's
-        strategy is not implemented by this generator.
+        a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA or
+        whose ids are not their genomes' hashes, or a missing objective when parents are
+        given; FAILED_PRECONDITION when the DNA's strategy is not implemented by this
+        generator; RESOURCE_EXHAUSTED (reason GENERATOR_BUSY, with RetryInfo) when the agent
+        already serves as many Generate streams as its advertised capacity.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -71,9 +71,11 @@ class GeneratorServiceStub:
     class. Candidates may repeat (same id); callers dedupe by id.
 
     Errors: NOT_FOUND for an unknown dna_name; INVALID_ARGUMENT for an invalid DNA (with
-    a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA,
-    or a missing objective when parents are given; FAILED_PRECONDITION when the DNA's
-    strategy is not implemented by this generator.
+    a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA or
+    whose ids are not their genomes' hashes, or a missing objective when parents are
+    given; FAILED_PRECONDITION when the DNA's strategy is not implemented by this
+    generator; RESOURCE_EXHAUSTED (reason GENERATOR_BUSY, with RetryInfo) when the agent
+    already serves as many Generate streams as its advertised capacity.
     """
 
 @_typing.type_check_only
@@ -119,9 +121,11 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
     class. Candidates may repeat (same id); callers dedupe by id.
 
     Errors: NOT_FOUND for an unknown dna_name; INVALID_ARGUMENT for an invalid DNA (with
-    a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA,
-    or a missing objective when parents are given; FAILED_PRECONDITION when the DNA's
-    strategy is not implemented by this generator.
+    a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA or
+    whose ids are not their genomes' hashes, or a missing objective when parents are
+    given; FAILED_PRECONDITION when the DNA's strategy is not implemented by this
+    generator; RESOURCE_EXHAUSTED (reason GENERATOR_BUSY, with RetryInfo) when the agent
+    already serves as many Generate streams as its advertised capacity.
     """
 
 class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -188,9 +192,11 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
         class. Candidates may repeat (same id); callers dedupe by id.
 
         Errors: NOT_FOUND for an unknown dna_name; INVALID_ARGUMENT for an invalid DNA (with
-        a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA,
-        or a missing objective when parents are given; FAILED_PRECONDITION when the DNA's
-        strategy is not implemented by this generator.
+        a BadRequest violation per DnaViolation), parents whose genomes do not fit the DNA or
+        whose ids are not their genomes' hashes, or a missing objective when parents are
+        given; FAILED_PRECONDITION when the DNA's strategy is not implemented by this
+        generator; RESOURCE_EXHAUSTED (reason GENERATOR_BUSY, with RetryInfo) when the agent
+        already serves as many Generate streams as its advertised capacity.
         """
 
 def add_GeneratorServiceServicer_to_server(servicer: GeneratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

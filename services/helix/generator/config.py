@@ -18,7 +18,8 @@ class GeneratorConfig(ServerConfig):
     generator_workers: int = setting(2, "threads that breed candidates (NumPy releases the GIL)")
     generator_cache_entries: int = setting(1024, "parsed DNA documents kept in memory")
     generator_capacity: int = setting(
-        0, "Generate streams this agent advertises it can serve at once (0: 4 per worker)"
+        0,
+        "Generate streams served at once and advertised; more are refused (0: 4 per worker)",
     )
 
     def __post_init__(self) -> None:

@@ -14,7 +14,8 @@ import base64
 import concurrent.futures
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,9 +319,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def Generate(
         self, request: generator_pb2.GenerateRequest, context: Any
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
-        # Thousands of parents take milliseconds to check: not on the event loop.
-        await self._run(
-            lambda: validate(lambda r: checks.check_generate_request(r, self._limits), request)
+        # Thousands of parents take milliseconds to check: not on the event loop, and not in
+        # the breeding threads either, where it would queue behind long chunks.
+        await asyncio.to_thread(
+            validate, lambda r: checks.check_generate_request(r, self._limits), request
         )
         if self._streams >= self._max_streams:
             raise errors.ResourceExhausted(
@@ -332,14 +334,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             )
         self._streams += 1
         try:
-            async for response in self._generate(request):
-                yield response
+            async with aclosing(self._generate(request)) as responses:
+                async for response in responses:
+                    yield response
         finally:
             self._streams -= 1
 
     async def _generate(
         self, request: generator_pb2.GenerateRequest
-    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+    ) -> AsyncGenerator[generator_pb2.GenerateResponse, None]:
         dna = await self._dna(request)
         kind = dna.strategy.WhichOneof("kind")
         if kind not in STRATEGIES:

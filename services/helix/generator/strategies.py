@@ -49,8 +49,13 @@ CHUNK = 1024
 CHUNK_BYTES = 1 << 23
 # Element moves of permutation mutation one chunk may make: an INVERSION reverses about a
 # third of the permutation per move, so huge permutations get few rows per chunk, and a
-# chunk (the unit of cancellation) stays well under a second.
+# chunk (the unit of cancellation) stays near a tenth of a second. A chunk holds at least
+# one candidate, though: a DNA whose single candidate costs more (a 100,000-long
+# permutation with INVERSION at a high rate takes seconds) is cancelled only between
+# candidates.
 CHUNK_MOVES = 1 << 25
+# Tournament draws one chunk may make (two tournaments per child).
+CHUNK_DRAWS = 1 << 24
 _T = TypeVar("_T", bound=np.generic)
 _SCORED = (candidate_pb2.VERDICT_STATUS_PASSED, candidate_pb2.VERDICT_STATUS_FAILED)
 
@@ -181,8 +186,9 @@ class AlphaParams:
 
 def chunk_size(layout: Layout) -> int:
     """Rows per chunk for a layout: CHUNK, or fewer so that a chunk's widest working
-    arrays (8 bytes per value, bit or symbol) stay near CHUNK_BYTES and its permutation
-    mutation moves about CHUNK_MOVES elements; at least 1. A function of the DNA alone."""
+    arrays (8 bytes per value, bit or symbol) stay near CHUNK_BYTES, its tournaments draw
+    at most CHUNK_DRAWS parents and its permutation mutation moves about CHUNK_MOVES
+    elements; at least 1. A function of the DNA alone."""
     values = (
         layout.n_reals
         + layout.n_integers
@@ -193,6 +199,8 @@ def chunk_size(layout: Layout) -> int:
     )
     rows = min(CHUNK, CHUNK_BYTES // (8 * max(values, 1)))
     strategy = layout.dna.strategy
+    if strategy.WhichOneof("kind") == "alpha":
+        rows = min(rows, CHUNK_DRAWS // (2 * max(strategy.alpha.tournament_size, 1)))
     if strategy.WhichOneof("kind") == "alpha" and layout.permutation_sizes:
         rate = strategy.alpha.mutation_rate
         inversion = strategy.alpha.permutation.mutation != dna_pb2.PERMUTATION_MUTATION_SWAP

@@ -590,6 +590,18 @@ def parent_is_clean(parent: candidate_pb2.ScoredCandidate) -> bool:
     return verdict.status in _VERDICT_STATUSES and math.isfinite(verdict.score)
 
 
+def parent_violations(parent: candidate_pb2.ScoredCandidate, path: str) -> Violations:
+    """The full per-parent checks of `check_generate_request`, with field paths.
+
+    Genomes are decoded against the DNA before any use, which checks every value
+    (vectorised, and stricter than check_genome); checking them here too would double the
+    per-parent cost of a Generate call.
+    """
+    return check_scored_candidate(parent, path, genome=False) + _check_lineage(
+        parent.candidate, path
+    )
+
+
 def check_generate_request(
     request: generator_pb2.GenerateRequest, limits: GeneratorLimits = DEFAULT_LIMITS
 ) -> Violations:
@@ -606,13 +618,8 @@ def check_generate_request(
         found += check_dna(request.dna, "dna")
     found += check_repeated_len(request.parents, "parents", limits.max_parents)
     for i, parent in enumerate(request.parents[: limits.max_parents]):
-        if parent_is_clean(parent):
-            continue
-        # Genomes are decoded against the DNA before any use, which checks every value
-        # (vectorised, and stricter than check_genome); checking them here too would double
-        # the per-parent cost of a Generate call.
-        found += check_scored_candidate(parent, index("parents", i), genome=False)
-        found += _check_lineage(parent.candidate, index("parents", i))
+        if not parent_is_clean(parent):
+            found += parent_violations(parent, index("parents", i))
     if request.parents:
         objective_type = common_pb2.Objective.DESCRIPTOR
         found += check_enum(request.objective, objective_type, "objective", required=True)

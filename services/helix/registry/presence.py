@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -22,6 +23,7 @@ from helix.registry.client_support import Backoff
 from helix.registry.registration import AgentRegistration
 
 log = logging.getLogger("helix.registry.presence")
+_STEADY = 60.0  # seconds registered after which a failure counts as a first one
 
 
 class AgentPresence:
@@ -77,8 +79,14 @@ class AgentPresence:
                         self.registration = registration
                         self._agent_id = registration.name.removeprefix("agents/")
                         self.registered.set()
-                        backoff.reset()
-                        await registration.wait_stopped()
+                        since = time.monotonic()
+                        try:
+                            await registration.wait_stopped()
+                        finally:
+                            # A registration that held a while starts the backoff over;
+                            # one whose heartbeats keep failing at once does not.
+                            if time.monotonic() - since >= _STEADY:
+                                backoff.reset()
                     if registration.superseded:
                         # Another process registered under this id: fighting over it would
                         # flap the agent, so this one stops registering, loudly.

@@ -199,7 +199,7 @@ def check_heartbeat_request(
 ) -> Violations:
     """name "agents/{agent}"; epoch >= 1; health a known value; load utilization in [0, 1]."""
     # The registry's hottest call: a clean heartbeat is accepted without building paths
-    # (tests/test_validation.py proves this fast accept equal to the checks below).
+    # (tests/test_validation.py proves this fast accept equal to the full checks).
     if (
         request.epoch >= 1
         and request.health in _HEALTHS
@@ -208,6 +208,11 @@ def check_heartbeat_request(
         and not has_unknown_fields(request)
     ):
         return []
+    return heartbeat_violations(request)
+
+
+def heartbeat_violations(request: registry_pb2.HeartbeatRequest) -> Violations:
+    """The full checks of `check_heartbeat_request`, each violation with its field path."""
     found = check_no_unknown_fields(request)
     found += check_resource_name(request.name, "agents", "name")
     found += check_range(request.epoch, "epoch", 1)
