@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # prometheus_client's spelling of these bounds ("1.0", not "1"): queries on `le` keep working.
+_OK = grpc.StatusCode.OK
 _BUCKET_NAMES = (*(repr(float(b)) for b in _BUCKETS), "+Inf")
 
 
@@ -32,20 +33,24 @@ class MethodStats:
     loop thread and read (as copies) by the exporter thread when scraped.
     """
 
-    __slots__ = ("buckets", "handled", "labels", "received", "seconds", "sent", "started")
+    __slots__ = ("buckets", "handled", "labels", "ok", "received", "seconds", "sent", "started")
 
     def __init__(self, labels: tuple[str, str, str]) -> None:
         self.labels = labels
         self.started = 0
         self.received = 0
         self.sent = 0
-        self.handled: dict[grpc.StatusCode, int] = dict.fromkeys(grpc.StatusCode, 0)
+        self.ok = 0
+        self.handled: dict[grpc.StatusCode, int] = dict.fromkeys(grpc.StatusCode, 0)  # not OK
         self.buckets = [0] * (len(_BUCKETS) + 1)  # per bucket (not cumulative); last: +Inf
         self.seconds = 0.0
 
     def finished(self, code: grpc.StatusCode, seconds: float) -> None:
         """Count a call that ended with `code` after `seconds`."""
-        self.handled[code] += 1
+        if code is _OK:  # Enum hashing runs in Python: skip it for the common case
+            self.ok += 1
+        else:
+            self.handled[code] += 1
         self.buckets[bisect_left(_BUCKETS, seconds)] += 1
         self.seconds += seconds
 
@@ -101,7 +106,7 @@ class _RpcCollector(Collector):
             labels = list(stats.labels)
             started.add_metric(labels, stats.started)
             for code, count in list(stats.handled.items()):
-                handled.add_metric([*labels, code.name], count)
+                handled.add_metric([*labels, code.name], stats.ok if code is _OK else count)
             cumulative, buckets = 0, []
             for name, count in zip(_BUCKET_NAMES, list(stats.buckets), strict=True):
                 cumulative += count
