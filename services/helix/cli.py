@@ -11,6 +11,7 @@ from pathlib import Path
 from helix.client_cli import add_client_arguments, local_signer, run_call
 from helix.common import config as cfg
 from helix.common import logs
+from helix.common.server import HelixServer, run_server_process
 from helix.common.version import version
 from helix.generator.agent import add_generator_commands
 from helix.generator.cli import add_dna_commands
@@ -120,22 +121,13 @@ def _up(args: argparse.Namespace) -> int:
     logs.configure(config.log_level)
     security = prepare_embedded(config)  # key files: before the event loop runs
 
-    async def serve() -> None:
-        server, _ = create_embedded(config, security)
+    def ready(server: HelixServer) -> None:
+        print(f"helix listening on {server.address}", flush=True)
+        if server.metrics_port is not None:
+            metrics_url = f"http://{config.metrics_host}:{server.metrics_port}/metrics"
+            print(f"helix metrics on {metrics_url}", flush=True)
 
-        def ready(started: object) -> None:
-            print(f"helix listening on {server.address}", flush=True)
-            if server.metrics_port is not None:
-                metrics_url = f"http://{config.metrics_host}:{server.metrics_port}/metrics"
-                print(f"helix metrics on {metrics_url}", flush=True)
-
-        await server.serve(on_ready=ready)
-
-    try:
-        cfg.run_loop(serve(), config.event_loop)
-    finally:
-        logs.shutdown()
-    return 0
+    return run_server_process(config, lambda: create_embedded(config, security)[0], ready)
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -22,7 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from helix.common.config import ServerConfig
+from helix.common import logs
+from helix.common.config import ServerConfig, run_loop
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
 from helix.common.metrics import MetricsExporter, RpcMetrics
 
@@ -281,3 +282,24 @@ def create_server(
     helix_server = HelixServer(config, server, health_servicer, metrics, services, port)
     helix_server.security = security
     return helix_server, port
+
+
+def run_server_process(
+    config: ServerConfig,
+    build: Callable[[], HelixServer],
+    on_ready: Callable[[HelixServer], None],
+) -> int:
+    """The body of a `helix` command that serves: build the server on the configured event
+    loop, serve until SIGTERM or SIGINT, drain, and flush the logs. Returns the exit status.
+
+    Blocking setup (config, logging, key files) belongs before this call.
+    """
+
+    async def serve() -> None:
+        await build().serve(on_ready=on_ready)
+
+    try:
+        run_loop(serve(), config.event_loop)
+    finally:
+        logs.shutdown()
+    return 0

@@ -23,7 +23,7 @@ from helix.common import config as cfg
 from helix.common import logs
 from helix.common.channel import create_channel, tls_channel_credentials
 from helix.common.config import require, setting
-from helix.common.server import HelixServer, create_server
+from helix.common.server import HelixServer, create_server, run_server_process
 from helix.common.validation import RESOURCE_ID_PATTERN
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
@@ -115,19 +115,10 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(config.log_level)
     security = security_from_config(config)  # key files: before the event loop runs
 
-    async def serve() -> None:
-        server, _ = create_agent(config, security)
+    def ready(server: HelixServer) -> None:
+        print(f"helix generator listening on {server.address}", flush=True)
 
-        def ready(started: object) -> None:
-            print(f"helix generator listening on {server.address}", flush=True)
-
-        await server.serve(on_ready=ready)
-
-    try:
-        cfg.run_loop(serve(), config.event_loop)
-    finally:
-        logs.shutdown()
-    return 0
+    return run_server_process(config, lambda: create_agent(config, security)[0], ready)
 
 
 def add_generator_commands(
