@@ -68,8 +68,8 @@ class EchoServicer:
         if kind == "invalid":
             raise errors.InvalidArgument.from_violations(
                 [
-                    errors.FieldViolation("agent.name", "must not be empty"),
-                    errors.FieldViolation("agent.ttl", "must be within 5s..1h"),
+                    errors.FieldViolation("agent.name", "must not be empty", "required"),
+                    errors.FieldViolation("agent.ttl", "must be within 5s..1h", "range"),
                 ]
             )
         if kind == "exhausted":
@@ -86,7 +86,9 @@ class EchoServicer:
             raise errors.Unavailable("try later", retry_after=float("nan"))
         if kind == "many_violations":
             raise errors.InvalidArgument.from_violations(
-                errors.FieldViolation(f"candidates[{i}].id", "must be 32 hex characters " * 8)
+                errors.FieldViolation(
+                    f"candidates[{i}].id", "must be 32 hex characters " * 8, "pattern"
+                )
                 for i in range(2000)
             )
         if kind == "returns_dict":

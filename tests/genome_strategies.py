@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
-from helix.generator.layout import Layout, Population, normalise
+from helix.genome.layout import Layout, Population, normalise
 
 GENE_NAMES = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True)
 MAX_INTEGER = 2**53

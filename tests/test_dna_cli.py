@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
-from helix.cli import _build_parser
+from helix.cli.main import _build_parser
 from helix.common.server import ServiceBinding
 from helix.generator.cli import format_table, list_dnas
 

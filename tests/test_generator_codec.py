@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 from helix.common.errors import InvalidArgument
-from helix.generator import codec, genome_checks
-from helix.generator.layout import Layout, Population, SequenceBlock, normalise
-from helix.generator.named import from_named, to_named, to_named_rows
-from helix.generator.validation import check_dna
+from helix.genome import codec, genome_checks
+from helix.genome.layout import Layout, Population, SequenceBlock, normalise
+from helix.genome.named import from_named, to_named, to_named_rows
+from helix.genome.validation import check_dna
 
 from genome_strategies import (
     dnas,

@@ -11,22 +11,25 @@ from textwrap import dedent
 import pytest
 import yaml
 from google.protobuf import json_format
+from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import helix.v1.dna_pb2 as dna_pb2
-from helix.generator import layout
-from helix.generator.documents import (
+from helix.common.errors import FieldViolation, InvalidArgument
+from helix.common.status import to_rpc_status
+from helix.genome import layout
+from helix.genome.documents import (
     MAX_VIOLATIONS,
     DnaCheck,
     check_dna_bytes,
     check_dna_message,
     dna_name_for,
     file_stem,
+    from_dna_violation,
     parse_dna_text,
 )
-from helix.generator.validation import check_dna
-from helix.generator.violations import Violation
+from helix.genome.validation import check_dna
 
 from proto_strategies import messages
 
@@ -53,12 +56,12 @@ def found(text: str, filename: str = "dna.yaml") -> list[tuple[str, str, int]]:
     """(field_path, rule, line) of each violation, in order; every one names the file."""
     check = parse_dna_text(dedent(text), filename)
     assert all(v.file == filename for v in check.violations)
-    assert all(RULE.fullmatch(v.rule) for v in check.violations)
+    assert all(RULE.fullmatch(v.reason) for v in check.violations)
     assert check.valid == (not check.violations)
-    return [(v.field_path, v.rule, v.line) for v in check.violations]
+    return [(v.field, v.reason, v.line) for v in check.violations]
 
 
-def one(text: str, filename: str = "dna.yaml") -> Violation:
+def one(text: str, filename: str = "dna.yaml") -> FieldViolation:
     check = parse_dna_text(dedent(text), filename)
     assert len(check.violations) == 1, [str(v) for v in check.violations]
     return check.violations[0]
@@ -147,7 +150,7 @@ def test_any_dna_printed_as_proto_json_or_yaml_reads_back_the_same(
         str(v) for v in check.violations
     ]
     # What the text breaks is what check_dna finds in the message (and the file name rule).
-    assert {(v.field_path, v.rule) for v in check.violations} <= {
+    assert {(v.field, v.reason) for v in check.violations} <= {
         (v.field, v.reason) for v in check_dna(dna, "")
     } | {("name", "name_matches_file")}
 
@@ -177,14 +180,14 @@ def test_the_examples_cover_every_gene_kind_and_both_strategies() -> None:
 
 def test_a_yaml_syntax_error_names_its_line() -> None:
     violation = one("name: dnas/x\ngenes:\n  - {name: a, bits: {size: 3}\n  - oops\n")
-    assert (violation.field_path, violation.rule, violation.line) == ("", "syntax", 4)
+    assert (violation.field, violation.reason, violation.line) == ("", "syntax", 4)
     assert "expected ',' or '}'" in violation.description
     assert re.fullmatch(r"dna\.yaml:4: .*expected ',' or '}'.* \[syntax\]", str(violation))
 
 
 def test_a_json_syntax_error_names_its_line() -> None:
     violation = one('{\n  "name": "dnas/x",\n  "genes": [}\n', "x.json")
-    assert (violation.field_path, violation.rule, violation.line) == ("", "syntax", 3)
+    assert (violation.field, violation.reason, violation.line) == ("", "syntax", 3)
     assert "not valid JSON" in violation.description
     assert str(violation).startswith("x.json:3: not valid JSON")
 
@@ -200,11 +203,11 @@ def test_other_malformed_yaml_is_a_syntax_violation(text: str, line: int) -> Non
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "null\n", "---\n"])
 def test_an_empty_document_is_one_violation(text: str) -> None:
     violation = one(text, "empty.yaml")
-    assert (violation.field_path, violation.rule, violation.line) == ("", "empty", 1)
+    assert (violation.field, violation.reason, violation.line) == ("", "empty", 1)
     assert str(violation) == (
         "empty.yaml:1: the document is empty: a DNA is a mapping with at least genes [empty]"
     )
-    assert one("", "empty.json").rule == "empty"
+    assert one("", "empty.json").reason == "empty"
 
 
 @pytest.mark.parametrize(
@@ -217,7 +220,7 @@ def test_an_empty_document_is_one_violation(text: str) -> None:
 )
 def test_a_document_that_is_not_a_mapping_is_a_type_violation(text: str, got: str) -> None:
     violation = one(text)
-    assert (violation.field_path, violation.rule, violation.line) == ("", "type", 1)
+    assert (violation.field, violation.reason, violation.line) == ("", "type", 1)
     assert f"must be a mapping (a helix.v1.Dna), {got}" in violation.description
 
 
@@ -249,12 +252,12 @@ def test_an_alias_bomb_is_stopped() -> None:
     bomb = options + "g: &g {name: x, choice: {options: *o}}\n"
     bomb += "genes: [" + ", ".join(["*g"] * 600) + "]\n"
     check = parse_dna_text(bomb, "bomb.yaml")
-    assert sorted((v.field_path, v.rule) for v in check.violations) == [
+    assert sorted((v.field, v.reason) for v in check.violations) == [
         ("", "too_large"),
         ("g", "unknown_field"),
         ("o", "unknown_field"),
     ]
-    (too_large,) = (v for v in check.violations if v.rule == "too_large")
+    (too_large,) = (v for v in check.violations if v.reason == "too_large")
     assert "more than 400000 values (YAML aliases?)" in too_large.description
 
 
@@ -353,7 +356,7 @@ def test_gene_names_must_be_unique() -> None:
     text = "genes:\n  - {name: x, bits: {size: 1}}\n  - {name: y, bits: {size: 1}}\n"
     text += "  - name: x\n    bits: {size: 2}\n"
     violation = one(text)
-    assert (violation.field_path, violation.rule, violation.line) == (
+    assert (violation.field, violation.reason, violation.line) == (
         "genes[2].name",
         "unique_gene_name",
         4,
@@ -420,7 +423,7 @@ def test_too_many_genes_and_too_large_a_genome() -> None:
         f"  - {{name: g{i}, real: {{low: 0, high: 1, size: 100000}}}}\n" for i in range(2)
     )
     violation = one(huge)
-    assert (violation.field_path, violation.rule, violation.line) == (
+    assert (violation.field, violation.reason, violation.line) == (
         "genes",
         "genome_too_large",
         1,
@@ -430,7 +433,7 @@ def test_too_many_genes_and_too_large_a_genome() -> None:
 
 def test_an_alphabet_must_not_repeat_a_symbol() -> None:
     violation = one("genes:\n  - name: s\n    sequence: {alphabet: ACGTA, max_length: 4}\n")
-    assert (violation.field_path, violation.rule, violation.line) == (
+    assert (violation.field, violation.reason, violation.line) == (
         "genes[0].sequence.alphabet",
         "unique_symbol",
         3,
@@ -447,7 +450,7 @@ def test_min_length_must_not_exceed_max_length() -> None:
 def test_two_kinds_in_one_gene_break_the_oneof() -> None:
     text = "genes:\n  - name: x\n    real: {low: 0, high: 1}\n    integer: {low: 0, high: 1}\n"
     violation = one(text)
-    assert (violation.field_path, violation.rule, violation.line) == (
+    assert (violation.field, violation.reason, violation.line) == (
         "genes[0].integer",
         "oneof",
         4,
@@ -465,7 +468,7 @@ def test_two_kinds_in_one_gene_break_the_oneof() -> None:
 def test_name_must_match_the_file_name() -> None:
     text = "genes: [{name: x, bits: {size: 1}}]\nname: dnas/other\n"
     violation = one(text, "lib/sphere.yaml")
-    assert (violation.field_path, violation.rule, violation.line) == (
+    assert (violation.field, violation.reason, violation.line) == (
         "name",
         "name_matches_file",
         2,
@@ -478,7 +481,7 @@ def test_name_must_match_the_file_name() -> None:
     assert parse_dna_text(text, "").valid  # inline: no file to match
     assert parse_dna_text(text.replace("name: dnas/other\n", ""), "Any Name.yaml").valid
     bad_stem = one(text, "Other.yaml")
-    assert bad_stem.rule == "name_matches_file"
+    assert bad_stem.reason == "name_matches_file"
     assert "is not a DNA id" in bad_stem.description
     assert found("name: dnas/Bad\ngenes: [{name: x, bits: {size: 1}}]\n") == [
         ("name", "pattern", 1)  # and no name_matches_file on top
@@ -506,10 +509,10 @@ def test_file_stems_and_names(filename: str, stem: str, name: str) -> None:
 
 def test_bytes_that_are_too_many_or_not_utf8() -> None:
     too_large = check_dna_bytes(b"a" * 11, "big.yaml", max_bytes=10)
-    assert [(v.rule, v.line) for v in too_large.violations] == [("file_too_large", 0)]
+    assert [(v.reason, v.line) for v in too_large.violations] == [("file_too_large", 0)]
     assert str(too_large.violations[0]) == "big.yaml: the file is over 10 bytes [file_too_large]"
     latin = check_dna_bytes(b"genes:\n  - name: caf\xe9\n", "latin.yaml")
-    assert [(v.rule, v.line) for v in latin.violations] == [("encoding", 2)]
+    assert [(v.reason, v.line) for v in latin.violations] == [("encoding", 2)]
 
 
 def test_a_message_is_checked_with_its_unknown_fields_and_without_lines() -> None:
@@ -518,7 +521,7 @@ def test_a_message_is_checked_with_its_unknown_fields_and_without_lines() -> Non
     broken = dna_pb2.Dna.FromString(dna.SerializeToString() + b"\xf8\x06\x01")
     broken.genes[0].real.low = 10
     check = check_dna_message(broken, "inline.yaml")
-    assert [(v.field_path, v.rule, v.line) for v in check.violations] == [
+    assert [(v.field, v.reason, v.line) for v in check.violations] == [
         ("111", "unknown_field", 0),
         ("genes[0].real.low", "low_le_high", 0),
         ("name", "name_matches_file", 0),
@@ -528,7 +531,7 @@ def test_a_message_is_checked_with_its_unknown_fields_and_without_lines() -> Non
     )
 
 
-def test_violations_convert_to_protos_and_field_violations() -> None:
+def test_violations_convert_to_protos_and_request_violations() -> None:
     check: DnaCheck = parse_dna_text("genes:\n  - {name: x, real: {low: 2, high: 1}}\n", "x.yaml")
     (proto,) = check.violation_protos()
     assert (proto.file, proto.field_path, proto.rule, proto.line) == (
@@ -537,13 +540,14 @@ def test_violations_convert_to_protos_and_field_violations() -> None:
         "low_le_high",
         2,
     )
-    field = check.violations[0].to_field_violation()
-    assert (field.field, field.description, field.reason) == (
-        "genes[0].real.low",
-        "x.yaml:2: must be <= high",
-        "low_le_high",
-    )
-    inline = check_dna_message(check.dna).violations[0].to_field_violation("dna")
+    assert from_dna_violation(proto) == check.violations[0]
+    (detail,) = to_rpc_status(InvalidArgument.from_violations(check.violations)).details[1:]
+    bad = error_details_pb2.BadRequest()
+    detail.Unpack(bad)
+    assert [(v.field, v.description, v.reason) for v in bad.field_violations] == [
+        ("genes[0].real.low", "x.yaml:2: must be <= high", "low_le_high")
+    ]
+    inline = check_dna_message(check.dna).violations[0].under("dna")
     assert (inline.field, inline.description) == ("dna.genes[0].real.low", "must be <= high")
 
 

@@ -17,8 +17,8 @@ import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.generator import strategies
-from helix.generator.layout import Layout, normalise
 from helix.generator.service import chunk_records, rank_parents
+from helix.genome.layout import Layout, normalise
 
 GENES = [
     dna_pb2.Gene(name="opt", choice=dna_pb2.ChoiceGene(options=["adam", "sgd", "rmsprop"], size=2)),

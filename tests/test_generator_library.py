@@ -97,15 +97,15 @@ async def test_valid_refuses_an_invalid_dna_with_its_violations(library) -> None
     assert error.message == (
         "dnas/broken is invalid: broken.yml:2: genes[0].real.low: must be <= high [low_le_high]"
     )
-    assert [(v.field, v.description, v.reason) for v in error.violations] == [
-        ("genes[0].real.low", "broken.yml:2: must be <= high", "low_le_high")
+    assert [(v.field, v.description, v.reason, v.where) for v in error.violations] == [
+        ("genes[0].real.low", "must be <= high", "low_le_high", "broken.yml:2")
     ]
     status = to_rpc_status(error)
     assert status_code_for(error).name == "INVALID_ARGUMENT"
     bad_request = error_details_pb2.BadRequest()
     assert any(detail.Unpack(bad_request) for detail in status.details)
-    assert [(v.field, v.reason) for v in bad_request.field_violations] == [
-        ("genes[0].real.low", "low_le_high")
+    assert [(v.field, v.description, v.reason) for v in bad_request.field_violations] == [
+        ("genes[0].real.low", "broken.yml:2: must be <= high", "low_le_high")
     ]
 
 
@@ -333,10 +333,7 @@ def test_an_inline_dna_error_puts_the_fields_under_a_prefix() -> None:
         field_path="genes[0].real.low", rule="low_le_high", description="must be <= high"
     )
     error = library_module.invalid_dna_error("", "", [violation], field_prefix="dna")
-    assert (
-        error.message
-        == "the DNA is invalid: <dna>: genes[0].real.low: must be <= high [low_le_high]"
-    )
+    assert error.message == "the DNA is invalid: genes[0].real.low: must be <= high [low_le_high]"
     assert [(v.field, v.description, v.reason) for v in error.violations] == [
         ("dna.genes[0].real.low", "must be <= high", "low_le_high")
     ]

@@ -17,7 +17,7 @@ import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
 from helix.generator import operators as ops
 from helix.generator import strategies
-from helix.generator.layout import Layout, Population, SequenceBlock, normalise
+from helix.genome.layout import Layout, Population, SequenceBlock, normalise
 
 PROPERTY = settings(
     max_examples=40,

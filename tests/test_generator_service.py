@@ -20,7 +20,7 @@ import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
-from helix.generator.codec import genome_id
+from helix.genome.codec import genome_id
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.presence import AgentPresence
 from helix.common.config import Duration
-from helix.registry.presence import AgentPresence
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 

@@ -15,8 +15,8 @@ import pytest
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
-from helix.client_cli import local_signer
-from helix.registry.client import AgentRegistration
+from helix.agents import AgentRegistration
+from helix.cli.client import local_signer
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 

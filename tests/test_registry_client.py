@@ -27,16 +27,16 @@ import pytest
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
-from helix.common import errors
-from helix.common.channel import create_channel
-from helix.common.config import Duration
-from helix.common.status import to_grpc_status, to_rpc_status
-from helix.registry.client import (
+from helix.agents import (
     AgentChange,
     AgentInformer,
     AgentRegistration,
     ChangesOverflow,
 )
+from helix.common import errors
+from helix.common.channel import create_channel
+from helix.common.config import Duration
+from helix.common.status import to_grpc_status, to_rpc_status
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 

@@ -23,11 +23,14 @@ import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.registry_pb2 as registry_pb2
+from helix.common import pages
 from helix.common import validation as common
 from helix.common.errors import FieldViolation
 from helix.generator import validation as generator
+from helix.genome import validation as genome_validation
 from helix.oracle import validation as oracle
 from helix.orchestrator import validation as orchestrator
+from helix.registry import labels
 from helix.registry import validation as registry
 
 Check = Callable[[Any], list[FieldViolation]]
@@ -261,8 +264,8 @@ def test_a_valid_request_has_no_violations(rpc: str) -> None:
 
 
 def test_the_valid_dna_example_of_dna_proto_passes() -> None:
-    assert generator.check_dna(make_dna(), "dna") == []
-    assert generator.check_dna(make_dna(name="", strategy={"random": {}}), "") == []
+    assert genome_validation.check_dna(make_dna(), "dna") == []
+    assert genome_validation.check_dna(make_dna(name="", strategy={"random": {}}), "") == []
 
 
 def test_a_later_verify_stream_batch_is_valid() -> None:
@@ -750,7 +753,7 @@ def test_check_dna_reports_every_structural_violation() -> None:
     )
     alpha = "dna.strategy.alpha"
     assert_violations(
-        generator.check_dna(dna, "dna"),
+        genome_validation.check_dna(dna, "dna"),
         {
             "dna.name": 'resource name "dnas/{id}"',
             "dna.description": "at most 4096 characters",
@@ -791,15 +794,15 @@ def test_check_dna_reports_every_structural_violation() -> None:
 def test_check_dna_caps_gene_count_and_genome_budget() -> None:
     genes = [{"name": f"g{i}", "real": {"low": 0, "high": 1, "size": 100_000}} for i in range(257)]
     assert_violations(
-        generator.check_dna(make_dna(genes=genes, strategy=None), ""),
+        genome_validation.check_dna(make_dna(genes=genes, strategy=None), ""),
         {"genes": ("must have at most 256 entries", "worst-case genome size")},
     )
     two = [{"name": f"g{i}", "real": {"low": 0, "high": 1, "size": 65_536}} for i in range(2)]
     dna = make_dna(genes=two)
-    assert generator.genome_budget(dna) == 8 * 2 * 65_536
-    assert generator.check_dna(dna, "") == []
+    assert genome_validation.genome_budget(dna) == 8 * 2 * 65_536
+    assert genome_validation.check_dna(dna, "") == []
     dna.genes.add(name="b", bits=dna_pb2.BitsGene(size=1))
-    assert_violations(generator.check_dna(dna, ""), {"genes": "at most 1048576 bytes"})
+    assert_violations(genome_validation.check_dna(dna, ""), {"genes": "at most 1048576 bytes"})
 
 
 def test_check_genome_reports_structural_problems() -> None:
@@ -812,7 +815,7 @@ def test_check_genome_reports_structural_problems() -> None:
         sequences=b"\x00\x01",
     )
     assert_violations(
-        generator.check_genome(genome, "genome"),
+        genome_validation.check_genome(genome, "genome"),
         {
             "genome.reals[1]": ("must be finite", "2 values break this rule"),
             "genome.integers[1]": "must be within -9007199254740992..9007199254740992",
@@ -823,9 +826,11 @@ def test_check_genome_reports_structural_problems() -> None:
         },
     )
     huge = candidate_pb2.Genome(reals=[0.0] * (131_072 + 1))
-    assert_violations(generator.check_genome(huge, "g"), {"g": "at most 1048576 bytes (1 MiB)"})
-    assert generator.check_genome(candidate_pb2.Genome(reals=[0.0] * 131_072), "g") == []
-    assert generator.check_candidate(candidate(), "c") == []
+    assert_violations(
+        genome_validation.check_genome(huge, "g"), {"g": "at most 1048576 bytes (1 MiB)"}
+    )
+    assert genome_validation.check_genome(candidate_pb2.Genome(reals=[0.0] * 131_072), "g") == []
+    assert genome_validation.check_candidate(candidate(), "c") == []
 
 
 # --- primitives ---------------------------------------------------------------------------
@@ -870,9 +875,9 @@ def test_check_repeated_len_page_and_numbers() -> None:
         {"list.page_size": "must not be negative", "list.page_token": "at most 1024"},
     )
     assert common.check_page(10**9, "") == []
-    assert common.effective_page_size(0) == 100
-    assert common.effective_page_size(7) == 7
-    assert common.effective_page_size(5000) == 1000
+    assert pages.page_size(0) == 100
+    assert pages.page_size(7) == 7
+    assert pages.page_size(5000) == 1000
     for value in (math.nan, math.inf, -math.inf):
         assert_violations(common.check_finite(value, "x"), {"x": "must be finite"})
     assert common.check_finite(-0.0, "x") == []
@@ -917,7 +922,7 @@ def test_check_labels_follow_kubernetes_rules() -> None:
         "example.com/name": "x" * 63,
         "a" * 253 + "/" + "n" * 63: "0",
     }
-    assert common.check_labels(good, "labels") == []
+    assert labels.check_labels(good, "labels") == []
     bad = {
         "/name": "",
         "Example.com/name": "",
@@ -928,31 +933,31 @@ def test_check_labels_follow_kubernetes_rules() -> None:
         "ok2": "v" * 64,
         "é": "",
     }
-    found = common.check_labels(bad, "agent.labels")
+    found = labels.check_labels(bad, "agent.labels")
     assert {v.field for v in found} == {f"agent.labels[{common.show(k)}]" for k in bad}
     long_key = "k" * 500
-    (violation,) = common.check_labels({long_key: ""}, "labels")
+    (violation,) = labels.check_labels({long_key: ""}, "labels")
     assert len(violation.field) < 100
     assert violation.field.endswith('…"]')
 
 
 def test_label_selectors_parse_and_match() -> None:
-    requirements, problems = common.parse_label_selector(" team = search , tier!=dev,gpu, !old")
+    requirements, problems = labels.parse_label_selector(" team = search , tier!=dev,gpu, !old")
     assert problems == []
     assert requirements == [
-        common.LabelRequirement("team", "=", "search"),
-        common.LabelRequirement("tier", "!=", "dev"),
-        common.LabelRequirement("gpu", "exists"),
-        common.LabelRequirement("old", "!exists"),
+        labels.LabelRequirement("team", "=", "search"),
+        labels.LabelRequirement("tier", "!=", "dev"),
+        labels.LabelRequirement("gpu", "exists"),
+        labels.LabelRequirement("old", "!exists"),
     ]
-    labels = {"team": "search", "gpu": ""}
-    assert all(r.matches(labels) for r in requirements)
-    assert not common.LabelRequirement("tier", "!=", "dev").matches({"tier": "dev"})
-    assert common.parse_label_selector("") == ([], [])
-    assert common.check_label_selector("a==b", "s") == []
-    assert_violations(common.check_label_selector("a=b,", "s"), {"s": "empty requirement"})
+    agent_labels = {"team": "search", "gpu": ""}
+    assert all(r.matches(agent_labels) for r in requirements)
+    assert not labels.LabelRequirement("tier", "!=", "dev").matches({"tier": "dev"})
+    assert labels.parse_label_selector("") == ([], [])
+    assert labels.check_label_selector("a==b", "s") == []
+    assert_violations(labels.check_label_selector("a=b,", "s"), {"s": "empty requirement"})
     assert_violations(
-        common.check_label_selector("a=b=c", "s"), {"s": "value must be empty or match"}
+        labels.check_label_selector("a=b=c", "s"), {"s": "value must be empty or match"}
     )
 
 

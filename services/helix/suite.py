@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.presence import AgentPresence
 from helix.common.channel import create_channel
 from helix.common.config import default_data_dir, require, setting
 from helix.common.server import HelixServer, ServiceBinding, create_server
@@ -19,7 +20,6 @@ from helix.oracle import validation as oracle_checks
 from helix.orchestrator import validation as orchestrator_checks
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
-from helix.registry.presence import AgentPresence
 from helix.registry.service import registry_binding
 from helix.registry.sqlite_store import SqliteRegistryStore
 from helix.security.client import MintingTokenSource, bearer_interceptors

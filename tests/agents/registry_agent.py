@@ -15,8 +15,8 @@ import signal
 from collections.abc import Callable
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.agents import AgentRegistration
 from helix.common.channel import create_channel
-from helix.registry.client import AgentRegistration
 from helix.security.client import StaticTokenSource, bearer_interceptors
 
 

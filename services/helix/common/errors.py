@@ -10,20 +10,50 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """One problem with one field of a request: `field` is a path such as `agent.labels`.
+    """One broken rule of one field of a request or document — the one violation type of
+    every Helix service, file and command.
 
-    `reason` is an optional stable rule code in lower_snake_case ("required", "range",
-    "pattern", …), sent as `google.rpc.BadRequest.FieldViolation.reason`.
+    `field` is a path in proto field names (`agent.labels["team"]`, `genes[2].real.low`;
+    empty for the document as a whole); `reason` a stable rule code from
+    `helix.common.rules`, sent as `google.rpc.BadRequest.FieldViolation.reason` and as
+    `DnaViolation.rule`; `file` and `line` say where a document broke the rule (empty and 0
+    for a request). `str()` is "file:line: field: description [reason]" (the parts that are
+    set).
     """
 
     field: str
     description: str
-    reason: str = ""
+    reason: str
+    file: str = ""
+    line: int = 0
+
+    def __str__(self) -> str:
+        where = f"{self.where}: " if self.where else ""
+        return f"{where}{self.subject}{self.description} [{self.reason}]"
+
+    @property
+    def where(self) -> str:
+        """ "file:line", "file" or "" (a request field)."""
+        if self.file and self.line:
+            return f"{self.file}:{self.line}"
+        return self.file
+
+    @property
+    def subject(self) -> str:
+        return f"{self.field}: " if self.field else ""
+
+    def under(self, prefix: str) -> FieldViolation:
+        """The same violation with its field path under `prefix` (an inline document:
+        `genes[0]` under `dna` is `dna.genes[0]`)."""
+        if not prefix:
+            return self
+        field = f"{prefix}.{self.field}" if self.field else prefix
+        return replace(self, field=field)
 
 
 def _finite_delay(seconds: float | None) -> float | None:
@@ -40,7 +70,7 @@ class HelixError(Exception):
     `metadata` adds machine-readable context (string keys and values only).
     """
 
-    default_reason = "ERROR"
+    default_reason = "INTERNAL"
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from helix.common import errors, logs
+from helix.common import errors, logs, reasons, rules
 from helix.common.metrics import MethodStats, RpcMetrics
 from helix.common.status import internal_status, status_code_for, to_grpc_status, to_rpc_status
 
@@ -181,7 +181,7 @@ class ConcurrencyLimitStage(Stage):
             raise errors.ResourceExhausted(
                 f"the server is at its limit of {self.limit} concurrent calls",
                 retry_after=self._retry_after,
-                reason="TOO_MANY_CONCURRENT_CALLS",
+                reason=reasons.TOO_MANY_CONCURRENT_CALLS,
                 metadata={"limit": str(self.limit)},
             )
         self.in_flight += 1
@@ -278,8 +278,14 @@ def _reject_undecodable(request: Any) -> None:
     if isinstance(request, _Undecodable):
         raise errors.InvalidArgument(
             "the request message could not be decoded as the method's request type",
-            [errors.FieldViolation("<request>", f"not a valid protobuf message ({request.error})")],
-            reason="UNDECODABLE_REQUEST",
+            [
+                errors.FieldViolation(
+                    "<request>",
+                    f"not a valid protobuf message ({request.error})",
+                    rules.UNDECODABLE,
+                )
+            ],
+            reason=reasons.UNDECODABLE_REQUEST,
         )
 
 

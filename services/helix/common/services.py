@@ -20,7 +20,7 @@ import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common import errors
+from helix.common import errors, reasons
 from helix.common.server import ServiceBinding
 
 REGISTRY = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
@@ -56,7 +56,9 @@ def _method_handler(
     text = f"{path} is not implemented yet in this server ({reason})"
 
     def fail() -> errors.Unimplemented:
-        return errors.Unimplemented(text, reason="NOT_IMPLEMENTED_YET", metadata={"method": path})
+        return errors.Unimplemented(
+            text, reason=reasons.NOT_IMPLEMENTED_YET, metadata={"method": path}
+        )
 
     async def first_request(request: Any) -> Any:
         if not method.client_streaming:

@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from helix.common import errors
+from helix.common import errors, reasons
 
 DOMAIN = "helix"
 # Trailers must fit gRPC's metadata limits (clients may refuse over 8 KiB, and the status
@@ -76,7 +76,8 @@ def to_rpc_status(error: errors.HelixError) -> status_pb2.Status:
     budget = VIOLATIONS_BUDGET_BYTES
     for violation in violations[:MAX_VIOLATIONS]:
         field = _clip(violation.field, MAX_DESCRIPTION_CHARS)
-        description = _clip(violation.description, MAX_DESCRIPTION_CHARS)
+        where = f"{violation.where}: " if violation.where else ""
+        description = _clip(where + violation.description, MAX_DESCRIPTION_CHARS)
         reason = _clip(violation.reason, 64)
         budget -= len(field.encode()) + len(description.encode()) + len(reason.encode()) + 10
         if budget < 0 and bad.field_violations:
@@ -102,7 +103,7 @@ def to_rpc_status(error: errors.HelixError) -> status_pb2.Status:
 def internal_status(message: str) -> status_pb2.Status:
     """The status sent for an unexpected exception: generic text, never a traceback."""
     status = status_pb2.Status(code=code_pb2.INTERNAL, message=message)
-    status.details.add().Pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reasons.INTERNAL, domain=DOMAIN))
     return status
 
 

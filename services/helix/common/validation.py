@@ -18,8 +18,7 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Collection, Mapping, Sized
-from dataclasses import dataclass
+from collections.abc import Collection, Sized
 from typing import Any
 
 from google.protobuf import descriptor
@@ -27,6 +26,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
+from helix.common import rules
 from helix.common.errors import FieldViolation
 
 try:  # protobuf >= 4.21 exposes unknown fields through this module only.
@@ -38,18 +38,10 @@ Violations = list[FieldViolation]
 
 RESOURCE_ID_PATTERN = "[a-z][a-z0-9-]{0,62}"
 REQUEST_ID_PATTERN = "[A-Za-z0-9_-]+"
-LABEL_NAME_PATTERN = "[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
-DNS_SUBDOMAIN_PATTERN = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 
 MAX_REQUEST_ID_LEN = 64
 MAX_PAGE_TOKEN_LEN = 1024
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 MAX_ETAG_LEN = 64
-MAX_LABELS = 64
-MAX_LABEL_NAME_LEN = 63
-MAX_LABEL_PREFIX_LEN = 253
-MAX_LABEL_SELECTOR_LEN = 1024
 MAX_ENDPOINT_LEN = 259
 
 # google.protobuf.Duration's own range: about +-10000 years.
@@ -123,11 +115,11 @@ def check_string(
 ) -> Violations:
     """A string field: non-empty if required, at most `max_len` code points, `pattern`."""
     if not value:
-        return [FieldViolation(path, "must not be empty")] if required else []
+        return [FieldViolation(path, "must not be empty", rules.REQUIRED)] if required else []
     if len(value) > max_len:
-        return [FieldViolation(path, f"must be at most {max_len} characters")]
+        return [FieldViolation(path, f"must be at most {max_len} characters", rules.TOO_LONG)]
     if pattern is not None and not matches(pattern, value):
-        return [FieldViolation(path, f"must match {pattern}")]
+        return [FieldViolation(path, f"must match {pattern}", rules.PATTERN)]
     return []
 
 
@@ -141,7 +133,7 @@ def check_resource_name(
 ) -> Violations:
     """A resource name `{collection}/{id}`, id matching `[a-z][a-z0-9-]{0,62}`."""
     if not value:
-        return [FieldViolation(path, "must not be empty")] if required else []
+        return [FieldViolation(path, "must not be empty", rules.REQUIRED)] if required else []
     prefix = collection + "/"
     resource_id = value[len(prefix) :]
     well_formed = value.startswith(prefix) and len(resource_id) <= 63
@@ -151,6 +143,7 @@ def check_resource_name(
         FieldViolation(
             path,
             f'must be a resource name "{prefix}{{id}}" with id matching {RESOURCE_ID_PATTERN}',
+            rules.PATTERN,
         )
     ]
 
@@ -172,7 +165,7 @@ def check_etag(value: str, path: str) -> Violations:
 
 def check_finite(value: float, path: str) -> Violations:
     """A double that must be neither NaN nor an infinity."""
-    return [] if math.isfinite(value) else [FieldViolation(path, "must be finite")]
+    return [] if math.isfinite(value) else [FieldViolation(path, "must be finite", rules.FINITE)]
 
 
 def check_range(
@@ -191,14 +184,16 @@ def check_range(
     lo, hi = format_number(low), format_number(high)
     if low is not None and high is not None:
         if low_exclusive:
-            return [FieldViolation(path, f"must be greater than {lo} and at most {hi}")]
-        return [FieldViolation(path, f"must be within {lo}..{hi}")]
+            return [
+                FieldViolation(path, f"must be greater than {lo} and at most {hi}", rules.RANGE)
+            ]
+        return [FieldViolation(path, f"must be within {lo}..{hi}", rules.RANGE)]
     if low is not None:
         if low == 0 and not low_exclusive:
-            return [FieldViolation(path, "must not be negative")]
+            return [FieldViolation(path, "must not be negative", rules.RANGE)]
         word = "greater than" if low_exclusive else "at least"
-        return [FieldViolation(path, f"must be {word} {lo}")]
-    return [FieldViolation(path, f"must be at most {hi}")]
+        return [FieldViolation(path, f"must be {word} {lo}", rules.RANGE)]
+    return [FieldViolation(path, f"must be at most {hi}", rules.RANGE)]
 
 
 def format_number(value: float | None) -> str:
@@ -221,9 +216,9 @@ def check_enum(
     known = enum_type.values_by_number
     if value not in known:
         names = ", ".join(v.name for v in enum_type.values if v.number != 0 or not required)
-        return [FieldViolation(path, f"must be one of {names} (got {value})")]
+        return [FieldViolation(path, f"must be one of {names} (got {value})", rules.ENUM)]
     if required and value == 0:
-        return [FieldViolation(path, f"must be set (not {known[0].name})")]
+        return [FieldViolation(path, f"must be set (not {known[0].name})", rules.REQUIRED)]
     return []
 
 
@@ -235,10 +230,14 @@ def check_repeated_len(values: Sized, path: str, max_len: int, min_len: int = 0)
     count = len(values)
     if count < min_len:
         if min_len == 1:
-            return [FieldViolation(path, "must not be empty")]
-        return [FieldViolation(path, f"must have at least {min_len} entries")]
+            return [FieldViolation(path, "must not be empty", rules.REQUIRED)]
+        return [FieldViolation(path, f"must have at least {min_len} entries", rules.TOO_FEW)]
     if count > max_len:
-        return [FieldViolation(path, f"must have at most {max_len} entries (got {count})")]
+        return [
+            FieldViolation(
+                path, f"must have at most {max_len} entries (got {count})", rules.TOO_MANY
+            )
+        ]
     return []
 
 
@@ -246,24 +245,15 @@ def check_page(page_size: int, page_token: str, path_prefix: str = "") -> Violat
     """AIP-158 paging: page_size not negative, page_token at most 1024 characters.
 
     A page_size above the maximum is not an error: the server coerces it (see
-    `effective_page_size`).
+    `helix.common.pages.page_size`).
     """
     found: Violations = []
     if page_size < 0:
-        found.append(FieldViolation(path_prefix + "page_size", "must not be negative"))
+        found.append(FieldViolation(path_prefix + "page_size", "must not be negative", rules.RANGE))
     found += check_string(
         page_token, path_prefix + "page_token", required=False, max_len=MAX_PAGE_TOKEN_LEN
     )
     return found
-
-
-def effective_page_size(
-    page_size: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
-) -> int:
-    """The page size a server serves: 0 means `default`, above `maximum` means `maximum`."""
-    if page_size <= 0:
-        return default
-    return min(page_size, maximum)
 
 
 # --- durations ----------------------------------------------------------------------------
@@ -290,6 +280,7 @@ def check_duration(
             FieldViolation(
                 path,
                 "must be a valid duration (|seconds| <= 315576000000, |nanos| < 1e9, same sign)",
+                rules.DURATION,
             )
         ]
     total = d.seconds * _NANOS + d.nanos
@@ -302,134 +293,25 @@ def check_duration(
     if min_s is not None and max_s is not None:
         if min_exclusive:
             text = f"must be greater than {format_seconds(min_s)} and at most "
-            return [FieldViolation(path, text + format_seconds(max_s))]
+            return [FieldViolation(path, text + format_seconds(max_s), rules.RANGE)]
         return [
-            FieldViolation(path, f"must be within {format_seconds(min_s)}..{format_seconds(max_s)}")
+            FieldViolation(
+                path,
+                f"must be within {format_seconds(min_s)}..{format_seconds(max_s)}",
+                rules.RANGE,
+            )
         ]
     if min_s is not None:
         if min_s == 0 and not min_exclusive:
-            return [FieldViolation(path, "must not be negative")]
+            return [FieldViolation(path, "must not be negative", rules.RANGE)]
         word = "greater than" if min_exclusive else "at least"
-        return [FieldViolation(path, f"must be {word} {format_seconds(min_s)}")]
-    return [FieldViolation(path, f"must be at most {format_seconds(max_s or 0)}")]
+        return [FieldViolation(path, f"must be {word} {format_seconds(min_s)}", rules.RANGE)]
+    return [FieldViolation(path, f"must be at most {format_seconds(max_s or 0)}", rules.RANGE)]
 
 
 def duration_seconds(d: Duration) -> float:
     """A Duration as float seconds."""
     return d.seconds + d.nanos / _NANOS
-
-
-# --- labels and label selectors -----------------------------------------------------------
-
-
-def _label_key_problem(label_key: str) -> str | None:
-    """Why `label_key` is not a Kubernetes-style label key, or None if it is one."""
-    prefix, slash, name = label_key.rpartition("/")
-    if slash:
-        if not prefix or len(prefix) > MAX_LABEL_PREFIX_LEN or "/" in prefix:
-            return (
-                f"key prefix must be a DNS subdomain of at most {MAX_LABEL_PREFIX_LEN} "
-                "characters, followed by one /"
-            )
-        if not matches(DNS_SUBDOMAIN_PATTERN, prefix):
-            return f"key prefix must match {DNS_SUBDOMAIN_PATTERN}"
-    if not name:
-        return "key name must not be empty"
-    if len(name) > MAX_LABEL_NAME_LEN:
-        return f"key name must be at most {MAX_LABEL_NAME_LEN} characters"
-    if not matches(LABEL_NAME_PATTERN, name):
-        return f"key name must match {LABEL_NAME_PATTERN}"
-    return None
-
-
-def _label_value_problem(value: str) -> str | None:
-    """Why `value` is not a label value, or None if it is one (empty is fine)."""
-    if len(value) > MAX_LABEL_NAME_LEN:
-        return f"value must be at most {MAX_LABEL_NAME_LEN} characters"
-    if value and not matches(LABEL_NAME_PATTERN, value):
-        return f"value must be empty or match {LABEL_NAME_PATTERN}"
-    return None
-
-
-def check_labels(labels: Mapping[str, str], path: str, max_entries: int = MAX_LABELS) -> Violations:
-    """Kubernetes-style labels: at most `max_entries`, valid keys and values.
-
-    Over the cap, only the first `max_entries` keys (in sorted order) are inspected.
-    """
-    found = check_repeated_len(labels, path, max_entries)
-    for label_key in sorted(labels)[:max_entries]:
-        for problem in (_label_key_problem(label_key), _label_value_problem(labels[label_key])):
-            if problem is not None:
-                found.append(FieldViolation(key(path, label_key), problem))
-    return found
-
-
-@dataclass(frozen=True, slots=True)
-class LabelRequirement:
-    """One requirement of an equality-based label selector.
-
-    `op` is one of "=", "!=", "exists", "!exists"; `value` is empty for the last two.
-    """
-
-    key: str
-    op: str
-    value: str = ""
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether a label map satisfies this requirement."""
-        if self.op == "exists":
-            return self.key in labels
-        if self.op == "!exists":
-            return self.key not in labels
-        if self.op == "=":
-            return labels.get(self.key) == self.value
-        return labels.get(self.key) != self.value
-
-
-def _parse_requirement(text: str) -> LabelRequirement | str:
-    """One requirement, or a description of what is wrong with it."""
-    token = text.strip()
-    if not token:
-        return "has an empty requirement (stray comma?)"
-    for op, name in (("!=", "!="), ("==", "="), ("=", "=")):
-        if op in token:
-            left, _, right = token.partition(op)
-            requirement = LabelRequirement(left.strip(), name, right.strip())
-            break
-    else:
-        if token.startswith("!"):
-            requirement = LabelRequirement(token[1:].strip(), "!exists")
-        else:
-            requirement = LabelRequirement(token, "exists")
-    problem = _label_key_problem(requirement.key) or _label_value_problem(requirement.value)
-    if problem is not None:
-        return f"requirement {show(token)}: {problem}"
-    return requirement
-
-
-def parse_label_selector(selector: str) -> tuple[list[LabelRequirement], list[str]]:
-    """Parse `k=v,k==v,k!=v,k,!k` into requirements plus a description of each bad one."""
-    requirements: list[LabelRequirement] = []
-    problems: list[str] = []
-    if not selector.strip():
-        return requirements, problems
-    for part in selector.split(","):
-        parsed = _parse_requirement(part)
-        if isinstance(parsed, str):
-            problems.append(parsed)
-        else:
-            requirements.append(parsed)
-    return requirements, problems
-
-
-def check_label_selector(
-    selector: str, path: str, max_len: int = MAX_LABEL_SELECTOR_LEN
-) -> Violations:
-    """An equality-based Kubernetes label selector of at most `max_len` characters."""
-    if len(selector) > max_len:
-        return [FieldViolation(path, f"must be at most {max_len} characters")]
-    _, problems = parse_label_selector(selector)
-    return [FieldViolation(path, problem) for problem in problems]
 
 
 # --- endpoints ----------------------------------------------------------------------------
@@ -463,18 +345,18 @@ def check_endpoint(
 ) -> Violations:
     """A gRPC endpoint "host:port": DNS name, IPv4 or [IPv6] host; port 1 to 65535."""
     if not value:
-        return [FieldViolation(path, "must not be empty")] if required else []
+        return [FieldViolation(path, "must not be empty", rules.REQUIRED)] if required else []
     if len(value) > max_len:
-        return [FieldViolation(path, f"must be at most {max_len} characters")]
+        return [FieldViolation(path, f"must be at most {max_len} characters", rules.TOO_LONG)]
     host, colon, port = value.rpartition(":")
     if not colon or not host:
-        return [FieldViolation(path, 'must be "host:port"')]
+        return [FieldViolation(path, 'must be "host:port"', rules.ENDPOINT)]
     found: Violations = []
     problem = _host_problem(host)
     if problem is not None:
-        found.append(FieldViolation(path, problem))
+        found.append(FieldViolation(path, problem, rules.ENDPOINT))
     if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
-        found.append(FieldViolation(path, "port must be a number within 1..65535"))
+        found.append(FieldViolation(path, "port must be a number within 1..65535", rules.ENDPOINT))
     return found
 
 
@@ -486,11 +368,15 @@ def check_field_mask(
 ) -> Violations:
     """An update mask naming only `allowed_paths` (or "*" for all of them)."""
     if not mask.paths:
-        return [FieldViolation(join(path, "paths"), "must not be empty")] if required else []
+        if not required:
+            return []
+        return [FieldViolation(join(path, "paths"), "must not be empty", rules.REQUIRED)]
     allowed = ", ".join(sorted(allowed_paths))
     return [
         FieldViolation(
-            index(join(path, "paths"), i), f"{show(p)} cannot be updated; allowed: {allowed}, *"
+            index(join(path, "paths"), i),
+            f"{show(p)} cannot be updated; allowed: {allowed}, *",
+            rules.FIELD_MASK,
         )
         for i, p in enumerate(mask.paths)
         if p != "*" and p not in allowed_paths
@@ -534,6 +420,7 @@ def _walk_unknown(
             FieldViolation(
                 join(path, str(number)),
                 f"is an unknown field (number {number}) of {schema}: not in this server's schema",
+                rules.UNKNOWN_FIELD,
             )
         )
     for field, value in message.ListFields():

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.presence import AgentPresence
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.channel import create_channel, tls_channel_credentials
@@ -28,7 +29,6 @@ from helix.common.validation import RESOURCE_ID_PATTERN
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
 from helix.generator.service import generator_binding
-from helix.registry.presence import AgentPresence
 from helix.security.client import bearer_interceptors, service_token_source
 from helix.security.setup import Security, security_from_config
 

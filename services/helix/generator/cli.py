@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -22,15 +23,15 @@ from google.protobuf import json_format
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
-from helix.client_cli import _describe_error, add_client_arguments, open_channel
-from helix.generator.documents import (
+from helix.cli.client import add_client_arguments, describe_error, open_channel
+from helix.genome.documents import (
     DNA_EXTENSIONS,
     MAX_DOCUMENT_BYTES,
     DnaCheck,
     check_dna_bytes,
     dna_name_for,
+    from_dna_violation,
 )
-from helix.generator.violations import Violation
 from helix.security.scopes import DNA_READ
 
 PAGE_SIZE = 1000
@@ -148,7 +149,7 @@ def format_table(documents: Sequence[generator_pb2.DnaDocument]) -> str:
         for row in rows
     ]
     problems = [
-        str(Violation(v.file or doc.source, v.field_path, v.rule, v.description, v.line))
+        str(replace(from_dna_violation(v), file=v.file or doc.source))
         for doc in documents
         for v in doc.violations
     ]
@@ -171,7 +172,7 @@ async def list_dnas(args: argparse.Namespace) -> int:
                     break
                 request.page_token = page.next_page_token
         except grpc.aio.AioRpcError as error:
-            print(_describe_error(error), file=sys.stderr)
+            print(describe_error(error), file=sys.stderr)
             return 1
     if args.json:
         for doc in documents:

@@ -32,24 +32,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
-from helix.common import errors
-from helix.generator.documents import (
+from helix.common import errors, reasons
+from helix.common.errors import FieldViolation
+from helix.common.rules import DUPLICATE_NAME, FILE_TOO_LARGE, UNREADABLE
+from helix.genome.documents import (
     DNA_EXTENSIONS,
     DnaCheck,
     check_dna_bytes,
     dna_name_for,
+    dna_violation,
     file_problem,
+    from_dna_violation,
     is_dna_id,
 )
-from helix.generator.violations import FILE_TOO_LARGE, Violation
 
 DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_MAX_FILE_BYTES = 1 << 20
 DEFAULT_MAX_PARALLEL_READS = 8
-
-# Rule codes of the library (the document's own rules are in helix.generator.documents).
-DUPLICATE_NAME = "duplicate_name"
-UNREADABLE = "unreadable"
 
 _NAME_PREFIX = "dnas/"
 
@@ -59,7 +58,7 @@ Stamp = tuple[int, int, int]  # (size, mtime_ns, inode): a cached read is valid 
 class DnaInvalid(errors.InvalidArgument):
     """A DNA of the library (or inline) is invalid: one violation per broken rule."""
 
-    default_reason = "DNA_INVALID"
+    default_reason = reasons.DNA_INVALID
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +302,9 @@ def _duplicate(name: str, files: Sequence[_File]) -> _Entry:
         name=name,
         source=files[0].source,
         update_time=_timestamp(max(file.mtime_ns for file in files)),
-        violations=[Violation(file.source, "", DUPLICATE_NAME, text).to_proto() for file in files],
+        violations=[
+            dna_violation(FieldViolation("", text, DUPLICATE_NAME, file.source)) for file in files
+        ],
     )
     return _Entry(files[0].stamp, document, None)
 
@@ -320,11 +321,11 @@ def invalid_dna_error(
     `name` is the library DNA's name ("" for an inline one); each violation's field path is
     put under `field_prefix` (e.g. "dna" for GenerateRequest.dna).
     """
-    found = [Violation(v.file, v.field_path, v.rule, v.description, v.line) for v in violations]
+    found = [from_dna_violation(v) for v in violations]
     first = str(found[0]) if found else "invalid"
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     return DnaInvalid(
         f"{name or 'the DNA'} is invalid: {first}{more}",
-        [v.to_field_violation(field_prefix) for v in found],
+        [v.under(field_prefix) for v in found],
         metadata={"name": name, "source": source} if name else {"source": source},
     )

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 import helix.v1.dna_pb2 as dna_pb2
-from helix.generator.layout import (
+from helix.genome.layout import (
     BoolArray,
     ByteArray,
     FloatArray,

@@ -10,9 +10,7 @@ loop only moves finished messages; a cancelled stream stops after the chunk in p
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
-import json
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
@@ -27,46 +25,22 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
-from helix.common import errors
+from helix.agents.presence import AgentPresence
+from helix.common import errors, pages, reasons, rules
 from helix.common.server import ServiceBinding
 from helix.common.services import validate
-from helix.generator import codec, genome_checks, strategies
+from helix.generator import strategies
 from helix.generator import validation as checks
-from helix.generator.documents import check_dna_message, parse_dna_text
-from helix.generator.layout import Layout, Population
 from helix.generator.library import DnaLibrary, invalid_dna_error
-from helix.registry.presence import AgentPresence
+from helix.genome import codec, genome_checks
+from helix.genome.documents import check_dna_message, parse_dna_text
+from helix.genome.layout import Layout, Population
 
 DEFAULT_BATCH_SIZE = 256
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 STRATEGIES = ("alpha", "random")
 # Room for a response's own fields around its candidates, under the message limit.
 _RESPONSE_OVERHEAD = 64
-
-
-# --- pages --------------------------------------------------------------------------------
-
-
-def _page_token(after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
-
-
-def _after(token: str) -> str:
-    """The name a ListDnas page token continues after; INVALID_ARGUMENT if it is not ours."""
-    if not token:
-        return ""
-    try:
-        value = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        after = value["after"]
-        if isinstance(after, str) and after:
-            return after
-    except (ValueError, TypeError, KeyError, UnicodeError):
-        pass
-    raise errors.InvalidArgument(
-        "page_token is not a token this service issued",
-        [errors.FieldViolation("page_token", "must be a next_page_token from ListDnas")],
-        reason="INVALID_PAGE_TOKEN",
-    )
 
 
 # --- Generate -----------------------------------------------------------------------------
@@ -107,10 +81,11 @@ def _check_ids(ids: list[str], own: list[str], claimed: list[str]) -> None:
         for name, value in (("candidate.id", candidate_id), ("verdict.candidate_id", verdict_id)):
             if value and value != real:
                 text = f"must be the genome's content hash {real} (or empty), got {value}"
-                wrong.append(errors.FieldViolation(f"parents[{i}].{name}", text))
+                path = f"parents[{i}].{name}"
+                wrong.append(errors.FieldViolation(path, text, rules.WRONG_ID))
     if wrong:
         raise errors.InvalidArgument(
-            "a parent's id is not its genome's content hash", wrong[:100], reason="WRONG_ID"
+            "a parent's id is not its genome's content hash", wrong[:100], reason=reasons.WRONG_ID
         )
 
 
@@ -272,8 +247,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         self, request: generator_pb2.ListDnasRequest, context: Any
     ) -> generator_pb2.ListDnasResponse:
         validate(lambda r: checks.check_list_dnas_request(r, self._limits), request)
-        after = _after(request.page_token)
-        size = min(request.page_size or self._limits.default_page_size, self._limits.max_page_size)
+        after = ""
+        if request.page_token:
+            after = pages.decode_page_token(request.page_token).after
+        size = pages.page_size(
+            request.page_size,
+            default=self._limits.default_page_size,
+            maximum=self._limits.max_page_size,
+        )
         documents = [d for d in await self.library.list() if d.name > after]
         response = generator_pb2.ListDnasResponse()
         room = self._max_bytes - _RESPONSE_OVERHEAD - 2048
@@ -283,7 +264,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 break
             response.dnas.append(document)
         if len(response.dnas) < len(documents):
-            response.next_page_token = _page_token(response.dnas[-1].name)
+            position = pages.PagePosition(response.dnas[-1].name)
+            response.next_page_token = pages.encode_page_token(position)
         return response
 
     async def GetDna(
@@ -329,7 +311,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 f"this generator is serving its capacity of {self._max_streams} Generate "
                 "streams; retry later or use another generator agent",
                 retry_after=1.0,
-                reason="GENERATOR_BUSY",
+                reason=reasons.GENERATOR_BUSY,
                 metadata={"capacity": str(self._max_streams)},
             )
         self._streams += 1
@@ -348,7 +330,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         if kind not in STRATEGIES:
             raise errors.FailedPrecondition(
                 f"this generator does not implement the strategy {kind!r}",
-                reason="STRATEGY_NOT_IMPLEMENTED",
+                reason=reasons.STRATEGY_NOT_IMPLEMENTED,
             )
         layout = Layout(dna)
         parents = await self._run(lambda: rank_parents(layout, request))

@@ -35,7 +35,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
 from helix.generator import operators as ops
-from helix.generator.layout import (
+from helix.genome.layout import (
     FloatArray,
     IntArray,
     Layout,

@@ -1,6 +1,6 @@
 """Request validation for OracleService: one pure check per RPC, and one per stream message.
 
-DNAs and candidates get the structural checks of `helix.generator.validation`; whether a
+DNAs and candidates get the structural checks of `helix.genome.validation`; whether a
 genome fits its DNA and whether a candidate id is the hash of its genome are checked when
 the genomes are decoded.
 """
@@ -13,6 +13,7 @@ from typing import Any
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
+from helix.common import rules
 from helix.common.errors import FieldViolation
 from helix.common.validation import (
     Violations,
@@ -24,7 +25,7 @@ from helix.common.validation import (
     index,
     join,
 )
-from helix.generator.validation import check_candidate, check_dna
+from helix.genome.validation import check_candidate, check_dna
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ def _check_target(
     if message.HasField("dna"):
         found += check_dna(message.dna, join(path, "dna"))
     else:
-        found.append(FieldViolation(join(path, "dna"), "must be set"))
+        found.append(FieldViolation(join(path, "dna"), "must be set", rules.REQUIRED))
     if message.HasField("timeout"):
         found += check_duration(message.timeout, join(path, "timeout"), 0, min_exclusive=True)
     return found
@@ -103,16 +104,20 @@ def check_verify_stream_request(
     kind = message.WhichOneof("kind")
     if kind is None:
         expected = "open" if first else "batch"
-        return [*found, FieldViolation(expected, "must be set")]
+        return [*found, FieldViolation(expected, "must be set", rules.REQUIRED)]
     if first and kind != "open":
-        found.append(FieldViolation("open", "must be set in the first message of the stream"))
+        found.append(
+            FieldViolation("open", "must be set in the first message of the stream", rules.ONEOF)
+        )
     if not first and kind == "open":
-        found.append(FieldViolation("open", "must be sent only once, in the first message"))
+        found.append(
+            FieldViolation("open", "must be sent only once, in the first message", rules.ONEOF)
+        )
     if kind == "open":
         return found + _check_target(message.open, "open")
     batch = message.batch
     if batch.batch_id == 0:
-        found.append(FieldViolation("batch.batch_id", "must be set (not 0)"))
+        found.append(FieldViolation("batch.batch_id", "must be set (not 0)", rules.REQUIRED))
     return found + _check_candidates(batch.candidates, "batch.candidates", limits)
 
 

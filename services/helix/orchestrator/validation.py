@@ -1,6 +1,6 @@
 """Request validation for OrchestratorService: one pure check per RPC.
 
-An inline DNA gets the structural checks of `helix.generator.validation.check_dna`; the
+An inline DNA gets the structural checks of `helix.genome.validation.check_dna`; the
 full validation (strategy support, file rules) happens when the run is created.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
+from helix.common import rules
 from helix.common.errors import FieldViolation
 from helix.common.validation import (
     Violations,
@@ -29,7 +30,7 @@ from helix.common.validation import (
     check_string,
     duration_is_valid,
 )
-from helix.generator.validation import check_dna
+from helix.genome.validation import check_dna
 
 MAX_DISPLAY_NAME_LEN = 256
 _DAY = 86_400
@@ -79,7 +80,7 @@ def _check_budget(
     )
     if not (budget.max_evaluations or budget.max_generations or timed):
         text = "must set at least one limit: max_evaluations, max_duration or max_generations"
-        found.append(FieldViolation(path, text))
+        found.append(FieldViolation(path, text, rules.REQUIRED))
     return found
 
 
@@ -90,7 +91,9 @@ def _check_run(run: orchestrator_pb2.Run, limits: OrchestratorLimits) -> Violati
     )
     source = run.WhichOneof("dna_source")
     if source is None:
-        found.append(FieldViolation("run.dna_source", "must set one of dna_name, dna"))
+        found.append(
+            FieldViolation("run.dna_source", "must set one of dna_name, dna", rules.REQUIRED)
+        )
     elif source == "dna_name":
         found += check_resource_name(run.dna_name, "dnas", "run.dna_name")
     else:
@@ -102,7 +105,7 @@ def _check_run(run: orchestrator_pb2.Run, limits: OrchestratorLimits) -> Violati
     if run.HasField("budget"):
         found += _check_budget(run.budget, "run.budget", limits)
     else:
-        found.append(FieldViolation("run.budget", "must be set"))
+        found.append(FieldViolation("run.budget", "must be set", rules.REQUIRED))
     if run.HasField("target_score"):
         found += check_finite(run.target_score, "run.target_score")
     return found
@@ -118,7 +121,7 @@ def check_create_run_request(
     if request.HasField("run"):
         found += _check_run(request.run, limits)
     else:
-        found.append(FieldViolation("run", "must be set"))
+        found.append(FieldViolation("run", "must be set", rules.REQUIRED))
     found += check_resource_id(request.run_id, "run_id", required=False)
     return found + check_request_id(request.request_id, "request_id")
 

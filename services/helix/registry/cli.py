@@ -19,12 +19,9 @@ from google.protobuf.message import Message
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
-from helix.client_cli import _describe_error, add_client_arguments, open_channel
-from helix.common.validation import (
-    MAX_LABEL_SELECTOR_LEN,
-    check_resource_name,
-    parse_label_selector,
-)
+from helix.cli.client import add_client_arguments, describe_error, open_channel
+from helix.common.validation import check_resource_name
+from helix.registry.labels import MAX_LABEL_SELECTOR_LEN, parse_label_selector
 from helix.security.scopes import AGENTS_READ
 
 PAGE_SIZE = 500
@@ -203,7 +200,7 @@ async def list_agents(args: argparse.Namespace) -> int:
                     break
                 request.page_token = page.next_page_token
         except grpc.aio.AioRpcError as error:
-            print(_describe_error(error), file=sys.stderr)
+            print(describe_error(error), file=sys.stderr)
             return 1
     if not args.json:
         if agents:
@@ -218,7 +215,7 @@ async def get_agent(args: argparse.Namespace) -> int:
         try:
             response = await _stub(channel).GetAgent(registry_pb2.GetAgentRequest(name=args.name))
         except grpc.aio.AioRpcError as error:
-            print(_describe_error(error), file=sys.stderr)
+            print(describe_error(error), file=sys.stderr)
             return 1
     print(_json(response.agent, indent=2))
     return 0
@@ -234,6 +231,6 @@ async def watch_agents(args: argparse.Namespace) -> int:
                 for event in response.events:
                     print(_json(event), flush=True)
         except grpc.aio.AioRpcError as error:
-            print(_describe_error(error), file=sys.stderr)
+            print(describe_error(error), file=sys.stderr)
             return 1
     return 0

@@ -19,8 +19,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common import errors
-from helix.common.validation import LabelRequirement, mask_paths, parse_label_selector
+from helix.common import errors, reasons, rules
+from helix.common.validation import mask_paths
+from helix.registry.labels import LabelRequirement, parse_label_selector
 from helix.registry.validation import UPDATABLE_PATHS, RegistryLimits, granted_ttl_seconds
 from helix.security.principal import Principal
 
@@ -200,7 +201,7 @@ def _compacted(first_available: int) -> errors.OutOfRange:
     return errors.OutOfRange(
         f"revision {first_available - 1} and older have been compacted; "
         f"the oldest available is {first_available}: list again, then watch from its revision",
-        reason="REVISION_COMPACTED",
+        reason=reasons.REVISION_COMPACTED,
         metadata={"compact_revision": str(first_available)},
     )
 
@@ -258,8 +259,12 @@ class Batch:
             if record.fingerprint != digest:
                 raise errors.InvalidArgument(
                     "request_id was already used for a different RegisterAgent request",
-                    [errors.FieldViolation("request_id", "reused with a different request")],
-                    reason="REQUEST_ID_REUSED",
+                    [
+                        errors.FieldViolation(
+                            "request_id", "reused with a different request", rules.REUSED
+                        )
+                    ],
+                    reason=reasons.REQUEST_ID_REUSED,
                 )
             return record.response, False
         name = f"agents/{agent_id}"
@@ -273,7 +278,7 @@ class Batch:
                 raise errors.ResourceExhausted(
                     f"the registry holds its maximum of {self._limits.max_agents} agents",
                     retry_after=5.0,
-                    reason="TOO_MANY_AGENTS",
+                    reason=reasons.TOO_MANY_AGENTS,
                 )
             self._net_added += 1
         revision = self.revision + 1
@@ -310,12 +315,12 @@ class Batch:
             raise errors.NotFound(f"{name} not found", metadata={"name": name})
         if agent.owner != principal.subject and not principal.is_admin:
             raise errors.PermissionDenied(
-                f"{name} was registered by another principal", reason="NOT_OWNER"
+                f"{name} was registered by another principal", reason=reasons.NOT_OWNER
             )
         if etag and etag != agent.etag:
             raise errors.Aborted(
                 f"{name} changed since etag {etag!r} (now {agent.etag!r}); read it again",
-                reason="STALE_ETAG",
+                reason=reasons.STALE_ETAG,
                 metadata={"etag": agent.etag},
             )
         return agent
@@ -357,7 +362,11 @@ class Batch:
         for detail, kind in kind_of.items():
             if detail in paths and agent.kind != kind and request.agent.HasField(detail):  # type: ignore[arg-type]
                 raise errors.InvalidArgument.from_violations(
-                    [errors.FieldViolation(f"agent.{detail}", f"is only for {detail} agents")]
+                    [
+                        errors.FieldViolation(
+                            f"agent.{detail}", f"is only for {detail} agents", rules.WRONG_KIND
+                        )
+                    ]
                 )
         after = Agent()
         after.CopyFrom(agent)
@@ -401,7 +410,7 @@ def epoch_mismatch(name: str, sent: int, current: int) -> errors.FailedPrecondit
     return errors.FailedPrecondition(
         f"{name} was registered again (epoch {current}) since epoch {sent}: this registration "
         "was superseded",
-        reason="EPOCH_MISMATCH",
+        reason=reasons.EPOCH_MISMATCH,
         metadata={"epoch": str(current)},
     )
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common import errors
+from helix.common import errors, reasons
 from helix.common.aio import cancel_and_wait
 from helix.common.validation import duration_seconds
 from helix.registry.core import (
@@ -146,7 +146,9 @@ class Registry:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise errors.ResourceExhausted(
-                "the registry's write queue is full", retry_after=0.1, reason="WRITE_QUEUE_FULL"
+                "the registry's write queue is full",
+                retry_after=0.1,
+                reason=reasons.WRITE_QUEUE_FULL,
             ) from None
         result: T = await job.done
         return result
@@ -288,7 +290,7 @@ class Registry:
             )
         if agent.owner != principal.subject and not principal.is_admin:
             raise errors.PermissionDenied(
-                f"{request.name} was registered by another principal", reason="NOT_OWNER"
+                f"{request.name} was registered by another principal", reason=reasons.NOT_OWNER
             )
         if agent.epoch != request.epoch:
             raise epoch_mismatch(request.name, request.epoch, agent.epoch)

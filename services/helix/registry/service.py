@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import json
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,10 +12,9 @@ from google.protobuf.duration_pb2 import Duration
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
-from helix.common import errors
+from helix.common import errors, pages
 from helix.common.server import ServiceBinding
 from helix.common.services import validate
-from helix.common.validation import effective_page_size
 from helix.registry import validation as checks
 from helix.registry.core import (
     Batch,
@@ -35,31 +31,8 @@ from helix.security.principal import current_principal
 MAX_EVENTS_PER_RESPONSE = 1000
 
 
-def _filter_digest(request: Any) -> str:
-    text = f"{request.kind}|{request.label_selector}|{getattr(request, 'health', 0)}"
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _encode_token(snapshot: int, after: str, digest: str) -> str:
-    raw = json.dumps({"s": snapshot, "a": after, "f": digest}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str, digest: str) -> tuple[int, str]:
-    def bad(why: str) -> errors.InvalidArgument:
-        return errors.InvalidArgument.from_violations([errors.FieldViolation("page_token", why)])
-
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        snapshot, after, found_digest = int(data["s"]), str(data["a"]), str(data["f"])
-    except (ValueError, KeyError, TypeError):
-        raise bad("is not a page token of this listing") from None
-    if found_digest != digest:
-        raise bad("belongs to a listing with other filters")
-    if snapshot < 0:
-        raise bad("is not a page token of this listing")
-    return snapshot, after
+def _filters(request: Any) -> str:
+    return pages.filters_digest(request.kind, request.label_selector, getattr(request, "health", 0))
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -146,22 +119,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListAgentsResponse:
         validate(checks.check_list_agents_request, request)
         state = self.registry.state
-        digest = _filter_digest(request)
+        filters = _filters(request)
         if request.page_token:
-            snapshot, after = _decode_token(request.page_token, digest)
-            if snapshot > state.revision:
-                raise errors.InvalidArgument.from_violations(
-                    [errors.FieldViolation("page_token", "is not a page token of this listing")]
-                )
+            position = pages.decode_page_token(request.page_token, filters)
+            if not 0 < position.snapshot <= state.revision:
+                raise pages.invalid_page_token("is not a next_page_token of this listing")
+            snapshot, after = position.snapshot, position.after
         else:
             snapshot, after = state.revision, ""
-        limit = effective_page_size(
+        limit = pages.page_size(
             request.page_size,
             default=self._limits.default_page_size,
             maximum=self._limits.max_page_size,
         )
         agents, next_after = state.page(snapshot, selector_from(request), after, limit)
-        token = _encode_token(snapshot, next_after, digest) if next_after is not None else ""
+        token = ""
+        if next_after is not None:
+            token = pages.encode_page_token(pages.PagePosition(next_after, snapshot), filters)
         return registry_pb2.ListAgentsResponse(
             agents=agents, next_page_token=token, revision=snapshot
         )

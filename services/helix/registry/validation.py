@@ -16,10 +16,9 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.common import rules
 from helix.common.errors import FieldViolation
 from helix.common.validation import (
-    MAX_LABEL_SELECTOR_LEN,
-    MAX_LABELS,
     RESOURCE_ID_PATTERN,
     Violations,
     check_duration,
@@ -27,8 +26,6 @@ from helix.common.validation import (
     check_enum,
     check_etag,
     check_field_mask,
-    check_label_selector,
-    check_labels,
     check_no_unknown_fields,
     check_page,
     check_range,
@@ -43,6 +40,12 @@ from helix.common.validation import (
     index,
     join,
     mask_paths,
+)
+from helix.registry.labels import (
+    MAX_LABEL_SELECTOR_LEN,
+    MAX_LABELS,
+    check_label_selector,
+    check_labels,
 )
 
 STRATEGY_NAME_PATTERN = "[a-z][a-z0-9_-]{0,62}"
@@ -170,7 +173,11 @@ def _check_details_match_kind(agent: registry_pb2.Agent, path: str) -> Violation
     if details is None or agent.kind == wanted[details]:
         return []
     kind_name = _KIND.values_by_number[wanted[details]].name
-    return [FieldViolation(join(path, details), f"must only be set when kind is {kind_name}")]
+    return [
+        FieldViolation(
+            join(path, details), f"must only be set when kind is {kind_name}", rules.WRONG_KIND
+        )
+    ]
 
 
 # --- RegistryService requests -------------------------------------------------------------
@@ -185,7 +192,7 @@ def check_register_agent_request(
     found += check_resource_id(request.agent_id, "agent_id", required=False)
     found += check_request_id(request.request_id, "request_id")
     if not request.HasField("agent"):
-        return [*found, FieldViolation("agent", "must be set")]
+        return [*found, FieldViolation("agent", "must be set", rules.REQUIRED)]
     agent = request.agent
     found += check_enum(agent.kind, _KIND, "agent.kind", required=True)
     for field in AGENT_FIELDS:
@@ -230,7 +237,7 @@ def check_update_agent_request(
     found = check_no_unknown_fields(request)
     found += check_field_mask(request.update_mask, UPDATABLE_PATHS, "update_mask")
     if not request.HasField("agent"):
-        return [*found, FieldViolation("agent", "must be set")]
+        return [*found, FieldViolation("agent", "must be set", rules.REQUIRED)]
     agent = request.agent
     found += check_resource_name(agent.name, "agents", "agent.name")
     found += check_etag(agent.etag, "agent.etag")

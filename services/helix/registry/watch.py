@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 
-from helix.common import errors
+from helix.common import errors, reasons
 from helix.registry.core import DELETE, FILTERED_OUT, PUT, Event, Selector
 
 
@@ -61,7 +61,7 @@ class WatchHub:
             raise errors.ResourceExhausted(
                 f"the registry serves at most {self._max} watches at once",
                 retry_after=1.0,
-                reason="TOO_MANY_WATCHERS",
+                reason=reasons.TOO_MANY_WATCHERS,
             )
         backlog = [e for e in backlog if view(selector, e) is not None]
         watcher = Watcher(selector, self._buffer + len(backlog))
@@ -95,7 +95,7 @@ class WatchHub:
         watcher.closed_reason = errors.ResourceExhausted(
             "this watch fell too far behind the registry's events and was cancelled; "
             "resume from the last revision received + 1",
-            reason="WATCHER_TOO_SLOW",
+            reason=reasons.WATCHER_TOO_SLOW,
         )
         _wake(watcher)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-from helix.common import errors, logs
+from helix.common import errors, logs, reasons
 from helix.common.interceptors import Call, MethodInfo, Stage
 from helix.security import scopes
 from helix.security.metrics import SecurityMetrics
@@ -59,12 +59,12 @@ class AuthStage(Stage):
         if required is None:
             raise errors.PermissionDenied(
                 f"{call.info.path} is not in the scope table, so nobody may call it",
-                reason="METHOD_NOT_ALLOWED",
+                reason=reasons.METHOD_NOT_ALLOWED,
             )
         if not principal.has_scope(required):
             raise errors.PermissionDenied(
                 f"{call.info.path} requires the scope {required!r}",
-                reason="SCOPE_MISSING",
+                reason=reasons.SCOPE_MISSING,
                 metadata={"required_scope": required},
             )
 
@@ -76,21 +76,21 @@ def _bearer_token(call: Call) -> str:
             if value is not None:
                 # A proxy may have checked another copy than the one we would read.
                 raise errors.Unauthenticated(
-                    "send exactly one authorization metadata entry", reason="TOKEN_AMBIGUOUS"
+                    "send exactly one authorization metadata entry", reason=reasons.TOKEN_AMBIGUOUS
                 )
             value = found
     if value is None:
         raise errors.Unauthenticated(
             "no credentials: send metadata 'authorization: Bearer <token>'",
-            reason="TOKEN_MISSING",
+            reason=reasons.TOKEN_MISSING,
         )
     if isinstance(value, bytes) or not value[: len(_BEARER)].lower() == _BEARER:
         raise errors.Unauthenticated(
-            "the authorization metadata must be 'Bearer <token>'", reason="TOKEN_MALFORMED"
+            "the authorization metadata must be 'Bearer <token>'", reason=reasons.TOKEN_MALFORMED
         )
     token = value[len(_BEARER) :].strip()
     if not token:
-        raise errors.Unauthenticated("the bearer token is empty", reason="TOKEN_MISSING")
+        raise errors.Unauthenticated("the bearer token is empty", reason=reasons.TOKEN_MISSING)
     return token
 
 
@@ -130,6 +130,6 @@ class RateLimitStage(Stage):
                 f"rate limit for {rate_class} calls exceeded; retry in {wait:.3f}s",
                 retry_after=wait,
                 quota_subject=f"principal:{principal.subject}/{rate_class}",
-                reason="RATE_LIMITED",
+                reason=reasons.RATE_LIMITED,
                 metadata={"rate_class": rate_class},
             )

@@ -18,7 +18,7 @@ from typing import Any
 
 import jwt
 
-from helix.common import errors
+from helix.common import errors, reasons
 from helix.security.keys import KeySet, SigningKey
 from helix.security.principal import Principal
 
@@ -43,13 +43,33 @@ def _reject(message: str, reason: str) -> errors.Unauthenticated:
 
 
 _JWT_ERRORS: list[tuple[type[Exception], str, str]] = [
-    (jwt.ExpiredSignatureError, "the token has expired", "TOKEN_EXPIRED"),
-    (jwt.ImmatureSignatureError, "the token is not valid yet (nbf)", "TOKEN_NOT_YET_VALID"),
-    (jwt.InvalidAudienceError, "the token is not for this audience (aud)", "TOKEN_WRONG_AUDIENCE"),
-    (jwt.InvalidIssuerError, "the token is from an unknown issuer (iss)", "TOKEN_WRONG_ISSUER"),
-    (jwt.InvalidSignatureError, "the token's signature does not verify", "TOKEN_BAD_SIGNATURE"),
-    (jwt.InvalidAlgorithmError, "the token's algorithm is not allowed", "TOKEN_BAD_ALGORITHM"),
-    (jwt.MissingRequiredClaimError, "the token lacks a required claim", "TOKEN_MISSING_CLAIM"),
+    (jwt.ExpiredSignatureError, "the token has expired", reasons.TOKEN_EXPIRED),
+    (jwt.ImmatureSignatureError, "the token is not valid yet (nbf)", reasons.TOKEN_NOT_YET_VALID),
+    (
+        jwt.InvalidAudienceError,
+        "the token is not for this audience (aud)",
+        reasons.TOKEN_WRONG_AUDIENCE,
+    ),
+    (
+        jwt.InvalidIssuerError,
+        "the token is from an unknown issuer (iss)",
+        reasons.TOKEN_WRONG_ISSUER,
+    ),
+    (
+        jwt.InvalidSignatureError,
+        "the token's signature does not verify",
+        reasons.TOKEN_BAD_SIGNATURE,
+    ),
+    (
+        jwt.InvalidAlgorithmError,
+        "the token's algorithm is not allowed",
+        reasons.TOKEN_BAD_ALGORITHM,
+    ),
+    (
+        jwt.MissingRequiredClaimError,
+        "the token lacks a required claim",
+        reasons.TOKEN_MISSING_CLAIM,
+    ),
 ]
 
 
@@ -96,7 +116,7 @@ class TokenVerifier:
                 return principal
             del self._cache[key]
             if now >= principal.expires_at + self._policy.leeway:
-                raise _reject("the token has expired", "TOKEN_EXPIRED")
+                raise _reject("the token has expired", reasons.TOKEN_EXPIRED)
         self.misses += 1
         principal = self._verify_uncached(token)
         trusted_until = min(principal.expires_at + self._policy.leeway, now + MAX_CACHE_SECONDS)
@@ -107,14 +127,16 @@ class TokenVerifier:
 
     def _verify_uncached(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
-            raise _reject(f"the token is larger than {MAX_TOKEN_BYTES} bytes", "TOKEN_TOO_LARGE")
+            raise _reject(
+                f"the token is larger than {MAX_TOKEN_BYTES} bytes", reasons.TOKEN_TOO_LARGE
+            )
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise _reject("the token is not a well-formed JWT", "TOKEN_MALFORMED") from None
+            raise _reject("the token is not a well-formed JWT", reasons.TOKEN_MALFORMED) from None
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise _reject("the token's kid is not a string", "TOKEN_MALFORMED")
+            raise _reject("the token's kid is not a string", reasons.TOKEN_MALFORMED)
         key = self._keys.get(kid)
         if key is None:
             raise _reject("the token's key id (kid) is not known here", "TOKEN_UNKNOWN_KEY")
@@ -133,7 +155,7 @@ class TokenVerifier:
             for kind, message, reason in _JWT_ERRORS:
                 if isinstance(exc, kind):
                     raise _reject(message, reason) from None
-            raise _reject("the token is not valid", "TOKEN_INVALID") from None
+            raise _reject("the token is not valid", reasons.TOKEN_INVALID) from None
         return _principal_from(claims)
 
 
@@ -153,7 +175,7 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
         )
     exp = claims["exp"]
     if not isinstance(exp, int | float) or exp != exp:
-        raise _reject("the token's exp is not a number", "TOKEN_MALFORMED")
+        raise _reject("the token's exp is not a number", reasons.TOKEN_MALFORMED)
     return Principal(subject, frozenset(s for s in scope.split(" ") if s), float(exp))
 
 

@@ -18,11 +18,11 @@ from collections.abc import Callable
 import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.registration import AgentRegistration
+from helix.agents.support import Backoff
 from helix.common.aio import cancel_and_wait
-from helix.registry.client_support import Backoff
-from helix.registry.registration import AgentRegistration
 
-log = logging.getLogger("helix.registry.presence")
+log = logging.getLogger("helix.agents.presence")
 _STEADY = 60.0  # seconds registered after which a failure counts as a first one
 
 

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 import helix.v1.candidate_pb2 as candidate_pb2
-from helix.generator.layout import BoolArray, ByteArray, Layout, Population
+from helix.genome.layout import BoolArray, ByteArray, Layout, Population
 
 U64Array = npt.NDArray[np.uint64]
 

@@ -35,8 +35,7 @@ from typing import Any, TypeAlias
 import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common.aio import cancel_and_wait
-from helix.registry.client_support import (
+from helix.agents.support import (
     TRANSIENT_CODES,
     Backoff,
     RegistryStub,
@@ -47,8 +46,10 @@ from helix.registry.client_support import (
     notify,
     seconds,
 )
+from helix.common import reasons
+from helix.common.aio import cancel_and_wait
 
-log = logging.getLogger("helix.registry.client")
+log = logging.getLogger("helix.agents")
 
 RegistrationCallback = Callable[["AgentRegistration"], Any]
 Health: TypeAlias = registry_pb2.AgentHealth.ValueType
@@ -291,7 +292,7 @@ class AgentRegistration:
                     delay = self._interval()
                     continue
                 if code == grpc.StatusCode.FAILED_PRECONDITION and (
-                    error_reason(error) == "EPOCH_MISMATCH"
+                    error_reason(error) == reasons.EPOCH_MISMATCH
                 ):
                     await self._superseded(error)
                     return

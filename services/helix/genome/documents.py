@@ -31,34 +31,33 @@ from yaml.nodes import MappingNode, ScalarNode
 
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
+from helix.common import rules
 from helix.common.errors import FieldViolation
+from helix.common.rules import (
+    EMPTY,
+    ENCODING,
+    FILE_TOO_LARGE,
+    NAME_MATCHES_FILE,
+    RANGE,
+    SYNTAX,
+    TYPE,
+    UNKNOWN_FIELD,
+)
 from helix.common.validation import (
     RESOURCE_ID_PATTERN,
     check_no_unknown_fields,
     matches,
     show,
 )
-from helix.generator import layout
-from helix.generator._dna_yaml import Walk
-from helix.generator.validation import RANGE, UNKNOWN_FIELD, check_dna
-from helix.generator.violations import (
-    EMPTY,
-    ENCODING,
-    FALLBACK_RULE,
-    FILE_TOO_LARGE,
-    NAME_MATCHES_FILE,
-    SYNTAX,
-    TYPE,
-    YAML_TAG,
-    Violation,
-)
+from helix.genome import layout
+from helix.genome._dna_yaml import YAML_TAG, Walk
+from helix.genome.validation import check_dna
 
 MAX_VIOLATIONS = 100
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_DESCRIPTION_CHARS = 1024
 DNA_EXTENSIONS = (".yaml", ".yml", ".json")
 
-_RULE_PATTERN = "[a-z][a-z0-9_]{0,62}"
 # libyaml's loader when PyYAML has it: the same YAML and node tree, ten times faster,
 # with nesting capped at 1000 levels (the pure-Python one hits Python's recursion limit).
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -82,7 +81,7 @@ class DnaCheck:
 
     file: str
     dna: dna_pb2.Dna
-    violations: tuple[Violation, ...]
+    violations: tuple[FieldViolation, ...]
     total_violations: int
     normalised: dna_pb2.Dna | None = None
     fingerprint: str = ""
@@ -94,7 +93,29 @@ class DnaCheck:
 
     def violation_protos(self) -> list[generator_pb2.DnaViolation]:
         """The violations as helix.v1.DnaViolation messages."""
-        return [violation.to_proto() for violation in self.violations]
+        return [dna_violation(violation) for violation in self.violations]
+
+
+def dna_violation(violation: FieldViolation) -> generator_pb2.DnaViolation:
+    """A violation of a DNA document as a helix.v1.DnaViolation."""
+    return generator_pb2.DnaViolation(
+        file=violation.file,
+        field_path=violation.field,
+        rule=violation.reason,
+        description=violation.description,
+        line=violation.line,
+    )
+
+
+def from_dna_violation(violation: generator_pb2.DnaViolation) -> FieldViolation:
+    """A helix.v1.DnaViolation (as stored in a DnaDocument) as a FieldViolation."""
+    return FieldViolation(
+        violation.field_path,
+        violation.description,
+        violation.rule,
+        violation.file,
+        violation.line,
+    )
 
 
 # --- names --------------------------------------------------------------------------------
@@ -142,18 +163,18 @@ def _clip(text: str) -> str:
     return text[: MAX_DESCRIPTION_CHARS - 1] + "…"
 
 
-def _finish(file: str, dna: dna_pb2.Dna, found: Iterable[Violation]) -> DnaCheck:
+def _finish(file: str, dna: dna_pb2.Dna, found: Iterable[FieldViolation]) -> DnaCheck:
     """Order, cap and clean the violations; normalise and fingerprint a valid DNA."""
     ordered = sorted(found, key=lambda v: v.line)  # stable: same-line rules keep their order
     if not ordered:
         normalised = layout.normalise(dna)
         return DnaCheck(file, dna, (), 0, normalised, layout.fingerprint(normalised))
     shown = tuple(
-        Violation(
-            file,
-            v.field_path,
-            v.rule if matches(_RULE_PATTERN, v.rule) else FALLBACK_RULE,
+        FieldViolation(
+            v.field,
             _clip(v.description),
+            v.reason if v.reason in rules.RULES else rules.INVALID,
+            file,
             v.line,
         )
         for v in ordered[:MAX_VIOLATIONS]
@@ -179,7 +200,7 @@ def _unread_scope(path: str) -> str:
     return path if path.endswith("]") or not parent else parent
 
 
-def _structural(dna: dna_pb2.Dna, file: str, lines: dict[str, int]) -> list[Violation]:
+def _structural(dna: dna_pb2.Dna, file: str, lines: dict[str, int]) -> list[FieldViolation]:
     """check_dna's violations, plus name_matches_file, each with its nearest known line."""
     found = check_dna(dna, "")
     if file and dna.name and not any(v.field == "name" for v in found):
@@ -187,7 +208,7 @@ def _structural(dna: dna_pb2.Dna, file: str, lines: dict[str, int]) -> list[Viol
         if problem is not None:
             found.append(FieldViolation("name", problem, NAME_MATCHES_FILE))
     return [
-        Violation(file, v.field, v.reason or FALLBACK_RULE, v.description, _line_of(v.field, lines))
+        FieldViolation(v.field, v.description, v.reason, file, _line_of(v.field, lines))
         for v in found
     ]
 
@@ -209,7 +230,7 @@ def check_dna_message(dna: dna_pb2.Dna, filename: str = "") -> DnaCheck:
     `name` that does not fit `filename`, when both are set. Lines are all 0.
     """
     found = [
-        Violation(filename, v.field, UNKNOWN_FIELD, v.description)
+        FieldViolation(v.field, v.description, UNKNOWN_FIELD, filename)
         for v in check_no_unknown_fields(dna)
     ]
     found += _structural(dna, filename, {})
@@ -221,7 +242,7 @@ def check_dna_message(dna: dna_pb2.Dna, filename: str = "") -> DnaCheck:
 
 def file_problem(filename: str, rule: str, description: str, line: int = 0) -> DnaCheck:
     """The check of a file that could not be read as a DNA at all (one violation)."""
-    return _finish(filename, dna_pb2.Dna(), [Violation(filename, "", rule, description, line)])
+    return _finish(filename, dna_pb2.Dna(), [FieldViolation("", description, rule, filename, line)])
 
 
 def check_dna_bytes(data: bytes, filename: str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> DnaCheck:
@@ -241,13 +262,14 @@ def parse_dna_text(text: str, filename: str = "") -> DnaCheck:
     """Read a DNA document (YAML, or JSON when `filename` ends in .json) and check it.
 
     Never raises on any input: every problem, from a syntax error to a broken field rule,
-    is a Violation naming `filename`, the field path, the rule and the 1-based line.
+    is a FieldViolation naming `filename`, the field path, the rule and the 1-based line.
     """
     is_json = filename.endswith(".json")
     dna = dna_pb2.Dna()
 
     def whole(rule: str, problem: tuple[str, int]) -> DnaCheck:
-        return _finish(filename, dna, [Violation(filename, "", rule, *problem)])
+        description, line = problem
+        return _finish(filename, dna, [FieldViolation("", description, rule, filename, line)])
 
     if is_json and text.strip():
         json_problem = _json_syntax_problem(text)
@@ -269,11 +291,11 @@ def parse_dna_text(text: str, filename: str = "") -> DnaCheck:
     walk.message(root, dna, "")
     if not isinstance(root, MappingNode) or walk.exhausted:
         return _finish(filename, dna, walk.found)
-    scopes = [_unread_scope(v.field_path) for v in walk.found if v.rule in _UNREAD]
+    scopes = [_unread_scope(v.field) for v in walk.found if v.reason in _UNREAD]
     structural = [
         v
         for v in _structural(dna, filename, walk.lines)
-        if not any(_within(v.field_path, scope) for scope in scopes)
+        if not any(_within(v.field, scope) for scope in scopes)
     ]
     return _finish(filename, dna, walk.found + structural)
 

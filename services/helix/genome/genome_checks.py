@@ -20,9 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 import helix.v1.candidate_pb2 as candidate_pb2
+from helix.common import rules
 from helix.common.errors import FieldViolation, InvalidArgument
 from helix.common.validation import format_number, index, join
-from helix.generator.codec import (
+from helix.genome.codec import (
     BITS,
     CHOICES,
     INTEGERS,
@@ -32,7 +33,7 @@ from helix.generator.codec import (
     SEQUENCES,
     U64Array,
 )
-from helix.generator.layout import (
+from helix.genome.layout import (
     BoolArray,
     ByteArray,
     FloatArray,
@@ -103,10 +104,10 @@ class _Report:
         self._path_of = path_of
         self._found: list[tuple[int, int, FieldViolation]] = []
 
-    def add(self, row: int, field: int, suffix: str, description: str) -> None:
+    def add(self, row: int, field: int, suffix: str, description: str, rule: str) -> None:
         """A violation of row `row` at `path_of(row).suffix`; `field` orders it in the row."""
         path = self._path_of(int(row))
-        violation = FieldViolation(join(path, suffix) if suffix else path, description)
+        violation = FieldViolation(join(path, suffix) if suffix else path, description, rule)
         self._found.append((int(row), field, violation))
 
     def raise_any(self) -> None:
@@ -206,7 +207,9 @@ def _expected_counts(layout: Layout) -> dict[int, int]:
 def _check_structure(layout: Layout, scan: _Scan, report: _Report) -> _Structure:
     """Unknown fields, value counts and sequence lengths: whatever decides a row's shape."""
     for row in _offenders(scan.foreign):
-        report.add(row, 0, "", "has fields that helix.v1.Genome does not define")
+        report.add(
+            row, 0, "", "has fields that helix.v1.Genome does not define", rules.UNKNOWN_FIELD
+        )
     counts = {REALS: scan.size[:, REALS] // 8, BITS: scan.size[:, BITS]}
     values: dict[int, U64Array] = {}
     for field in (INTEGERS, CHOICES, PERMUTATIONS, SEQUENCE_LENGTHS):
@@ -218,7 +221,7 @@ def _check_structure(layout: Layout, scan: _Scan, report: _Report) -> _Structure
         unit = "bytes" if field == BITS else "values"
         for row in _offenders(wrong):
             text = f"must hold {want} {unit} for this DNA, got {got[row]}"
-            report.add(row, field, _FIELDS[field - 1], text)
+            report.add(row, field, _FIELDS[field - 1], text, rules.GENOME_SHAPE)
         bad |= wrong
     lengths, length_counts = values[SEQUENCE_LENGTHS].astype(np.int64), counts[SEQUENCE_LENGTHS]
     sums = np.concatenate((np.zeros(1, np.int64), np.cumsum(lengths)))
@@ -227,7 +230,8 @@ def _check_structure(layout: Layout, scan: _Scan, report: _Report) -> _Structure
     wrong = total != scan.size[:, SEQUENCES]
     for row in _offenders(wrong):
         text = f"must hold sum(sequence_lengths) = {total[row]} bytes, got "
-        report.add(row, SEQUENCES, "sequences", text + str(scan.size[row, SEQUENCES]))
+        text += str(scan.size[row, SEQUENCES])
+        report.add(row, SEQUENCES, "sequences", text, rules.GENOME_SHAPE)
     bad |= wrong
     if layout.sequences:
         rows = np.flatnonzero(~bad)
@@ -238,7 +242,8 @@ def _check_structure(layout: Layout, scan: _Scan, report: _Report) -> _Structure
         genes = layout.genes_of("sequence")
         for local, j, more in _first_cells(outside):
             text = f"must be within {low[j]}..{high[j]} (gene {genes[j].name}){more}"
-            report.add(rows[local], SEQUENCE_LENGTHS, index("sequence_lengths", j), text)
+            path = index("sequence_lengths", j)
+            report.add(rows[local], SEQUENCE_LENGTHS, path, text, rules.RANGE)
         bad[rows[outside.any(axis=1)]] = True
     good = np.flatnonzero(~bad)
     return _Structure(good, {f: _take(v, counts[f], good) for f, v in values.items()})
@@ -265,11 +270,11 @@ def _check_bounds(
     field = REALS if kind == "real" else INTEGERS
     for local, j, more in _first_cells(~((values >= low) & (values <= high))):
         value = float(values[local, j])
-        rule = f"must be within {format_number(low[j])}..{format_number(high[j])}"
-        if not math.isfinite(value):
-            rule = "must be finite"
-        text = f"{rule} (gene {_gene_at(layout, kind, j).name}){more}"
-        report.add(rows[local], field, index(_FIELDS[field - 1], j), text)
+        bound = f"must be within {format_number(low[j])}..{format_number(high[j])}"
+        finite = math.isfinite(value)
+        text = f"{bound if finite else 'must be finite'} (gene {_gene_at(layout, kind, j).name})"
+        rule = rules.RANGE if finite else rules.FINITE
+        report.add(rows[local], field, index(_FIELDS[field - 1], j), text + more, rule)
 
 
 def first_repeat(values: list[int]) -> tuple[int, int]:
@@ -294,13 +299,15 @@ def _check_permutations(
         what = f"(gene {gene.name} is a permutation of 0..{size - 1})"
         for local, j, more in _first_cells(outside):
             text = f"must be below {size} {what}{more}"
-            report.add(rows[local], PERMUTATIONS, index("permutations", at + j), text)
+            path = index("permutations", at + j)
+            report.add(rows[local], PERMUTATIONS, path, text, rules.NOT_A_PERMUTATION)
         seen = np.zeros(block.shape, dtype=np.bool_)
         seen[np.arange(len(block))[:, None], np.where(outside, 0, block)] = True
         for local in _offenders(~seen.all(axis=1) & ~outside.any(axis=1)):
             j, value = first_repeat(block[local].tolist())
             path = index("permutations", at + j)
-            report.add(rows[local], PERMUTATIONS, path, f"repeats {value} {what}")
+            text = f"repeats {value} {what}"
+            report.add(rows[local], PERMUTATIONS, path, text, rules.NOT_A_PERMUTATION)
         at += size
 
 
@@ -309,7 +316,7 @@ def _check_choices(layout: Layout, choices: IntArray, rows: IntArray, report: _R
     for local, j, more in _first_cells(choices >= layout.choice_counts):
         text = f"must be an option index below {layout.choice_counts[j]}"
         text += f" (gene {_gene_at(layout, 'choice', j).name}){more}"
-        report.add(rows[local], CHOICES, index("choices", j), text)
+        report.add(rows[local], CHOICES, index("choices", j), text, rules.RANGE)
 
 
 def _check_padding(layout: Layout, packed: ByteArray, rows: IntArray, report: _Report) -> None:
@@ -317,7 +324,7 @@ def _check_padding(layout: Layout, packed: ByteArray, rows: IntArray, report: _R
     if layout.n_bits % 8:
         for local in _offenders(packed[:, -1] >> (layout.n_bits % 8) != 0):
             text = f"must have the unused high bits of its last byte 0 ({layout.n_bits} bits)"
-            report.add(rows[local], BITS, "bits", text)
+            report.add(rows[local], BITS, "bits", text, rules.PADDING)
 
 
 def _check_symbols(
@@ -352,7 +359,7 @@ def _check_symbols(
         more = f" (and {bad - 1} more)" if bad > 1 else ""
         text = f"must be a symbol index below {sizes[gene]} (gene {genes[gene].name}){more}"
         j = position - int(row_starts[local])
-        report.add(rows[local], SEQUENCES, index("sequences", j), text)
+        report.add(rows[local], SEQUENCES, index("sequences", j), text, rules.SYMBOL)
 
 
 def _sequence_blocks(

@@ -155,7 +155,7 @@ def find_method(name: str) -> descriptor.MethodDescriptor:
     return method
 
 
-def _describe_error(error: grpc.aio.AioRpcError) -> str:
+def describe_error(error: grpc.aio.AioRpcError) -> str:
     lines = [f"error: {error.code().name}: {error.details()}"]
     status = rpc_status.from_call(error)
     for detail in status.details if status else ():
@@ -217,7 +217,7 @@ async def call(args: argparse.Namespace) -> int:
                 async for response in stream:
                     show(response)
         except grpc.aio.AioRpcError as error:
-            print(_describe_error(error), file=sys.stderr)
+            print(describe_error(error), file=sys.stderr)
             return 1
     return 0
 

@@ -2,10 +2,10 @@
 
 - `AgentRegistration`: an agent's own registration — registers, heartbeats at about
   ttl/3 with jitter, registers again after its lease was lost, stops when superseded,
-  deregisters on exit (see `helix.registry.registration`).
+  deregisters on exit (see `helix.agents.registration`).
 - `AgentInformer`: discovery — list, then watch from the list's revision; an O(1) cache
   by name; re-list on OUT_OF_RANGE; reconnect with jittered backoff; callbacks or an async
-  iterator of changes (see `helix.registry.informer`).
+  iterator of changes (see `helix.agents.informer`).
 
 Both take a `grpc.aio.Channel` (ideally from `helix.common.channel.create_channel`, with
 `helix.security.client.bearer_interceptors`) or a RegistryService stub.
@@ -13,8 +13,8 @@ Both take a `grpc.aio.Channel` (ideally from `helix.common.channel.create_channe
 
 from __future__ import annotations
 
-from helix.registry.informer import AgentChange, AgentInformer, ChangesOverflow, ChangeStream
-from helix.registry.registration import AgentRegistration
+from helix.agents.informer import AgentChange, AgentInformer, ChangesOverflow, ChangeStream
+from helix.agents.registration import AgentRegistration
 
 __all__ = [
     "AgentChange",

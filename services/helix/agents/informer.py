@@ -37,8 +37,7 @@ from typing import TypeAlias
 import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common.aio import cancel_and_wait
-from helix.registry.client_support import (
+from helix.agents.support import (
     Backoff,
     RegistryStub,
     as_stub,
@@ -46,8 +45,10 @@ from helix.registry.client_support import (
     error_reason,
     guarded,
 )
+from helix.common import reasons
+from helix.common.aio import cancel_and_wait
 
-log = logging.getLogger("helix.registry.client")
+log = logging.getLogger("helix.agents")
 
 Agent = registry_pb2.Agent
 EventType: TypeAlias = registry_pb2.AgentEventType.ValueType
@@ -69,7 +70,10 @@ def _must_list_again(error: grpc.aio.AioRpcError) -> bool:
     code = error.code()
     if code == grpc.StatusCode.OUT_OF_RANGE:
         return True
-    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(error) == "WATCHER_TOO_SLOW"
+    return (
+        code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and error_reason(error) == reasons.WATCHER_TOO_SLOW
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ into a proto message field by field, the way the proto3 JSON mapping reads JSON:
 and lowerCamelCase names, enums by name or number, 64-bit integers as numbers or
 strings, doubles as numbers or "NaN"/"Infinity"/"-Infinity", null as unset, plus YAML
 merge keys. It records the line of every field path it sees, and every value it cannot
-store becomes a `Violation` ("unknown_field", "type", "range", "enum", "duplicate_key",
+store becomes a `FieldViolation` ("unknown_field", "type", "range", "enum", "duplicate_key",
 "oneof", "too_large") while the field is left unset. documents.py composes the text and
 turns the walk into a `DnaCheck`.
 """
@@ -27,17 +27,14 @@ from google.protobuf.message import Message
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from helix.common.errors import FieldViolation
+from helix.common.rules import DUPLICATE_KEY, ENUM, ONEOF, RANGE, TOO_LARGE, TYPE, UNKNOWN_FIELD
 from helix.common.validation import index, join, show
-from helix.generator.validation import ENUM, RANGE, UNKNOWN_FIELD
-from helix.generator.violations import (
-    DUPLICATE_KEY,
-    MAX_NODES,
-    ONEOF,
-    TOO_LARGE,
-    TYPE,
-    YAML_TAG,
-    Violation,
-)
+
+YAML_TAG = "tag:yaml.org,2002:"
+# Values the walk visits at most (YAML aliases can make a small text expand enormously).
+# The largest valid DNA holds about 264000 (256 choice genes of 1024 options).
+MAX_NODES = 400_000
 
 _MERGE_TAG = YAML_TAG + "merge"
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -111,14 +108,16 @@ class Walk:
 
     file: str
     is_json: bool
-    found: list[Violation] = field(default_factory=list)
+    found: list[FieldViolation] = field(default_factory=list)
     lines: dict[str, int] = field(default_factory=dict)
     budget: int = MAX_NODES
     exhausted: bool = False
     constructor: SafeConstructor = field(default_factory=SafeConstructor)
 
     def report(self, path: str, rule: str, description: str, node: Node) -> None:
-        self.found.append(Violation(self.file, path, rule, description, node.start_mark.line + 1))
+        self.found.append(
+            FieldViolation(path, description, rule, self.file, node.start_mark.line + 1)
+        )
 
     def spend(self, node: Node) -> bool:
         """Count one visited node; False (and one violation) once the budget is spent."""

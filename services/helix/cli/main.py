@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from helix.client_cli import add_client_arguments, local_signer, run_call
+from helix.cli.client import add_client_arguments, local_signer, run_call
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.server import HelixServer, run_server_process

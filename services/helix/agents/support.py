@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 else:
     RegistryStub: TypeAlias = Any
 
-log = logging.getLogger("helix.registry.client")
+log = logging.getLogger("helix.agents")
 T = TypeVar("T")
 
 # Codes after which the same call may well succeed later: the registry is restarting,

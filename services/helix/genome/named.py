@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 import helix.v1.candidate_pb2 as candidate_pb2
+from helix.common import rules
 from helix.common.errors import FieldViolation, InvalidArgument
 from helix.common.validation import format_number, index, join, key, matches, show
-from helix.generator.genome_checks import MAX_VIOLATIONS, first_repeat
-from helix.generator.layout import GeneSlot, Kind, Layout, Population
+from helix.genome.genome_checks import MAX_VIOLATIONS, first_repeat
+from helix.genome.layout import GeneSlot, Kind, Layout, Population
 
 _GENE_NAME = "[a-z_][a-z0-9_]{0,62}"
 
@@ -105,12 +107,25 @@ class _Parts:
 _V = TypeVar("_V", int, float)
 
 
+@dataclass(frozen=True, slots=True)
+class _Bad:
+    """Why one element could not be read: a description and its rule code."""
+
+    text: str
+    rule: str
+
+
+_NOT_A_NUMBER = _Bad("must be a number", rules.TYPE)
+_NOT_AN_INTEGER = _Bad("must be an integer", rules.TYPE)
+_NOT_FINITE = _Bad("must be finite", rules.FINITE)
+
+
 def _read_values(
     value: object,
     path: str,
     size: int,
     noun: str,
-    parse: Callable[[object], _V | str],
+    parse: Callable[[object], _V | _Bad],
     found: list[FieldViolation],
     *,
     scalar: bool,
@@ -126,60 +141,62 @@ def _read_values(
         items = value
     else:
         got = f", got {len(value)}" if isinstance(value, list) else ""
-        found.append(FieldViolation(path, f"must be an array of {size} {noun}{got}"))
+        text = f"must be an array of {size} {noun}{got}"
+        found.append(FieldViolation(path, text, rules.GENOME_SHAPE))
         return []
     out: list[_V] = []
-    broken: list[tuple[int, str]] = []
+    broken: list[tuple[int, _Bad]] = []
     for j, item in enumerate(items):
         parsed = parse(item)
-        if isinstance(parsed, str):
+        if isinstance(parsed, _Bad):
             broken.append((j, parsed))
         else:
             out.append(parsed)
     if not broken:
         return out
-    j, rule = broken[0]
+    j, bad = broken[0]
     more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
-    found.append(FieldViolation(path if scalar else index(path, j), rule + more))
+    found.append(FieldViolation(path if scalar else index(path, j), bad.text + more, bad.rule))
     return []
 
 
-def _real_parser(low: float, high: float) -> Callable[[object], float | str]:
+def _real_parser(low: float, high: float) -> Callable[[object], float | _Bad]:
     """A JSON number (not a bool) within [low, high], as a float with -0.0 read as 0.0."""
-    bounds = f"must be within {format_number(low)}..{format_number(high)}"
+    bounds = _Bad(f"must be within {format_number(low)}..{format_number(high)}", rules.RANGE)
 
-    def parse(item: object) -> float | str:
+    def parse(item: object) -> float | _Bad:
         if isinstance(item, bool) or not isinstance(item, int | float):
-            return "must be a number"
+            return _NOT_A_NUMBER
         try:
             value = float(item)
         except OverflowError:
             return bounds
         if not math.isfinite(value):
-            return "must be finite"
+            return _NOT_FINITE
         return value + 0.0 if low <= value <= high else bounds
 
     return parse
 
 
-def _integer_parser(low: int, high: int) -> Callable[[object], int | str]:
+def _integer_parser(low: int, high: int) -> Callable[[object], int | _Bad]:
     """An int (or integral float: JSON does not tell them apart; not a bool) in [low, high]."""
+    bounds = _Bad(f"must be within {low}..{high}", rules.RANGE)
 
-    def parse(item: object) -> int | str:
+    def parse(item: object) -> int | _Bad:
         if isinstance(item, float) and item.is_integer():
             item = int(item)
         if isinstance(item, bool) or not isinstance(item, int):
-            return "must be an integer"
-        return item if low <= item <= high else f"must be within {low}..{high}"
+            return _NOT_AN_INTEGER
+        return item if low <= item <= high else bounds
 
     return parse
 
 
-def _option_parser(options: Sequence[str]) -> Callable[[object], int | str]:
+def _option_parser(options: Sequence[str]) -> Callable[[object], int | _Bad]:
     """One of the option strings, as its index."""
     indices = {option: i for i, option in enumerate(options)}
-    rule = f"must be one of the options {show(list(options))}"
-    return lambda item: indices.get(item, rule) if isinstance(item, str) else rule
+    bad = _Bad(f"must be one of the options {show(list(options))}", rules.ENUM)
+    return lambda item: indices.get(item, bad) if isinstance(item, str) else bad
 
 
 def _read_gene(gene: GeneSlot, value: object, path: str, parts: _Parts) -> list[FieldViolation]:
@@ -202,7 +219,7 @@ def _read_gene(gene: GeneSlot, value: object, path: str, parts: _Parts) -> list[
     if gene.kind == "permutation" and values and len(set(values)) != gene.size:
         j, repeated = first_repeat(values)
         text = f"repeats {repeated}: must be a permutation of 0..{gene.size - 1}"
-        found.append(FieldViolation(index(path, j), text))
+        found.append(FieldViolation(index(path, j), text, rules.NOT_A_PERMUTATION))
     parts.ints[gene.kind] += values
     return found
 
@@ -211,11 +228,12 @@ def _read_sequence(gene: GeneSlot, value: object, path: str, parts: _Parts) -> l
     """A sequence gene's string: its length and symbols checked, appended to `parts`."""
     spec = gene.spec.sequence
     if not isinstance(value, str):
-        return [FieldViolation(path, f"must be a string of symbols from {show(spec.alphabet)}")]
+        text = f"must be a string of symbols from {show(spec.alphabet)}"
+        return [FieldViolation(path, text, rules.TYPE)]
     found: list[FieldViolation] = []
     if not spec.min_length <= len(value) <= spec.max_length:
         text = f"must be {spec.min_length}..{spec.max_length} symbols long, got {len(value)}"
-        found.append(FieldViolation(path, text))
+        found.append(FieldViolation(path, text, rules.RANGE))
     lookup = {symbol: i for i, symbol in enumerate(spec.alphabet)}
     unknown = [j for j, symbol in enumerate(value) if symbol not in lookup]
     if unknown:
@@ -223,7 +241,7 @@ def _read_sequence(gene: GeneSlot, value: object, path: str, parts: _Parts) -> l
         text = (
             f"must be a symbol of the alphabet {show(spec.alphabet)}, got {show(value[unknown[0]])}"
         )
-        found.append(FieldViolation(index(path, unknown[0]), text + more))
+        found.append(FieldViolation(index(path, unknown[0]), text + more, rules.SYMBOL))
     if not found:
         parts.sequence_lengths.append(len(value))
         parts.sequences += bytes(lookup[symbol] for symbol in value)
@@ -240,8 +258,8 @@ def from_named(layout: Layout, obj: Mapping[str, object], path: str = "") -> can
     its serialisation.
     """
     if not isinstance(obj, Mapping):
-        rule = "must be an object with one key per gene"
-        raise InvalidArgument.from_violations([FieldViolation(path, rule)])
+        text = "must be an object with one key per gene"
+        raise InvalidArgument.from_violations([FieldViolation(path, text, rules.TYPE)])
     parts = _Parts()
     found: list[FieldViolation] = []
     for gene in layout.genes:
@@ -249,13 +267,15 @@ def from_named(layout: Layout, obj: Mapping[str, object], path: str = "") -> can
         if gene.name in obj:
             found += _read_gene(gene, obj[gene.name], gene_path, parts)
         else:
-            found.append(FieldViolation(gene_path, "is required: a gene of the DNA"))
+            found.append(
+                FieldViolation(gene_path, "is required: a gene of the DNA", rules.REQUIRED)
+            )
     names = {gene.name for gene in layout.genes}
     for name in obj:
         if name not in names:
             plain = isinstance(name, str) and matches(_GENE_NAME, name)
             key_path = join(path, name) if plain else key(path, name)
-            found.append(FieldViolation(key_path, "is not a gene of the DNA"))
+            found.append(FieldViolation(key_path, "is not a gene of the DNA", rules.UNKNOWN_GENE))
     if found:
         raise InvalidArgument.from_violations(found[:MAX_VIOLATIONS])
     return parts.genome()
