@@ -5,6 +5,7 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV := .venv
+LOWEST := .venv-lowest
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
@@ -14,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 ARGS ?=
 
-.PHONY: help run test check fix lint format-check typecheck buf-lint generate check-generated bench clean lock
+.PHONY: help run test test-lowest check fix lint format-check typecheck buf-lint generate check-generated bench clean lock errors-doc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -34,6 +35,12 @@ run: $(STAMP) ## run the embedded suite (all four services on one port)
 
 test: $(STAMP) $(NPM_STAMP) ## run the test suite (buf from npm is used by CLI tests)
 	$(PY) -m pytest $(ARGS)
+
+test-lowest: $(NPM_STAMP) ## the tests on the oldest releases pyproject's ranges allow (constraints-lowest.txt)
+	@$(LOWEST)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST); }
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python -m pip install --quiet -c constraints-lowest.txt -e '.[dev]'
+	$(LOWEST)/bin/python -m pytest -p no:cacheprovider $(ARGS)
 
 check: format-check lint typecheck buf-lint check-generated ## every static check CI runs
 
@@ -78,6 +85,9 @@ check-generated: $(STAMP) ## fail if generated/ differs from what the protos pro
 	  echo "generated/ is stale: run 'make generate' and commit the result" >&2; exit 1; \
 	fi && echo "generated/ matches protos/"
 
+errors-doc: $(STAMP) ## rewrite the generated tables of docs/errors.md from the code
+	$(PY) -c 'from pathlib import Path; from helix.common.reasons import render_errors_doc as r; p = Path("docs/errors.md"); p.write_text(r(p.read_text()))'
+
 bench: $(STAMP) ## run the benchmarks (each prints its figures and ratios)
 	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
 	for b in benchmarks/bench_*.py; do $(PY) $$b; done
@@ -91,4 +101,4 @@ lock: ## re-resolve the dependency ranges and rewrite requirements.lock
 	  /tmp/helix-lock/bin/pip freeze --exclude-editable | sort -f; } > requirements.lock
 
 clean: ## remove the virtualenv, node_modules and caches
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

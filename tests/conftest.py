@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +68,33 @@ def helix_env(tmp_path: Path) -> dict[str, str]:
     # Registry tests count agents and revisions: keep the embedded generator out of them.
     env["HELIX_GENERATOR_SELF_REGISTER"] = "false"
     return env
+
+
+@pytest.fixture(autouse=True)
+def catalogue_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every error a server in this process sends has a catalogued reason, raised with its
+    entry's error class, and every field violation a listed rule code (docs/errors.md)."""
+    from helix.common import interceptors, reasons, rules
+    from helix.common.errors import HelixError, InvalidArgument
+
+    real = interceptors.to_rpc_status
+    problems: list[str] = []
+
+    def checked(error: HelixError) -> Any:
+        entry = reasons.CATALOGUE.get(error.reason)
+        if entry is None:
+            problems.append(f"reason {error.reason!r} is not catalogued ({error.message})")
+        elif not isinstance(error, entry.error):
+            expected = entry.error.__name__
+            problems.append(f"{error.reason} sent as {type(error).__name__}, not {expected}")
+        if isinstance(error, InvalidArgument):
+            problems.extend(
+                f"rule {v.reason!r} of {v.field} is not listed"
+                for v in error.violations
+                if v.reason not in rules.RULES
+            )
+        return real(error)
+
+    monkeypatch.setattr(interceptors, "to_rpc_status", checked)
+    yield
+    assert not problems, "\n".join(problems)

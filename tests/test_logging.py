@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import re
@@ -13,6 +12,7 @@ import pytest
 from helix.common import logs
 
 from echo_service import EchoServicer, String, binding, stubs
+from waiting import eventually
 
 
 @pytest.fixture
@@ -24,11 +24,7 @@ def log_stream():
 
 
 async def lines_of(stream: io.StringIO, count: int) -> list[dict]:
-    for _ in range(200):
-        text = stream.getvalue()
-        if text.count("\n") >= count:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: stream.getvalue().count("\n") >= count, f"{count} log lines")
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
@@ -103,14 +99,14 @@ async def test_cancelled_stream_is_logged_as_cancelled(start_server, channel_to,
     call = stubs(channel_to(server))["Count"](String(value="1000000"), timeout=5)
     await call.read()
     call.cancel()
-    for _ in range(200):
+
+    def finished() -> list[dict]:
         records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
-        finished = [r for r in records if r["message"] == "rpc finished"]
-        if finished:
-            break
-        await asyncio.sleep(0.01)
-    assert finished[0]["status"] == "CANCELLED"
-    assert finished[0]["peer"].startswith("ipv4:127.0.0.1:")
+        return [r for r in records if r["message"] == "rpc finished"]
+
+    (line,) = await eventually(finished, "the access line of the cancelled call")
+    assert line["status"] == "CANCELLED"
+    assert line["peer"].startswith("ipv4:127.0.0.1:")
 
 
 def test_closed_sink_counts_late_lines_and_flushed_the_rest():

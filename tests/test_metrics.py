@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from echo_service import EchoServicer, String, binding, stubs
+from waiting import eventually
 
 SERVICE = "helix.test.EchoService"
 
@@ -61,10 +62,10 @@ async def test_cancelled_stream_is_counted_as_cancelled(start_server, channel_to
     await call.read()
     call.cancel()
     labels = {"grpc_type": "SERVER_STREAM", "grpc_service": SERVICE, "grpc_method": "Count"}
-    for _ in range(100):
-        if sample(server, "grpc_server_handled_total", **labels, grpc_code="CANCELLED"):
-            break
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: sample(server, "grpc_server_handled_total", **labels, grpc_code="CANCELLED"),
+        "the cancelled call counted",
+    )
     assert sample(server, "grpc_server_handled_total", **labels, grpc_code="CANCELLED") == 1
 
 
@@ -74,10 +75,12 @@ async def test_deadline_exceeded_is_counted(start_server, channel_to):
         await stubs(channel_to(server))["Sleep"](String(value="5"), timeout=0.2)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     labels = {"grpc_type": "UNARY", "grpc_service": SERVICE, "grpc_method": "Sleep"}
-    for _ in range(100):
-        if sample(server, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED"):
-            break
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: sample(
+            server, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED"
+        ),
+        "the call past its deadline counted",
+    )
     assert sample(server, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED") == 1
 
 

@@ -238,7 +238,7 @@ TOKEN_INVALID = _reason(
 SCOPE_MISSING = _reason(
     "SCOPE_MISSING",
     errors.PermissionDenied,
-    "The token is valid but lacks the scope the method needs; metadata scope.",
+    "The token is valid but lacks the scope the method needs; metadata required_scope.",
     "every service",
 )
 METHOD_NOT_ALLOWED = _reason(
@@ -351,3 +351,23 @@ def markdown_table() -> str:
         code = status_code_for(entry.error("")).name
         rows.append(f"| `{entry.name}` | {code} | {entry.meaning} | {entry.sent_by} |")
     return "\n".join(rows)
+
+
+_BEGIN, _END = "<!-- reasons:begin -->", "<!-- reasons:end -->"
+_RULES_BEGIN, _RULES_END = "<!-- rules:begin -->", "<!-- rules:end -->"
+
+
+def render_errors_doc(text: str) -> str:
+    """`text` (docs/errors.md) with its two generated tables replaced by the current ones."""
+    from helix.common import rules
+
+    for begin, end, table in (
+        (_BEGIN, _END, markdown_table()),
+        (_RULES_BEGIN, _RULES_END, rules.markdown_table()),
+    ):
+        head, found, rest = text.partition(begin)
+        _, found_end, tail = rest.partition(end)
+        if not (found and found_end):
+            raise ValueError(f"docs/errors.md lacks the markers {begin} ... {end}")
+        text = f"{head}{begin}\n{table}\n{end}{tail}"
+    return text

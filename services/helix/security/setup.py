@@ -16,7 +16,7 @@ from helix.common.interceptors import Stage
 from helix.security import keys as keymod
 from helix.security import scopes
 from helix.security.keys import KeyMaterialError, KeySet, SigningKey
-from helix.security.metrics import SecurityMetrics
+from helix.security.metrics import SecurityStats, register_metrics
 from helix.security.ratelimit import Rate, TokenBucketLimiter
 from helix.security.stages import AuthStage, RateLimitStage
 from helix.security.tokens import TokenPolicy, TokenVerifier
@@ -81,15 +81,17 @@ class Security:
     # The key files' fingerprint when the keys in use were read (taken before reading, so a
     # change racing with the read is still noticed).
     loaded_signature: tuple[object, ...] = ()
+    stats: SecurityStats = field(default_factory=SecurityStats)
     _reloader: asyncio.Task[None] | None = None
 
     def stages(self, registry: CollectorRegistry | None = None) -> list[Stage]:
         """Auth then rate limiting, to follow the default stages of the chain; refusals are
         counted on `registry` when given."""
-        metrics = SecurityMetrics(registry) if registry is not None else None
+        if registry is not None:
+            register_metrics(self.stats, registry)
         return [
-            AuthStage(self.verifier, self.extra_scopes, metrics),
-            RateLimitStage(self.limiter, self.extra_scopes, metrics=metrics),
+            AuthStage(self.verifier, self.extra_scopes, self.stats),
+            RateLimitStage(self.limiter, self.extra_scopes, stats=self.stats),
         ]
 
     def start(self) -> None:
@@ -112,6 +114,7 @@ class Security:
                 seen = current
                 keyset, signer = await asyncio.to_thread(lambda: sources.load(missing_ok=True))
             except Exception as exc:  # a bad file must not end the watch (CancelledError passes)
+                self.stats.key_reload_failures += 1
                 log.error(
                     "key files changed but do not load; keeping the current keys until they "
                     "are fixed: %s",
@@ -121,6 +124,7 @@ class Security:
             # Deleted files revoke their keys, even the last one: then every token is refused.
             self.verifier.replace_keys(keyset)
             self.signer = signer if signer is not None else self.signer
+            self.stats.key_reloads += 1
             if len(keyset) == 0:
                 log.error("no verification key is left: every authenticated call is refused")
             log.info("verification keys reloaded", extra={"kids": keyset.kids})

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from helix.common import errors, logs, reasons
 from helix.common.interceptors import Call, MethodInfo, Stage
 from helix.security import scopes
-from helix.security.metrics import SecurityMetrics
+from helix.security.metrics import SecurityStats
 from helix.security.principal import Principal, current_principal, set_current_principal
 from helix.security.ratelimit import TokenBucketLimiter
 from helix.security.tokens import TokenVerifier
@@ -28,11 +28,11 @@ class AuthStage(Stage):
         self,
         verifier: TokenVerifier,
         extra_scopes: Mapping[str, str] | None = None,
-        metrics: SecurityMetrics | None = None,
+        stats: SecurityStats | None = None,
     ):
         self._verifier = verifier
         self._extra = dict(extra_scopes or {})
-        self._metrics = metrics
+        self._stats = stats or SecurityStats()
         # path -> required scope (None: not in any table), or "" for open methods
         self._required: dict[str, str | None] = {}
 
@@ -48,8 +48,7 @@ class AuthStage(Stage):
         try:
             self._authorise(call, required)
         except errors.HelixError as refused:
-            if self._metrics is not None:
-                self._metrics.auth_refused.labels(refused.reason).inc()
+            self._stats.auth_refused[refused.reason] += 1
             raise
 
     def _authorise(self, call: Call, required: str | None) -> None:
@@ -102,10 +101,10 @@ class RateLimitStage(Stage):
         limiter: TokenBucketLimiter,
         extra_scopes: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        metrics: SecurityMetrics | None = None,
+        stats: SecurityStats | None = None,
     ) -> None:
         self._limiter = limiter
-        self._metrics = metrics
+        self._stats = stats or SecurityStats()
         self._extra = dict(extra_scopes or {})
         self._clock = clock
         self._classes: dict[str, str | None] = {}
@@ -124,8 +123,7 @@ class RateLimitStage(Stage):
         principal: Principal = current_principal()
         wait = self._limiter.acquire(principal.subject, rate_class, self._clock())
         if wait > 0:
-            if self._metrics is not None:
-                self._metrics.rate_limited.labels(rate_class).inc()
+            self._stats.rate_limited[rate_class] += 1
             raise errors.ResourceExhausted(
                 f"rate limit for {rate_class} calls exceeded; retry in {wait:.3f}s",
                 retry_after=wait,

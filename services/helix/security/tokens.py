@@ -139,7 +139,7 @@ class TokenVerifier:
             raise _reject("the token's kid is not a string", reasons.TOKEN_MALFORMED)
         key = self._keys.get(kid)
         if key is None:
-            raise _reject("the token's key id (kid) is not known here", "TOKEN_UNKNOWN_KEY")
+            raise _reject("the token's key id (kid) is not known here", reasons.TOKEN_UNKNOWN_KEY)
         policy = self._policy
         try:
             claims = self._decoder.decode(
@@ -163,7 +163,7 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > 256:
         raise _reject(
-            "the token's subject (sub) must be a string of 1..256 characters", "TOKEN_BAD_SUBJECT"
+            "the token's subject (sub) must be a string of 1..256 characters", reasons.TOKEN_BAD_SUBJECT
         )
     scope = claims.get("scope", "")
     # RFC 6749 §3.3: scope tokens separated by single spaces (%x20), each of %x21 / %x23-5B
@@ -171,7 +171,7 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     # while an issuer that splits on spaces sees one harmless scope.
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise _reject(
-            "the token's scope must be space-separated RFC 6749 scope tokens", "TOKEN_BAD_SCOPE"
+            "the token's scope must be space-separated RFC 6749 scope tokens", reasons.TOKEN_BAD_SCOPE
         )
     exp = claims["exp"]
     if not isinstance(exp, int | float) or exp != exp:
