@@ -62,7 +62,7 @@ _MIN_CALL_TIMEOUT = 0.1
 class AgentRegistration:
     """Registers `agent` on enter, heartbeats while inside, deregisters on exit."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options, each with its default
         self,
         channel_or_stub: grpc.aio.Channel | RegistryStub,
         agent: registry_pb2.Agent,

@@ -171,33 +171,37 @@ def load(
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        parse, optional = _parser_for(hints[field.name])
         raw: Any = flags.get(field.name)
         source = flag_name(field)
         if raw is None and env_name(field.name) in env:
             raw, source = env[env_name(field.name)], env_name(field.name)
-        if raw is None:
-            continue
-        if isinstance(raw, str):
-            if optional and raw.strip().lower() in ("", "none", "off"):
-                values[field.name] = None
-                continue
-            try:
-                values[field.name] = parse(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
-        else:
-            expected = typing.get_args(hints[field.name]) or (hints[field.name],)
-            accepted = tuple(t for t in expected if isinstance(t, type) and t is not type(None))
-            if accepted and not isinstance(raw, accepted):
-                raise ConfigError(f"{source}: {raw!r} is not a {accepted[0].__name__}")
-            values[field.name] = raw
+        if raw is not None:
+            values[field.name] = _value(hints[field.name], raw, source)
     try:
         return cls(**values)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _value(hint: Any, raw: Any, source: str) -> Any:
+    """One setting's value from a flag or variable `source`: a string is parsed for the
+    field's type hint (empty, "none" or "off" mean None where None is allowed); a typed
+    value (from code) must already have the field's type."""
+    parse, optional = _parser_for(hint)
+    if isinstance(raw, str):
+        if optional and raw.strip().lower() in ("", "none", "off"):
+            return None
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    expected = typing.get_args(hint) or (hint,)
+    accepted = tuple(t for t in expected if isinstance(t, type) and t is not type(None))
+    if accepted and not isinstance(raw, accepted):
+        raise ConfigError(f"{source}: {raw!r} is not a {accepted[0].__name__}")
+    return raw
 
 
 def require(condition: bool, name: str, rule: str) -> None:

@@ -141,9 +141,24 @@ class SinkHandler(logging.Handler):
             self.handleError(record)
 
 
-_lock = threading.Lock()
-_sink: LineSink | None = None
-_handler: SinkHandler | None = None
+class _Installed:
+    """The process's configured sink and its handler (one of each, or none), under a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sink: LineSink | None = None
+        self.handler: SinkHandler | None = None
+
+    def stop_locked(self) -> None:
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+        if self.sink is not None:
+            self.sink.close()
+        self.sink = None
+        self.handler = None
+
+
+_installed = _Installed()
 
 
 def configure(level: str = "INFO", stream: TextIO | None = None, capacity: int = 10_000) -> None:
@@ -151,9 +166,8 @@ def configure(level: str = "INFO", stream: TextIO | None = None, capacity: int =
 
     Safe to call more than once: the previous writer is flushed and replaced.
     """
-    global _sink, _handler
-    with _lock:
-        _stop_locked()
+    with _installed.lock:
+        _installed.stop_locked()
         sink = LineSink(stream or sys.stderr, capacity=capacity)
         handler = SinkHandler(sink)
         # On the root logger, so gRPC's and asyncio's own records are JSON lines too; the
@@ -164,7 +178,7 @@ def configure(level: str = "INFO", stream: TextIO | None = None, capacity: int =
         helix = logging.getLogger("helix")
         helix.setLevel(level.upper())
         helix.propagate = True
-        _sink, _handler = sink, handler
+        _installed.sink, _installed.handler = sink, handler
 
 
 def access(level: int, logger: logging.Logger, message: str, fields: Mapping[str, Any]) -> None:
@@ -175,7 +189,7 @@ def access(level: int, logger: logging.Logger, message: str, fields: Mapping[str
     """
     if not logger.isEnabledFor(level):
         return
-    sink = _sink
+    sink = _installed.sink
     if sink is None:
         logger.log(level, message, extra=dict(fields))
         return
@@ -190,17 +204,7 @@ def access(level: int, logger: logging.Logger, message: str, fields: Mapping[str
     sink.put(dumps(entry))
 
 
-def _stop_locked() -> None:
-    global _sink, _handler
-    if _handler is not None:
-        logging.getLogger().removeHandler(_handler)
-    if _sink is not None:
-        _sink.close()
-    _sink = None
-    _handler = None
-
-
 def shutdown() -> None:
     """Write buffered lines and stop the writer thread."""
-    with _lock:
-        _stop_locked()
+    with _installed.lock:
+        _installed.stop_locked()

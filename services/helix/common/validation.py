@@ -424,22 +424,25 @@ def _walk_unknown(
             )
         )
     for field, value in message.ListFields():
-        if field.type != descriptor.FieldDescriptor.TYPE_MESSAGE:
-            continue
         field_path = join(path, field.name)
-        if field_path in skip:
-            continue
-        entry = field.message_type
-        if entry is not None and entry.GetOptions().map_entry:
-            value_field = entry.fields_by_name["value"]
-            if value_field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
-                for map_key, item in value.items():
-                    _walk_unknown(item, key(field_path, map_key), skip, found, depth + 1)
-        elif field.is_repeated:
-            for i, item in enumerate(value):
-                _walk_unknown(item, index(field_path, i), skip, found, depth + 1)
-        else:
-            _walk_unknown(value, field_path, skip, found, depth + 1)
+        if field.type == descriptor.FieldDescriptor.TYPE_MESSAGE and field_path not in skip:
+            for item_path, item in _submessages(field, value, field_path):
+                _walk_unknown(item, item_path, skip, found, depth + 1)
+
+
+def _submessages(
+    field: descriptor.FieldDescriptor, value: Any, path: str
+) -> list[tuple[str, Message]]:
+    """The messages a message-typed field holds, with their paths: map values, list items
+    or the one message."""
+    entry = field.message_type
+    if entry is not None and entry.GetOptions().map_entry:
+        if entry.fields_by_name["value"].type != descriptor.FieldDescriptor.TYPE_MESSAGE:
+            return []
+        return [(key(path, map_key), item) for map_key, item in value.items()]
+    if field.is_repeated:
+        return [(index(path, i), item) for i, item in enumerate(value)]
+    return [(path, value)]
 
 
 def check_no_unknown_fields(

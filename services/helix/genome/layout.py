@@ -56,6 +56,13 @@ DEFAULT_DELETION_RATE = 0.05
 # --- normalisation ------------------------------------------------------------------------
 
 
+def _defaults(message: Message, **defaults: float) -> None:
+    """Set each optional field of `message` that is unset to its default."""
+    for name, value in defaults.items():
+        if not message.HasField(name):
+            setattr(message, name, value)
+
+
 def _normalise_numeric(ops: dna_pb2.RealOperators | dna_pb2.IntegerOperators) -> None:
     if ops.crossover == dna_pb2.NUMERIC_CROSSOVER_UNSPECIFIED:
         ops.crossover = dna_pb2.NUMERIC_CROSSOVER_SIMULATED_BINARY
@@ -63,43 +70,36 @@ def _normalise_numeric(ops: dna_pb2.RealOperators | dna_pb2.IntegerOperators) ->
         ops.mutation = dna_pb2.NUMERIC_MUTATION_POLYNOMIAL
     if ops.bounds == dna_pb2.BOUND_HANDLING_UNSPECIFIED:
         ops.bounds = dna_pb2.BOUND_HANDLING_REFLECT
-    if not ops.HasField("blend_alpha"):
-        ops.blend_alpha = DEFAULT_BLEND_ALPHA
-    if not ops.HasField("sbx_eta"):
-        ops.sbx_eta = DEFAULT_SBX_ETA
-    if not ops.HasField("gaussian_sigma"):
-        ops.gaussian_sigma = DEFAULT_GAUSSIAN_SIGMA
-    if not ops.HasField("polynomial_eta"):
-        ops.polynomial_eta = DEFAULT_POLYNOMIAL_ETA
+    _defaults(
+        ops,
+        blend_alpha=DEFAULT_BLEND_ALPHA,
+        sbx_eta=DEFAULT_SBX_ETA,
+        gaussian_sigma=DEFAULT_GAUSSIAN_SIGMA,
+        polynomial_eta=DEFAULT_POLYNOMIAL_ETA,
+    )
 
 
 def _normalise_alpha(alpha: dna_pb2.AlphaStrategy) -> None:
     if alpha.population_size == 0:
         alpha.population_size = DEFAULT_POPULATION_SIZE
-    if not alpha.HasField("elitism"):
-        alpha.elitism = min(DEFAULT_ELITISM, alpha.population_size - 1)
+    _defaults(alpha, elitism=min(DEFAULT_ELITISM, alpha.population_size - 1))
     if alpha.tournament_size == 0:
         # "0 means 3", capped by the rule 1..population_size for a population of 2 (the
         # written-out DNA must stay valid): such a DNA gets tournaments of 2.
         alpha.tournament_size = min(DEFAULT_TOURNAMENT_SIZE, alpha.population_size)
-    if not alpha.HasField("crossover_rate"):
-        alpha.crossover_rate = DEFAULT_CROSSOVER_RATE
-    if not alpha.HasField("mutation_rate"):
-        alpha.mutation_rate = DEFAULT_MUTATION_RATE
+    _defaults(alpha, crossover_rate=DEFAULT_CROSSOVER_RATE, mutation_rate=DEFAULT_MUTATION_RATE)
     _normalise_numeric(alpha.real)
     _normalise_numeric(alpha.integer)
-    if not alpha.choice.HasField("gene_mutation_rate"):
-        alpha.choice.gene_mutation_rate = alpha.mutation_rate
+    _defaults(alpha.choice, gene_mutation_rate=alpha.mutation_rate)
     alpha.bits.SetInParent()  # flip_rate stays unset: its default is per gene (1/size)
     if alpha.permutation.mutation == dna_pb2.PERMUTATION_MUTATION_UNSPECIFIED:
         alpha.permutation.mutation = dna_pb2.PERMUTATION_MUTATION_INVERSION
-    sequence = alpha.sequence
-    if not sequence.HasField("substitution_rate"):
-        sequence.substitution_rate = alpha.mutation_rate
-    if not sequence.HasField("insertion_rate"):
-        sequence.insertion_rate = DEFAULT_INSERTION_RATE
-    if not sequence.HasField("deletion_rate"):
-        sequence.deletion_rate = DEFAULT_DELETION_RATE
+    _defaults(
+        alpha.sequence,
+        substitution_rate=alpha.mutation_rate,
+        insertion_rate=DEFAULT_INSERTION_RATE,
+        deletion_rate=DEFAULT_DELETION_RATE,
+    )
 
 
 def _positive_zeros(message: Message) -> None:
@@ -186,6 +186,53 @@ class SequenceSpec:
     max_length: int
 
 
+class _Columns:
+    """The per-kind columns of a layout, filled gene by gene in gene order."""
+
+    def __init__(self) -> None:
+        self.real_low: list[float] = []
+        self.real_high: list[float] = []
+        self.real_log: list[bool] = []
+        self.int_low: list[int] = []
+        self.int_high: list[int] = []
+        self.choice_counts: list[int] = []
+        self.choice_options: list[tuple[str, ...]] = []
+        self.n_bits = 0
+        self.perm_sizes: list[int] = []
+        self.sequences: list[SequenceSpec] = []
+
+    def add(self, i: int, gene: dna_pb2.Gene) -> GeneSlot:
+        """Lay out gene `i` after the genes before it; its slot."""
+        kind: Kind = gene.WhichOneof("kind")  # type: ignore[assignment]
+        if kind == "real":
+            n, start = gene.real.size or 1, len(self.real_low)
+            self.real_low += [gene.real.low] * n
+            self.real_high += [gene.real.high] * n
+            self.real_log += [gene.real.log_scale] * n
+            return GeneSlot(gene.name, kind, i, start, start + n, n, gene)
+        if kind == "integer":
+            n, start = gene.integer.size or 1, len(self.int_low)
+            self.int_low += [gene.integer.low] * n
+            self.int_high += [gene.integer.high] * n
+            return GeneSlot(gene.name, kind, i, start, start + n, n, gene)
+        if kind == "choice":
+            n, start = gene.choice.size or 1, len(self.choice_counts)
+            self.choice_counts += [len(gene.choice.options)] * n
+            self.choice_options += [tuple(gene.choice.options)] * n
+            return GeneSlot(gene.name, kind, i, start, start + n, n, gene)
+        if kind == "bits":
+            n, start = gene.bits.size, self.n_bits
+            self.n_bits += n
+            return GeneSlot(gene.name, kind, i, start, start + n, n, gene)
+        if kind == "permutation":
+            n, start = gene.permutation.size, len(self.perm_sizes)
+            self.perm_sizes.append(n)
+            return GeneSlot(gene.name, kind, i, start, start + 1, n, gene)
+        seq, start = gene.sequence, len(self.sequences)
+        self.sequences.append(SequenceSpec(seq.alphabet, seq.min_length, seq.max_length))
+        return GeneSlot(gene.name, kind, i, start, start + 1, seq.max_length, gene)
+
+
 class Layout:
     """The column layout and per-column bounds of a valid, normalised DNA."""
 
@@ -209,69 +256,23 @@ class Layout:
 
     def __init__(self, normalised: dna_pb2.Dna) -> None:
         self.dna = normalised
-        slots: list[GeneSlot] = []
-        real_low: list[float] = []
-        real_high: list[float] = []
-        real_log: list[bool] = []
-        int_low: list[int] = []
-        int_high: list[int] = []
-        choice_counts: list[int] = []
-        choice_options: list[tuple[str, ...]] = []
-        n_bits = 0
-        perm_sizes: list[int] = []
-        sequences: list[SequenceSpec] = []
-        for i, gene in enumerate(normalised.genes):
-            kind: Kind = gene.WhichOneof("kind")  # type: ignore[assignment]
-            if kind == "real":
-                n = gene.real.size or 1
-                start = len(real_low)
-                real_low += [gene.real.low] * n
-                real_high += [gene.real.high] * n
-                real_log += [gene.real.log_scale] * n
-                slots.append(GeneSlot(gene.name, kind, i, start, start + n, n, gene))
-            elif kind == "integer":
-                n = gene.integer.size or 1
-                start = len(int_low)
-                int_low += [gene.integer.low] * n
-                int_high += [gene.integer.high] * n
-                slots.append(GeneSlot(gene.name, kind, i, start, start + n, n, gene))
-            elif kind == "choice":
-                n = gene.choice.size or 1
-                start = len(choice_counts)
-                choice_counts += [len(gene.choice.options)] * n
-                choice_options += [tuple(gene.choice.options)] * n
-                slots.append(GeneSlot(gene.name, kind, i, start, start + n, n, gene))
-            elif kind == "bits":
-                n = gene.bits.size
-                slots.append(GeneSlot(gene.name, kind, i, n_bits, n_bits + n, n, gene))
-                n_bits += n
-            elif kind == "permutation":
-                n = gene.permutation.size
-                slots.append(
-                    GeneSlot(gene.name, kind, i, len(perm_sizes), len(perm_sizes) + 1, n, gene)
-                )
-                perm_sizes.append(n)
-            else:
-                seq = gene.sequence
-                n = seq.max_length
-                slots.append(
-                    GeneSlot(gene.name, kind, i, len(sequences), len(sequences) + 1, n, gene)
-                )
-                sequences.append(SequenceSpec(seq.alphabet, seq.min_length, seq.max_length))
-        self.genes: tuple[GeneSlot, ...] = tuple(slots)
-        self.real_low: FloatArray = np.asarray(real_low, dtype=np.float64)
-        self.real_high: FloatArray = np.asarray(real_high, dtype=np.float64)
-        self.real_log: BoolArray = np.asarray(real_log, dtype=np.bool_)
-        self.integer_low: IntArray = np.asarray(int_low, dtype=np.int64)
-        self.integer_high: IntArray = np.asarray(int_high, dtype=np.int64)
-        self.choice_counts: IntArray = np.asarray(choice_counts, dtype=np.int64)
-        self.choice_options: tuple[tuple[str, ...], ...] = tuple(choice_options)
-        self.n_reals = len(real_low)
-        self.n_integers = len(int_low)
-        self.n_choices = len(choice_counts)
-        self.n_bits = n_bits
-        self.permutation_sizes: tuple[int, ...] = tuple(perm_sizes)
-        self.sequences: tuple[SequenceSpec, ...] = tuple(sequences)
+        columns = _Columns()
+        self.genes: tuple[GeneSlot, ...] = tuple(
+            columns.add(i, gene) for i, gene in enumerate(normalised.genes)
+        )
+        self.real_low: FloatArray = np.asarray(columns.real_low, dtype=np.float64)
+        self.real_high: FloatArray = np.asarray(columns.real_high, dtype=np.float64)
+        self.real_log: BoolArray = np.asarray(columns.real_log, dtype=np.bool_)
+        self.integer_low: IntArray = np.asarray(columns.int_low, dtype=np.int64)
+        self.integer_high: IntArray = np.asarray(columns.int_high, dtype=np.int64)
+        self.choice_counts: IntArray = np.asarray(columns.choice_counts, dtype=np.int64)
+        self.choice_options: tuple[tuple[str, ...], ...] = tuple(columns.choice_options)
+        self.n_reals = len(columns.real_low)
+        self.n_integers = len(columns.int_low)
+        self.n_choices = len(columns.choice_counts)
+        self.n_bits = columns.n_bits
+        self.permutation_sizes: tuple[int, ...] = tuple(columns.perm_sizes)
+        self.sequences: tuple[SequenceSpec, ...] = tuple(columns.sequences)
 
     def genes_of(self, kind: Kind) -> tuple[GeneSlot, ...]:
         """The genes of one kind, in gene order."""

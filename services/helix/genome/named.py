@@ -121,20 +121,20 @@ _NOT_FINITE = _Bad("must be finite", rules.FINITE)
 
 
 def _read_values(
+    gene: GeneSlot,
     value: object,
     path: str,
-    size: int,
     noun: str,
     parse: Callable[[object], _V | _Bad],
     found: list[FieldViolation],
-    *,
-    scalar: bool,
 ) -> list[_V]:
-    """A gene's values: one (`scalar`) or an array of `size` `noun`, each parsed.
+    """A gene's values: one (a gene of size 1, bits aside) or an array of its size `noun`,
+    each parsed.
 
     On a problem, reports it in `found` (the first bad element, counting the others) and
     returns no values.
     """
+    size, scalar = gene.size, gene.size == 1 and gene.kind != "bits"
     if scalar:
         items: list[object] = [value]
     elif isinstance(value, list) and len(value) == size:
@@ -202,10 +202,10 @@ def _option_parser(options: Sequence[str]) -> Callable[[object], int | _Bad]:
 def _read_gene(gene: GeneSlot, value: object, path: str, parts: _Parts) -> list[FieldViolation]:
     """One gene's named value, appended to `parts`; the problems found."""
     found: list[FieldViolation] = []
-    spec, scalar = gene.spec, gene.size == 1 and gene.kind != "bits"
+    spec = gene.spec
     if gene.kind == "real":
         parse = _real_parser(spec.real.low, spec.real.high)
-        parts.reals += _read_values(value, path, gene.size, "numbers", parse, found, scalar=scalar)
+        parts.reals += _read_values(gene, value, path, "numbers", parse, found)
         return found
     if gene.kind == "sequence":
         return _read_sequence(gene, value, path, parts)
@@ -215,7 +215,7 @@ def _read_gene(gene: GeneSlot, value: object, path: str, parts: _Parts) -> list[
         "bits": ("bits (0 or 1)", _integer_parser(0, 1)),
         "permutation": ("integers", _integer_parser(0, gene.size - 1)),
     }[gene.kind]
-    values = _read_values(value, path, gene.size, noun, parse_int, found, scalar=scalar)
+    values = _read_values(gene, value, path, noun, parse_int, found)
     if gene.kind == "permutation" and values and len(set(values)) != gene.size:
         j, repeated = first_repeat(values)
         text = f"repeats {repeated}: must be a permutation of 0..{gene.size - 1}"

@@ -163,7 +163,8 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > 256:
         raise _reject(
-            "the token's subject (sub) must be a string of 1..256 characters", reasons.TOKEN_BAD_SUBJECT
+            "the token's subject (sub) must be a string of 1..256 characters",
+            reasons.TOKEN_BAD_SUBJECT,
         )
     scope = claims.get("scope", "")
     # RFC 6749 §3.3: scope tokens separated by single spaces (%x20), each of %x21 / %x23-5B
@@ -171,7 +172,8 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     # while an issuer that splits on spaces sees one harmless scope.
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise _reject(
-            "the token's scope must be space-separated RFC 6749 scope tokens", reasons.TOKEN_BAD_SCOPE
+            "the token's scope must be space-separated RFC 6749 scope tokens",
+            reasons.TOKEN_BAD_SCOPE,
         )
     exp = claims["exp"]
     if not isinstance(exp, int | float) or exp != exp:
