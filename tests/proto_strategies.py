@@ -89,8 +89,9 @@ def messages(draw: st.DrawFn, desc: descriptor.Descriptor, depth: int = 0) -> Me
         if oneof is None and not draw(st.booleans()):
             continue
         is_message = field.type == FD.TYPE_MESSAGE
-        if is_message and field.message_type.GetOptions().map_entry:
-            entry = field.message_type.fields_by_name
+        sub: Any = field.message_type  # set for every message-typed field
+        if is_message and sub.GetOptions().map_entry:
+            entry = sub.fields_by_name
             values = draw(
                 st.dictionaries(_scalars(entry["key"]), _scalars(entry["value"]), max_size=70)
             )
@@ -98,10 +99,10 @@ def messages(draw: st.DrawFn, desc: descriptor.Descriptor, depth: int = 0) -> Me
         elif is_message and depth >= MAX_DEPTH:
             continue
         elif is_message and field.is_repeated:
-            for item in draw(st.lists(messages(field.message_type, depth + 1), max_size=6)):
+            for item in draw(st.lists(messages(sub, depth + 1), max_size=6)):
                 getattr(message, field.name).add().CopyFrom(item)
         elif is_message:
-            getattr(message, field.name).CopyFrom(draw(messages(field.message_type, depth + 1)))
+            getattr(message, field.name).CopyFrom(draw(messages(sub, depth + 1)))
         elif field.is_repeated:
             getattr(message, field.name).extend(draw(st.lists(_scalars(field), max_size=50)))
         else:

@@ -31,7 +31,7 @@ def test_environment_fills_fields_with_units():
     config = cfg.load(ServerConfig, env=env)
     assert config.port == 0
     assert config.grace_period == pytest.approx(1.5)
-    assert config.keepalive_time == 120
+    assert float(config.keepalive_time) == 120
     assert config.max_receive_message_bytes == 4 * 1024 * 1024
     assert config.metrics_port == 9464
 

@@ -206,7 +206,7 @@ async def serve(start_server, fake: FakeGenerator) -> str:
 
 @pytest.mark.parametrize("as_json", [False, True])
 async def test_dna_list_prints_every_page(start_server, capsys, as_json) -> None:
-    fake = FakeGenerator()
+    fake = FakeGenerator()  # type: ignore[abstract]
     address = await serve(start_server, fake)
     flags = ["dna", "list", "--address", address, "--token", "secret-token"]
     args = _build_parser().parse_args(flags + (["--json"] if as_json else []))
@@ -224,7 +224,7 @@ async def test_dna_list_prints_every_page(start_server, capsys, as_json) -> None
 
 
 async def test_dna_list_reports_a_server_error(start_server, capsys) -> None:
-    address = await serve(start_server, FakeGenerator(fail=True))
+    address = await serve(start_server, FakeGenerator(fail=True))  # type: ignore[abstract]
     args = _build_parser().parse_args(["dna", "list", "--address", address, "--token", "t"])
     assert await list_dnas(args) == 1
     assert "error: UNAVAILABLE: library unavailable" in capsys.readouterr().err

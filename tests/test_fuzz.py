@@ -102,17 +102,18 @@ def call_raw(channel: grpc.Channel, service: str, method: Any, payload: bytes, m
     """Send `payload` as the request bytes; raise the RpcError if the call fails."""
     path = f"/{service}/{method.name}"
     kind = (method.client_streaming, method.server_streaming)
+    raw: Any = channel  # raw bytes in and out: no (de)serializers, so untyped callables
     if kind == (False, False):
-        channel.unary_unary(path)(payload, metadata=metadata, timeout=10)
+        raw.unary_unary(path)(payload, metadata=metadata, timeout=10)
     elif kind == (False, True):
         # Streams such as WatchAgents may rightly wait for events that never come: a short
         # deadline ends them (DEADLINE_EXCEEDED is not a fault).
-        for _ in channel.unary_stream(path)(payload, metadata=metadata, timeout=0.2):
+        for _ in raw.unary_stream(path)(payload, metadata=metadata, timeout=0.2):
             pass
     elif kind == (True, False):
-        channel.stream_unary(path)(iter([payload]), metadata=metadata, timeout=10)
+        raw.stream_unary(path)(iter([payload]), metadata=metadata, timeout=10)
     else:
-        for _ in channel.stream_stream(path)(iter([payload]), metadata=metadata, timeout=2):
+        for _ in raw.stream_stream(path)(iter([payload]), metadata=metadata, timeout=2):
             pass
 
 
@@ -124,7 +125,7 @@ def assert_no_server_fault(channel, service, method, payload, metadata) -> None:
     try:
         call_raw(channel, service, method, payload, metadata)
     except grpc.RpcError as error:
-        code, details = error.code(), error.details()
+        code, details = error.code(), str(error.details())
     CODES_SEEN.setdefault(method.name, set()).add(code)
     assert code not in SERVER_FAULTS, (method.name, code, details)
 

@@ -62,7 +62,7 @@ async def test_internal_error_is_logged_with_traceback_and_request_id(
     echo = stubs(channel_to(server))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await echo["Fail"](String(value="crash"), metadata=(("x-request-id", "req-7"),))
-    assert "req-7" in caught.value.details()
+    assert "req-7" in str(caught.value.details())
     records = await lines_of(log_stream, 2)
     failure = next(r for r in records if r["message"].startswith("unexpected error"))
     assert failure["request_id"] == "req-7"

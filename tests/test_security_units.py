@@ -297,6 +297,6 @@ async def test_service_token_source_prefers_the_mounted_secret(tmp_path):
     assert await source.token() == "from-env"
     minted = service_token_source("svc:gen", ["agents.write"], signer=keyring.hs256, env={})
     principal = keyring.security().verifier.verify(await minted.token())
-    assert (principal.subject, principal.scopes) == ("svc:gen", {"agents.write"})
+    assert (principal.subject, set(principal.scopes)) == ("svc:gen", {"agents.write"})
     with pytest.raises(ConfigError, match="no credentials for svc:gen"):
         service_token_source("svc:gen", ["agents.write"], signer=None, env={})

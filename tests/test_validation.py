@@ -49,6 +49,11 @@ CANDIDATE_ID = "00e8b319e29f65b5b4dd2afee149c8ac"
 UNKNOWN_FIELD_111 = b"\xf8\x06\x01"  # field 111, varint 1: in no Helix message
 
 
+def enum_number(value: int) -> Any:
+    """An enum field's number, known to the schema or not, as the typed stubs let it pass."""
+    return value
+
+
 def make_dna(**overrides: Any) -> dna_pb2.Dna:
     document: dict[str, Any] = {
         "name": "dnas/rastrigin-10d",
@@ -141,7 +146,7 @@ VALID: dict[str, tuple[Check, Message]] = {
                 labels={"team": "b"},
                 health=registry_pb2.AGENT_HEALTH_NOT_SERVING,
                 capacity=100_000,
-                kind=99,  # not in the mask: not read
+                kind=enum_number(99),  # not in the mask: not read
             ),
             update_mask=FieldMask(paths=["endpoint", "labels", "health", "capacity"]),
         ),
@@ -286,7 +291,7 @@ def test_register_agent_reports_every_violation() -> None:
             kind=registry_pb2.AGENT_KIND_ORCHESTRATOR,
             endpoint="::1:50051",
             labels={"-team": "ok", "a/b/c": "", "ok": "not ok", "": ""},
-            health=9,
+            health=enum_number(9),
             load=registry_pb2.AgentLoad(utilization=math.nan),
             capacity=0,
             ttl=Duration(seconds=1, nanos=-1),
@@ -367,7 +372,10 @@ def test_registry_details_caps() -> None:
 
 def test_heartbeat_reports_every_violation() -> None:
     request = registry_pb2.HeartbeatRequest(
-        name="agent/x", epoch=0, health=-1, load=registry_pb2.AgentLoad(utilization=1.5)
+        name="agent/x",
+        epoch=0,
+        health=enum_number(-1),
+        load=registry_pb2.AgentLoad(utilization=1.5),
     )
     assert_violations(
         registry.check_heartbeat_request(request),
@@ -392,7 +400,7 @@ def test_update_agent_reports_every_violation() -> None:
             endpoint="host:0",
             health=registry_pb2.AGENT_HEALTH_UNSPECIFIED,
             capacity=100_001,
-            kind=0,
+            kind=enum_number(0),
         ),
         update_mask=FieldMask(paths=["endpoint", "kind", "health", "capacity", "owner"]),
     )
@@ -444,9 +452,9 @@ def test_deregister_get_list_and_watch_agents_report_every_violation() -> None:
             registry_pb2.ListAgentsRequest(
                 page_size=-1,
                 page_token="t" * 1025,
-                kind=4,
+                kind=enum_number(4),
                 label_selector="team=,=x,,a b",
-                health=17,
+                health=enum_number(17),
             )
         ),
         {
@@ -459,7 +467,9 @@ def test_deregister_get_list_and_watch_agents_report_every_violation() -> None:
     )
     assert_violations(
         registry.check_watch_agents_request(
-            registry_pb2.WatchAgentsRequest(start_revision=-1, kind=-2, label_selector="x" * 1025)
+            registry_pb2.WatchAgentsRequest(
+                start_revision=-1, kind=enum_number(-2), label_selector="x" * 1025
+            )
         ),
         {
             "start_revision": "must not be negative",
@@ -515,7 +525,9 @@ def test_generate_reports_every_violation() -> None:
         parents=[
             candidate_pb2.ScoredCandidate(
                 candidate=candidate(id="ABC"),
-                verdict=candidate_pb2.Verdict(candidate_id="f" * 32, status=7, score=math.inf),
+                verdict=candidate_pb2.Verdict(
+                    candidate_id="f" * 32, status=enum_number(7), score=math.inf
+                ),
             ),
             candidate_pb2.ScoredCandidate(),
             candidate_pb2.ScoredCandidate(candidate=candidate_pb2.Candidate()),
@@ -540,7 +552,9 @@ def test_generate_reports_every_violation() -> None:
         },
     )
     assert_violations(
-        generator.check_generate_request(generator_pb2.GenerateRequest(count=1, objective=9)),
+        generator.check_generate_request(
+            generator_pb2.GenerateRequest(count=1, objective=enum_number(9))
+        ),
         {"dna_source": "must set one of dna_name, dna"},  # objective is ignored without parents
     )
 
@@ -549,7 +563,10 @@ def test_generate_honours_its_limits() -> None:
     limits = generator.GeneratorLimits(max_parents=1, max_count=10)
     parent = candidate_pb2.ScoredCandidate(candidate=candidate())
     request = generator_pb2.GenerateRequest(
-        dna_name="dnas/x", parents=[parent, parent], objective=1, count=11
+        dna_name="dnas/x",
+        parents=[parent, parent],
+        objective=common_pb2.OBJECTIVE_MINIMIZE,
+        count=11,
     )
     assert_violations(
         generator.check_generate_request(request, limits),
@@ -633,7 +650,7 @@ def test_create_run_reports_every_violation() -> None:
             display_name="d" * 257,
             dna_name="rastrigin",
             oracle="",
-            objective=5,
+            objective=enum_number(5),
             budget=orchestrator_pb2.RunBudget(
                 max_evaluations=10**12 + 1,
                 max_generations=10**6 + 1,
@@ -693,7 +710,7 @@ def test_other_orchestrator_requests_report_every_violation() -> None:
     )
     assert_violations(
         orchestrator.check_list_runs_request(
-            orchestrator_pb2.ListRunsRequest(page_size=-2, state=6)
+            orchestrator_pb2.ListRunsRequest(page_size=-2, state=enum_number(6))
         ),
         {"page_size": "must not be negative", "state": "got 6"},
     )
@@ -710,7 +727,7 @@ def test_other_orchestrator_requests_report_every_violation() -> None:
     assert_violations(
         orchestrator.check_list_run_candidates_request(
             orchestrator_pb2.ListRunCandidatesRequest(
-                name="runs/r", page_size=-1, page_token="p" * 1025, status=5
+                name="runs/r", page_size=-1, page_token="p" * 1025, status=enum_number(5)
             )
         ),
         {"page_size": "negative", "page_token": "at most 1024", "status": "got 5"},
@@ -1128,7 +1145,7 @@ def _parents(draw: st.DrawFn) -> candidate_pb2.ScoredCandidate:
             parent.candidate.genome.reals.append(draw(st.floats()))
     if draw(st.booleans()):
         parent.verdict.candidate_id = draw(_IDS)
-        parent.verdict.status = draw(st.integers(-1, 6))
+        parent.verdict.status = enum_number(draw(st.integers(-1, 6)))
         parent.verdict.score = draw(st.floats())
     return parent
 
@@ -1147,7 +1164,7 @@ def _heartbeats(draw: st.DrawFn) -> registry_pb2.HeartbeatRequest:
     request = registry_pb2.HeartbeatRequest(
         name=draw(st.sampled_from(names)),
         epoch=draw(st.integers(-2, 3)),
-        health=draw(st.integers(-1, 5)),
+        health=enum_number(draw(st.integers(-1, 5))),
     )
     if draw(st.booleans()):
         request.load.utilization = draw(st.floats())

@@ -30,7 +30,7 @@ async def eventually(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what} (last: {value!r})")
         await asyncio.sleep(interval)
