@@ -17,7 +17,7 @@ import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.generator import strategies
-from helix.generator.service import chunk_records, rank_parents
+from helix.generator.breeding import chunk_records, rank_parents
 from helix.genome.layout import Layout, normalise
 
 GENES = [

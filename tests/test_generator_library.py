@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -260,12 +262,13 @@ class GatedLibrary(DnaLibrary):
         return await super()._read(file)
 
 
-async def wait_for(condition) -> None:
-    for _ in range(1000):
-        if condition():
-            return
+async def eventually(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Wait until `condition` holds (checked every few milliseconds); fail after `within` s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
-    raise AssertionError("condition not met")
 
 
 async def test_concurrent_requests_for_one_file_share_one_read(directory) -> None:
@@ -273,13 +276,15 @@ async def test_concurrent_requests_for_one_file_share_one_read(directory) -> Non
     calls = [asyncio.create_task(library.get("dnas/sphere")) for _ in range(8)]
     calls.append(asyncio.create_task(library.valid("dnas/sphere")))
     calls.append(asyncio.create_task(library.list()))
-    await wait_for(lambda: library.started == 3)  # sphere, onemax and broken
-    await asyncio.sleep(0.05)  # every caller is waiting by now
+    # sphere, onemax and broken are read once each; the 9 other requests for sphere (8 gets,
+    # valid, and list's) wait on its read.
+    await eventually(
+        lambda: library.started == 3 and library.stats.shared == 9, "every caller to wait"
+    )
     library.gate.set()
     results = await asyncio.gather(*calls)
     assert library.started == 3
-    assert library.stats.reads == 3
-    assert library.stats.hits == 0
+    assert (library.stats.reads, library.stats.hits, library.stats.shared) == (3, 0, 9)
     assert all(doc == results[0] for doc in results[:8])
     assert results[8].document == results[0]
 
@@ -288,8 +293,9 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_read(directory) -> 
     library = GatedLibrary(directory)
     leaving = asyncio.create_task(library.get("dnas/sphere"))
     staying = asyncio.create_task(library.get("dnas/sphere"))
-    await wait_for(lambda: library.started == 1)
-    await asyncio.sleep(0.02)
+    await eventually(
+        lambda: library.started == 1 and library.stats.shared == 1, "both callers to wait"
+    )
     leaving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leaving
@@ -301,12 +307,12 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_read(directory) -> 
 async def test_a_read_whose_callers_all_left_still_fills_the_cache(directory) -> None:
     library = GatedLibrary(directory)
     caller = asyncio.create_task(library.get("dnas/sphere"))
-    await wait_for(lambda: library.started == 1)
+    await eventually(lambda: library.started == 1, "the read to start")
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
     library.gate.set()
-    await wait_for(lambda: not library._loading)
+    await eventually(lambda: library.loading == 0, "the read to finish")
     assert (await library.get("dnas/sphere")).valid
     assert (library.stats.reads, library.stats.hits) == (1, 1)
 
@@ -314,12 +320,12 @@ async def test_a_read_whose_callers_all_left_still_fills_the_cache(directory) ->
 async def test_aclose_cancels_reads_nobody_waits_for(directory) -> None:
     library = GatedLibrary(directory)
     caller = asyncio.create_task(library.get("dnas/sphere"))
-    await wait_for(lambda: library.started == 1)
+    await eventually(lambda: library.started == 1, "the read to start")
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
     await library.aclose()
-    assert not library._loading
+    assert library.loading == 0
     assert library.stats.reads == 0
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,39 @@ def scored(
         )
         for c in candidates
     ]
+
+
+def sample(suite: Suite, name: str, **labels: str) -> float:
+    """A metric of the suite's server, as /metrics would show it (0 when absent)."""
+    return suite.server.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def cancelled_streams(suite: Suite) -> float:
+    """Generate streams that ended CANCELLED. Counted once the servicer's generator has
+    closed (its `finally` ran), so by then its slot is free and it queues no more chunks."""
+    labels = {
+        "grpc_type": "SERVER_STREAM",
+        "grpc_service": "helix.v1.GeneratorService",
+        "grpc_method": "Generate",
+        "grpc_code": "CANCELLED",
+    }
+    return sample(suite, "grpc_server_handled_total", **labels)
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, within: float = 20.0
+) -> None:
+    """Wait until `condition` holds, checking every 10 ms; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str, str]]:
@@ -488,7 +522,6 @@ async def test_generate_needs_the_generate_scope(suite):
 
 
 async def test_cancelling_generate_stops_the_breeding_promptly(suite):
-    registry = suite.server.metrics.registry
     # Long permutations with inversion: a few rows per chunk, each chunk milliseconds of
     # work in a breeding thread; a full stream would breed for many minutes.
     dna = dna_pb2.Dna(
@@ -510,33 +543,19 @@ async def test_cancelling_generate_stops_the_breeding_promptly(suite):
     first = await call.read()
     assert first.remaining == 1_000_000 - len(first.candidates)
     call.cancel()
-
-    def sample(name: str, **labels: str) -> float:
-        return registry.get_sample_value(name, labels) or 0.0
-
-    labels = {
-        "grpc_type": "SERVER_STREAM",
-        "grpc_service": "helix.v1.GeneratorService",
-        "grpc_method": "Generate",
-        "grpc_code": "CANCELLED",
-    }
-    for _ in range(200):
-        if sample("grpc_server_handled_total", **labels):
-            break
-        await asyncio.sleep(0.02)
-    assert sample("grpc_server_handled_total", **labels) == 1
-    # The chunk in progress when the stream ended may still finish (a slow machine can take
-    # a while): wait until the count holds, then make sure it keeps holding.
-    settled = sample("helix_generator_chunks_total")
-    for _ in range(50):
-        await asyncio.sleep(0.3)
-        now = sample("helix_generator_chunks_total")
-        if now == settled:
-            break
-        settled = now
-    await asyncio.sleep(0.5)
-    assert sample("helix_generator_chunks_total") == settled  # no breeding after the end
-    assert settled < 200  # of the ~500,000 chunks a full stream would breed
+    await eventually(lambda: cancelled_streams(suite) == 1, "the stream to end")
+    # The chunk in progress when the stream ended may still finish in its thread (a slow
+    # machine can take a while); a chunk not started yet is dropped, and none is queued
+    # after the end. Once none is pending, the count is final.
+    await eventually(
+        lambda: sample(suite, "helix_generator_chunks_pending") == 0, "the chunk in progress"
+    )
+    bred = sample(suite, "helix_generator_chunks_total")
+    assert bred < 200  # of the ~500,000 chunks a full stream would breed
+    # Another whole stream later, the cancelled one has still bred nothing more.
+    assert len(flatten(await generate(stub, dna=dna, count=1, seed=1))) == 1
+    assert sample(suite, "helix_generator_chunks_total") == bred + 1
+    assert sample(suite, "helix_generator_chunks_pending") == 0
 
 
 async def test_generate_beyond_capacity_is_resource_exhausted_until_a_slot_frees(suite):
@@ -551,15 +570,8 @@ async def test_generate_beyond_capacity_is_resource_exhausted_until_a_slot_frees
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value).reason == "GENERATOR_BUSY"
     calls[0].cancel()
-    refusals: list[grpc.StatusCode] = []
-    for _ in range(100):
-        try:
-            served = await generate(stub, dna_name="dnas/sphere", count=1)
-            break
-        except grpc.aio.AioRpcError as error:
-            refusals.append(error.code())
-            await asyncio.sleep(0.05)
-    assert set(refusals) <= {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    await eventually(lambda: cancelled_streams(suite) == 1, "the cancelled stream to end")
+    served = await generate(stub, dna_name="dnas/sphere", count=1)  # its slot is free again
     assert len(flatten(served)) == 1
     for call in calls[1:]:
         call.cancel()
@@ -570,13 +582,14 @@ async def test_generate_beyond_capacity_is_resource_exhausted_until_a_slot_frees
 
 async def test_the_embedded_generator_registers_itself(suite):
     registry = suite.stub("dave", ("agents.read",))
-    for _ in range(100):
-        listed = await registry.ListAgents(
-            registry_pb2.ListAgentsRequest(kind=registry_pb2.AGENT_KIND_GENERATOR), timeout=5
-        )
-        if listed.agents:
-            break
-        await asyncio.sleep(0.05)
+    request = registry_pb2.ListAgentsRequest(kind=registry_pb2.AGENT_KIND_GENERATOR)
+    listed = registry_pb2.ListAgentsResponse()
+
+    async def registered() -> bool:
+        listed.CopyFrom(await registry.ListAgents(request, timeout=5))
+        return bool(listed.agents)
+
+    await eventually(registered, "the generator to register")
     (agent,) = listed.agents
     assert agent.name == "agents/embedded-generator"
     assert agent.endpoint == suite.server.address

@@ -71,11 +71,14 @@ class ValidDna:
 
 @dataclass(slots=True)
 class LibraryStats:
-    """Counters that show what the cache saves: `reads` counts files read from disk."""
+    """Counters that show what the cache saves: `reads` counts files read from disk, `hits`
+    requests the cache answered, `shared` requests that joined a read already under way
+    (single flight) instead of starting their own."""
 
     reads: int = 0
     hits: int = 0
     evictions: int = 0
+    shared: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +175,11 @@ class DnaLibrary:
         dna.CopyFrom(entry.normalised)
         return ValidDna(_copy(entry.document), dna)
 
+    @property
+    def loading(self) -> int:
+        """How many file reads are under way (each shared by every request for its file)."""
+        return len(self._loading)
+
     async def aclose(self) -> None:
         """Cancel reads still running after their callers went away."""
         pending = builtins.list(self._loading.values())
@@ -231,6 +239,8 @@ class DnaLibrary:
             task = asyncio.create_task(self._load(name, file), name=f"load {file.source}")
             self._loading[key] = task
             task.add_done_callback(lambda done: self._loaded(key, done))
+        else:
+            self.stats.shared += 1
         # shield: a caller that gives up cancels its wait, not the read others share.
         return await asyncio.shield(task)
 

@@ -1,0 +1,223 @@
+"""Breeding for Generate: rank the parents, breed chunk after chunk, frame the responses.
+
+Pure and synchronous (no grpc, no I/O), so the golden tests and the benchmark run exactly
+what the service runs. The servicer resolves the DNA, calls `rank_parents` and `breed` in
+its breeding threads, and streams what `breed` yields (streaming.py keeps one chunk
+ahead). Candidates are assembled as bytes and parsed once per response, which costs a
+fraction of building a message per candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.generator_pb2 as generator_pb2
+from helix.common import errors, reasons, rules
+from helix.generator import strategies
+from helix.generator.stats import GeneratorStats
+from helix.genome import codec, genome_checks
+from helix.genome.layout import Layout, Population
+
+STRATEGIES = ("alpha", "random")
+DEFAULT_BATCH_SIZE = 256
+# generator.proto promises responses under 4 MiB, the default limit of every gRPC client.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# Room for a response's own fields around its candidates, under the message limit.
+RESPONSE_OVERHEAD = 64
+
+_SCORED = (candidate_pb2.VERDICT_STATUS_PASSED, candidate_pb2.VERDICT_STATUS_FAILED)
+
+
+def layout_for(dna: dna_pb2.Dna) -> Layout:
+    """The layout to breed a valid, normalised `dna` with; FAILED_PRECONDITION when its
+    strategy is not one this generator implements (a newer DNA than this generator)."""
+    kind = dna.strategy.WhichOneof("kind")
+    if kind not in STRATEGIES:
+        raise errors.FailedPrecondition(
+            f"this generator does not implement the strategy {kind!r}",
+            reason=reasons.STRATEGY_NOT_IMPLEMENTED,
+        )
+    return Layout(dna)
+
+
+# --- the parents --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Parents:
+    """The parents of a Generate call, ranked, one entry per candidate id.
+
+    `population[i]` is the genome of `ids[i]`, `sources[i]` its Candidate as sent (copied
+    unchanged, id filled in, when it is an elite); the first `scored` have a score
+    (verdict PASSED or FAILED).
+    """
+
+    population: Population
+    ids: list[str]
+    sources: list[candidate_pb2.Candidate]
+    scored: int
+
+    def record(self, i: int) -> bytes:
+        """Parent i's Candidate, serialised as it came (with its id), for an elite."""
+        source = self.sources[i]
+        if source.id == self.ids[i]:
+            return source.SerializeToString(deterministic=True)
+        copy = candidate_pb2.Candidate()
+        copy.CopyFrom(source)
+        copy.id = self.ids[i]
+        return copy.SerializeToString(deterministic=True)
+
+
+def _check_ids(ids: list[str], own: list[str], claimed: list[str]) -> None:
+    """Every non-empty candidate.id and verdict.candidate_id equals the genome's hash."""
+    wrong = []
+    for i, (real, candidate_id, verdict_id) in enumerate(zip(ids, own, claimed, strict=True)):
+        for name, value in (("candidate.id", candidate_id), ("verdict.candidate_id", verdict_id)):
+            if value and value != real:
+                text = f"must be the genome's content hash {real} (or empty), got {value}"
+                path = f"parents[{i}].{name}"
+                wrong.append(errors.FieldViolation(path, text, rules.WRONG_ID))
+    if wrong:
+        raise errors.InvalidArgument(
+            "a parent's id is not its genome's content hash", wrong[:100], reason=reasons.WRONG_ID
+        )
+
+
+def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Parents | None:
+    """Decode the request's parents (INVALID_ARGUMENT if a genome does not fit the DNA or
+    an id is not the genome's) and rank them, keeping one entry per candidate id: its
+    best-ranked verdict, and of several messages the one whose serialisation sorts first.
+    The result depends on the set of parents, never on their order or repeats."""
+    if not request.parents:
+        return None
+    candidates, own, claimed, statuses, scores = [], [], [], [], []
+    for parent in request.parents:  # one pass: each field access builds a Python object
+        candidate, verdict = parent.candidate, parent.verdict
+        candidates.append(candidate)
+        own.append(candidate.id)
+        claimed.append(verdict.candidate_id)
+        statuses.append(verdict.status)
+        scores.append(verdict.score)
+    population = genome_checks.decode_genomes(
+        layout, [c.genome for c in candidates], lambda i: f"parents[{i}].candidate.genome"
+    )
+    ids = codec.candidate_ids(codec.encode_genomes(layout, population))
+    if own != ids or claimed != ids:
+        _check_ids(ids, own, claimed)
+    order = strategies.rank(ids, statuses, scores, request.objective).tolist()
+    first: dict[str, int] = {}
+    for i in order:
+        first.setdefault(ids[i], i)
+    keep = list(first.values())  # dicts keep insertion (rank) order
+    sources = [candidates[i] for i in keep]
+    if len(keep) < len(candidates):  # repeats: pick each id's message canonically
+        by_id: dict[str, list[candidate_pb2.Candidate]] = {}
+        for i, candidate in enumerate(candidates):
+            by_id.setdefault(ids[i], []).append(candidate)
+        sources = [
+            min(by_id[ids[i]], key=lambda c: c.SerializeToString(deterministic=True)) for i in keep
+        ]
+    return Parents(
+        population.take(keep),
+        [ids[i] for i in keep],
+        sources,
+        sum(1 for i in keep if statuses[i] in _SCORED),
+    )
+
+
+# --- the children -------------------------------------------------------------------------
+
+
+def chunk_records(
+    layout: Layout, chunk: strategies.Chunk, parents: Parents | None, generation: int
+) -> list[bytes]:
+    """The candidates of one chunk, serialised, in output order: elites (copied unchanged),
+    then children with their id, generation and parent ids."""
+    out = [parents.record(i) for i in chunk.elites.tolist()] if parents is not None else []
+    n = len(chunk.children)
+    if not n:
+        return out
+    encodings = codec.encode_genomes(layout, chunk.children)
+    lineage: list[tuple[str, ...]]
+    if parents is not None:
+        ids = parents.ids
+        lineage = [
+            () if a < 0 else (ids[a],) if b < 0 else (ids[a], ids[b])
+            for a, b in chunk.parents.tolist()
+        ]
+    else:
+        lineage = [()] * n
+    return out + codec.encode_candidates(
+        encodings, codec.candidate_ids(encodings), generation=generation, parent_ids=lineage
+    )
+
+
+def batches(records: Sequence[bytes], batch_size: int, max_bytes: int) -> Iterator[list[bytes]]:
+    """Cut serialised candidates into batches of at most `batch_size` and `max_bytes`
+    (a single candidate over `max_bytes` still goes out, alone)."""
+    batch: list[bytes] = []
+    size = RESPONSE_OVERHEAD
+    for record in records:
+        item = len(record) + 6  # the field's tag and length prefix
+        if batch and (len(batch) >= batch_size or size + item > max_bytes):
+            yield batch
+            batch, size = [], RESPONSE_OVERHEAD
+        batch.append(record)
+        size += item
+    if batch:
+        yield batch
+
+
+def breed(
+    layout: Layout,
+    request: generator_pb2.GenerateRequest,
+    parents: Parents | None,
+    *,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+    stats: GeneratorStats | None = None,
+) -> Iterator[list[generator_pb2.GenerateResponse]]:
+    """The responses of a Generate call for a `layout_for` layout and `rank_parents`'
+    result, chunk by chunk: each item is one chunk's candidates in responses of at most
+    `request.batch_size` candidates and `max_bytes` bytes, `remaining` counting down to 0
+    in the last.
+
+    Lazy: a chunk is bred when the next item is asked for, so the caller decides how far
+    ahead to breed and stops breeding by not asking. Not thread-safe: ask for one item at
+    a time (from any thread). `stats` counts each chunk and its candidates as it is bred.
+    """
+    chunks = strategies.generate(
+        layout,
+        parents.population if parents is not None else None,
+        request.count,
+        request.seed,
+        request.generation,
+        scored=parents.scored if parents is not None else None,
+    )
+    return _responses(layout, request, parents, chunks, max_bytes, stats)
+
+
+def _responses(
+    layout: Layout,
+    request: generator_pb2.GenerateRequest,
+    parents: Parents | None,
+    chunks: Iterator[strategies.Chunk],
+    max_bytes: int,
+    stats: GeneratorStats | None,
+) -> Iterator[list[generator_pb2.GenerateResponse]]:
+    generation = request.generation
+    batch_size = request.batch_size or DEFAULT_BATCH_SIZE
+    parse = generator_pb2.GenerateResponse.FromString
+    encode = codec.encode_generate_response
+    remaining = request.count
+    for chunk in chunks:
+        records = chunk_records(layout, chunk, parents, generation)
+        responses = []
+        for batch in batches(records, batch_size, max_bytes):
+            remaining -= len(batch)
+            responses.append(parse(encode(batch, generation, remaining)))
+        if stats is not None:
+            stats.chunk_bred(len(records))
+        yield responses

@@ -1,0 +1,253 @@
+"""Breeding without a network: the pure core (breeding.py) and its async shell (streaming.py).
+
+The shell's promises are what keep a generator responsive: items are made one at a time
+in the pool, one ahead of the consumer; a closed or cancelled stream leaves at most the
+item in progress to finish and queues nothing more; the stream cap answers GENERATOR_BUSY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.common_pb2 as common_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.generator_pb2 as generator_pb2
+from helix.common import errors, reasons
+from helix.generator import breeding, strategies
+from helix.generator.stats import GeneratorStats
+from helix.generator.streaming import StreamSlots, bred_ahead
+from helix.genome.layout import Layout, normalise
+
+WAIT = 10.0  # seconds a test waits for a thread before it fails
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait until `condition` holds, letting other tasks run; fail after WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+def layout_of(*genes: dna_pb2.Gene) -> Layout:
+    return breeding.layout_for(normalise(dna_pb2.Dna(genes=genes)))
+
+
+ROUTE = dna_pb2.Gene(name="route", permutation=dna_pb2.PermutationGene(size=30))
+WIDE = dna_pb2.Gene(name="x", real=dna_pb2.RealGene(low=0, high=1, size=1000))
+
+
+def records_of(layout: Layout, request: generator_pb2.GenerateRequest) -> list[bytes]:
+    """The candidates of `request` straight from the strategy, as the golden tests see them."""
+    parents = breeding.rank_parents(layout, request)
+    out: list[bytes] = []
+    for chunk in strategies.generate(
+        layout,
+        parents.population if parents is not None else None,
+        request.count,
+        request.seed,
+        request.generation,
+        scored=parents.scored if parents is not None else None,
+    ):
+        out += breeding.chunk_records(layout, chunk, parents, request.generation)
+    return out
+
+
+def scored(layout: Layout, count: int) -> list[candidate_pb2.ScoredCandidate]:
+    chunk = next(strategies.generate(layout, None, count, 1, 0))
+    candidates = [
+        candidate_pb2.Candidate.FromString(r)
+        for r in breeding.chunk_records(layout, chunk, None, 0)
+    ]
+    return [
+        candidate_pb2.ScoredCandidate(
+            candidate=c,
+            verdict=candidate_pb2.Verdict(
+                status=candidate_pb2.VERDICT_STATUS_PASSED, score=float(i)
+            ),
+        )
+        for i, c in enumerate(candidates)
+    ]
+
+
+# --- breeding.py --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_parents", [False, True])
+def test_breed_frames_every_candidate_in_order_with_remaining_counting_down(
+    with_parents: bool,
+) -> None:
+    layout = layout_of(ROUTE)
+    request = generator_pb2.GenerateRequest(
+        count=2000, seed=3, generation=4 if with_parents else 0, batch_size=300
+    )
+    if with_parents:
+        request.parents.extend(scored(layout, 50))
+        request.objective = common_pb2.OBJECTIVE_MINIMIZE
+    stats = GeneratorStats()
+    parents = breeding.rank_parents(layout, request)
+    chunks = list(breeding.breed(layout, request, parents, stats=stats))
+    assert len(chunks) >= 2  # remaining counts down across chunks
+    responses = [r for chunk in chunks for r in chunk]
+    sent = [c.SerializeToString(deterministic=True) for r in responses for c in r.candidates]
+    assert sent == records_of(layout, request)
+    assert all(1 <= len(r.candidates) <= 300 for r in responses)
+    assert all(r.generation == request.generation for r in responses)
+    remaining = [r.remaining for r in responses]
+    assert remaining == [
+        2000 - sum(len(r.candidates) for r in responses[: i + 1]) for i in range(len(responses))
+    ]
+    assert remaining[-1] == 0
+    assert (stats.chunks, stats.candidates) == (len(chunks), 2000)
+
+
+def test_breed_keeps_each_response_under_max_bytes() -> None:
+    layout = layout_of(WIDE)  # about 8 kB per candidate
+    request = generator_pb2.GenerateRequest(count=40, seed=1, batch_size=40)
+    responses = [
+        r for chunk in breeding.breed(layout, request, None, max_bytes=50_000) for r in chunk
+    ]
+    assert sum(len(r.candidates) for r in responses) == 40
+    assert len(responses) >= 7
+    assert all(r.ByteSize() <= 50_000 for r in responses)
+
+
+def test_batches_cut_by_count_and_size_and_send_an_oversized_record_alone() -> None:
+    records = [b"a" * 10] * 5 + [b"b" * 500] + [b"c" * 10] * 2
+    assert [len(b) for b in breeding.batches(records, 2, 10_000)] == [2, 2, 2, 2]
+    cut = list(breeding.batches(records, 100, breeding.RESPONSE_OVERHEAD + 3 * 16))
+    assert [len(b) for b in cut] == [3, 2, 1, 2]
+    assert cut[2] == [b"b" * 500]
+    assert list(breeding.batches([], 10, 10_000)) == []
+
+
+def test_a_strategy_this_generator_does_not_implement_is_a_failed_precondition() -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        breeding.layout_for(dna_pb2.Dna(genes=[ROUTE]))  # no strategy: none this one knows
+    assert caught.value.reason == reasons.STRATEGY_NOT_IMPLEMENTED
+
+
+# --- streaming.py -------------------------------------------------------------------------
+
+
+class Gated(Iterator[list[int]]):
+    """[0], [1], … [n - 1]; making item `gate_at` waits for `release` (in its thread)."""
+
+    def __init__(self, n: int, gate_at: int = -1) -> None:
+        self.n = n
+        self.gate_at = gate_at
+        self.asked = 0
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __next__(self) -> list[int]:
+        i = self.asked
+        self.asked += 1
+        if i >= self.n:
+            raise StopIteration
+        if i == self.gate_at:
+            self.started.set()
+            assert self.release.wait(WAIT)
+        return [i]
+
+
+@pytest.fixture
+async def executor() -> AsyncIterator[concurrent.futures.ThreadPoolExecutor]:
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    yield pool
+    await asyncio.to_thread(pool.shutdown, wait=True)
+
+
+async def test_bred_ahead_yields_every_item_in_order(executor) -> None:
+    stats = GeneratorStats()
+    items = Gated(5)
+    assert [item async for item in bred_ahead(executor, items, stats)] == [[i] for i in range(5)]
+    assert stats.pending == 0
+    assert items.asked == 6  # the five items and the end
+
+
+async def test_bred_ahead_makes_the_next_item_while_the_consumer_holds_one(executor) -> None:
+    stats = GeneratorStats()
+    items = Gated(3, gate_at=1)
+    ahead = bred_ahead(executor, items, stats)
+    assert await anext(ahead) == [0]
+    assert await asyncio.to_thread(items.started.wait, WAIT)  # item 1, before it is asked
+    assert stats.pending == 1
+    items.release.set()
+    assert [item async for item in ahead] == [[1], [2]]
+
+
+async def test_closing_leaves_only_the_item_in_progress_to_finish(executor) -> None:
+    stats = GeneratorStats()
+    items = Gated(100, gate_at=1)
+    ahead = bred_ahead(executor, items, stats)
+    assert await anext(ahead) == [0]
+    assert await asyncio.to_thread(items.started.wait, WAIT)
+    await ahead.aclose()
+    assert stats.pending == 1  # still being made in its thread
+    items.release.set()
+    await asyncio.to_thread(executor.shutdown, wait=True)  # every thread is done
+    assert stats.pending == 0
+    assert items.asked == 2  # nothing was asked for after the close
+
+
+async def test_a_cancelled_consumer_drops_an_item_not_started_and_is_not_swallowed() -> None:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    blocker = threading.Event()
+    busy = pool.submit(blocker.wait, WAIT)  # the only thread is busy: the item waits in line
+    stats = GeneratorStats()
+    items = Gated(10)
+    ahead = bred_ahead(pool, items, stats)
+    consumer = asyncio.create_task(anext(ahead))
+    await eventually(lambda: stats.pending == 1, "the first item to be queued")
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert stats.pending == 0  # cancelled before it started
+    blocker.set()
+    assert busy.result(WAIT)
+    await asyncio.to_thread(pool.shutdown, wait=True)
+    assert items.asked == 0
+
+
+async def test_an_error_while_making_an_item_reaches_the_consumer(executor) -> None:
+    def failing() -> Iterator[list[int]]:
+        yield [0]
+        raise ValueError("broken chunk")
+
+    stats = GeneratorStats()
+    ahead = bred_ahead(executor, failing(), stats)
+    assert await anext(ahead) == [0]
+    with pytest.raises(ValueError, match="broken chunk"):
+        await anext(ahead)
+    assert stats.pending == 0
+
+
+async def test_a_shut_down_pool_queues_nothing() -> None:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool.shutdown()
+    stats = GeneratorStats()
+    with pytest.raises(RuntimeError):
+        await anext(bred_ahead(pool, Gated(1), stats))
+    assert stats.pending == 0
+
+
+def test_stream_slots_refuse_beyond_capacity_with_generator_busy() -> None:
+    slots = StreamSlots(2)
+    with slots.hold(), slots.hold():
+        with pytest.raises(errors.ResourceExhausted) as caught, slots.hold():
+            pass
+        assert caught.value.reason == reasons.GENERATOR_BUSY
+        assert caught.value.retry_after == 1.0
+        assert slots.used == 2
+    assert slots.used == 0
+    with slots.hold():  # freed, whichever way the holders left
+        assert slots.used == 1
