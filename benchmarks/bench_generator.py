@@ -51,7 +51,7 @@ import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 from helix.common.services import validate
 from helix.generator import strategies
 from helix.generator import validation as checks
-from helix.generator.service import Parents, chunk_records, rank_parents
+from helix.generator.breeding import Parents, chunk_records, rank_parents
 from helix.genome.layout import Layout, normalise
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.keys import load_hs256_dir

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -25,16 +24,9 @@ from helix.generator.stats import GeneratorStats
 from helix.generator.streaming import StreamSlots, bred_ahead
 from helix.genome.layout import Layout, normalise
 
+from waiting import eventually
+
 WAIT = 10.0  # seconds a test waits for a thread before it fails
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Wait until `condition` holds, letting other tasks run; fail after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 def layout_of(*genes: dna_pb2.Gene) -> Layout:

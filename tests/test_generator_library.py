@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import aiofiles
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
@@ -17,6 +17,8 @@ from helix.common import errors
 from helix.common.status import status_code_for, to_rpc_status
 from helix.generator import library as library_module
 from helix.generator.library import DnaInvalid, DnaLibrary
+
+from waiting import eventually
 
 SPHERE = "name: dnas/sphere\ngenes:\n  - {name: x, real: {low: -5.12, high: 5.12, size: 10}}\n"
 ONEMAX = '{"genes": [{"name": "bits", "bits": {"size": 100}}]}'
@@ -192,14 +194,14 @@ async def test_unusable_files_are_invalid_documents_and_stop_nothing(directory, 
     write(directory, "latin.yaml", b"genes:\n  - name: caf\xe9\n")
     write(directory, "locked.yaml", ONEMAX)
     write(directory, "empty.yaml", "")
-    real_open = library_module.aiofiles.open
+    real_open = aiofiles.open
 
     def guarded_open(path, *args, **kwargs):
         if str(path).endswith("locked.yaml"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(library_module.aiofiles, "open", guarded_open)
+    monkeypatch.setattr(aiofiles, "open", guarded_open)
     library = DnaLibrary(directory, max_file_bytes=len(SPHERE) + 100)
     documents = {doc.name: doc for doc in await library.list()}
     assert sorted(documents) == [
@@ -221,7 +223,7 @@ async def test_unusable_files_are_invalid_documents_and_stop_nothing(directory, 
     assert documents["dnas/sphere"].valid
     assert documents["dnas/onemax"].valid
     # An unreadable file is tried again on each use: the cause may be fixed meanwhile.
-    monkeypatch.setattr(library_module.aiofiles, "open", real_open)
+    monkeypatch.setattr(aiofiles, "open", real_open)
     assert (await library.get("dnas/locked")).valid
 
 
@@ -262,18 +264,11 @@ class GatedLibrary(DnaLibrary):
         return await super()._read(file)
 
 
-async def eventually(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Wait until `condition` holds (checked every few milliseconds); fail after `within` s."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 async def test_concurrent_requests_for_one_file_share_one_read(directory) -> None:
     library = GatedLibrary(directory)
-    calls = [asyncio.create_task(library.get("dnas/sphere")) for _ in range(8)]
+    calls: list[asyncio.Task[Any]] = [
+        asyncio.create_task(library.get("dnas/sphere")) for _ in range(8)
+    ]
     calls.append(asyncio.create_task(library.valid("dnas/sphere")))
     calls.append(asyncio.create_task(library.list()))
     # sphere, onemax and broken are read once each; the 9 other requests for sphere (8 gets,

@@ -430,7 +430,7 @@ def test_crossover_without_mutation_only_recombines() -> None:
 @given(
     rows=st.lists(
         st.tuples(
-            st.text(st.characters(min_codepoint=1, exclude_categories=("Cs",)), max_size=3),
+            st.text(st.characters(min_codepoint=1, codec="utf-8"), max_size=3),
             st.integers(0, 4),
             st.sampled_from([0.0, -0.0, 1.0]) | st.floats(allow_nan=False, allow_infinity=False),
         ),
@@ -441,7 +441,9 @@ def test_crossover_without_mutation_only_recombines() -> None:
 def test_rank_follows_the_objective_rule(
     rows: list[tuple[str, int, float]], objective: int
 ) -> None:
-    ids, statuses, scores = ([r[i] for r in rows] for i in range(3))
+    ids = [r[0] for r in rows]
+    statuses = [r[1] for r in rows]
+    scores = [r[2] for r in rows]
     order = strategies.rank(ids, statuses, scores, objective)
     sign = 1.0 if objective == MINIMIZE else -1.0
 
@@ -500,7 +502,7 @@ EXTREME_INT = make_layout(
     "mutation", [dna_pb2.NUMERIC_MUTATION_GAUSSIAN, dna_pb2.NUMERIC_MUTATION_POLYNOMIAL]
 )
 def test_numeric_operators_stay_finite_and_in_bounds_at_the_extremes(
-    eta: float, bounds: int, crossover: int, mutation: int
+    eta: float, bounds: Any, crossover: Any, mutation: Any
 ) -> None:
     numeric = ops.NumericOperators(crossover, mutation, bounds, 10.0, eta, 10.0, eta)
     rng = np.random.default_rng(0)
@@ -510,8 +512,9 @@ def test_numeric_operators_stay_finite_and_in_bounds_at_the_extremes(
         if layout is EXTREME:
             columns = ops.NumericColumns.reals(layout)
             c1, c2 = ops.crossover_reals(rng, a.reals, b.reals, columns, numeric)
-            kids = [c1, c2, ops.mutate_reals(rng, c1, columns, numeric, 1.0)]
-            low, high = layout.real_low, layout.real_high
+            kids: list[Any] = [c1, c2, ops.mutate_reals(rng, c1, columns, numeric, 1.0)]
+            low: Any = layout.real_low
+            high: Any = layout.real_high
         else:
             columns = ops.NumericColumns.integers(layout)
             i1, i2 = ops.crossover_integers(rng, a.integers, b.integers, columns, numeric)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import shutil
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 
 from registry_support import Suite, bad_request, error_info, start_suite
+from waiting import eventually
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dna"
 SCOPES = ("dna.read", "generate")
@@ -74,8 +73,13 @@ def flatten(responses: list[generator_pb2.GenerateResponse]) -> list[candidate_p
     return [c for r in responses for c in r.candidates]
 
 
+def sphere_score(candidate: candidate_pb2.Candidate) -> float:
+    return sum(value * value for value in candidate.genome.reals)
+
+
 def scored(
-    candidates: list[candidate_pb2.Candidate], score=lambda c: sum(v * v for v in c.genome.reals)
+    candidates: list[candidate_pb2.Candidate],
+    score: Callable[[candidate_pb2.Candidate], float] = sphere_score,
 ) -> list[candidate_pb2.ScoredCandidate]:
     return [
         candidate_pb2.ScoredCandidate(
@@ -101,22 +105,6 @@ def cancelled_streams(suite: Suite) -> float:
         "grpc_code": "CANCELLED",
     }
     return sample(suite, "grpc_server_handled_total", **labels)
-
-
-async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], what: str, within: float = 20.0
-) -> None:
-    """Wait until `condition` holds, checking every 10 ms; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str, str]]:

@@ -10,18 +10,30 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    probe: Callable[[], T | Awaitable[T]],
+    probe: Callable[[], Awaitable[T]], what: str, *, within: float = ..., interval: float = ...
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T], what: str, *, within: float = ..., interval: float = ...
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
     what: str,
     *,
     within: float = 10.0,
     interval: float = 0.01,
-) -> T:
+) -> Any:
     """Call `probe` (sync or async) until it returns a truthy value, and return that value;
     fail with AssertionError naming `what` (and the last value) after `within` seconds."""
     deadline = time.monotonic() + within
