@@ -1,4 +1,5 @@
-"""Shared fixtures: real servers on 127.0.0.1 port 0, real channels."""
+"""Shared fixtures: real servers on 127.0.0.1 port 0, real channels, real processes and
+Helix clusters of either deployment shape (see harness.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from harness import SHAPES, Cluster, Processes, Shape
+
 from helix.common.config import Duration, ServerConfig
 from helix.common.server import HelixServer, ServiceBinding, create_server
 
 StartServer = Callable[..., Awaitable[HelixServer]]
+StartCluster = Callable[..., Awaitable[Cluster]]
 
 
 @pytest.fixture
@@ -68,3 +72,43 @@ def helix_env(tmp_path: Path) -> dict[str, str]:
     # Registry tests count agents and revisions: keep the embedded generator out of them.
     env["HELIX_GENERATOR_SELF_REGISTER"] = "false"
     return env
+
+
+@pytest.fixture
+async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
+    """Start real processes; every one still running is stopped after the test, however it
+    ended. Their stderr is kept in tmp_path/logs."""
+    async with Processes(tmp_path / "logs") as started:
+        yield started
+
+
+@pytest.fixture
+async def clusters(tmp_path: Path, processes: Processes) -> AsyncIterator[StartCluster]:
+    """Start Helix clusters: `await clusters(shape, **options)` (see `harness.Cluster`);
+    all are stopped after the test."""
+    started: list[Cluster] = []
+
+    async def start(shape: Shape, **options: Any) -> Cluster:
+        cluster = Cluster(
+            shape, tmp_path / f"{shape}-{len(started) + 1}", processes=processes, **options
+        )
+        started.append(cluster)
+        return await cluster.start()
+
+    yield start
+    for cluster in reversed(started):
+        await cluster.close()
+
+
+@pytest.fixture(params=SHAPES)
+def shape(request: pytest.FixtureRequest) -> Shape:
+    """Each deployment shape in turn: a test taking it runs once embedded, once as
+    separate processes."""
+    value: Shape = request.param
+    return value
+
+
+@pytest.fixture
+async def cluster(shape: Shape, clusters: StartCluster) -> Cluster:
+    """A cluster of each shape with default options: the registry and one generator."""
+    return await clusters(shape)
