@@ -494,9 +494,13 @@ DEFAULT_SCOPES: Mapping[str, tuple[str, ...]] = {
     "registry": ("agents.read", "agents.write"),
     "generator": ("dna.read", "generate"),
 }
-# Test clients reconnect quickly to a member that was restarted (grpc waits a second or
-# more by default, growing with each attempt).
-FAST_RECONNECT: list[tuple[str, Any]] = [
+# Channels of test clients: each with subchannels of its own, so a channel opened after a
+# member restarted connects afresh (grpc otherwise shares one connection per target, and
+# with it the backoff of the connection to the process that was killed), and quick to
+# reconnect to a restarted member (grpc waits a second or more by default, and longer with
+# each attempt).
+CLIENT_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 500),
@@ -730,7 +734,7 @@ class Cluster:
         source = StaticTokenSource(self.token(subject, granted))
         channel = grpc.aio.insecure_channel(
             address or self.address_of(service),
-            options=FAST_RECONNECT,
+            options=CLIENT_OPTIONS,
             interceptors=bearer_interceptors(source),
         )
         self._channels.append(channel)
