@@ -429,14 +429,19 @@ async def start_process(
     return await process.start(within)
 
 
-async def run_helix(
-    *args: str, env: Mapping[str, str] | None = None, within: float = 60.0
+async def run_command(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    within: float = 60.0,
+    cwd: Path | None = None,
 ) -> tuple[int, str, str]:
-    """Run one `helix` command to its end: (exit status, stdout, stderr)."""
+    """Run a command to its end: (exit status, stdout, stderr). ProcessError, after killing
+    it, if it has not ended within `within` seconds."""
     process = await asyncio.create_subprocess_exec(
-        HELIX,
-        *args,
+        *argv,
         env=env,
+        cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -447,9 +452,19 @@ async def run_helix(
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise ProcessError(f"helix {shlex.join(args)} did not end within {within}s") from None
+        raise ProcessError(f"[{shlex.join(argv)}] did not end within {within}s") from None
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def run_helix(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    within: float = 60.0,
+    cwd: Path | None = None,
+) -> tuple[int, str, str]:
+    """Run one `helix` command to its end: (exit status, stdout, stderr)."""
+    return await run_command([HELIX, *args], env, within=within, cwd=cwd)
 
 
 async def eventually(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -13,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import HELIX, ProcessError
+from harness import HELIX, ProcessError, run_command
 from harness import run_helix as run
 
 from reflection_client import list_services
@@ -158,15 +157,8 @@ async def buf_curl(address: str, method: str, body: str, *headers: str) -> tuple
     args = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "-d", body]
     for header in headers:
         args += ["-H", header]
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        f"http://{address}/{method}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
+    code, out, err = await run_command([*args, f"http://{address}/{method}"])
+    return code, out + err
 
 
 async def test_minted_token_works_with_grpcurl_style_metadata(running_suite, helix_env):
