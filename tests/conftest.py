@@ -3,7 +3,6 @@ Helix clusters of either deployment shape (see harness.py)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import SHAPES, Cluster, Processes, Shape
+from harness import SHAPES, Cluster, Processes, Shape, clean_env
 
 from helix.common.config import Duration, ServerConfig
 from helix.common.server import HelixServer, ServiceBinding, create_server
@@ -66,12 +65,8 @@ async def channel_to() -> AsyncIterator[Callable[[HelixServer], grpc.aio.Channel
 @pytest.fixture
 def helix_env(tmp_path: Path) -> dict[str, str]:
     """An environment for `helix` subprocesses: no stray HELIX_* settings, a private data dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
-    env["HELIX_DATA_DIR"] = str(tmp_path / "data")
-    env["PYTHONUNBUFFERED"] = "1"
     # Registry tests count agents and revisions: keep the embedded generator out of them.
-    env["HELIX_GENERATOR_SELF_REGISTER"] = "false"
-    return env
+    return clean_env({"data_dir": tmp_path / "data", "generator_self_register": False})
 
 
 @pytest.fixture

@@ -159,6 +159,8 @@ class RunningProcess:
         """
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
+        if self._process is not None:
+            await self._reap()  # the previous run ended by itself
         self.runs += 1
         self._lines, self._cursor, self._eof, self.match = [], 0, False, None
         log = None
@@ -316,15 +318,16 @@ class RunningProcess:
         process = self._started()
         await process.wait()
         _unreaped.discard(process.pid)
-        pump, self._pump = self._pump, None
+        pump = self._pump
         if pump is not None:
-            try:
-                async with asyncio.timeout(5.0):
-                    await asyncio.shield(pump)
-            except TimeoutError:  # a stray holder of its stdout keeps the pipe open
+            # asyncio.wait neither raises the pump's error nor cancels it on a timeout.
+            await asyncio.wait({pump}, timeout=5.0)
+            if not pump.done():  # a stray holder of its stdout keeps the pipe open
                 pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
+                await asyncio.wait({pump})
+            self._pump = None
+            if not pump.cancelled() and pump.exception() is not None:
+                raise ProcessError(self._describe(f"stdout unreadable: {pump.exception()!r}"))
         assert process.returncode is not None
         return process.returncode
 
@@ -450,9 +453,11 @@ async def run_command(
         async with asyncio.timeout(within):
             out, err = await process.communicate()
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise ProcessError(f"[{shlex.join(argv)}] did not end within {within}s") from None
+    finally:
+        if process.returncode is None:  # timed out, or the caller was cancelled
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
