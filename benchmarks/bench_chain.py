@@ -1,11 +1,13 @@
 """Unary throughput through the Helix server chain against a bare grpc.aio server.
 
 Both servers run the same echo service (tests/echo_service.py) in a subprocess of their
-own, pinned to one core where the OS allows; this process drives them with concurrent
-callers. Rounds alternate between the two so machine noise hits both; the report gives
-the median calls/s of each and their ratio, measured in this one run.
+own, on the same event loop (uvloop by default, as `helix up`), pinned to one core where
+the OS allows; this process drives them with concurrent callers. Rounds alternate between
+the servers so machine noise hits all of them; the report gives the median calls/s of each
+and their ratio, measured in this one run.
 
     python benchmarks/bench_chain.py [--seconds 3] [--rounds 5] [--concurrency 16 64]
+                                     [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations
@@ -26,24 +28,33 @@ sys.path.insert(0, str(ROOT / "tests"))
 import grpc  # noqa: E402
 
 from echo_service import String, stubs  # noqa: E402
+from harness import Processes, RunningProcess  # noqa: E402
 
 MODES = ("bare", "chain", "chain-logged", "secured")
 SERVER = ROOT / "benchmarks" / "servers" / "echo_server.py"
 
 
-async def start(mode: str) -> tuple[asyncio.subprocess.Process, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SERVER),
-        mode,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+def pin_to_first_core(pid: int) -> None:
+    """Servers on core 0, the driving process on the others (where there are others)."""
+    if (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(pid, {0})
+
+
+async def start(
+    processes: Processes, mode: str, loop: str = "uvloop"
+) -> tuple[RunningProcess, str]:
+    """An echo server in `mode` on event loop `loop`, pinned to core 0, and its token."""
+    server = await processes.start(
+        [sys.executable, str(SERVER), mode, "--loop", loop],
+        name=f"echo-{mode}-{loop}",
+        keep_stderr=mode != "chain-logged",  # a log line per call: not worth a file
     )
-    assert process.stdout is not None
-    line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().split()
-    if os.cpu_count() and os.cpu_count() > 1 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(process.pid, {0})
-    return process, f"127.0.0.1:{line[1]}", line[2]
+    token = (await server.wait_for_line(r"^token (\S+)$"))[1]
+    running = (await server.wait_for_line(r"^event loop (\S+)$"))[1]
+    if running != loop:
+        raise RuntimeError(f"the {mode} echo server runs on {running}, not {loop}")
+    pin_to_first_core(server.pid)
+    return server, token
 
 
 def cpu_seconds(pid: int) -> float:
@@ -90,33 +101,30 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
 
-    servers = {mode: await start(mode) for mode in MODES}
     results: dict[str, dict[int, list[float]]] = {
-        m: {c: [] for c in args.concurrency} for m in servers
+        m: {c: [] for c in args.concurrency} for m in MODES
     }
-    cpu: dict[str, dict[int, list[float]]] = {m: {c: [] for c in args.concurrency} for m in servers}
-    try:
+    cpu: dict[str, dict[int, list[float]]] = {m: {c: [] for c in args.concurrency} for m in MODES}
+    async with Processes() as processes:
+        servers = {mode: await start(processes, mode, args.loop) for mode in MODES}
         for _ in range(args.rounds):
             for concurrency in args.concurrency:
-                for mode, (process, address, token) in servers.items():
+                for mode, (server, token) in servers.items():
                     rate, micros = await drive(
-                        address, concurrency, args.seconds, process.pid, token
+                        server.address, concurrency, args.seconds, server.pid, token
                     )
                     results[mode][concurrency].append(rate)
                     cpu[mode][concurrency].append(micros)
-    finally:
-        for process, _, _ in servers.values():
-            process.terminate()
-            await process.wait()
 
     report = {}
     print(
-        f"unary Echo, {args.rounds} rounds x {args.seconds}s, server on one core:"
-        " calls/s and server CPU per call (medians; ratios against bare grpc.aio)"
+        f"unary Echo, {args.rounds} rounds x {args.seconds}s, each server on one core and on"
+        f" {args.loop}: calls/s and server CPU per call (medians; ratios against bare grpc.aio)"
     )
     for concurrency in args.concurrency:
         medians = {mode: statistics.median(results[mode][concurrency]) for mode in MODES}
@@ -147,7 +155,7 @@ async def main() -> None:
             f"throughput {cost['throughput_secured_vs_chain']:.2f}x of the chain without it, "
             f"server CPU per call {cost['cpu_per_call_secured_vs_chain']:.2f}x"
         )
-    print(json.dumps({"bench": "chain", "results": report}))
+    print(json.dumps({"bench": "chain", "event_loop": args.loop, "results": report}))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import random
-import re
 import shutil
 import statistics
 import sys
@@ -57,8 +55,9 @@ from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.keys import load_hs256_dir
 from helix.security.tokens import mint
 
-HELIX = str(Path(sys.executable).parent / "helix")
-LISTENING = re.compile(r"^helix listening on (127\.0\.0\.1:\d+)$")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import Cluster  # tests/harness.py: the one way to start Helix processes
+
 PARENTS = 1000
 CXPB, INDPB, TOURNAMENT = 0.9, 0.1, 3
 
@@ -218,29 +217,19 @@ def rate(work: Callable[[], list[Any]], rounds: int) -> tuple[float, int]:
 # --- through gRPC ---------------------------------------------------------------------------
 
 
-async def start_suite(data_dir: Path, dna_dir: Path) -> tuple[asyncio.subprocess.Process, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
-    env.update(HELIX_RATE_DATA="1e6", HELIX_RATE_READ="1e6", HELIX_RATE_WRITE="1e6")
-    process = await asyncio.create_subprocess_exec(
-        HELIX,
-        "up",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        "--generator-dna-dir",
-        str(dna_dir),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
-    match = LISTENING.match(line)
-    assert match, line
-    _, signer = load_hs256_dir(data_dir / "keys")
+async def start_suite(data_dir: Path, dna_dir: Path) -> tuple[Cluster, str, str]:
+    """`helix up` (the embedded suite) with generous rate limits: the cluster, its
+    generator's address and a token for it."""
+    settings = {"rate_data": 1e6, "rate_read": 1e6, "rate_write": 1e6}
+    suite = Cluster("embedded", data_dir, dna_dir=dna_dir, settings=settings)
+    await suite.start()
+    _, signer = load_hs256_dir(suite.key_dir)
     assert signer is not None
-    return process, match.group(1), mint(signer, "bench", ["generate", "dna.read"], 3600)
+    return (
+        suite,
+        suite.address_of("generator"),
+        mint(signer, "bench", ["generate", "dna.read"], 3600),
+    )
 
 
 async def stream_rate(
@@ -270,7 +259,7 @@ async def grpc_rates(
 ) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="helix-bench-generator-"))
     (root / "dnas").mkdir()
-    process, address, token = await start_suite(root / "data", root / "dnas")
+    suite, address, token = await start_suite(root / "data", root / "dnas")
     out = {}
     try:
         for kind, (dna, parents) in dnas.items():
@@ -287,8 +276,7 @@ async def grpc_rates(
             )
             out[f"{kind}_bred"] = await stream_rate(address, token, bred, rounds)
     finally:
-        process.terminate()
-        await process.wait()
+        await suite.close()
         shutil.rmtree(root, ignore_errors=True)
     return out
 

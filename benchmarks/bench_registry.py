@@ -1,23 +1,26 @@
 """Registry benchmarks, each against its baseline in this one run.
 
 - Heartbeat throughput through the full chain (auth, rate limit with a generous quota,
-  validation, access log) of a real `helix up`, at 16 and 64 concurrent callers, against
-  a bare grpc.aio unary echo server; both servers pinned to the same core.
+  validation, access log) of a real `helix up` (or, with `--shape processes`, of
+  `helix registry serve`), at 16 and 64 concurrent callers, against a bare grpc.aio unary
+  echo server on the same event loop (uvloop, as `helix up`), and, labelled apart,
+  against the same bare echo on asyncio's own loop; all servers pinned to the same core.
 - Durable RegisterAgent (SQLite, synchronous=FULL, group commit) with 64 callers and 1.
 - ListAgents over 10,000 agents in pages of 1,000: p50/p99 per page.
 - A burst of 10,000 events delivered to 100 watchers: events/s delivered.
 - Server memory (RSS) for 10,000 agents and 100 watchers: bytes per agent.
 
-    python benchmarks/bench_registry.py [--seconds 3] [--rounds 3]
+    python benchmarks/bench_registry.py [--seconds 3] [--rounds 3] [--shape embedded]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
-import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,18 +33,15 @@ import grpc
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.security.client import StaticTokenSource, bearer_interceptors
-from helix.security.keys import load_hs256_dir
-from helix.security.tokens import mint
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_chain import cpu_seconds, drive  # noqa: E402
+from bench_chain import cpu_seconds, drive, pin_to_first_core  # noqa: E402
 from bench_chain import start as start_echo  # noqa: E402
 
-HELIX = str(Path(sys.executable).parent / "helix")
-LISTENING = re.compile(r"^helix listening on (127\.0\.0\.1:\d+)$")
+from harness import SHAPES, Cluster, Processes, Shape  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
@@ -51,36 +51,20 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def start_registry(
-    data_dir: Path, **settings: str
-) -> tuple[asyncio.subprocess.Process, str, str]:
-    """`helix up` with generous rate limits (plus `settings` as HELIX_* variables)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
-    env.update({f"HELIX_{k.upper()}": v for k, v in settings.items()})
-    env.update(HELIX_RATE_READ="1e7", HELIX_RATE_WRITE="1e7", HELIX_RATE_DATA="1e7")
-    env["HELIX_REGISTRY_MAX_WATCHERS"] = "1000"
-    env["HELIX_REGISTRY_WATCH_BUFFER"] = "20000"
-    process = await asyncio.create_subprocess_exec(
-        HELIX,
-        "up",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
-    match = LISTENING.match(line)
-    assert match, line
-    if (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(process.pid, {0})
-    _, signer = load_hs256_dir(data_dir / "keys")
-    assert signer is not None
-    token = mint(signer, "bench", ["agents.read", "agents.write"], 3600)
-    return process, match.group(1), token
+async def start_registry(processes: Processes, data_dir: Path, shape: Shape) -> tuple[Cluster, str]:
+    """The registry of a cluster of `shape` (no generator registered) with generous rate
+    limits, pinned to core 0, and a token for it."""
+    settings = {
+        "rate_read": 1e7,
+        "rate_write": 1e7,
+        "rate_data": 1e7,
+        "registry_max_watchers": 1000,
+        "registry_watch_buffer": 20000,
+    }
+    cluster = Cluster(shape, data_dir, generators=0, settings=settings, processes=processes)
+    await cluster.start()
+    pin_to_first_core(cluster.member("registry").process.pid)
+    return cluster, cluster.token("bench", ["agents.read", "agents.write"])
 
 
 def stub_for(address: str, token: str) -> tuple[grpc.aio.Channel, Any]:
@@ -209,45 +193,79 @@ async def watch_burst(address: str, token: str, watchers: int, events: int) -> f
         return delivered / (time.perf_counter() - started)
 
 
+async def heartbeat_against_baselines(
+    address: str, token: str, pid: int, echoes: dict[str, Any], concurrency: int, args: Any
+) -> dict[str, float]:
+    """Medians of `args.rounds` rounds, alternating the echo baselines and the heartbeat."""
+    rates: dict[str, list[float]] = {name: [] for name in [*echoes, "heartbeat"]}
+    cpus: dict[str, list[float]] = {name: [] for name in rates}
+    for _ in range(args.rounds):
+        for loop, (echo, _) in echoes.items():
+            rate, cpu = await drive(echo.address, concurrency, args.seconds, echo.pid)
+            rates[loop].append(rate)
+            cpus[loop].append(cpu)
+        rate, cpu = await heartbeat_rate(address, token, pid, concurrency, args.seconds)
+        rates["heartbeat"].append(rate)
+        cpus["heartbeat"].append(cpu)
+    b, h = statistics.median(rates["uvloop"]), statistics.median(rates["heartbeat"])
+    bc, hc = statistics.median(cpus["uvloop"]), statistics.median(cpus["heartbeat"])
+    ba, bac = statistics.median(rates["asyncio"]), statistics.median(cpus["asyncio"])
+    return {
+        "bare_echo_per_s": b,
+        "heartbeat_per_s": h,
+        "ratio": h / b,
+        "bare_cpu_us": bc,
+        "heartbeat_cpu_us": hc,
+        "cpu_ratio": hc / bc,
+        "bare_echo_asyncio_per_s": ba,
+        "bare_asyncio_cpu_us": bac,
+        "ratio_vs_asyncio_echo": h / ba,
+        "cpu_ratio_vs_asyncio_echo": hc / bac,
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--watchers", type=int, default=100)
+    parser.add_argument("--shape", choices=SHAPES, default="embedded")
     args = parser.parse_args()
+    if importlib.util.find_spec("uvloop") is None:
+        raise SystemExit("uvloop is not installed: helix and the baseline would not run on it")
     if (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
-    report: dict[str, Any] = {}
+        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))  # servers get core 0
+    report: dict[str, Any] = {"event_loop": "uvloop", "shape": args.shape}
     data = Path(tempfile.mkdtemp(prefix="helix-bench-registry-"))
-    echo, echo_address, _ = await start_echo("bare")
-    registry, address, token = await start_registry(data / "suite")
-    try:
-        print(f"registry benchmarks, medians of {args.rounds} rounds x {args.seconds}s")
+    async with Processes() as processes:
+        # The fair baseline runs on uvloop as helix does; the asyncio one is kept, labelled.
+        echoes = {loop: await start_echo(processes, "bare", loop) for loop in ("uvloop", "asyncio")}
+        cluster, token = await start_registry(processes, data / "suite", args.shape)
+        registry = cluster.member("registry").process
+        address = registry.address
+        print(
+            f"registry benchmarks ({args.shape}), medians of {args.rounds} rounds x"
+            f" {args.seconds}s; helix and the bare echo baseline both on uvloop"
+        )
         for concurrency in (16, 64):
-            bare, ours, bare_cpu, our_cpu = [], [], [], []
-            for _ in range(args.rounds):
-                rate, cpu = await drive(echo_address, concurrency, args.seconds, echo.pid)
-                bare.append(rate)
-                bare_cpu.append(cpu)
-                rate, cpu = await heartbeat_rate(
-                    address, token, registry.pid, concurrency, args.seconds
-                )
-                ours.append(rate)
-                our_cpu.append(cpu)
-            b, h = statistics.median(bare), statistics.median(ours)
-            bc, hc = statistics.median(bare_cpu), statistics.median(our_cpu)
-            report[f"heartbeat_{concurrency}"] = {
-                "bare_echo_per_s": b,
-                "heartbeat_per_s": h,
-                "ratio": h / b,
-                "bare_cpu_us": bc,
-                "heartbeat_cpu_us": hc,
-                "cpu_ratio": hc / bc,
-            }
+            row = await heartbeat_against_baselines(
+                address, token, registry.pid, echoes, concurrency, args
+            )
+            report[f"heartbeat_{concurrency}"] = row
+            h, b, ba = (
+                row["heartbeat_per_s"],
+                row["bare_echo_per_s"],
+                row["bare_echo_asyncio_per_s"],
+            )
+            hc, bc, bac = row["heartbeat_cpu_us"], row["bare_cpu_us"], row["bare_asyncio_cpu_us"]
             print(
-                f"  heartbeat x{concurrency:2d}: {h:6.0f}/s vs bare echo {b:6.0f}/s = {h / b:.2f}x"
-                f"  (server CPU/call {hc:.0f}us vs {bc:.0f}us = {hc / bc:.2f}x)"
+                f"  heartbeat x{concurrency:2d}: {h:6.0f}/s vs bare echo on uvloop {b:6.0f}/s"
+                f" = {h / b:.2f}x  (server CPU/call {hc:.0f}us vs {bc:.0f}us = {hc / bc:.2f}x)"
+            )
+            print(
+                f"      against a bare echo on asyncio instead: {ba:6.0f}/s = {h / ba:.2f}x"
+                f"  (server CPU/call {bac:.0f}us = {hc / bac:.2f}x)"
             )
         for callers in (64, 1):
             total = 3000 if callers == 64 else 300
@@ -275,10 +293,8 @@ async def main() -> None:
         print(
             f"  memory: {per_agent:,.0f} bytes per agent (RSS delta, {args.watchers} watchers open)"
         )
-    finally:
-        for process in (echo, registry):
-            process.terminate()
-            await process.wait()
+        await cluster.close()
+    shutil.rmtree(data, ignore_errors=True)
     print(json.dumps({"bench": "registry", "results": report}))
 
 

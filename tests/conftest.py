@@ -1,8 +1,8 @@
-"""Shared fixtures: real servers on 127.0.0.1 port 0, real channels."""
+"""Shared fixtures: real servers on 127.0.0.1 port 0, real channels, real processes and
+Helix clusters of either deployment shape (see harness.py)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helix.common.config import Duration, ServerConfig
 from helix.common.server import HelixServer, ServiceBinding, create_server
 
+from harness import SHAPES, Cluster, Processes, Shape, clean_env
+
 StartServer = Callable[..., Awaitable[HelixServer]]
+StartCluster = Callable[..., Awaitable[Cluster]]
 
 
 @pytest.fixture
@@ -62,22 +65,18 @@ async def channel_to() -> AsyncIterator[Callable[[HelixServer], grpc.aio.Channel
 @pytest.fixture
 def helix_env(tmp_path: Path) -> dict[str, str]:
     """An environment for `helix` subprocesses: no stray HELIX_* settings, a private data dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
-    env["HELIX_DATA_DIR"] = str(tmp_path / "data")
-    env["PYTHONUNBUFFERED"] = "1"
     # Registry tests count agents and revisions: keep the embedded generator out of them.
-    env["HELIX_GENERATOR_SELF_REGISTER"] = "false"
-    return env
+    return clean_env({"data_dir": tmp_path / "data", "generator_self_register": False})
 
 
 @pytest.fixture(autouse=True)
 def catalogue_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every error a server in this process sends has a catalogued reason, raised with its
     entry's error class, and every field violation a listed rule code (docs/errors.md)."""
-    from helix.common import interceptors, reasons, rules
+    from helix.common import reasons, rules
     from helix.common.errors import HelixError, InvalidArgument
+    from helix.common.status import to_rpc_status as real
 
-    real = interceptors.to_rpc_status
     problems: list[str] = []
 
     def checked(error: HelixError) -> Any:
@@ -95,6 +94,46 @@ def catalogue_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             )
         return real(error)
 
-    monkeypatch.setattr(interceptors, "to_rpc_status", checked)
+    monkeypatch.setattr("helix.common.interceptors.to_rpc_status", checked)
     yield
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
+    """Start real processes; every one still running is stopped after the test, however it
+    ended. Their stderr is kept in tmp_path/logs."""
+    async with Processes(tmp_path / "logs") as started:
+        yield started
+
+
+@pytest.fixture
+async def clusters(tmp_path: Path, processes: Processes) -> AsyncIterator[StartCluster]:
+    """Start Helix clusters: `await clusters(shape, **options)` (see `harness.Cluster`);
+    all are stopped after the test."""
+    started: list[Cluster] = []
+
+    async def start(shape: Shape, **options: Any) -> Cluster:
+        cluster = Cluster(
+            shape, tmp_path / f"{shape}-{len(started) + 1}", processes=processes, **options
+        )
+        started.append(cluster)
+        return await cluster.start()
+
+    yield start
+    for cluster in reversed(started):
+        await cluster.close()
+
+
+@pytest.fixture(params=SHAPES)
+def shape(request: pytest.FixtureRequest) -> Shape:
+    """Each deployment shape in turn: a test taking it runs once embedded, once as
+    separate processes."""
+    value: Shape = request.param
+    return value
+
+
+@pytest.fixture
+async def cluster(shape: Shape, clusters: StartCluster) -> Cluster:
+    """A cluster of each shape with default options: the registry and one generator."""
+    return await clusters(shape)

@@ -260,7 +260,7 @@ async def test_logs_never_contain_a_token(start_server, channel_to, keyring, log
     # the client has its answer.
     expected = len(tokens) * len(CALL_TYPES)
     await eventually(
-        lambda: log_stream.getvalue().count("rpc finished") >= expected, "every access line"
+        lambda: log_stream.getvalue().count("rpc finished") >= expected, what="every access line"
     )
     logs.shutdown()
     text = log_stream.getvalue()
@@ -282,7 +282,7 @@ async def test_rotation_adds_a_secret_without_downtime(start_server, channel_to,
     path.write_text(base64.b64encode(new_secret).decode())
     path.chmod(0o600)
     new = jwt.encode(claims(), new_secret, algorithm="HS256", headers={"kid": "hs-new"})
-    await eventually(lambda: "hs-new" in security.verifier.keys.kids, "the new key loaded")
+    await eventually(lambda: "hs-new" in security.verifier.keys.kids, what="the new key loaded")
     assert await invoke(channel, "unary", new) == "hi"
     assert await invoke(channel, "unary", old) == "hi"
     assert security.signer is not None
@@ -308,7 +308,7 @@ async def test_jwks_file_is_reloaded_when_it_changes(start_server, channel_to, k
 
     assert await invoke(channel, "unary", token("j1", first)) == "hi"
     jwks.write_text(json.dumps({"keys": [jwk("j2", second)]}))
-    await eventually(lambda: "j2" in security.verifier.keys.kids, "the JWKS reloaded")
+    await eventually(lambda: "j2" in security.verifier.keys.kids, what="the JWKS reloaded")
     assert await invoke(channel, "unary", token("j2", second)) == "hi"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await invoke(channel, "unary", token("j1", first))
@@ -360,7 +360,7 @@ async def test_deleting_a_key_file_revokes_its_tokens_even_cached(
     token = keyring.ed25519_token()
     assert await invoke(channel, "unary", token) == "hi"  # now cached
     keyring.ed25519_pem.unlink()
-    await eventually(lambda: "ed" not in security.verifier.keys.kids, "the deleted key gone")
+    await eventually(lambda: "ed" not in security.verifier.keys.kids, what="the deleted key gone")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await invoke(channel, "unary", token)
     assert reason_of(caught.value) == "TOKEN_UNKNOWN_KEY"
@@ -372,7 +372,7 @@ async def test_a_broken_key_file_keeps_the_current_keys(start_server, channel_to
     server = await start_server([binding(EchoServicer())], security=security)
     channel = Target(channel_to(server), server.address)
     keyring.rsa_pem.write_text("-----BEGIN PUBLIC KEY-----\nnot base64\n")
-    await eventually(lambda: security.stats.key_reload_failures, "the broken file noticed")
+    await eventually(lambda: security.stats.key_reload_failures, what="the broken file noticed")
     assert security.stats.key_reloads == 0
     assert security._reloader is not None
     assert not security._reloader.done()

@@ -107,12 +107,12 @@ async def test_streams_without_a_deadline_get_the_default_too(start_server):
     config = ChannelConfig(default_timeout=Duration(0.3))
 
     async def silent():
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # a client stream that sends nothing: the deadline must end it
         yield String(value="never")
 
     async def read_slowly(call):
         async for _ in call:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a slow reader: the stream outlives the deadline
 
     async with create_channel(server.address, config, services=[]) as channel:
         echo = stubs(channel)

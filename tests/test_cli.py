@@ -2,79 +2,90 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import shutil
-import signal
 import socket
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness import HELIX, ProcessError, run_command
+from harness import run_helix as run
 from reflection_client import list_services
 
-HELIX = str(Path(sys.executable).parent / "helix")
-LISTENING = re.compile(rb"^helix listening on (127\.0\.0\.1:(\d+))$")
 
-
-async def run(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        HELIX, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-async def test_up_prints_its_address_serves_and_stops_on_sigterm(helix_env, tmp_path):
+async def test_up_prints_its_address_serves_and_stops_on_sigterm(helix_env, tmp_path, processes):
     data_dir = tmp_path / "suite"
-    process = await asyncio.create_subprocess_exec(
-        HELIX,
-        "up",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        env=helix_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    suite = await processes.start(
+        [HELIX, "up", "--port", "0", "--data-dir", str(data_dir)], helix_env
     )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-        match = LISTENING.match(line.strip())
-        assert match, line
-        address = match.group(1).decode()
-        assert int(match.group(2)) > 0
-        assert data_dir.is_dir()
-        assert (data_dir.stat().st_mode & 0o777) == 0o700
-        async with grpc.aio.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert suite.match is not None
+    assert suite.match["role"] == "helix"
+    assert suite.address.startswith("127.0.0.1:")
+    assert suite.port > 0
+    assert data_dir.is_dir()
+    assert (data_dir.stat().st_mode & 0o777) == 0o700
+    async with grpc.aio.insecure_channel(suite.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        services = await list_services(channel)
+    for name in (
+        "helix.v1.RegistryService",
+        "helix.v1.GeneratorService",
+        "helix.v1.OracleService",
+        "helix.v1.OrchestratorService",
+        "grpc.health.v1.Health",
+    ):
+        assert name in services
+    assert await suite.stop() == 0
+    assert '"message":"stopped"' in suite.stderr_text()
+
+
+async def test_registry_serve_serves_the_registry_alone(helix_env, tmp_path, processes):
+    data_dir = tmp_path / "registry"
+    registry = await processes.start(
+        [HELIX, "registry", "serve", "--port", "0", "--data-dir", str(data_dir)], helix_env
+    )
+    assert registry.match is not None
+    assert registry.match["role"] == "helix registry"
+    assert (data_dir.stat().st_mode & 0o777) == 0o700
+    assert (data_dir / "registry.sqlite3").is_file()
+    assert [p.suffix for p in (data_dir / "keys").iterdir()] == [".hs256"]
+    async with grpc.aio.insecure_channel(registry.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "helix.v1.RegistryService"):
+            request = health_pb2.HealthCheckRequest(service=service)
+            answer = await health.Check(request, timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
-            services = await list_services(channel)
-        for name in (
-            "helix.v1.RegistryService",
-            "helix.v1.GeneratorService",
-            "helix.v1.OracleService",
-            "helix.v1.OrchestratorService",
-            "grpc.health.v1.Health",
-        ):
-            assert name in services
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=20) == 0
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode()
-        assert '"message":"stopped"' in log
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        services = await list_services(channel)
+    assert "helix.v1.RegistryService" in services
+    assert "helix.v1.GeneratorService" not in services
+    # Tokens minted from its data dir are accepted: the CLI finds the key as for `helix up`.
+    code, out, err = await run(
+        "agents", "list", "--address", registry.address, "--data-dir", str(data_dir), env=helix_env
+    )
+    assert (code, out) == (0, ""), err
+    assert "no agents" in err
+    assert await registry.stop() == 0
+    assert '"message":"stopped"' in registry.stderr_text()
+
+
+async def test_a_server_that_dies_before_it_is_ready_is_a_clear_error(helix_env, processes):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ProcessError) as failed:
+            await processes.start([HELIX, "registry", "serve", "--port", str(port)], helix_env)
+    message = str(failed.value)
+    assert "ended its output before its ready line" in message
+    assert "exit status 1" in message
+    assert f"cannot listen on 127.0.0.1:{port}" in message  # its stderr, shown
 
 
 async def test_version(helix_env):
@@ -135,34 +146,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dna"
 BUF = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "buf"
 
 
-class RunningSuite:
-    """`helix up` as a subprocess on a free port, stopped with SIGTERM."""
-
-    def __init__(self, process: asyncio.subprocess.Process, address: str, data_dir: Path):
-        self.process, self.address, self.data_dir = process, address, data_dir
-
-
 @pytest.fixture
-async def running_suite(helix_env, tmp_path):
-    data_dir = tmp_path / "suite"
-    process = await asyncio.create_subprocess_exec(
-        HELIX,
-        "up",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        env=helix_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-    match = LISTENING.match(line.strip())
-    assert match, line
-    yield RunningSuite(process, match.group(1).decode(), data_dir)
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(process.wait(), timeout=20) == 0
+async def running_suite(clusters):
+    """`helix up` as a subprocess on a free port (its generator not registered)."""
+    return await clusters("embedded", generators=0)
 
 
 async def buf_curl(address: str, method: str, body: str, *headers: str) -> tuple[int, str]:
@@ -170,15 +157,8 @@ async def buf_curl(address: str, method: str, body: str, *headers: str) -> tuple
     args = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "-d", body]
     for header in headers:
         args += ["-H", header]
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        f"http://{address}/{method}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
+    code, out, err = await run_command([*args, f"http://{address}/{method}"])
+    return code, out + err
 
 
 async def test_minted_token_works_with_grpcurl_style_metadata(running_suite, helix_env):
@@ -199,15 +179,15 @@ async def test_minted_token_works_with_grpcurl_style_metadata(running_suite, hel
     token = token.strip()
     method = "helix.v1.RegistryService/GetAgent"
     body = '{"name": "agents/a1"}'
-    _, anonymous = await buf_curl(running_suite.address, method, body)
+    _, anonymous = await buf_curl(running_suite.address_of("registry"), method, body)
     assert "unauthenticated" in anonymous
     _, authorised = await buf_curl(
-        running_suite.address, method, body, f"authorization: Bearer {token}"
+        running_suite.address_of("registry"), method, body, f"authorization: Bearer {token}"
     )
     # Past authentication and the scope check, into the registry: no such agent.
     assert "not_found" in authorised, authorised
     _, wrong_scope = await buf_curl(
-        running_suite.address,
+        running_suite.address_of("registry"),
         "helix.v1.RegistryService/DeregisterAgent",
         body,
         f"authorization: Bearer {token}",
@@ -224,7 +204,7 @@ async def test_helix_call_mints_from_the_local_suite_key(running_suite, helix_en
         "-d",
         '{"name": "dnas/sphere"}',
         "--address",
-        running_suite.address,
+        running_suite.address_of("generator"),
         "--data-dir",
         str(running_suite.data_dir),
         env=helix_env,
@@ -239,7 +219,7 @@ async def test_helix_call_mints_from_the_local_suite_key(running_suite, helix_en
         "-d",
         '{"name": "Not A Name"}',
         "--address",
-        running_suite.address,
+        running_suite.address_of("generator"),
         "--data-dir",
         str(running_suite.data_dir),
         env=helix_env,
@@ -263,7 +243,11 @@ async def test_helix_call_with_a_token_lacking_the_scope(running_suite, helix_en
     )
     env = dict(helix_env, HELIX_TOKEN=token.strip())
     code, _, err = await run(
-        "call", "helix.v1.RegistryService/ListAgents", "--address", running_suite.address, env=env
+        "call",
+        "helix.v1.RegistryService/ListAgents",
+        "--address",
+        running_suite.address_of("registry"),
+        env=env,
     )
     assert code == 1
     assert "error: PERMISSION_DENIED" in err
@@ -301,7 +285,7 @@ async def test_helix_call_mints_only_the_scope_it_needs(running_suite, helix_env
         "call",
         "helix.v1.RegistryService/ListAgents",
         "--address",
-        running_suite.address,
+        running_suite.address_of("registry"),
         "--data-dir",
         str(running_suite.data_dir),
         env=helix_env,

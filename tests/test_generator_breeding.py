@@ -199,7 +199,7 @@ async def test_a_cancelled_consumer_drops_an_item_not_started_and_is_not_swallow
     items = Gated(10)
     ahead = bred_ahead(pool, items, stats)
     consumer = asyncio.create_task(anext(ahead))
-    await eventually(lambda: stats.pending == 1, "the first item to be queued")
+    await eventually(lambda: stats.pending == 1, what="the first item to be queued")
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer

@@ -274,7 +274,7 @@ async def test_concurrent_requests_for_one_file_share_one_read(directory) -> Non
     # sphere, onemax and broken are read once each; the 9 other requests for sphere (8 gets,
     # valid, and list's) wait on its read.
     await eventually(
-        lambda: library.started == 3 and library.stats.shared == 9, "every caller to wait"
+        lambda: library.started == 3 and library.stats.shared == 9, what="every caller to wait"
     )
     library.gate.set()
     results = await asyncio.gather(*calls)
@@ -289,7 +289,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_read(directory) -> 
     leaving = asyncio.create_task(library.get("dnas/sphere"))
     staying = asyncio.create_task(library.get("dnas/sphere"))
     await eventually(
-        lambda: library.started == 1 and library.stats.shared == 1, "both callers to wait"
+        lambda: library.started == 1 and library.stats.shared == 1, what="both callers to wait"
     )
     leaving.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -302,12 +302,12 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_read(directory) -> 
 async def test_a_read_whose_callers_all_left_still_fills_the_cache(directory) -> None:
     library = GatedLibrary(directory)
     caller = asyncio.create_task(library.get("dnas/sphere"))
-    await eventually(lambda: library.started == 1, "the read to start")
+    await eventually(lambda: library.started == 1, what="the read to start")
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
     library.gate.set()
-    await eventually(lambda: library.loading == 0, "the read to finish")
+    await eventually(lambda: library.loading == 0, what="the read to finish")
     assert (await library.get("dnas/sphere")).valid
     assert (library.stats.reads, library.stats.hits) == (1, 1)
 
@@ -315,7 +315,7 @@ async def test_a_read_whose_callers_all_left_still_fills_the_cache(directory) ->
 async def test_aclose_cancels_reads_nobody_waits_for(directory) -> None:
     library = GatedLibrary(directory)
     caller = asyncio.create_task(library.get("dnas/sphere"))
-    await eventually(lambda: library.started == 1, "the read to start")
+    await eventually(lambda: library.started == 1, what="the read to start")
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller

@@ -531,12 +531,12 @@ async def test_cancelling_generate_stops_the_breeding_promptly(suite):
     first = await call.read()
     assert first.remaining == 1_000_000 - len(first.candidates)
     call.cancel()
-    await eventually(lambda: cancelled_streams(suite) == 1, "the stream to end")
+    await eventually(lambda: cancelled_streams(suite) == 1, what="the stream to end")
     # The chunk in progress when the stream ended may still finish in its thread (a slow
     # machine can take a while); a chunk not started yet is dropped, and none is queued
     # after the end. Once none is pending, the count is final.
     await eventually(
-        lambda: sample(suite, "helix_generator_chunks_pending") == 0, "the chunk in progress"
+        lambda: sample(suite, "helix_generator_chunks_pending") == 0, what="the chunk in progress"
     )
     bred = sample(suite, "helix_generator_chunks_total")
     assert bred < 200  # of the ~500,000 chunks a full stream would breed
@@ -558,7 +558,7 @@ async def test_generate_beyond_capacity_is_resource_exhausted_until_a_slot_frees
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value).reason == "GENERATOR_BUSY"
     calls[0].cancel()
-    await eventually(lambda: cancelled_streams(suite) == 1, "the cancelled stream to end")
+    await eventually(lambda: cancelled_streams(suite) == 1, what="the cancelled stream to end")
     served = await generate(stub, dna_name="dnas/sphere", count=1)  # its slot is free again
     assert len(flatten(served)) == 1
     for call in calls[1:]:
@@ -577,7 +577,7 @@ async def test_the_embedded_generator_registers_itself(suite):
         listed.CopyFrom(await registry.ListAgents(request, timeout=5))
         return bool(listed.agents)
 
-    await eventually(registered, "the generator to register")
+    await eventually(registered, what="the generator to register")
     (agent,) = listed.agents
     assert agent.name == "agents/embedded-generator"
     assert agent.endpoint == suite.server.address

@@ -24,7 +24,7 @@ def log_stream():
 
 
 async def lines_of(stream: io.StringIO, count: int) -> list[dict]:
-    await eventually(lambda: stream.getvalue().count("\n") >= count, f"{count} log lines")
+    await eventually(lambda: stream.getvalue().count("\n") >= count, what=f"{count} log lines")
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
@@ -104,7 +104,7 @@ async def test_cancelled_stream_is_logged_as_cancelled(start_server, channel_to,
         records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
         return [r for r in records if r["message"] == "rpc finished"]
 
-    (line,) = await eventually(finished, "the access line of the cancelled call")
+    (line,) = await eventually(finished, what="the access line of the cancelled call")
     assert line["status"] == "CANCELLED"
     assert line["peer"].startswith("ipv4:127.0.0.1:")
 

@@ -64,7 +64,7 @@ async def test_cancelled_stream_is_counted_as_cancelled(start_server, channel_to
     labels = {"grpc_type": "SERVER_STREAM", "grpc_service": SERVICE, "grpc_method": "Count"}
     await eventually(
         lambda: sample(server, "grpc_server_handled_total", **labels, grpc_code="CANCELLED"),
-        "the cancelled call counted",
+        what="the cancelled call counted",
     )
     assert sample(server, "grpc_server_handled_total", **labels, grpc_code="CANCELLED") == 1
 
@@ -79,7 +79,7 @@ async def test_deadline_exceeded_is_counted(start_server, channel_to):
         lambda: sample(
             server, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED"
         ),
-        "the call past its deadline counted",
+        what="the call past its deadline counted",
     )
     assert sample(server, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED") == 1
 

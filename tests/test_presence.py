@@ -17,6 +17,7 @@ from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 
 from registry_support import Suite, agent_spec, register_request, start_suite
+from waiting import eventually
 
 
 def connector(suite: Suite, address: str | None = None, subject: str = "agent-owner"):
@@ -62,12 +63,25 @@ async def test_presence_waits_for_a_registry_that_is_not_up_yet(tmp_path):
     probe = await start_suite(tmp_path / "later", registry_default_ttl=Duration(60))
     address, connect = probe.server.address, connector(probe)
     await probe.close()
+    host, port = address.rsplit(":", 1)
+    # Meanwhile a listener there drops every connection, counting the presence's attempts.
+    attempts = 0
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.transport.abort()
+
+    gate = await asyncio.start_server(drop, host, int(port))
     presence = AgentPresence(connect, agent_spec(), agent_id="late", backoff=(0.05, 0.2))
     await presence.start()
-    await asyncio.sleep(0.5)
+    try:
+        await eventually(lambda: attempts >= 1, what="an attempt to reach the registry")
+    finally:
+        gate.close()
+        await gate.wait_closed()
     assert not presence.registered.is_set()
     assert presence.running
-    host, port = address.rsplit(":", 1)
     later = await start_suite(
         tmp_path / "later", registry_default_ttl=Duration(60), host=host, port=int(port)
     )
@@ -86,11 +100,7 @@ async def test_presence_stops_when_another_process_takes_its_id(suite):
     await asyncio.wait_for(presence.registered.wait(), 10)
     other = suite.stub("agent-owner", ("agents.write",))
     await other.RegisterAgent(register_request("twin", request_id="other-process"), timeout=5)
-    for _ in range(200):
-        if not presence.running:
-            break
-        await asyncio.sleep(0.02)
-    assert not presence.running
+    await eventually(lambda: not presence.running, what="the superseded presence to stop")
     assert not presence.registered.is_set()
     assert "agents/twin" in await agents(suite)  # the newer registration is left alone
     await presence.stop()
@@ -100,11 +110,11 @@ async def test_embedded_generator_leaves_the_registry_when_the_suite_drains(tmp_
     data = tmp_path / "suite"
     first = await start_suite(data, generator_self_register=True, registry_default_ttl=Duration(60))
     try:
-        for _ in range(200):
-            if "agents/embedded-generator" in await agents(first):
-                break
-            await asyncio.sleep(0.05)
-        assert "agents/embedded-generator" in await agents(first)
+
+        async def registered() -> bool:
+            return "agents/embedded-generator" in await agents(first)
+
+        await eventually(registered, what="the embedded generator to register")
     finally:
         await first.close()
     # Restarted without self-registration: the 60 s lease would have survived the
@@ -120,15 +130,18 @@ async def test_presence_keeps_retrying_a_refused_registration(suite):
     # A token without agents.write: PERMISSION_DENIED is not transient, so the presence
     # itself backs off and retries (an operator may fix the credentials), loudly.
     token = mint(suite.server.security.signer, "agent-owner", ["agents.read"], 600)
+    connections = 0
 
     def connect() -> grpc.aio.Channel:
+        nonlocal connections
+        connections += 1  # one per attempt to register
         return grpc.aio.insecure_channel(
             suite.server.address, interceptors=bearer_interceptors(StaticTokenSource(token))
         )
 
     presence = AgentPresence(connect, agent_spec(), agent_id="refused", backoff=(0.05, 0.1))
     await presence.start()
-    await asyncio.sleep(0.6)
+    await eventually(lambda: connections >= 3, what="the refused registration to be retried")
     assert presence.running
     assert not presence.registered.is_set()
     assert "agents/refused" not in await agents(suite)

@@ -1,85 +1,42 @@
-"""`helix agents list|get|watch` as a user runs them, against a `helix up` subprocess."""
+"""`helix agents list|get|watch` as a user runs them, against the registry of a cluster of
+each shape: `helix up`, or `helix registry serve` on its own."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import signal
-import sys
 import uuid
-from pathlib import Path
 
-import grpc
 import pytest
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.agents import AgentRegistration
-from helix.cli.client import local_signer
-from helix.security.client import StaticTokenSource, bearer_interceptors
-from helix.security.tokens import mint
 
-HELIX = str(Path(sys.executable).parent / "helix")
-LISTENING = re.compile(rb"^helix listening on (127\.0\.0\.1:(\d+))$")
-
-
-async def run(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        HELIX, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-class RunningSuite:
-    """`helix up` as a subprocess on a free port, stopped with SIGTERM."""
-
-    def __init__(self, process: asyncio.subprocess.Process, address: str, data_dir: Path):
-        self.process, self.address, self.data_dir = process, address, data_dir
-
-    def args(self) -> list[str]:
-        """The flags that point a client command at this suite (minting from its key)."""
-        return ["--address", self.address, "--data-dir", str(self.data_dir)]
+from harness import HELIX, Cluster
+from harness import run_helix as run
+from waiting import eventually
 
 
 @pytest.fixture
-async def running_suite(helix_env, tmp_path):
-    data_dir = tmp_path / "suite"
-    process = await asyncio.create_subprocess_exec(
-        HELIX,
-        "up",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        env=helix_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-    match = LISTENING.match(line.strip())
-    assert match, line
-    yield RunningSuite(process, match.group(1).decode(), data_dir)
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(process.wait(), timeout=20) == 0
+async def cluster(shape, clusters):
+    """A cluster of each shape with no generator registered: only the test's agents."""
+    return await clusters(shape, generators=0)
+
+
+def cli_args(cluster: Cluster) -> list[str]:
+    """The flags that point a client command at the cluster's registry (minting from its
+    key)."""
+    return ["--address", cluster.address_of("registry"), "--data-dir", str(cluster.data_dir)]
 
 
 @pytest.fixture
-async def registry(running_suite):
-    """A RegistryService stub of principal `tester` on the running suite."""
-    token = mint(
-        local_signer(running_suite.data_dir), "tester", ["agents.read", "agents.write"], 600
-    )
-    async with grpc.aio.insecure_channel(
-        running_suite.address, interceptors=bearer_interceptors(StaticTokenSource(token))
-    ) as channel:
-        yield channel
+def registry(cluster):
+    """A channel to the registry for principal `tester`."""
+    return cluster.channel("registry", "tester", ["agents.read", "agents.write"])
 
 
-def agent(kind: int, port: int, **labels: str) -> registry_pb2.Agent:
+def agent(kind: registry_pb2.AgentKind.ValueType, port: int, **labels: str) -> registry_pb2.Agent:
     return registry_pb2.Agent(kind=kind, endpoint=f"127.0.0.1:{port}", capacity=8, labels=labels)
 
 
@@ -95,17 +52,18 @@ async def two_agents(registry):
     async with generator, oracle:
         generator.health = registry_pb2.AGENT_HEALTH_DEGRADED
         stub = registry_pb2_grpc.RegistryServiceStub(registry)
-        for _ in range(500):  # the health change lands within a beat or so
+
+        async def degraded() -> bool:
             found = await stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/gen-1"))
-            if found.agent.health == registry_pb2.AGENT_HEALTH_DEGRADED:
-                break
-            await asyncio.sleep(0.01)
+            return bool(found.agent.health == registry_pb2.AGENT_HEALTH_DEGRADED)
+
+        await eventually(degraded, what="the health change to land (a beat or so)")
         yield generator, oracle
 
 
-async def test_list_prints_a_table_and_json_lines(running_suite, two_agents, helix_env):
+async def test_list_prints_a_table_and_json_lines(cluster, two_agents, helix_env):
     generator, oracle = two_agents
-    code, out, err = await run("agents", "list", *running_suite.args(), env=helix_env)
+    code, out, err = await run("agents", "list", *cli_args(cluster), env=helix_env)
     assert code == 0, err
     header, *rows = out.splitlines()
     assert header.split() == ["NAME", "KIND", "ENDPOINT", "HEALTH", "CAPACITY", "EPOCH", "OWNER"]
@@ -129,7 +87,7 @@ async def test_list_prints_a_table_and_json_lines(running_suite, two_agents, hel
             "tester",
         ],
     ]
-    code, out, err = await run("agents", "list", "--json", *running_suite.args(), env=helix_env)
+    code, out, err = await run("agents", "list", "--json", *cli_args(cluster), env=helix_env)
     assert code == 0, err
     listed = [json.loads(line) for line in out.splitlines()]
     assert [a["name"] for a in listed] == ["agents/gen-1", "agents/oracle-1"]
@@ -149,36 +107,36 @@ async def test_list_prints_a_table_and_json_lines(running_suite, two_agents, hel
         (["--kind", "orchestrator", "--selector", "zone=a"], []),
     ],
 )
-async def test_list_filters(running_suite, two_agents, helix_env, filters, names):
+async def test_list_filters(cluster, two_agents, helix_env, filters, names):
     code, out, err = await run(
-        "agents", "list", "--json", *filters, *running_suite.args(), env=helix_env
+        "agents", "list", "--json", *filters, *cli_args(cluster), env=helix_env
     )
     assert code == 0, err
     assert [json.loads(line)["name"] for line in out.splitlines()] == names
 
 
-async def test_list_of_nothing_says_so(running_suite, helix_env):
-    code, out, err = await run("agents", "list", *running_suite.args(), env=helix_env)
+async def test_list_of_nothing_says_so(cluster, helix_env):
+    code, out, err = await run("agents", "list", *cli_args(cluster), env=helix_env)
     assert (code, out) == (0, "")
     assert "no agents" in err
 
 
-async def test_get_prints_the_agent_or_the_error(running_suite, two_agents, helix_env):
+async def test_get_prints_the_agent_or_the_error(cluster, two_agents, helix_env):
     generator, _ = two_agents
     for name in ("gen-1", "agents/gen-1"):
-        code, out, err = await run("agents", "get", name, *running_suite.args(), env=helix_env)
+        code, out, err = await run("agents", "get", name, *cli_args(cluster), env=helix_env)
         assert code == 0, err
         shown = json.loads(out)
         assert shown["name"] == "agents/gen-1"
         assert shown["epoch"] == str(generator.epoch)
         assert shown["health"] == "AGENT_HEALTH_DEGRADED"
-    code, out, err = await run("agents", "get", "nope", *running_suite.args(), env=helix_env)
+    code, out, err = await run("agents", "get", "nope", *cli_args(cluster), env=helix_env)
     assert (code, out) == (1, "")
     assert "error: NOT_FOUND: agents/nope not found" in err
     assert "ErrorInfo" in err
 
 
-async def test_watch_prints_changes_as_json_lines(running_suite, registry, helix_env):
+async def test_watch_prints_changes_as_json_lines(cluster, registry, helix_env, processes):
     stub = registry_pb2_grpc.RegistryServiceStub(registry)
     first = await stub.RegisterAgent(
         registry_pb2.RegisterAgentRequest(
@@ -187,60 +145,43 @@ async def test_watch_prints_changes_as_json_lines(running_suite, registry, helix
             request_id=uuid.uuid4().hex,
         )
     )
-    process = await asyncio.create_subprocess_exec(
-        HELIX,
-        "agents",
-        "watch",
-        "--kind",
-        "oracle",
-        "--from",
-        str(first.revision),
-        *running_suite.args(),
-        env=helix_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    command = [HELIX, "agents", "watch", "--kind", "oracle", "--from", str(first.revision)]
+    watch = await processes.start(
+        [*command, *cli_args(cluster)],
+        helix_env,
+        ready=None,
     )
-    assert process.stdout is not None
 
     async def next_event() -> dict[str, object]:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-        assert line, "watch ended"
-        event: dict[str, object] = json.loads(line)
+        event: dict[str, object] = json.loads(await watch.next_line(within=30))
         return event
 
-    try:
-        # History from --from, then live changes; other kinds are filtered out.
+    # History from --from, then live changes; other kinds are filtered out.
+    event = await next_event()
+    assert event["type"] == "AGENT_EVENT_TYPE_PUT"
+    assert event["revision"] == str(first.revision)
+    async with (
+        AgentRegistration(
+            registry, agent(registry_pb2.AGENT_KIND_GENERATOR, 7004), agent_id="gen-9"
+        ),
+        AgentRegistration(
+            registry, agent(registry_pb2.AGENT_KIND_ORACLE, 7005), agent_id="late"
+        ) as late,
+    ):
         event = await next_event()
         assert event["type"] == "AGENT_EVENT_TYPE_PUT"
-        assert event["revision"] == str(first.revision)
-        async with (
-            AgentRegistration(
-                registry, agent(registry_pb2.AGENT_KIND_GENERATOR, 7004), agent_id="gen-9"
-            ),
-            AgentRegistration(
-                registry, agent(registry_pb2.AGENT_KIND_ORACLE, 7005), agent_id="late"
-            ) as late,
-        ):
-            event = await next_event()
-            assert event["type"] == "AGENT_EVENT_TYPE_PUT"
-            assert event["agent"]["name"] == "agents/late"  # type: ignore[index]
-            assert event["agent"]["epoch"] == str(late.epoch)  # type: ignore[index]
-        event = await next_event()
-        assert event["type"] == "AGENT_EVENT_TYPE_DELETE"
-        assert event["reason"] == "AGENT_DELETE_REASON_DEREGISTERED"
         assert event["agent"]["name"] == "agents/late"  # type: ignore[index]
-        process.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(process.wait(), timeout=20) == 130
-        assert process.stderr is not None
-        assert "Traceback" not in (await process.stderr.read()).decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert event["agent"]["epoch"] == str(late.epoch)  # type: ignore[index]
+    event = await next_event()
+    assert event["type"] == "AGENT_EVENT_TYPE_DELETE"
+    assert event["reason"] == "AGENT_DELETE_REASON_DEREGISTERED"
+    assert event["agent"]["name"] == "agents/late"  # type: ignore[index]
+    watch.send_signal(signal.SIGINT)
+    assert await watch.wait() == 130
+    assert "Traceback" not in watch.stderr_text()
 
 
-async def test_watch_reports_a_server_error(running_suite, helix_env):
+async def test_watch_reports_a_server_error(cluster, helix_env):
     code, token, _ = await run(
         "token",
         "mint",
@@ -249,13 +190,15 @@ async def test_watch_reports_a_server_error(running_suite, helix_env):
         "--scope",
         "dna.read",
         "--data-dir",
-        str(running_suite.data_dir),
+        str(cluster.data_dir),
         env=helix_env,
     )
     assert code == 0
     env = dict(helix_env, HELIX_TOKEN=token.strip())
     for command in (["list"], ["get", "a1"], ["watch"]):
-        code, out, err = await run("agents", *command, "--address", running_suite.address, env=env)
+        code, out, err = await run(
+            "agents", *command, "--address", cluster.address_of("registry"), env=env
+        )
         assert (code, out) == (1, ""), command
         assert "error: PERMISSION_DENIED" in err
         assert "SCOPE_MISSING" in err

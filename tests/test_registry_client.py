@@ -12,7 +12,6 @@ Partitions are simulated with a TCP relay that cuts connections; no grpc mocks.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
@@ -40,7 +40,9 @@ from helix.common.status import to_grpc_status, to_rpc_status
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 
+from harness import clean_env
 from registry_support import Suite, agent_spec, register_request, start_suite
+from waiting import eventually
 
 PUT = registry_pb2.AGENT_EVENT_TYPE_PUT
 DELETE = registry_pb2.AGENT_EVENT_TYPE_DELETE
@@ -58,22 +60,6 @@ FAST_RECONNECT = [
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 300),
 ]
-
-
-async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0, what: str = ""
-) -> None:
-    """Wait until `condition` holds, checking every 10 ms; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.01)
 
 
 class Channels:
@@ -280,7 +266,7 @@ async def register(stub: Any, agent_id: str, **spec: Any) -> registry_pb2.Agent:
 
 async def set_labels(stub: Any, name: str, **labels: str) -> registry_pb2.Agent:
     request = registry_pb2.UpdateAgentRequest(
-        agent=registry_pb2.Agent(name=name, labels=labels), update_mask={"paths": ["labels"]}
+        agent=registry_pb2.Agent(name=name, labels=labels), update_mask=FieldMask(paths=["labels"])
     )
     response = await stub.UpdateAgent(request, timeout=5)
     agent: registry_pb2.Agent = response.agent
@@ -496,7 +482,7 @@ async def test_cancelling_the_owner_deregisters_and_propagates(suite, channels):
     async def agent_main() -> None:
         async with AgentRegistration(channel, agent_spec(), agent_id="oracle-7", ttl=0.3):
             entered.set()
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # the agent's work, until its owner cancels it
 
     task = asyncio.create_task(agent_main())
     async with asyncio.timeout(10):
@@ -751,7 +737,7 @@ async def go_back_in_time(context: Any) -> AsyncIterator[registry_pb2.WatchAgent
 
 @pytest.fixture
 async def scripted() -> AsyncIterator[tuple[ScriptedRegistry, grpc.aio.Channel]]:
-    registry = ScriptedRegistry()
+    registry = ScriptedRegistry()  # type: ignore[abstract]
     server = grpc.aio.server()
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -816,62 +802,37 @@ async def test_informer_applies_an_event_that_trails_its_bookmark(scripted):
 REGISTERED = re.compile(r"^registered agents/stopped-1 epoch (\d+)$")
 
 
-async def read_line(process: asyncio.subprocess.Process) -> str:
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 20)
-    assert line, "the agent process ended"
-    return line.decode().strip()
-
-
 async def test_sigstopped_agent_expires_and_registers_again_after_sigcont(
-    suite, channels, event_logs, tmp_path
+    suite, channels, event_logs, processes
 ):
     stub = channels.stub(suite, "watcher", ["agents.read"])
     token = mint(suite.server.security.signer, "agent-process", BOTH, 3600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
-    env.update(HELIX_ADDRESS=suite.server.address, HELIX_TOKEN=token, PYTHONUNBUFFERED="1")
-    with (tmp_path / "agent.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(AGENT_SCRIPT),
-            "--agent-id",
-            "stopped-1",
-            "--ttl",
-            "0.5",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-        )
+    env = clean_env({"address": suite.server.address, "token": token})
+    argv = [sys.executable, str(AGENT_SCRIPT), "--agent-id", "stopped-1", "--ttl", "0.5"]
+    agent = await processes.start(argv, env, ready=REGISTERED)
+    assert agent.match is not None
+    first = int(agent.match[1])
+    events = event_logs(stub, first + 1)
+    agent.send_signal(signal.SIGSTOP)
     try:
-        line = await read_line(process)
-        match = REGISTERED.match(line)
-        assert match, line
-        first = int(match.group(1))
-        events = event_logs(stub, first + 1)
-        process.send_signal(signal.SIGSTOP)
-        try:
-            expired = await events.wait_for(lambda e: e.type == DELETE)
-        finally:
-            process.send_signal(signal.SIGCONT)
-        assert (expired.agent.name, expired.reason) == ("agents/stopped-1", EXPIRED)
-        assert expired.agent.epoch == first
-        assert await read_line(process) == f"lost agents/stopped-1 epoch {first}"
-        line = await read_line(process)
-        match = REGISTERED.match(line)
-        assert match, line
-        second = int(match.group(1))
-        assert second > first
-        back = await events.wait_for(lambda e: e.type == PUT)
-        assert (back.agent.name, back.agent.epoch) == ("agents/stopped-1", second)
-        process.send_signal(signal.SIGTERM)
-        assert await read_line(process) == "stopped"
-        assert await asyncio.wait_for(process.wait(), 20) == 0
-        gone = await events.wait_for(lambda e: e.type == DELETE and e.revision > back.revision)
-        assert (gone.reason, gone.agent.epoch) == (DEREGISTERED, second)
+        expired = await events.wait_for(lambda e: e.type == DELETE)
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        agent.send_signal(signal.SIGCONT)
+    assert (expired.agent.name, expired.reason) == ("agents/stopped-1", EXPIRED)
+    assert expired.agent.epoch == first
+    assert await agent.next_line() == f"lost agents/stopped-1 epoch {first}"
+    line = await agent.next_line()
+    match = REGISTERED.match(line)
+    assert match, line
+    second = int(match.group(1))
+    assert second > first
+    back = await events.wait_for(lambda e: e.type == PUT)
+    assert (back.agent.name, back.agent.epoch) == ("agents/stopped-1", second)
+    agent.send_signal(signal.SIGTERM)
+    assert await agent.next_line() == "stopped"
+    assert await agent.wait() == 0
+    gone = await events.wait_for(lambda e: e.type == DELETE and e.revision > back.revision)
+    assert (gone.reason, gone.agent.epoch) == (DEREGISTERED, second)
 
 
 async def test_informer_stops_when_its_channel_is_closed(suite):

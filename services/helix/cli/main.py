@@ -16,6 +16,7 @@ from helix.common.version import version
 from helix.generator.agent import add_generator_commands
 from helix.generator.cli import add_dna_commands
 from helix.registry.cli import add_agents_commands
+from helix.registry.serve import add_registry_commands
 from helix.security import scopes
 from helix.security.tokens import TokenPolicy, inspect_token, mint
 from helix.suite import EmbeddedConfig
@@ -82,6 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     call.set_defaults(handler=run_call)
 
     add_agents_commands(commands)
+    add_registry_commands(commands)
     add_dna_commands(commands)
     add_generator_commands(commands)
 

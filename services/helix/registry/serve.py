@@ -1,0 +1,103 @@
+"""`helix registry serve`: the registry alone, one process of a multi-process deployment.
+
+It serves RegistryService (with health, reflection, auth, rate limits and metrics, as every
+Helix server) over its SQLite file, and drains on SIGTERM: health NOT_SERVING, watches
+ended, in-flight calls finish within the grace period, the store closes. Its state lives
+under --data-dir as `helix up` keeps it (registry.sqlite3, or --registry-db), with the
+HS256 signing secret created in DATA_DIR/keys on first start: `helix token mint --data-dir`
+mints for it, and generator agents started with HELIX_AUTH_HS256_DIR=DATA_DIR/keys share
+the secret (they verify the same tokens and mint their own to register).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from helix.common import config as cfg
+from helix.common import logs
+from helix.common.config import default_data_dir, require
+from helix.common.server import HelixServer, create_server, run_server_process
+from helix.registry.config import RegistryConfig
+from helix.registry.engine import Registry
+from helix.registry.service import registry_binding
+from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.security.setup import Security, security_from_config
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryServerConfig(RegistryConfig):
+    """A standalone registry: the registry's settings plus the directory of its state.
+
+    The layout of the data dir is the embedded suite's, so a registry can move between
+    `helix up` and `helix registry serve` on the same state.
+    """
+
+    data_dir: Path = dataclasses.field(
+        default_factory=default_data_dir,
+        metadata={"help": "where the registry keeps its SQLite file and keys", "flag": None},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(str(self.data_dir) not in ("", "."), "data_dir", "must name a directory")
+        require(
+            not self.data_dir.exists() or self.data_dir.is_dir(),
+            "data_dir",
+            f"{self.data_dir} exists and is not a directory",
+        )
+
+    @property
+    def registry_path(self) -> Path:
+        return self.registry_db or self.data_dir / "registry.sqlite3"
+
+    @property
+    def key_dir(self) -> Path:
+        """Where the HS256 signing secrets are: --auth-hs256-dir, else DATA_DIR/keys."""
+        return self.auth_hs256_dir or self.data_dir / "keys"
+
+
+def prepare_registry(config: RegistryServerConfig) -> Security:
+    """The data directory (0700) and the server's security, creating the HS256 secret on
+    first start. Blocking file I/O: run it before the event loop serves."""
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return security_from_config(config, embedded_key_dir=config.key_dir)
+
+
+def create_registry_server(
+    config: RegistryServerConfig, security: Security
+) -> tuple[HelixServer, int]:
+    """Create (not start) the registry's server on its SQLite store."""
+    store = SqliteRegistryStore(config.registry_path, synchronous=config.registry_sync)
+    registry = Registry(store, config.engine_settings())
+    return create_server(config, [registry_binding(registry)], security=security)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = cfg.load(RegistryServerConfig, args)
+    logs.configure(config.log_level)
+    security = prepare_registry(config)  # key files: before the event loop runs
+
+    def ready(server: HelixServer) -> None:
+        print(f"helix registry listening on {server.address}", flush=True)
+        if server.metrics_port is not None:
+            metrics_url = f"http://{config.metrics_host}:{server.metrics_port}/metrics"
+            print(f"helix registry metrics on {metrics_url}", flush=True)
+
+    return run_server_process(config, lambda: create_registry_server(config, security)[0], ready)
+
+
+def add_registry_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """Add `helix registry serve` to the `helix` command line."""
+    registry = subparsers.add_parser("registry", help="run the registry as a process of its own")
+    actions = registry.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    serve = actions.add_parser(
+        "serve",
+        help="serve RegistryService alone, its state under --data-dir",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    cfg.add_arguments(serve, RegistryServerConfig)
+    serve.set_defaults(handler=_serve)
