@@ -26,6 +26,22 @@ _VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
+class PageLimits:
+    """The page sizes a List method serves; each service's limits extend it."""
+
+    default_page_size: int = DEFAULT_PAGE_SIZE
+    max_page_size: int = MAX_PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default_page_size <= self.max_page_size:
+            raise ValueError("default_page_size must be within 1..max_page_size")
+
+    def page_size(self, requested: int) -> int:
+        """The page size served for a request's page_size (see `page_size`)."""
+        return page_size(requested, default=self.default_page_size, maximum=self.max_page_size)
+
+
+@dataclass(frozen=True, slots=True)
 class PagePosition:
     """Where the next page starts: after the name `after`, in the snapshot at `snapshot`
     (0 for listings that do not read a snapshot)."""

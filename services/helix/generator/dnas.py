@@ -31,9 +31,7 @@ def list_page(
     asks for: up to its page size, cut short rather than exceed `max_bytes` (yet never
     empty while documents remain), with a next_page_token while more follow."""
     after = pages.decode_page_token(request.page_token).after if request.page_token else ""
-    size = pages.page_size(
-        request.page_size, default=limits.default_page_size, maximum=limits.max_page_size
-    )
+    size = limits.page_size(request.page_size)
     following = [d for d in documents if d.name > after]
     response = generator_pb2.ListDnasResponse()
     room = max_bytes - _PAGE_RESERVE

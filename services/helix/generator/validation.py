@@ -18,6 +18,7 @@ import helix.v1.common_pb2 as common_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.common import rules
 from helix.common.errors import FieldViolation
+from helix.common.pages import PageLimits
 from helix.common.validation import (
     Violations,
     check_enum,
@@ -42,22 +43,19 @@ MAX_FILENAME_LEN = 1024
 
 
 @dataclass(frozen=True, slots=True)
-class GeneratorLimits:
+class GeneratorLimits(PageLimits):
     """Caps on GeneratorService requests that a deployment may lower (defaults: the proto's)."""
 
     max_parents: int = 100_000
     max_count: int = 1_000_000
     max_batch_size: int = 10_000
     max_text_bytes: int = 1 << 20
-    default_page_size: int = 100
-    max_page_size: int = 1000
 
     def __post_init__(self) -> None:
+        PageLimits.__post_init__(self)  # (zero-argument super() fails in slots dataclasses)
         for name in ("max_parents", "max_count", "max_batch_size", "max_text_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if not 1 <= self.default_page_size <= self.max_page_size:
-            raise ValueError("default_page_size must be within 1..max_page_size")
 
 
 DEFAULT_LIMITS = GeneratorLimits()

@@ -15,6 +15,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 from helix.common import rules
 from helix.common.errors import FieldViolation
+from helix.common.pages import PageLimits
 from helix.common.validation import (
     Violations,
     check_duration,
@@ -29,18 +30,15 @@ from helix.genome.validation import check_candidate, check_dna
 
 
 @dataclass(frozen=True, slots=True)
-class OracleLimits:
+class OracleLimits(PageLimits):
     """Caps on OracleService requests a deployment may lower (defaults: oracle.proto's)."""
 
     max_candidates: int = 10_000
-    default_page_size: int = 100
-    max_page_size: int = 1000
 
     def __post_init__(self) -> None:
+        PageLimits.__post_init__(self)  # (zero-argument super() fails in slots dataclasses)
         if self.max_candidates < 1:
             raise ValueError("max_candidates must be at least 1")
-        if not 1 <= self.default_page_size <= self.max_page_size:
-            raise ValueError("default_page_size must be within 1..max_page_size")
 
 
 DEFAULT_LIMITS = OracleLimits()

@@ -15,6 +15,7 @@ import helix.v1.common_pb2 as common_pb2
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 from helix.common import rules
 from helix.common.errors import FieldViolation
+from helix.common.pages import PageLimits
 from helix.common.validation import (
     Violations,
     check_duration,
@@ -37,22 +38,19 @@ _DAY = 86_400
 
 
 @dataclass(frozen=True, slots=True)
-class OrchestratorLimits:
+class OrchestratorLimits(PageLimits):
     """Caps on OrchestratorService requests a deployment may lower (defaults: the proto's)."""
 
     max_evaluations: int = 10**12
     max_duration_seconds: float = 30 * _DAY
     max_generations: int = 10**6
-    default_page_size: int = 100
-    max_page_size: int = 1000
 
     def __post_init__(self) -> None:
+        PageLimits.__post_init__(self)  # (zero-argument super() fails in slots dataclasses)
         if self.max_evaluations < 1 or self.max_generations < 1:
             raise ValueError("max_evaluations and max_generations must be at least 1")
         if not self.max_duration_seconds > 0:
             raise ValueError("max_duration_seconds must be positive")
-        if not 1 <= self.default_page_size <= self.max_page_size:
-            raise ValueError("default_page_size must be within 1..max_page_size")
 
 
 DEFAULT_LIMITS = OrchestratorLimits()
