@@ -1,7 +1,11 @@
-"""A real embedded suite for registry tests, with stubs per principal."""
+"""Registry test support: a real embedded suite with stubs per principal, a fake clock,
+and waiting for a state with a deadline instead of sleeping."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,3 +104,36 @@ def bad_request(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
         if detail.Unpack(found):
             return [(v.field, v.description) for v in found.field_violations]
     return []
+
+
+@dataclass
+class FakeClock:
+    """A clock that moves only when a test moves it (for `clock=` and `wall=`)."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0, poll: float = 0.01
+) -> None:
+    """Return as soon as `predicate` holds (it may be async); fail after `within` seconds.
+
+    For waiting on a state another task brings about (a watch registered, a lease
+    expired): the poll is bounded by a deadline, unlike a sleep that hopes it has arrived.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {within}s: {predicate}")
+        await asyncio.sleep(poll)
