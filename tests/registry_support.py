@@ -18,9 +18,12 @@ from grpc_status import rpc_status
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.common.config import Duration
+from helix.common.server import create_server
+from helix.registry.engine import Registry
+from helix.registry.sqlite_store import SqliteRegistryStore
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
-from helix.suite import EmbeddedConfig, create_embedded
+from helix.suite import EmbeddedConfig, create_embedded, embedded_services, prepare_embedded
 
 FAST = {
     "registry_min_ttl": Duration(0.2),
@@ -57,12 +60,22 @@ class Suite:
         await self.server.shutdown(0)
 
 
-async def start_suite(data_dir: Path, **overrides: Any) -> Suite:
+async def start_suite(
+    data_dir: Path, *, clock: Callable[[], float] | None = None, **overrides: Any
+) -> Suite:
+    """The embedded suite on `data_dir` with FAST settings plus `overrides`; with `clock`,
+    its registry measures leases on that clock instead of time.monotonic."""
     settings: dict[str, Any] = {"port": 0, "data_dir": data_dir, "grace_period": Duration(1)}
     settings.update(FAST)
     settings.update(overrides)
     config = EmbeddedConfig(**settings)
-    server, _ = create_embedded(config)
+    if clock is None:
+        server, _ = create_embedded(config)
+    else:
+        store = SqliteRegistryStore(config.registry_path, synchronous=config.registry_sync)
+        registry = Registry(store, config.engine_settings(), clock=clock)
+        services = embedded_services(config, registry)
+        server, _ = create_server(config, services, security=prepare_embedded(config))
     await server.start()
     return Suite(server, config)
 
