@@ -32,15 +32,15 @@ from helix.registry.core import (
     Batch,
     Event,
     RegistryState,
-    RequestRecord,
     check_heartbeat,
     fingerprint,
     heartbeat_changes,
     selector_from,
 )
 from helix.registry.leases import LeaseTable
+from helix.registry.records import load_state, stored_events, stored_requests
 from helix.registry.stats import RegistryStats
-from helix.registry.store import RegistryStore, Snapshot, StoredEvent, StoredRequest, StoreError
+from helix.registry.store import RegistryStore, Snapshot, StoreError
 from helix.registry.validation import RegistryLimits
 from helix.registry.watch import WatchHub
 from helix.security.principal import Principal
@@ -111,22 +111,7 @@ class Registry:
 
     def _load(self, snapshot: Snapshot) -> None:
         state = self.state
-        for name, raw in snapshot.agents.items():
-            state.agents[name] = registry_pb2.Agent.FromString(raw)
-        state.names = sorted(state.agents)
-        state.revision = snapshot.revision
-        for stored in snapshot.events:
-            prev = registry_pb2.Agent.FromString(stored.prev) if stored.prev is not None else None
-            agent = registry_pb2.Agent.FromString(stored.agent)
-            state.history.append(Event(stored.revision, stored.type, agent, prev, stored.reason))
-        while len(state.history) > state.history_limit:
-            state.history.popleft()
-        for request in snapshot.requests:
-            response = registry_pb2.RegisterAgentResponse.FromString(request.response)
-            record = RequestRecord(
-                request.fingerprint, request.revision, response, request.created_at
-            )
-            state.remember(request.owner, request.request_id, record)
+        load_state(state, snapshot)
         now = self._clock()
         # Promise 9: after a restart every lease gets one full TTL.
         for agent in state.agents.values():
@@ -153,7 +138,7 @@ class Registry:
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.done.done():
-                job.done.set_exception(errors.Unavailable("the registry is shutting down"))
+                job.done.set_exception(_shutting_down())
         await self.store.close()
 
     # --- what RegistryService calls -----------------------------------------------------------
@@ -350,28 +335,6 @@ class Registry:
                 job.done.set_result(result)
 
     async def _commit(self, batch: Batch) -> None:
-        events = [
-            StoredEvent(
-                e.revision,
-                e.type,
-                e.name,
-                e.agent.SerializeToString(),
-                e.prev.SerializeToString() if e.prev is not None else None,
-                e.reason,
-            )
-            for e in batch.events
-        ]
-        requests = [
-            StoredRequest(
-                owner,
-                request_id,
-                r.fingerprint,
-                r.revision,
-                r.response.SerializeToString(),
-                r.created_at,
-            )
-            for owner, request_id, r in batch.new_requests
-        ]
         # The history keeps the last `history_limit` revisions; the store forgets older ones.
         first_retained = batch.revision - self.state.history_limit + 1
         forget_before = first_retained if first_retained > self.state.first_available else 0
@@ -380,8 +343,8 @@ class Registry:
         if wall - self._pruned_at >= 10.0:
             forget_requests = wall - self.settings.request_ttl
         await self.store.commit(
-            events,
-            requests,
+            stored_events(batch),
+            stored_requests(batch),
             forget_events_before=forget_before,
             forget_requests_before=forget_requests,
         )
