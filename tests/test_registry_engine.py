@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from prometheus_client import CollectorRegistry
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons
 from helix.registry.engine import EngineSettings, Registry
+from helix.registry.metrics import register_metrics
 from helix.registry.sqlite_store import SqliteRegistryStore
 from helix.registry.validation import RegistryLimits
 from helix.security.principal import Principal
@@ -336,3 +338,29 @@ async def test_end_watches_ends_streams_and_refuses_new_ones(harness):
     with pytest.raises(errors.Unavailable):
         await anext(registry.watch(watch_from(0)))
     assert len(registry.hub) == 0
+
+
+# --- metrics: read from the engine's plain counters at scrape time -------------------------------
+
+
+async def test_the_collector_reads_the_engine_at_scrape_time(harness):
+    metrics = CollectorRegistry()
+    register_metrics(harness.registry, metrics)
+    registry = harness.registry
+    await asyncio.gather(
+        *(registry.register(ALICE, register_request(f"m{i}", ttl=2.0)) for i in range(3))
+    )
+    harness.clock.advance(2.0)
+    await registry.expire_lapsed()
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.get_sample_value(name, labels)
+
+    assert value("helix_registry_expired_total") == 3
+    assert value("helix_registry_write_batch_size_count") == 2  # the registers, the expiry
+    assert value("helix_registry_write_batch_size_sum") == 6
+    assert value("helix_registry_write_batch_size_bucket", le="2.0") == 0
+    assert value("helix_registry_write_batch_size_bucket", le="4.0") == 2
+    assert value("helix_registry_revision") == 6
+    assert value("helix_registry_leases") == 0
+    assert value("helix_registry_watchers_cut_off_total") == 0
