@@ -1,7 +1,11 @@
-"""A real embedded suite for registry tests, with stubs per principal."""
+"""Registry test support: a real embedded suite with stubs per principal, a fake clock,
+and waiting for a state with a deadline instead of sleeping."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +18,12 @@ from grpc_status import rpc_status
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.common.config import Duration
+from helix.common.server import create_server
+from helix.registry.engine import Registry
+from helix.registry.sqlite_store import SqliteRegistryStore
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
-from helix.suite import EmbeddedConfig, create_embedded
+from helix.suite import EmbeddedConfig, create_embedded, embedded_services, prepare_embedded
 
 FAST = {
     "registry_min_ttl": Duration(0.2),
@@ -53,12 +60,22 @@ class Suite:
         await self.server.shutdown(0)
 
 
-async def start_suite(data_dir: Path, **overrides: Any) -> Suite:
+async def start_suite(
+    data_dir: Path, *, clock: Callable[[], float] | None = None, **overrides: Any
+) -> Suite:
+    """The embedded suite on `data_dir` with FAST settings plus `overrides`; with `clock`,
+    its registry measures leases on that clock instead of time.monotonic."""
     settings: dict[str, Any] = {"port": 0, "data_dir": data_dir, "grace_period": Duration(1)}
     settings.update(FAST)
     settings.update(overrides)
     config = EmbeddedConfig(**settings)
-    server, _ = create_embedded(config)
+    if clock is None:
+        server, _ = create_embedded(config)
+    else:
+        store = SqliteRegistryStore(config.registry_path, synchronous=config.registry_sync)
+        registry = Registry(store, config.engine_settings(), clock=clock)
+        services = embedded_services(config, registry)
+        server, _ = create_server(config, services, security=prepare_embedded(config))
     await server.start()
     return Suite(server, config)
 
@@ -100,3 +117,36 @@ def bad_request(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
         if detail.Unpack(found):
             return [(v.field, v.description) for v in found.field_violations]
     return []
+
+
+@dataclass
+class FakeClock:
+    """A clock that moves only when a test moves it (for `clock=` and `wall=`)."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0, poll: float = 0.01
+) -> None:
+    """Return as soon as `predicate` holds (it may be async); fail after `within` seconds.
+
+    For waiting on a state another task brings about (a watch registered, a lease
+    expired): the poll is bounded by a deadline, unlike a sleep that hopes it has arrived.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {within}s: {predicate}")
+        await asyncio.sleep(poll)

@@ -14,9 +14,11 @@ from google.protobuf.field_mask_pb2 import FieldMask
 import helix.v1.registry_pb2 as registry_pb2
 
 from registry_support import (
+    Suite,
     agent_spec,
     bad_request,
     error_info,
+    eventually,
     register_request,
     start_suite,
 )
@@ -30,6 +32,11 @@ async def suite(tmp_path):
     running = await start_suite(tmp_path / "data")
     yield running
     await running.close()
+
+
+def watchers(suite: Suite) -> float | None:
+    """How many watches the suite's registry serves (its watchers gauge)."""
+    return suite.server.metrics.registry.get_sample_value("helix_registry_watchers")
 
 
 async def collect(stream, count: int, within: float = 10.0) -> list[registry_pb2.AgentEvent]:
@@ -196,7 +203,9 @@ async def test_a_slow_watcher_is_cancelled_while_fast_ones_continue(tmp_path):
         stub = suite.stub()
         slow = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=0))
         fast = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=0))
-        await asyncio.sleep(0.2)  # both watches are registered
+        # The slow watch must be registered before the flood (history replayed to a late
+        # one does not count against its buffer): wait until the registry serves both.
+        await eventually(lambda: watchers(suite) == 2)
         fast_events: list[registry_pb2.AgentEvent] = []
 
         async def keep_up() -> None:
@@ -270,8 +279,10 @@ async def test_idle_watch_gets_progress_notifications(tmp_path):
 
 async def test_filtered_watch_reports_agents_leaving_the_filter(suite):
     stub = suite.stub()
-    watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(label_selector="zone=a"))
-    await asyncio.sleep(0.1)
+    # From revision 1: every event is delivered however late the watch is registered.
+    watch = stub.WatchAgents(
+        registry_pb2.WatchAgentsRequest(label_selector="zone=a", start_revision=1)
+    )
     await stub.RegisterAgent(register_request("a1", zone="a"))
     await stub.RegisterAgent(register_request("b1", zone="b"))
     await stub.UpdateAgent(
@@ -297,9 +308,11 @@ async def test_lease_expires_after_ttl_not_before_with_an_expired_event(suite):
     registered = await stub.RegisterAgent(register_request("a1", ttl=0.6))
     ttl = registered.agent.ttl.seconds + registered.agent.ttl.nanos / 1e9
     assert ttl == pytest.approx(0.6)
-    # Heartbeats keep it alive well past its TTL.
+    # Heartbeats keep it alive well past its TTL. The one sleep of this file: the server's
+    # own monotonic clock and sweeper are under test here, so real time must pass (the
+    # engine's rules are tested with a fake clock in test_registry_engine.py).
     for _ in range(6):
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # an agent's heartbeat cadence, a third of the TTL
         await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=1))
     last_beat = time.monotonic()
     events = await collect(watch, 2)
@@ -433,8 +446,9 @@ async def test_restart_keeps_everything_and_gives_every_lease_a_full_ttl(tmp_pat
     await stub.RegisterAgent(register_request("a2", ttl=1.0))
     await stub.DeregisterAgent(registry_pb2.DeregisterAgentRequest(name="agents/a2"))
     await suite.close()
-    await asyncio.sleep(1.2)  # longer than the TTL while the registry is down
-    suite = await start_suite(data)
+    # Down for an hour, far longer than the TTL: the restarted registry's lease clock reads
+    # an hour later (a new process's monotonic clock has its own origin anyway).
+    suite = await start_suite(data, clock=lambda: time.monotonic() + 3600.0)
     try:
         restarted = time.monotonic()
         stub = suite.stub()

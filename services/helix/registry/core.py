@@ -142,6 +142,19 @@ class RegistryState:
     def remember(self, owner: str, request_id: str, record: RequestRecord) -> None:
         self.requests[(owner, request_id)] = record
 
+    def answered(
+        self, owner: str, request_id: str, digest: bytes
+    ) -> registry_pb2.RegisterAgentResponse | None:
+        """The committed response to this very RegisterAgent (a retry), if there is one.
+
+        Lets a retry be answered without queueing behind the writer; a request_id reused
+        for another request is left to `Batch.register`, which refuses it.
+        """
+        record = self.requests.get((owner, request_id))
+        if record is not None and record.fingerprint == digest:
+            return record.response
+        return None
+
     def forget_requests_before(self, created_at: float) -> None:
         stale = [k for k, r in self.requests.items() if r.created_at < created_at]
         for key in stale:
@@ -248,10 +261,11 @@ class Batch:
         request: registry_pb2.RegisterAgentRequest,
         agent_id: str,
         digest: bytes,
-    ) -> tuple[registry_pb2.RegisterAgentResponse, bool]:
+    ) -> registry_pb2.RegisterAgentResponse:
         """Register (or replace the caller's own registration of) an agent.
 
-        Returns the response and whether it is new (False: a retry answered from memory).
+        A retry of an earlier request (same owner, request_id and `digest`) gets the first
+        response and changes nothing; the same request_id with another request is refused.
         """
         key = (principal.subject, request.request_id)
         record = self._requests.get(key) or self._state.requests.get(key)
@@ -266,7 +280,7 @@ class Batch:
                     ],
                     reason=reasons.REQUEST_ID_REUSED,
                 )
-            return record.response, False
+            return record.response
         name = f"agents/{agent_id}"
         existing = self.get(name)
         if existing is not None and existing.owner != principal.subject and not principal.is_admin:
@@ -305,25 +319,9 @@ class Batch:
         record = RequestRecord(digest, revision, response, self._wall)
         self._requests[key] = record
         self.new_requests.append((principal.subject, request.request_id, record))
-        return response, True
+        return response
 
     # --- changes to an existing agent ------------------------------------------------------
-
-    def _owned(self, principal: Principal, name: str, etag: str = "") -> Agent:
-        agent = self.get(name)
-        if agent is None:
-            raise errors.NotFound(f"{name} not found", metadata={"name": name})
-        if agent.owner != principal.subject and not principal.is_admin:
-            raise errors.PermissionDenied(
-                f"{name} was registered by another principal", reason=reasons.NOT_OWNER
-            )
-        if etag and etag != agent.etag:
-            raise errors.Aborted(
-                f"{name} changed since etag {etag!r} (now {agent.etag!r}); read it again",
-                reason=reasons.STALE_ETAG,
-                metadata={"etag": agent.etag},
-            )
-        return agent
 
     def _changed(self, before: Agent, after: Agent) -> Event | None:
         if after == before:
@@ -335,25 +333,28 @@ class Batch:
         return self._emit(PUT, after, before)
 
     def heartbeat_change(
-        self, principal: Principal, name: str, epoch: int, health: int, load: object | None
+        self, principal: Principal, request: registry_pb2.HeartbeatRequest
     ) -> Event | None:
-        """Apply the health and load a heartbeat reports; None if they change nothing."""
-        agent = self._owned(principal, name)
-        if agent.epoch != epoch:
-            raise epoch_mismatch(name, epoch, agent.epoch)
+        """Apply the health and load a heartbeat reports; None if they change nothing.
+
+        The rules are checked again here (not only before submitting) because the agent
+        may have been deregistered or registered again while the change was queued.
+        """
+        agent = check_heartbeat(self.get(request.name), principal, request.name, request.epoch)
         after = Agent()
         after.CopyFrom(agent)
-        if health:
-            after.health = health  # type: ignore[assignment]
-        if load is not None:
-            after.load.CopyFrom(load)  # type: ignore[arg-type]
+        if request.health:
+            after.health = request.health
+        if request.HasField("load"):
+            after.load.CopyFrom(request.load)
         return self._changed(agent, after)
 
     def update(
         self, principal: Principal, request: registry_pb2.UpdateAgentRequest
     ) -> tuple[Agent, Event | None]:
         """UpdateAgent: the masked fields, conditional on the etag if one is given."""
-        agent = self._owned(principal, request.agent.name, request.agent.etag)
+        name = request.agent.name
+        agent = check_owner(self.get(name), principal, name, request.agent.etag)
         paths = mask_paths(request.update_mask, UPDATABLE_PATHS)
         kind_of = {
             "generator": registry_pb2.AGENT_KIND_GENERATOR,
@@ -393,7 +394,8 @@ class Batch:
         return (event.agent if event else agent), event
 
     def deregister(self, principal: Principal, name: str, etag: str) -> Event:
-        agent = self._owned(principal, name, etag)
+        """DeregisterAgent: a DELETE of reason DEREGISTERED, conditional on the etag."""
+        agent = check_owner(self.get(name), principal, name, etag)
         self._net_added -= 1
         return self._emit(DELETE, agent, agent, DEREGISTERED)
 
@@ -406,12 +408,52 @@ class Batch:
         return self._emit(DELETE, agent, agent, EXPIRED)
 
 
-def epoch_mismatch(name: str, sent: int, current: int) -> errors.FailedPrecondition:
-    return errors.FailedPrecondition(
-        f"{name} was registered again (epoch {current}) since epoch {sent}: this registration "
-        "was superseded",
-        reason=reasons.EPOCH_MISMATCH,
-        metadata={"epoch": str(current)},
+# --- the rules of a change to an existing agent (one implementation for every path) ----
+
+
+def check_owner(agent: Agent | None, principal: Principal, name: str, etag: str = "") -> Agent:
+    """The agent `name` that `principal` may change: it exists, the caller registered it
+    (or is an admin), and `etag`, when given, is its current one.
+
+    Permission is checked before the etag, so a stranger learns nothing from a stale one.
+    """
+    if agent is None:
+        raise errors.NotFound(
+            f"{name} not found (never registered, deregistered, or its lease expired)",
+            metadata={"name": name},
+        )
+    if agent.owner != principal.subject and not principal.is_admin:
+        raise errors.PermissionDenied(
+            f"{name} was registered by another principal", reason=reasons.NOT_OWNER
+        )
+    if etag and etag != agent.etag:
+        raise errors.Aborted(
+            f"{name} changed since etag {etag!r} (now {agent.etag!r}); read it again",
+            reason=reasons.STALE_ETAG,
+            metadata={"etag": agent.etag},
+        )
+    return agent
+
+
+def check_heartbeat(agent: Agent | None, principal: Principal, name: str, epoch: int) -> Agent:
+    """The agent a heartbeat of (`name`, `epoch`) by `principal` renews: `check_owner`,
+    and the registration the caller holds must still be the current one."""
+    agent = check_owner(agent, principal, name)
+    if agent.epoch != epoch:
+        raise errors.FailedPrecondition(
+            f"{name} was registered again (epoch {agent.epoch}) since epoch {epoch}: this "
+            "registration was superseded",
+            reason=reasons.EPOCH_MISMATCH,
+            metadata={"epoch": str(agent.epoch)},
+        )
+    return agent
+
+
+def heartbeat_changes(agent: Agent, request: registry_pb2.HeartbeatRequest) -> bool:
+    """Whether a heartbeat reports a health or load other than the stored ones (only then
+    does it need the writer; otherwise it renews the lease and advances nothing)."""
+    return bool(request.health and request.health != agent.health) or (
+        request.HasField("load") and request.load != agent.load
     )
 
 

@@ -6,19 +6,25 @@ committed state (each change gets the next revision), makes the whole batch dura
 one store commit (group commit), and only then installs it, updates leases, publishes
 events to watchers and answers the callers. Reads use the committed in-memory state and
 never wait behind writes; heartbeats that change nothing never reach the writer.
+
+The public methods speak the RegistryService messages (request in, reply out) and raise
+`helix.common.errors`; the servicer only validates and calls them. The clocks are
+injected: `clock` (monotonic) measures leases, `wall` stamps create and update times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common import errors, reasons
+from helix.common import errors, pages, reasons
 from helix.common.aio import cancel_and_wait
 from helix.common.validation import duration_seconds
 from helix.registry.core import (
@@ -26,11 +32,15 @@ from helix.registry.core import (
     Batch,
     Event,
     RegistryState,
-    RequestRecord,
-    epoch_mismatch,
+    check_heartbeat,
+    fingerprint,
+    heartbeat_changes,
+    selector_from,
 )
 from helix.registry.leases import LeaseTable
-from helix.registry.store import RegistryStore, Snapshot, StoredEvent, StoredRequest, StoreError
+from helix.registry.records import load_state, stored_events, stored_requests
+from helix.registry.stats import RegistryStats
+from helix.registry.store import RegistryStore, Snapshot, StoreError
 from helix.registry.validation import RegistryLimits
 from helix.registry.watch import WatchHub
 from helix.security.principal import Principal
@@ -61,6 +71,10 @@ class _Job:
     done: asyncio.Future[Any]
 
 
+def _shutting_down() -> errors.Unavailable:
+    return errors.Unavailable("the registry is shutting down; reconnect", retry_after=1.0)
+
+
 class Registry:
     """Committed state plus the machinery that changes it."""
 
@@ -76,15 +90,13 @@ class Registry:
         self.store = store
         self.state = RegistryState(history_limit=self.settings.history_limit)
         self.leases = LeaseTable()
-        self.hub = WatchHub(self.settings.max_watchers, self.settings.watch_buffer)
+        self.stats = RegistryStats()
+        self.hub = WatchHub(self.settings.max_watchers, self.settings.watch_buffer, self.stats)
         self._clock = clock
         self._wall = wall
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=self.settings.write_queue)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: builtins.list[asyncio.Task[None]] = []
         self._pruned_at = 0.0
-        self.expired = 0
-        self.on_batch: Callable[[int], None] | None = None
-        self.on_expired: Callable[[int], None] | None = None
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -99,22 +111,7 @@ class Registry:
 
     def _load(self, snapshot: Snapshot) -> None:
         state = self.state
-        for name, raw in snapshot.agents.items():
-            state.agents[name] = registry_pb2.Agent.FromString(raw)
-        state.names = sorted(state.agents)
-        state.revision = snapshot.revision
-        for stored in snapshot.events:
-            prev = registry_pb2.Agent.FromString(stored.prev) if stored.prev is not None else None
-            agent = registry_pb2.Agent.FromString(stored.agent)
-            state.history.append(Event(stored.revision, stored.type, agent, prev, stored.reason))
-        while len(state.history) > state.history_limit:
-            state.history.popleft()
-        for request in snapshot.requests:
-            response = registry_pb2.RegisterAgentResponse.FromString(request.response)
-            record = RequestRecord(
-                request.fingerprint, request.revision, response, request.created_at
-            )
-            state.remember(request.owner, request.request_id, record)
+        load_state(state, snapshot)
         now = self._clock()
         # Promise 9: after a restart every lease gets one full TTL.
         for agent in state.agents.values():
@@ -124,23 +121,166 @@ class Registry:
             extra={"revision": state.revision, "agents": len(state.agents)},
         )
 
+    async def end_watches(self) -> None:
+        """End every watch with UNAVAILABLE and refuse new ones: the one place watches end
+        at shutdown. The service binding runs this when the drain begins, since the server
+        waits for open streams before `stop` is called."""
+        self.hub.close_all(_shutting_down())
+
     async def stop(self) -> None:
-        """Stop sweeping, finish queued writes, end watches, close the store."""
-        self.hub.close_all(
-            errors.Unavailable("the registry is shutting down; reconnect", retry_after=1.0)
-        )
+        """Stop sweeping and writing, fail writes still queued, close the store.
+
+        Watches are ended by `end_watches`, which must come first (streams still open
+        would wait for events that no longer come).
+        """
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.done.done():
-                job.done.set_exception(errors.Unavailable("the registry is shutting down"))
+                job.done.set_exception(_shutting_down())
         await self.store.close()
+
+    # --- what RegistryService calls -----------------------------------------------------------
+
+    async def register(
+        self, principal: Principal, request: registry_pb2.RegisterAgentRequest
+    ) -> registry_pb2.RegisterAgentResponse:
+        """RegisterAgent; a retry with the same request_id is answered without a write."""
+        digest = fingerprint(request)
+        answered = self.state.answered(principal.subject, request.request_id, digest)
+        if answered is not None:
+            return answered
+        agent_id = request.agent_id or f"agent-{secrets.token_hex(6)}"
+        return await self.submit(lambda batch: batch.register(principal, request, agent_id, digest))
+
+    async def heartbeat(
+        self, principal: Principal, request: registry_pb2.HeartbeatRequest
+    ) -> registry_pb2.HeartbeatResponse:
+        """Renew the lease; commit only a change of health or load.
+
+        The registry's hottest call: when nothing changes it renews in memory and builds
+        the reply, nothing else (the TTL is the committed agent's, no new Duration).
+        """
+        name = request.name
+        agent = check_heartbeat(self.state.agents.get(name), principal, name, request.epoch)
+        if self.leases.renew(name, request.epoch, self._clock()) is None:
+            raise errors.NotFound(
+                f"{name}'s lease expired: register again", metadata={"name": name}
+            )
+        revision = self.state.revision
+        if heartbeat_changes(agent, request):
+            event = await self.submit(lambda batch: batch.heartbeat_change(principal, request))
+            revision = event.revision if event is not None else self.state.revision
+        return registry_pb2.HeartbeatResponse(revision=revision, ttl=agent.ttl)
+
+    async def update(
+        self, principal: Principal, request: registry_pb2.UpdateAgentRequest
+    ) -> registry_pb2.UpdateAgentResponse:
+        """UpdateAgent; an update that changes nothing advances nothing."""
+        agent, event = await self.submit(lambda batch: batch.update(principal, request))
+        revision = event.revision if event is not None else self.state.revision
+        return registry_pb2.UpdateAgentResponse(agent=agent, revision=revision)
+
+    async def deregister(
+        self, principal: Principal, request: registry_pb2.DeregisterAgentRequest
+    ) -> registry_pb2.DeregisterAgentResponse:
+        """DeregisterAgent, conditional on the etag when one is given."""
+        event = await self.submit(
+            lambda batch: batch.deregister(principal, request.name, request.etag)
+        )
+        return registry_pb2.DeregisterAgentResponse(revision=event.revision)
+
+    def get(self, name: str) -> registry_pb2.GetAgentResponse:
+        """GetAgent, from committed state."""
+        agent = self.state.agents.get(name)
+        if agent is None:
+            raise errors.NotFound(f"{name} not found", metadata={"name": name})
+        return registry_pb2.GetAgentResponse(agent=agent, revision=self.state.revision)
+
+    def list(self, request: registry_pb2.ListAgentsRequest) -> registry_pb2.ListAgentsResponse:
+        """One page of ListAgents; every page of a listing reads the first page's snapshot."""
+        state = self.state
+        filters = pages.filters_digest(request.kind, request.label_selector, request.health)
+        if request.page_token:
+            position = pages.decode_page_token(request.page_token, filters)
+            if not 0 < position.snapshot <= state.revision:
+                raise pages.invalid_page_token("is not a next_page_token of this listing")
+            snapshot, after = position.snapshot, position.after
+        else:
+            snapshot, after = state.revision, ""
+        limits = self.settings.limits
+        limit = pages.page_size(
+            request.page_size, default=limits.default_page_size, maximum=limits.max_page_size
+        )
+        agents, next_after = state.page(snapshot, selector_from(request), after, limit)
+        token = ""
+        if next_after is not None:
+            token = pages.encode_page_token(pages.PagePosition(next_after, snapshot), filters)
+        return registry_pb2.ListAgentsResponse(
+            agents=agents, next_page_token=token, revision=snapshot
+        )
+
+    def watch(
+        self, request: registry_pb2.WatchAgentsRequest
+    ) -> AsyncGenerator[registry_pb2.WatchAgentsResponse, None]:
+        """WatchAgents: ready responses (events in batches, and bookmarks when asked for),
+        until shutdown or a too-slow reader ends it with an error."""
+        interval = self.settings.progress_interval if request.progress_notify else None
+        return self.hub.watch(self.state, selector_from(request), request.start_revision, interval)
+
+    # --- leases -----------------------------------------------------------------------------
+
+    async def expire_lapsed(self) -> int:
+        """Expire every agent whose lease has lapsed on the engine's clock; returns how many.
+
+        The sweeper calls this every `sweep_interval`, so an agent expires no sooner than
+        its TTL after its last heartbeat and within one interval more.
+        """
+        lapsed = self.leases.lapsed(self._clock())
+        if not lapsed:
+            return 0
+
+        def apply(batch: Batch) -> builtins.list[Event]:
+            now = self._clock()
+            expired = []
+            for name, epoch in lapsed:
+                deadline = self.leases.deadline(name, epoch)
+                if deadline is not None and deadline > now:
+                    # Renewed since the sweep looked: watch the new deadline instead.
+                    self.leases.recheck(name, now)
+                    continue
+                event = batch.expire(name, epoch)
+                if event is not None:
+                    expired.append(event)
+            return expired
+
+        try:
+            events = await self.submit(apply)
+        except errors.HelixError as exc:
+            log.warning("expiring %d lapsed leases failed: %s", len(lapsed), exc.message)
+            now = self._clock()
+            for name, _ in lapsed:
+                self.leases.recheck(name, now)
+            return 0
+        self.stats.expired += len(events)
+        for event in events:
+            log.info("agent expired", extra={"agent": event.name, "revision": event.revision})
+        return len(events)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            await self.expire_lapsed()
 
     # --- the write path -------------------------------------------------------------------
 
     async def submit(self, apply: Callable[[Batch], T]) -> T:
-        """Run `apply` in the writer's next batch; returns its result once durable."""
+        """Run `apply` in the writer's next batch; returns its result once durable.
+
+        A domain error `apply` raises fails this job only; a failed store commit fails
+        every job of its batch with UNAVAILABLE and installs nothing.
+        """
         job = _Job(apply, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
@@ -158,11 +298,17 @@ class Registry:
             jobs = [await self._queue.get()]
             while len(jobs) < self.settings.max_batch and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
-            await self._run_batch(jobs)
+            try:
+                await self._run_batch(jobs)
+            except asyncio.CancelledError:
+                for job in jobs:  # stopped mid-batch: the callers get an answer
+                    if not job.done.done():
+                        job.done.set_exception(_shutting_down())
+                raise
 
-    async def _run_batch(self, jobs: list[_Job]) -> None:
+    async def _run_batch(self, jobs: builtins.list[_Job]) -> None:
         batch = Batch(self.state, self.settings.limits, self._wall())
-        results: list[tuple[_Job, Any]] = []
+        results: builtins.list[tuple[_Job, Any]] = []
         for job in jobs:
             if job.done.done():  # the caller went away
                 continue
@@ -189,28 +335,6 @@ class Registry:
                 job.done.set_result(result)
 
     async def _commit(self, batch: Batch) -> None:
-        events = [
-            StoredEvent(
-                e.revision,
-                e.type,
-                e.name,
-                e.agent.SerializeToString(),
-                e.prev.SerializeToString() if e.prev is not None else None,
-                e.reason,
-            )
-            for e in batch.events
-        ]
-        requests = [
-            StoredRequest(
-                owner,
-                request_id,
-                r.fingerprint,
-                r.revision,
-                r.response.SerializeToString(),
-                r.created_at,
-            )
-            for owner, request_id, r in batch.new_requests
-        ]
         # The history keeps the last `history_limit` revisions; the store forgets older ones.
         first_retained = batch.revision - self.state.history_limit + 1
         forget_before = first_retained if first_retained > self.state.first_available else 0
@@ -219,8 +343,8 @@ class Registry:
         if wall - self._pruned_at >= 10.0:
             forget_requests = wall - self.settings.request_ttl
         await self.store.commit(
-            events,
-            requests,
+            stored_events(batch),
+            stored_requests(batch),
             forget_events_before=forget_before,
             forget_requests_before=forget_requests,
         )
@@ -246,58 +370,4 @@ class Registry:
                 self.leases.set_ttl(agent.name, duration_seconds(agent.ttl), now)
         if batch.events:
             self.hub.publish(batch.events)
-            if self.on_batch is not None:
-                self.on_batch(len(batch.events))
-
-    # --- leases -----------------------------------------------------------------------------
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval)
-            lapsed = self.leases.lapsed(self._clock())
-            if lapsed:
-                await asyncio.gather(*(self._expire(name, epoch) for name, epoch in lapsed))
-
-    async def _expire(self, name: str, epoch: int) -> None:
-        def apply(batch: Batch) -> Event | None:
-            # A heartbeat may have renewed the lease since the sweep looked.
-            deadline = self.leases.deadline(name, epoch)
-            if deadline is not None and deadline > self._clock():
-                return None
-            return batch.expire(name, epoch)
-
-        try:
-            event = await self.submit(apply)
-        except errors.HelixError as exc:
-            log.warning("expiring %s failed: %s", name, exc.message)
-            self.leases.recheck(name, self._clock())
-            return
-        if event is not None:
-            self.expired += 1
-            if self.on_expired is not None:
-                self.on_expired(1)
-            log.info("agent expired", extra={"agent": name, "revision": event.revision})
-
-    def heartbeat(
-        self, principal: Principal, request: registry_pb2.HeartbeatRequest
-    ) -> tuple[float, bool]:
-        """Renew a lease in memory. Returns (ttl, whether health or load would change)."""
-        agent = self.state.agents.get(request.name)
-        if agent is None:
-            raise errors.NotFound(
-                f"{request.name} is not registered (or its lease expired): register again",
-                metadata={"name": request.name},
-            )
-        if agent.owner != principal.subject and not principal.is_admin:
-            raise errors.PermissionDenied(
-                f"{request.name} was registered by another principal", reason=reasons.NOT_OWNER
-            )
-        if agent.epoch != request.epoch:
-            raise epoch_mismatch(request.name, request.epoch, agent.epoch)
-        ttl = self.leases.renew(request.name, request.epoch, self._clock())
-        if ttl is None:
-            raise errors.NotFound(f"{request.name}'s lease expired: register again")
-        changes = bool(request.health and request.health != agent.health) or (
-            request.HasField("load") and request.load != agent.load
-        )
-        return ttl, changes
+            self.stats.batch_sizes.observe(len(batch.events))

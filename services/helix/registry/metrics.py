@@ -1,28 +1,52 @@
-"""Registry metrics: agents by kind and health, revision, watchers, expiries, batch sizes."""
+"""Registry metrics: agents by kind and health, revision, watchers, expiries, batch sizes.
+
+One collector reads the engine at scrape time: gauges from the committed state, counters
+and the batch-size histogram from the engine's plain `RegistryStats`. Nothing is updated
+per change on the write path, and the engine never imports prometheus_client.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.registry.engine import Registry
+from helix.registry.stats import Distribution
 
 _KIND = registry_pb2.AgentKind.Name
 _HEALTH = registry_pb2.AgentHealth.Name
 
 
-class _StateCollector(Collector):
-    """Reads the engine's committed state at scrape time (nothing to update per change)."""
+def _histogram(name: str, documentation: str, distribution: Distribution) -> Metric:
+    """A histogram family from per-bucket counts (Prometheus wants them cumulative)."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(distribution.bounds, distribution.counts, strict=False):
+        running += count
+        buckets.append((repr(float(bound)), running))  # le="1.0", as Histogram writes it
+    buckets.append(("+Inf", running + distribution.counts[-1]))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=distribution.total)
+
+
+class RegistryCollector(Collector):
+    """Every registry metric, read from a `Registry` at scrape time."""
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        state = self._registry.state
+    def collect(self) -> Iterator[Metric]:
+        registry = self._registry
+        state = registry.state
+        stats = registry.stats
         agents = GaugeMetricFamily(
             "helix_registry_agents",
             "Registered agents by kind and health.",
@@ -44,34 +68,28 @@ class _StateCollector(Collector):
             value=state.first_available,
         )
         yield GaugeMetricFamily(
-            "helix_registry_watchers", "Watch streams being served.", value=len(self._registry.hub)
+            "helix_registry_watchers", "Watch streams being served.", value=len(registry.hub)
         )
         yield GaugeMetricFamily(
-            "helix_registry_leases",
-            "Leases held (one per live agent).",
-            value=len(self._registry.leases),
+            "helix_registry_leases", "Leases held (one per live agent).", value=len(registry.leases)
+        )
+        yield CounterMetricFamily(
+            "helix_registry_expired_total",
+            "Agents removed because their lease lapsed.",
+            value=stats.expired,
+        )
+        yield CounterMetricFamily(
+            "helix_registry_watchers_cut_off_total",
+            "Watches cancelled for falling too far behind.",
+            value=stats.watchers_cut_off,
+        )
+        yield _histogram(
+            "helix_registry_write_batch_size",
+            "Changes committed together by one group commit.",
+            stats.batch_sizes,
         )
 
 
 def register_metrics(registry: Registry, metrics: CollectorRegistry) -> None:
     """Export `registry`'s metrics on a server's metrics registry."""
-    metrics.register(_StateCollector(registry))
-    expired = Counter(
-        "helix_registry_expired_total",
-        "Agents removed because their lease lapsed.",
-        registry=metrics,
-    )
-    batches = Histogram(
-        "helix_registry_write_batch_size",
-        "Changes committed together by one group commit.",
-        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-        registry=metrics,
-    )
-    cut_off = Counter(
-        "helix_registry_watchers_cut_off_total",
-        "Watches cancelled for falling too far behind.",
-        registry=metrics,
-    )
-    registry.on_expired = expired.inc
-    registry.on_batch = batches.observe
-    registry.hub.on_cut_off = cut_off.inc
+    metrics.register(RegistryCollector(registry))

@@ -1,19 +1,39 @@
-"""Watch fan-out: one bounded queue per watcher; a watcher that falls behind is cut off.
+"""Watches: fan-out of committed events to bounded per-watcher queues, and the stream of
+responses each watch sends.
 
-Publishing never waits: an event is put on each matching watcher's queue at once, and a
-watcher whose queue is full is marked too slow, removed, and its stream ends with
-RESOURCE_EXHAUSTED (reason WATCHER_TOO_SLOW) — never silently skipped. Registration and
-history replay happen in one synchronous step, so a watch sees every event exactly once.
+Publishing never waits. Each committed event is turned, once per distinct filter, into
+what that filter sees of it (`view`), and the `AgentEvent` message for each (event, view)
+is built once and shared by every watcher that sees it (a hundred watchers of one burst
+cost one message per event, not a hundred). A watcher whose queue cannot take a publish
+is cut off: its stream ends with RESOURCE_EXHAUSTED (reason WATCHER_TOO_SLOW), never
+silently skipping events. Registering a watcher and queueing its history happen in one
+synchronous step, so a watch sees every event exactly once.
+
+Pure apart from asyncio's futures: no grpc, no clock (the progress interval is the only
+timeout, and the decision what to send next, `next_response`, is a plain function).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import AsyncGenerator, Iterable, Sequence
 
+import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons
-from helix.registry.core import DELETE, FILTERED_OUT, PUT, Event, Selector
+from helix.registry.core import (
+    DELETE,
+    FILTERED_OUT,
+    PUT,
+    Event,
+    RegistryState,
+    Selector,
+    check_watchable,
+)
+from helix.registry.stats import RegistryStats
+
+MAX_EVENTS_PER_RESPONSE = 1000
+AgentEvent = registry_pb2.AgentEvent
 
 
 def view(selector: Selector, event: Event) -> tuple[int, int] | None:
@@ -32,83 +52,201 @@ def view(selector: Selector, event: Event) -> tuple[int, int] | None:
     return None
 
 
-class Watcher:
-    """One watch stream's filter and bounded queue of deliveries."""
+class _Messages:
+    """The `AgentEvent` of each (event, view), built on first use and then shared."""
 
-    def __init__(self, selector: Selector, capacity: int) -> None:
+    __slots__ = ("_built",)
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[int, int, int], AgentEvent] = {}
+
+    def seen_by(self, selector: Selector, events: Iterable[Event]) -> list[AgentEvent]:
+        """The messages a watch with `selector` gets for `events`, in order."""
+        found: list[AgentEvent] = []
+        for event in events:
+            seen = view(selector, event)
+            if seen is None:
+                continue
+            type_, reason = seen
+            key = (event.revision, type_, reason)
+            message = self._built.get(key)
+            if message is None:
+                message = AgentEvent(agent=event.agent, revision=event.revision)
+                message.type = type_  # type: ignore[assignment]
+                message.reason = reason  # type: ignore[assignment]
+                self._built[key] = message
+            found.append(message)
+        return found
+
+
+class Watcher:
+    """One watch: its filter, its first revision, and its bounded queue of ready events.
+
+    Events are queued as finished `AgentEvent` messages (their view already decided), so
+    the stream only batches them. `closed_reason`, once set, ends the stream with that
+    error before anything else still queued is sent.
+    """
+
+    __slots__ = ("_waiter", "capacity", "closed_reason", "pending", "selector", "start")
+
+    def __init__(self, selector: Selector, capacity: int, start: int = 0) -> None:
         self.selector = selector
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=capacity)
-        self.too_slow = False
+        # A watch from a revision not yet reached skips the events before it.
+        self.start = start
+        self.capacity = capacity
+        self.pending: deque[AgentEvent] = deque()
         self.closed_reason: errors.HelixError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def offer(self, messages: Sequence[AgentEvent]) -> bool:
+        """Queue `messages` (all or none); False when they do not fit."""
+        if self.start and messages and messages[0].revision < self.start:
+            messages = [m for m in messages if m.revision >= self.start]
+        if len(self.pending) + len(messages) > self.capacity:
+            return False
+        if messages:
+            self.pending.extend(messages)
+            self._wake()
+        return True
+
+    def close(self, reason: errors.HelixError) -> None:
+        """End the stream with `reason` (it is raised before anything still queued)."""
+        self.closed_reason = reason
+        self._wake()
+
+    async def wait(self, idle_limit: float | None = None) -> None:
+        """Return once an event is queued or the watch is closed, or after `idle_limit`
+        seconds without either (then the stream sends a bookmark)."""
+        if self.pending or self.closed_reason is not None:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            if idle_limit is None:
+                await waiter
+            else:
+                await asyncio.wait((waiter,), timeout=idle_limit)
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def next_response(watcher: Watcher, state: RegistryState) -> registry_pb2.WatchAgentsResponse:
+    """What `watcher` sends next: up to MAX_EVENTS_PER_RESPONSE queued events, or, only
+    when nothing is queued, a progress bookmark.
+
+    A bookmark promises that every matching event up to its `revision` was delivered.
+    Events are queued in the same synchronous step that installs them, so an empty queue
+    means nothing up to `state.revision` is pending; with anything queued, the events go
+    first. Raises the watcher's `closed_reason` if it was closed.
+    """
+    if watcher.closed_reason is not None:
+        raise watcher.closed_reason
+    response = registry_pb2.WatchAgentsResponse(
+        revision=state.revision, compact_revision=state.first_available
+    )
+    pending = watcher.pending
+    if not pending:
+        response.progress = True
+        return response
+    if len(pending) <= MAX_EVENTS_PER_RESPONSE:
+        response.events.extend(pending)
+        pending.clear()
+    else:
+        response.events.extend(pending.popleft() for _ in range(MAX_EVENTS_PER_RESPONSE))
+    return response
 
 
 class WatchHub:
     """The set of live watchers, bounded in number."""
 
-    def __init__(self, max_watchers: int, buffer: int) -> None:
+    def __init__(self, max_watchers: int, buffer: int, stats: RegistryStats | None = None) -> None:
         self._watchers: set[Watcher] = set()
         self._max = max_watchers
         self._buffer = buffer
-        self.cut_off = 0
-        self.on_cut_off: Callable[[], None] | None = None
+        self._closed: errors.HelixError | None = None
+        self.stats = stats if stats is not None else RegistryStats()
 
     def __len__(self) -> int:
         return len(self._watchers)
 
-    def add(self, selector: Selector, backlog: Iterable[Event]) -> Watcher:
-        """A new watcher, primed with `backlog` (history it must replay first)."""
+    def add(self, selector: Selector, backlog: Iterable[Event] = (), start: int = 0) -> Watcher:
+        """A new watcher from revision `start`, primed with `backlog` (the history it must
+        replay first, which does not count against its buffer)."""
+        if self._closed is not None:
+            raise self._closed
         if len(self._watchers) >= self._max:
             raise errors.ResourceExhausted(
                 f"the registry serves at most {self._max} watches at once",
                 retry_after=1.0,
                 reason=reasons.TOO_MANY_WATCHERS,
             )
-        backlog = [e for e in backlog if view(selector, e) is not None]
-        watcher = Watcher(selector, self._buffer + len(backlog))
-        for event in backlog:
-            watcher.queue.put_nowait(event)
+        replay = _Messages().seen_by(selector, backlog)
+        watcher = Watcher(selector, self._buffer + len(replay), start)
+        watcher.pending.extend(replay)
         self._watchers.add(watcher)
         return watcher
 
     def remove(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
 
-    def publish(self, events: Iterable[Event]) -> None:
-        """Hand committed events to every watcher that sees them; cut off the slow ones."""
-        events = list(events)
+    def publish(self, events: Sequence[Event]) -> None:
+        """Queue committed events for every watcher that sees them; cut off the slow ones.
+
+        The view of the batch is computed once per distinct selector, not per watcher.
+        """
+        if not self._watchers or not events:
+            return
+        messages = _Messages()
+        by_selector: dict[Selector, list[AgentEvent]] = {}
         for watcher in list(self._watchers):
-            for event in events:
-                if view(watcher.selector, event) is None:
-                    continue
-                try:
-                    watcher.queue.put_nowait(event)
-                except asyncio.QueueFull:
-                    self._cut_off(watcher)
-                    break
+            seen = by_selector.get(watcher.selector)
+            if seen is None:
+                seen = by_selector[watcher.selector] = messages.seen_by(watcher.selector, events)
+            if seen and not watcher.offer(seen):
+                self._cut_off(watcher)
 
     def _cut_off(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
-        self.cut_off += 1
-        if self.on_cut_off is not None:
-            self.on_cut_off()
-        watcher.too_slow = True
-        watcher.closed_reason = errors.ResourceExhausted(
-            "this watch fell too far behind the registry's events and was cancelled; "
-            "resume from the last revision received + 1",
-            reason=reasons.WATCHER_TOO_SLOW,
+        self.stats.watchers_cut_off += 1
+        watcher.close(
+            errors.ResourceExhausted(
+                "this watch fell too far behind the registry's events and was cancelled; "
+                "resume from the last revision received + 1",
+                reason=reasons.WATCHER_TOO_SLOW,
+            )
         )
-        _wake(watcher)
+
+    async def watch(
+        self,
+        state: RegistryState,
+        selector: Selector,
+        start: int = 0,
+        progress_interval: float | None = None,
+    ) -> AsyncGenerator[registry_pb2.WatchAgentsResponse, None]:
+        """The responses of a watch of `state` from revision `start` (0: from now on),
+        until it is closed (raising its reason) or the caller stops iterating.
+
+        Everything from the compaction check to queueing the history runs in one step
+        when iteration begins, so no event is missed or sent twice. With
+        `progress_interval`, a watch idle that long gets a bookmark (`next_response`).
+        """
+        check_watchable(state, start)
+        backlog = state.events_since(start) if 0 < start <= state.revision else ()
+        watcher = self.add(selector, backlog, start)
+        try:
+            while True:
+                await watcher.wait(progress_interval)
+                yield next_response(watcher, state)
+        finally:
+            self.remove(watcher)
 
     def close_all(self, reason: errors.HelixError) -> None:
-        """End every watch (server shutdown): each stream ends with `reason`."""
-        for watcher in list(self._watchers):
-            watcher.closed_reason = reason
-            _wake(watcher)
+        """End every watch with `reason`, and refuse new ones with it from now on."""
+        self._closed = reason
+        for watcher in self._watchers:
+            watcher.close(reason)
         self._watchers.clear()
-
-
-def _wake(watcher: Watcher) -> None:
-    """Wake the watcher's reader; it checks `closed_reason` before every delivery (a full
-    queue needs no wake-up: the reader is not waiting)."""
-    with contextlib.suppress(asyncio.QueueFull):
-        watcher.queue.put_nowait(None)

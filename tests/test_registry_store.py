@@ -1,0 +1,163 @@
+"""The embedded registry store (`SqliteRegistryStore`) on a real file under tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.registry.store import (
+    EVENT_DELETE,
+    EVENT_PUT,
+    Snapshot,
+    StoreCorrupt,
+    StoredEvent,
+    StoredRequest,
+    StoreError,
+)
+
+
+def put(revision: int, name: str, body: bytes = b"v1", prev: bytes | None = None) -> StoredEvent:
+    return StoredEvent(revision, EVENT_PUT, name, body, prev, 0)
+
+
+def delete(revision: int, name: str, body: bytes = b"v1") -> StoredEvent:
+    return StoredEvent(revision, EVENT_DELETE, name, body, body, 1)
+
+
+def request(request_id: str, revision: int, created_at: float) -> StoredRequest:
+    return StoredRequest("alice", request_id, b"digest", revision, b"response", created_at)
+
+
+async def reopened(path: Path) -> Snapshot:
+    """What a store on `path` reads when opened again."""
+    store = SqliteRegistryStore(path)
+    try:
+        return await store.open()
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "data" / "registry.sqlite3"
+
+
+async def test_a_new_store_is_empty_and_private(path):
+    store = SqliteRegistryStore(path)
+    snapshot = await store.open()
+    await store.close()
+    assert (snapshot.revision, snapshot.agents, snapshot.events, snapshot.requests) == (
+        0,
+        {},
+        [],
+        [],
+    )
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+async def test_what_was_committed_is_there_after_reopening(path):
+    store = SqliteRegistryStore(path)
+    await store.open()
+    await store.commit([put(1, "agents/a"), put(2, "agents/b")], [request("r1", 1, 100.0)])
+    await store.commit([put(3, "agents/a", b"v2", b"v1"), delete(4, "agents/b")], [])
+    await store.close()
+    await store.close()  # twice is fine
+
+    snapshot = await reopened(path)
+    assert snapshot.revision == 4
+    assert snapshot.agents == {"agents/a": b"v2"}
+    assert [(e.revision, e.type, e.name) for e in snapshot.events] == [
+        (1, EVENT_PUT, "agents/a"),
+        (2, EVENT_PUT, "agents/b"),
+        (3, EVENT_PUT, "agents/a"),
+        (4, EVENT_DELETE, "agents/b"),
+    ]
+    assert snapshot.events[2].prev == b"v1"
+    assert snapshot.requests == [request("r1", 1, 100.0)]
+
+
+async def test_commit_forgets_old_events_and_requests(path):
+    store = SqliteRegistryStore(path)
+    await store.open()
+    await store.commit(
+        [put(i, f"agents/a{i}") for i in range(1, 6)],
+        [request("old", 1, 10.0), request("new", 2, 20.0)],
+    )
+    await store.commit(
+        [put(6, "agents/a6")], [], forget_events_before=4, forget_requests_before=15.0
+    )
+    await store.close()
+    snapshot = await reopened(path)
+    assert [e.revision for e in snapshot.events] == [4, 5, 6]
+    assert len(snapshot.agents) == 6  # forgetting history keeps the agents
+    assert [r.request_id for r in snapshot.requests] == ["new"]
+
+
+async def test_a_failed_commit_stores_nothing_of_its_batch(path):
+    store = SqliteRegistryStore(path)
+    await store.open()
+    await store.commit([put(1, "agents/a")], [])
+    with pytest.raises(StoreError, match="commit failed"):
+        # revision 1 again: the events insert fails after the agents were written
+        await store.commit([put(2, "agents/b"), put(1, "agents/c")], [request("r", 2, 1.0)])
+    await store.commit([put(2, "agents/d")], [])  # and the store is still usable
+    await store.close()
+    snapshot = await reopened(path)
+    assert snapshot.revision == 2
+    assert sorted(snapshot.agents) == ["agents/a", "agents/d"]
+    assert snapshot.requests == []
+
+
+async def test_a_store_that_is_not_open_refuses_commits(path):
+    store = SqliteRegistryStore(path)
+    with pytest.raises(StoreError, match="not open"):
+        await store.commit([put(1, "agents/a")], [])
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError, match=r"registry\.sqlite3"):
+        await store.commit([put(1, "agents/a")], [])
+
+
+async def test_a_damaged_file_is_refused_and_left_as_it_is(path):
+    store = SqliteRegistryStore(path)
+    await store.open()
+    await store.commit([put(i, f"agents/a{i}", b"x" * 500) for i in range(1, 40)], [])
+    await store.close()
+    raw = bytearray(path.read_bytes())
+    for offset in range(4096, len(raw), 997):  # scribble over the data pages
+        raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(StoreCorrupt, match=r"registry\.sqlite3"):
+        await SqliteRegistryStore(path).open()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+async def test_a_file_that_is_not_a_database_is_refused(path):
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreCorrupt, match="not a usable registry database"):
+        await SqliteRegistryStore(path).open()
+    assert path.read_bytes() == b"this is not sqlite" * 100
+
+
+async def test_another_schema_version_is_refused(path):
+    store = SqliteRegistryStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value=99 WHERE key='schema_version'")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        await SqliteRegistryStore(path).open()
+
+
+def test_only_full_or_normal_synchronous_modes(path):
+    SqliteRegistryStore(path, synchronous="normal")
+    with pytest.raises(ValueError, match="FULL or NORMAL"):
+        SqliteRegistryStore(path, synchronous="off")
