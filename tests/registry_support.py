@@ -46,13 +46,16 @@ class Suite:
 
     def stub(
         self, subject: str = "alice", scopes: tuple[str, ...] = ("agents.read", "agents.write")
-    ) -> registry_pb2_grpc.RegistryServiceStub:
+    ) -> registry_pb2_grpc.RegistryServiceAsyncStub:
         token = mint(self.server.security.signer, subject, scopes, 3600)
         channel = grpc.aio.insecure_channel(
             self.server.address, interceptors=bearer_interceptors(StaticTokenSource(token))
         )
         self.channels.append(channel)
-        return registry_pb2_grpc.RegistryServiceStub(channel)
+        stub: registry_pb2_grpc.RegistryServiceAsyncStub = registry_pb2_grpc.RegistryServiceStub(
+            channel
+        )
+        return stub
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -81,7 +84,7 @@ async def start_suite(
 
 
 def agent_spec(
-    kind: int = registry_pb2.AGENT_KIND_ORACLE,
+    kind: registry_pb2.AgentKind.ValueType = registry_pb2.AGENT_KIND_ORACLE,
     endpoint: str = "127.0.0.1:7000",
     capacity: int = 8,
     ttl: float | None = None,

@@ -481,9 +481,13 @@ def test_selector_matches_kind_health_and_labels():
 
 
 def test_selector_from_a_list_or_watch_request():
-    listing = registry_pb2.ListAgentsRequest(kind=2, label_selector="a=b", health=DEGRADED)
+    listing = registry_pb2.ListAgentsRequest(
+        kind=registry_pb2.AGENT_KIND_ORACLE, label_selector="a=b", health=DEGRADED
+    )
     assert selector_from(listing) == Selector.parse(2, "a=b", DEGRADED)
-    watching = registry_pb2.WatchAgentsRequest(kind=1, label_selector="!x")
+    watching = registry_pb2.WatchAgentsRequest(
+        kind=registry_pb2.AGENT_KIND_GENERATOR, label_selector="!x"
+    )
     assert selector_from(watching) == Selector.parse(1, "!x")
 
 

@@ -127,7 +127,7 @@ steps = st.lists(
 # A TTL shortened by an update, then a renewal: the lease must lapse at the new, earlier
 # deadline (a heap entry only at the old one would hide it until then).
 @example([("grant", "a", 5), ("set_ttl", "a", 1), ("renew", "a", 0), ("advance", "", 2)])
-def test_lapsed_is_never_early_and_never_misses_a_lease(script):
+def test_lapsed_is_never_early_and_never_misses_a_lease(script):  # noqa: C901 - a step a branch
     table = LeaseTable()
     now = 0.0
     leases: dict[str, tuple[int, float, float]] = {}  # name -> (epoch, ttl, deadline)

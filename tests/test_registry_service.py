@@ -269,6 +269,7 @@ async def test_idle_watch_gets_progress_notifications(tmp_path):
             registry_pb2.WatchAgentsRequest(start_revision=2, progress_notify=True)
         )
         response = await asyncio.wait_for(watch.read(), 5)
+        assert isinstance(response, registry_pb2.WatchAgentsResponse)
         assert response.progress
         assert not response.events
         assert response.revision == 1
@@ -514,7 +515,12 @@ async def test_a_corrupted_database_is_refused_and_left_as_it_is(tmp_path):
         ),
         (
             registry_pb2.RegisterAgentRequest(
-                agent=registry_pb2.Agent(kind=2, endpoint="h:1", capacity=1, labels={"-bad": "x"}),
+                agent=registry_pb2.Agent(
+                    kind=registry_pb2.AGENT_KIND_ORACLE,
+                    endpoint="h:1",
+                    capacity=1,
+                    labels={"-bad": "x"},
+                ),
                 request_id="r",
             ),
             'agent.labels["-bad"]',

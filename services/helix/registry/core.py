@@ -32,6 +32,11 @@ DEREGISTERED = registry_pb2.AGENT_DELETE_REASON_DEREGISTERED
 EXPIRED = registry_pb2.AGENT_DELETE_REASON_EXPIRED
 FILTERED_OUT = registry_pb2.AGENT_DELETE_REASON_FILTERED_OUT
 SERVING = registry_pb2.AGENT_HEALTH_SERVING
+# The details oneof of an Agent, by the kind of agent each is for.
+_DETAILS_KIND = {
+    "generator": registry_pb2.AGENT_KIND_GENERATOR,
+    "oracle": registry_pb2.AGENT_KIND_ORACLE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,12 +361,9 @@ class Batch:
         name = request.agent.name
         agent = check_owner(self.get(name), principal, name, request.agent.etag)
         paths = mask_paths(request.update_mask, UPDATABLE_PATHS)
-        kind_of = {
-            "generator": registry_pb2.AGENT_KIND_GENERATOR,
-            "oracle": registry_pb2.AGENT_KIND_ORACLE,
-        }
-        for detail, kind in kind_of.items():
-            if detail in paths and agent.kind != kind and request.agent.HasField(detail):  # type: ignore[arg-type]
+        source: Any = request.agent  # field names come from the mask
+        for detail, kind in _DETAILS_KIND.items():
+            if detail in paths and agent.kind != kind and source.HasField(detail):
                 raise errors.InvalidArgument.from_violations(
                     [
                         errors.FieldViolation(
@@ -371,27 +373,29 @@ class Batch:
                 )
         after = Agent()
         after.CopyFrom(agent)
-        source: Any = request.agent  # field names come from the mask
         for path in paths:
-            if path == "labels":
-                after.labels.clear()
-                after.labels.update(source.labels)
-            elif path == "ttl":
-                ttl = source.ttl if source.HasField("ttl") else None
-                after.ttl.CopyFrom(_duration(granted_ttl_seconds(ttl, self._limits)))
-            elif path in ("generator", "oracle"):
-                if agent.kind == kind_of[path]:
-                    after.ClearField(path)  # type: ignore[arg-type]
-                    if source.HasField(path):
-                        getattr(after, path).CopyFrom(getattr(source, path))
-            elif path in ("load",):
-                after.load.CopyFrom(source.load)
-            elif path == "health":
-                after.health = source.health
-            else:
-                setattr(after, path, getattr(source, path))
+            self._apply_path(after, source, path)
         event = self._changed(agent, after)
         return (event.agent if event else agent), event
+
+    def _apply_path(self, after: Agent, source: Any, path: str) -> None:
+        """Copy one masked field of an UpdateAgent's agent onto `after` (details only for an
+        agent of their kind; a TTL clamped as on registration)."""
+        if path == "labels":
+            after.labels.clear()
+            after.labels.update(source.labels)
+        elif path == "ttl":
+            ttl = source.ttl if source.HasField("ttl") else None
+            after.ttl.CopyFrom(_duration(granted_ttl_seconds(ttl, self._limits)))
+        elif path in _DETAILS_KIND:
+            if after.kind == _DETAILS_KIND[path]:
+                after.ClearField(path)  # type: ignore[arg-type]
+                if source.HasField(path):
+                    getattr(after, path).CopyFrom(getattr(source, path))
+        elif path == "load":
+            after.load.CopyFrom(source.load)
+        else:
+            setattr(after, path, getattr(source, path))
 
     def deregister(self, principal: Principal, name: str, etag: str) -> Event:
         """DeregisterAgent: a DELETE of reason DEREGISTERED, conditional on the etag."""

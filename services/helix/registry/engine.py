@@ -210,9 +210,7 @@ class Registry:
         else:
             snapshot, after = state.revision, ""
         limits = self.settings.limits
-        limit = pages.page_size(
-            request.page_size, default=limits.default_page_size, maximum=limits.max_page_size
-        )
+        limit = limits.page_size(request.page_size)
         agents, next_after = state.page(snapshot, selector_from(request), after, limit)
         token = ""
         if next_after is not None:

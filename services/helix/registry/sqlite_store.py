@@ -156,34 +156,8 @@ class SqliteRegistryStore:
                 raise StoreError(f"{self.path}: the store is closed")
             try:
                 db.execute("BEGIN IMMEDIATE")
-                for event in batch:
-                    if event.type == EVENT_DELETE:
-                        db.execute("DELETE FROM agents WHERE name=?", (event.name,))
-                    else:
-                        db.execute(
-                            "INSERT OR REPLACE INTO agents VALUES (?, ?)", (event.name, event.agent)
-                        )
-                db.executemany(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.revision, e.type, e.name, e.agent, e.prev, e.reason) for e in batch],
-                )
-                db.executemany(
-                    "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (r.owner, r.request_id, r.fingerprint, r.revision, r.response, r.created_at)
-                        for r in records
-                    ],
-                )
-                if batch:
-                    db.execute(
-                        "UPDATE meta SET value=? WHERE key='revision'", (batch[-1].revision,)
-                    )
-                if forget_events_before:
-                    db.execute("DELETE FROM events WHERE revision < ?", (forget_events_before,))
-                if forget_requests_before:
-                    db.execute(
-                        "DELETE FROM requests WHERE created_at < ?", (forget_requests_before,)
-                    )
+                _write_batch(db, batch, records)
+                _forget(db, forget_events_before, forget_requests_before)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -207,3 +181,36 @@ class SqliteRegistryStore:
 
         await asyncio.get_running_loop().run_in_executor(executor, close_db)
         executor.shutdown(wait=True)
+
+
+def _write_batch(
+    db: sqlite3.Connection, batch: Sequence[StoredEvent], records: Sequence[StoredRequest]
+) -> None:
+    """Apply a batch's events to the agents, append them to the history, record requests
+    and the new revision (inside the caller's transaction)."""
+    for event in batch:
+        if event.type == EVENT_DELETE:
+            db.execute("DELETE FROM agents WHERE name=?", (event.name,))
+        else:
+            db.execute("INSERT OR REPLACE INTO agents VALUES (?, ?)", (event.name, event.agent))
+    db.executemany(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+        [(e.revision, e.type, e.name, e.agent, e.prev, e.reason) for e in batch],
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (r.owner, r.request_id, r.fingerprint, r.revision, r.response, r.created_at)
+            for r in records
+        ],
+    )
+    if batch:
+        db.execute("UPDATE meta SET value=? WHERE key='revision'", (batch[-1].revision,))
+
+
+def _forget(db: sqlite3.Connection, events_before: int, requests_before: float) -> None:
+    """Drop history events and idempotency records past their retention (0: keep all)."""
+    if events_before:
+        db.execute("DELETE FROM events WHERE revision < ?", (events_before,))
+    if requests_before:
+        db.execute("DELETE FROM requests WHERE created_at < ?", (requests_before,))

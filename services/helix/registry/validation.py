@@ -18,6 +18,7 @@ from google.protobuf.duration_pb2 import Duration
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import rules
 from helix.common.errors import FieldViolation
+from helix.common.pages import PageLimits
 from helix.common.validation import (
     RESOURCE_ID_PATTERN,
     Violations,
@@ -60,7 +61,7 @@ _AGENT_NAME = re.compile(f"agents/{RESOURCE_ID_PATTERN}")
 
 
 @dataclass(frozen=True, slots=True)
-class RegistryLimits:
+class RegistryLimits(PageLimits):
     """Caps on RegistryService requests a deployment may tune (defaults: registry.proto's).
 
     The TTL bounds are not validation limits: a requested TTL outside them is clamped.
@@ -72,18 +73,15 @@ class RegistryLimits:
     max_dnas: int = 10_000
     max_oracles: int = 1000
     max_label_selector_len: int = MAX_LABEL_SELECTOR_LEN
-    default_page_size: int = 100
-    max_page_size: int = 1000
     default_ttl_seconds: float = 10.0
     min_ttl_seconds: float = 2.0
     max_ttl_seconds: float = 300.0
     max_agents: int = 100_000
 
     def __post_init__(self) -> None:
+        PageLimits.__post_init__(self)  # (zero-argument super() fails in slots dataclasses)
         if self.max_capacity < 1:
             raise ValueError("max_capacity must be at least 1")
-        if not 1 <= self.default_page_size <= self.max_page_size:
-            raise ValueError("default_page_size must be within 1..max_page_size")
         if not 0 < self.min_ttl_seconds <= self.default_ttl_seconds <= self.max_ttl_seconds:
             raise ValueError("need 0 < min_ttl_seconds <= default_ttl_seconds <= max_ttl_seconds")
 
@@ -144,24 +142,30 @@ def _check_agent_field(
     Health UNSPECIFIED means SERVING on register but is invalid in an update.
     """
     field_path = join(path, field)
-    if field == "endpoint":
-        return check_endpoint(agent.endpoint, field_path)
-    if field == "labels":
-        return check_labels(agent.labels, field_path, limits.max_labels)
+    message: Any = agent  # field names come from AGENT_FIELDS
+    if field in _OPTIONAL_MESSAGES and not message.HasField(field):
+        return []  # unset is fine: the default TTL, no load reported, no details
     if field == "health":
         return check_enum(agent.health, _HEALTH, field_path, required=update)
-    if field == "load":
-        return _check_load(agent.load, field_path) if agent.HasField("load") else []
-    if field == "capacity":
-        return check_range(agent.capacity, field_path, 1, limits.max_capacity)
-    if field == "ttl":
-        # Clamped into the server's bounds, never rejected for its length.
-        return check_duration(agent.ttl, field_path) if agent.HasField("ttl") else []
-    if field == "generator" and agent.HasField("generator"):
-        return _check_generator_details(agent.generator, field_path, limits)
-    if field == "oracle" and agent.HasField("oracle"):
-        return _check_oracle_details(agent.oracle, field_path, limits)
-    return []
+    return _FIELD_CHECKS[field](agent, field_path, limits)
+
+
+_OPTIONAL_MESSAGES = frozenset({"load", "ttl", "generator", "oracle"})
+# The checks of the other client-settable fields of an Agent, by field name.
+_FIELD_CHECKS: dict[str, Callable[[registry_pb2.Agent, str, RegistryLimits], Violations]] = {
+    "endpoint": lambda agent, path, limits: check_endpoint(agent.endpoint, path),
+    "labels": lambda agent, path, limits: check_labels(agent.labels, path, limits.max_labels),
+    "load": lambda agent, path, limits: _check_load(agent.load, path),
+    "capacity": lambda agent, path, limits: check_range(
+        agent.capacity, path, 1, limits.max_capacity
+    ),
+    # Clamped into the server's bounds, never rejected for its length.
+    "ttl": lambda agent, path, limits: check_duration(agent.ttl, path),
+    "generator": lambda agent, path, limits: _check_generator_details(
+        agent.generator, path, limits
+    ),
+    "oracle": lambda agent, path, limits: _check_oracle_details(agent.oracle, path, limits),
+}
 
 
 def _check_details_match_kind(agent: registry_pb2.Agent, path: str) -> Violations:
