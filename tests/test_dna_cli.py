@@ -6,10 +6,8 @@ end-to-end test against `helix up` belongs with the generator service.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import sys
 from pathlib import Path
 
 import grpc
@@ -22,7 +20,8 @@ from helix.cli.main import _build_parser
 from helix.common.server import ServiceBinding
 from helix.generator.cli import format_table, list_dnas
 
-HELIX = str(Path(sys.executable).parent / "helix")
+from harness import run_helix
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dna"
 OK = re.compile(r"^(?P<file>\S+): ok \((?P<name>dnas/[a-z0-9-]+), fingerprint [0-9a-f]{64}\)$")
 
@@ -31,17 +30,7 @@ BAD = "name: dnas/elsewhere\ngenes:\n  - {name: x, real: {low: 2, high: 1}}\n  -
 
 
 async def run(*args: str, env: dict[str, str], cwd: Path | None = None) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        HELIX,
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_helix(*args, env=env, cwd=cwd)
 
 
 async def test_every_example_validates(helix_env) -> None:
