@@ -37,6 +37,7 @@ PURE = [
     "common/validation.py",
     "genome",
     "registry/core.py",
+    "registry/state.py",
     "registry/leases.py",
     "registry/labels.py",
     "registry/validation.py",

@@ -1,4 +1,4 @@
-"""The registry's pure core (`helix.registry.core`): Batch, RegistryState, the rules, Selector.
+"""The registry's pure core (`helix.registry.core`, `.state`): Batch, RegistryState, the rules,
 
 No server, no clock, no I/O: a `Batch` is applied on a `RegistryState` and installed, as
 the engine's writer does after a durable commit.
@@ -14,21 +14,17 @@ from hypothesis import strategies as st
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons
-from helix.registry.core import (
+from helix.registry.core import Batch, check_heartbeat, check_owner, fingerprint, heartbeat_changes
+from helix.registry.state import (
     DELETE,
     DEREGISTERED,
     EXPIRED,
     PUT,
     SERVING,
-    Batch,
     Event,
     RegistryState,
     Selector,
-    check_heartbeat,
-    check_owner,
     check_watchable,
-    fingerprint,
-    heartbeat_changes,
     selector_from,
 )
 from helix.registry.validation import RegistryLimits

@@ -13,7 +13,7 @@ import pytest
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons
-from helix.registry.core import (
+from helix.registry.state import (
     DELETE,
     DEREGISTERED,
     EXPIRED,

@@ -1,18 +1,16 @@
-"""The registry's domain core: committed state, the rules of every mutation, snapshots.
+"""The registry's domain core: the rules of every mutation, and `Batch`, which applies them.
 
 Pure and synchronous (no grpc, no I/O, no clock of its own). The writer feeds mutations
-through `Batch`, which applies them on top of the committed state and yields one `Event`
-per change with consecutive revisions; the batch is installed with `install` only once
-the store has made it durable, so readers only ever see committed state.
+through `Batch`, which applies them on top of the committed state (`state.RegistryState`)
+and yields one `Event` per change with consecutive revisions; the batch is installed with
+`RegistryState.install` only once the store has made it durable, so readers only ever see
+committed state. The owner, etag and epoch rules are functions here, used by the batch and
+by the heartbeat's fast path alike.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -21,70 +19,25 @@ from google.protobuf.timestamp_pb2 import Timestamp
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons, rules
 from helix.common.validation import mask_paths
-from helix.registry.labels import LabelRequirement, parse_label_selector
+from helix.registry.state import (
+    DELETE,
+    DEREGISTERED,
+    EXPIRED,
+    PUT,
+    SERVING,
+    Agent,
+    Event,
+    RegistryState,
+    RequestRecord,
+)
 from helix.registry.validation import UPDATABLE_PATHS, RegistryLimits, granted_ttl_seconds
 from helix.security.principal import Principal
 
-Agent = registry_pb2.Agent
-PUT = registry_pb2.AGENT_EVENT_TYPE_PUT
-DELETE = registry_pb2.AGENT_EVENT_TYPE_DELETE
-DEREGISTERED = registry_pb2.AGENT_DELETE_REASON_DEREGISTERED
-EXPIRED = registry_pb2.AGENT_DELETE_REASON_EXPIRED
-FILTERED_OUT = registry_pb2.AGENT_DELETE_REASON_FILTERED_OUT
-SERVING = registry_pb2.AGENT_HEALTH_SERVING
 # The details oneof of an Agent, by the kind of agent each is for.
 _DETAILS_KIND = {
     "generator": registry_pb2.AGENT_KIND_GENERATOR,
     "oracle": registry_pb2.AGENT_KIND_ORACLE,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One committed change. `agent` is the new state (PUT) or the last state (DELETE)."""
-
-    revision: int
-    type: int
-    agent: Agent
-    prev: Agent | None
-    reason: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.agent.name
-
-
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """What a RegisterAgent with this (owner, request_id) answered."""
-
-    fingerprint: bytes
-    revision: int
-    response: registry_pb2.RegisterAgentResponse
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Selector:
-    """A watch or list filter: kind, label requirements, and (lists only) health."""
-
-    kind: int = 0
-    labels: tuple[LabelRequirement, ...] = ()
-    health: int = 0
-
-    @classmethod
-    def parse(cls, kind: int, label_selector: str, health: int = 0) -> Selector:
-        requirements, problems = parse_label_selector(label_selector)
-        if problems:  # validated before; kept as a guard for direct callers
-            raise errors.InvalidArgument(f"label_selector {problems[0]}")
-        return cls(kind, tuple(requirements), health)
-
-    def matches(self, agent: Agent) -> bool:
-        if self.kind and agent.kind != self.kind:
-            return False
-        if self.health and agent.health != self.health:
-            return False
-        return all(r.matches(agent.labels) for r in self.labels)
 
 
 def fingerprint(message: registry_pb2.RegisterAgentRequest) -> bytes:
@@ -106,128 +59,6 @@ def _duration(seconds: float) -> Duration:
     value = Duration()
     value.FromNanoseconds(int(seconds * 1e9))
     return value
-
-
-@dataclass
-class RegistryState:
-    """The committed registry: agents by name (and in name order), revision, history."""
-
-    history_limit: int = 10_000
-    agents: dict[str, Agent] = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)
-    revision: int = 0
-    history: deque[Event] = field(default_factory=deque)
-    requests: dict[tuple[str, str], RequestRecord] = field(default_factory=dict)
-
-    @property
-    def first_available(self) -> int:
-        """The oldest revision still in the history (revision + 1 when it is empty)."""
-        return self.history[0].revision if self.history else self.revision + 1
-
-    def install(self, events: Sequence[Event]) -> int:
-        """Make a durable batch visible; returns the first revision now forgotten, or 0."""
-        for event in events:
-            if event.revision != self.revision + 1:
-                raise errors.Internal(f"revision {event.revision} after {self.revision}")
-            name = event.name
-            if event.type == DELETE:
-                if self.agents.pop(name, None) is not None:
-                    del self.names[bisect.bisect_left(self.names, name)]
-            else:
-                if name not in self.agents:
-                    bisect.insort(self.names, name)
-                self.agents[name] = event.agent
-            self.history.append(event)
-            self.revision = event.revision
-        forgotten = 0
-        while len(self.history) > self.history_limit:
-            forgotten = self.history.popleft().revision + 1
-        return forgotten
-
-    def remember(self, owner: str, request_id: str, record: RequestRecord) -> None:
-        self.requests[(owner, request_id)] = record
-
-    def answered(
-        self, owner: str, request_id: str, digest: bytes
-    ) -> registry_pb2.RegisterAgentResponse | None:
-        """The committed response to this very RegisterAgent (a retry), if there is one.
-
-        Lets a retry be answered without queueing behind the writer; a request_id reused
-        for another request is left to `Batch.register`, which refuses it.
-        """
-        record = self.requests.get((owner, request_id))
-        if record is not None and record.fingerprint == digest:
-            return record.response
-        return None
-
-    def forget_requests_before(self, created_at: float) -> None:
-        stale = [k for k, r in self.requests.items() if r.created_at < created_at]
-        for key in stale:
-            del self.requests[key]
-
-    def events_since(self, revision: int) -> Iterator[Event]:
-        """History events with revision >= `revision` (which must be available)."""
-        if not self.history:
-            return iter(())
-        start = max(0, revision - self.history[0].revision)
-        return (self.history[i] for i in range(start, len(self.history)))
-
-    def page(
-        self, snapshot: int, selector: Selector, after: str, limit: int
-    ) -> tuple[list[Agent], str | None]:
-        """Up to `limit` matching agents named after `after`, as of revision `snapshot`.
-
-        Returns the page and the name to continue after (None at the end). The state at an
-        older snapshot is the current state with the later history events undone.
-        """
-        if snapshot < self.first_available - 1:
-            raise _compacted(self.first_available)
-        overlay: dict[str, Agent | None] = {}
-        for event in reversed(list(self.events_since(snapshot + 1))):
-            overlay[event.name] = event.prev if event.type == PUT else event.agent
-        names = self.names
-        extra = sorted(n for n, a in overlay.items() if a is not None and n not in self.agents)
-        found: list[Agent] = []
-        for name in _merged(names, extra, after):
-            agent = overlay[name] if name in overlay else self.agents.get(name)
-            if agent is None or not selector.matches(agent):
-                continue
-            if len(found) == limit:
-                return found, found[-1].name
-            found.append(agent)
-        return found, None
-
-
-def _merged(names: list[str], extra: list[str], after: str) -> Iterator[str]:
-    """The sorted union of two sorted name lists, starting after `after`."""
-    i = bisect.bisect_right(names, after) if after else 0
-    j = bisect.bisect_right(extra, after) if after else 0
-    while i < len(names) or j < len(extra):
-        if j >= len(extra) or (i < len(names) and names[i] < extra[j]):
-            yield names[i]
-            i += 1
-        elif i >= len(names) or extra[j] < names[i]:
-            yield extra[j]
-            j += 1
-        else:
-            yield names[i]
-            i += 1
-            j += 1
-
-
-def _compacted(first_available: int) -> errors.OutOfRange:
-    return errors.OutOfRange(
-        f"revision {first_available - 1} and older have been compacted; "
-        f"the oldest available is {first_available}: list again, then watch from its revision",
-        reason=reasons.REVISION_COMPACTED,
-        metadata={"compact_revision": str(first_available)},
-    )
-
-
-def check_watchable(state: RegistryState, start: int) -> None:
-    """Raise OUT_OF_RANGE if a watch from `start` (> 0) would miss compacted events."""
-    if 0 < start < state.first_available:
-        raise _compacted(state.first_available)
 
 
 class Batch:
@@ -459,11 +290,3 @@ def heartbeat_changes(agent: Agent, request: registry_pb2.HeartbeatRequest) -> b
     return bool(request.health and request.health != agent.health) or (
         request.HasField("load") and request.load != agent.load
     )
-
-
-def selector_from(request: object) -> Selector:
-    """The filter of a ListAgentsRequest or WatchAgentsRequest."""
-    kind = getattr(request, "kind", 0)
-    label_selector = getattr(request, "label_selector", "")
-    health = getattr(request, "health", 0)
-    return Selector.parse(kind, label_selector, health)

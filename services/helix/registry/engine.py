@@ -27,18 +27,10 @@ import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, pages, reasons
 from helix.common.aio import cancel_and_wait
 from helix.common.validation import duration_seconds
-from helix.registry.core import (
-    DELETE,
-    Batch,
-    Event,
-    RegistryState,
-    check_heartbeat,
-    fingerprint,
-    heartbeat_changes,
-    selector_from,
-)
+from helix.registry.core import Batch, check_heartbeat, fingerprint, heartbeat_changes
 from helix.registry.leases import LeaseTable
 from helix.registry.records import load_state, stored_events, stored_requests
+from helix.registry.state import DELETE, Event, RegistryState, selector_from
 from helix.registry.stats import RegistryStats
 from helix.registry.store import RegistryStore, Snapshot, StoreError
 from helix.registry.validation import RegistryLimits

@@ -8,7 +8,8 @@ both.
 from __future__ import annotations
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.registry.core import Batch, Event, RegistryState, RequestRecord
+from helix.registry.core import Batch
+from helix.registry.state import Event, RegistryState, RequestRecord
 from helix.registry.store import Snapshot, StoredEvent, StoredRequest
 
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons
-from helix.registry.core import (
+from helix.registry.state import (
     DELETE,
     FILTERED_OUT,
     PUT,
