@@ -1,4 +1,4 @@
-"""The registry's pure core (`helix.registry.core`, `.state`): Batch, RegistryState, the rules,
+"""The registry's pure core (`registry.core`, `registry.state`): Batch, state, rules, Selector.
 
 No server, no clock, no I/O: a `Batch` is applied on a `RegistryState` and installed, as
 the engine's writer does after a durable commit.
