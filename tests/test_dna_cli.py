@@ -16,9 +16,9 @@ from google.protobuf import json_format
 
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
+from helix.cli.dna import format_table, list_dnas
 from helix.cli.main import _build_parser
 from helix.common.server import ServiceBinding
-from helix.generator.cli import format_table, list_dnas
 
 from harness import run_helix
 

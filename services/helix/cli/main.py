@@ -8,14 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from helix.cli.agents import add_agents_commands
 from helix.cli.client import add_client_arguments, local_signer, run_call
+from helix.cli.dna import add_dna_commands
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.server import HelixServer, run_server_process
 from helix.common.version import version
 from helix.generator.agent import add_generator_commands
-from helix.generator.cli import add_dna_commands
-from helix.registry.cli import add_agents_commands
 from helix.registry.serve import add_registry_commands
 from helix.security import scopes
 from helix.security.tokens import TokenPolicy, inspect_token, mint
