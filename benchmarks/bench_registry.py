@@ -42,6 +42,7 @@ from bench_chain import cpu_seconds, drive, pin_to_first_core  # noqa: E402
 from bench_chain import start as start_echo  # noqa: E402
 
 from harness import SHAPES, Cluster, Processes, Shape  # noqa: E402
+from waiting import eventually  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
@@ -60,6 +61,7 @@ async def start_registry(processes: Processes, data_dir: Path, shape: Shape) -> 
         "rate_data": 1e7,
         "registry_max_watchers": 1000,
         "registry_watch_buffer": 20000,
+        "registry_progress_interval": "100ms",  # idle watches answer soon (see watch_burst)
     }
     cluster = Cluster(shape, data_dir, generators=0, settings=settings, processes=processes)
     await cluster.start()
@@ -162,23 +164,26 @@ async def watch_burst(address: str, token: str, watchers: int, events: int) -> f
     channel, stub = stub_for(address, token)
     async with channel:
         start = (await stub.ListAgents(registry_pb2.ListAgentsRequest(page_size=1))).revision + 1
-        streams = [
-            stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=start))
-            for _ in range(watchers)
-        ]
+        request = registry_pb2.WatchAgentsRequest(start_revision=start, progress_notify=True)
+        streams = [stub.WatchAgents(request) for _ in range(watchers)]
         delivered = 0
+        established = 0
 
         async def read(stream: Any) -> None:
-            nonlocal delivered
+            nonlocal delivered, established
             seen = 0
+            first = True
             async for response in stream:
+                if first:  # the watch is registered (its first bookmark or events)
+                    established, first = established + 1, False
                 seen += len(response.events)
                 delivered += len(response.events)
                 if seen >= events:
                     return
 
         readers = [asyncio.ensure_future(read(s)) for s in streams]
-        await asyncio.sleep(0.5)
+        # Time the burst, not the setup of the streams: every watch has answered first.
+        await eventually(lambda: established == watchers, 30, what="every watch registered")
         started = time.perf_counter()
         writer_channel, writer = stub_for(address, token)
         async with writer_channel:

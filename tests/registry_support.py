@@ -3,9 +3,7 @@ and waiting for a state with a deadline instead of sleeping."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,23 +131,3 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0, poll: float = 0.01
-) -> None:
-    """Return as soon as `predicate` holds (it may be async); fail after `within` seconds.
-
-    For waiting on a state another task brings about (a watch registered, a lease
-    expired): the poll is bounded by a deadline, unlike a sleep that hopes it has arrived.
-    """
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {within}s: {predicate}")
-        await asyncio.sleep(poll)

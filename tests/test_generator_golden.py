@@ -16,8 +16,8 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
-from helix.generator import strategies
-from helix.generator.breeding import chunk_records, rank_parents
+from helix.generator import breeding, strategies
+from helix.generator.breeding import chunk_records
 from helix.genome.layout import Layout, normalise
 
 GENES = [
@@ -32,7 +32,8 @@ GENES = [
 
 
 def output(dna: dna_pb2.Dna, count: int, seed: int, generation: int, parents=()) -> str:
-    layout = Layout(normalise(dna))
+    """The digest of the candidates the servicer's core breeds for this request, in the
+    order it streams them (through `breeding.breed`, as GeneratorService.Generate does)."""
     request = generator_pb2.GenerateRequest(
         dna=dna,
         parents=parents,
@@ -41,18 +42,18 @@ def output(dna: dna_pb2.Dna, count: int, seed: int, generation: int, parents=())
         seed=seed,
         generation=generation,
     )
-    ranked = rank_parents(layout, request)
+    layout = breeding.layout_for(normalise(dna))
+    ranked = breeding.rank_parents(layout, request)
     digest = hashlib.sha256()
-    for chunk in strategies.generate(
-        layout,
-        ranked.population if ranked else None,
-        count,
-        seed,
-        generation,
-        scored=ranked.scored if ranked else None,
-    ):
-        for record in chunk_records(layout, chunk, ranked, generation):
-            digest.update(record)
+    sent = 0
+    for responses in breeding.breed(layout, request, ranked):
+        for response in responses:
+            for candidate in response.candidates:
+                digest.update(candidate.SerializeToString(deterministic=True))
+            sent += len(response.candidates)
+            assert response.remaining == count - sent
+            assert response.generation == generation
+    assert sent == count
     return digest.hexdigest()[:16]
 
 

@@ -160,6 +160,7 @@ async def test_a_lease_renewed_while_its_expiry_was_queued_survives_and_lapses_l
     # One turn of the loop (not a wait for time): the sweep finds the lapsed lease and
     # queues its expiry; the writer only runs after this test's next await.
     await asyncio.sleep(0)
+    assert registry.queued_writes == 1  # the expiry waits for the writer
     await registry.heartbeat(ALICE, beat())  # ...and a heartbeat renews it before the write
     assert await sweep == 0
     assert "agents/a1" in registry.state.agents

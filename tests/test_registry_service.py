@@ -18,10 +18,10 @@ from registry_support import (
     agent_spec,
     bad_request,
     error_info,
-    eventually,
     register_request,
     start_suite,
 )
+from waiting import eventually
 
 PUT = registry_pb2.AGENT_EVENT_TYPE_PUT
 DELETE = registry_pb2.AGENT_EVENT_TYPE_DELETE
@@ -205,7 +205,7 @@ async def test_a_slow_watcher_is_cancelled_while_fast_ones_continue(tmp_path):
         fast = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=0))
         # The slow watch must be registered before the flood (history replayed to a late
         # one does not count against its buffer): wait until the registry serves both.
-        await eventually(lambda: watchers(suite) == 2)
+        await eventually(lambda: watchers(suite) == 2, what="both watches registered")
         fast_events: list[registry_pb2.AgentEvent] = []
 
         async def keep_up() -> None:

@@ -26,7 +26,7 @@ from helix.registry.state import (
 from helix.registry.stats import RegistryStats
 from helix.registry.watch import MAX_EVENTS_PER_RESPONSE, Watcher, WatchHub, next_response, view
 
-from registry_support import eventually
+from waiting import eventually
 
 ZONE_A = Selector.parse(0, "zone=a")
 EVERYTHING = Selector()
@@ -214,7 +214,7 @@ async def test_the_stream_wakes_for_a_publish_and_ends_with_the_close_reason():
     hub = WatchHub(max_watchers=10, buffer=10)
     async with aclosing(hub.watch(state, EVERYTHING)) as stream:
         waiting = asyncio.ensure_future(anext(stream))
-        await eventually(lambda: len(hub) == 1)
+        await eventually(lambda: len(hub) == 1, what="the watch to be added")
         assert not waiting.done()
         state.install([put(1, agent())])
         hub.publish(state.history)

@@ -31,7 +31,7 @@ from helix.registry.state import (
     RequestRecord,
 )
 from helix.registry.validation import UPDATABLE_PATHS, RegistryLimits, granted_ttl_seconds
-from helix.security.principal import Principal
+from helix.security.principal import Principal, may_act_on
 
 # The details oneof of an Agent, by the kind of agent each is for.
 _DETAILS_KIND = {
@@ -119,7 +119,7 @@ class Batch:
             return record.response
         name = f"agents/{agent_id}"
         existing = self.get(name)
-        if existing is not None and existing.owner != principal.subject and not principal.is_admin:
+        if existing is not None and not may_act_on(principal, existing.owner):
             raise errors.AlreadyExists(
                 f"{name} is registered by another principal", metadata={"name": name}
             )
@@ -257,7 +257,7 @@ def check_owner(agent: Agent | None, principal: Principal, name: str, etag: str 
             f"{name} not found (never registered, deregistered, or its lease expired)",
             metadata={"name": name},
         )
-    if agent.owner != principal.subject and not principal.is_admin:
+    if not may_act_on(principal, agent.owner):
         raise errors.PermissionDenied(
             f"{name} was registered by another principal", reason=reasons.NOT_OWNER
         )

@@ -113,6 +113,11 @@ class Registry:
             extra={"revision": state.revision, "agents": len(state.agents)},
         )
 
+    @property
+    def queued_writes(self) -> int:
+        """Mutations waiting for the writer (exported as a gauge; bounded by write_queue)."""
+        return self._queue.qsize()
+
     async def end_watches(self) -> None:
         """End every watch with UNAVAILABLE and refuse new ones: the one place watches end
         at shutdown. The service binding runs this when the drain begins, since the server
@@ -122,9 +127,10 @@ class Registry:
     async def stop(self) -> None:
         """Stop sweeping and writing, fail writes still queued, close the store.
 
-        Watches are ended by `end_watches`, which must come first (streams still open
-        would wait for events that no longer come).
+        Watches end first (`end_watches`; a no-op when the drain already ended them):
+        a stream left open would wait for events that no longer come.
         """
+        await self.end_watches()
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
         while not self._queue.empty():

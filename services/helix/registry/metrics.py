@@ -73,6 +73,11 @@ class RegistryCollector(Collector):
         yield GaugeMetricFamily(
             "helix_registry_leases", "Leases held (one per live agent).", value=len(registry.leases)
         )
+        yield GaugeMetricFamily(
+            "helix_registry_queued_writes",
+            "Mutations waiting for the registry's single writer.",
+            value=registry.queued_writes,
+        )
         yield CounterMetricFamily(
             "helix_registry_expired_total",
             "Agents removed because their lease lapsed.",
