@@ -10,7 +10,7 @@ import grpc
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.presence import AgentPresence
 from helix.common.channel import create_channel
-from helix.common.config import default_data_dir, require, setting
+from helix.common.config import DataDirConfig, setting
 from helix.common.server import HelixServer, ServiceBinding, create_server
 from helix.common.services import ORACLE, ORCHESTRATOR, placeholder
 from helix.generator.config import GeneratorConfig
@@ -29,29 +29,16 @@ EMBEDDED_GENERATOR_ID = "embedded-generator"
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddedConfig(RegistryConfig, GeneratorConfig):
+class EmbeddedConfig(RegistryConfig, GeneratorConfig, DataDirConfig):
     """`helix up`: all four services in one process on one port, state under `data_dir`."""
 
     generator_self_register: bool = setting(
         True, "register the embedded generator as an agent in the suite's own registry"
     )
-    data_dir: Path = dataclasses.field(
-        default_factory=default_data_dir,
-        metadata={"help": "where the embedded suite keeps its state", "flag": None},
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(str(self.data_dir) not in ("", "."), "data_dir", "must name a directory")
-        require(
-            not self.data_dir.exists() or self.data_dir.is_dir(),
-            "data_dir",
-            f"{self.data_dir} exists and is not a directory",
-        )
 
     @property
     def registry_path(self) -> Path:
-        return self.registry_db or self.data_dir / "registry.sqlite3"
+        return self.registry_file(self.data_dir)
 
     @property
     def dna_dir(self) -> Path:
@@ -88,11 +75,6 @@ def embedded_services(
     ]
 
 
-def embedded_key_dir(config: EmbeddedConfig) -> Path:
-    """Where the embedded suite keeps its HS256 signing secrets."""
-    return config.auth_hs256_dir or config.data_dir / "keys"
-
-
 def prepare_embedded(config: EmbeddedConfig) -> Security:
     """The suite's data directory and security: on first start, the HS256 signing secret
     that its tokens are minted with (`helix token mint`), and the DNA directory. Blocking
@@ -100,7 +82,7 @@ def prepare_embedded(config: EmbeddedConfig) -> Security:
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if config.generator_dna_dir is None:
         config.dna_dir.mkdir(mode=0o700, exist_ok=True)
-    return security_from_config(config, embedded_key_dir=embedded_key_dir(config))
+    return security_from_config(config, embedded_key_dir=config.key_dir)
 
 
 def _loopback(address: str) -> str:

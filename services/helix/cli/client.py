@@ -25,7 +25,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from helix.common.channel import ChannelConfig, create_channel, tls_channel_credentials
-from helix.common.config import ConfigError, default_data_dir, parse_duration_setting
+from helix.common.config import ConfigError, key_dir_of, parse_duration_setting
 from helix.security.client import (
     FileTokenSource,
     MintingTokenSource,
@@ -63,13 +63,8 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def suite_key_dir(data_dir: Path | None) -> Path:
-    """Where a local suite keeps its HS256 keys: `HELIX_AUTH_HS256_DIR`, else DATA_DIR/keys
-    (the same rule `helix up` follows)."""
-    override = os.environ.get("HELIX_AUTH_HS256_DIR")
-    if override:
-        return Path(override).expanduser()
-    base = data_dir or Path(os.environ.get("HELIX_DATA_DIR") or default_data_dir())
-    return base.expanduser() / "keys"
+    """Where a local suite keeps its HS256 keys (`helix.common.config.key_dir_of`)."""
+    return key_dir_of(data_dir)
 
 
 def local_signer(data_dir: Path | None) -> SigningKey:

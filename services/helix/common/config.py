@@ -357,3 +357,45 @@ def default_data_dir() -> Path:
         return Path.home() / ".local" / "share" / "helix"
     except RuntimeError:
         return Path("helix-data")
+
+
+KEYS_DIR = "keys"  # the HS256 signing secrets under a data dir
+
+
+@dataclasses.dataclass(frozen=True)
+class DataDirConfig(ServerConfig):
+    """A server that keeps its state under one data directory (`helix up`, `helix registry
+    serve`): its SQLite files, and the HS256 secret it creates on first start in
+    `DATA_DIR/keys` (unless --auth-hs256-dir names another place). Commands mint tokens for
+    it from the same place (`key_dir_of`)."""
+
+    data_dir: Path = dataclasses.field(
+        default_factory=default_data_dir,
+        metadata={"help": "where the server keeps its state and keys", "flag": None},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(str(self.data_dir) not in ("", "."), "data_dir", "must name a directory")
+        require(
+            not self.data_dir.exists() or self.data_dir.is_dir(),
+            "data_dir",
+            f"{self.data_dir} exists and is not a directory",
+        )
+
+    @property
+    def key_dir(self) -> Path:
+        """Where the HS256 signing secrets are: --auth-hs256-dir, else DATA_DIR/keys."""
+        return self.auth_hs256_dir or self.data_dir / KEYS_DIR
+
+
+def key_dir_of(data_dir: Path | None, env: Mapping[str, str] | None = None) -> Path:
+    """The HS256 key dir of the local server whose data dir is `data_dir` (None: the
+    HELIX_DATA_DIR variable, else the default), by the rule `DataDirConfig.key_dir`
+    follows: HELIX_AUTH_HS256_DIR when set."""
+    env = os.environ if env is None else env
+    override = env.get(env_name("auth_hs256_dir"))
+    if override:
+        return Path(override).expanduser()
+    base = data_dir or Path(env.get(env_name("data_dir")) or default_data_dir())
+    return base.expanduser() / KEYS_DIR

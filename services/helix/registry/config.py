@@ -59,6 +59,10 @@ class RegistryConfig(ServerConfig):
         require(self.registry_request_ttl >= 600, "registry_request_ttl", "at least 10m")
         require(1 <= self.registry_max_agents <= 10_000_000, "registry_max_agents", "1..10000000")
 
+    def registry_file(self, data_dir: Path) -> Path:
+        """The SQLite file: --registry-db, else registry.sqlite3 in `data_dir`."""
+        return self.registry_db or data_dir / "registry.sqlite3"
+
     def engine_settings(self) -> EngineSettings:
         limits = RegistryLimits(
             default_ttl_seconds=self.registry_default_ttl,

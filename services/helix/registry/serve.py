@@ -17,7 +17,7 @@ from pathlib import Path
 
 from helix.common import config as cfg
 from helix.common import logs
-from helix.common.config import default_data_dir, require
+from helix.common.config import DataDirConfig
 from helix.common.server import HelixServer, create_server, run_server_process
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
@@ -27,35 +27,16 @@ from helix.security.setup import Security, security_from_config
 
 
 @dataclasses.dataclass(frozen=True)
-class RegistryServerConfig(RegistryConfig):
+class RegistryServerConfig(RegistryConfig, DataDirConfig):
     """A standalone registry: the registry's settings plus the directory of its state.
 
     The layout of the data dir is the embedded suite's, so a registry can move between
     `helix up` and `helix registry serve` on the same state.
     """
 
-    data_dir: Path = dataclasses.field(
-        default_factory=default_data_dir,
-        metadata={"help": "where the registry keeps its SQLite file and keys", "flag": None},
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(str(self.data_dir) not in ("", "."), "data_dir", "must name a directory")
-        require(
-            not self.data_dir.exists() or self.data_dir.is_dir(),
-            "data_dir",
-            f"{self.data_dir} exists and is not a directory",
-        )
-
     @property
     def registry_path(self) -> Path:
-        return self.registry_db or self.data_dir / "registry.sqlite3"
-
-    @property
-    def key_dir(self) -> Path:
-        """Where the HS256 signing secrets are: --auth-hs256-dir, else DATA_DIR/keys."""
-        return self.auth_hs256_dir or self.data_dir / "keys"
+        return self.registry_file(self.data_dir)
 
 
 def prepare_registry(config: RegistryServerConfig) -> Security:
