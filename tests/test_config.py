@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from helix.common import config as cfg
-from helix.common.config import ConfigError, ServerConfig
+from helix.common.config import ConfigError, ServerConfig, key_dir_of
+from helix.registry.config import RegistryConfig
+from helix.registry.serve import RegistryServerConfig
 from helix.suite import EmbeddedConfig
 
 
@@ -119,3 +121,26 @@ def test_data_dir_expands_home(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     config = cfg.load(EmbeddedConfig, env={"HELIX_DATA_DIR": "~/suite"})
     assert config.data_dir == tmp_path / "suite"
+
+
+def test_a_watch_buffer_must_hold_a_whole_group_commit():
+    with pytest.raises(ConfigError, match=r"registry-watch-buffer.*at least registry_max_batch"):
+        cfg.load(RegistryConfig, env={"HELIX_REGISTRY_WATCH_BUFFER": "100"})
+    config = cfg.load(
+        RegistryConfig,
+        env={"HELIX_REGISTRY_WATCH_BUFFER": "100", "HELIX_REGISTRY_MAX_BATCH": "100"},
+    )
+    assert config.registry_watch_buffer == config.registry_max_batch == 100
+
+
+def test_helix_registry_serve_keeps_its_state_as_helix_up_does(tmp_path):
+    served = cfg.load(RegistryServerConfig, env={"HELIX_DATA_DIR": str(tmp_path)})
+    embedded = cfg.load(EmbeddedConfig, env={"HELIX_DATA_DIR": str(tmp_path)})
+    assert served.registry_path == embedded.registry_path == tmp_path / "registry.sqlite3"
+    assert served.key_dir == embedded.key_dir == key_dir_of(tmp_path, env={}) == tmp_path / "keys"
+    elsewhere = cfg.load(
+        RegistryServerConfig,
+        env={"HELIX_DATA_DIR": str(tmp_path), "HELIX_AUTH_HS256_DIR": str(tmp_path / "k")},
+    )
+    assert elsewhere.key_dir == tmp_path / "k"
+    assert key_dir_of(None, env={"HELIX_AUTH_HS256_DIR": str(tmp_path / "k")}) == tmp_path / "k"

@@ -134,6 +134,29 @@ def test_services_give_every_field_violation_a_listed_rule() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_services_raise_each_reason_with_its_entry_error_class() -> None:
+    """`errors.X(..., reason=reasons.Y)` in the code: X is Y's entry's class (or a subclass),
+    so the code a reason is sent with is the catalogue's."""
+    problems = []
+    for path, tree in sources():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            cls = getattr(errors, name, None)
+            if not (isinstance(cls, type) and issubclass(cls, errors.HelixError)):
+                continue
+            for keyword in node.keywords:
+                value = keyword.value
+                if keyword.arg == "reason" and isinstance(value, ast.Attribute):
+                    entry = reasons.CATALOGUE[value.attr]
+                    if not issubclass(cls, entry.error):
+                        found = f"{name}, catalogued as {entry.error.__name__}"
+                        problems.append(f"{where(path, node)}: {value.attr} raised as {found}")
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("entry", list(reasons.CATALOGUE.values()), ids=lambda e: e.name)
 def test_each_catalogued_reason_is_sent_somewhere(entry: reasons.Reason) -> None:
     """The catalogue lists what Helix sends, not what it might: a reason no code names

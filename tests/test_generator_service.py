@@ -175,6 +175,18 @@ async def test_get_dna_returns_the_normalised_document(suite):
     assert document.update_time.seconds > 0
 
 
+async def test_the_library_cache_is_measured(suite):
+    stub = generator(suite)
+    reads = sample(suite, "helix_generator_library_reads_total")
+    hits = sample(suite, "helix_generator_library_hits_total")
+    for _ in range(3):
+        await stub.GetDna(generator_pb2.GetDnaRequest(name="dnas/onemax"))
+    # Read at most once (the listing at start may have read it already), then cached.
+    assert sample(suite, "helix_generator_library_reads_total") - reads <= 1
+    assert sample(suite, "helix_generator_library_hits_total") - hits >= 2
+    assert sample(suite, "helix_generator_library_evictions_total") == 0
+
+
 async def test_get_dna_missing_and_malformed_names(suite):
     stub = generator(suite)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -293,6 +293,22 @@ async def test_a_failed_commit_fails_its_batch_and_installs_nothing(harness):
     assert registry.stats.batch_sizes.count == 1  # only the first, good commit
 
 
+async def test_an_unexpected_failure_fails_its_batch_and_the_writer_goes_on(harness, monkeypatch):
+    registry = harness.registry
+    real_commit = registry.store.commit
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug below the engine")
+
+    monkeypatch.setattr(registry.store, "commit", broken)
+    with pytest.raises(errors.Internal):
+        await registry.register(ALICE, register_request("a1"))
+    monkeypatch.setattr(registry.store, "commit", real_commit)
+    reply = await asyncio.wait_for(registry.register(ALICE, register_request("a2")), 5)
+    assert reply.agent.name == "agents/a2"  # the writer is still writing
+    assert list(registry.state.agents) == ["agents/a2"]
+
+
 async def test_an_expiry_that_cannot_be_stored_is_tried_again(harness):
     registry, clock = harness.registry, harness.clock
     await registry.register(ALICE, register_request("a1", ttl=2.0))

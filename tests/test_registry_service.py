@@ -198,7 +198,7 @@ async def test_watch_or_list_from_a_compacted_revision_is_out_of_range(tmp_path)
 
 
 async def test_a_slow_watcher_is_cancelled_while_fast_ones_continue(tmp_path):
-    suite = await start_suite(tmp_path / "data", registry_watch_buffer=20)
+    suite = await start_suite(tmp_path / "data", registry_watch_buffer=20, registry_max_batch=20)
     try:
         stub = suite.stub()
         slow = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=0))

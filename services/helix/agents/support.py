@@ -67,7 +67,9 @@ async def guarded(call: Awaitable[T]) -> T:
         ) from None
 
 
-def _details(error: grpc.aio.AioRpcError) -> list[Any]:
+def status_details(error: grpc.aio.AioRpcError) -> list[Any]:
+    """The `google.rpc.Status` details of a failed call (packed `Any`s), or none when it
+    carries none or a status that contradicts the call's own code."""
     try:
         status = rpc_status.from_call(error)
     except ValueError:  # a status detail that contradicts the call's own code
@@ -77,7 +79,7 @@ def _details(error: grpc.aio.AioRpcError) -> list[Any]:
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     """The `google.rpc.ErrorInfo` a Helix error carries, if any."""
-    for detail in _details(error):
+    for detail in status_details(error):
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
@@ -93,7 +95,7 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
 
 def retry_delay(error: grpc.aio.AioRpcError) -> float:
     """The delay a `google.rpc.RetryInfo` asks for, in seconds (0 when there is none)."""
-    for detail in _details(error):
+    for detail in status_details(error):
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)

@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, descriptor_pool, json_format, message_factory
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from helix.agents.support import status_details
 from helix.common.channel import ChannelConfig, create_channel, tls_channel_credentials
 from helix.common.config import ConfigError, key_dir_of, parse_duration_setting
 from helix.security.client import (
@@ -151,9 +151,10 @@ def find_method(name: str) -> descriptor.MethodDescriptor:
 
 
 def describe_error(error: grpc.aio.AioRpcError) -> str:
+    """A failed call for a person: its code and message, then each detail (ErrorInfo,
+    BadRequest, RetryInfo, QuotaFailure) as one JSON line."""
     lines = [f"error: {error.code().name}: {error.details()}"]
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else ():
+    for detail in status_details(error):
         for kind in (
             error_details_pb2.ErrorInfo,
             error_details_pb2.BadRequest,

@@ -1,4 +1,5 @@
-"""Generator metrics: chunks and candidates bred, Generate streams started, chunks pending."""
+"""Generator metrics: chunks and candidates bred, Generate streams started, chunks pending,
+and what the DNA library's cache saves (files read, cache hits, shared reads, evictions)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from helix.generator.library import LibraryStats
 from helix.generator.stats import GeneratorStats
 
 
 class _StatsCollector(Collector):
     """Reads the counters at scrape time: breeding pays nothing per chunk for the export."""
 
-    def __init__(self, stats: GeneratorStats) -> None:
+    def __init__(self, stats: GeneratorStats, library: LibraryStats) -> None:
         self._stats = stats
+        self._library = library
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -35,8 +38,18 @@ class _StatsCollector(Collector):
             "Chunks queued for or being bred in the breeding threads.",
             value=stats.pending,
         )
+        library = self._library
+        for name, text, value in (
+            ("reads", "DNA files read from disk.", library.reads),
+            ("hits", "DNA requests the library's cache answered.", library.hits),
+            ("shared_reads", "DNA requests that joined a read under way.", library.shared),
+            ("evictions", "DNA documents evicted from the library's cache.", library.evictions),
+        ):
+            yield CounterMetricFamily(f"helix_generator_library_{name}", text, value=value)
 
 
-def register_metrics(stats: GeneratorStats, metrics: CollectorRegistry) -> None:
-    """Export a generator's `stats` on a server's metrics registry."""
-    metrics.register(_StatsCollector(stats))
+def register_metrics(
+    stats: GeneratorStats, library: LibraryStats, metrics: CollectorRegistry
+) -> None:
+    """Export a generator's `stats` and its library's on a server's metrics registry."""
+    metrics.register(_StatsCollector(stats, library))

@@ -155,5 +155,5 @@ def generator_binding(
         on_start=(announce,),
         on_shutdown=(leave,),
         on_stopped=(leave, stopped),  # leave again: a start that failed skips the drain
-        add_metrics=lambda metrics: register_metrics(servicer.stats, metrics),
+        add_metrics=lambda metrics: register_metrics(servicer.stats, library.stats, metrics),
     )

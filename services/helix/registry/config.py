@@ -55,6 +55,13 @@ class RegistryConfig(ServerConfig):
             "must be within 100ms..1h",
         )
         require(1 <= self.registry_max_batch <= 100_000, "registry_max_batch", "1..100000")
+        # One group commit is handed to each watcher whole: a batch larger than a watcher's
+        # buffer would cut off even an idle, fast watcher (WATCHER_TOO_SLOW).
+        require(
+            self.registry_watch_buffer >= self.registry_max_batch,
+            "registry_watch_buffer",
+            "must be at least registry_max_batch (a whole group commit fits in it)",
+        )
         require(1 <= self.registry_write_queue <= 1_000_000, "registry_write_queue", "1..1000000")
         require(self.registry_request_ttl >= 600, "registry_request_ttl", "at least 10m")
         require(1 <= self.registry_max_agents <= 10_000_000, "registry_max_agents", "1..10000000")

@@ -267,7 +267,10 @@ class Registry:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
-            await self.expire_lapsed()
+            try:
+                await self.expire_lapsed()
+            except Exception:  # a bug must not end expiry for good (CancelledError passes)
+                log.exception("sweeping lapsed leases failed; trying again next interval")
 
     # --- the write path -------------------------------------------------------------------
 
@@ -301,6 +304,14 @@ class Registry:
                     if not job.done.done():
                         job.done.set_exception(_shutting_down())
                 raise
+            except Exception:
+                # A broken invariant (say, a revision out of order): answer this batch's
+                # callers INTERNAL and keep writing, rather than leave every later write
+                # waiting on a writer that is gone.
+                log.exception("the registry's writer failed a batch")
+                for job in jobs:
+                    if not job.done.done():
+                        job.done.set_exception(errors.Internal("the registry failed a write"))
 
     async def _run_batch(self, jobs: builtins.list[_Job]) -> None:
         batch = Batch(self.state, self.settings.limits, self._wall())

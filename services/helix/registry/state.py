@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common import errors, reasons
+from helix.common import errors, reasons, rules
 from helix.registry.labels import LabelRequirement, parse_label_selector
 
 Agent = registry_pb2.Agent
@@ -63,7 +63,9 @@ class Selector:
     def parse(cls, kind: int, label_selector: str, health: int = 0) -> Selector:
         requirements, problems = parse_label_selector(label_selector)
         if problems:  # validated before; kept as a guard for direct callers
-            raise errors.InvalidArgument(f"label_selector {problems[0]}")
+            raise errors.InvalidArgument.from_violations(
+                [errors.FieldViolation("label_selector", problems[0], rules.SELECTOR)]
+            )
         return cls(kind, tuple(requirements), health)
 
     def matches(self, agent: Agent) -> bool:
