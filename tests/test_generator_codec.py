@@ -19,6 +19,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.common.errors import InvalidArgument
+from helix.generator.codec import encode_generate_response
 from helix.genome import codec, genome_checks
 from helix.genome.layout import Layout, Population, SequenceBlock, normalise
 from helix.genome.named import from_named, to_named, to_named_rows
@@ -347,7 +348,7 @@ def test_generate_response_is_protobufs_deterministic_serialisation(
     candidates: list[candidate_pb2.Candidate], generation: int, remaining: int
 ) -> None:
     records = [c.SerializeToString(deterministic=True) for c in candidates]
-    encoded = codec.encode_generate_response(records, generation, remaining)
+    encoded = encode_generate_response(records, generation, remaining)
     assert encoded == response_wire(candidates, generation, remaining)
 
 
@@ -358,7 +359,7 @@ def test_generate_response_is_protobufs_deterministic_serialisation(
 def test_generate_response_edges(size: int, generation: int, remaining: int) -> None:
     candidates = [candidate_pb2.Candidate(id=EXAMPLE_ID, genome=EXAMPLE_GENOME)] * size
     records = [c.SerializeToString(deterministic=True) for c in candidates]
-    encoded = codec.encode_generate_response(records, generation, remaining)
+    encoded = encode_generate_response(records, generation, remaining)
     assert encoded == response_wire(candidates, generation, remaining)
     assert (size, generation, remaining) != (0, 0, 0) or encoded == b""
 
@@ -373,7 +374,7 @@ def test_generate_response_frames_encoded_candidates(
     ids = codec.candidate_ids(encodings)
     lineage = [[ids[0]] * (row % 3) for row in range(len(pop))]
     records = codec.encode_candidates(encodings, ids, generation=generation, parent_ids=lineage)
-    encoded = codec.encode_generate_response(records, generation, remaining)
+    encoded = encode_generate_response(records, generation, remaining)
     candidates = codec.assemble_candidates(
         encodings, ids, generation=generation, parent_ids=lineage
     )
@@ -384,16 +385,16 @@ def test_generate_response_frames_encoded_candidates(
 @pytest.mark.parametrize(("generation", "remaining"), [(-1, 0), (0, -1), (2**32, 0), (0, 2**32)])
 def test_generate_response_refuses_values_beyond_uint32(generation: int, remaining: int) -> None:
     with pytest.raises(ValueError, match="uint32"):
-        codec.encode_generate_response([], generation, remaining)
+        encode_generate_response([], generation, remaining)
 
 
 def test_generate_response_tags_follow_the_descriptor() -> None:
     response = generator_pb2.GenerateResponse.DESCRIPTOR
     field = response.fields_by_name["remaining"]
-    assert codec._tag(response, "remaining", field.type, 0) == bytes([field.number << 3])
+    assert codec.wire_tag(response, "remaining", field.type, 0) == bytes([field.number << 3])
     # A field whose type no longer matches the hand encoding stops the import.
     with pytest.raises(TypeError, match=r"GenerateResponse\.remaining changed type"):
-        codec._tag(response, "remaining", FieldDescriptor.TYPE_SINT32, 0)
+        codec.wire_tag(response, "remaining", FieldDescriptor.TYPE_SINT32, 0)
 
 
 # --- genomes that do not fit the DNA --------------------------------------------------------

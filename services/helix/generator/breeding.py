@@ -17,6 +17,7 @@ import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.common import errors, reasons, rules
 from helix.generator import strategies
+from helix.generator.codec import encode_generate_response
 from helix.generator.stats import GeneratorStats
 from helix.genome import codec, genome_checks
 from helix.genome.layout import Layout, Population
@@ -210,7 +211,7 @@ def _responses(
     generation = request.generation
     batch_size = request.batch_size or DEFAULT_BATCH_SIZE
     parse = generator_pb2.GenerateResponse.FromString
-    encode = codec.encode_generate_response
+    encode = encode_generate_response
     remaining = request.count
     for chunk in chunks:
         records = chunk_records(layout, chunk, parents, generation)

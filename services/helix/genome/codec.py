@@ -9,8 +9,8 @@ are those of the Genome comment in candidate.proto:
 - `to_candidates` / `assemble_candidates` build `Candidate` messages by parsing bytes
   assembled around those encodings (`encode_candidates`), the fastest way to fill
   messages from Python.
-- `encode_generate_response` frames serialised candidates as a GenerateResponse, so a
-  servicer parses one message per response instead of building one per candidate.
+- `varint` and `wire_tag` let a service frame serialised candidates in its own response
+  message (generator.codec does for GenerateResponse).
 
 Encoding assumes the population holds valid genomes of the layout (what the operators
 produce). Checking genomes and decoding them into a `Population` is genome_checks.py;
@@ -30,7 +30,6 @@ from google.protobuf import descriptor
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 import helix.v1.candidate_pb2 as candidate_pb2
-import helix.v1.generator_pb2 as generator_pb2
 from helix.genome.layout import BoolArray, ByteArray, Layout, Population
 
 U64Array = npt.NDArray[np.uint64]
@@ -184,8 +183,8 @@ def encode_candidates(
 
     The bytes equal the messages' deterministic serialisation. Besides parsing them one
     by one (`assemble_candidates`), a servicer may frame them as a response's repeated
-    message field (`encode_generate_response`) and parse the whole response once, which is
-    faster still.
+    message field (`generator.codec.encode_generate_response`) and parse the whole
+    response once, which is faster still.
     """
     if not len(encodings) == len(ids) == len(parent_ids):
         raise ValueError("encodings, ids and parent_ids must have one entry per candidate")
@@ -239,42 +238,16 @@ def to_candidates(
     )
 
 
-# --- GenerateResponse ---------------------------------------------------------------------
+# --- messages framed around encoded parts ------------------------------------------------
 
-_FIELD = descriptor.FieldDescriptor
-_LENGTH_DELIMITED, _VARINT = 2, 0
-_MAX_UINT32 = (1 << 32) - 1
+LENGTH_DELIMITED, VARINT = 2, 0
 
 
-def _tag(message: descriptor.Descriptor, name: str, kind: int, wire_type: int) -> bytes:
-    """The tag of `message`'s field `name`, from the descriptor; refuses (at import) a
-    field whose type is not the one the hand encoding below assumes."""
+def wire_tag(message: descriptor.Descriptor, name: str, kind: int, wire_type: int) -> bytes:
+    """The tag of `message`'s field `name`, from the descriptor, for encoding a message by
+    hand around parts already serialised; refuses (at import, where it is called) a field
+    whose type is not the one the hand encoding assumes."""
     field = message.fields_by_name[name]
     if field.type != kind:
-        raise TypeError(f"{message.full_name}.{name} changed type: update encode_*_response")
+        raise TypeError(f"{message.full_name}.{name} changed type: update its hand encoding")
     return varint(field.number << 3 | wire_type)
-
-
-_RESPONSE = generator_pb2.GenerateResponse.DESCRIPTOR
-_CANDIDATES_TAG = _tag(_RESPONSE, "candidates", _FIELD.TYPE_MESSAGE, _LENGTH_DELIMITED)
-_GENERATION_TAG = _tag(_RESPONSE, "generation", _FIELD.TYPE_UINT32, _VARINT)
-_REMAINING_TAG = _tag(_RESPONSE, "remaining", _FIELD.TYPE_UINT32, _VARINT)
-
-
-def encode_generate_response(candidates: Sequence[bytes], generation: int, remaining: int) -> bytes:
-    """A GenerateResponse serialised from its candidates' serialisations, `generation` and
-    `remaining` (each within uint32).
-
-    Equal to the message's deterministic serialisation when each candidate's bytes are its
-    own (as `encode_candidates` makes them); the tags come from the descriptor, so a
-    renumbered field cannot silently produce another message.
-    """
-    if not (0 <= generation <= _MAX_UINT32 and 0 <= remaining <= _MAX_UINT32):
-        raise ValueError("generation and remaining must be uint32 values")
-    tag = _CANDIDATES_TAG
-    parts = [tag + varint(len(candidate)) + candidate for candidate in candidates]
-    if generation:
-        parts.append(_GENERATION_TAG + varint(generation))
-    if remaining:
-        parts.append(_REMAINING_TAG + varint(remaining))
-    return b"".join(parts)
