@@ -11,6 +11,10 @@ STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 BUF := node_modules/.bin/buf
 PROTOS := $(sort $(wildcard protos/helix/v1/*.proto))
+# Vendored protos (protos/third_party/README.md): in the descriptor set only, never compiled
+# to Python (googleapis-common-protos and grpcio-health-checking ship those modules).
+THIRD_PARTY := protos/third_party
+THIRD_PARTY_PROTOS := $(sort $(shell find $(THIRD_PARTY) -name '*.proto'))
 HOST ?= 127.0.0.1
 PORT ?= 50051
 ARGS ?=
@@ -62,15 +66,19 @@ fix: $(STAMP) $(NPM_STAMP) ## format and auto-fix what can be fixed
 	$(VENV)/bin/ruff check --fix services tests benchmarks
 	$(BUF) format -w
 
-# protoc output: Python modules, gRPC stubs, .pyi stubs for both, and a descriptor set
-# (with comments) for `grpcurl -protoset generated/helix.protoset`.
+# protoc output: Python modules, gRPC stubs and .pyi stubs for both from protos/helix; and
+# a descriptor set (with comments) of those plus the vendored health, reflection and
+# google.rpc protos, for `grpcurl -protoset generated/helix.protoset`, `buf curl --schema`
+# and the server's reflection service. One shell line (check-generated runs it in a `&&` chain).
 define protoc
 	$(PY) -m grpc_tools.protoc -I protos \
 	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=quiet:$(1) --mypy_grpc_out=quiet:$(1) \
+	  $(PROTOS) && \
+	$(PY) -m grpc_tools.protoc -I $(THIRD_PARTY) -I protos \
 	  --include_imports --include_source_info --descriptor_set_out=$(1)/helix.protoset \
-	  $(PROTOS)
+	  $(PROTOS) $(THIRD_PARTY_PROTOS)
 endef
 
 generate: $(STAMP) ## regenerate generated/ from protos/
