@@ -26,6 +26,7 @@ from helix.common import logs
 from helix.common.config import ServerConfig, run_loop
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
 from helix.common.metrics import MetricsExporter, RpcMetrics
+from helix.common.reflection import reflection_servicer
 
 if TYPE_CHECKING:
     from helix.security.setup import Security
@@ -264,10 +265,9 @@ def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, chained)
     names = [s.name for s in services]
-    # (enable_server_reflection picks the sync servicer for anything but a grpc.aio.Server.)
+    # Reflection from protoc's descriptor set, comments included (helix.common.reflection).
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]),
-        chained,
+        reflection_servicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), chained
     )
     credentials = server_credentials(config)
     try:
