@@ -207,7 +207,7 @@ async def test_dna_list_prints_every_page(start_server, capsys, as_json) -> None
     if as_json:
         parsed = [json.loads(line) for line in out.splitlines()]
         assert [d["name"] for d in parsed] == ["dnas/broken", "dnas/sphere", "dnas/tsp"]
-        assert parsed[0]["violations"][0]["field_path"] == "genes[0].real.low"
+        assert parsed[0]["violations"][0]["fieldPath"] == "genes[0].real.low"  # lowerCamelCase
     else:
         assert out == format_table(DOCUMENTS) + "\n"
 

@@ -13,13 +13,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor
-from google.protobuf.message import Message
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.cli.client import add_client_arguments, describe_error, open_channel
+from helix.cli.output import message_json
+from helix.common.config import parse_duration_setting
 from helix.common.validation import check_resource_name
 from helix.registry.labels import MAX_LABEL_SELECTOR_LEN, parse_label_selector
 from helix.security.scopes import AGENTS_READ
@@ -117,8 +117,8 @@ def add_agents_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         "watch",
         help="print agent changes as JSON lines until interrupted",
         description="Print each change (PUT or DELETE, with its revision and, for deletes, "
-        "the reason) as a JSON line, until Ctrl-C. Pair with `list`: watch --from "
-        "(its revision + 1) continues a listing with no gap.",
+        "the reason) as a JSON line, until Ctrl-C or --timeout. Pair with `list`: watch "
+        "--from (its revision + 1) continues a listing with no gap.",
     )
     _add_filters(watch)
     watch.add_argument(
@@ -129,7 +129,11 @@ def add_agents_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         metavar="REV",
         help="first revision to show (history permitting) [default: changes from now on]",
     )
-    add_client_arguments(watch)
+    add_client_arguments(
+        watch,
+        timeout_help="stop watching after this long (e.g. 30s, 5m), exit status 0 "
+        "[default: until Ctrl-C]",
+    )
     watch.set_defaults(handler=lambda args: asyncio.run(watch_agents(args)))
 
 
@@ -154,11 +158,6 @@ def _stub(channel: grpc.aio.Channel) -> registry_pb2_grpc.RegistryServiceAsyncSt
         channel
     )
     return stub
-
-
-def _json(message: Message, indent: int | None = None) -> str:
-    text: str = json_format.MessageToJson(message, indent=indent, preserving_proto_field_name=True)
-    return text
 
 
 def format_table(agents: Sequence[registry_pb2.Agent]) -> str:
@@ -195,7 +194,7 @@ async def list_agents(args: argparse.Namespace) -> int:
                 agents.extend(page.agents)
                 if args.json:
                     for agent in page.agents:
-                        print(_json(agent))
+                        print(message_json(agent))
                 if not page.next_page_token:
                     break
                 request.page_token = page.next_page_token
@@ -217,20 +216,27 @@ async def get_agent(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as error:
             print(describe_error(error), file=sys.stderr)
             return 1
-    print(_json(response.agent, indent=2))
+    print(message_json(response.agent, indent=2))
     return 0
 
 
 async def watch_agents(args: argparse.Namespace) -> int:
+    """`helix agents watch`: every change as a JSON line, until Ctrl-C or `--timeout`."""
     request = registry_pb2.WatchAgentsRequest(
         start_revision=args.start_revision, kind=args.kind, label_selector=args.selector
     )
+    limit = parse_duration_setting("--timeout", args.timeout) if args.timeout else None
     async with open_channel(args, [AGENTS_READ]) as channel:
         try:
-            async for response in _stub(channel).WatchAgents(request):
+            async for response in _stub(channel).WatchAgents(request, timeout=limit):
                 for event in response.events:
-                    print(_json(event), flush=True)
+                    print(message_json(event), flush=True)
         except grpc.aio.AioRpcError as error:
+            if limit is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                print(
+                    f"helix agents watch: stopped after --timeout {args.timeout}", file=sys.stderr
+                )
+                return 0
             print(describe_error(error), file=sys.stderr)
             return 1
     return 0

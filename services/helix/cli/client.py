@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor, descriptor_pool, json_format, message_factory
+from google.protobuf import descriptor, json_format, message_factory
 from google.rpc import error_details_pb2
 
 from helix.agents.support import status_details
+from helix.cli.methods import all_methods, describe, method_path, resolve_method
+from helix.cli.output import message_json
 from helix.common.channel import ChannelConfig, create_channel, tls_channel_credentials
 from helix.common.config import ConfigError, key_dir_of, parse_duration_setting
 from helix.security.client import (
@@ -34,13 +36,17 @@ from helix.security.client import (
     bearer_interceptors,
 )
 from helix.security.keys import KeyMaterialError, SigningKey, load_hs256_dir
-from helix.security.scopes import METHOD_SCOPES
+from helix.security.scopes import METHOD_SCOPES, is_open
 
 CLI_TOKEN_TTL = 300.0
 
 
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of a command that calls a Helix server."""
+DEFAULT_TIMEOUT = "10s"
+
+
+def add_client_arguments(parser: argparse.ArgumentParser, timeout_help: str | None = None) -> None:
+    """The flags of a command that calls a Helix server. `timeout_help` gives `--timeout`
+    another meaning, with no default (a watch: how long to watch)."""
     parser.add_argument(
         "--address",
         default=os.environ.get("HELIX_ADDRESS", "127.0.0.1:50051"),
@@ -56,7 +62,14 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="data dir of a local embedded suite: mint a short-lived token from its key "
         "[env HELIX_DATA_DIR]",
     )
-    parser.add_argument("--timeout", default="10s", help="deadline per call [default 10s]")
+    if timeout_help is None:
+        parser.add_argument(
+            "--timeout",
+            default=DEFAULT_TIMEOUT,
+            help=f"deadline per call [default {DEFAULT_TIMEOUT}]",
+        )
+    else:
+        parser.add_argument("--timeout", metavar="DURATION", help=timeout_help)
     parser.add_argument("--tls-ca", type=Path, help="CA bundle to verify the server (enables TLS)")
     parser.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
     parser.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
@@ -91,6 +104,17 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+def given_token_source(args: argparse.Namespace) -> TokenSource | None:
+    """The token the caller gave (`--token`, `--token-file` or their variables), if any."""
+    token = args.token or os.environ.get("HELIX_TOKEN")
+    if token:
+        return StaticTokenSource(token)
+    token_file = args.token_file or os.environ.get("HELIX_TOKEN_FILE")
+    if token_file:
+        return FileTokenSource(Path(token_file))
+    return None
+
+
 def token_source(args: argparse.Namespace, scopes: Sequence[str]) -> TokenSource:
     """Resolve the caller's credentials (see module doc); raises ConfigError if none.
 
@@ -98,12 +122,9 @@ def token_source(args: argparse.Namespace, scopes: Sequence[str]) -> TokenSource
     `HELIX_DATA_DIR`) and the server is on this machine, and only with `scopes`: a minted
     token never travels to another host.
     """
-    token = args.token or os.environ.get("HELIX_TOKEN")
-    if token:
-        return StaticTokenSource(token)
-    token_file = args.token_file or os.environ.get("HELIX_TOKEN_FILE")
-    if token_file:
-        return FileTokenSource(Path(token_file))
+    given = given_token_source(args)
+    if given is not None:
+        return given
     data_dir = args.data_dir or (
         Path(os.environ["HELIX_DATA_DIR"]) if os.environ.get("HELIX_DATA_DIR") else None
     )
@@ -116,38 +137,24 @@ def token_source(args: argparse.Namespace, scopes: Sequence[str]) -> TokenSource
     return MintingTokenSource(signer, f"cli:{getpass.getuser()}", scopes, ttl=CLI_TOKEN_TTL)
 
 
-def open_channel(args: argparse.Namespace, scopes: Sequence[str]) -> grpc.aio.Channel:
-    """A channel to `--address` with the caller's credentials (for `scopes`) and TLS."""
-    timeout = parse_duration_setting("--timeout", args.timeout)
+def open_channel(
+    args: argparse.Namespace, scopes: Sequence[str], *, needs_token: bool = True
+) -> grpc.aio.Channel:
+    """A channel to `--address` with the caller's credentials (for `scopes`) and TLS.
+    Without `needs_token` (health, reflection) a token is sent only if one was given."""
+    timeout = parse_duration_setting("--timeout", args.timeout or DEFAULT_TIMEOUT)
     credentials = None
     if args.tls_key and not args.tls_cert:
         raise ConfigError("--tls-key needs --tls-cert (a client certificate and its key)")
     if args.tls_ca or args.tls_cert:
         credentials = tls_channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    tokens = token_source(args, scopes) if needs_token else given_token_source(args)
     return create_channel(
         args.address,
         ChannelConfig(default_timeout=timeout),  # type: ignore[arg-type]
         credentials=credentials,
-        interceptors=bearer_interceptors(token_source(args, scopes)),
+        interceptors=bearer_interceptors(tokens) if tokens is not None else (),
     )
-
-
-def find_method(name: str) -> descriptor.MethodDescriptor:
-    """The method `package.Service/Method` (a leading `/` is fine) of a helix.v1 service."""
-    import helix.common.services  # noqa: F401  (registers every helix.v1 file in the pool)
-
-    service_name, _, method_name = name.strip("/").rpartition("/")
-    try:
-        service = descriptor_pool.Default().FindServiceByName(service_name)
-    except KeyError:
-        raise ConfigError(
-            f"unknown service {service_name!r} (e.g. helix.v1.RegistryService)"
-        ) from None
-    method = service.methods_by_name.get(method_name)
-    if method is None:
-        known = ", ".join(m.name for m in service.methods)
-        raise ConfigError(f"{service_name} has no method {method_name!r} (it has {known})")
-    return method
 
 
 def describe_error(error: grpc.aio.AioRpcError) -> str:
@@ -164,39 +171,57 @@ def describe_error(error: grpc.aio.AioRpcError) -> str:
             if detail.Is(kind.DESCRIPTOR):
                 message = kind()
                 detail.Unpack(message)
-                text = json_format.MessageToJson(message, indent=None)
-                lines.append(f"  {kind.DESCRIPTOR.name}: {text}")
+                lines.append(f"  {kind.DESCRIPTOR.name}: {message_json(message)}")
     return "\n".join(lines)
 
 
-async def call(args: argparse.Namespace) -> int:
-    """`helix call METHOD -d JSON`: one call, responses printed as JSON lines."""
-    method = find_method(args.method)
+def add_call_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `helix call` to the `helix` command line."""
+    call = subparsers.add_parser(
+        "call",
+        help="call any Helix RPC with a JSON request",
+        description="Call METHOD with the JSON request -d and print each response as a JSON "
+        "line (proto3 JSON: lowerCamelCase names, every field shown; -d takes either "
+        "spelling). METHOD is Service/Method (e.g. helix.v1.RegistryService/ListAgents, or "
+        "RegistryService/ListAgents) or a method name alone when one service has it. "
+        "Client-streaming methods take a JSON array of requests. Health and reflection need "
+        "no credentials.",
+    )
+    call.add_argument("method", nargs="?", help="Service/Method or a method name")
+    call.add_argument("-d", "--data", default="{}", help="the request as JSON [default {}]")
+    call.add_argument("--list", action="store_true", help="list every Service/Method and exit")
+    call.add_argument(
+        "--describe",
+        action="store_true",
+        help="print METHOD's kind, scope, request and response with their documentation",
+    )
+    add_client_arguments(call)
+    call.set_defaults(handler=run_call)
+
+
+def _requests(method: descriptor.MethodDescriptor, data: str) -> list[Any]:
     request_class = message_factory.GetMessageClass(method.input_type)
-    response_class = message_factory.GetMessageClass(method.output_type)
     try:
-        data = json.loads(args.data)
-        items = data if method.client_streaming and isinstance(data, list) else [data]
-        requests = [json_format.ParseDict(item, request_class()) for item in items]
+        parsed = json.loads(data)
+        items = parsed if method.client_streaming and isinstance(parsed, list) else [parsed]
+        return [json_format.ParseDict(item, request_class()) for item in items]
     except (ValueError, json_format.ParseError) as exc:
-        raise ConfigError(
-            f"-d is not a valid {request_class.DESCRIPTOR.full_name}: {exc}"
-        ) from None
-    path = f"/{method.containing_service.full_name}/{method.name}"
-    serialize = request_class.SerializeToString
-    deserialize = response_class.FromString
+        raise ConfigError(f"-d is not a valid {method.input_type.full_name}: {exc}") from None
+
+
+async def call(args: argparse.Namespace, method: descriptor.MethodDescriptor) -> int:
+    """`helix call METHOD -d JSON`: one call, responses printed as JSON lines."""
+    requests = _requests(method, args.data)
+    path = f"/{method_path(method)}"
+    serialize = message_factory.GetMessageClass(method.input_type).SerializeToString
+    deserialize = message_factory.GetMessageClass(method.output_type).FromString
 
     def show(response: Any) -> None:
-        text = json_format.MessageToJson(
-            response,
-            indent=None,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-        )
-        print(text)
+        print(message_json(response), flush=method.server_streaming)
 
     scope = METHOD_SCOPES.get(path)
-    async with open_channel(args, [scope] if scope else []) as channel:
+    needs_token = not is_open(path)
+    async with open_channel(args, [scope] if scope else [], needs_token=needs_token) as channel:
         try:
             kind = (method.client_streaming, method.server_streaming)
             if kind == (False, False):
@@ -219,4 +244,15 @@ async def call(args: argparse.Namespace) -> int:
 
 
 def run_call(args: argparse.Namespace) -> int:
-    return asyncio.run(call(args))
+    """`helix call`: --list, --describe METHOD, or call METHOD."""
+    if args.list:
+        for method in all_methods():
+            print(method_path(method))
+        return 0
+    if not args.method:
+        raise ConfigError("give a method (Service/Method or a method name), --list or --describe")
+    method = resolve_method(args.method)
+    if args.describe:
+        print(describe(method))
+        return 0
+    return asyncio.run(call(args, method))

@@ -1,4 +1,5 @@
-"""`helix dna validate|list`: check DNA files offline; list a generator's DNA library.
+"""`helix dna validate|list|get`: check DNA files offline; list a generator's DNA library
+and show one of its documents.
 
 `validate` needs no server: it reads each file (or each DNA file of a directory), prints
 every broken rule as "file:line: field_path: description [rule]" and "file: ok (name,
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
-from google.protobuf import json_format
 
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 from helix.cli.client import add_client_arguments, describe_error, open_channel
+from helix.cli.output import message_json
+from helix.common.validation import check_resource_name
 from helix.genome.documents import (
     DNA_EXTENSIONS,
     MAX_DOCUMENT_BYTES,
@@ -40,8 +42,10 @@ EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
 
 def add_dna_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `helix dna validate|list` to the `helix` command line."""
-    dna = subparsers.add_parser("dna", help="check DNA files; list a generator's DNA library")
+    """Add `helix dna validate|list|get` to the `helix` command line."""
+    dna = subparsers.add_parser(
+        "dna", help="check DNA files; list and show the DNAs of a generator's library"
+    )
     actions = dna.add_subparsers(dest="dna_command", metavar="ACTION", required=True)
 
     validate = actions.add_parser(
@@ -66,6 +70,30 @@ def add_dna_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     listing.add_argument("--json", action="store_true", help="one JSON object per document")
     add_client_arguments(listing)
     listing.set_defaults(handler=lambda args: asyncio.run(list_dnas(args)))
+
+    get = actions.add_parser(
+        "get",
+        help="show one DNA document of a generator's library",
+        description="Show a DNA document of a generator's library: its name, source, "
+        "validity, fingerprint, strategy and genes (or its violations), or the whole "
+        "document as JSON.",
+        epilog="Exit status: 0 the document was shown (valid or not), 1 an error from the "
+        "server (such as NOT_FOUND), 2 a usage error.",
+    )
+    get.add_argument("name", type=parse_dna_name, help="dnas/NAME or NAME")
+    get.add_argument("--json", action="store_true", help="the DnaDocument as JSON")
+    add_client_arguments(get)
+    get.set_defaults(handler=lambda args: asyncio.run(get_dna(args)))
+
+
+def parse_dna_name(text: str) -> str:
+    """`dnas/{id}` or just `{id}`."""
+    name = text if text.startswith("dnas/") else f"dnas/{text}"
+    if check_resource_name(name, "dnas", "name"):
+        raise argparse.ArgumentTypeError(
+            f"bad DNA name {text!r}: expected dnas/ID or ID, ID matching [a-z][a-z0-9-]{{0,62}}"
+        )
+    return name
 
 
 # --- validate -----------------------------------------------------------------------------
@@ -176,9 +204,79 @@ async def list_dnas(args: argparse.Namespace) -> int:
             return 1
     if args.json:
         for doc in documents:
-            print(json_format.MessageToJson(doc, indent=None, preserving_proto_field_name=True))
+            print(message_json(doc))
     elif documents:
         print(format_table(documents))
     else:
         print("no DNA documents", file=sys.stderr)
+    return 0
+
+
+# --- get ----------------------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def gene_domain(gene: dna_pb2.Gene) -> tuple[str, str]:
+    """A gene's kind (with its size) and the values it takes, for a person."""
+    kind = gene.WhichOneof("kind") or "-"
+    size = getattr(getattr(gene, kind, None), "size", 1) if kind != "-" else 1
+    shown_kind = f"{kind} x{size}" if size > 1 and kind not in ("bits", "permutation") else kind
+    if kind == "real":
+        scale = ", log scale" if gene.real.log_scale else ""
+        return shown_kind, f"[{_number(gene.real.low)}, {_number(gene.real.high)}]{scale}"
+    if kind == "integer":
+        return shown_kind, f"[{gene.integer.low}, {gene.integer.high}]"
+    if kind == "choice":
+        return shown_kind, " | ".join(gene.choice.options)
+    if kind == "bits":
+        return kind, f"{gene.bits.size or 1} bits"
+    if kind == "permutation":
+        return kind, f"of 0..{max(gene.permutation.size, 1) - 1}"
+    if kind == "sequence":
+        seq = gene.sequence
+        return kind, f"over {seq.alphabet}, length {seq.min_length}..{seq.max_length}"
+    return kind, "-"
+
+
+def format_document(doc: generator_pb2.DnaDocument) -> str:
+    """One document for a person: a header, then its genes (or its violations)."""
+    header = [
+        ("name", doc.name),
+        ("description", doc.dna.description or "-"),
+        ("source", doc.source or "-"),
+        ("valid", "yes" if doc.valid else f"no ({len(doc.violations)} violations)"),
+        ("fingerprint", doc.fingerprint or "-"),
+        ("strategy", _strategy(doc.dna)),
+    ]
+    lines = [f"{key:<12} {value}" for key, value in header]
+    rows = [("GENE", "KIND", "VALUES")] + [
+        (gene.name, *gene_domain(gene)) for gene in doc.dna.genes
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines.append("")
+    lines += [
+        f"{name.ljust(widths[0])}  {kind.ljust(widths[1])}  {values}".rstrip()
+        for name, kind, values in rows
+    ]
+    problems = [
+        str(replace(from_dna_violation(v), file=v.file or doc.source)) for v in doc.violations
+    ]
+    return "\n".join(lines + (["", *problems] if problems else []))
+
+
+async def get_dna(args: argparse.Namespace) -> int:
+    """`helix dna get`: GeneratorService.GetDna, for a person or as JSON."""
+    async with open_channel(args, [DNA_READ]) as channel:
+        stub: generator_pb2_grpc.GeneratorServiceAsyncStub = (
+            generator_pb2_grpc.GeneratorServiceStub(channel)
+        )
+        try:
+            response = await stub.GetDna(generator_pb2.GetDnaRequest(name=args.name))
+        except grpc.aio.AioRpcError as error:
+            print(describe_error(error), file=sys.stderr)
+            return 1
+    print(message_json(response.dna, indent=2) if args.json else format_document(response.dna))
     return 0

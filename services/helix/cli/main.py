@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from helix.cli.agents import add_agents_commands
-from helix.cli.client import add_client_arguments, local_signer, run_call
+from helix.cli.client import add_call_command, local_signer
 from helix.cli.dna import add_dna_commands
+from helix.cli.generate import add_generate_command
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.server import HelixServer, run_server_process
@@ -70,21 +72,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inspect_parser.set_defaults(handler=_token_inspect)
 
-    call = commands.add_parser(
-        "call",
-        help="call any helix.v1 RPC with a JSON request",
-        description="Call METHOD (e.g. helix.v1.RegistryService/ListAgents) with the JSON "
-        "request -d and print each response as a JSON line. Client-streaming methods take a "
-        "JSON array of requests.",
-    )
-    call.add_argument("method", help="Service/Method, e.g. helix.v1.RegistryService/GetAgent")
-    call.add_argument("-d", "--data", default="{}", help="the request as JSON [default {}]")
-    add_client_arguments(call)
-    call.set_defaults(handler=run_call)
-
+    add_call_command(commands)
     add_agents_commands(commands)
     add_registry_commands(commands)
     add_dna_commands(commands)
+    add_generate_command(commands)
     add_generator_commands(commands)
 
     show_version = commands.add_parser("version", help="print the Helix version")
@@ -137,12 +129,24 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_went_away() -> int:
+    """stdout's reader has gone (`helix ... | head`): end quietly and successfully, as
+    Unix tools do. stdout is pointed at /dev/null so the interpreter's own flush at exit
+    does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `helix` command; returns the process exit status."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = _build_parser().parse_args(argv)  # argparse itself ignores a closed stdout
     try:
         status: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        return _reader_went_away()
     except cfg.ConfigError as exc:
         print(f"helix {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -70,6 +70,37 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
+def format_duration(seconds: float) -> str:
+    """`seconds` as a flag would take it: the largest unit that holds it whole (`1h`,
+    `2m`, `10s`, `250ms`), else seconds with a fraction (`1.5s`)."""
+    for unit in ("h", "m", "s", "ms"):
+        count = seconds / _DURATION_UNITS[unit]
+        if count >= 1 and abs(count - round(count)) < 1e-9:
+            return f"{round(count)}{unit}"
+    return f"{seconds:g}s"
+
+
+def format_size(size: int) -> str:
+    """`size` bytes as a flag would take it: `16MiB`, `512KiB`, else the plain number."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size >= _SIZE_UNITS[unit] and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
+def format_setting(value: Any) -> str:
+    """A setting's value in the syntax its flag and variable take (for --help)."""
+    if isinstance(value, Duration):
+        return format_duration(value)
+    if isinstance(value, ByteSize):
+        return format_size(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"  # 500, not 500.0
+    return str(value) if value != "" else "''"
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in _TRUE:
@@ -144,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         default = field.default
         if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
-        shown = "unset" if default is None and optional else f"{default}"
+        shown = "unset" if default is None and optional else format_setting(default)
         parser.add_argument(
             flag_name(field),
             dest=field.name,
