@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from helix.common import logs
-from helix.common.config import ServerConfig, run_loop
+from helix.common.config import DataDirConfig, DataDirLock, ServerConfig, run_loop
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
 from helix.common.metrics import MetricsExporter, RpcMetrics
 
@@ -95,6 +95,8 @@ class HelixServer:
         self.metrics_port: int | None = None
         self._exporter: MetricsExporter | None = None
         self.security: Security | None = None
+        # The lock of the data dir the server's state lives in, released when it stops.
+        self.data_dir_lock: DataDirLock | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._force_stop: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
@@ -136,6 +138,7 @@ class HelixServer:
             if self._exporter is not None:
                 await asyncio.to_thread(self._exporter.close)
                 self._exporter = None
+            self._release_data_dir()
             raise
         await self.grpc_server.start()
         if self.security is not None:
@@ -185,8 +188,13 @@ class HelixServer:
             if self._exporter is not None:
                 await asyncio.to_thread(self._exporter.close)
                 self._exporter = None
+            self._release_data_dir()
             self._stopped.set()
             log.info("stopped")
+
+    def _release_data_dir(self) -> None:
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.release()
 
     async def _run_stopped(self, services: Sequence[ServiceBinding]) -> None:
         for service in services:
@@ -244,8 +252,27 @@ def create_server(
 
     `security` adds authentication, scopes and rate limits to the chain; it is required so
     that serving without it is always an explicit `security=None` in code (tests of the
-    runtime, the benchmark's baseline), never a setting. `extra_stages` run last.
+    runtime, the benchmark's baseline), never a setting. `extra_stages` run last. A server
+    whose state lives in a data dir (`DataDirConfig`) holds the dir's lock until it stops
+    (`DataDirBusy` when another server has it).
     """
+    lock = DataDirLock.claim(config.data_dir) if isinstance(config, DataDirConfig) else None
+    try:
+        helix_server, port = _build_server(config, services, security, extra_stages)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    helix_server.data_dir_lock = lock
+    return helix_server, port
+
+
+def _build_server(
+    config: ServerConfig,
+    services: Sequence[ServiceBinding],
+    security: Security | None,
+    extra_stages: Sequence[Stage],
+) -> tuple[HelixServer, int]:
     metrics = RpcMetrics()
     # maximum_concurrent_rpcs is enforced by the chain's ConcurrencyLimitStage, not by
     # grpc.aio's own limiter, which costs a fifth of a unary call (see docs/decisions.md).
