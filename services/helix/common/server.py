@@ -2,10 +2,11 @@
 
 `create_server(config, services)` returns a bound, not yet started `HelixServer` and its
 real port. Every server gets the standard health service (SERVING for `""` and each
-service), reflection, the declared interceptor chain, explicit message-size limits,
-keepalive and `maximum_concurrent_rpcs`. `HelixServer.shutdown()` drains: health goes
-NOT_SERVING, shutdown hooks run, new calls are refused and in-flight calls get the grace
-period to finish. It is safe to call twice, and SIGTERM or SIGINT trigger it in `serve()`.
+service it serves; placeholders are left out), reflection, the declared interceptor
+chain, explicit message-size limits, keepalive and `maximum_concurrent_rpcs`.
+`HelixServer.shutdown()` drains: health goes NOT_SERVING and health watches end, shutdown
+hooks run, new calls are refused and in-flight calls get the grace period to finish. It
+is safe to call twice, and SIGTERM or SIGINT trigger it in `serve()`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from helix.common import logs
 from helix.common.config import DataDirConfig, DataDirLock, ServerConfig, run_loop
+from helix.common.health import SERVICE_NAME as HEALTH_SERVICE
+from helix.common.health import SERVING, HealthService
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
 from helix.common.metrics import MetricsExporter, RpcMetrics
 
@@ -52,6 +55,9 @@ class ServiceBinding:
     on_stopped: Sequence[ShutdownHook] = field(default=())
     # Registers the service's own metrics on the server's Prometheus registry.
     add_metrics: Callable[[CollectorRegistry], None] | None = None
+    # A contract served as UNIMPLEMENTED (`helix.common.services.placeholder`): reflection
+    # lists it, health does not (it is not served, so it is never reported SERVING).
+    placeholder: bool = False
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -81,7 +87,7 @@ class HelixServer:
         self,
         config: ServerConfig,
         server: grpc.aio.Server,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: HealthService,
         metrics: RpcMetrics,
         services: Sequence[ServiceBinding],
         port: int,
@@ -110,7 +116,8 @@ class HelixServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        """Start /metrics (if configured), then serving, and mark every service SERVING.
+        """Start /metrics (if configured), then serving, and mark `""` and every service
+        served (not the placeholders) SERVING.
 
         The exporter starts first so that a busy metrics port fails the start before any
         call has been accepted.
@@ -143,10 +150,10 @@ class HelixServer:
         await self.grpc_server.start()
         if self.security is not None:
             self.security.start()
-        serving = health_pb2.HealthCheckResponse.SERVING
-        await self.health.set("", serving)
+        await self.health.set("", SERVING)
         for service in self.services:
-            await self.health.set(service.name, serving)
+            if not service.placeholder:
+                await self.health.set(service.name, SERVING)
 
     def shutdown(self, grace: float | None = None) -> asyncio.Task[None]:
         """Begin the drain (once) and return the task that finishes it; await it to wait."""
@@ -288,12 +295,12 @@ def _build_server(
         service.add_to_server(chained)
         if service.add_metrics is not None:
             service.add_metrics(metrics.registry)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, chained)
     names = [s.name for s in services]
     # (enable_server_reflection picks the sync servicer for anything but a grpc.aio.Server.)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]),
+        reflection.aio.ReflectionServicer([*names, HEALTH_SERVICE, reflection.SERVICE_NAME]),
         chained,
     )
     credentials = server_credentials(config)
