@@ -28,7 +28,7 @@ from helix.common.config import DataDirConfig, DataDirLock, ServerConfig, run_lo
 from helix.common.health import SERVICE_NAME as HEALTH_SERVICE
 from helix.common.health import SERVING, HealthService
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
-from helix.common.metrics import MetricsExporter, RpcMetrics
+from helix.common.metrics import MetricsExporter, RpcMetrics, add_runtime_metrics
 
 if TYPE_CHECKING:
     from helix.security.setup import Security
@@ -281,6 +281,7 @@ def _build_server(
     extra_stages: Sequence[Stage],
 ) -> tuple[HelixServer, int]:
     metrics = RpcMetrics()
+    add_runtime_metrics(metrics.registry)
     # maximum_concurrent_rpcs is enforced by the chain's ConcurrencyLimitStage, not by
     # grpc.aio's own limiter, which costs a fifth of a unary call (see docs/decisions.md).
     server = grpc.aio.server(options=server_options(config))
