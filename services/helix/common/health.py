@@ -47,14 +47,6 @@ class HealthService:
         self._version = 0  # advanced by every change; watches wait for it to move
         self._changed = asyncio.Condition()
 
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
-    def statuses(self) -> dict[str, ServingStatus]:
-        """A copy of every registered service's status."""
-        return dict(self._statuses)
-
     async def set(self, service: str, status: ServingStatus) -> None:
         """Register `service` with `status`, or change its status; ignored once the drain
         has begun (everything stays NOT_SERVING)."""
@@ -80,9 +72,9 @@ class HealthService:
     ) -> Any:
         status = self._statuses.get(request.service)
         if status is None:
+            name = request.service[:256]  # the caller's text, echoed back: bounded
             raise errors.NotFound(
-                f"no service {request.service!r} in this server's health",
-                metadata={"name": request.service[:256]},
+                f"no service {name!r} in this server's health", metadata={"name": name}
             )
         return health_pb2.HealthCheckResponse(status=status)
 
