@@ -78,7 +78,8 @@ define protoc
 	  $(PROTOS) && \
 	$(PY) -m grpc_tools.protoc -I $(THIRD_PARTY) -I protos \
 	  --include_imports --include_source_info --descriptor_set_out=$(1)/helix.protoset \
-	  $(PROTOS) $(THIRD_PARTY_PROTOS)
+	  $(PROTOS) $(THIRD_PARTY_PROTOS) && \
+	$(PY) $(THIRD_PARTY)/runtime_health.py $(1)/helix.protoset
 endef
 
 generate: $(STAMP) ## regenerate generated/ from protos/

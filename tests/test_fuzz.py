@@ -1,4 +1,5 @@
-"""Random requests to every RPC of the embedded suite never produce INTERNAL or kill it.
+"""Random requests to every RPC of the embedded suite (the helix.v1 services, health and
+reflection) never produce INTERNAL or kill it.
 
 The suite runs for real in a thread of its own; Hypothesis drives a synchronous client
 with random field values (huge strings, NaN, unknown enums, deep nesting), oversized
@@ -16,6 +17,7 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,8 +29,14 @@ from helix.suite import EmbeddedConfig, create_embedded
 from proto_strategies import messages
 
 SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
-METHODS = [(s.full_name, m) for s in SERVICE_DESCRIPTORS for m in s.methods]
-IDS = [m.name for _, m in METHODS]
+# Every service the suite exposes: helix.v1's, and health and reflection (open to anyone).
+EXPOSED = [
+    *SERVICE_DESCRIPTORS,
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+]
+METHODS = [(s.full_name, m) for s in EXPOSED for m in s.methods]
+IDS = [f"{s.rpartition('.')[2]}.{m.name}" for s, m in METHODS]
 FUZZ = settings(
     max_examples=25,
     deadline=None,
@@ -126,7 +134,7 @@ def assert_no_server_fault(channel, service, method, payload, metadata) -> None:
         call_raw(channel, service, method, payload, metadata)
     except grpc.RpcError as error:
         code, details = error.code(), str(error.details())
-    CODES_SEEN.setdefault(method.name, set()).add(code)
+    CODES_SEEN.setdefault(method.full_name, set()).add(code)
     assert code not in SERVER_FAULTS, (method.name, code, details)
 
 

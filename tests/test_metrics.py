@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 import urllib.request
 
 import grpc
 import pytest
+from prometheus_client import Counter, Histogram
+
+from helix.common.version import version
 
 from echo_service import EchoServicer, String, binding, stubs
 from waiting import eventually
@@ -100,3 +104,54 @@ async def test_metrics_are_served_over_http(start_server, channel_to):
         'grpc_service="helix.test.EchoService",grpc_type="UNARY"} 1.0'
     ) in text
     assert "grpc_server_handling_seconds_bucket" in text
+
+
+def scrape(server, accept: str | None = None) -> str:
+    """/metrics of `server` as Prometheus reads it (`accept`: the exposition format)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{server.metrics_port}/metrics")
+    if accept is not None:
+        request.add_header("Accept", accept)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return str(response.read().decode())
+
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+async def test_process_python_and_build_info_series_are_exported(start_server):
+    server = await start_server([binding(EchoServicer())], metrics_port=0)
+    text = await asyncio.to_thread(scrape, server)
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "python_info{",
+        "python_gc_objects_collected_total",
+    ):
+        assert f"\n{name}" in text, name
+    info = {
+        "grpc": grpc.__version__,
+        "python": platform.python_version(),
+        "version": version(),
+    }
+    labels = ",".join(f'{key}="{value}"' for key, value in sorted(info.items()))
+    assert f"\nhelix_build_info{{{labels}}} 1.0\n" in text
+
+
+@pytest.mark.parametrize("accept", [None, OPENMETRICS], ids=["text", "openmetrics"])
+async def test_no_family_has_created_series(start_server, channel_to, accept):
+    # One convention for every family: Helix's own collectors (grpc_server_*, helix_*)
+    # write no _created series, so none of prometheus_client's own metrics does either.
+    server = await start_server([binding(EchoServicer())], metrics_port=0)
+    Counter(
+        "helix_test_events",
+        "A counter made with prometheus_client.",
+        registry=server.metrics.registry,
+    )
+    Histogram("helix_test_seconds", "A histogram too.", registry=server.metrics.registry).observe(1)
+    await stubs(channel_to(server))["Echo"](String(value="x"), timeout=5)
+    text = await asyncio.to_thread(scrape, server, accept)
+    assert "grpc_server_handled_total" in text
+    assert "helix_test_events_total" in text
+    assert [line for line in text.splitlines() if "_created" in line] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -88,3 +89,24 @@ async def test_shutdown_twice_is_safe(start_server, channel_to):
     await first
     await server.shutdown()
     await server.wait_for_termination()
+
+
+async def test_an_open_health_watch_does_not_hold_the_drain(processes):
+    # A 3 s grace period; an idle server drains in milliseconds unless something holds it.
+    server = await start_drain_server(processes, grace=3)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30
+        )
+        assert (await watch.read()).status == SERVING
+        server.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert (await asyncio.wait_for(watch.read(), timeout=5)).status == NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(watch.read(), timeout=5)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in str(ended.value.details())  # ended by the drain, not cut
+        assert await server.wait() == 0
+    # Well within the grace period (a generous bound on a busy machine).
+    assert time.monotonic() - signalled < 2.0
+    assert "drained" in server.lines

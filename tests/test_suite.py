@@ -48,8 +48,9 @@ def test_suite_serves_all_four_services(tmp_path):
     assert sorted(s.full_name for s in SERVICE_DESCRIPTORS) == HELIX_SERVICES
 
 
-@pytest.mark.parametrize("service", ["", *HELIX_SERVICES])
-async def test_health_is_serving(suite, service):
+@pytest.mark.parametrize("service", ["", "helix.v1.GeneratorService", "helix.v1.RegistryService"])
+async def test_health_is_serving_for_each_served_service(suite, service):
+    # The placeholders are not in health at all (tests/test_health.py).
     health = health_pb2_grpc.HealthStub(suite)
     answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING

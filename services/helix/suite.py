@@ -10,7 +10,7 @@ import grpc
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.presence import AgentPresence
 from helix.common.channel import create_channel
-from helix.common.config import DataDirConfig, setting
+from helix.common.config import DataDirConfig, DataDirLock, setting
 from helix.common.server import HelixServer, ServiceBinding, create_server
 from helix.common.services import ORACLE, ORCHESTRATOR, placeholder
 from helix.generator.config import GeneratorConfig
@@ -76,10 +76,13 @@ def embedded_services(
 
 
 def prepare_embedded(config: EmbeddedConfig) -> Security:
-    """The suite's data directory and security: on first start, the HS256 signing secret
-    that its tokens are minted with (`helix token mint`), and the DNA directory. Blocking
-    file I/O: run it before the event loop serves, or in a thread."""
+    """The suite's data directory, locked for this process (`DataDirBusy` when another
+    serves it), and its security: on first start, the HS256 signing secret that its tokens
+    are minted with (`helix token mint`), and the DNA directory. The server built on it
+    (`create_embedded`) holds the lock until it stops. Blocking file I/O: run it before
+    the event loop serves, or in a thread."""
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    DataDirLock.take(config.data_dir)  # before any state is read or created
     if config.generator_dna_dir is None:
         config.dna_dir.mkdir(mode=0o700, exist_ok=True)
     return security_from_config(config, embedded_key_dir=config.key_dir)

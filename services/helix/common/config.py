@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import fcntl
 import ipaddress
 import os
 import re
+import shlex
+import sys
 import types
 import typing
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 ENV_PREFIX = "HELIX_"
 
@@ -391,6 +394,7 @@ def default_data_dir() -> Path:
 
 
 KEYS_DIR = "keys"  # the HS256 signing secrets under a data dir
+LOCK_FILE = "helix.lock"  # held by the one process that serves a data dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,6 +422,93 @@ class DataDirConfig(ServerConfig):
     def key_dir(self) -> Path:
         """Where the HS256 signing secrets are: --auth-hs256-dir, else DATA_DIR/keys."""
         return self.auth_hs256_dir or self.data_dir / KEYS_DIR
+
+
+class DataDirBusy(OSError):
+    """Another process serves this data dir (it holds DATA_DIR/helix.lock); the message
+    names the data dir and that process."""
+
+
+class DataDirLock:
+    """An exclusive `flock` on DATA_DIR/helix.lock: one server process per data dir.
+
+    Two servers on one data dir would each keep the registry's state in memory and
+    overwrite each other's revisions in SQLite. The lock is taken before any state is
+    opened (`take`, by `prepare_embedded` and `prepare_registry`) and handed to the server
+    built on that data dir (`claim`, by `create_server`), which releases it when it stops.
+    The kernel releases it when its process ends, however it ends (kill -9 included), so
+    no stale lock outlives a crash; the file itself stays and names its last holder (pid
+    and command line) for the message a second process gets. Its descriptor is not
+    inherited by child processes.
+    """
+
+    # Taken by `take` and not yet claimed by a server, by resolved data dir.
+    _unclaimed: ClassVar[dict[Path, DataDirLock]] = {}
+
+    def __init__(self, data_dir: Path, fd: int) -> None:
+        self.data_dir = data_dir
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, data_dir: Path) -> DataDirLock:
+        """Lock `data_dir` (which must exist) now, or raise `DataDirBusy` at once."""
+        path = data_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirBusy(
+                f"{data_dir} is in use by {_holder(path)}: one process per data dir "
+                "(stop that process, or give this one another --data-dir)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} ({_command_line()})\n".encode())
+        return cls(data_dir, fd)
+
+    @classmethod
+    def take(cls, data_dir: Path) -> DataDirLock:
+        """Lock `data_dir` for the server this process is about to build on it; taking it
+        again before a server claimed it returns the same lock."""
+        key = data_dir.resolve()
+        lock = cls._unclaimed.get(key)
+        if lock is None or not lock.held:
+            lock = cls._unclaimed[key] = cls.acquire(data_dir)
+        return lock
+
+    @classmethod
+    def claim(cls, data_dir: Path) -> DataDirLock:
+        """The lock `take` left for a server on `data_dir`, else a new one (`acquire`)."""
+        lock = cls._unclaimed.pop(data_dir.resolve(), None)
+        if lock is not None and lock.held:
+            return lock
+        return cls.acquire(data_dir)
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def release(self) -> None:
+        """Unlock (the file stays); safe to call twice."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock at `path`, as it wrote there (it may not have written yet)."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text.splitlines()[0][:300] if text else "another process"
+
+
+def _command_line() -> str:
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] if sys.argv else "?"
 
 
 def key_dir_of(data_dir: Path | None, env: Mapping[str, str] | None = None) -> Path:

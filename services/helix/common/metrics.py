@@ -2,11 +2,18 @@
 
 Each server owns a `CollectorRegistry`, so several servers in one process (tests, the
 embedded suite) never collide. Domain metrics live next to the code they measure and
-register themselves on the same registry.
+register themselves on the same registry. Every registry also gets the standard
+`process_*` and `python_*` collectors and `helix_build_info` (`add_runtime_metrics`).
+
+No family exports `_created` series: Helix's own collectors (grpc_server_*, helix_*) keep
+plain counters with no creation time, so prometheus_client's metric classes are told to
+write none either (`disable_created_metrics`, for the whole process), and one scrape
+follows one convention whichever way a metric is made.
 """
 
 from __future__ import annotations
 
+import platform
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -14,9 +21,25 @@ from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from helix.common.version import version
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -115,6 +138,31 @@ class _RpcCollector(Collector):
             received.add_metric(labels, stats.received)
             sent.add_metric(labels, stats.sent)
         yield from (started, handled, seconds, received, sent)
+
+
+def add_runtime_metrics(registry: CollectorRegistry) -> None:
+    """Add the process's standard series to `registry`: `process_*` (CPU, memory, file
+    descriptors, start time; Linux), `python_info`, `python_gc_*`, and
+    `helix_build_info{version, python, grpc}` (always 1), which dashboards join on to
+    tell releases apart."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(_BuildInfoCollector())
+
+
+class _BuildInfoCollector(Collector):
+    def __init__(self) -> None:
+        self._labels = [version(), platform.python_version(), grpc.__version__]
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "helix_build_info",
+            "Always 1; its labels name the Helix, Python and grpcio versions serving.",
+            labels=("version", "python", "grpc"),
+        )
+        info.add_metric(self._labels, 1)
+        yield info
 
 
 class MetricsExporter:

@@ -62,7 +62,7 @@ NOT_FOUND = _reason(
     errors.NotFound.default_reason,
     errors.NotFound,
     "The named resource does not exist, or is not the caller's to see; metadata name.",
-    "registry, generator",
+    "registry, generator, health (Check of a service not served)",
 )
 ALREADY_EXISTS = _reason(
     errors.AlreadyExists.default_reason,
@@ -98,7 +98,7 @@ UNAVAILABLE = _reason(
     errors.Unavailable.default_reason,
     errors.Unavailable,
     "The service cannot serve this now (starting, draining, its store failed); retry.",
-    "registry, generator",
+    "registry, generator, health (Watch ends when the drain begins)",
 )
 UNIMPLEMENTED = _reason(
     errors.Unimplemented.default_reason,

@@ -2,10 +2,11 @@
 
 `create_server(config, services)` returns a bound, not yet started `HelixServer` and its
 real port. Every server gets the standard health service (SERVING for `""` and each
-service), reflection, the declared interceptor chain, explicit message-size limits,
-keepalive and `maximum_concurrent_rpcs`. `HelixServer.shutdown()` drains: health goes
-NOT_SERVING, shutdown hooks run, new calls are refused and in-flight calls get the grace
-period to finish. It is safe to call twice, and SIGTERM or SIGINT trigger it in `serve()`.
+service it serves; placeholders are left out), reflection, the declared interceptor
+chain, explicit message-size limits, keepalive and `maximum_concurrent_rpcs`.
+`HelixServer.shutdown()` drains: health goes NOT_SERVING and health watches end, shutdown
+hooks run, new calls are refused and in-flight calls get the grace period to finish. It
+is safe to call twice, and SIGTERM or SIGINT trigger it in `serve()`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from helix.common import logs
-from helix.common.config import ServerConfig, run_loop
+from helix.common.config import DataDirConfig, DataDirLock, ServerConfig, run_loop
+from helix.common.health import SERVICE_NAME as HEALTH_SERVICE
+from helix.common.health import SERVING, HealthService
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
-from helix.common.metrics import MetricsExporter, RpcMetrics
+from helix.common.metrics import MetricsExporter, RpcMetrics, add_runtime_metrics
 from helix.common.reflection import reflection_servicer
 
 if TYPE_CHECKING:
@@ -53,6 +56,9 @@ class ServiceBinding:
     on_stopped: Sequence[ShutdownHook] = field(default=())
     # Registers the service's own metrics on the server's Prometheus registry.
     add_metrics: Callable[[CollectorRegistry], None] | None = None
+    # A contract served as UNIMPLEMENTED (`helix.common.services.placeholder`): reflection
+    # lists it, health does not (it is not served, so it is never reported SERVING).
+    placeholder: bool = False
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -82,7 +88,7 @@ class HelixServer:
         self,
         config: ServerConfig,
         server: grpc.aio.Server,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: HealthService,
         metrics: RpcMetrics,
         services: Sequence[ServiceBinding],
         port: int,
@@ -96,6 +102,8 @@ class HelixServer:
         self.metrics_port: int | None = None
         self._exporter: MetricsExporter | None = None
         self.security: Security | None = None
+        # The lock of the data dir the server's state lives in, released when it stops.
+        self.data_dir_lock: DataDirLock | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._force_stop: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
@@ -109,7 +117,8 @@ class HelixServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        """Start /metrics (if configured), then serving, and mark every service SERVING.
+        """Start /metrics (if configured), then serving, and mark `""` and every service
+        served (not the placeholders) SERVING.
 
         The exporter starts first so that a busy metrics port fails the start before any
         call has been accepted.
@@ -137,14 +146,15 @@ class HelixServer:
             if self._exporter is not None:
                 await asyncio.to_thread(self._exporter.close)
                 self._exporter = None
+            self._release_data_dir()
             raise
         await self.grpc_server.start()
         if self.security is not None:
             self.security.start()
-        serving = health_pb2.HealthCheckResponse.SERVING
-        await self.health.set("", serving)
+        await self.health.set("", SERVING)
         for service in self.services:
-            await self.health.set(service.name, serving)
+            if not service.placeholder:
+                await self.health.set(service.name, SERVING)
 
     def shutdown(self, grace: float | None = None) -> asyncio.Task[None]:
         """Begin the drain (once) and return the task that finishes it; await it to wait."""
@@ -186,8 +196,13 @@ class HelixServer:
             if self._exporter is not None:
                 await asyncio.to_thread(self._exporter.close)
                 self._exporter = None
+            self._release_data_dir()
             self._stopped.set()
             log.info("stopped")
+
+    def _release_data_dir(self) -> None:
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.release()
 
     async def _run_stopped(self, services: Sequence[ServiceBinding]) -> None:
         for service in services:
@@ -245,9 +260,29 @@ def create_server(
 
     `security` adds authentication, scopes and rate limits to the chain; it is required so
     that serving without it is always an explicit `security=None` in code (tests of the
-    runtime, the benchmark's baseline), never a setting. `extra_stages` run last.
+    runtime, the benchmark's baseline), never a setting. `extra_stages` run last. A server
+    whose state lives in a data dir (`DataDirConfig`) holds the dir's lock until it stops
+    (`DataDirBusy` when another server has it).
     """
+    lock = DataDirLock.claim(config.data_dir) if isinstance(config, DataDirConfig) else None
+    try:
+        helix_server, port = _build_server(config, services, security, extra_stages)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    helix_server.data_dir_lock = lock
+    return helix_server, port
+
+
+def _build_server(
+    config: ServerConfig,
+    services: Sequence[ServiceBinding],
+    security: Security | None,
+    extra_stages: Sequence[Stage],
+) -> tuple[HelixServer, int]:
     metrics = RpcMetrics()
+    add_runtime_metrics(metrics.registry)
     # maximum_concurrent_rpcs is enforced by the chain's ConcurrencyLimitStage, not by
     # grpc.aio's own limiter, which costs a fifth of a unary call (see docs/decisions.md).
     server = grpc.aio.server(options=server_options(config))
@@ -262,12 +297,12 @@ def create_server(
         service.add_to_server(chained)
         if service.add_metrics is not None:
             service.add_metrics(metrics.registry)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, chained)
     names = [s.name for s in services]
     # Reflection from protoc's descriptor set, comments included (helix.common.reflection).
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection_servicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), chained
+        reflection_servicer([*names, HEALTH_SERVICE, reflection.SERVICE_NAME]), chained
     )
     credentials = server_credentials(config)
     try:

@@ -4,6 +4,7 @@ A placeholder validates each request with the service's pure `check_*` functions
 input is INVALID_ARGUMENT with every violation listed), then answers UNIMPLEMENTED with an
 `ErrorInfo` and a message naming the method, for all four call types, so clients and
 operators see the whole API surface through reflection before each service is built.
+A placeholder is not registered in health: it is not served, so it is never SERVING.
 """
 
 from __future__ import annotations
@@ -103,4 +104,4 @@ def placeholder(
     def add(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((generic,))
 
-    return ServiceBinding(service.full_name, add)
+    return ServiceBinding(service.full_name, add, placeholder=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from helix.common import config as cfg
 from helix.common import logs
-from helix.common.config import DataDirConfig
+from helix.common.config import DataDirConfig, DataDirLock
 from helix.common.server import HelixServer, create_server, run_server_process
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
@@ -40,9 +40,12 @@ class RegistryServerConfig(RegistryConfig, DataDirConfig):
 
 
 def prepare_registry(config: RegistryServerConfig) -> Security:
-    """The data directory (0700) and the server's security, creating the HS256 secret on
-    first start. Blocking file I/O: run it before the event loop serves."""
+    """The data directory (0700), locked for this process (`DataDirBusy` when another
+    serves it, `helix up` included), and the server's security, creating the HS256 secret
+    on first start. The server built on it holds the lock until it stops. Blocking file
+    I/O: run it before the event loop serves."""
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    DataDirLock.take(config.data_dir)  # before any state is read or created
     return security_from_config(config, embedded_key_dir=config.key_dir)
 
 
