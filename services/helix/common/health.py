@@ -67,9 +67,7 @@ class HealthService:
             self._version += 1
             self._changed.notify_all()
 
-    async def Check(  # noqa: N802 - the RPC's name
-        self, request: Any, context: Any
-    ) -> Any:
+    async def Check(self, request: Any, context: Any) -> Any:
         status = self._statuses.get(request.service)
         if status is None:
             name = request.service[:256]  # the caller's text, echoed back: bounded
@@ -78,9 +76,7 @@ class HealthService:
             )
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def Watch(  # noqa: N802 - the RPC's name
-        self, request: Any, context: Any
-    ) -> AsyncIterator[Any]:
+    async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
         last: ServingStatus | None = None
         while True:
             seen = self._version
@@ -94,9 +90,7 @@ class HealthService:
                 # Not while yielding: a slow reader must never block `set`.
                 await self._changed.wait_for(lambda: self._version != seen)  # noqa: B023
 
-    async def List(  # noqa: N802 - the RPC's name
-        self, request: Any, context: Any
-    ) -> Any:
+    async def List(self, request: Any, context: Any) -> Any:
         return health_pb2.HealthListResponse(
             statuses={
                 name: health_pb2.HealthCheckResponse(status=status)

@@ -44,7 +44,7 @@ class ProtosetReflection:
             self._serialized[proto.name] = proto.SerializeToString()
         self._fallback = descriptor_pool.Default()
 
-    async def ServerReflectionInfo(  # noqa: N802 - the RPC's name
+    async def ServerReflectionInfo(
         self, request_iterator: AsyncIterator[reflection_pb2.ServerReflectionRequest], context: Any
     ) -> AsyncIterator[reflection_pb2.ServerReflectionResponse]:
         async for request in request_iterator:
