@@ -50,7 +50,7 @@ from helix.common.validation import (
     show,
 )
 from helix.genome import layout
-from helix.genome._dna_yaml import YAML_TAG, Walk
+from helix.genome._dna_yaml import YAML_TAG, Walk, excerpt
 from helix.genome.validation import check_dna
 
 MAX_VIOLATIONS = 100
@@ -163,9 +163,21 @@ def _clip(text: str) -> str:
     return text[: MAX_DESCRIPTION_CHARS - 1] + "…"
 
 
-def _finish(file: str, dna: dna_pb2.Dna, found: Iterable[FieldViolation]) -> DnaCheck:
-    """Order, cap and clean the violations; normalise and fingerprint a valid DNA."""
+def _finish(
+    file: str,
+    dna: dna_pb2.Dna,
+    found: Iterable[FieldViolation],
+    *,
+    first: FieldViolation | None = None,
+    uncounted: int = 0,
+) -> DnaCheck:
+    """Order, cap and clean the violations; normalise and fingerprint a valid DNA.
+
+    `first` goes before the others, whatever its line; `uncounted` violations were found
+    but not described (they count in total_violations)."""
     ordered = sorted(found, key=lambda v: v.line)  # stable: same-line rules keep their order
+    if first is not None:
+        ordered.insert(0, first)
     if not ordered:
         normalised = layout.normalise(dna)
         return DnaCheck(file, dna, (), 0, normalised, layout.fingerprint(normalised))
@@ -179,7 +191,7 @@ def _finish(file: str, dna: dna_pb2.Dna, found: Iterable[FieldViolation]) -> Dna
         )
         for v in ordered[:MAX_VIOLATIONS]
     )
-    return DnaCheck(file, dna, shown, len(ordered))
+    return DnaCheck(file, dna, shown, len(ordered) + uncounted)
 
 
 def _parent(path: str) -> str:
@@ -289,8 +301,10 @@ def parse_dna_text(text: str, filename: str = "") -> DnaCheck:
         return whole(EMPTY, ("the document is empty: a DNA is a mapping with at least genes", 1))
     walk = Walk(filename, is_json)
     walk.message(root, dna, "")
-    if not isinstance(root, MappingNode) or walk.exhausted:
-        return _finish(filename, dna, walk.found)
+    if not isinstance(root, MappingNode) or walk.exhausted or walk.dropped:
+        # A partial walk (or one with violations beyond counting) makes structural checks
+        # of what was read meaningless; "too_large" is then the first violation.
+        return _finish(filename, dna, walk.found, first=walk.too_large, uncounted=walk.dropped)
     scopes = [_unread_scope(v.field) for v in walk.found if v.reason in _UNREAD]
     structural = [
         v
@@ -331,7 +345,8 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[str, int]:
     """A YAML error as (description, 1-based line)."""
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
-        words = [w for w in (exc.context, exc.problem) if w]
+        # The parser's words may quote the text (an alias, a tag): an excerpt at most.
+        words = [excerpt(w) for w in (exc.context, exc.problem) if w]
         description = ": ".join(words) if words else "malformed YAML"
         if exc.context and exc.context_mark and exc.problem_mark:
             description += f" (from line {exc.context_mark.line + 1})"
