@@ -121,9 +121,15 @@ def from_dna_violation(violation: generator_pb2.DnaViolation) -> FieldViolation:
 # --- names --------------------------------------------------------------------------------
 
 
+def _base_name(filename: str) -> str:
+    """The file name without directories (a library lists thousands: no pathlib here)."""
+    name = filename.replace("\\", "/").rstrip("/").rpartition("/")[2]
+    return "" if name == "." else name
+
+
 def file_stem(filename: str) -> str:
     """The file name without directories and without its extension: `dnas/{stem}`'s id."""
-    name = PurePosixPath(filename.replace("\\", "/")).name
+    name = _base_name(filename)
     for extension in DNA_EXTENSIONS:
         if name.endswith(extension) and len(name) > len(extension):
             return name[: -len(extension)]
@@ -139,6 +145,21 @@ def dna_name_for(filename: str) -> str:
     """The resource name a library serves `filename` as, or "" if it is not served."""
     stem = file_stem(filename)
     return f"dnas/{stem}" if is_dna_id(stem) else ""
+
+
+def why_not_served(filename: str) -> str | None:
+    """Why a DNA library does not serve a file of this name (rule "file_name"), or None
+    when it serves it as `dna_name_for(filename)`."""
+    name = _base_name(filename)
+    if not name.endswith(DNA_EXTENSIONS):
+        return "the name does not end in .yaml, .yml or .json: a DNA library does not serve it"
+    stem = file_stem(name)
+    if not is_dna_id(stem):
+        return (
+            f"the name without its extension, {show(stem)}, is not a DNA id "
+            f"({RESOURCE_ID_PATTERN}): a DNA library does not serve it; rename the file"
+        )
+    return None
 
 
 def _name_matches_file(name: str, filename: str) -> str | None:
