@@ -9,7 +9,9 @@ Dna descriptor (_dna_yaml.py): proto and lowerCamelCase names, enums by name or 
 null as unset.
 What cannot be read becomes a violation ("syntax", "unknown_field", "type", "range",
 "enum", "duplicate_key", "oneof"); then `check_dna` runs on what was read, and each of its
-violations gets the line of the nearest field path the walk saw.
+violations gets the line of the nearest field path the walk saw. A document whose reading
+costs more than the walk's budget (YAML aliases and merge keys expanding) gets "too_large"
+as its first violation and no structural checks.
 
 A field that could not be read is left unset. So that this does not cause a second,
 misleading report, `check_dna` violations of that field, and (below the top level) of its
