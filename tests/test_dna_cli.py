@@ -104,6 +104,50 @@ async def test_usage_errors_exit_2(helix_env, tmp_path) -> None:
     assert "no *.yaml, *.yml or *.json files" in err
 
 
+async def test_files_a_library_would_not_serve_are_reported_and_exit_1(helix_env, tmp_path) -> None:
+    # Good DNAs, but a generator would skip these files: validate says so, as ListDnas does.
+    (tmp_path / "Upper.yaml").write_text(GOOD)
+    (tmp_path / "sphere.txt").write_text(GOOD)
+    (tmp_path / "good.yaml").write_text(GOOD)
+    code, out, err = await run(
+        "dna", "validate", "Upper.yaml", "sphere.txt", "good.yaml", env=helix_env, cwd=tmp_path
+    )
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    assert lines[:2] == [
+        'Upper.yaml: the name without its extension, "Upper", is not a DNA id '
+        "([a-z][a-z0-9-]{0,62}): a DNA library does not serve it; rename the file [file_name]",
+        "sphere.txt: the name does not end in .yaml, .yml or .json: a DNA library does not "
+        "serve it [file_name]",
+    ]
+    assert OK.match(lines[2])
+
+
+async def test_a_directory_is_checked_as_a_library_serves_it(helix_env, tmp_path) -> None:
+    library = tmp_path / "dnas"
+    library.mkdir()
+    (library / "good.yaml").write_text(GOOD)
+    (library / "Upper.yaml").write_text(GOOD)
+    (library / ".hidden.yaml").write_text(BAD)  # neither served nor checked
+    (library / "notes.txt").write_text("not a DNA")  # not a DNA file: not checked
+    secret = tmp_path / "secret.hs256"
+    secret.write_text("3f" * 32)
+    (library / "key.yaml").symlink_to(secret)
+    code, out, err = await run("dna", "validate", str(library), env=helix_env)
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    assert len(lines) == 3, out
+    assert lines[0].startswith(f"{library / 'Upper.yaml'}: the name without its extension")
+    assert lines[0].endswith("[file_name]")
+    assert OK.match(lines[1])
+    assert lines[2] == (
+        f"{library / 'key.yaml'}: the file is a symbolic link to a file outside the library "
+        "directory: it is not read (copy the DNA into the directory, or link within it) "
+        "[outside_library]"
+    )
+    assert "3f3f" not in out
+
+
 # --- dna list -----------------------------------------------------------------------------
 
 
@@ -168,10 +212,11 @@ def test_dna_list_takes_the_client_flags() -> None:
 class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer):
     """ListDnas over DOCUMENTS, two per page, recording the requests and their tokens."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, skipped: int = 0) -> None:
         self.requests: list[generator_pb2.ListDnasRequest] = []
         self.tokens: list[str] = []
         self.fail = fail
+        self.skipped = skipped  # files skipped, two of them named on the first page
 
     async def ListDnas(self, request, context):
         self.requests.append(request)
@@ -180,9 +225,14 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "library unavailable")
         start = int(request.page_token or 0)
         following = start + 2 if start + 2 < len(DOCUMENTS) else 0
-        return generator_pb2.ListDnasResponse(
+        response = generator_pb2.ListDnasResponse(
             dnas=DOCUMENTS[start : start + 2], next_page_token=str(following or "")
         )
+        if not request.page_token and self.skipped:
+            response.total_skipped = self.skipped
+            response.skipped.add(file="Upper.yaml", rule="file_name", description="bad name")
+            response.skipped.add(file="sub.yaml", rule="unreadable", description="a directory")
+        return response
 
 
 async def serve(start_server, fake: FakeGenerator) -> str:
@@ -217,3 +267,22 @@ async def test_dna_list_reports_a_server_error(start_server, capsys) -> None:
     args = _build_parser().parse_args(["dna", "list", "--address", address, "--token", "t"])
     assert await list_dnas(args) == 1
     assert "error: UNAVAILABLE: library unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+async def test_dna_list_names_the_files_the_library_skips(start_server, capsys, as_json) -> None:
+    address = await serve(start_server, FakeGenerator(skipped=3))  # type: ignore[abstract]
+    flags = ["dna", "list", "--address", address, "--token", "t"]
+    args = _build_parser().parse_args(flags + (["--json"] if as_json else []))
+    assert await list_dnas(args) == 0
+    skipped = [
+        "Upper.yaml: not served: bad name [file_name]",
+        "sub.yaml: not served: a directory [unreadable]",
+        "… and 1 more files not served",
+    ]
+    out, err = capsys.readouterr()
+    if as_json:  # stdout stays one JSON document a line
+        assert len([json.loads(line) for line in out.splitlines()]) == 3
+        assert err.splitlines() == skipped
+    else:
+        assert out.splitlines() == [*format_table(DOCUMENTS).splitlines(), "", *skipped]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
+import tracemalloc
 from pathlib import Path
 from textwrap import dedent
 
@@ -18,7 +20,8 @@ from hypothesis import strategies as st
 import helix.v1.dna_pb2 as dna_pb2
 from helix.common.errors import FieldViolation, InvalidArgument
 from helix.common.status import to_rpc_status
-from helix.genome import layout
+from helix.genome import documents, layout
+from helix.genome._dna_yaml import MAX_FOUND, MAX_NODES, Walk
 from helix.genome.documents import (
     MAX_VIOLATIONS,
     DnaCheck,
@@ -214,14 +217,30 @@ def test_an_empty_document_is_one_violation(text: str) -> None:
     ("text", "got"),
     [
         ("- a\n- b\n", "got a list"),
-        ("just text\n", 'got a string ("just text")'),
-        ("42", "got a number (42)"),
+        ("just text\n", "got a string"),
+        ("42", "got a number"),
     ],
 )
 def test_a_document_that_is_not_a_mapping_is_a_type_violation(text: str, got: str) -> None:
     violation = one(text)
     assert (violation.field, violation.reason, violation.line) == ("", "type", 1)
-    assert f"must be a mapping (a helix.v1.Dna), {got}" in violation.description
+    # Not quoted: a document that is one scalar (a key file, say) is not echoed back.
+    assert violation.description == f"must be a mapping (a helix.v1.Dna), {got}"
+
+
+def test_violations_quote_at_most_a_short_excerpt_of_the_text() -> None:
+    secret = "3f" * 32  # 64 characters, as an HS256 key file holds
+    assert secret not in str(one(secret + "\n").description)
+    long = "x" * 5000
+    text = f"? {long}\n: 1\ngenes:\n  - name: {long}\n    real: {{low: {'9' * 5000}, "
+    text += f"high: !{long} 1}}\n  - {{name: y, integer: {{low: '{long}', high: 1}}}}\n"
+    check = parse_dna_text(text, "long.yaml")
+    assert check.violations
+    for violation in check.violations:
+        assert "x" * 70 not in f"{violation.field} {violation.description}", violation
+        assert "9" * 70 not in violation.description, violation
+    (unknown,) = (v for v in check.violations if v.reason == "unknown_field")
+    assert unknown.field == "x" * 64 + "…"
 
 
 def test_duplicate_keys_are_violations_in_yaml_and_json() -> None:
@@ -259,6 +278,71 @@ def test_an_alias_bomb_is_stopped() -> None:
     ]
     (too_large,) = (v for v in check.violations if v.reason == "too_large")
     assert "more than 400000 values (YAML aliases?)" in too_large.description
+
+
+def _walk(text: str) -> tuple[Walk, float, int]:
+    """Walk `text` (composed as documents.py composes it): the walk, seconds taken and the
+    peak of memory allocated meanwhile."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        root = yaml.compose(text, Loader=documents._LOADER)
+        assert root is not None
+        walk = Walk("bomb.yaml", False)
+        walk.message(root, dna_pb2.Dna(), "")
+        return walk, time.perf_counter() - started, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _mapping(prefix: str, keys: int) -> str:
+    return "{" + ", ".join(f"{prefix}{i}: {i}" for i in range(keys)) + "}"
+
+
+# What these documents cost before their expansion was counted: 1.4 GB and 9 s for the
+# first. The bounds below are generous (the walks take a few MB and well under a second).
+_SECONDS, _BYTES = 5.0, 64 << 20
+
+
+def test_a_merge_key_repeating_one_source_merges_it_once() -> None:
+    # 1,000 keys merged 20,000 times in 90 kB: merged once, as `<<: *a` would be.
+    text = (
+        f"a: &a {_mapping('k', 1000)}\ngenes: []\nstrategy:\n  <<: [{', '.join(['*a'] * 20_000)}]\n"
+    )
+    walk, seconds, peak = _walk(text)
+    assert MAX_NODES - walk.budget < 30_000  # each source and each merged pair, once
+    assert (seconds < _SECONDS, peak < _BYTES) == (True, True), (seconds, peak)
+    check = parse_dna_text(text, "bomb.yaml")
+    assert check.total_violations == 1 + 1000  # "a", then strategy.k0…k999
+    assert {v.reason for v in check.violations} == {"unknown_field"}
+
+
+def test_nested_merge_keys_spend_the_budget_on_what_they_expand_to() -> None:
+    # Each level merges two distinct mappings of the level below: 2^14 copies of 1,000 keys.
+    text = f"l0: &l0 {_mapping('k', 1000)}\nl0b: &l0b {_mapping('j', 1000)}\n"
+    for depth in range(1, 15):
+        text += f"l{depth}: &l{depth} {{<<: [*l{depth - 1}, *l{depth - 1}b]}}\n"
+        text += f"l{depth}b: &l{depth}b {{<<: [*l{depth - 1}b, *l{depth - 1}], x: 1}}\n"
+    text += "strategy: {<<: *l14}\n"
+    walk, seconds, peak = _walk(text)
+    assert walk.exhausted
+    assert (seconds < _SECONDS, peak < _BYTES) == (True, True), (seconds, peak)
+    check = parse_dna_text(text, "bomb.yaml")
+    assert (check.violations[0].reason, check.violations[0].field) == ("too_large", "")
+    assert "more than 400000 values" in check.violations[0].description
+
+
+def test_unknown_keys_repeated_by_aliases_are_counted_not_each_described() -> None:
+    # 20,000 genes, each the same mapping of 1,000 unknown keys: 20 million violations.
+    text = f"g: &g {_mapping('k', 1000)}\ngenes: [{', '.join(['*g'] * 20_000)}]\n"
+    walk, seconds, peak = _walk(text)
+    assert walk.exhausted
+    assert len(walk.found) <= MAX_FOUND
+    assert (seconds < _SECONDS, peak < _BYTES) == (True, True), (seconds, peak)
+    check = parse_dna_text(text, "bomb.yaml")
+    assert check.violations[0].reason == "too_large"
+    assert len(check.violations) == MAX_VIOLATIONS
+    assert check.total_violations < MAX_NODES
 
 
 def test_the_violations_are_capped_at_100_in_line_order() -> None:

@@ -229,14 +229,14 @@ async def test_unusable_files_are_invalid_documents_and_stop_nothing(directory, 
 
 async def test_a_file_removed_between_listing_and_reading(directory, monkeypatch) -> None:
     library = DnaLibrary(directory)
-    real_scan = library._scan
+    real_stat = library._stat_all
 
-    def scan_then_remove():
-        files = real_scan()
-        (directory / "sphere.yaml").unlink()
+    def stat_then_remove(chosen):
+        files = real_stat(chosen)
+        (directory / "sphere.yaml").unlink(missing_ok=True)
         return files
 
-    monkeypatch.setattr(library, "_scan", scan_then_remove)
+    monkeypatch.setattr(library, "_stat_all", stat_then_remove)
     documents = {doc.name: doc for doc in await library.list()}
     assert rules(documents["dnas/sphere"]) == [("sphere.yaml", "", "unreadable", 0)]
     assert "removed while being read" in documents["dnas/sphere"].violations[0].description
@@ -338,3 +338,136 @@ def test_an_inline_dna_error_puts_the_fields_under_a_prefix() -> None:
     assert [(v.field, v.description, v.reason) for v in error.violations] == [
         ("dna.genes[0].real.low", "must be <= high", "low_le_high")
     ]
+
+
+# --- pages (issue 10) ---------------------------------------------------------------------
+
+
+def many(directory: Path, count: int) -> list[str]:
+    """`count` valid DNA files dna-0000.yaml…; their names, in order."""
+    for i in range(count):
+        write(directory, f"dna-{i:04d}.yaml", SPHERE.replace("dnas/sphere", f"dnas/dna-{i:04d}"))
+    return [f"dnas/dna-{i:04d}" for i in range(count)]
+
+
+async def test_a_page_reads_only_its_own_documents(tmp_path) -> None:
+    names = many(tmp_path, 300)
+    library = DnaLibrary(tmp_path)
+    first = await library.page("", 10)
+    assert [d.name for d in first.documents] == names[:10]
+    assert (first.last, first.more) == (names[9], True)
+    assert library.stats.reads == 10  # not 300
+    second = await library.page(first.last, 10)
+    assert [d.name for d in second.documents] == names[10:20]
+    assert library.stats.reads == 20
+    last = await library.page(names[-3], 10)
+    assert ([d.name for d in last.documents], last.more) == (names[-2:], False)
+    assert (await library.page(names[-1], 10)).documents == []
+
+
+async def test_a_page_of_names_whose_files_went_away_still_moves_on(directory) -> None:
+    library = DnaLibrary(directory)
+    real_stat = library._stat_all
+
+    def gone(chosen):
+        return [(name, files) for name, files in real_stat(chosen) if name != "dnas/broken"]
+
+    library._stat_all = gone  # type: ignore[method-assign]
+    page = await library.page("", 1)
+    assert (page.documents, page.last, page.more) == ([], "dnas/broken", True)
+
+
+async def test_valid_names_reads_the_whole_library_in_batches(tmp_path) -> None:
+    names = many(tmp_path, 150)
+    write(tmp_path, "broken.yaml", BROKEN)
+    library = DnaLibrary(tmp_path, max_entries=16)
+    assert [name async for name in library.valid_names()] == names
+    assert library.stats.reads == 151
+    assert len(library._cache) == 16  # the cache stays bounded
+
+
+# --- links out of the library (issue 10) ----------------------------------------------------
+
+
+async def test_a_link_out_of_the_library_is_refused_unread(tmp_path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    secret = "3f" * 32
+    (keys / "signing.hs256").write_text(secret + "\n")
+    directory = tmp_path / "dnas"
+    directory.mkdir()
+    write(directory, "sphere.yaml", SPHERE)
+    (directory / "leak.yaml").symlink_to(keys / "signing.hs256")
+    (directory / "up.yaml").symlink_to("../keys/signing.hs256")
+    write(directory, "onemax.json", ONEMAX)
+    (directory / "alias.json").symlink_to("onemax.json")  # within the library: fine
+    library = DnaLibrary(directory)
+    documents = {doc.name: doc for doc in await library.list()}
+    for name in ("dnas/leak", "dnas/up"):
+        document = documents[name]
+        assert rules(document) == [(document.source, "", "outside_library", 0)]
+        assert "outside the library directory" in document.violations[0].description
+        assert secret[:8] not in str(document)
+    assert documents["dnas/alias"].valid
+    assert documents["dnas/sphere"].valid
+    assert library.stats.reads == 3  # sphere, onemax and alias; never a key
+    assert library.stats.outside == 2
+    assert secret[:8] not in str(await library.get("dnas/leak"))
+    with pytest.raises(DnaInvalid, match="outside_library"):
+        await library.valid("dnas/leak")
+
+
+async def test_a_library_reached_through_a_link_serves_its_own_links(tmp_path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    write(real, "onemax.json", ONEMAX)
+    (real / "alias.json").symlink_to(real / "onemax.json")
+    (tmp_path / "linked").symlink_to(real)
+    library = DnaLibrary(tmp_path / "linked")
+    assert [(d.name, d.valid) for d in await library.list()] == [
+        ("dnas/alias", True),
+        ("dnas/onemax", True),
+    ]
+
+
+async def test_a_file_replaced_after_its_check_is_not_read(directory, monkeypatch) -> None:
+    library = DnaLibrary(directory)
+    real_stat = library._stat_all
+
+    def stat_then_replace(chosen):
+        files = real_stat(chosen)
+        os.replace(write(directory, "new.tmp", SPHERE), directory / "sphere.yaml")
+        return files
+
+    monkeypatch.setattr(library, "_stat_all", stat_then_replace)
+    document = await library.get("dnas/sphere")
+    assert rules(document) == [("sphere.yaml", "", "unreadable", 0)]
+    assert "replaced while being read" in document.violations[0].description
+
+
+# --- files that are not served (issue 10) ---------------------------------------------------
+
+
+async def test_files_that_are_not_served_are_listed_with_why(library, directory) -> None:
+    for ignored in ("Upper.yaml", "sphere.txt", "x.tar.yaml", ".hidden.yaml"):
+        write(directory, ignored, SPHERE)
+    (directory / "subdir.yaml").mkdir()
+    (directory / "dangling.yaml").symlink_to(directory / "nowhere.yaml")
+    page = await library.page()
+    assert [d.name for d in page.documents] == ["dnas/broken", "dnas/onemax", "dnas/sphere"]
+    assert [(f.file, f.rule) for f in page.skipped] == [
+        ("Upper.yaml", "file_name"),
+        ("dangling.yaml", "unreadable"),
+        ("sphere.txt", "file_name"),
+        ("subdir.yaml", "unreadable"),
+        ("x.tar.yaml", "file_name"),
+    ]
+    why = {f.file: f.description for f in page.skipped}
+    assert '"Upper", is not a DNA id' in why["Upper.yaml"]
+    assert "does not end in .yaml, .yml or .json" in why["sphere.txt"]
+    assert why["subdir.yaml"] == "a directory, not a file"
+    assert why["dangling.yaml"] == "a symbolic link to nothing"
+    assert library.stats.skipped == 5
+    (directory / "sphere.txt").unlink()
+    await library.page()
+    assert library.stats.skipped == 4

@@ -67,6 +67,7 @@ def embedded_services(
             max_message_bytes=int(config.max_send_message_bytes),
             capacity=config.advertised_capacity,
             presence=presence,
+            advertise_bytes=config.generator_advertise_bytes,
         ),
         placeholder(ORACLE, "the oracle lands with its own issue", oracle_checks.CHECKS),
         placeholder(

@@ -28,7 +28,7 @@ from helix.v1 import common_pb2 as helix_dot_v1_dot_common__pb2
 from helix.v1 import dna_pb2 as helix_dot_v1_dot_dna__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18helix/v1/generator.proto\x12\x08helix.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18helix/v1/candidate.proto\x1a\x15helix/v1/common.proto\x1a\x12helix/v1/dna.proto\"\xc8\x01\n\x0b\x44naDocument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x03\x64na\x18\x02 \x01(\x0b\x32\r.helix.v1.Dna\x12\r\n\x05valid\x18\x03 \x01(\x08\x12*\n\nviolations\x18\x04 \x03(\x0b\x32\x16.helix.v1.DnaViolation\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x0c\x44naViolation\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x12\n\nfield_path\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04line\x18\x05 \x01(\x05\"8\n\x0fListDnasRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x10ListDnasResponse\x12#\n\x04\x64nas\x18\x01 \x03(\x0b\x32\x15.helix.v1.DnaDocument\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\rGetDnaRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x0eGetDnaResponse\x12\"\n\x03\x64na\x18\x01 \x01(\x0b\x32\x15.helix.v1.DnaDocument\"^\n\x12ValidateDnaRequest\x12\x1c\n\x03\x64na\x18\x01 \x01(\x0b\x32\r.helix.v1.DnaH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x10\n\x08\x66ilename\x18\x03 \x01(\tB\x08\n\x06source\"\x81\x01\n\x13ValidateDnaResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12*\n\nviolations\x18\x02 \x03(\x0b\x32\x16.helix.v1.DnaViolation\x12\x1a\n\x03\x64na\x18\x03 \x01(\x0b\x32\r.helix.v1.Dna\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\"\xea\x01\n\x0fGenerateRequest\x12\x12\n\x08\x64na_name\x18\x01 \x01(\tH\x00\x12\x1c\n\x03\x64na\x18\x02 \x01(\x0b\x32\r.helix.v1.DnaH\x00\x12*\n\x07parents\x18\x03 \x03(\x0b\x32\x19.helix.v1.ScoredCandidate\x12&\n\tobjective\x18\x04 \x01(\x0e\x32\x13.helix.v1.Objective\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x12\n\ngeneration\x18\x07 \x01(\r\x12\x12\n\nbatch_size\x18\x08 \x01(\rB\x0c\n\ndna_source\"b\n\x10GenerateResponse\x12\'\n\ncandidates\x18\x01 \x03(\x0b\x32\x13.helix.v1.Candidate\x12\x12\n\ngeneration\x18\x02 \x01(\r\x12\x11\n\tremaining\x18\x03 \x01(\r2\xb7\x02\n\x10GeneratorService\x12\x46\n\x08ListDnas\x12\x19.helix.v1.ListDnasRequest\x1a\x1a.helix.v1.ListDnasResponse\"\x03\x90\x02\x01\x12@\n\x06GetDna\x12\x17.helix.v1.GetDnaRequest\x1a\x18.helix.v1.GetDnaResponse\"\x03\x90\x02\x01\x12O\n\x0bValidateDna\x12\x1c.helix.v1.ValidateDnaRequest\x1a\x1d.helix.v1.ValidateDnaResponse\"\x03\x90\x02\x01\x12H\n\x08Generate\x12\x19.helix.v1.GenerateRequest\x1a\x1a.helix.v1.GenerateResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18helix/v1/generator.proto\x12\x08helix.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18helix/v1/candidate.proto\x1a\x15helix/v1/common.proto\x1a\x12helix/v1/dna.proto\"\xc8\x01\n\x0b\x44naDocument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x03\x64na\x18\x02 \x01(\x0b\x32\r.helix.v1.Dna\x12\r\n\x05valid\x18\x03 \x01(\x08\x12*\n\nviolations\x18\x04 \x03(\x0b\x32\x16.helix.v1.DnaViolation\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x0c\x44naViolation\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x12\n\nfield_path\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04line\x18\x05 \x01(\x05\"8\n\x0fListDnasRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x92\x01\n\x10ListDnasResponse\x12#\n\x04\x64nas\x18\x01 \x03(\x0b\x32\x15.helix.v1.DnaDocument\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12)\n\x07skipped\x18\x03 \x03(\x0b\x32\x18.helix.v1.SkippedDnaFile\x12\x15\n\rtotal_skipped\x18\x04 \x01(\x05\"A\n\x0eSkippedDnaFile\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x1d\n\rGetDnaRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x0eGetDnaResponse\x12\"\n\x03\x64na\x18\x01 \x01(\x0b\x32\x15.helix.v1.DnaDocument\"^\n\x12ValidateDnaRequest\x12\x1c\n\x03\x64na\x18\x01 \x01(\x0b\x32\r.helix.v1.DnaH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x10\n\x08\x66ilename\x18\x03 \x01(\tB\x08\n\x06source\"\x81\x01\n\x13ValidateDnaResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12*\n\nviolations\x18\x02 \x03(\x0b\x32\x16.helix.v1.DnaViolation\x12\x1a\n\x03\x64na\x18\x03 \x01(\x0b\x32\r.helix.v1.Dna\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\"\xea\x01\n\x0fGenerateRequest\x12\x12\n\x08\x64na_name\x18\x01 \x01(\tH\x00\x12\x1c\n\x03\x64na\x18\x02 \x01(\x0b\x32\r.helix.v1.DnaH\x00\x12*\n\x07parents\x18\x03 \x03(\x0b\x32\x19.helix.v1.ScoredCandidate\x12&\n\tobjective\x18\x04 \x01(\x0e\x32\x13.helix.v1.Objective\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x12\n\ngeneration\x18\x07 \x01(\r\x12\x12\n\nbatch_size\x18\x08 \x01(\rB\x0c\n\ndna_source\"b\n\x10GenerateResponse\x12\'\n\ncandidates\x18\x01 \x03(\x0b\x32\x13.helix.v1.Candidate\x12\x12\n\ngeneration\x18\x02 \x01(\r\x12\x11\n\tremaining\x18\x03 \x01(\r2\xb7\x02\n\x10GeneratorService\x12\x46\n\x08ListDnas\x12\x19.helix.v1.ListDnasRequest\x1a\x1a.helix.v1.ListDnasResponse\"\x03\x90\x02\x01\x12@\n\x06GetDna\x12\x17.helix.v1.GetDnaRequest\x1a\x18.helix.v1.GetDnaResponse\"\x03\x90\x02\x01\x12O\n\x0bValidateDna\x12\x1c.helix.v1.ValidateDnaRequest\x1a\x1d.helix.v1.ValidateDnaResponse\"\x03\x90\x02\x01\x12H\n\x08Generate\x12\x19.helix.v1.GenerateRequest\x1a\x1a.helix.v1.GenerateResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,20 +49,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DNAVIOLATION']._serialized_end=440
   _globals['_LISTDNASREQUEST']._serialized_start=442
   _globals['_LISTDNASREQUEST']._serialized_end=498
-  _globals['_LISTDNASRESPONSE']._serialized_start=500
-  _globals['_LISTDNASRESPONSE']._serialized_end=580
-  _globals['_GETDNAREQUEST']._serialized_start=582
-  _globals['_GETDNAREQUEST']._serialized_end=611
-  _globals['_GETDNARESPONSE']._serialized_start=613
-  _globals['_GETDNARESPONSE']._serialized_end=665
-  _globals['_VALIDATEDNAREQUEST']._serialized_start=667
-  _globals['_VALIDATEDNAREQUEST']._serialized_end=761
-  _globals['_VALIDATEDNARESPONSE']._serialized_start=764
-  _globals['_VALIDATEDNARESPONSE']._serialized_end=893
-  _globals['_GENERATEREQUEST']._serialized_start=896
-  _globals['_GENERATEREQUEST']._serialized_end=1130
-  _globals['_GENERATERESPONSE']._serialized_start=1132
-  _globals['_GENERATERESPONSE']._serialized_end=1230
-  _globals['_GENERATORSERVICE']._serialized_start=1233
-  _globals['_GENERATORSERVICE']._serialized_end=1544
+  _globals['_LISTDNASRESPONSE']._serialized_start=501
+  _globals['_LISTDNASRESPONSE']._serialized_end=647
+  _globals['_SKIPPEDDNAFILE']._serialized_start=649
+  _globals['_SKIPPEDDNAFILE']._serialized_end=714
+  _globals['_GETDNAREQUEST']._serialized_start=716
+  _globals['_GETDNAREQUEST']._serialized_end=745
+  _globals['_GETDNARESPONSE']._serialized_start=747
+  _globals['_GETDNARESPONSE']._serialized_end=799
+  _globals['_VALIDATEDNAREQUEST']._serialized_start=801
+  _globals['_VALIDATEDNAREQUEST']._serialized_end=895
+  _globals['_VALIDATEDNARESPONSE']._serialized_start=898
+  _globals['_VALIDATEDNARESPONSE']._serialized_end=1027
+  _globals['_GENERATEREQUEST']._serialized_start=1030
+  _globals['_GENERATEREQUEST']._serialized_end=1264
+  _globals['_GENERATERESPONSE']._serialized_start=1266
+  _globals['_GENERATERESPONSE']._serialized_end=1364
+  _globals['_GENERATORSERVICE']._serialized_start=1367
+  _globals['_GENERATORSERVICE']._serialized_end=1678
 # @@protoc_insertion_point(module_scope)

@@ -38,7 +38,7 @@ class DnaDocument(_message.Message):
     name: _builtins.str
     """Output only. The resource name "dnas/{dna}", {dna} being the file name without its
     extension; it matches `[a-z][a-z0-9-]{0,62}` (files whose names do not are not
-    served).
+    served: ListDnasResponse.skipped names them).
     """
     valid: _builtins.bool
     """Output only. True when the document parsed and broke no rule."""
@@ -169,25 +169,71 @@ class ListDnasResponse(_message.Message):
 
     DNAS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    TOTAL_SKIPPED_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty when this is the last page."""
+    total_skipped: _builtins.int
+    """How many files of the library directory are not served (set on the first page only)."""
     @_builtins.property
     def dnas(self) -> _containers.RepeatedCompositeFieldContainer[Global___DnaDocument]:
         """The documents of this page, in name order."""
+
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedDnaFile]:
+        """Files of the library directory that are not served, and why, in file name order: on
+        the first page only (empty page_token), at most 100 of them (`total_skipped` counts
+        them all). Hidden files (names starting with ".") are neither served nor listed.
+        """
 
     def __init__(
         self,
         *,
         dnas: _abc.Iterable[Global___DnaDocument] | None = ...,
         next_page_token: _builtins.str = ...,
+        skipped: _abc.Iterable[Global___SkippedDnaFile] | None = ...,
+        total_skipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dnas", b"dnas", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dnas", b"dnas", "next_page_token", b"next_page_token", "skipped", b"skipped", "total_skipped", b"total_skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDnasResponse: _TypeAlias = ListDnasResponse  # noqa: Y015
+
+@_typing.final
+class SkippedDnaFile(_message.Message):
+    """A file of a generator's library directory that is not served as a DNA document."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    file: _builtins.str
+    """The file's name in the library directory."""
+    rule: _builtins.str
+    """Why, as a rule code: "file_name" (the name is not `{dna}.yaml`, `{dna}.yml` or
+    `{dna}.json` with {dna} matching `[a-z][a-z0-9-]{0,62}`) or "unreadable" (a directory,
+    a dangling link, not a regular file).
+    """
+    description: _builtins.str
+    """Human-readable explanation, at most 1024 characters."""
+    def __init__(
+        self,
+        *,
+        file: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "file", b"file", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkippedDnaFile: _TypeAlias = SkippedDnaFile  # noqa: Y015
 
 @_typing.final
 class GetDnaRequest(_message.Message):

@@ -77,7 +77,8 @@ class GeneratorServiceServicer:
 
     def ListDnas(self, request, context):
         """Lists the DNA documents of the library in name order, invalid ones included
-        (valid = false, with their violations).
+        (valid = false, with their violations). A page reads only its own documents; the
+        first page also names the library's files that are not served (`skipped`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

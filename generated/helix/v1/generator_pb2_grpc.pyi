@@ -43,7 +43,8 @@ class GeneratorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GeneratorServiceAsyncStub: ...
     ListDnas: _grpc.UnaryUnaryMultiCallable[_generator_pb2.ListDnasRequest, _generator_pb2.ListDnasResponse]
     """Lists the DNA documents of the library in name order, invalid ones included
-    (valid = false, with their violations).
+    (valid = false, with their violations). A page reads only its own documents; the
+    first page also names the library's files that are not served (`skipped`).
     """
     GetDna: _grpc.UnaryUnaryMultiCallable[_generator_pb2.GetDnaRequest, _generator_pb2.GetDnaResponse]
     """Returns one DNA document, valid or not. Errors: NOT_FOUND when no file of that name
@@ -93,7 +94,8 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListDnas: _aio.UnaryUnaryMultiCallable[_generator_pb2.ListDnasRequest, _generator_pb2.ListDnasResponse]  # type: ignore[assignment]
     """Lists the DNA documents of the library in name order, invalid ones included
-    (valid = false, with their violations).
+    (valid = false, with their violations). A page reads only its own documents; the
+    first page also names the library's files that are not served (`skipped`).
     """
     GetDna: _aio.UnaryUnaryMultiCallable[_generator_pb2.GetDnaRequest, _generator_pb2.GetDnaResponse]  # type: ignore[assignment]
     """Returns one DNA document, valid or not. Errors: NOT_FOUND when no file of that name
@@ -146,7 +148,8 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generator_pb2.ListDnasResponse, _abc.Awaitable[_generator_pb2.ListDnasResponse]]:
         """Lists the DNA documents of the library in name order, invalid ones included
-        (valid = false, with their violations).
+        (valid = false, with their violations). A page reads only its own documents; the
+        first page also names the library's files that are not served (`skipped`).
         """
 
     @_abc_1.abstractmethod

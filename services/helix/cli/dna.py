@@ -3,9 +3,13 @@ and show one of its documents.
 
 `validate` needs no server: it reads each file (or each DNA file of a directory), prints
 every broken rule as "file:line: field_path: description [rule]" and "file: ok (name,
-fingerprint …)" for good ones. Exit status: 0 when every file is a valid DNA, 1 when any
-is not, 2 for a usage error or a file that cannot be read at all (missing, a directory
-without DNA files, no permission).
+fingerprint …)" for good ones. It applies a library's rules too: a file a generator would
+not serve (`Upper.yaml`, `sphere.txt`: rule "file_name"; in a directory, a link out of
+it: "outside_library") is reported, however good its DNA. Exit status: 0 when every file
+is a valid DNA a library serves, 1 when any is not, 2 for a usage error or a file that
+cannot be read at all (missing, a directory without DNA files, no permission).
+
+`list` prints every page of a generator's library, then the files it skips, and why.
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 from helix.cli.client import add_client_arguments, describe_error, open_channel
 from helix.cli.output import message_json
+from helix.common.errors import FieldViolation
+from helix.common.rules import FILE_NAME, OUTSIDE_LIBRARY
 from helix.common.validation import check_resource_name
+from helix.generator.library import OUTSIDE_TEXT, leads_outside
 from helix.genome.documents import (
     DNA_EXTENSIONS,
     MAX_DOCUMENT_BYTES,
     DnaCheck,
     check_dna_bytes,
     dna_name_for,
+    file_problem,
     from_dna_violation,
+    why_not_served,
 )
 from helix.security.scopes import DNA_READ
 
@@ -54,9 +63,11 @@ def add_dna_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         description="Check DNA documents (YAML or JSON) without a server. Prints each "
         "broken rule as 'file:line: field_path: description [rule]', and 'file: ok (name, "
         "fingerprint F)' for each valid file. A directory stands for its *.yaml, *.yml "
-        "and *.json files.",
-        epilog="Exit status: 0 all valid, 1 some DNA invalid, 2 usage error or a file "
-        "that cannot be read.",
+        "and *.json files (not hidden ones), as a generator's library does. A file a "
+        "library would not serve (its name is not DNA.yaml|yml|json with DNA matching "
+        "[a-z][a-z0-9-]{0,62}; in a directory, a link out of it) is reported.",
+        epilog="Exit status: 0 all valid and served, 1 some DNA invalid or not served, 2 "
+        "usage error or a file that cannot be read.",
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DNA file or dir")
     validate.set_defaults(handler=lambda args: validate_files(args.files))
@@ -100,25 +111,41 @@ def parse_dna_name(text: str) -> str:
 
 
 def _dna_files(path: Path) -> list[Path]:
-    """The files `path` stands for: itself, or a directory's DNA files (sorted)."""
+    """The files `path` stands for: itself, or the DNA files of a directory (sorted, not
+    hidden ones: a library neither serves nor lists those)."""
     if not path.is_dir():
         return [path]
-    return sorted(p for p in path.iterdir() if p.name.endswith(DNA_EXTENSIONS) and p.is_file())
+    return sorted(
+        p
+        for p in path.iterdir()
+        if p.name.endswith(DNA_EXTENSIONS) and not p.name.startswith(".") and p.is_file()
+    )
 
 
-def check_file(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> DnaCheck:
-    """Read and check one DNA file; OSError if it cannot be read at all."""
+def check_file(
+    path: Path, max_bytes: int = MAX_DOCUMENT_BYTES, library: Path | None = None
+) -> DnaCheck:
+    """Read and check one DNA file of the directory `library` (None: a file named on its
+    own); OSError if it cannot be read at all. A link out of `library` is not read."""
+    if library is not None and leads_outside(path, library):
+        return file_problem(str(path), OUTSIDE_LIBRARY, OUTSIDE_TEXT)
     with path.open("rb") as handle:
         data = handle.read(max_bytes + 1)
     return check_dna_bytes(data, str(path), max_bytes=max_bytes)
 
 
-def describe(check: DnaCheck) -> list[str]:
-    """The lines `validate` prints for one checked file."""
+def describe(check: DnaCheck, not_served: str | None = None) -> list[str]:
+    """The lines `validate` prints for one checked file; `not_served` is why a library
+    would not serve it (`why_not_served`), which comes first (and replaces "ok")."""
+    lines = []
+    if not_served is not None:
+        lines.append(str(FieldViolation("", not_served, FILE_NAME, check.file)))
     if check.valid:
-        name = check.dna.name or dna_name_for(check.file) or "unnamed"
-        return [f"{check.file}: ok ({name}, fingerprint {check.fingerprint})"]
-    lines = [str(violation) for violation in check.violations]
+        if not lines:
+            name = check.dna.name or dna_name_for(check.file) or "unnamed"
+            lines.append(f"{check.file}: ok ({name}, fingerprint {check.fingerprint})")
+        return lines
+    lines += [str(violation) for violation in check.violations]
     dropped = check.total_violations - len(check.violations)
     if dropped > 0:
         lines.append(f"{check.file}: … and {dropped} more violations")
@@ -136,16 +163,18 @@ def validate_files(
         if not files:
             print(f"helix dna validate: {path}: no *.yaml, *.yml or *.json files", file=err)
             status = EXIT_UNREADABLE
+        library = path if path.is_dir() else None
         for file in files:
             try:
-                check = check_file(file)
+                check = check_file(file, library=library)
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__
                 print(f"helix dna validate: {file}: cannot read: {reason}", file=err)
                 status = EXIT_UNREADABLE
                 continue
-            print("\n".join(describe(check)), file=out)
-            if not check.valid:
+            not_served = why_not_served(file.name)
+            print("\n".join(describe(check, not_served)), file=out)
+            if not check.valid or not_served is not None:
                 status = max(status, EXIT_INVALID)
     return status
 
@@ -184,10 +213,24 @@ def format_table(documents: Sequence[generator_pb2.DnaDocument]) -> str:
     return "\n".join(lines + (["", *problems] if problems else []))
 
 
+def format_skipped(first_page: generator_pb2.ListDnasResponse) -> list[str]:
+    """The files the library does not serve (named on ListDnas' first page), one a line."""
+    lines = [
+        str(FieldViolation("", f"not served: {file.description}", file.rule, file.file))
+        for file in first_page.skipped
+    ]
+    more = first_page.total_skipped - len(first_page.skipped)
+    if more > 0:
+        lines.append(f"… and {more} more files not served")
+    return lines
+
+
 async def list_dnas(args: argparse.Namespace) -> int:
-    """`helix dna list`: every page of GeneratorService.ListDnas, as a table or JSON lines."""
+    """`helix dna list`: every page of GeneratorService.ListDnas, as a table or JSON lines,
+    then the files the library skips (on stderr with --json, so stdout stays JSON)."""
     request = generator_pb2.ListDnasRequest(page_size=PAGE_SIZE)
     documents: list[generator_pb2.DnaDocument] = []
+    first_page: generator_pb2.ListDnasResponse | None = None
     async with open_channel(args, [DNA_READ]) as channel:
         stub: generator_pb2_grpc.GeneratorServiceAsyncStub = (
             generator_pb2_grpc.GeneratorServiceStub(channel)
@@ -195,6 +238,8 @@ async def list_dnas(args: argparse.Namespace) -> int:
         try:
             while True:
                 page = await stub.ListDnas(request)
+                if first_page is None:
+                    first_page = page
                 documents.extend(page.dnas)
                 if not page.next_page_token:
                     break
@@ -202,13 +247,19 @@ async def list_dnas(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as error:
             print(describe_error(error), file=sys.stderr)
             return 1
+    skipped = format_skipped(first_page) if first_page is not None else []
     if args.json:
         for doc in documents:
             print(message_json(doc))
-    elif documents:
+        if skipped:
+            print("\n".join(skipped), file=sys.stderr)
+        return 0
+    if documents:
         print(format_table(documents))
     else:
         print("no DNA documents", file=sys.stderr)
+    if skipped:
+        print("\n".join(["", *skipped] if documents else skipped))
     return 0
 
 

@@ -59,6 +59,12 @@ ENCODING = _rule("encoding", "the file is not UTF-8 text")
 UNREADABLE = _rule("unreadable", "the file cannot be read (permissions, gone, not a file)")
 NAME_MATCHES_FILE = _rule("name_matches_file", "a document's name that differs from its file's")
 DUPLICATE_NAME = _rule("duplicate_name", "two files define the same name")
+FILE_NAME = _rule(
+    "file_name", "a file a DNA library does not serve: not named {dna}.yaml, .yml or .json"
+)
+OUTSIDE_LIBRARY = _rule(
+    "outside_library", "a DNA file that is a link to a file outside the library directory"
+)
 INVALID = _rule("invalid", "a rule code this version does not know (an older peer's)")
 
 # --- DNA rules (dna.proto) ----------------------------------------------------------------

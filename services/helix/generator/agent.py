@@ -2,11 +2,11 @@
 
 It serves GeneratorService (with health, reflection, auth and rate limits, as every Helix
 server) over its DNA directory, and — given `--registry-address` — registers itself in the
-registry as a generator agent (its strategies, the valid DNAs of its library, its
-capacity), heartbeats, and deregisters when it drains. Its calls to the registry carry
-the service token (`HELIX_SERVICE_TOKEN_FILE` or `HELIX_SERVICE_TOKEN`, scope
-agents.write), or tokens minted with its own HS256 key when it has one (the embedded
-setup's shared secret).
+registry as a generator agent (its strategies, the valid DNAs of its library that fit in
+--generator-advertise-bytes, its capacity) once it has read its library, heartbeats, and
+deregisters when it drains. Its calls to the registry carry the service token
+(`HELIX_SERVICE_TOKEN_FILE` or `HELIX_SERVICE_TOKEN`, scope agents.write), or tokens
+minted with its own HS256 key when it has one (the embedded setup's shared secret).
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def create_agent(
         max_message_bytes=int(config.max_send_message_bytes),
         capacity=config.advertised_capacity,
         presence=presence,
+        advertise_bytes=config.generator_advertise_bytes,
     )
     server, _ = create_server(config, [binding], security=security)
     if presence is not None:

@@ -21,6 +21,11 @@ class GeneratorConfig(ServerConfig):
         0,
         "Generate streams served at once and advertised; more are refused (0: 4 per worker)",
     )
+    generator_advertise_bytes: int = setting(
+        48 << 10,
+        "bytes of DNA names registered at most: the first valid DNAs by name that fit "
+        "(the registry bounds an agent's size); every DNA is served either way",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -29,6 +34,11 @@ class GeneratorConfig(ServerConfig):
             1 <= self.generator_cache_entries <= 1_000_000, "generator_cache_entries", "1..1000000"
         )
         require(0 <= self.generator_capacity <= 1_000_000, "generator_capacity", "0..1000000")
+        require(
+            1024 <= self.generator_advertise_bytes <= 4 << 20,
+            "generator_advertise_bytes",
+            "1024..4194304",
+        )
 
     @property
     def advertised_capacity(self) -> int:

@@ -1,29 +1,42 @@
 """The DNA library: the DNA documents of one directory, read, checked and cached.
 
 Every `<dna>.yaml`, `<dna>.yml` or `<dna>.json` file directly in the directory whose
-`<dna>` matches `[a-z][a-z0-9-]{0,62}` is the document "dnas/<dna>"; other files are not
-served. Two files with the same `<dna>` (say `a.yaml` and `a.json`) make "dnas/a" an
-invalid document, rule "duplicate_name", naming both: serving either one silently could
-run a different DNA than its author edited, so the library refuses to choose.
+`<dna>` matches `[a-z][a-z0-9-]{0,62}` is the document "dnas/<dna>" (the naming rules are
+documents.py's, which `helix dna validate` applies too). Every other entry is skipped, and
+listed as such with why (`SkippedFile`): another name ("file_name"), a directory, a
+dangling link ("unreadable"); hidden entries (".git", an editor's ".a.yaml.swp") are
+neither served nor listed. Two files with the same `<dna>` (say `a.yaml` and `a.json`)
+make "dnas/a" an invalid document, rule "duplicate_name", naming both: serving either one
+silently could run a different DNA than its author edited, so the library refuses to choose.
 
-The directory is listed and stat'ed on each call (in a worker thread), so added, changed
-and deleted files show at once. A file's parsed document is cached in a bounded LRU,
-valid for the file's (size, mtime_ns, inode) at the time it was read: an unchanged file is
-not read again, a changed one is read on its next use. Concurrent requests for the same
-uncached file share one read (single flight). A file that cannot be used (unreadable, too
-large, not UTF-8, gone between listing and reading) is an invalid document with a
-violation saying why; it never stops the other documents. Read failures are not cached,
-so fixing a file's permissions takes effect at once.
+A file may be a symbolic link, but only to a file inside the library directory (by real
+path): one that leads out of it (to the server's keys, say) is an invalid document, rule
+"outside_library", and is never opened. The check is against links an operator or a DNA
+author makes, not against someone racing the server inside the directory: what is opened
+is the real path checked, and its inode must be the one checked.
+
+The directory is listed on each call (in a worker thread, a listing of names), so added,
+changed and deleted files show at once, but only the files a call needs are stat'ed and
+read: a page of ListDnas reads the documents of that page, however large the library. A
+file's parsed document is cached in a bounded LRU, valid for the file's (size, mtime_ns,
+inode) at the time it was read: an unchanged file is not read again, a changed one is read
+on its next use. Concurrent requests for the same uncached file share one read (single
+flight). A file that cannot be used (unreadable, too large, not UTF-8, gone between
+listing and reading) is an invalid document with a violation saying why; it never stops
+the other documents. Read failures are not cached, so fixing a file's permissions takes
+effect at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
+import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +47,13 @@ import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.common import errors, reasons
 from helix.common.errors import FieldViolation
-from helix.common.rules import DUPLICATE_NAME, FILE_TOO_LARGE, UNREADABLE
+from helix.common.rules import (
+    DUPLICATE_NAME,
+    FILE_NAME,
+    FILE_TOO_LARGE,
+    OUTSIDE_LIBRARY,
+    UNREADABLE,
+)
 from helix.genome.documents import (
     DNA_EXTENSIONS,
     DnaCheck,
@@ -44,13 +63,17 @@ from helix.genome.documents import (
     file_problem,
     from_dna_violation,
     is_dna_id,
+    why_not_served,
 )
 
 DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_MAX_FILE_BYTES = 1 << 20
 DEFAULT_MAX_PARALLEL_READS = 8
+# Documents a pass over the whole library (`valid_names`) reads at a time.
+_BATCH = 64
 
 _NAME_PREFIX = "dnas/"
+log = logging.getLogger("helix.generator.library")
 
 Stamp = tuple[int, int, int]  # (size, mtime_ns, inode): a cached read is valid for these
 
@@ -73,19 +96,57 @@ class ValidDna:
 class LibraryStats:
     """Counters that show what the cache saves: `reads` counts files read from disk, `hits`
     requests the cache answered, `shared` requests that joined a read already under way
-    (single flight) instead of starting their own."""
+    (single flight) instead of starting their own. `skipped` is a gauge: the entries of
+    the directory that the last listing did not serve; `outside` counts links refused
+    because they lead out of the library directory."""
 
     reads: int = 0
     hits: int = 0
     evictions: int = 0
     shared: int = 0
+    skipped: int = 0
+    outside: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """An entry of the library directory that is not served, and why: `rule` is
+    "file_name" (not `{dna}.yaml|yml|json`) or "unreadable" (not a regular file)."""
+
+    file: str
+    rule: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryPage:
+    """Documents of the library in name order, after some name: `last` is the last name
+    the page covers (its files may have gone meanwhile), `more` whether names follow it;
+    `skipped` the directory's skipped entries, in file name order."""
+
+    documents: builtins.list[generator_pb2.DnaDocument]
+    last: str = ""
+    more: bool = False
+    skipped: tuple[SkippedFile, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """One listing of the directory: the files of each served name, the names sorted,
+    and the skipped entries."""
+
+    files: dict[str, builtins.list[str]]
+    names: builtins.list[str]
+    skipped: tuple[SkippedFile, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class _File:
-    source: str  # the file's path relative to the library directory
-    path: str
+    source: str  # the file's name in the library directory
+    path: str  # what is opened: its real path (a link resolved), inside the directory
     stamp: Stamp
+    device: int = 0
+    outside: bool = False  # a link that leads out of the directory: never opened
 
     @property
     def mtime_ns(self) -> int:
@@ -109,16 +170,50 @@ def _copy(document: generator_pb2.DnaDocument) -> generator_pb2.DnaDocument:
     return copy
 
 
-def _regular_file(directory: Path, filename: str) -> _File | None:
-    """The file `filename` of `directory` if it is (a link to) a regular file."""
+def _inside(path: str, root: str) -> bool:
+    """Whether the real path `path` is within the real directory `root`."""
+    return path != root and os.path.commonpath([path, root]) == root
+
+
+def leads_outside(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -> bool:
+    """Whether the file `path` of the library `directory` is, by its real path, outside
+    it (a link out of the directory, which a library refuses). Blocking."""
+    return not _inside(os.path.realpath(path), os.path.realpath(directory))
+
+
+OUTSIDE_TEXT = (
+    "the file is a symbolic link to a file outside the library directory: it is not read "
+    "(copy the DNA into the directory, or link within it)"
+)
+
+
+def _stat_file(directory: Path, root: str, filename: str) -> _File | None:
+    """The file `filename` of `directory` (real path `root`) if it is a regular file or a
+    link to one (an outside one is returned, marked); None if it is not (any more)."""
     path = os.path.join(directory, filename)
     try:
-        info = os.stat(path)
+        real = os.path.realpath(path)
+        if not _inside(real, root):
+            link = os.lstat(path)
+            return _File(filename, path, (link.st_size, link.st_mtime_ns, link.st_ino), 0, True)
+        info = os.stat(real)
     except OSError:  # gone, a dangling link, or not ours to see: not served
         return None
     if not stat.S_ISREG(info.st_mode):
         return None
-    return _File(filename, path, (info.st_size, info.st_mtime_ns, info.st_ino))
+    return _File(filename, real, (info.st_size, info.st_mtime_ns, info.st_ino), info.st_dev)
+
+
+def _not_a_file(entry: os.DirEntry[str]) -> str:
+    """Why a directory entry with a DNA file's name is not served."""
+    try:
+        if entry.is_dir():
+            return "a directory, not a file"
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            return "a symbolic link to nothing"
+    except OSError as exc:
+        return f"cannot be examined: {exc.strerror or type(exc).__name__}"
+    return "not a regular file"
 
 
 class DnaLibrary:
@@ -138,24 +233,40 @@ class DnaLibrary:
         self.max_entries = max_entries
         self.max_file_bytes = max_file_bytes
         self.stats = LibraryStats()
-        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()  # by file name
         self._loading: dict[tuple[str, Stamp], asyncio.Task[_Entry]] = {}
         self._reads = asyncio.Semaphore(max_parallel_reads)
 
     # --- public API -----------------------------------------------------------------------
 
     async def list(self) -> builtins.list[generator_pb2.DnaDocument]:
-        """Every document of the library, in name order, invalid ones included."""
-        files = await asyncio.to_thread(self._scan)
-        by_name: dict[str, builtins.list[_File]] = {}
-        for file in files:
-            by_name.setdefault(dna_name_for(file.source), []).append(file)
-        listed = {file.path for file in files}
-        for path in [p for p in self._cache if p not in listed]:
-            del self._cache[path]  # deleted files leave the cache too
-        names = sorted(by_name)
-        entries = await asyncio.gather(*(self._document(n, by_name[n]) for n in names))
-        return [_copy(entry.document) for entry in entries]
+        """Every document of the library, in name order, invalid ones included. Reads every
+        file (those not cached): a listing for people and tests, not for a server's calls."""
+        return (await self.page()).documents
+
+    async def page(self, after: str = "", size: int | None = None) -> LibraryPage:
+        """The first `size` (None: all) documents whose names sort after `after`, in name
+        order; only their files are stat'ed and read."""
+        listing = await self._listing()
+        start = bisect.bisect_right(listing.names, after)
+        end = len(listing.names) if size is None else min(start + size, len(listing.names))
+        documents = await self._documents(listing, listing.names[start:end])
+        return LibraryPage(
+            [_copy(entry.document) for _, entry in documents],
+            listing.names[end - 1] if end > start else after,
+            end < len(listing.names),
+            listing.skipped,
+        )
+
+    async def valid_names(self) -> AsyncIterator[str]:
+        """The names of the valid documents, in name order: one pass over the whole library,
+        reading `_BATCH` documents at a time (only the names are kept, not the documents)."""
+        listing = await self._listing()
+        for start in range(0, len(listing.names), _BATCH):
+            batch = listing.names[start : start + _BATCH]
+            for name, entry in await self._documents(listing, batch):
+                if entry.normalised is not None:
+                    yield name
 
     async def get(self, name: str) -> generator_pb2.DnaDocument:
         """The document `name` ("dnas/{dna}"), valid or not; NotFound if no file has it."""
@@ -189,23 +300,75 @@ class DnaLibrary:
 
     # --- files ----------------------------------------------------------------------------
 
-    def _scan(self) -> builtins.list[_File]:
-        """The served files of the directory (runs in a worker thread)."""
+    async def _listing(self) -> _Listing:
+        listing = await asyncio.to_thread(self._scan)
+        if len(listing.skipped) != self.stats.skipped:
+            self.stats.skipped = len(listing.skipped)
+            if listing.skipped:
+                first = listing.skipped[0]
+                log.warning(
+                    "%d files of the DNA library are not served (%s: %s); ListDnas and "
+                    "`helix dna list` name them all",
+                    len(listing.skipped),
+                    first.file,
+                    first.description,
+                )
+        served = {filename for filenames in listing.files.values() for filename in filenames}
+        for source in [source for source in self._cache if source not in served]:
+            del self._cache[source]  # deleted files leave the cache too
+        return listing
+
+    async def _documents(
+        self, listing: _Listing, names: Sequence[str]
+    ) -> builtins.list[tuple[str, _Entry]]:
+        """The documents `names` of `listing` (a name whose files went away is left out)."""
+        chosen = [(name, listing.files[name]) for name in names]
+        found = await asyncio.to_thread(self._stat_all, chosen)
+        entries = await asyncio.gather(*(self._document(name, files) for name, files in found))
+        return builtins.list(zip((name for name, _ in found), entries, strict=True))
+
+    def _scan(self) -> _Listing:
+        """List the directory (runs in a worker thread): names only, plus a stat of each
+        link (to tell a link to a file from one to nothing)."""
+        files: dict[str, builtins.list[str]] = {}
+        skipped: builtins.list[SkippedFile] = []
         try:
-            names = sorted(os.listdir(self.directory))
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue  # hidden: neither served nor listed
+                    problem = why_not_served(entry.name)
+                    if problem is not None:
+                        skipped.append(SkippedFile(entry.name, FILE_NAME, problem))
+                        continue
+                    try:
+                        regular = entry.is_file()  # no system call unless it is a link
+                    except OSError:
+                        regular = False
+                    if not regular:
+                        skipped.append(SkippedFile(entry.name, UNREADABLE, _not_a_file(entry)))
+                        continue
+                    files.setdefault(dna_name_for(entry.name), []).append(entry.name)
         except FileNotFoundError:
-            return []  # a library whose directory is not there (yet) is empty
+            return _Listing({}, [], ())  # a library whose directory is not there (yet) is empty
         except OSError as exc:
             raise errors.Unavailable(
                 f"the DNA library directory cannot be read ({type(exc).__name__})"
             ) from None
+        skipped.sort(key=lambda file: file.file)
+        return _Listing(files, sorted(files), tuple(skipped))
+
+    def _stat_all(
+        self, chosen: Sequence[tuple[str, Sequence[str]]]
+    ) -> builtins.list[tuple[str, builtins.list[_File]]]:
+        """Stat the files of each name (runs in a worker thread)."""
+        root = os.path.realpath(self.directory)
         found = []
-        for filename in names:
-            if not filename.endswith(DNA_EXTENSIONS) or not dna_name_for(filename):
-                continue
-            file = _regular_file(self.directory, filename)
-            if file is not None:
-                found.append(file)
+        for name, filenames in chosen:
+            files = [_stat_file(self.directory, root, filename) for filename in sorted(filenames)]
+            present = [file for file in files if file is not None]
+            if present:
+                found.append((name, present))
         return found
 
     def _find(self, name: str) -> builtins.list[_File]:
@@ -213,8 +376,9 @@ class DnaLibrary:
         dna_id = name.removeprefix(_NAME_PREFIX)
         if not name.startswith(_NAME_PREFIX) or not is_dna_id(dna_id):
             return []
-        files = (_regular_file(self.directory, dna_id + ext) for ext in DNA_EXTENSIONS)
-        return [file for file in files if file is not None]
+        filenames = [dna_id + extension for extension in DNA_EXTENSIONS]
+        found = self._stat_all([(name, filenames)])
+        return found[0][1] if found else []
 
     async def _named(self, name: str) -> _Entry:
         files = await asyncio.to_thread(self._find, name)
@@ -228,12 +392,15 @@ class DnaLibrary:
         if len(files) > 1:
             return _duplicate(name, files)
         file = files[0]
-        entry = self._cache.get(file.path)
+        if file.outside:
+            self.stats.outside += 1
+            return _entry(name, file, file_problem(file.source, OUTSIDE_LIBRARY, OUTSIDE_TEXT))
+        entry = self._cache.get(file.source)
         if entry is not None and entry.stamp == file.stamp:
-            self._cache.move_to_end(file.path)
+            self._cache.move_to_end(file.source)
             self.stats.hits += 1
             return entry
-        key = (file.path, file.stamp)
+        key = (file.source, file.stamp)
         task = self._loading.get(key)
         if task is None:
             task = asyncio.create_task(self._load(name, file), name=f"load {file.source}")
@@ -250,9 +417,9 @@ class DnaLibrary:
         if not task.cancelled():
             task.exception()  # retrieved here too, in case every caller went away
 
-    def _remember(self, path: str, entry: _Entry) -> None:
-        self._cache[path] = entry
-        self._cache.move_to_end(path)
+    def _remember(self, source: str, entry: _Entry) -> None:
+        self._cache[source] = entry
+        self._cache.move_to_end(source)
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
             self.stats.evictions += 1
@@ -266,7 +433,7 @@ class DnaLibrary:
                 check_dna_bytes, data, file.source, max_bytes=self.max_file_bytes
             )
         entry = _entry(name, file, check)
-        self._remember(file.path, entry)
+        self._remember(file.source, entry)
         return entry
 
     async def _read(self, file: _File) -> bytes | DnaCheck:
@@ -276,6 +443,12 @@ class DnaLibrary:
             return file_problem(file.source, FILE_TOO_LARGE, f"the file is over {limit} bytes")
         try:
             async with aiofiles.open(file.path, "rb") as handle:
+                opened = os.fstat(handle.fileno())
+                if (opened.st_dev, opened.st_ino) != (file.device, file.stamp[2]):
+                    # Replaced since it was stat'ed (and checked to be inside the library):
+                    # read what the next call finds instead.
+                    text = "the file was replaced while being read: try again"
+                    return file_problem(file.source, UNREADABLE, text)
                 data = await handle.read(limit + 1)
         except FileNotFoundError:
             return file_problem(file.source, UNREADABLE, "the file was removed while being read")

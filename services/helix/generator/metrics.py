@@ -1,5 +1,7 @@
 """Generator metrics: chunks and candidates bred, Generate streams started, chunks pending,
-and what the DNA library's cache saves (files read, cache hits, shared reads, evictions)."""
+the DNAs advertised in the registry (and those left out), what the DNA library's cache
+saves (files read, cache hits, shared reads, evictions), the library's files that are not
+served and the links out of it that were refused."""
 
 from __future__ import annotations
 
@@ -38,14 +40,34 @@ class _StatsCollector(Collector):
             "Chunks queued for or being bred in the breeding threads.",
             value=stats.pending,
         )
+        yield GaugeMetricFamily(
+            "helix_generator_advertised_dnas",
+            "DNA names this agent registered with.",
+            value=stats.advertised,
+        )
+        yield GaugeMetricFamily(
+            "helix_generator_advertised_dnas_left_out",
+            "Valid DNAs served but left out of the registration (it is bounded).",
+            value=stats.left_out,
+        )
         library = self._library
         for name, text, value in (
             ("reads", "DNA files read from disk.", library.reads),
             ("hits", "DNA requests the library's cache answered.", library.hits),
             ("shared_reads", "DNA requests that joined a read under way.", library.shared),
             ("evictions", "DNA documents evicted from the library's cache.", library.evictions),
+            (
+                "outside_refused",
+                "DNA files refused as links to outside the library directory.",
+                library.outside,
+            ),
         ):
             yield CounterMetricFamily(f"helix_generator_library_{name}", text, value=value)
+        yield GaugeMetricFamily(
+            "helix_generator_library_skipped_files",
+            "Files of the DNA library directory that are not served (as last listed).",
+            value=library.skipped,
+        )
 
 
 def register_metrics(

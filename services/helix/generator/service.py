@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -20,6 +21,7 @@ import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 from helix.agents.presence import AgentPresence
+from helix.common.aio import cancel_and_wait
 from helix.common.server import ServiceBinding
 from helix.common.services import validate
 from helix.generator import breeding, dnas
@@ -29,6 +31,8 @@ from helix.generator.library import DnaLibrary
 from helix.generator.metrics import register_metrics
 from helix.generator.stats import GeneratorStats
 from helix.generator.streaming import StreamSlots, bred_ahead
+
+log = logging.getLogger("helix.generator")
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
@@ -59,8 +63,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         context: ServicerContext[generator_pb2.ListDnasRequest, generator_pb2.ListDnasResponse],
     ) -> generator_pb2.ListDnasResponse:
         validate(lambda r: checks.check_list_dnas_request(r, self._limits), request)
-        documents = await self.library.list()
-        return dnas.list_page(request, documents, limits=self._limits, max_bytes=self._max_bytes)
+        after, size = dnas.page_position(request, self._limits)
+        page = await self.library.page(after, size)
+        return dnas.list_page(request, page, max_bytes=self._max_bytes)
 
     async def GetDna(
         self,
@@ -111,6 +116,44 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         return await asyncio.to_thread(dnas.inline_dna, request.dna)
 
 
+TRUNCATED_LABEL = "helix.dev/dnas-truncated"
+DEFAULT_ADVERTISE_BYTES = 48 << 10
+
+
+async def register_library(
+    library: DnaLibrary, presence: AgentPresence, stats: GeneratorStats, max_bytes: int
+) -> None:
+    """Read the whole library (in the background: it may take a while), put the names of
+    its valid DNAs that fit in `max_bytes` in the agent's details, then start registering."""
+    advertisement = dnas.Advertisement(max_bytes)
+    try:
+        async for name in library.valid_names():
+            advertisement.offer(name)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("reading the DNA library failed: this agent registers without DNAs")
+    agent = presence.agent
+    agent.generator.dnas[:] = advertisement.names
+    stats.advertised, stats.left_out = len(advertisement.names), advertisement.left_out
+    if advertisement.left_out:
+        agent.labels[TRUNCATED_LABEL] = "true"
+        log.warning(
+            "the registry is told %d of the %d valid DNAs of the library (an agent "
+            "advertises at most %d bytes of DNA names and %d names): %d left out, still "
+            "served; label %s=true",
+            len(advertisement.names),
+            len(advertisement.names) + advertisement.left_out,
+            max_bytes,
+            advertisement.max_names,
+            advertisement.left_out,
+            TRUNCATED_LABEL,
+        )
+    else:
+        agent.labels.pop(TRUNCATED_LABEL, None)
+    await presence.start()
+
+
 def generator_binding(
     library: DnaLibrary,
     *,
@@ -118,30 +161,38 @@ def generator_binding(
     max_message_bytes: int = MAX_RESPONSE_BYTES,
     capacity: int = 8,
     presence: AgentPresence | None = None,
+    advertise_bytes: int = DEFAULT_ADVERTISE_BYTES,
 ) -> ServiceBinding:
     """GeneratorService on a server, with its breeding threads started and stopped alongside.
 
     `capacity` Generate streams are served at once (more get RESOURCE_EXHAUSTED with
     RetryInfo); it is what the agent advertises. With `presence`, the generator registers
-    itself (kind generator, its strategies and the valid DNAs of its library at start) when
-    the server starts, and deregisters when the drain begins.
+    itself (kind generator, its strategies and the valid DNAs of its library) and
+    deregisters when the drain begins. The library is read for that in the background, so
+    the server listens at once however large or slow the library is; the agent registers
+    once it has been read. It advertises the first valid DNAs in name order that fit in
+    `advertise_bytes` (and the registry's 10000): when some do not, the agent carries the
+    label `helix.dev/dnas-truncated: "true"` and a warning says how many were left out.
+    Every DNA is served either way.
     """
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="helix-breed")
     servicer = GeneratorServicer(
         library, executor, max_message_bytes=max_message_bytes, max_streams=capacity
     )
+    background: list[asyncio.Task[None]] = []
 
     def add(server: grpc.aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
 
     async def announce() -> None:
-        if presence is not None:
-            details = presence.agent.generator
-            details.strategies[:] = STRATEGIES
-            details.dnas[:] = [d.name for d in await library.list() if d.valid]
-            await presence.start()
+        if presence is not None and not background:
+            presence.agent.generator.strategies[:] = STRATEGIES
+            registering = register_library(library, presence, servicer.stats, advertise_bytes)
+            task = asyncio.create_task(registering, name="read the DNA library")
+            background.append(task)
 
     async def leave() -> None:
+        await cancel_and_wait(background)
         if presence is not None:
             await presence.stop()
 

@@ -19,12 +19,16 @@ class GeneratorStats:
     each chunk is bred; `streams` by the event loop as each Generate stream starts;
     `pending` is how many chunks are queued for or being bred in the breeding threads
     right now (0 once every stream that ended has finished the chunk it had in progress).
+    `advertised` is how many DNA names the agent registered with, `left_out` how many
+    valid DNAs did not fit in its advertisement (both set once the library has been read).
     """
 
     chunks: int = 0
     candidates: int = 0
     streams: int = 0
     pending: int = 0
+    advertised: int = 0
+    left_out: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def chunk_bred(self, candidates: int) -> None:

@@ -8,6 +8,16 @@ merge keys. It records the line of every field path it sees, and every value it 
 store becomes a `FieldViolation` ("unknown_field", "type", "range", "enum", "duplicate_key",
 "oneof", "too_large") while the field is left unset. documents.py composes the text and
 turns the walk into a `DnaCheck`.
+
+PyYAML composes aliases as shared nodes, so a small text can stand for an enormous tree
+(`genes: [*g, *g, …]`, `<<: [*a, *a, …]`). The walk is what pays for that expansion, so
+it is bounded by work, not by text size: every value, every key, every key/value pair a
+merge key brings in and every violation is counted against one budget (MAX_NODES), and
+the walk stops with one "too_large" violation once it is spent. A merge source named twice
+in one merge list is merged once. Violations past MAX_FOUND are counted, not described,
+so a text with hundreds of thousands of unknown keys costs no more than its budget.
+A violation quotes at most EXCERPT_CHARS of the text (a value, a key, a tag), and never
+the whole document.
 """
 
 from __future__ import annotations
@@ -32,9 +42,15 @@ from helix.common.rules import DUPLICATE_KEY, ENUM, ONEOF, RANGE, TOO_LARGE, TYP
 from helix.common.validation import index, join, show
 
 YAML_TAG = "tag:yaml.org,2002:"
-# Values the walk visits at most (YAML aliases can make a small text expand enormously).
-# The largest valid DNA holds about 264000 (256 choice genes of 1024 options).
+# Values, keys and merged key/value pairs the walk visits at most (YAML aliases can make
+# a small text expand enormously). The largest valid DNA holds about 264000 values (256
+# choice genes of 1024 options) and a few keys per gene.
 MAX_NODES = 400_000
+# Characters of the document's text a violation quotes at most (a value, a tag, a key).
+EXCERPT_CHARS = 64
+# Violations a walk describes; the rest are only counted (documents.py shows 100).
+MAX_FOUND = 1_000
+_VIOLATION_COST = 4  # units of the budget one violation costs
 
 _MERGE_TAG = YAML_TAG + "merge"
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -60,8 +76,14 @@ def _fields_by_name(message_type: descriptor.Descriptor) -> dict[str, descriptor
     return fields
 
 
-def _node_kind(node: Node) -> str:
-    """How a node reads to a person: "a list", "a string ("x")", "a boolean (yes)"…"""
+def excerpt(text: str) -> str:
+    """At most EXCERPT_CHARS of a document's text, as a violation may quote it."""
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+
+
+def _node_kind(node: Node, *, quote: bool = True) -> str:
+    """How a node reads to a person: "a list", "a string ("x")", "a boolean (yes)"… With
+    `quote` False, without its value ("a string")."""
     if isinstance(node, MappingNode):
         return "a mapping"
     if isinstance(node, SequenceNode):
@@ -72,10 +94,11 @@ def _node_kind(node: Node) -> str:
     if tag == YAML_TAG + "null":
         return "null"
     if tag.startswith(YAML_TAG) and tag[len(YAML_TAG) :] in kinds:
-        return (
-            f"{kinds[tag[len(YAML_TAG) :]]} ({show(value) if tag == YAML_TAG + 'str' else value})"
-        )
-    return f"a value tagged {tag}"
+        kind = kinds[tag[len(YAML_TAG) :]]
+        if not quote:
+            return kind
+        return f"{kind} ({show(value) if tag == YAML_TAG + 'str' else excerpt(value)})"
+    return f"a value tagged {excerpt(tag)}"
 
 
 def _expected(f: descriptor.FieldDescriptor) -> str:
@@ -109,25 +132,43 @@ class Walk:
     file: str
     is_json: bool
     found: list[FieldViolation] = field(default_factory=list)
+    # Violations found beyond MAX_FOUND: counted, not described.
+    dropped: int = 0
     lines: dict[str, int] = field(default_factory=dict)
     budget: int = MAX_NODES
-    exhausted: bool = False
+    # The "too_large" violation once the budget is spent (kept apart from `found`).
+    too_large: FieldViolation | None = None
     constructor: SafeConstructor = field(default_factory=SafeConstructor)
 
-    def report(self, path: str, rule: str, description: str, node: Node) -> None:
-        self.found.append(
-            FieldViolation(path, description, rule, self.file, node.start_mark.line + 1)
-        )
+    @property
+    def exhausted(self) -> bool:
+        """Whether the budget ran out (the walk then stopped where it was)."""
+        return self.too_large is not None
 
-    def spend(self, node: Node) -> bool:
-        """Count one visited node; False (and one violation) once the budget is spent."""
-        self.budget -= 1
+    def report(
+        self, path: str, rule: str, description: str | Callable[[], str], node: Node
+    ) -> None:
+        """Record a violation; `description` may be a function, called only for the first
+        MAX_FOUND violations (a suggestion for an unknown key is not free). A violation
+        costs more of the budget than a value: it is more work."""
+        if not self.spend(node, _VIOLATION_COST):
+            return
+        if len(self.found) >= MAX_FOUND:
+            self.dropped += 1
+            return
+        text = description if isinstance(description, str) else description()
+        self.found.append(FieldViolation(path, text, rule, self.file, node.start_mark.line + 1))
+
+    def spend(self, node: Node, cost: int = 1) -> bool:
+        """Count `cost` units of work at `node`; False (and, the first time, the
+        "too_large" violation) once the budget is spent."""
+        self.budget -= cost
         if self.budget >= 0:
             return True
-        if not self.exhausted:
-            self.exhausted = True
+        if self.too_large is None:
             text = f"the document expands to more than {MAX_NODES} values (YAML aliases?)"
-            self.report("", TOO_LARGE, text, node)
+            line = node.start_mark.line + 1
+            self.too_large = FieldViolation("", text, TOO_LARGE, self.file, line)
         return False
 
     def message(self, node: Node, message: Message, path: str) -> None:
@@ -137,24 +178,31 @@ class Walk:
         self.lines.setdefault(path, node.start_mark.line + 1)
         schema = message.DESCRIPTOR
         if not isinstance(node, MappingNode):
-            expected = f"must be a mapping (a {schema.full_name}), got {_node_kind(node)}"
+            # The whole document quoted would be its text, not an excerpt: a file that is
+            # one long string (a key, say) must not be echoed.
+            got = _node_kind(node, quote=bool(path))
+            expected = f"must be a mapping (a {schema.full_name}), got {got}"
             self.report(path, TYPE, expected, node)
             return
         fields = _fields_by_name(schema)
         seen: dict[str, int] = {}
         oneofs: dict[str, str] = {}
         for key_node, value_node in self.pairs(node, path, depth=0):
+            if not self.spend(key_node):
+                return
             key_text = str(key_node.value) if isinstance(key_node, ScalarNode) else "?"
             line = key_node.start_mark.line + 1
             f = fields.get(key_text) if isinstance(key_node, ScalarNode) else None
-            field_path = join(path, f.name if f is not None else key_text)
-            if field_path in seen:
-                text = f"is given more than once (first on line {seen[field_path]})"
+            known = f.name if f is not None else key_text  # a field's two names are one key
+            field_path = join(path, f.name if f is not None else excerpt(key_text))
+            if known in seen:
+                text = f"is given more than once (first on line {seen[known]})"
                 self.report(field_path, DUPLICATE_KEY, text, key_node)
                 continue
-            seen[field_path] = line
+            seen[known] = line
             if f is None:
-                self.report(field_path, UNKNOWN_FIELD, _unknown(key_text, schema), key_node)
+                hint = functools.partial(_unknown, key_text, schema)
+                self.report(field_path, UNKNOWN_FIELD, hint, key_node)
                 continue
             self.lines[field_path] = line
             if isinstance(value_node, ScalarNode) and value_node.tag == YAML_TAG + "null":
@@ -173,7 +221,11 @@ class Walk:
             self.field(value_node, message, f, field_path)
 
     def pairs(self, node: MappingNode, path: str, depth: int) -> list[tuple[Node, Node]]:
-        """The key/value pairs of a mapping with YAML merge keys (`<<: *base`) applied."""
+        """The key/value pairs of a mapping with YAML merge keys (`<<: *base`) applied.
+
+        Every merge source and every pair a merge brings in is paid for from the budget, at
+        every level, so the lists built here never outgrow it; a source listed twice is
+        merged once. [] once the budget is spent."""
         explicit: list[tuple[Node, Node]] = []
         merged: list[tuple[Node, Node]] = []
         for key_node, value_node in node.value:
@@ -181,12 +233,19 @@ class Walk:
                 explicit.append((key_node, value_node))
                 continue
             sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            seen: set[int] = set()
             for source in sources:
-                if isinstance(source, MappingNode) and depth < 16 and self.spend(source):
-                    merged += self.pairs(source, path, depth + 1)
-                elif not isinstance(source, MappingNode):
+                if not self.spend(source):
+                    return []
+                if not isinstance(source, MappingNode):
                     text = f"a merge key (<<) takes mappings, got {_node_kind(source)}"
                     self.report(path, TYPE, text, source)
+                elif depth < 16 and id(source) not in seen:
+                    seen.add(id(source))  # `<<: [*a, *a]` is `<<: *a`
+                    found = self.pairs(source, path, depth + 1)
+                    if not self.spend(source, len(found)):
+                        return []
+                    merged += found
         taken = {k.value for k, _ in explicit if isinstance(k, ScalarNode)}
         result: list[tuple[Node, Node]] = []
         for key_node, value_node in merged:  # the first source to name a key wins
@@ -204,6 +263,8 @@ class Walk:
                 return
             target = getattr(message, f.name)
             for i, item in enumerate(node.value):
+                if self.exhausted:
+                    return
                 item_path = index(path, i)
                 self.lines.setdefault(item_path, item.start_mark.line + 1)
                 # An unreadable item still takes its place (as the default value), so the
@@ -267,7 +328,7 @@ class Walk:
 
     def kind(self, node: Node) -> str:
         if isinstance(node, ScalarNode) and self.json_number(node):
-            return f"a number ({node.value})"
+            return f"a number ({excerpt(node.value)})"
         return _node_kind(node)
 
     def double(self, node: ScalarNode) -> float:

@@ -9,7 +9,9 @@ Dna descriptor (_dna_yaml.py): proto and lowerCamelCase names, enums by name or 
 null as unset.
 What cannot be read becomes a violation ("syntax", "unknown_field", "type", "range",
 "enum", "duplicate_key", "oneof"); then `check_dna` runs on what was read, and each of its
-violations gets the line of the nearest field path the walk saw.
+violations gets the line of the nearest field path the walk saw. A document whose reading
+costs more than the walk's budget (YAML aliases and merge keys expanding) gets "too_large"
+as its first violation and no structural checks.
 
 A field that could not be read is left unset. So that this does not cause a second,
 misleading report, `check_dna` violations of that field, and (below the top level) of its
@@ -50,7 +52,7 @@ from helix.common.validation import (
     show,
 )
 from helix.genome import layout
-from helix.genome._dna_yaml import YAML_TAG, Walk
+from helix.genome._dna_yaml import YAML_TAG, Walk, excerpt
 from helix.genome.validation import check_dna
 
 MAX_VIOLATIONS = 100
@@ -121,9 +123,15 @@ def from_dna_violation(violation: generator_pb2.DnaViolation) -> FieldViolation:
 # --- names --------------------------------------------------------------------------------
 
 
+def _base_name(filename: str) -> str:
+    """The file name without directories (a library lists thousands: no pathlib here)."""
+    name = filename.replace("\\", "/").rstrip("/").rpartition("/")[2]
+    return "" if name == "." else name
+
+
 def file_stem(filename: str) -> str:
     """The file name without directories and without its extension: `dnas/{stem}`'s id."""
-    name = PurePosixPath(filename.replace("\\", "/")).name
+    name = _base_name(filename)
     for extension in DNA_EXTENSIONS:
         if name.endswith(extension) and len(name) > len(extension):
             return name[: -len(extension)]
@@ -139,6 +147,21 @@ def dna_name_for(filename: str) -> str:
     """The resource name a library serves `filename` as, or "" if it is not served."""
     stem = file_stem(filename)
     return f"dnas/{stem}" if is_dna_id(stem) else ""
+
+
+def why_not_served(filename: str) -> str | None:
+    """Why a DNA library does not serve a file of this name (rule "file_name"), or None
+    when it serves it as `dna_name_for(filename)`."""
+    name = _base_name(filename)
+    if not name.endswith(DNA_EXTENSIONS):
+        return "the name does not end in .yaml, .yml or .json: a DNA library does not serve it"
+    stem = file_stem(name)
+    if not is_dna_id(stem):
+        return (
+            f"the name without its extension, {show(stem)}, is not a DNA id "
+            f"({RESOURCE_ID_PATTERN}): a DNA library does not serve it; rename the file"
+        )
+    return None
 
 
 def _name_matches_file(name: str, filename: str) -> str | None:
@@ -163,9 +186,21 @@ def _clip(text: str) -> str:
     return text[: MAX_DESCRIPTION_CHARS - 1] + "…"
 
 
-def _finish(file: str, dna: dna_pb2.Dna, found: Iterable[FieldViolation]) -> DnaCheck:
-    """Order, cap and clean the violations; normalise and fingerprint a valid DNA."""
+def _finish(
+    file: str,
+    dna: dna_pb2.Dna,
+    found: Iterable[FieldViolation],
+    *,
+    first: FieldViolation | None = None,
+    uncounted: int = 0,
+) -> DnaCheck:
+    """Order, cap and clean the violations; normalise and fingerprint a valid DNA.
+
+    `first` goes before the others, whatever its line; `uncounted` violations were found
+    but not described (they count in total_violations)."""
     ordered = sorted(found, key=lambda v: v.line)  # stable: same-line rules keep their order
+    if first is not None:
+        ordered.insert(0, first)
     if not ordered:
         normalised = layout.normalise(dna)
         return DnaCheck(file, dna, (), 0, normalised, layout.fingerprint(normalised))
@@ -179,7 +214,7 @@ def _finish(file: str, dna: dna_pb2.Dna, found: Iterable[FieldViolation]) -> Dna
         )
         for v in ordered[:MAX_VIOLATIONS]
     )
-    return DnaCheck(file, dna, shown, len(ordered))
+    return DnaCheck(file, dna, shown, len(ordered) + uncounted)
 
 
 def _parent(path: str) -> str:
@@ -289,8 +324,10 @@ def parse_dna_text(text: str, filename: str = "") -> DnaCheck:
         return whole(EMPTY, ("the document is empty: a DNA is a mapping with at least genes", 1))
     walk = Walk(filename, is_json)
     walk.message(root, dna, "")
-    if not isinstance(root, MappingNode) or walk.exhausted:
-        return _finish(filename, dna, walk.found)
+    if not isinstance(root, MappingNode) or walk.exhausted or walk.dropped:
+        # A partial walk (or one with violations beyond counting) makes structural checks
+        # of what was read meaningless; "too_large" is then the first violation.
+        return _finish(filename, dna, walk.found, first=walk.too_large, uncounted=walk.dropped)
     scopes = [_unread_scope(v.field) for v in walk.found if v.reason in _UNREAD]
     structural = [
         v
@@ -331,7 +368,8 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[str, int]:
     """A YAML error as (description, 1-based line)."""
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
-        words = [w for w in (exc.context, exc.problem) if w]
+        # The parser's words may quote the text (an alias, a tag): an excerpt at most.
+        words = [excerpt(w) for w in (exc.context, exc.problem) if w]
         description = ": ".join(words) if words else "malformed YAML"
         if exc.context and exc.context_mark and exc.problem_mark:
             description += f" (from line {exc.context_mark.line + 1})"
