@@ -233,6 +233,13 @@ async def test_a_forged_snapshot_outside_the_history_is_refused(suite):
         await assert_refused(list_agents, suite, token_of(base, s=snapshot))
 
 
+async def test_a_dna_listing_refuses_a_token_naming_a_snapshot(suite):
+    base = fields_of((await list_dnas(suite, "")).next_page_token)
+    assert base["s"] == 0  # the library is read live: its tokens name no snapshot
+    for snapshot in (1, 7, INT64_MAX):
+        await assert_refused(list_dnas, suite, token_of(base, s=snapshot))
+
+
 async def test_the_tokens_the_server_issues_still_page_through(suite):
     names, token = [], ""
     while True:

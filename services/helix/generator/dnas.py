@@ -28,7 +28,12 @@ def page_position(
     request: generator_pb2.ListDnasRequest, limits: GeneratorLimits
 ) -> tuple[str, int]:
     """Where a valid ListDnas request's page starts (after which name) and its size."""
-    after = pages.decode_page_token(request.page_token).after if request.page_token else ""
+    after = ""
+    if request.page_token:
+        position = pages.decode_page_token(request.page_token)
+        if position.snapshot:  # the library is read live: its tokens never name a snapshot
+            raise pages.invalid_page_token("is not a next_page_token of this listing")
+        after = position.after
     return after, limits.page_size(request.page_size)
 
 
