@@ -265,6 +265,24 @@ def test_heartbeat_change_checks_the_epoch_and_the_owner(state):
         batch.heartbeat_change(BOB, heartbeat("agents/a1", 2, health=DEGRADED))
 
 
+def test_a_heartbeat_of_an_epoch_never_issued_is_not_found_and_says_so(state):
+    # Issue 10 item 13a: "was registered again (epoch 2) since epoch 99" was a lie: epoch
+    # 99 was never issued. The caller should register again (NOT_FOUND), not stop.
+    commit(state, lambda b: register(b, "a1", request_id="one"))
+    commit(state, lambda b: register(b, "a1", request_id="two"))  # epoch 2 now
+    batch = Batch(state, LIMITS, WALL)
+    with pytest.raises(errors.NotFound) as future:
+        batch.heartbeat_change(ALICE, heartbeat("agents/a1", 99, health=DEGRADED))
+    assert future.value.message == (
+        "epoch 99 was never issued for agents/a1 (its current epoch is 2): register again"
+    )
+    assert future.value.metadata == {"name": "agents/a1", "epoch": "2"}
+    with pytest.raises(errors.FailedPrecondition) as older:
+        batch.heartbeat_change(ALICE, heartbeat("agents/a1", 1, health=DEGRADED))
+    assert older.value.message.startswith("agents/a1 was registered again (epoch 2) since epoch 1")
+    assert not batch.events
+
+
 def test_deregister_is_a_delete_conditional_on_the_etag(state):
     commit(state, lambda b: register(b, "a1"))
     with pytest.raises(errors.Aborted):
@@ -327,8 +345,8 @@ def test_check_heartbeat_and_heartbeat_changes(state):
     commit(state, lambda b: register(b, "a1"))
     agent = state.agents["agents/a1"]
     assert check_heartbeat(agent, ALICE, agent.name, 1) is agent
-    with pytest.raises(errors.FailedPrecondition):
-        check_heartbeat(agent, ALICE, agent.name, 7)
+    with pytest.raises(errors.NotFound):
+        check_heartbeat(agent, ALICE, agent.name, 7)  # an epoch never issued
     with pytest.raises(errors.PermissionDenied):
         check_heartbeat(agent, BOB, agent.name, 1)
     assert not heartbeat_changes(agent, heartbeat(agent.name, 1))

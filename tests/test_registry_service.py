@@ -363,6 +363,16 @@ async def test_epoch_mismatch_after_the_name_was_registered_again(suite):
     assert error_info(caught.value).reason == "EPOCH_MISMATCH"
 
 
+async def test_a_heartbeat_of_an_epoch_never_issued_is_not_found(suite):
+    stub = suite.stub()
+    await stub.RegisterAgent(register_request("a1", request_id="one"))
+    await stub.RegisterAgent(register_request("a1", request_id="two"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=99))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "epoch 99 was never issued" in (caught.value.details() or "")
+
+
 # --- ownership -----------------------------------------------------------------------------
 
 

@@ -135,10 +135,11 @@ class RegistryServiceServicer:
     def Heartbeat(self, request, context):
         """Renews an agent's lease and optionally reports its health and load. A heartbeat that
         changes neither advances no revision; one that does commits a change (PUT event).
-        Errors: NOT_FOUND when the name is unknown or its lease has expired — the agent must
-        register again (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason
-        "EPOCH_MISMATCH") when the name was registered again since this epoch — the caller's
-        registration was superseded and it must not silently re-register.
+        Errors: NOT_FOUND when the name is unknown, its lease has expired, or the epoch is
+        greater than any this registry issued for the name — the agent must register again
+        (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason "EPOCH_MISMATCH") when
+        the name was registered again since this (older) epoch — the caller's registration
+        was superseded and it must not silently re-register.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -69,10 +69,11 @@ class RegistryServiceStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]
     """Renews an agent's lease and optionally reports its health and load. A heartbeat that
     changes neither advances no revision; one that does commits a change (PUT event).
-    Errors: NOT_FOUND when the name is unknown or its lease has expired — the agent must
-    register again (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason
-    "EPOCH_MISMATCH") when the name was registered again since this epoch — the caller's
-    registration was superseded and it must not silently re-register.
+    Errors: NOT_FOUND when the name is unknown, its lease has expired, or the epoch is
+    greater than any this registry issued for the name — the agent must register again
+    (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason "EPOCH_MISMATCH") when
+    the name was registered again since this (older) epoch — the caller's registration
+    was superseded and it must not silently re-register.
     """
     UpdateAgent: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateAgentRequest, _registry_pb2.UpdateAgentResponse]
     """Changes the fields of an agent named by update_mask. Emits a PUT event when anything
@@ -144,10 +145,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Renews an agent's lease and optionally reports its health and load. A heartbeat that
     changes neither advances no revision; one that does commits a change (PUT event).
-    Errors: NOT_FOUND when the name is unknown or its lease has expired — the agent must
-    register again (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason
-    "EPOCH_MISMATCH") when the name was registered again since this epoch — the caller's
-    registration was superseded and it must not silently re-register.
+    Errors: NOT_FOUND when the name is unknown, its lease has expired, or the epoch is
+    greater than any this registry issued for the name — the agent must register again
+    (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason "EPOCH_MISMATCH") when
+    the name was registered again since this (older) epoch — the caller's registration
+    was superseded and it must not silently re-register.
     """
     UpdateAgent: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateAgentRequest, _registry_pb2.UpdateAgentResponse]  # type: ignore[assignment]
     """Changes the fields of an agent named by update_mask. Emits a PUT event when anything
@@ -228,10 +230,11 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.HeartbeatResponse, _abc.Awaitable[_registry_pb2.HeartbeatResponse]]:
         """Renews an agent's lease and optionally reports its health and load. A heartbeat that
         changes neither advances no revision; one that does commits a change (PUT event).
-        Errors: NOT_FOUND when the name is unknown or its lease has expired — the agent must
-        register again (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason
-        "EPOCH_MISMATCH") when the name was registered again since this epoch — the caller's
-        registration was superseded and it must not silently re-register.
+        Errors: NOT_FOUND when the name is unknown, its lease has expired, or the epoch is
+        greater than any this registry issued for the name — the agent must register again
+        (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason "EPOCH_MISMATCH") when
+        the name was registered again since this (older) epoch — the caller's registration
+        was superseded and it must not silently re-register.
         """
 
     @_abc_1.abstractmethod

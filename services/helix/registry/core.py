@@ -272,8 +272,20 @@ def check_owner(agent: Agent | None, principal: Principal, name: str, etag: str 
 
 def check_heartbeat(agent: Agent | None, principal: Principal, name: str, epoch: int) -> Agent:
     """The agent a heartbeat of (`name`, `epoch`) by `principal` renews: `check_owner`,
-    and the registration the caller holds must still be the current one."""
+    and the registration the caller holds must still be the current one.
+
+    An older epoch was superseded (FAILED_PRECONDITION, EPOCH_MISMATCH: the caller must
+    not take the name back). A greater one was never issued by this registry (a client
+    bug, or a registry restored from an older copy): NOT_FOUND, so the caller registers
+    again, as after a lost lease.
+    """
     agent = check_owner(agent, principal, name)
+    if epoch > agent.epoch:
+        raise errors.NotFound(
+            f"epoch {epoch} was never issued for {name} (its current epoch is "
+            f"{agent.epoch}): register again",
+            metadata={"name": name, "epoch": str(agent.epoch)},
+        )
     if agent.epoch != epoch:
         raise errors.FailedPrecondition(
             f"{name} was registered again (epoch {agent.epoch}) since epoch {epoch}: this "
