@@ -110,6 +110,28 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     return info
 
 
+def quota_failure(error: grpc.aio.AioRpcError) -> list[error_details_pb2.QuotaFailure.Violation]:
+    """The QuotaFailure violations of an error (empty if it has none)."""
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        found = error_details_pb2.QuotaFailure()
+        if detail.Unpack(found):
+            return list(found.violations)
+    return []
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay of an error in seconds (0 if it has none)."""
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        found = error_details_pb2.RetryInfo()
+        if detail.Unpack(found):
+            return float(found.retry_delay.ToNanoseconds()) / 1e9
+    return 0.0
+
+
 def bad_request(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
     status = rpc_status.from_call(error)
     assert status is not None

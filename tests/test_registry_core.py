@@ -184,6 +184,34 @@ def test_the_number_of_agents_is_bounded_counting_the_batch(state):
     assert [e.revision for e in batch.events] == [2, 3, 4, 5]
 
 
+def test_the_agents_of_one_principal_are_bounded_counting_the_batch(state):
+    # Issue 10 item 6: one principal could fill --registry-max-agents and lock out the rest.
+    limits = RegistryLimits(max_agents_per_principal=2)
+    commit(state, lambda b: register(b, "a1"), limits=limits)
+    batch = Batch(state, limits, WALL)
+    register(batch, "a2")
+    with pytest.raises(errors.ResourceExhausted) as caught:
+        register(batch, "a3")
+    assert caught.value.reason == reasons.TOO_MANY_AGENTS_FOR_PRINCIPAL
+    assert caught.value.quota_subject == "principal:alice/agents"
+    assert caught.value.retry_after is not None
+    assert "alice holds its maximum of 2 agents" in caught.value.message
+    register(batch, "b1", BOB, request_id="b1")  # another principal is not locked out
+    register(batch, "a1", request_id="again")  # replacing one's own is not a new agent
+    register(batch, "a2", ROOT, request_id="root")  # an admin's replacement stays alice's
+    batch.deregister(ALICE, "agents/a2", "")  # removing one makes room, in the same batch
+    register(batch, "a3")
+    state.install(batch.events)
+    assert state.agents_per_owner == {"alice": 2, "bob": 1}
+    one = RegistryLimits(max_agents_per_principal=1)
+    commit(state, lambda b: register(b, "r1", ROOT, request_id="r1"), limits=one)
+    with pytest.raises(errors.ResourceExhausted):  # admins are counted like anyone
+        register(Batch(state, one, WALL), "r2", ROOT, request_id="r2")
+    assert state.agents_per_owner == {"alice": 2, "bob": 1, "root": 1}
+    commit(state, lambda b: b.expire("agents/b1", state.agents["agents/b1"].epoch))
+    assert state.agents_per_owner == {"alice": 2, "root": 1}
+
+
 # --- update, heartbeat changes, deregister, expire -------------------------------------------
 
 

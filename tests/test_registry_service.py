@@ -18,7 +18,9 @@ from registry_support import (
     agent_spec,
     bad_request,
     error_info,
+    quota_failure,
     register_request,
+    retry_delay,
     start_suite,
 )
 from waiting import eventually
@@ -584,6 +586,31 @@ async def test_registry_metrics(suite):
     assert value("helix_registry_revision") == 2
     assert value("helix_registry_write_batch_size_count") == 2
     assert value("helix_registry_leases") == 2
+
+
+async def test_one_principal_cannot_fill_the_registry(tmp_path):
+    # Issue 10 item 6: with only a global cap, one principal locked every other one out.
+    suite = await start_suite(
+        tmp_path / "data", registry_max_agents=10, registry_max_agents_per_principal=3
+    )
+    try:
+        greedy, other = suite.stub("greedy"), suite.stub("other")
+        for i in range(3):
+            await greedy.RegisterAgent(register_request(f"g{i}"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await greedy.RegisterAgent(register_request("g3"))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_info(caught.value).reason == "TOO_MANY_AGENTS_FOR_PRINCIPAL"
+        assert "principal:greedy/agents" in [v.subject for v in quota_failure(caught.value)]
+        assert retry_delay(caught.value) > 0
+        await other.RegisterAgent(register_request("o1"))  # not locked out
+        metrics = suite.server.metrics.registry
+        refused = metrics.get_sample_value(
+            "helix_registry_refused_total", {"reason": "TOO_MANY_AGENTS_FOR_PRINCIPAL"}
+        )
+        assert refused == 1
+    finally:
+        await suite.close()
 
 
 async def test_the_number_of_agents_is_bounded(tmp_path):

@@ -291,7 +291,14 @@ REVISION_COMPACTED = _reason(
 TOO_MANY_AGENTS = _reason(
     "TOO_MANY_AGENTS",
     errors.ResourceExhausted,
-    "The registry holds its maximum of agents (--registry-max-agents).",
+    "The registry holds its maximum of agents (--registry-max-agents); QuotaFailure, RetryInfo.",
+    "registry",
+)
+TOO_MANY_AGENTS_FOR_PRINCIPAL = _reason(
+    "TOO_MANY_AGENTS_FOR_PRINCIPAL",
+    errors.ResourceExhausted,
+    "The caller holds its maximum of agents (--registry-max-agents-per-principal); "
+    "QuotaFailure names it, RetryInfo.",
     "registry",
 )
 TOO_MANY_WATCHERS = _reason(

@@ -29,6 +29,9 @@ class RegistryConfig(ServerConfig):
     registry_max_batch: int = setting(1000, "mutations committed together at most")
     registry_write_queue: int = setting(10_000, "mutations waiting for the writer at most")
     registry_max_agents: int = setting(100_000, "agents registered at once at most")
+    registry_max_agents_per_principal: int = setting(
+        1000, "agents one principal (the token's subject; admins too) may hold at once"
+    )
     registry_request_ttl: Duration = setting(
         Duration(600.0), "how long RegisterAgent request ids are remembered"
     )
@@ -65,6 +68,11 @@ class RegistryConfig(ServerConfig):
         require(1 <= self.registry_write_queue <= 1_000_000, "registry_write_queue", "1..1000000")
         require(self.registry_request_ttl >= 600, "registry_request_ttl", "at least 10m")
         require(1 <= self.registry_max_agents <= 10_000_000, "registry_max_agents", "1..10000000")
+        require(
+            1 <= self.registry_max_agents_per_principal <= 10_000_000,
+            "registry_max_agents_per_principal",
+            "1..10000000",
+        )
 
     def registry_file(self, data_dir: Path) -> Path:
         """The SQLite file: --registry-db, else registry.sqlite3 in `data_dir`."""
@@ -76,6 +84,7 @@ class RegistryConfig(ServerConfig):
             min_ttl_seconds=self.registry_min_ttl,
             max_ttl_seconds=self.registry_max_ttl,
             max_agents=self.registry_max_agents,
+            max_agents_per_principal=self.registry_max_agents_per_principal,
         )
         return EngineSettings(
             limits=limits,

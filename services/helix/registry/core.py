@@ -72,6 +72,7 @@ class Batch:
         self._requests: dict[tuple[str, str], RequestRecord] = {}
         self.events: list[Event] = []
         self._net_added = 0  # agents this batch adds minus those it removes
+        self._owner_added: dict[str, int] = {}  # the same, per owner
         self.new_requests: list[tuple[str, str, RequestRecord]] = []
 
     @property
@@ -124,13 +125,8 @@ class Batch:
                 f"{name} is registered by another principal", metadata={"name": name}
             )
         if existing is None:
-            if len(self._state.agents) + self._net_added >= self._limits.max_agents:
-                raise errors.ResourceExhausted(
-                    f"the registry holds its maximum of {self._limits.max_agents} agents",
-                    retry_after=5.0,
-                    reason=reasons.TOO_MANY_AGENTS,
-                )
-            self._net_added += 1
+            self._check_room(principal.subject)
+            self._added(principal.subject, 1)
         revision = self.revision + 1
         agent = Agent()
         agent.CopyFrom(request.agent)
@@ -156,6 +152,32 @@ class Batch:
         self._requests[key] = record
         self.new_requests.append((principal.subject, request.request_id, record))
         return response
+
+    def _check_room(self, owner: str) -> None:
+        """Refuse a new agent of `owner` when the registry, or `owner`'s quota, is full
+        (counting what this batch added and removed so far)."""
+        limits = self._limits
+        if len(self._state.agents) + self._net_added >= limits.max_agents:
+            raise errors.ResourceExhausted(
+                f"the registry holds its maximum of {limits.max_agents} agents",
+                retry_after=5.0,
+                quota_subject="registry/agents",
+                reason=reasons.TOO_MANY_AGENTS,
+            )
+        held = self._state.agents_per_owner.get(owner, 0) + self._owner_added.get(owner, 0)
+        if held >= limits.max_agents_per_principal:
+            raise errors.ResourceExhausted(
+                f"{owner} holds its maximum of {limits.max_agents_per_principal} agents: "
+                "deregister one first, or ask the operator for a larger quota",
+                retry_after=5.0,
+                quota_subject=f"principal:{owner}/agents",
+                reason=reasons.TOO_MANY_AGENTS_FOR_PRINCIPAL,
+                metadata={"limit": str(limits.max_agents_per_principal)},
+            )
+
+    def _added(self, owner: str, count: int) -> None:
+        self._net_added += count
+        self._owner_added[owner] = self._owner_added.get(owner, 0) + count
 
     # --- changes to an existing agent ------------------------------------------------------
 
@@ -231,7 +253,7 @@ class Batch:
     def deregister(self, principal: Principal, name: str, etag: str) -> Event:
         """DeregisterAgent: a DELETE of reason DEREGISTERED, conditional on the etag."""
         agent = check_owner(self.get(name), principal, name, etag)
-        self._net_added -= 1
+        self._added(agent.owner, -1)
         return self._emit(DELETE, agent, agent, DEREGISTERED)
 
     def expire(self, name: str, epoch: int) -> Event | None:
@@ -239,7 +261,7 @@ class Batch:
         agent = self.get(name)
         if agent is None or agent.epoch != epoch:
             return None
-        self._net_added -= 1
+        self._added(agent.owner, -1)
         return self._emit(DELETE, agent, agent, EXPIRED)
 
 

@@ -39,6 +39,10 @@ from helix.security.principal import Principal
 
 log = logging.getLogger("helix.registry")
 T = TypeVar("T")
+# The refusals counted in `RegistryStats.refused` (helix_registry_refused_total).
+LIMIT_REASONS = frozenset(
+    {reasons.TOO_MANY_AGENTS, reasons.TOO_MANY_AGENTS_FOR_PRINCIPAL, reasons.WRITE_QUEUE_FULL}
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class Registry:
         self.state = RegistryState(history_limit=self.settings.history_limit)
         self.leases = LeaseTable()
         self.stats = RegistryStats()
+        # Every refusal counter exists from the start (at 0), and the exporter's thread never
+        # sees the dict change size.
+        self.stats.refused = dict.fromkeys(sorted(LIMIT_REASONS), 0)
         self.hub = WatchHub(self.settings.max_watchers, self.settings.watch_buffer, self.stats)
         self._clock = clock
         self._wall = wall
@@ -284,11 +291,13 @@ class Registry:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            raise errors.ResourceExhausted(
+            error = errors.ResourceExhausted(
                 "the registry's write queue is full",
                 retry_after=0.1,
                 reason=reasons.WRITE_QUEUE_FULL,
-            ) from None
+            )
+            self._count_refusal(error)
+            raise error from None
         result: T = await job.done
         return result
 
@@ -322,6 +331,7 @@ class Registry:
             try:
                 results.append((job, job.apply(batch)))
             except Exception as exc:  # a domain error for this job only
+                self._count_refusal(exc)
                 job.done.set_exception(exc)
         if batch.events or batch.new_requests:
             try:
@@ -340,6 +350,11 @@ class Registry:
         for job, result in results:
             if not job.done.done():
                 job.done.set_result(result)
+
+    def _count_refusal(self, error: Exception) -> None:
+        """Count a write refused for one of the registry's limits (a metric)."""
+        if isinstance(error, errors.HelixError) and error.reason in LIMIT_REASONS:
+            self.stats.refused[error.reason] += 1
 
     async def _commit(self, batch: Batch) -> None:
         # The history keeps the last `history_limit` revisions; the store forgets older ones.

@@ -88,6 +88,15 @@ class RegistryCollector(Collector):
             "Watches cancelled for falling too far behind.",
             value=stats.watchers_cut_off,
         )
+        refused = CounterMetricFamily(
+            "helix_registry_refused",
+            "Writes refused for a limit of the registry (agents, per-principal quota, agent "
+            "size, write queue), by ErrorInfo reason.",
+            labels=("reason",),
+        )
+        for reason, count in sorted(stats.refused.items()):
+            refused.add_metric((reason,), count)
+        yield refused
         yield _histogram(
             "helix_registry_write_batch_size",
             "Changes committed together by one group commit.",

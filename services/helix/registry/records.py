@@ -45,9 +45,9 @@ def stored_requests(batch: Batch) -> list[StoredRequest]:
 
 def load_state(state: RegistryState, snapshot: Snapshot) -> None:
     """Fill an empty `state` with what a store returned on open."""
-    for name, raw in snapshot.agents.items():
-        state.agents[name] = registry_pb2.Agent.FromString(raw)
-    state.names = sorted(state.agents)
+    state.load_agents(
+        {name: registry_pb2.Agent.FromString(raw) for name, raw in snapshot.agents.items()}
+    )
     state.revision = snapshot.revision
     for stored in snapshot.events:
         prev = registry_pb2.Agent.FromString(stored.prev) if stored.prev is not None else None

@@ -86,6 +86,8 @@ class RegistryState:
     revision: int = 0
     history: deque[Event] = field(default_factory=deque)
     requests: dict[tuple[str, str], RequestRecord] = field(default_factory=dict)
+    # How many agents each principal (Agent.owner) holds: the per-principal quota.
+    agents_per_owner: dict[str, int] = field(default_factory=dict)
 
     @property
     def first_available(self) -> int:
@@ -99,11 +101,14 @@ class RegistryState:
                 raise errors.Internal(f"revision {event.revision} after {self.revision}")
             name = event.name
             if event.type == DELETE:
-                if self.agents.pop(name, None) is not None:
+                gone = self.agents.pop(name, None)
+                if gone is not None:
                     del self.names[bisect.bisect_left(self.names, name)]
+                    self._count_owner(gone.owner, -1)
             else:
                 if name not in self.agents:
                     bisect.insort(self.names, name)
+                    self._count_owner(event.agent.owner, 1)
                 self.agents[name] = event.agent
             self.history.append(event)
             self.revision = event.revision
@@ -111,6 +116,21 @@ class RegistryState:
         while len(self.history) > self.history_limit:
             forgotten = self.history.popleft().revision + 1
         return forgotten
+
+    def _count_owner(self, owner: str, delta: int) -> None:
+        held = self.agents_per_owner.get(owner, 0) + delta
+        if held > 0:
+            self.agents_per_owner[owner] = held
+        else:
+            self.agents_per_owner.pop(owner, None)
+
+    def load_agents(self, agents: dict[str, Agent]) -> None:
+        """Take `agents` (an empty state's first fill, from the store) with their indexes."""
+        self.agents = agents
+        self.names = sorted(agents)
+        self.agents_per_owner = {}
+        for agent in agents.values():
+            self._count_owner(agent.owner, 1)
 
     def remember(self, owner: str, request_id: str, record: RequestRecord) -> None:
         self.requests[(owner, request_id)] = record
