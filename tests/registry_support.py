@@ -94,6 +94,16 @@ def agent_spec(
     return agent
 
 
+def big_agent(dnas: int, labels: int = 64) -> registry_pb2.Agent:
+    """A generator agent advertising `dnas` DNA names of the longest valid form (70 bytes
+    each on the wire) and `labels` labels of the longest valid keys and values:
+    10,000 names and 64 labels make the 713 KB agent of issue 10."""
+    agent = agent_spec(kind=registry_pb2.AGENT_KIND_GENERATOR)
+    agent.generator.dnas.extend(f"dnas/d{i:062d}" for i in range(dnas))
+    agent.labels.update({f"k{i:062d}": f"v{i:062d}" for i in range(labels)})
+    return agent
+
+
 def register_request(
     agent_id: str, request_id: str | None = None, **spec: Any
 ) -> registry_pb2.RegisterAgentRequest:

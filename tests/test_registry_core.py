@@ -13,13 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common import errors, reasons
+from helix.common import errors, reasons, rules
 from helix.registry.core import Batch, check_heartbeat, check_owner, fingerprint, heartbeat_changes
 from helix.registry.state import (
     DELETE,
     DEREGISTERED,
     EXPIRED,
     PUT,
+    RESPONSE_OVERHEAD,
     SERVING,
     Event,
     RegistryState,
@@ -70,6 +71,11 @@ def update(
         agent=registry_pb2.Agent(name=name, etag=etag, **fields),
         update_mask=FieldMask(paths=paths),
     )
+
+
+def big_labels(count: int) -> dict[str, str]:
+    """`count` labels of about 130 bytes each on the wire."""
+    return {f"k{i:062d}": f"v{i:062d}" for i in range(count)}
 
 
 @pytest.fixture
@@ -210,6 +216,28 @@ def test_the_agents_of_one_principal_are_bounded_counting_the_batch(state):
     assert state.agents_per_owner == {"alice": 2, "bob": 1, "root": 1}
     commit(state, lambda b: b.expire("agents/b1", state.agents["agents/b1"].epoch))
     assert state.agents_per_owner == {"alice": 2, "root": 1}
+
+
+def test_an_agent_over_the_size_limit_is_refused_on_register_and_update(state):
+    # Issue 10 item 4: 713 KB agents were accepted, and broke every listing and watch.
+    limits = RegistryLimits(max_agent_bytes=2048)
+    batch = Batch(state, limits, WALL)
+    with pytest.raises(errors.InvalidArgument) as caught:
+        register(batch, "a1", ALICE, None, **big_labels(20))
+    assert caught.value.reason == reasons.AGENT_TOO_LARGE
+    [violation] = caught.value.violations
+    assert (violation.field, violation.reason) == ("agent", rules.TOO_LARGE)
+    assert "over the limit of 2048 bytes" in violation.description
+    assert not batch.events
+    assert not batch.new_requests
+    commit(state, lambda b: register(b, "a1"), limits=limits)
+    before = state.agents["agents/a1"]
+    batch = Batch(state, limits, WALL)
+    with pytest.raises(errors.InvalidArgument) as grown:
+        batch.update(ALICE, update("agents/a1", ["labels"], labels=big_labels(30)))
+    assert grown.value.reason == reasons.AGENT_TOO_LARGE
+    assert not batch.events
+    assert state.agents["agents/a1"] is before
 
 
 # --- update, heartbeat changes, deregister, expire -------------------------------------------
@@ -468,6 +496,23 @@ def test_page_filters_and_refuses_a_compacted_snapshot():
     small.page(small.first_available - 1, Selector(), "", 10)  # the oldest snapshot it can undo
     with pytest.raises(errors.OutOfRange):
         small.page(1, Selector(), "", 10)
+
+
+def test_a_page_is_cut_by_bytes_as_well_as_by_count(state):
+    commit(
+        state,
+        *(lambda b, i=i: register(b, f"a{i}", ALICE, None, **big_labels(8)) for i in range(10)),
+    )
+    size = state.agents["agents/a0"].ByteSize()
+    assert size > 1000
+    room = RESPONSE_OVERHEAD + 3 * (size + 6)
+    found, after = state.page(state.revision, Selector(), "", 100, room)
+    assert [a.name for a in found] == ["agents/a0", "agents/a1", "agents/a2"]
+    assert after == "agents/a2"
+    # An agent larger than a whole response still goes out, alone.
+    alone, after = state.page(state.revision, Selector(), "agents/a2", 100, 10)
+    assert [a.name for a in alone] == ["agents/a3"]
+    assert after == "agents/a3"
 
 
 def test_forget_requests_before(state):

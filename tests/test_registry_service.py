@@ -17,6 +17,7 @@ from registry_support import (
     Suite,
     agent_spec,
     bad_request,
+    big_agent,
     error_info,
     quota_failure,
     register_request,
@@ -611,6 +612,66 @@ async def test_one_principal_cannot_fill_the_registry(tmp_path):
         assert refused == 1
     finally:
         await suite.close()
+
+
+# --- issue 10 item 4: big agents must not break listing and watching ---------------------------
+
+
+async def test_an_agent_over_the_size_limit_is_refused(suite):
+    stub = suite.stub()
+    request = registry_pb2.RegisterAgentRequest(
+        agent_id="huge", agent=big_agent(10_000), request_id="huge"
+    )
+    assert request.agent.ByteSize() > 700_000
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RegisterAgent(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "AGENT_TOO_LARGE"
+    assert [f for f, _ in bad_request(caught.value)] == ["agent"]
+    # Growing an agent past the limit with UpdateAgent is refused too, and changes nothing.
+    small = await stub.RegisterAgent(
+        register_request("grows", kind=registry_pb2.AGENT_KIND_GENERATOR)
+    )
+    grown = big_agent(1000)
+    grown.name = "agents/grows"
+    with pytest.raises(grpc.aio.AioRpcError) as update:
+        await stub.UpdateAgent(
+            registry_pb2.UpdateAgentRequest(agent=grown, update_mask=FieldMask(paths=["generator"]))
+        )
+    assert error_info(update.value).reason == "AGENT_TOO_LARGE"
+    got = await stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/grows"))
+    assert got.agent == small.agent
+    refused = suite.server.metrics.registry.get_sample_value(
+        "helix_registry_refused_total", {"reason": "AGENT_TOO_LARGE"}
+    )
+    assert refused == 2
+
+
+async def test_agents_at_the_size_limit_can_be_listed_and_watched_by_any_client(suite):
+    # 80 agents just under 64 KiB: a default page (100) of them is 5 MB, over the 4 MiB
+    # every gRPC client accepts by default (the stub's channel keeps that default).
+    stub = suite.stub()
+    count = 80
+    for i in range(count):
+        agent = big_agent(780)
+        request = registry_pb2.RegisterAgentRequest(
+            agent_id=f"big{i:02d}", agent=agent, request_id=f"big{i}"
+        )
+        await stub.RegisterAgent(request)
+    names: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_token=token))
+        assert page.ByteSize() <= 4 * 1024 * 1024
+        names += [a.name for a in page.agents]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [f"agents/big{i:02d}" for i in range(count)]
+    watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=1))
+    events = await collect(watch, count)
+    assert [e.revision for e in events] == list(range(1, count + 1))
+    watch.cancel()
 
 
 async def test_the_number_of_agents_is_bounded(tmp_path):

@@ -19,6 +19,7 @@ from helix.registry.state import (
     EXPIRED,
     FILTERED_OUT,
     PUT,
+    RESPONSE_OVERHEAD,
     Event,
     RegistryState,
     Selector,
@@ -191,6 +192,27 @@ def test_a_response_carries_at_most_max_events_in_order():
         range(MAX_EVENTS_PER_RESPONSE + 1, count + 1)
     )
     assert next_response(watcher, state).progress
+
+
+def test_a_response_is_cut_by_bytes_as_well_as_by_count():
+    labels = {f"k{i:062d}": f"v{i:062d}" for i in range(8)}  # about 1 KB per event
+    events = [put(i, agent(f"a{i}", **labels)) for i in range(1, 8)]
+    size = registry_pb2.AgentEvent(agent=events[0].agent, revision=7, type=PUT).ByteSize()
+    room = RESPONSE_OVERHEAD + 3 * (size + 6)
+    hub = WatchHub(max_watchers=1, buffer=100, max_response_bytes=room)
+    watcher = hub.add(EVERYTHING)
+    hub.publish(events)
+    state = RegistryState()
+    sizes = []
+    while not (response := next_response(watcher, state)).progress:
+        assert response.ByteSize() <= room
+        sizes.append(len(response.events))
+    assert sizes == [3, 3, 1]
+    # One event larger than a whole response still goes out, alone.
+    tiny = WatchHub(max_watchers=1, buffer=100, max_response_bytes=100)
+    watcher = tiny.add(EVERYTHING)
+    tiny.publish([put(1, agent("a", **labels)), put(2, agent("b", **labels))])
+    assert [len(next_response(watcher, state).events) for _ in range(2)] == [1, 1]
 
 
 # --- the stream ------------------------------------------------------------------------------

@@ -179,7 +179,14 @@ Global___AgentLoad: _TypeAlias = AgentLoad  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):
-    """A registered agent. Resource name "agents/{agent}"."""
+    """A registered agent. Resource name "agents/{agent}".
+
+    Size: an agent as the registry stores it (output-only fields included) serializes to at
+    most 65536 bytes by default (server configurable); RegisterAgent or UpdateAgent that
+    would make it larger fails with INVALID_ARGUMENT (ErrorInfo reason "AGENT_TOO_LARGE",
+    BadRequest field "agent", rule "too_large"). Heartbeats are never refused for size.
+    A generator advertising its DNA library should keep its names within 48 KiB.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -697,7 +704,8 @@ class ListAgentsRequest(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Optional. Maximum agents per page: 0 means 100; above 1000 means 1000; negative fails
-    with INVALID_ARGUMENT. A page may hold fewer, even when more follow.
+    with INVALID_ARGUMENT. A page may hold fewer, even when more follow: a response stays
+    within 4 MiB (4194304 bytes, the default receive limit of gRPC clients).
     """
     page_token: _builtins.str
     """Optional. next_page_token of the previous page (opaque, at most 1024 characters); the
@@ -838,7 +846,8 @@ class WatchAgentsResponse(_message.Message):
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentEvent]:
         """The events, in revision order, consecutive among matching events; empty in a progress
-        notification. At most 1000 per response.
+        notification. At most 1000 per response, and a response stays within 4 MiB (4194304
+        bytes, the default receive limit of gRPC clients).
         """
 
     def __init__(

@@ -123,8 +123,12 @@ class RegistryServiceServicer:
     def RegisterAgent(self, request, context):
         """Registers an agent and grants it a lease, or replaces the caller's own existing
         registration of the same name (an agent restarting under a fixed id), which gives it a
-        new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields;
-        ALREADY_EXISTS when the name is held by another principal's live registration.
+        new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields, or
+        (ErrorInfo reason "AGENT_TOO_LARGE") an agent over the size limit (see Agent);
+        ALREADY_EXISTS when the name is held by another principal's live registration;
+        RESOURCE_EXHAUSTED when the registry (reason "TOO_MANY_AGENTS") or the caller's quota
+        (reason "TOO_MANY_AGENTS_FOR_PRINCIPAL", 1000 agents per principal by default) is
+        full, with QuotaFailure and RetryInfo.
         Idempotent by request_id: a retry with the same request_id returns the first
         response and registers nothing again.
         """
@@ -148,7 +152,8 @@ class RegistryServiceServicer:
     def UpdateAgent(self, request, context):
         """Changes the fields of an agent named by update_mask. Emits a PUT event when anything
         changed. Errors: NOT_FOUND; ABORTED when agent.etag is set and stale (nothing is
-        changed); INVALID_ARGUMENT for bad fields or a path that may not be updated.
+        changed); INVALID_ARGUMENT for bad fields, a path that may not be updated, or an
+        agent that would grow over the size limit (reason "AGENT_TOO_LARGE"; see Agent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

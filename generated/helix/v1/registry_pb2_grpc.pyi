@@ -61,8 +61,12 @@ class RegistryServiceStub:
     RegisterAgent: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterAgentRequest, _registry_pb2.RegisterAgentResponse]
     """Registers an agent and grants it a lease, or replaces the caller's own existing
     registration of the same name (an agent restarting under a fixed id), which gives it a
-    new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields;
-    ALREADY_EXISTS when the name is held by another principal's live registration.
+    new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields, or
+    (ErrorInfo reason "AGENT_TOO_LARGE") an agent over the size limit (see Agent);
+    ALREADY_EXISTS when the name is held by another principal's live registration;
+    RESOURCE_EXHAUSTED when the registry (reason "TOO_MANY_AGENTS") or the caller's quota
+    (reason "TOO_MANY_AGENTS_FOR_PRINCIPAL", 1000 agents per principal by default) is
+    full, with QuotaFailure and RetryInfo.
     Idempotent by request_id: a retry with the same request_id returns the first
     response and registers nothing again.
     """
@@ -78,7 +82,8 @@ class RegistryServiceStub:
     UpdateAgent: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateAgentRequest, _registry_pb2.UpdateAgentResponse]
     """Changes the fields of an agent named by update_mask. Emits a PUT event when anything
     changed. Errors: NOT_FOUND; ABORTED when agent.etag is set and stale (nothing is
-    changed); INVALID_ARGUMENT for bad fields or a path that may not be updated.
+    changed); INVALID_ARGUMENT for bad fields, a path that may not be updated, or an
+    agent that would grow over the size limit (reason "AGENT_TOO_LARGE"; see Agent).
     """
     DeregisterAgent: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeregisterAgentRequest, _registry_pb2.DeregisterAgentResponse]
     """Removes an agent and its lease. Emits a DELETE event of reason DEREGISTERED.
@@ -137,8 +142,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     RegisterAgent: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterAgentRequest, _registry_pb2.RegisterAgentResponse]  # type: ignore[assignment]
     """Registers an agent and grants it a lease, or replaces the caller's own existing
     registration of the same name (an agent restarting under a fixed id), which gives it a
-    new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields;
-    ALREADY_EXISTS when the name is held by another principal's live registration.
+    new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields, or
+    (ErrorInfo reason "AGENT_TOO_LARGE") an agent over the size limit (see Agent);
+    ALREADY_EXISTS when the name is held by another principal's live registration;
+    RESOURCE_EXHAUSTED when the registry (reason "TOO_MANY_AGENTS") or the caller's quota
+    (reason "TOO_MANY_AGENTS_FOR_PRINCIPAL", 1000 agents per principal by default) is
+    full, with QuotaFailure and RetryInfo.
     Idempotent by request_id: a retry with the same request_id returns the first
     response and registers nothing again.
     """
@@ -154,7 +163,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     UpdateAgent: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateAgentRequest, _registry_pb2.UpdateAgentResponse]  # type: ignore[assignment]
     """Changes the fields of an agent named by update_mask. Emits a PUT event when anything
     changed. Errors: NOT_FOUND; ABORTED when agent.etag is set and stale (nothing is
-    changed); INVALID_ARGUMENT for bad fields or a path that may not be updated.
+    changed); INVALID_ARGUMENT for bad fields, a path that may not be updated, or an
+    agent that would grow over the size limit (reason "AGENT_TOO_LARGE"; see Agent).
     """
     DeregisterAgent: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeregisterAgentRequest, _registry_pb2.DeregisterAgentResponse]  # type: ignore[assignment]
     """Removes an agent and its lease. Emits a DELETE event of reason DEREGISTERED.
@@ -216,8 +226,12 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.RegisterAgentResponse, _abc.Awaitable[_registry_pb2.RegisterAgentResponse]]:
         """Registers an agent and grants it a lease, or replaces the caller's own existing
         registration of the same name (an agent restarting under a fixed id), which gives it a
-        new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields;
-        ALREADY_EXISTS when the name is held by another principal's live registration.
+        new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields, or
+        (ErrorInfo reason "AGENT_TOO_LARGE") an agent over the size limit (see Agent);
+        ALREADY_EXISTS when the name is held by another principal's live registration;
+        RESOURCE_EXHAUSTED when the registry (reason "TOO_MANY_AGENTS") or the caller's quota
+        (reason "TOO_MANY_AGENTS_FOR_PRINCIPAL", 1000 agents per principal by default) is
+        full, with QuotaFailure and RetryInfo.
         Idempotent by request_id: a retry with the same request_id returns the first
         response and registers nothing again.
         """
@@ -245,7 +259,8 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.UpdateAgentResponse, _abc.Awaitable[_registry_pb2.UpdateAgentResponse]]:
         """Changes the fields of an agent named by update_mask. Emits a PUT event when anything
         changed. Errors: NOT_FOUND; ABORTED when agent.etag is set and stale (nothing is
-        changed); INVALID_ARGUMENT for bad fields or a path that may not be updated.
+        changed); INVALID_ARGUMENT for bad fields, a path that may not be updated, or an
+        agent that would grow over the size limit (reason "AGENT_TOO_LARGE"; see Agent).
         """
 
     @_abc_1.abstractmethod

@@ -32,6 +32,9 @@ class RegistryConfig(ServerConfig):
     registry_max_agents_per_principal: int = setting(
         1000, "agents one principal (the token's subject; admins too) may hold at once"
     )
+    registry_max_agent_bytes: int = setting(
+        65_536, "largest agent (serialized, as stored) RegisterAgent/UpdateAgent accept"
+    )
     registry_request_ttl: Duration = setting(
         Duration(600.0), "how long RegisterAgent request ids are remembered"
     )
@@ -68,6 +71,12 @@ class RegistryConfig(ServerConfig):
         require(1 <= self.registry_write_queue <= 1_000_000, "registry_write_queue", "1..1000000")
         require(self.registry_request_ttl >= 600, "registry_request_ttl", "at least 10m")
         require(1 <= self.registry_max_agents <= 10_000_000, "registry_max_agents", "1..10000000")
+        # An agent must fit, with room to spare, in a 4 MiB page or watch response.
+        require(
+            1024 <= self.registry_max_agent_bytes <= 1024 * 1024,
+            "registry_max_agent_bytes",
+            "1024..1048576",
+        )
         require(
             1 <= self.registry_max_agents_per_principal <= 10_000_000,
             "registry_max_agents_per_principal",
@@ -85,6 +94,7 @@ class RegistryConfig(ServerConfig):
             max_ttl_seconds=self.registry_max_ttl,
             max_agents=self.registry_max_agents,
             max_agents_per_principal=self.registry_max_agents_per_principal,
+            max_agent_bytes=self.registry_max_agent_bytes,
         )
         return EngineSettings(
             limits=limits,

@@ -126,7 +126,6 @@ class Batch:
             )
         if existing is None:
             self._check_room(principal.subject)
-            self._added(principal.subject, 1)
         revision = self.revision + 1
         agent = Agent()
         agent.CopyFrom(request.agent)
@@ -146,6 +145,9 @@ class Batch:
         agent.create_time.CopyFrom(_timestamp(self._wall))
         agent.update_time.CopyFrom(_timestamp(self._wall))
         agent.etag = _etag(revision)
+        self._check_size(agent)
+        if existing is None:
+            self._added(principal.subject, 1)
         self._emit(PUT, agent, existing)
         response = registry_pb2.RegisterAgentResponse(agent=agent, revision=revision)
         record = RequestRecord(digest, revision, response, self._wall)
@@ -175,19 +177,44 @@ class Batch:
                 metadata={"limit": str(limits.max_agents_per_principal)},
             )
 
+    def _check_size(self, agent: Agent) -> None:
+        """Refuse an agent (as it would be stored) over `max_agent_bytes`: every page and
+        watch response must be able to carry it."""
+        size = agent.ByteSize()
+        limit = self._limits.max_agent_bytes
+        if size > limit:
+            raise errors.InvalidArgument(
+                f"{agent.name} would take {size} bytes, over the registry's limit of {limit} "
+                "bytes per agent: advertise less (fewer DNA names, oracles or labels)",
+                [
+                    errors.FieldViolation(
+                        "agent",
+                        f"serializes to {size} bytes, over the limit of {limit} bytes",
+                        rules.TOO_LARGE,
+                    )
+                ],
+                reason=reasons.AGENT_TOO_LARGE,
+                metadata={"limit": str(limit)},
+            )
+
     def _added(self, owner: str, count: int) -> None:
         self._net_added += count
         self._owner_added[owner] = self._owner_added.get(owner, 0) + count
 
     # --- changes to an existing agent ------------------------------------------------------
 
-    def _changed(self, before: Agent, after: Agent) -> Event | None:
+    def _changed(self, before: Agent, after: Agent, *, limit_size: bool = False) -> Event | None:
+        """The PUT of `after` if it differs from `before`. With `limit_size`, an `after`
+        over the size limit is refused (heartbeats are not: health and load add a few
+        dozen bytes at most, and a lease must never be lost to them)."""
         if after == before:
             return None
         revision = self.revision + 1
         after.update_revision = revision
         after.update_time.CopyFrom(_timestamp(self._wall))
         after.etag = _etag(revision)
+        if limit_size:
+            self._check_size(after)
         return self._emit(PUT, after, before)
 
     def heartbeat_change(
@@ -228,7 +255,7 @@ class Batch:
         after.CopyFrom(agent)
         for path in paths:
             self._apply_path(after, source, path)
-        event = self._changed(agent, after)
+        event = self._changed(agent, after, limit_size=True)
         return (event.agent if event else agent), event
 
     def _apply_path(self, after: Agent, source: Any, path: str) -> None:

@@ -30,7 +30,13 @@ from helix.common.validation import duration_seconds
 from helix.registry.core import Batch, check_heartbeat, fingerprint, heartbeat_changes
 from helix.registry.leases import LeaseTable
 from helix.registry.records import load_state, stored_events, stored_requests
-from helix.registry.state import DELETE, Event, RegistryState, selector_from
+from helix.registry.state import (
+    DELETE,
+    MAX_RESPONSE_BYTES,
+    Event,
+    RegistryState,
+    selector_from,
+)
 from helix.registry.stats import RegistryStats
 from helix.registry.store import RegistryStore, Snapshot, StoreError
 from helix.registry.validation import RegistryLimits
@@ -41,7 +47,12 @@ log = logging.getLogger("helix.registry")
 T = TypeVar("T")
 # The refusals counted in `RegistryStats.refused` (helix_registry_refused_total).
 LIMIT_REASONS = frozenset(
-    {reasons.TOO_MANY_AGENTS, reasons.TOO_MANY_AGENTS_FOR_PRINCIPAL, reasons.WRITE_QUEUE_FULL}
+    {
+        reasons.AGENT_TOO_LARGE,
+        reasons.TOO_MANY_AGENTS,
+        reasons.TOO_MANY_AGENTS_FOR_PRINCIPAL,
+        reasons.WRITE_QUEUE_FULL,
+    }
 )
 
 
@@ -59,6 +70,8 @@ class EngineSettings:
     write_queue: int = 10_000
     request_ttl: float = 600.0
     max_requests: int = 100_000
+    # Not a setting: the message size every gRPC client accepts by default (registry.proto).
+    max_response_bytes: int = MAX_RESPONSE_BYTES
 
 
 @dataclass
@@ -90,7 +103,12 @@ class Registry:
         # Every refusal counter exists from the start (at 0), and the exporter's thread never
         # sees the dict change size.
         self.stats.refused = dict.fromkeys(sorted(LIMIT_REASONS), 0)
-        self.hub = WatchHub(self.settings.max_watchers, self.settings.watch_buffer, self.stats)
+        self.hub = WatchHub(
+            self.settings.max_watchers,
+            self.settings.watch_buffer,
+            self.stats,
+            max_response_bytes=self.settings.max_response_bytes,
+        )
         self._clock = clock
         self._wall = wall
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=self.settings.write_queue)
@@ -216,7 +234,9 @@ class Registry:
             snapshot, after = state.revision, ""
         limits = self.settings.limits
         limit = limits.page_size(request.page_size)
-        agents, next_after = state.page(snapshot, selector_from(request), after, limit)
+        agents, next_after = state.page(
+            snapshot, selector_from(request), after, limit, self.settings.max_response_bytes
+        )
         token = ""
         if next_after is not None:
             token = pages.encode_page_token(pages.PagePosition(next_after, snapshot), filters)

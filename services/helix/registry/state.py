@@ -25,6 +25,15 @@ EXPIRED = registry_pb2.AGENT_DELETE_REASON_EXPIRED
 FILTERED_OUT = registry_pb2.AGENT_DELETE_REASON_FILTERED_OUT
 SERVING = registry_pb2.AGENT_HEALTH_SERVING
 
+# A ListAgents page or a WatchAgents response stays within this many bytes, the largest
+# message every gRPC client accepts by default (as GenerateResponse does); one agent larger
+# than that on its own still goes out, alone.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# Room for a response's own fields (a page token is at most 1024 characters) around its
+# agents or events, and for the tag and length prefix of each of them.
+RESPONSE_OVERHEAD = 2048
+ENTRY_OVERHEAD = 6
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -161,9 +170,15 @@ class RegistryState:
         return (self.history[i] for i in range(start, len(self.history)))
 
     def page(
-        self, snapshot: int, selector: Selector, after: str, limit: int
+        self,
+        snapshot: int,
+        selector: Selector,
+        after: str,
+        limit: int,
+        max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> tuple[list[Agent], str | None]:
-        """Up to `limit` matching agents named after `after`, as of revision `snapshot`.
+        """Up to `limit` matching agents named after `after`, as of revision `snapshot`, in
+        a response of at most `max_bytes` (at least one agent, however large).
 
         Returns the page and the name to continue after (None at the end). The state at an
         older snapshot is the current state with the later history events undone.
@@ -176,11 +191,13 @@ class RegistryState:
         names = self.names
         extra = sorted(n for n, a in overlay.items() if a is not None and n not in self.agents)
         found: list[Agent] = []
+        size = RESPONSE_OVERHEAD
         for name in _merged(names, extra, after):
             agent = overlay[name] if name in overlay else self.agents.get(name)
             if agent is None or not selector.matches(agent):
                 continue
-            if len(found) == limit:
+            size += agent.ByteSize() + ENTRY_OVERHEAD
+            if len(found) == limit or (found and size > max_bytes):
                 return found, found[-1].name
             found.append(agent)
         return found, None

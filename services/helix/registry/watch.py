@@ -23,8 +23,11 @@ import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons
 from helix.registry.state import (
     DELETE,
+    ENTRY_OVERHEAD,
     FILTERED_OUT,
+    MAX_RESPONSE_BYTES,
     PUT,
+    RESPONSE_OVERHEAD,
     Event,
     RegistryState,
     Selector,
@@ -87,13 +90,28 @@ class Watcher:
     error before anything else still queued is sent.
     """
 
-    __slots__ = ("_waiter", "capacity", "closed_reason", "pending", "selector", "start")
+    __slots__ = (
+        "_waiter",
+        "capacity",
+        "closed_reason",
+        "max_bytes",
+        "pending",
+        "selector",
+        "start",
+    )
 
-    def __init__(self, selector: Selector, capacity: int, start: int = 0) -> None:
+    def __init__(
+        self,
+        selector: Selector,
+        capacity: int,
+        start: int = 0,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         self.selector = selector
         # A watch from a revision not yet reached skips the events before it.
         self.start = start
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.pending: deque[AgentEvent] = deque()
         self.closed_reason: errors.HelixError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -135,8 +153,9 @@ class Watcher:
 
 
 def next_response(watcher: Watcher, state: RegistryState) -> registry_pb2.WatchAgentsResponse:
-    """What `watcher` sends next: up to MAX_EVENTS_PER_RESPONSE queued events, or, only
-    when nothing is queued, a progress bookmark.
+    """What `watcher` sends next: up to MAX_EVENTS_PER_RESPONSE queued events in at most
+    `watcher.max_bytes` (one event however large), or, only when nothing is queued, a
+    progress bookmark.
 
     A bookmark promises that every matching event up to its `revision` was delivered.
     Events are queued in the same synchronous step that installs them, so an empty queue
@@ -152,21 +171,37 @@ def next_response(watcher: Watcher, state: RegistryState) -> registry_pb2.WatchA
     if not pending:
         response.progress = True
         return response
-    if len(pending) <= MAX_EVENTS_PER_RESPONSE:
-        response.events.extend(pending)
-        pending.clear()
-    else:
-        response.events.extend(pending.popleft() for _ in range(MAX_EVENTS_PER_RESPONSE))
+    response.events.extend(_take(pending, watcher.max_bytes))
     return response
+
+
+def _take(pending: deque[AgentEvent], max_bytes: int) -> list[AgentEvent]:
+    """The first queued events (at least one) that fit a response of `max_bytes`."""
+    taken: list[AgentEvent] = []
+    size = RESPONSE_OVERHEAD
+    while pending and len(taken) < MAX_EVENTS_PER_RESPONSE:
+        size += pending[0].ByteSize() + ENTRY_OVERHEAD
+        if taken and size > max_bytes:
+            break
+        taken.append(pending.popleft())
+    return taken
 
 
 class WatchHub:
     """The set of live watchers, bounded in number."""
 
-    def __init__(self, max_watchers: int, buffer: int, stats: RegistryStats | None = None) -> None:
+    def __init__(
+        self,
+        max_watchers: int,
+        buffer: int,
+        stats: RegistryStats | None = None,
+        *,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         self._watchers: set[Watcher] = set()
         self._max = max_watchers
         self._buffer = buffer
+        self._max_response_bytes = max_response_bytes
         self._closed: errors.HelixError | None = None
         self.stats = stats if stats is not None else RegistryStats()
 
@@ -185,7 +220,7 @@ class WatchHub:
                 reason=reasons.TOO_MANY_WATCHERS,
             )
         replay = _Messages().seen_by(selector, backlog)
-        watcher = Watcher(selector, self._buffer + len(replay), start)
+        watcher = Watcher(selector, self._buffer + len(replay), start, self._max_response_bytes)
         watcher.pending.extend(replay)
         self._watchers.add(watcher)
         return watcher
