@@ -448,6 +448,30 @@ def test_history_keeps_the_last_history_limit_events(state):
     assert caught.value.metadata == {"compact_revision": "3"}
 
 
+def test_history_is_bounded_by_bytes_as_well_as_by_count():
+    # Issue 10 item 5: 3,801 updates of 713 KB agents took 3.5 GB of memory (and 5.5 GB of
+    # disk) before the 10,000-event cap forgot anything.
+    probe = RegistryState()
+    commit(probe, lambda b: register(b, "a1", ALICE, None, **big_labels(8)))
+    one = probe.history[0].size  # a registration: the agent, no previous state
+    assert one == probe.agents["agents/a1"].ByteSize() > 1000
+    small = RegistryState(history_limit=100, history_byte_limit=5 * 2 * one + 64)
+    commit(small, lambda b: register(b, "a1", ALICE, None, **big_labels(8)))
+    for capacity in range(2, 30):
+        change = update("agents/a1", ["capacity"], capacity=capacity)
+        batch = Batch(small, LIMITS, WALL)
+        batch.update(ALICE, change)
+        expected = small.first_kept_after(batch.events)
+        small.install(batch.events)
+        assert small.first_available == expected
+        assert small.history_size == sum(e.size for e in small.history)
+        assert small.history_size <= small.history_byte_limit
+    assert len(small.history) == 5  # each update holds the agent and its previous state
+    assert small.first_available == small.revision - 4
+    with pytest.raises(errors.OutOfRange):
+        check_watchable(small, small.revision - 5)
+
+
 def test_install_reports_the_first_revision_it_forgot():
     small = RegistryState(history_limit=2)
     assert commit(small, lambda b: register(b, "a1")).events  # revision 1
@@ -522,6 +546,32 @@ def test_forget_requests_before(state):
     assert state.requests  # created at WALL: not before it
     state.forget_requests_before(WALL + 1)
     assert state.requests == {}
+
+
+def test_idempotency_records_are_bounded_by_count_and_by_bytes():
+    # Each record holds a whole RegisterAgentResponse: 100,000 of 64 KiB agents would be
+    # 6 GB. The oldest are forgotten first; `trim_requests` names them for the store.
+    probe = RegistryState()
+    commit(probe, lambda b: register(b, "a0", ALICE, None, **big_labels(8)))
+    one = next(iter(probe.requests.values())).size
+    assert one > 1000
+    state = RegistryState(request_limit=100, request_byte_limit=3 * one + 64)
+    for i in range(5):
+        batch = Batch(state, LIMITS, WALL + i)
+        register(batch, f"a{i}", ALICE, None, **big_labels(8))
+        state.install(batch.events)
+        for owner, request_id, record in batch.new_requests:
+            state.remember(owner, request_id, record)
+        forgotten = state.trim_requests()
+        assert forgotten == ([("alice", f"req-a{i - 3}")] if i >= 3 else [])
+    assert [k[1] for k in state.requests] == ["req-a2", "req-a3", "req-a4"]
+    assert state.requests_size == sum(r.size for r in state.requests.values())
+    by_count = RegistryState(request_limit=2)
+    commit(by_count, *(lambda b, i=i: register(b, f"a{i}") for i in range(3)))
+    assert by_count.trim_requests() == [("alice", "req-a0")]
+    assert len(by_count.requests) == 2
+    by_count.forget_requests_before(WALL + 1)
+    assert (by_count.requests, by_count.requests_size) == ({}, 0)
 
 
 def test_answered_is_the_committed_response_to_the_same_request(state):

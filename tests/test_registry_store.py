@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.registry.sqlite_store import SCHEMA, SqliteRegistryStore
 from helix.registry.store import (
     EVENT_DELETE,
     EVENT_PUT,
@@ -96,6 +96,40 @@ async def test_commit_forgets_old_events_and_requests(path):
     assert [e.revision for e in snapshot.events] == [4, 5, 6]
     assert len(snapshot.agents) == 6  # forgetting history keeps the agents
     assert [r.request_id for r in snapshot.requests] == ["new"]
+
+
+async def test_commit_forgets_requests_by_key(path):
+    store = SqliteRegistryStore(path)
+    await store.open()
+    await store.commit([], [request("a", 1, 10.0), request("b", 1, 10.0), request("c", 1, 10.0)])
+    await store.commit([], [], forget_requests=[("alice", "a"), ("alice", "c"), ("bob", "b")])
+    await store.close()
+    assert [r.request_id for r in (await reopened(path)).requests] == ["b"]
+
+
+async def test_the_file_gives_free_pages_back(path):
+    store = SqliteRegistryStore(path, synchronous="normal")
+    await store.open()
+    await store.commit([put(i, f"agents/a{i}", b"x" * 20_000) for i in range(1, 201)], [])
+    await store.commit([delete(i + 200, f"agents/a{i}") for i in range(1, 201)], [])
+    await store.commit([put(401, "agents/z")], [], forget_events_before=401)
+    await store.close()  # (closing checkpoints the log into the file)
+    assert path.stat().st_size < 1024 * 1024  # it had held 4 MB, twice
+
+
+async def test_a_file_of_the_previous_version_is_rewritten_once_to_shrink(path):
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:  # what version 1 created: no auto-vacuum
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO meta VALUES ('schema_version', 1), ('revision', 1)")
+        db.execute("INSERT INTO agents VALUES ('agents/a', x'7631')")
+        db.execute("INSERT INTO events VALUES (1, 1, 'agents/a', x'7631', NULL, 0)")
+    db.close()
+    snapshot = await reopened(path)
+    assert (snapshot.revision, snapshot.agents) == (1, {"agents/a": b"v1"})
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
+    db.close()
 
 
 async def test_a_failed_commit_stores_nothing_of_its_batch(path):

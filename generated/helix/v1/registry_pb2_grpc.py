@@ -36,6 +36,10 @@ class RegistryServiceStub:
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.
 
+    History: the registry keeps the latest events for watches and paginated lists, within
+    a number of events and a number of bytes (server configurable; by default 10000 events
+    and 64 MiB of agents). Starting points older than what is kept fail with OUT_OF_RANGE.
+
     Leases: a registered agent holds a lease of `ttl`. It never expires sooner than ttl
     after its last acknowledged Heartbeat (measured on the registry's monotonic clock, so
     wall-clock jumps change nothing) and expires at most one sweep interval later; expiry
@@ -104,6 +108,10 @@ class RegistryServiceServicer:
     changes nothing (such as a heartbeat repeating the stored health and load) advances
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.
+
+    History: the registry keeps the latest events for watches and paginated lists, within
+    a number of events and a number of bytes (server configurable; by default 10000 events
+    and 64 MiB of agents). Starting points older than what is kept fail with OUT_OF_RANGE.
 
     Leases: a registered agent holds a lease of `ttl`. It never expires sooner than ttl
     after its last acknowledged Heartbeat (measured on the registry's monotonic clock, so
@@ -257,6 +265,10 @@ class RegistryService:
     changes nothing (such as a heartbeat repeating the stored health and load) advances
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.
+
+    History: the registry keeps the latest events for watches and paginated lists, within
+    a number of events and a number of bytes (server configurable; by default 10000 events
+    and 64 MiB of agents). Starting points older than what is kept fail with OUT_OF_RANGE.
 
     Leases: a registered agent holds a lease of `ttl`. It never expires sooner than ttl
     after its last acknowledged Heartbeat (measured on the registry's monotonic clock, so

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from helix.common.config import Duration, ServerConfig, require, setting
+from helix.common.config import ByteSize, Duration, ServerConfig, require, setting
 from helix.registry.engine import EngineSettings
 from helix.registry.validation import RegistryLimits
 
@@ -21,6 +21,10 @@ class RegistryConfig(ServerConfig):
     registry_max_ttl: Duration = setting(Duration(300.0), "longest lease granted")
     registry_sweep_interval: Duration = setting(Duration(0.5), "how often lapsed leases expire")
     registry_history: int = setting(10_000, "events kept for watches and paginated lists")
+    registry_history_bytes: ByteSize = setting(
+        ByteSize(64 * 1024**2),
+        "bytes of agents (new and previous states) the kept events may hold at most",
+    )
     registry_watch_buffer: int = setting(1024, "events a watcher may fall behind by")
     registry_max_watchers: int = setting(1000, "watches served at once")
     registry_progress_interval: Duration = setting(
@@ -32,11 +36,16 @@ class RegistryConfig(ServerConfig):
     registry_max_agents_per_principal: int = setting(
         1000, "agents one principal (the token's subject; admins too) may hold at once"
     )
-    registry_max_agent_bytes: int = setting(
-        65_536, "largest agent (serialized, as stored) RegisterAgent/UpdateAgent accept"
+    registry_max_agent_bytes: ByteSize = setting(
+        ByteSize(64 * 1024),
+        "largest agent (serialized, as stored) RegisterAgent/UpdateAgent accept",
     )
     registry_request_ttl: Duration = setting(
         Duration(600.0), "how long RegisterAgent request ids are remembered"
+    )
+    registry_request_bytes: ByteSize = setting(
+        ByteSize(32 * 1024**2),
+        "bytes of RegisterAgent answers remembered for retries at most (the oldest go first)",
     )
 
     def __post_init__(self) -> None:
@@ -53,6 +62,17 @@ class RegistryConfig(ServerConfig):
             "must be within 10ms..60s",
         )
         require(100 <= self.registry_history <= 10_000_000, "registry_history", "100..10000000")
+        # At least two events of the largest agent (each holds the agent and its previous state).
+        require(
+            4 * self.registry_max_agent_bytes <= self.registry_history_bytes <= 64 * 1024**3,
+            "registry_history_bytes",
+            "4 x registry_max_agent_bytes..64GiB",
+        )
+        require(
+            self.registry_max_agent_bytes <= self.registry_request_bytes <= 64 * 1024**3,
+            "registry_request_bytes",
+            "registry_max_agent_bytes..64GiB",
+        )
         require(1 <= self.registry_watch_buffer <= 1_000_000, "registry_watch_buffer", "1..1000000")
         require(1 <= self.registry_max_watchers <= 100_000, "registry_max_watchers", "1..100000")
         require(
@@ -100,10 +120,12 @@ class RegistryConfig(ServerConfig):
             limits=limits,
             sweep_interval=self.registry_sweep_interval,
             history_limit=self.registry_history,
+            history_bytes=self.registry_history_bytes,
             watch_buffer=self.registry_watch_buffer,
             max_watchers=self.registry_max_watchers,
             progress_interval=self.registry_progress_interval,
             max_batch=self.registry_max_batch,
             write_queue=self.registry_write_queue,
             request_ttl=self.registry_request_ttl,
+            request_bytes=self.registry_request_bytes,
         )

@@ -32,7 +32,11 @@ from helix.registry.leases import LeaseTable
 from helix.registry.records import load_state, stored_events, stored_requests
 from helix.registry.state import (
     DELETE,
+    HISTORY_BYTE_LIMIT,
+    HISTORY_LIMIT,
     MAX_RESPONSE_BYTES,
+    REQUEST_BYTE_LIMIT,
+    REQUEST_LIMIT,
     Event,
     RegistryState,
     selector_from,
@@ -62,14 +66,16 @@ class EngineSettings:
 
     limits: RegistryLimits = RegistryLimits()
     sweep_interval: float = 0.5
-    history_limit: int = 10_000
+    history_limit: int = HISTORY_LIMIT
+    history_bytes: int = HISTORY_BYTE_LIMIT
     watch_buffer: int = 1024
     max_watchers: int = 1000
     progress_interval: float = 10.0
     max_batch: int = 1000
     write_queue: int = 10_000
     request_ttl: float = 600.0
-    max_requests: int = 100_000
+    max_requests: int = REQUEST_LIMIT
+    request_bytes: int = REQUEST_BYTE_LIMIT
     # Not a setting: the message size every gRPC client accepts by default (registry.proto).
     max_response_bytes: int = MAX_RESPONSE_BYTES
 
@@ -97,7 +103,12 @@ class Registry:
     ) -> None:
         self.settings = settings or EngineSettings()
         self.store = store
-        self.state = RegistryState(history_limit=self.settings.history_limit)
+        self.state = RegistryState(
+            history_limit=self.settings.history_limit,
+            history_byte_limit=self.settings.history_bytes,
+            request_limit=self.settings.max_requests,
+            request_byte_limit=self.settings.request_bytes,
+        )
         self.leases = LeaseTable()
         self.stats = RegistryStats()
         # Every refusal counter exists from the start (at 0), and the exporter's thread never
@@ -114,6 +125,9 @@ class Registry:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=self.settings.write_queue)
         self._tasks: builtins.list[asyncio.Task[None]] = []
         self._pruned_at = 0.0
+        # Idempotency records forgotten in memory for their bounds, for the store to forget
+        # in the next commit.
+        self._forgotten_requests: builtins.list[tuple[str, str]] = []
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -129,6 +143,7 @@ class Registry:
     def _load(self, snapshot: Snapshot) -> None:
         state = self.state
         load_state(state, snapshot)
+        self._forgotten_requests = state.trim_requests()
         now = self._clock()
         # Promise 9: after a restart every lease gets one full TTL.
         for agent in state.agents.values():
@@ -377,30 +392,32 @@ class Registry:
             self.stats.refused[error.reason] += 1
 
     async def _commit(self, batch: Batch) -> None:
-        # The history keeps the last `history_limit` revisions; the store forgets older ones.
-        first_retained = batch.revision - self.state.history_limit + 1
-        forget_before = first_retained if first_retained > self.state.first_available else 0
+        # The store forgets what the history will: the same events, in the same commit. (Asked
+        # every time, so a store holding more than memory, after the bounds were lowered,
+        # catches up with the first commit.)
+        forget_before = self.state.first_kept_after(batch.events)
         wall = self._wall()
-        forget_requests = 0.0
+        expired_before = 0.0
         if wall - self._pruned_at >= 10.0:
-            forget_requests = wall - self.settings.request_ttl
+            expired_before = wall - self.settings.request_ttl
         await self.store.commit(
             stored_events(batch),
             stored_requests(batch),
             forget_events_before=forget_before,
-            forget_requests_before=forget_requests,
+            forget_requests_before=expired_before,
+            forget_requests=self._forgotten_requests,
         )
-        if forget_requests:
+        self._forgotten_requests = []
+        if expired_before:
             self._pruned_at = wall
-            self.state.forget_requests_before(forget_requests)
+            self.state.forget_requests_before(expired_before)
 
     def _apply_committed(self, batch: Batch) -> None:
         state = self.state
         state.install(batch.events)
         for owner, request_id, record in batch.new_requests:
             state.remember(owner, request_id, record)
-        while len(state.requests) > self.settings.max_requests:
-            del state.requests[next(iter(state.requests))]
+        self._forgotten_requests += state.trim_requests()
         now = self._clock()
         for event in batch.events:
             agent = event.agent

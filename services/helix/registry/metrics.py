@@ -1,4 +1,5 @@
-"""Registry metrics: agents by kind and health, revision, watchers, expiries, batch sizes.
+"""Registry metrics: agents by kind and health, revision, history and idempotency bytes,
+watchers, expiries, limit refusals, batch sizes.
 
 One collector reads the engine at scrape time: gauges from the committed state, counters
 and the batch-size histogram from the engine's plain `RegistryStats`. Nothing is updated
@@ -66,6 +67,18 @@ class RegistryCollector(Collector):
             "helix_registry_compact_revision",
             "The oldest revision still in the event history.",
             value=state.first_available,
+        )
+        yield GaugeMetricFamily(
+            "helix_registry_history_bytes",
+            "Bytes of agents (new and previous states) the kept history holds "
+            "(bounded by --registry-history-bytes).",
+            value=state.history_size,
+        )
+        yield GaugeMetricFamily(
+            "helix_registry_request_records_bytes",
+            "Bytes of RegisterAgent answers kept for retries (bounded by "
+            "--registry-request-bytes).",
+            value=state.requests_size,
         )
         yield GaugeMetricFamily(
             "helix_registry_watchers", "Watch streams being served.", value=len(registry.hub)

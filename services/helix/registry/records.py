@@ -44,17 +44,29 @@ def stored_requests(batch: Batch) -> list[StoredRequest]:
 
 
 def load_state(state: RegistryState, snapshot: Snapshot) -> None:
-    """Fill an empty `state` with what a store returned on open."""
-    state.load_agents(
-        {name: registry_pb2.Agent.FromString(raw) for name, raw in snapshot.agents.items()}
-    )
-    state.revision = snapshot.revision
+    """Fill an empty `state` with what a store returned on open.
+
+    Equal stored agents become one object, as they were before the restart: an event's
+    previous state is the agent of the event before it, and the last event of an agent is
+    its current state, so the history costs about what it did in memory, not twice that.
+    """
+    parsed: dict[bytes, registry_pb2.Agent] = {}
+
+    def agent_of(raw: bytes) -> registry_pb2.Agent:
+        agent = parsed.get(raw)
+        if agent is None:
+            agent = parsed[raw] = registry_pb2.Agent.FromString(raw)
+        return agent
+
     for stored in snapshot.events:
-        prev = registry_pb2.Agent.FromString(stored.prev) if stored.prev is not None else None
-        agent = registry_pb2.Agent.FromString(stored.agent)
-        state.history.append(Event(stored.revision, stored.type, agent, prev, stored.reason))
-    while len(state.history) > state.history_limit:
-        state.history.popleft()
+        prev = agent_of(stored.prev) if stored.prev is not None else None
+        event = Event(stored.revision, stored.type, agent_of(stored.agent), prev, stored.reason)
+        state.history.append(event)
+        state.history_size += event.size
+    state.trim_history()
+    state.load_agents({name: agent_of(raw) for name, raw in snapshot.agents.items()})
+    parsed.clear()
+    state.revision = snapshot.revision
     for request in snapshot.requests:
         response = registry_pb2.RegisterAgentResponse.FromString(request.response)
         record = RequestRecord(request.fingerprint, request.revision, response, request.created_at)

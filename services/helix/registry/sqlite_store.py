@@ -3,12 +3,18 @@
 All database work happens on one dedicated thread (sqlite3 connections belong to their
 thread), so the event loop never waits on disk. `commit` writes a whole batch in one
 transaction: many concurrent mutations cost one fsync (group commit).
+
+The file shrinks back when its content does: it uses incremental auto-vacuum, and after a
+commit that left more than a quarter of its pages free (and at least `VACUUM_MIN_PAGES`),
+those pages are given back to the file system. The write-ahead log is checkpointed every
+1000 pages (SQLite's default) and truncated back to `WAL_SIZE_LIMIT` after each reset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,9 +29,13 @@ from helix.registry.store import (
     StoreError,
 )
 
+log = logging.getLogger("helix.registry")
 T = TypeVar("T")
 SCHEMA_VERSION = 1
-_SCHEMA = """
+INCREMENTAL = 2  # PRAGMA auto_vacuum
+VACUUM_MIN_PAGES = 256
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS agents (name TEXT PRIMARY KEY, agent BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -83,9 +93,12 @@ class SqliteRegistryStore:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         self._db = db
         try:
+            # First, so a new file is created with it (an older one needs a VACUUM, below).
+            db.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
-            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            db.executescript(SCHEMA)
             version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
@@ -95,6 +108,9 @@ class SqliteRegistryStore:
                     f"{self.path}: schema version {version[0]}, "
                     f"this registry reads {SCHEMA_VERSION}"
                 )
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+                log.warning("%s: rewriting the file once so it can shrink (VACUUM)", self.path)
+                db.execute("VACUUM")
             return self._read_all(db)
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: {exc}") from None
@@ -146,9 +162,11 @@ class SqliteRegistryStore:
         *,
         forget_events_before: int = 0,
         forget_requests_before: float = 0.0,
+        forget_requests: Sequence[tuple[str, str]] = (),
     ) -> None:
         batch = list(events)
         records = list(requests)
+        forgotten = list(forget_requests)
 
         def write() -> None:
             db = self._db
@@ -158,16 +176,33 @@ class SqliteRegistryStore:
                 db.execute("BEGIN IMMEDIATE")
                 _write_batch(db, batch, records)
                 _forget(db, forget_events_before, forget_requests_before)
+                db.executemany("DELETE FROM requests WHERE owner=? AND request_id=?", forgotten)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+            self._shrink(db)
 
         try:
             await self._run(write)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: commit failed ({exc})") from None
+
+    def _shrink(self, db: sqlite3.Connection) -> None:
+        """Give free pages back to the file system when they are many (after a commit that
+        forgot much, or removed big agents). The batch is committed already: a failure
+        here is only logged."""
+        try:
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            if free < VACUUM_MIN_PAGES or free * 4 < db.execute("PRAGMA page_count").fetchone()[0]:
+                return
+            # (executescript steps the pragma to its end; execute would free one page.)
+            db.executescript("PRAGMA incremental_vacuum;")
+        except sqlite3.Error as exc:
+            log.warning(
+                "%s: giving free pages back failed (%s); the file stays larger", self.path, exc
+            )
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None

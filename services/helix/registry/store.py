@@ -76,11 +76,13 @@ class RegistryStore(Protocol):
         *,
         forget_events_before: int = 0,
         forget_requests_before: float = 0.0,
+        forget_requests: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Persist one batch atomically: apply `events` (consecutive revisions, in order) to
         the stored agents, append them to the history, record `requests`; drop history
-        events with revision < `forget_events_before` and requests created before
-        `forget_requests_before`. When this returns, the batch survives a crash."""
+        events with revision < `forget_events_before`, requests created before
+        `forget_requests_before` and the requests keyed (owner, request_id) in
+        `forget_requests`. When this returns, the batch survives a crash."""
         ...
 
     async def close(self) -> None:

@@ -7,7 +7,10 @@ is built once and shared by every watcher that sees it (a hundred watchers of on
 cost one message per event, not a hundred). A watcher whose queue cannot take a publish
 is cut off: its stream ends with RESOURCE_EXHAUSTED (reason WATCHER_TOO_SLOW), never
 silently skipping events. Registering a watcher and queueing its history happen in one
-synchronous step, so a watch sees every event exactly once.
+synchronous step, so a watch sees every event exactly once. The history a watch replays
+is queued as the history's own events (references, no copies); their messages are built
+only for the response being sent, so a thousand watches from an old revision cost a
+thousand lists of references, not a thousand copies of the history.
 
 Pure apart from asyncio's futures: no grpc, no clock (the progress interval is the only
 timeout, and the decision what to send next, `next_response`, is a plain function).
@@ -55,6 +58,13 @@ def view(selector: Selector, event: Event) -> tuple[int, int] | None:
     return None
 
 
+def _message(event: Event, type_: int, reason: int) -> AgentEvent:
+    message = AgentEvent(agent=event.agent, revision=event.revision)
+    message.type = type_  # type: ignore[assignment]
+    message.reason = reason  # type: ignore[assignment]
+    return message
+
+
 class _Messages:
     """The `AgentEvent` of each (event, view), built on first use and then shared."""
 
@@ -74,24 +84,24 @@ class _Messages:
             key = (event.revision, type_, reason)
             message = self._built.get(key)
             if message is None:
-                message = AgentEvent(agent=event.agent, revision=event.revision)
-                message.type = type_  # type: ignore[assignment]
-                message.reason = reason  # type: ignore[assignment]
-                self._built[key] = message
+                message = self._built[key] = _message(event, type_, reason)
             found.append(message)
         return found
 
 
 class Watcher:
-    """One watch: its filter, its first revision, and its bounded queue of ready events.
+    """One watch: its filter, its first revision, the history it still has to replay, and
+    its bounded queue of ready events.
 
-    Events are queued as finished `AgentEvent` messages (their view already decided), so
-    the stream only batches them. `closed_reason`, once set, ends the stream with that
-    error before anything else still queued is sent.
+    `backlog` holds history events (shared with the registry's history), sent first; live
+    events are queued in `pending` as finished `AgentEvent` messages (their view already
+    decided), so the stream only batches them. `closed_reason`, once set, ends the stream
+    with that error before anything else still queued is sent.
     """
 
     __slots__ = (
         "_waiter",
+        "backlog",
         "capacity",
         "closed_reason",
         "max_bytes",
@@ -112,6 +122,7 @@ class Watcher:
         self.start = start
         self.capacity = capacity
         self.max_bytes = max_bytes
+        self.backlog: deque[Event] = deque()
         self.pending: deque[AgentEvent] = deque()
         self.closed_reason: errors.HelixError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -135,7 +146,7 @@ class Watcher:
     async def wait(self, idle_limit: float | None = None) -> None:
         """Return once an event is queued or the watch is closed, or after `idle_limit`
         seconds without either (then the stream sends a bookmark)."""
-        if self.pending or self.closed_reason is not None:
+        if self.backlog or self.pending or self.closed_reason is not None:
             return
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -167,12 +178,33 @@ def next_response(watcher: Watcher, state: RegistryState) -> registry_pb2.WatchA
     response = registry_pb2.WatchAgentsResponse(
         revision=state.revision, compact_revision=state.first_available
     )
-    pending = watcher.pending
-    if not pending:
+    replayed = _replay(watcher) if watcher.backlog else []
+    if replayed:
+        response.events.extend(replayed)
+    elif watcher.pending:
+        response.events.extend(_take(watcher.pending, watcher.max_bytes))
+    else:
         response.progress = True
-        return response
-    response.events.extend(_take(pending, watcher.max_bytes))
     return response
+
+
+def _replay(watcher: Watcher) -> list[AgentEvent]:
+    """The next events of `watcher`'s backlog it sees (at least one, if any is left) that
+    fit a response: the messages are built here, for this response only."""
+    taken: list[AgentEvent] = []
+    size = RESPONSE_OVERHEAD
+    backlog = watcher.backlog
+    while backlog and len(taken) < MAX_EVENTS_PER_RESPONSE:
+        event = backlog[0]
+        seen = view(watcher.selector, event)
+        if seen is not None:
+            message = _message(event, *seen)
+            size += message.ByteSize() + ENTRY_OVERHEAD
+            if taken and size > watcher.max_bytes:
+                break  # (built again for the next response)
+            taken.append(message)
+        backlog.popleft()
+    return taken
 
 
 def _take(pending: deque[AgentEvent], max_bytes: int) -> list[AgentEvent]:
@@ -219,9 +251,8 @@ class WatchHub:
                 retry_after=1.0,
                 reason=reasons.TOO_MANY_WATCHERS,
             )
-        replay = _Messages().seen_by(selector, backlog)
-        watcher = Watcher(selector, self._buffer + len(replay), start, self._max_response_bytes)
-        watcher.pending.extend(replay)
+        watcher = Watcher(selector, self._buffer, start, self._max_response_bytes)
+        watcher.backlog.extend(backlog)
         self._watchers.add(watcher)
         return watcher
 
