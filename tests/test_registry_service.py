@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
+import sqlite3
 import time
 
 import grpc
@@ -12,6 +14,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.registry.store import StoreCorrupt
 
 from registry_support import (
     Suite,
@@ -497,6 +500,94 @@ async def test_a_corrupted_database_is_refused_and_left_as_it_is(tmp_path):
         await start_suite(data)
     assert "left as it is" in str(caught.value) or "not a usable" in str(caught.value)
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+
+
+# --- issue 10 item 11: damaged databases ----------------------------------------------------
+
+
+async def test_a_deleted_database_is_refused_not_replaced_by_an_empty_registry(tmp_path):
+    # Revisions went from 32,785 back to 1, silently, when registry.sqlite3 was deleted.
+    data = tmp_path / "data"
+    suite = await start_suite(data)
+    for i in range(3):
+        await suite.stub().RegisterAgent(register_request(f"a{i}"))
+    await suite.close()
+    for name in ("registry.sqlite3", "registry.sqlite3-wal", "registry.sqlite3-shm"):
+        (data / name).unlink(missing_ok=True)
+    with pytest.raises(StoreCorrupt, match=r"registry\.sqlite3 is missing.*reached revision 3"):
+        await start_suite(data)
+    suite = await start_suite(data, registry_accept_loss=True)  # on purpose
+    try:
+        response = await suite.stub().RegisterAgent(register_request("again"))
+        assert response.revision == 4  # never backwards
+    finally:
+        await suite.close()
+
+
+def damage(database, sql: str, *values: object) -> None:
+    """Change one row of a closed registry database behind its back."""
+    with sqlite3.connect(database) as db:
+        db.execute(sql, values)
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "where"),
+    [
+        ("UPDATE agents SET agent=? WHERE name='agents/a1'", "table agents, key 'agents/a1'"),
+        ("UPDATE events SET agent=? WHERE revision=2", "table events, key 2"),
+        ("UPDATE events SET prev=? WHERE revision=2", "table events, key 2"),
+    ],
+)
+async def test_a_corrupt_record_is_refused_naming_file_table_and_key(tmp_path, sql, where):
+    # A record that passes SQLite's quick_check but is not a valid message stopped startup
+    # with a raw DecodeError traceback.
+    data = tmp_path / "data"
+    suite = await start_suite(data)
+    stub = suite.stub()
+    await stub.RegisterAgent(register_request("a1"))
+    await stub.RegisterAgent(register_request("a1", request_id="again"))  # event 2 has a prev
+    await suite.close()
+    damage(data / "registry.sqlite3", sql, b"\xff\xff\xff not a message")
+    with pytest.raises(StoreCorrupt) as caught:
+        await start_suite(data)
+    message = str(caught.value)
+    assert str(data / "registry.sqlite3") in message
+    assert where in message
+    assert "\n" not in message
+
+
+async def test_a_bad_idempotency_record_is_dropped_with_a_warning(tmp_path, caplog):
+    # One bad record made the registry unstartable; it is only a retry cache.
+    data = tmp_path / "data"
+    suite = await start_suite(data)
+    await suite.stub().RegisterAgent(register_request("a1", request_id="r1"))
+    await suite.stub().RegisterAgent(register_request("a2", request_id="r2"))
+    await suite.close()
+    damage(
+        data / "registry.sqlite3",
+        "UPDATE requests SET response=? WHERE request_id='r1'",
+        b"\xff\xff not a message",
+    )
+    with caplog.at_level(logging.WARNING, logger="helix.registry"):
+        suite = await start_suite(data)
+    try:
+        warned = [r.getMessage() for r in caplog.records if "table requests" in r.getMessage()]
+        assert len(warned) == 1
+        assert "('alice', 'r1')" in warned[0]
+        assert "dropped" in warned[0]
+        stub = suite.stub()
+        retried = await stub.RegisterAgent(register_request("a2", request_id="r2"))
+        assert retried.revision == 2  # the good record still answers its retry
+        await stub.RegisterAgent(register_request("b1"))  # the next commit forgets the bad one
+    finally:
+        await suite.close()
+    with sqlite3.connect(data / "registry.sqlite3") as db:
+        assert db.execute("SELECT request_id FROM requests ORDER BY request_id").fetchall() == [
+            ("r2",),
+            ("req-b1",),
+        ]
+    db.close()
 
 
 # --- bad input ----------------------------------------------------------------------------

@@ -34,7 +34,9 @@ class RegistryServiceStub:
     Revisions: every committed change — register, update, health or load change,
     deregister, expiry — goes through one serialized path and is given the next revision, a
     single int64 counter for the whole registry that starts at 1 and increases by exactly
-    one per change; it never goes backwards, across restarts included. Anything that
+    one per change; it never goes backwards, across restarts included (a registry that
+    finds its stored state lost or older than the revision it had reached refuses to start
+    rather than begin again at 1). Anything that
     changes nothing (such as a heartbeat repeating the stored health and load) advances
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.
@@ -122,7 +124,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Revisions: every committed change — register, update, health or load change,
     deregister, expiry — goes through one serialized path and is given the next revision, a
     single int64 counter for the whole registry that starts at 1 and increases by exactly
-    one per change; it never goes backwards, across restarts included. Anything that
+    one per change; it never goes backwards, across restarts included (a registry that
+    finds its stored state lost or older than the revision it had reached refuses to start
+    rather than begin again at 1). Anything that
     changes nothing (such as a heartbeat repeating the stored health and load) advances
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.
@@ -206,7 +210,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     Revisions: every committed change — register, update, health or load change,
     deregister, expiry — goes through one serialized path and is given the next revision, a
     single int64 counter for the whole registry that starts at 1 and increases by exactly
-    one per change; it never goes backwards, across restarts included. Anything that
+    one per change; it never goes backwards, across restarts included (a registry that
+    finds its stored state lost or older than the revision it had reached refuses to start
+    rather than begin again at 1). Anything that
     changes nothing (such as a heartbeat repeating the stored health and load) advances
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.

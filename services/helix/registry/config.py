@@ -43,6 +43,11 @@ class RegistryConfig(ServerConfig):
     registry_request_ttl: Duration = setting(
         Duration(600.0), "how long RegisterAgent request ids are remembered"
     )
+    registry_accept_loss: bool = setting(
+        False,
+        "start even if the database lost changes the data dir records (missing, empty or an "
+        "older copy): revisions continue after the last one reached",
+    )
     registry_request_bytes: ByteSize = setting(
         ByteSize(32 * 1024**2),
         "bytes of RegisterAgent answers remembered for retries at most (the oldest go first)",
@@ -128,4 +133,5 @@ class RegistryConfig(ServerConfig):
             write_queue=self.registry_write_queue,
             request_ttl=self.registry_request_ttl,
             request_bytes=self.registry_request_bytes,
+            accept_loss=self.registry_accept_loss,
         )

@@ -74,6 +74,8 @@ class EngineSettings:
     max_batch: int = 1000
     write_queue: int = 10_000
     request_ttl: float = 600.0
+    # Start even if the store lost acknowledged changes (RegistryStore.open).
+    accept_loss: bool = False
     max_requests: int = REQUEST_LIMIT
     request_bytes: int = REQUEST_BYTE_LIMIT
     # Not a setting: the message size every gRPC client accepts by default (registry.proto).
@@ -133,8 +135,12 @@ class Registry:
 
     async def start(self) -> None:
         """Load the store and start the writer and the sweeper."""
-        snapshot = await self.store.open()
-        self._load(snapshot)
+        snapshot = await self.store.open(accept_loss=self.settings.accept_loss)
+        try:
+            self._load(snapshot)
+        except BaseException:
+            await self.store.close()
+            raise
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="registry-writer"),
             asyncio.create_task(self._sweep_loop(), name="registry-sweeper"),
@@ -142,8 +148,8 @@ class Registry:
 
     def _load(self, snapshot: Snapshot) -> None:
         state = self.state
-        load_state(state, snapshot)
-        self._forgotten_requests = state.trim_requests()
+        unreadable = load_state(state, snapshot)
+        self._forgotten_requests = unreadable + state.trim_requests()
         now = self._clock()
         # Promise 9: after a restart every lease gets one full TTL.
         for agent in state.agents.values():
