@@ -65,28 +65,38 @@ def _message(event: Event, type_: int, reason: int) -> AgentEvent:
     return message
 
 
+def _wire_size(message: AgentEvent) -> int:
+    """What `message` adds to a WatchAgentsResponse (with its tag and length prefix)."""
+    return message.ByteSize() + ENTRY_OVERHEAD
+
+
 class _Messages:
-    """The `AgentEvent` of each (event, view), built on first use and then shared."""
+    """The `AgentEvent` of each (event, view), built (and sized) on first use and then
+    shared."""
 
     __slots__ = ("_built",)
 
     def __init__(self) -> None:
-        self._built: dict[tuple[int, int, int], AgentEvent] = {}
+        self._built: dict[tuple[int, int, int], tuple[AgentEvent, int]] = {}
 
-    def seen_by(self, selector: Selector, events: Iterable[Event]) -> list[AgentEvent]:
-        """The messages a watch with `selector` gets for `events`, in order."""
+    def seen_by(self, selector: Selector, events: Iterable[Event]) -> tuple[list[AgentEvent], int]:
+        """The messages a watch with `selector` gets for `events`, in order, and their
+        size in a response."""
         found: list[AgentEvent] = []
+        size = 0
         for event in events:
             seen = view(selector, event)
             if seen is None:
                 continue
             type_, reason = seen
             key = (event.revision, type_, reason)
-            message = self._built.get(key)
-            if message is None:
-                message = self._built[key] = _message(event, type_, reason)
-            found.append(message)
-        return found
+            built = self._built.get(key)
+            if built is None:
+                message = _message(event, type_, reason)
+                built = self._built[key] = (message, _wire_size(message))
+            found.append(built[0])
+            size += built[1]
+        return found, size
 
 
 class Watcher:
@@ -106,6 +116,7 @@ class Watcher:
         "closed_reason",
         "max_bytes",
         "pending",
+        "pending_bytes",
         "selector",
         "start",
     )
@@ -124,17 +135,22 @@ class Watcher:
         self.max_bytes = max_bytes
         self.backlog: deque[Event] = deque()
         self.pending: deque[AgentEvent] = deque()
+        # What `pending` adds to a response (never less: a fast path trusts it).
+        self.pending_bytes = 0
         self.closed_reason: errors.HelixError | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def offer(self, messages: Sequence[AgentEvent]) -> bool:
-        """Queue `messages` (all or none); False when they do not fit."""
+    def offer(self, messages: Sequence[AgentEvent], size: int | None = None) -> bool:
+        """Queue `messages` (all or none), of `size` bytes in a response if known; False
+        when they do not fit."""
         if self.start and messages and messages[0].revision < self.start:
             messages = [m for m in messages if m.revision >= self.start]
+            size = None
         if len(self.pending) + len(messages) > self.capacity:
             return False
         if messages:
             self.pending.extend(messages)
+            self.pending_bytes += sum(map(_wire_size, messages)) if size is None else size
             self._wake()
         return True
 
@@ -182,7 +198,16 @@ def next_response(watcher: Watcher, state: RegistryState) -> registry_pb2.WatchA
     if replayed:
         response.events.extend(replayed)
     elif watcher.pending:
-        response.events.extend(_take(watcher.pending, watcher.max_bytes))
+        pending = watcher.pending
+        if (
+            len(pending) <= MAX_EVENTS_PER_RESPONSE
+            and RESPONSE_OVERHEAD + watcher.pending_bytes <= watcher.max_bytes
+        ):
+            response.events.extend(pending)  # all of it fits: no per-event work
+            pending.clear()
+            watcher.pending_bytes = 0
+        else:
+            response.events.extend(_take(watcher))
     else:
         response.progress = True
     return response
@@ -207,15 +232,20 @@ def _replay(watcher: Watcher) -> list[AgentEvent]:
     return taken
 
 
-def _take(pending: deque[AgentEvent], max_bytes: int) -> list[AgentEvent]:
+def _take(watcher: Watcher) -> list[AgentEvent]:
     """The first queued events (at least one) that fit a response of `max_bytes`."""
     taken: list[AgentEvent] = []
     size = RESPONSE_OVERHEAD
+    pending = watcher.pending
     while pending and len(taken) < MAX_EVENTS_PER_RESPONSE:
-        size += pending[0].ByteSize() + ENTRY_OVERHEAD
-        if taken and size > max_bytes:
+        item = _wire_size(pending[0])
+        if taken and size + item > watcher.max_bytes:
             break
+        size += item
         taken.append(pending.popleft())
+        watcher.pending_bytes -= item
+    if not pending:
+        watcher.pending_bytes = 0
     return taken
 
 
@@ -267,12 +297,12 @@ class WatchHub:
         if not self._watchers or not events:
             return
         messages = _Messages()
-        by_selector: dict[Selector, list[AgentEvent]] = {}
+        by_selector: dict[Selector, tuple[list[AgentEvent], int]] = {}
         for watcher in list(self._watchers):
             seen = by_selector.get(watcher.selector)
             if seen is None:
                 seen = by_selector[watcher.selector] = messages.seen_by(watcher.selector, events)
-            if seen and not watcher.offer(seen):
+            if seen[0] and not watcher.offer(*seen):
                 self._cut_off(watcher)
 
     def _cut_off(self, watcher: Watcher) -> None:
