@@ -185,7 +185,6 @@ class Agent(_message.Message):
     most 65536 bytes by default (server configurable); RegisterAgent or UpdateAgent that
     would make it larger fails with INVALID_ARGUMENT (ErrorInfo reason "AGENT_TOO_LARGE",
     BadRequest field "agent", rule "too_large"). Heartbeats are never refused for size.
-    A generator advertising its DNA library should keep its names within 48 KiB.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -348,7 +347,10 @@ class GeneratorDetails(_message.Message):
 
     @_builtins.property
     def dnas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. Names ("dnas/{dna}") of the DNAs in its library: at most 10000."""
+        """Optional. Names ("dnas/{dna}") of the DNAs in its library: at most 10000, and the
+        agent must stay within its size limit (see Agent), so a generator advertises at most
+        48 KiB of names (about 700 of the longest).
+        """
 
     def __init__(
         self,
