@@ -407,8 +407,10 @@ class RegisterAgentRequest(_message.Message):
     request_id: _builtins.str
     """Required. Client-chosen idempotency key, unique per registration attempt: 1 to 64
     characters matching `[A-Za-z0-9_-]+` (a UUID fits). Remembered per principal for at
-    least 10 minutes; a retry with the same request_id returns the first response; reusing
-    one with a different request fails with INVALID_ARGUMENT.
+    least 10 minutes, as long as the registry's bound on remembered answers allows (server
+    configurable; by default 100000 answers and 32 MiB, the oldest forgotten first); a
+    retry with the same request_id returns the first response; reusing one with a
+    different request fails with INVALID_ARGUMENT.
     """
     @_builtins.property
     def agent(self) -> Global___Agent:
