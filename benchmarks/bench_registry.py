@@ -60,6 +60,7 @@ async def start_registry(processes: Processes, data_dir: Path, shape: Shape) -> 
         "rate_write": 1e7,
         "rate_data": 1e7,
         "registry_max_watchers": 1000,
+        "registry_max_agents_per_principal": 100_000,  # one principal registers them all
         "registry_watch_buffer": 20000,
         "registry_progress_interval": "100ms",  # idle watches answer soon (see watch_burst)
     }

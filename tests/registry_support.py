@@ -94,6 +94,16 @@ def agent_spec(
     return agent
 
 
+def big_agent(dnas: int, labels: int = 64) -> registry_pb2.Agent:
+    """A generator agent advertising `dnas` DNA names of the longest valid form (70 bytes
+    each on the wire) and `labels` labels of the longest valid keys and values:
+    10,000 names and 64 labels make the 713 KB agent of issue 10."""
+    agent = agent_spec(kind=registry_pb2.AGENT_KIND_GENERATOR)
+    agent.generator.dnas.extend(f"dnas/d{i:062d}" for i in range(dnas))
+    agent.labels.update({f"k{i:062d}": f"v{i:062d}" for i in range(labels)})
+    return agent
+
+
 def register_request(
     agent_id: str, request_id: str | None = None, **spec: Any
 ) -> registry_pb2.RegisterAgentRequest:
@@ -108,6 +118,28 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     assert status is not None
     assert status.details[0].Unpack(info)
     return info
+
+
+def quota_failure(error: grpc.aio.AioRpcError) -> list[error_details_pb2.QuotaFailure.Violation]:
+    """The QuotaFailure violations of an error (empty if it has none)."""
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        found = error_details_pb2.QuotaFailure()
+        if detail.Unpack(found):
+            return list(found.violations)
+    return []
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay of an error in seconds (0 if it has none)."""
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        found = error_details_pb2.RetryInfo()
+        if detail.Unpack(found):
+            return float(found.retry_delay.ToNanoseconds()) / 1e9
+    return 0.0
 
 
 def bad_request(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:

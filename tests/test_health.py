@@ -18,7 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
+from helix.common import errors
 from helix.common.config import Duration
+from helix.common.health import HealthService
 from helix.common.services import SERVICE_DESCRIPTORS
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
@@ -115,6 +117,23 @@ async def test_an_open_health_watch_ends_when_the_drain_begins(start_server, cha
     await drain
     # Nothing else held the server: the drain did not wait out its grace period.
     assert time.monotonic() - started < 1.5
+
+
+async def test_a_watch_whose_write_is_pending_when_the_drain_begins_still_sends_not_serving():
+    # The drain began while the watch's generator was suspended at its yield (its write in
+    # flight): it must send NOT_SERVING before it ends, not end on the drain flag alone.
+    health = HealthService()
+    await health.set("", SERVING)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), None)
+    assert (await anext(watch)).status == SERVING
+    await health.enter_graceful_shutdown()
+    assert (await anext(watch)).status == NOT_SERVING
+    with pytest.raises(errors.Unavailable):
+        await anext(watch)
+    await health.set("", SERVING)  # ignored: the drain is for good
+    assert (await health.Check(health_pb2.HealthCheckRequest(service=""), None)).status == (
+        NOT_SERVING
+    )
 
 
 async def test_a_watch_opened_during_the_drain_ends_at_once(start_server, channel_to):

@@ -239,3 +239,21 @@ async def test_no_credentials_exits_2(helix_env):
     code, _, err = await run("agents", "list", env=env)
     assert code == 2
     assert "no credentials: pass --token" in err
+
+
+# --- issue 10 item 11: a damaged registry database stops the server with one clear line ---
+
+
+@pytest.mark.parametrize("command", [["registry", "serve"], ["up"]])
+async def test_a_damaged_database_stops_the_server_with_one_clear_line(
+    helix_env, tmp_path, command
+):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "registry.sqlite3").write_bytes(b"not a database" * 300)
+    code, _, err = await run(*command, "--port", "0", "--data-dir", str(data), env=helix_env)
+    assert code == 1
+    assert "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert str(data / "registry.sqlite3") in line
+    assert "not a usable registry database" in line

@@ -13,13 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.common import errors, reasons
+from helix.common import errors, reasons, rules
 from helix.registry.core import Batch, check_heartbeat, check_owner, fingerprint, heartbeat_changes
 from helix.registry.state import (
     DELETE,
     DEREGISTERED,
     EXPIRED,
     PUT,
+    RESPONSE_OVERHEAD,
     SERVING,
     Event,
     RegistryState,
@@ -70,6 +71,11 @@ def update(
         agent=registry_pb2.Agent(name=name, etag=etag, **fields),
         update_mask=FieldMask(paths=paths),
     )
+
+
+def big_labels(count: int) -> dict[str, str]:
+    """`count` labels of about 130 bytes each on the wire."""
+    return {f"k{i:062d}": f"v{i:062d}" for i in range(count)}
 
 
 @pytest.fixture
@@ -184,6 +190,56 @@ def test_the_number_of_agents_is_bounded_counting_the_batch(state):
     assert [e.revision for e in batch.events] == [2, 3, 4, 5]
 
 
+def test_the_agents_of_one_principal_are_bounded_counting_the_batch(state):
+    # Issue 10 item 6: one principal could fill --registry-max-agents and lock out the rest.
+    limits = RegistryLimits(max_agents_per_principal=2)
+    commit(state, lambda b: register(b, "a1"), limits=limits)
+    batch = Batch(state, limits, WALL)
+    register(batch, "a2")
+    with pytest.raises(errors.ResourceExhausted) as caught:
+        register(batch, "a3")
+    assert caught.value.reason == reasons.TOO_MANY_AGENTS_FOR_PRINCIPAL
+    assert caught.value.quota_subject == "principal:alice/agents"
+    assert caught.value.retry_after is not None
+    assert "alice holds its maximum of 2 agents" in caught.value.message
+    register(batch, "b1", BOB, request_id="b1")  # another principal is not locked out
+    register(batch, "a1", request_id="again")  # replacing one's own is not a new agent
+    register(batch, "a2", ROOT, request_id="root")  # an admin's replacement stays alice's
+    batch.deregister(ALICE, "agents/a2", "")  # removing one makes room, in the same batch
+    register(batch, "a3")
+    state.install(batch.events)
+    assert state.agents_per_owner == {"alice": 2, "bob": 1}
+    one = RegistryLimits(max_agents_per_principal=1)
+    commit(state, lambda b: register(b, "r1", ROOT, request_id="r1"), limits=one)
+    with pytest.raises(errors.ResourceExhausted):  # admins are counted like anyone
+        register(Batch(state, one, WALL), "r2", ROOT, request_id="r2")
+    assert state.agents_per_owner == {"alice": 2, "bob": 1, "root": 1}
+    commit(state, lambda b: b.expire("agents/b1", state.agents["agents/b1"].epoch))
+    assert state.agents_per_owner == {"alice": 2, "root": 1}
+
+
+def test_an_agent_over_the_size_limit_is_refused_on_register_and_update(state):
+    # Issue 10 item 4: 713 KB agents were accepted, and broke every listing and watch.
+    limits = RegistryLimits(max_agent_bytes=2048)
+    batch = Batch(state, limits, WALL)
+    with pytest.raises(errors.InvalidArgument) as caught:
+        register(batch, "a1", ALICE, None, **big_labels(20))
+    assert caught.value.reason == reasons.AGENT_TOO_LARGE
+    [violation] = caught.value.violations
+    assert (violation.field, violation.reason) == ("agent", rules.TOO_LARGE)
+    assert "over the limit of 2048 bytes" in violation.description
+    assert not batch.events
+    assert not batch.new_requests
+    commit(state, lambda b: register(b, "a1"), limits=limits)
+    before = state.agents["agents/a1"]
+    batch = Batch(state, limits, WALL)
+    with pytest.raises(errors.InvalidArgument) as grown:
+        batch.update(ALICE, update("agents/a1", ["labels"], labels=big_labels(30)))
+    assert grown.value.reason == reasons.AGENT_TOO_LARGE
+    assert not batch.events
+    assert state.agents["agents/a1"] is before
+
+
 # --- update, heartbeat changes, deregister, expire -------------------------------------------
 
 
@@ -265,6 +321,24 @@ def test_heartbeat_change_checks_the_epoch_and_the_owner(state):
         batch.heartbeat_change(BOB, heartbeat("agents/a1", 2, health=DEGRADED))
 
 
+def test_a_heartbeat_of_an_epoch_never_issued_is_not_found_and_says_so(state):
+    # Issue 10 item 13a: "was registered again (epoch 2) since epoch 99" was a lie: epoch
+    # 99 was never issued. The caller should register again (NOT_FOUND), not stop.
+    commit(state, lambda b: register(b, "a1", request_id="one"))
+    commit(state, lambda b: register(b, "a1", request_id="two"))  # epoch 2 now
+    batch = Batch(state, LIMITS, WALL)
+    with pytest.raises(errors.NotFound) as future:
+        batch.heartbeat_change(ALICE, heartbeat("agents/a1", 99, health=DEGRADED))
+    assert future.value.message == (
+        "epoch 99 was never issued for agents/a1 (its current epoch is 2): register again"
+    )
+    assert future.value.metadata == {"name": "agents/a1", "epoch": "2"}
+    with pytest.raises(errors.FailedPrecondition) as older:
+        batch.heartbeat_change(ALICE, heartbeat("agents/a1", 1, health=DEGRADED))
+    assert older.value.message.startswith("agents/a1 was registered again (epoch 2) since epoch 1")
+    assert not batch.events
+
+
 def test_deregister_is_a_delete_conditional_on_the_etag(state):
     commit(state, lambda b: register(b, "a1"))
     with pytest.raises(errors.Aborted):
@@ -327,8 +401,8 @@ def test_check_heartbeat_and_heartbeat_changes(state):
     commit(state, lambda b: register(b, "a1"))
     agent = state.agents["agents/a1"]
     assert check_heartbeat(agent, ALICE, agent.name, 1) is agent
-    with pytest.raises(errors.FailedPrecondition):
-        check_heartbeat(agent, ALICE, agent.name, 7)
+    with pytest.raises(errors.NotFound):
+        check_heartbeat(agent, ALICE, agent.name, 7)  # an epoch never issued
     with pytest.raises(errors.PermissionDenied):
         check_heartbeat(agent, BOB, agent.name, 1)
     assert not heartbeat_changes(agent, heartbeat(agent.name, 1))
@@ -372,6 +446,30 @@ def test_history_keeps_the_last_history_limit_events(state):
         check_watchable(small, 2)
     assert caught.value.reason == reasons.REVISION_COMPACTED
     assert caught.value.metadata == {"compact_revision": "3"}
+
+
+def test_history_is_bounded_by_bytes_as_well_as_by_count():
+    # Issue 10 item 5: 3,801 updates of 713 KB agents took 3.5 GB of memory (and 5.5 GB of
+    # disk) before the 10,000-event cap forgot anything.
+    probe = RegistryState()
+    commit(probe, lambda b: register(b, "a1", ALICE, None, **big_labels(8)))
+    one = probe.history[0].size  # a registration: the agent, no previous state
+    assert one == probe.agents["agents/a1"].ByteSize() > 1000
+    small = RegistryState(history_limit=100, history_byte_limit=5 * 2 * one + 64)
+    commit(small, lambda b: register(b, "a1", ALICE, None, **big_labels(8)))
+    for capacity in range(2, 30):
+        change = update("agents/a1", ["capacity"], capacity=capacity)
+        batch = Batch(small, LIMITS, WALL)
+        batch.update(ALICE, change)
+        expected = small.first_kept_after(batch.events)
+        small.install(batch.events)
+        assert small.first_available == expected
+        assert small.history_size == sum(e.size for e in small.history)
+        assert small.history_size <= small.history_byte_limit
+    assert len(small.history) == 5  # each update holds the agent and its previous state
+    assert small.first_available == small.revision - 4
+    with pytest.raises(errors.OutOfRange):
+        check_watchable(small, small.revision - 5)
 
 
 def test_install_reports_the_first_revision_it_forgot():
@@ -424,6 +522,23 @@ def test_page_filters_and_refuses_a_compacted_snapshot():
         small.page(1, Selector(), "", 10)
 
 
+def test_a_page_is_cut_by_bytes_as_well_as_by_count(state):
+    commit(
+        state,
+        *(lambda b, i=i: register(b, f"a{i}", ALICE, None, **big_labels(8)) for i in range(10)),
+    )
+    size = state.agents["agents/a0"].ByteSize()
+    assert size > 1000
+    room = RESPONSE_OVERHEAD + 3 * (size + 6)
+    found, after = state.page(state.revision, Selector(), "", 100, room)
+    assert [a.name for a in found] == ["agents/a0", "agents/a1", "agents/a2"]
+    assert after == "agents/a2"
+    # An agent larger than a whole response still goes out, alone.
+    alone, after = state.page(state.revision, Selector(), "agents/a2", 100, 10)
+    assert [a.name for a in alone] == ["agents/a3"]
+    assert after == "agents/a3"
+
+
 def test_forget_requests_before(state):
     commit(state, lambda b: register(b, "a1"))
     assert state.requests
@@ -431,6 +546,32 @@ def test_forget_requests_before(state):
     assert state.requests  # created at WALL: not before it
     state.forget_requests_before(WALL + 1)
     assert state.requests == {}
+
+
+def test_idempotency_records_are_bounded_by_count_and_by_bytes():
+    # Each record holds a whole RegisterAgentResponse: 100,000 of 64 KiB agents would be
+    # 6 GB. The oldest are forgotten first; `trim_requests` names them for the store.
+    probe = RegistryState()
+    commit(probe, lambda b: register(b, "a0", ALICE, None, **big_labels(8)))
+    one = next(iter(probe.requests.values())).size
+    assert one > 1000
+    state = RegistryState(request_limit=100, request_byte_limit=3 * one + 64)
+    for i in range(5):
+        batch = Batch(state, LIMITS, WALL + i)
+        register(batch, f"a{i}", ALICE, None, **big_labels(8))
+        state.install(batch.events)
+        for owner, request_id, record in batch.new_requests:
+            state.remember(owner, request_id, record)
+        forgotten = state.trim_requests()
+        assert forgotten == ([("alice", f"req-a{i - 3}")] if i >= 3 else [])
+    assert [k[1] for k in state.requests] == ["req-a2", "req-a3", "req-a4"]
+    assert state.requests_size == sum(r.size for r in state.requests.values())
+    by_count = RegistryState(request_limit=2)
+    commit(by_count, *(lambda b, i=i: register(b, f"a{i}") for i in range(3)))
+    assert by_count.trim_requests() == [("alice", "req-a0")]
+    assert len(by_count.requests) == 2
+    by_count.forget_requests_before(WALL + 1)
+    assert (by_count.requests, by_count.requests_size) == ({}, 0)
 
 
 def test_answered_is_the_committed_response_to_the_same_request(state):

@@ -9,6 +9,8 @@ calls `expire_lapsed()`, exactly as the sweeper does each interval.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons
 from helix.registry.engine import EngineSettings, Registry
 from helix.registry.metrics import register_metrics
-from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.registry.sqlite_store import WAL_SIZE_LIMIT, SqliteRegistryStore
 from helix.registry.validation import RegistryLimits
 from helix.security.principal import Principal
 
@@ -80,6 +82,13 @@ async def harness(tmp_path) -> AsyncIterator[Harness]:
 
 def beat(name: str = "agents/a1", epoch: int = 1, **fields) -> registry_pb2.HeartbeatRequest:
     return registry_pb2.HeartbeatRequest(name=name, epoch=epoch, **fields)
+
+
+def capacity_update(name: str, capacity: int) -> registry_pb2.UpdateAgentRequest:
+    return registry_pb2.UpdateAgentRequest(
+        agent=registry_pb2.Agent(name=name, capacity=capacity),
+        update_mask=FieldMask(paths=["capacity"]),
+    )
 
 
 def watch_from(revision: int) -> registry_pb2.WatchAgentsRequest:
@@ -357,6 +366,73 @@ async def test_end_watches_ends_streams_and_refuses_new_ones(harness):
     assert len(registry.hub) == 0
 
 
+# --- issue 10 item 5: history and database bounded by bytes -----------------------------------
+
+
+MIB = 1024 * 1024
+
+
+def wal_size(path: Path) -> int:
+    """Bytes of the write-ahead log of the SQLite file `path`."""
+    wal = path.with_name(path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def labels_of(size: int) -> dict[str, str]:
+    """Labels taking about `size` bytes on the wire."""
+    return {f"k{i:062d}": f"v{i:062d}" for i in range(size // 134)}
+
+
+async def test_history_and_database_stay_within_their_bytes_and_shrink_back(tmp_path):
+    path = tmp_path / "registry.sqlite3"
+    settings = dataclasses.replace(
+        SETTINGS, history_limit=10_000, history_bytes=256 * 1024, request_bytes=256 * 1024
+    )
+    registry = Registry(SqliteRegistryStore(path, synchronous="normal"), settings)
+    await registry.start()
+    try:
+        await registry.register(ALICE, register_request("big", **labels_of(16_000)))
+        for capacity in range(2, 300):  # 9 MB of history without a byte bound
+            await registry.update(ALICE, capacity_update("agents/big", capacity))
+        assert registry.state.history_size <= 256 * 1024
+        assert len(registry.state.history) == 8  # 16 KB agent and 16 KB previous state
+        # What it holds (256 KiB of history, a 16 KB agent) and at most 1 MiB of free pages.
+        assert path.stat().st_size < 2 * MIB
+        assert wal_size(path) <= WAL_SIZE_LIMIT + MIB
+        # Many big agents come and go: the file grows with them, then shrinks back.
+        await asyncio.gather(
+            *(
+                registry.register(ALICE, register_request(f"b{i}", **labels_of(16_000)))
+                for i in range(100)
+            )
+        )
+        assert registry.state.requests_size <= 256 * 1024  # each answer holds a 16 KB agent
+        assert path.stat().st_size > 4 * MIB
+        for i in range(100):
+            await registry.deregister(
+                ALICE, registry_pb2.DeregisterAgentRequest(name=f"agents/b{i}")
+            )
+        for capacity in range(300, 320):  # the deletions leave the history too
+            await registry.update(ALICE, capacity_update("agents/big", capacity))
+        # 256 KiB of history, 256 KiB of idempotency records, and at most 1 MiB free.
+        assert path.stat().st_size < 2 * MIB
+    finally:
+        await registry.stop()
+    # What was forgotten stays forgotten after a restart.
+    registry = Registry(SqliteRegistryStore(path, synchronous="normal"), settings)
+    await registry.start()
+    try:
+        assert registry.state.history_size <= 256 * 1024
+        assert registry.state.requests_size <= 256 * 1024
+        # One object per agent state, as before the restart (not a copy per event).
+        history = list(registry.state.history)
+        assert all(later.prev is earlier.agent for earlier, later in itertools.pairwise(history))
+        assert registry.state.agents["agents/big"] is history[-1].agent
+    finally:
+        await registry.stop()
+    assert path.stat().st_size < 2 * MIB
+
+
 # --- metrics: read from the engine's plain counters at scrape time -------------------------------
 
 
@@ -379,5 +455,7 @@ async def test_the_collector_reads_the_engine_at_scrape_time(harness):
     assert value("helix_registry_write_batch_size_bucket", le="2.0") == 0
     assert value("helix_registry_write_batch_size_bucket", le="4.0") == 2
     assert value("helix_registry_revision") == 6
+    assert value("helix_registry_history_bytes") == registry.state.history_size > 0
+    assert value("helix_registry_request_records_bytes") == registry.state.requests_size > 0
     assert value("helix_registry_leases") == 0
     assert value("helix_registry_watchers_cut_off_total") == 0

@@ -14,7 +14,7 @@ import helix.v1.registry_pb2 as registry_pb2
 from registry_support import register_request
 from waiting import eventually
 
-GENEROUS = {"rate_write": 1e6, "rate_read": 1e6}
+GENEROUS = {"rate_write": 1e6, "rate_read": 1e6, "registry_max_agents_per_principal": 100_000}
 
 
 async def list_everything(stub) -> tuple[dict[str, registry_pb2.Agent], int]:

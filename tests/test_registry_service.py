@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
+import sqlite3
 import time
 
 import grpc
@@ -12,13 +14,17 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.registry.store import StoreCorrupt
 
 from registry_support import (
     Suite,
     agent_spec,
     bad_request,
+    big_agent,
     error_info,
+    quota_failure,
     register_request,
+    retry_delay,
     start_suite,
 )
 from waiting import eventually
@@ -363,6 +369,16 @@ async def test_epoch_mismatch_after_the_name_was_registered_again(suite):
     assert error_info(caught.value).reason == "EPOCH_MISMATCH"
 
 
+async def test_a_heartbeat_of_an_epoch_never_issued_is_not_found(suite):
+    stub = suite.stub()
+    await stub.RegisterAgent(register_request("a1", request_id="one"))
+    await stub.RegisterAgent(register_request("a1", request_id="two"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=99))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "epoch 99 was never issued" in (caught.value.details() or "")
+
+
 # --- ownership -----------------------------------------------------------------------------
 
 
@@ -486,6 +502,94 @@ async def test_a_corrupted_database_is_refused_and_left_as_it_is(tmp_path):
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
 
 
+# --- issue 10 item 11: damaged databases ----------------------------------------------------
+
+
+async def test_a_deleted_database_is_refused_not_replaced_by_an_empty_registry(tmp_path):
+    # Revisions went from 32,785 back to 1, silently, when registry.sqlite3 was deleted.
+    data = tmp_path / "data"
+    suite = await start_suite(data)
+    for i in range(3):
+        await suite.stub().RegisterAgent(register_request(f"a{i}"))
+    await suite.close()
+    for name in ("registry.sqlite3", "registry.sqlite3-wal", "registry.sqlite3-shm"):
+        (data / name).unlink(missing_ok=True)
+    with pytest.raises(StoreCorrupt, match=r"registry\.sqlite3 is missing.*reached revision 3"):
+        await start_suite(data)
+    suite = await start_suite(data, registry_accept_loss=True)  # on purpose
+    try:
+        response = await suite.stub().RegisterAgent(register_request("again"))
+        assert response.revision == 4  # never backwards
+    finally:
+        await suite.close()
+
+
+def damage(database, sql: str, *values: object) -> None:
+    """Change one row of a closed registry database behind its back."""
+    with sqlite3.connect(database) as db:
+        db.execute(sql, values)
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "where"),
+    [
+        ("UPDATE agents SET agent=? WHERE name='agents/a1'", "table agents, key 'agents/a1'"),
+        ("UPDATE events SET agent=? WHERE revision=2", "table events, key 2"),
+        ("UPDATE events SET prev=? WHERE revision=2", "table events, key 2"),
+    ],
+)
+async def test_a_corrupt_record_is_refused_naming_file_table_and_key(tmp_path, sql, where):
+    # A record that passes SQLite's quick_check but is not a valid message stopped startup
+    # with a raw DecodeError traceback.
+    data = tmp_path / "data"
+    suite = await start_suite(data)
+    stub = suite.stub()
+    await stub.RegisterAgent(register_request("a1"))
+    await stub.RegisterAgent(register_request("a1", request_id="again"))  # event 2 has a prev
+    await suite.close()
+    damage(data / "registry.sqlite3", sql, b"\xff\xff\xff not a message")
+    with pytest.raises(StoreCorrupt) as caught:
+        await start_suite(data)
+    message = str(caught.value)
+    assert str(data / "registry.sqlite3") in message
+    assert where in message
+    assert "\n" not in message
+
+
+async def test_a_bad_idempotency_record_is_dropped_with_a_warning(tmp_path, caplog):
+    # One bad record made the registry unstartable; it is only a retry cache.
+    data = tmp_path / "data"
+    suite = await start_suite(data)
+    await suite.stub().RegisterAgent(register_request("a1", request_id="r1"))
+    await suite.stub().RegisterAgent(register_request("a2", request_id="r2"))
+    await suite.close()
+    damage(
+        data / "registry.sqlite3",
+        "UPDATE requests SET response=? WHERE request_id='r1'",
+        b"\xff\xff not a message",
+    )
+    with caplog.at_level(logging.WARNING, logger="helix.registry"):
+        suite = await start_suite(data)
+    try:
+        warned = [r.getMessage() for r in caplog.records if "table requests" in r.getMessage()]
+        assert len(warned) == 1
+        assert "('alice', 'r1')" in warned[0]
+        assert "dropped" in warned[0]
+        stub = suite.stub()
+        retried = await stub.RegisterAgent(register_request("a2", request_id="r2"))
+        assert retried.revision == 2  # the good record still answers its retry
+        await stub.RegisterAgent(register_request("b1"))  # the next commit forgets the bad one
+    finally:
+        await suite.close()
+    with sqlite3.connect(data / "registry.sqlite3") as db:
+        assert db.execute("SELECT request_id FROM requests ORDER BY request_id").fetchall() == [
+            ("r2",),
+            ("req-b1",),
+        ]
+    db.close()
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 
@@ -574,6 +678,91 @@ async def test_registry_metrics(suite):
     assert value("helix_registry_revision") == 2
     assert value("helix_registry_write_batch_size_count") == 2
     assert value("helix_registry_leases") == 2
+
+
+async def test_one_principal_cannot_fill_the_registry(tmp_path):
+    # Issue 10 item 6: with only a global cap, one principal locked every other one out.
+    suite = await start_suite(
+        tmp_path / "data", registry_max_agents=10, registry_max_agents_per_principal=3
+    )
+    try:
+        greedy, other = suite.stub("greedy"), suite.stub("other")
+        for i in range(3):
+            await greedy.RegisterAgent(register_request(f"g{i}"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await greedy.RegisterAgent(register_request("g3"))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_info(caught.value).reason == "TOO_MANY_AGENTS_FOR_PRINCIPAL"
+        assert "principal:greedy/agents" in [v.subject for v in quota_failure(caught.value)]
+        assert retry_delay(caught.value) > 0
+        await other.RegisterAgent(register_request("o1"))  # not locked out
+        metrics = suite.server.metrics.registry
+        refused = metrics.get_sample_value(
+            "helix_registry_refused_total", {"reason": "TOO_MANY_AGENTS_FOR_PRINCIPAL"}
+        )
+        assert refused == 1
+    finally:
+        await suite.close()
+
+
+# --- issue 10 item 4: big agents must not break listing and watching ---------------------------
+
+
+async def test_an_agent_over_the_size_limit_is_refused(suite):
+    stub = suite.stub()
+    request = registry_pb2.RegisterAgentRequest(
+        agent_id="huge", agent=big_agent(10_000), request_id="huge"
+    )
+    assert request.agent.ByteSize() > 700_000
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RegisterAgent(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "AGENT_TOO_LARGE"
+    assert [f for f, _ in bad_request(caught.value)] == ["agent"]
+    # Growing an agent past the limit with UpdateAgent is refused too, and changes nothing.
+    small = await stub.RegisterAgent(
+        register_request("grows", kind=registry_pb2.AGENT_KIND_GENERATOR)
+    )
+    grown = big_agent(1000)
+    grown.name = "agents/grows"
+    with pytest.raises(grpc.aio.AioRpcError) as update:
+        await stub.UpdateAgent(
+            registry_pb2.UpdateAgentRequest(agent=grown, update_mask=FieldMask(paths=["generator"]))
+        )
+    assert error_info(update.value).reason == "AGENT_TOO_LARGE"
+    got = await stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/grows"))
+    assert got.agent == small.agent
+    refused = suite.server.metrics.registry.get_sample_value(
+        "helix_registry_refused_total", {"reason": "AGENT_TOO_LARGE"}
+    )
+    assert refused == 2
+
+
+async def test_agents_at_the_size_limit_can_be_listed_and_watched_by_any_client(suite):
+    # 80 agents just under 64 KiB: a default page (100) of them is 5 MB, over the 4 MiB
+    # every gRPC client accepts by default (the stub's channel keeps that default).
+    stub = suite.stub()
+    count = 80
+    for i in range(count):
+        agent = big_agent(780)
+        request = registry_pb2.RegisterAgentRequest(
+            agent_id=f"big{i:02d}", agent=agent, request_id=f"big{i}"
+        )
+        await stub.RegisterAgent(request)
+    names: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_token=token))
+        assert page.ByteSize() <= 4 * 1024 * 1024
+        names += [a.name for a in page.agents]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [f"agents/big{i:02d}" for i in range(count)]
+    watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=1))
+    events = await collect(watch, count)
+    assert [e.revision for e in events] == list(range(1, count + 1))
+    watch.cancel()
 
 
 async def test_the_number_of_agents_is_bounded(tmp_path):

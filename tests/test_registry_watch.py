@@ -19,6 +19,7 @@ from helix.registry.state import (
     EXPIRED,
     FILTERED_OUT,
     PUT,
+    RESPONSE_OVERHEAD,
     Event,
     RegistryState,
     Selector,
@@ -115,10 +116,28 @@ def test_history_is_replayed_first_without_counting_against_the_buffer():
     hub = WatchHub(max_watchers=10, buffer=1)
     backlog = [put(1, a), put(2, agent("b1", zone="b")), put(3, a, a)]
     watcher = hub.add(ZONE_A, backlog, start=1)
-    assert [m.revision for m in watcher.pending] == [1, 3]
     hub.publish([put(4, a, a)])  # the buffer of 1 is still free
-    assert [m.revision for m in watcher.pending] == [1, 3, 4]
+    assert [m.revision for m in watcher.pending] == [4]
     assert watcher.closed_reason is None
+    response = next_response(watcher, installed(*backlog, put(4, a, a)))
+    assert [e.revision for e in response.events] == [1, 3]
+    assert [e.revision for e in next_response(watcher, RegistryState()).events] == [4]
+
+
+def test_a_replay_copies_no_agent_before_it_is_sent():
+    # Issue 10 item 5: each watch from an old revision copied every agent of the history
+    # (up to the whole history's bytes per watcher, times --registry-max-watchers).
+    labels = {f"k{i:062d}": f"v{i:062d}" for i in range(8)}
+    state = installed(*(put(i, agent(f"a{i}", **labels)) for i in range(1, 11)))
+    size = registry_pb2.AgentEvent(agent=state.history[0].agent, revision=10, type=PUT).ByteSize()
+    room = RESPONSE_OVERHEAD + 4 * (size + 6)
+    hub = WatchHub(max_watchers=100, buffer=10, max_response_bytes=room)
+    watchers = [hub.add(EVERYTHING, state.history, start=1) for _ in range(50)]
+    assert all(not w.pending for w in watchers)  # nothing built yet
+    assert all(w.backlog[0] is state.history[0] for w in watchers)  # the history's own events
+    first = next_response(watchers[0], state)
+    assert [e.revision for e in first.events] == [1, 2, 3, 4]
+    assert len(watchers[0].backlog) == 6
 
 
 def test_a_watcher_that_falls_behind_is_cut_off_and_the_others_continue():
@@ -191,6 +210,27 @@ def test_a_response_carries_at_most_max_events_in_order():
         range(MAX_EVENTS_PER_RESPONSE + 1, count + 1)
     )
     assert next_response(watcher, state).progress
+
+
+def test_a_response_is_cut_by_bytes_as_well_as_by_count():
+    labels = {f"k{i:062d}": f"v{i:062d}" for i in range(8)}  # about 1 KB per event
+    events = [put(i, agent(f"a{i}", **labels)) for i in range(1, 8)]
+    size = registry_pb2.AgentEvent(agent=events[0].agent, revision=7, type=PUT).ByteSize()
+    room = RESPONSE_OVERHEAD + 3 * (size + 6)
+    hub = WatchHub(max_watchers=1, buffer=100, max_response_bytes=room)
+    watcher = hub.add(EVERYTHING)
+    hub.publish(events)
+    state = RegistryState()
+    sizes = []
+    while not (response := next_response(watcher, state)).progress:
+        assert response.ByteSize() <= room
+        sizes.append(len(response.events))
+    assert sizes == [3, 3, 1]
+    # One event larger than a whole response still goes out, alone.
+    tiny = WatchHub(max_watchers=1, buffer=100, max_response_bytes=100)
+    watcher = tiny.add(EVERYTHING)
+    tiny.publish([put(1, agent("a", **labels)), put(2, agent("b", **labels))])
+    assert [len(next_response(watcher, state).events) for _ in range(2)] == [1, 1]
 
 
 # --- the stream ------------------------------------------------------------------------------

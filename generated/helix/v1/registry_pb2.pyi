@@ -179,7 +179,13 @@ Global___AgentLoad: _TypeAlias = AgentLoad  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):
-    """A registered agent. Resource name "agents/{agent}"."""
+    """A registered agent. Resource name "agents/{agent}".
+
+    Size: an agent as the registry stores it (output-only fields included) serializes to at
+    most 65536 bytes by default (server configurable); RegisterAgent or UpdateAgent that
+    would make it larger fails with INVALID_ARGUMENT (ErrorInfo reason "AGENT_TOO_LARGE",
+    BadRequest field "agent", rule "too_large"). Heartbeats are never refused for size.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -341,7 +347,10 @@ class GeneratorDetails(_message.Message):
 
     @_builtins.property
     def dnas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. Names ("dnas/{dna}") of the DNAs in its library: at most 10000."""
+        """Optional. Names ("dnas/{dna}") of the DNAs in its library: at most 10000, and the
+        agent must stay within its size limit (see Agent), so a generator advertises at most
+        48 KiB of names (about 700 of the longest).
+        """
 
     def __init__(
         self,
@@ -398,8 +407,10 @@ class RegisterAgentRequest(_message.Message):
     request_id: _builtins.str
     """Required. Client-chosen idempotency key, unique per registration attempt: 1 to 64
     characters matching `[A-Za-z0-9_-]+` (a UUID fits). Remembered per principal for at
-    least 10 minutes; a retry with the same request_id returns the first response; reusing
-    one with a different request fails with INVALID_ARGUMENT.
+    least 10 minutes, as long as the registry's bound on remembered answers allows (server
+    configurable; by default 100000 answers and 32 MiB, the oldest forgotten first); a
+    retry with the same request_id returns the first response; reusing one with a
+    different request fails with INVALID_ARGUMENT.
     """
     @_builtins.property
     def agent(self) -> Global___Agent:
@@ -697,7 +708,8 @@ class ListAgentsRequest(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Optional. Maximum agents per page: 0 means 100; above 1000 means 1000; negative fails
-    with INVALID_ARGUMENT. A page may hold fewer, even when more follow.
+    with INVALID_ARGUMENT. A page may hold fewer, even when more follow: a response stays
+    within 4 MiB (4194304 bytes, the default receive limit of gRPC clients).
     """
     page_token: _builtins.str
     """Optional. next_page_token of the previous page (opaque, at most 1024 characters); the
@@ -838,7 +850,8 @@ class WatchAgentsResponse(_message.Message):
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentEvent]:
         """The events, in revision order, consecutive among matching events; empty in a progress
-        notification. At most 1000 per response.
+        notification. At most 1000 per response, and a response stays within 4 MiB (4194304
+        bytes, the default receive limit of gRPC clients).
         """
 
     def __init__(

@@ -31,10 +31,16 @@ class RegistryServiceStub:
     Revisions: every committed change — register, update, health or load change,
     deregister, expiry — goes through one serialized path and is given the next revision, a
     single int64 counter for the whole registry that starts at 1 and increases by exactly
-    one per change; it never goes backwards, across restarts included. Anything that
+    one per change; it never goes backwards, across restarts included (a registry that
+    finds its stored state lost or older than the revision it had reached refuses to start
+    rather than begin again at 1). Anything that
     changes nothing (such as a heartbeat repeating the stored health and load) advances
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.
+
+    History: the registry keeps the latest events for watches and paginated lists, within
+    a number of events and a number of bytes (server configurable; by default 10000 events
+    and 64 MiB of agents). Starting points older than what is kept fail with OUT_OF_RANGE.
 
     Leases: a registered agent holds a lease of `ttl`. It never expires sooner than ttl
     after its last acknowledged Heartbeat (measured on the registry's monotonic clock, so
@@ -100,10 +106,16 @@ class RegistryServiceServicer:
     Revisions: every committed change — register, update, health or load change,
     deregister, expiry — goes through one serialized path and is given the next revision, a
     single int64 counter for the whole registry that starts at 1 and increases by exactly
-    one per change; it never goes backwards, across restarts included. Anything that
+    one per change; it never goes backwards, across restarts included (a registry that
+    finds its stored state lost or older than the revision it had reached refuses to start
+    rather than begin again at 1). Anything that
     changes nothing (such as a heartbeat repeating the stored health and load) advances
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.
+
+    History: the registry keeps the latest events for watches and paginated lists, within
+    a number of events and a number of bytes (server configurable; by default 10000 events
+    and 64 MiB of agents). Starting points older than what is kept fail with OUT_OF_RANGE.
 
     Leases: a registered agent holds a lease of `ttl`. It never expires sooner than ttl
     after its last acknowledged Heartbeat (measured on the registry's monotonic clock, so
@@ -123,8 +135,12 @@ class RegistryServiceServicer:
     def RegisterAgent(self, request, context):
         """Registers an agent and grants it a lease, or replaces the caller's own existing
         registration of the same name (an agent restarting under a fixed id), which gives it a
-        new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields;
-        ALREADY_EXISTS when the name is held by another principal's live registration.
+        new, greater epoch. Emits a PUT event. Errors: INVALID_ARGUMENT for bad fields, or
+        (ErrorInfo reason "AGENT_TOO_LARGE") an agent over the size limit (see Agent);
+        ALREADY_EXISTS when the name is held by another principal's live registration;
+        RESOURCE_EXHAUSTED when the registry (reason "TOO_MANY_AGENTS") or the caller's quota
+        (reason "TOO_MANY_AGENTS_FOR_PRINCIPAL", 1000 agents per principal by default) is
+        full, with QuotaFailure and RetryInfo.
         Idempotent by request_id: a retry with the same request_id returns the first
         response and registers nothing again.
         """
@@ -135,10 +151,11 @@ class RegistryServiceServicer:
     def Heartbeat(self, request, context):
         """Renews an agent's lease and optionally reports its health and load. A heartbeat that
         changes neither advances no revision; one that does commits a change (PUT event).
-        Errors: NOT_FOUND when the name is unknown or its lease has expired — the agent must
-        register again (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason
-        "EPOCH_MISMATCH") when the name was registered again since this epoch — the caller's
-        registration was superseded and it must not silently re-register.
+        Errors: NOT_FOUND when the name is unknown, its lease has expired, or the epoch is
+        greater than any this registry issued for the name — the agent must register again
+        (and gets a new epoch); FAILED_PRECONDITION (ErrorInfo reason "EPOCH_MISMATCH") when
+        the name was registered again since this (older) epoch — the caller's registration
+        was superseded and it must not silently re-register.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,7 +164,8 @@ class RegistryServiceServicer:
     def UpdateAgent(self, request, context):
         """Changes the fields of an agent named by update_mask. Emits a PUT event when anything
         changed. Errors: NOT_FOUND; ABORTED when agent.etag is set and stale (nothing is
-        changed); INVALID_ARGUMENT for bad fields or a path that may not be updated.
+        changed); INVALID_ARGUMENT for bad fields, a path that may not be updated, or an
+        agent that would grow over the size limit (reason "AGENT_TOO_LARGE"; see Agent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,10 +265,16 @@ class RegistryService:
     Revisions: every committed change — register, update, health or load change,
     deregister, expiry — goes through one serialized path and is given the next revision, a
     single int64 counter for the whole registry that starts at 1 and increases by exactly
-    one per change; it never goes backwards, across restarts included. Anything that
+    one per change; it never goes backwards, across restarts included (a registry that
+    finds its stored state lost or older than the revision it had reached refuses to start
+    rather than begin again at 1). Anything that
     changes nothing (such as a heartbeat repeating the stored health and load) advances
     nothing. An acknowledged change is durable and visible to every later Get, List and
     Watch.
+
+    History: the registry keeps the latest events for watches and paginated lists, within
+    a number of events and a number of bytes (server configurable; by default 10000 events
+    and 64 MiB of agents). Starting points older than what is kept fail with OUT_OF_RANGE.
 
     Leases: a registered agent holds a lease of `ttl`. It never expires sooner than ttl
     after its last acknowledged Heartbeat (measured on the registry's monotonic clock, so

@@ -50,19 +50,22 @@ class HealthService:
     async def set(self, service: str, status: ServingStatus) -> None:
         """Register `service` with `status`, or change its status; ignored once the drain
         has begun (everything stays NOT_SERVING)."""
-        if not self._draining:
-            await self._set({service: status})
+        await self._set({service: status})
 
     async def enter_graceful_shutdown(self) -> None:
         """Mark every service NOT_SERVING for good and end every watch (after it has sent
         NOT_SERVING); watches opened later end at once. Safe to call twice."""
-        if self._draining:
-            return
-        self._draining = True
-        await self._set(dict.fromkeys(self._statuses, NOT_SERVING))
+        await self._set({}, drain=True)
 
-    async def _set(self, statuses: dict[str, ServingStatus]) -> None:
+    async def _set(self, statuses: dict[str, ServingStatus], drain: bool = False) -> None:
+        # The drain flag and the statuses change together (no await between), so a watch
+        # that reads both at once never ends without sending the final NOT_SERVING.
         async with self._changed:
+            if self._draining:
+                return
+            if drain:
+                self._draining = True
+                statuses = dict.fromkeys(self._statuses, NOT_SERVING)
             self._statuses.update(statuses)
             self._version += 1
             self._changed.notify_all()
@@ -79,12 +82,12 @@ class HealthService:
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
         last: ServingStatus | None = None
         while True:
-            seen = self._version
+            seen, draining = self._version, self._draining
             status = self._statuses.get(request.service, SERVICE_UNKNOWN)
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
-            if self._draining:
+            if draining:
                 raise errors.Unavailable("the server is shutting down; reconnect", retry_after=1.0)
             async with self._changed:
                 # Not while yielding: a slow reader must never block `set`.

@@ -281,6 +281,13 @@ REQUEST_ID_REUSED = _reason(
     "request_id was already used by this principal for a different request.",
     "registry",
 )
+AGENT_TOO_LARGE = _reason(
+    "AGENT_TOO_LARGE",
+    errors.InvalidArgument,
+    "The agent, as it would be stored, is over --registry-max-agent-bytes (64 KiB by "
+    "default); BadRequest (field agent, rule too_large) gives its size; metadata limit.",
+    "registry",
+)
 REVISION_COMPACTED = _reason(
     "REVISION_COMPACTED",
     errors.OutOfRange,
@@ -291,7 +298,14 @@ REVISION_COMPACTED = _reason(
 TOO_MANY_AGENTS = _reason(
     "TOO_MANY_AGENTS",
     errors.ResourceExhausted,
-    "The registry holds its maximum of agents (--registry-max-agents).",
+    "The registry holds its maximum of agents (--registry-max-agents); QuotaFailure, RetryInfo.",
+    "registry",
+)
+TOO_MANY_AGENTS_FOR_PRINCIPAL = _reason(
+    "TOO_MANY_AGENTS_FOR_PRINCIPAL",
+    errors.ResourceExhausted,
+    "The caller holds its maximum of agents (--registry-max-agents-per-principal); "
+    "QuotaFailure names it, RetryInfo.",
     "registry",
 )
 TOO_MANY_WATCHERS = _reason(

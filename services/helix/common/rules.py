@@ -53,7 +53,9 @@ SYNTAX = _rule("syntax", "the text is not YAML or JSON (with the line of the pro
 EMPTY = _rule("empty", "the document holds nothing")
 TYPE = _rule("type", "a value of the wrong type for its field")
 DUPLICATE_KEY = _rule("duplicate_key", "a key given twice in one mapping")
-TOO_LARGE = _rule("too_large", "the document expands past what one is allowed to hold")
+TOO_LARGE = _rule(
+    "too_large", "a document or message larger (expanded or serialized) than it may be"
+)
 FILE_TOO_LARGE = _rule("file_too_large", "the file is over the size limit")
 ENCODING = _rule("encoding", "the file is not UTF-8 text")
 UNREADABLE = _rule("unreadable", "the file cannot be read (permissions, gone, not a file)")

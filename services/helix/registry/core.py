@@ -72,6 +72,7 @@ class Batch:
         self._requests: dict[tuple[str, str], RequestRecord] = {}
         self.events: list[Event] = []
         self._net_added = 0  # agents this batch adds minus those it removes
+        self._owner_added: dict[str, int] = {}  # the same, per owner
         self.new_requests: list[tuple[str, str, RequestRecord]] = []
 
     @property
@@ -124,13 +125,7 @@ class Batch:
                 f"{name} is registered by another principal", metadata={"name": name}
             )
         if existing is None:
-            if len(self._state.agents) + self._net_added >= self._limits.max_agents:
-                raise errors.ResourceExhausted(
-                    f"the registry holds its maximum of {self._limits.max_agents} agents",
-                    retry_after=5.0,
-                    reason=reasons.TOO_MANY_AGENTS,
-                )
-            self._net_added += 1
+            self._check_room(principal.subject)
         revision = self.revision + 1
         agent = Agent()
         agent.CopyFrom(request.agent)
@@ -150,6 +145,9 @@ class Batch:
         agent.create_time.CopyFrom(_timestamp(self._wall))
         agent.update_time.CopyFrom(_timestamp(self._wall))
         agent.etag = _etag(revision)
+        self._check_size(agent)
+        if existing is None:
+            self._added(principal.subject, 1)
         self._emit(PUT, agent, existing)
         response = registry_pb2.RegisterAgentResponse(agent=agent, revision=revision)
         record = RequestRecord(digest, revision, response, self._wall)
@@ -157,15 +155,66 @@ class Batch:
         self.new_requests.append((principal.subject, request.request_id, record))
         return response
 
+    def _check_room(self, owner: str) -> None:
+        """Refuse a new agent of `owner` when the registry, or `owner`'s quota, is full
+        (counting what this batch added and removed so far)."""
+        limits = self._limits
+        if len(self._state.agents) + self._net_added >= limits.max_agents:
+            raise errors.ResourceExhausted(
+                f"the registry holds its maximum of {limits.max_agents} agents",
+                retry_after=5.0,
+                quota_subject="registry/agents",
+                reason=reasons.TOO_MANY_AGENTS,
+            )
+        held = self._state.agents_per_owner.get(owner, 0) + self._owner_added.get(owner, 0)
+        if held >= limits.max_agents_per_principal:
+            raise errors.ResourceExhausted(
+                f"{owner} holds its maximum of {limits.max_agents_per_principal} agents: "
+                "deregister one first, or ask the operator for a larger quota",
+                retry_after=5.0,
+                quota_subject=f"principal:{owner}/agents",
+                reason=reasons.TOO_MANY_AGENTS_FOR_PRINCIPAL,
+                metadata={"limit": str(limits.max_agents_per_principal)},
+            )
+
+    def _check_size(self, agent: Agent) -> None:
+        """Refuse an agent (as it would be stored) over `max_agent_bytes`: every page and
+        watch response must be able to carry it."""
+        size = agent.ByteSize()
+        limit = self._limits.max_agent_bytes
+        if size > limit:
+            raise errors.InvalidArgument(
+                f"{agent.name} would take {size} bytes, over the registry's limit of {limit} "
+                "bytes per agent: advertise less (fewer DNA names, oracles or labels)",
+                [
+                    errors.FieldViolation(
+                        "agent",
+                        f"serializes to {size} bytes, over the limit of {limit} bytes",
+                        rules.TOO_LARGE,
+                    )
+                ],
+                reason=reasons.AGENT_TOO_LARGE,
+                metadata={"limit": str(limit)},
+            )
+
+    def _added(self, owner: str, count: int) -> None:
+        self._net_added += count
+        self._owner_added[owner] = self._owner_added.get(owner, 0) + count
+
     # --- changes to an existing agent ------------------------------------------------------
 
-    def _changed(self, before: Agent, after: Agent) -> Event | None:
+    def _changed(self, before: Agent, after: Agent, *, limit_size: bool = False) -> Event | None:
+        """The PUT of `after` if it differs from `before`. With `limit_size`, an `after`
+        over the size limit is refused (heartbeats are not: health and load add a few
+        dozen bytes at most, and a lease must never be lost to them)."""
         if after == before:
             return None
         revision = self.revision + 1
         after.update_revision = revision
         after.update_time.CopyFrom(_timestamp(self._wall))
         after.etag = _etag(revision)
+        if limit_size:
+            self._check_size(after)
         return self._emit(PUT, after, before)
 
     def heartbeat_change(
@@ -206,7 +255,7 @@ class Batch:
         after.CopyFrom(agent)
         for path in paths:
             self._apply_path(after, source, path)
-        event = self._changed(agent, after)
+        event = self._changed(agent, after, limit_size=True)
         return (event.agent if event else agent), event
 
     def _apply_path(self, after: Agent, source: Any, path: str) -> None:
@@ -231,7 +280,7 @@ class Batch:
     def deregister(self, principal: Principal, name: str, etag: str) -> Event:
         """DeregisterAgent: a DELETE of reason DEREGISTERED, conditional on the etag."""
         agent = check_owner(self.get(name), principal, name, etag)
-        self._net_added -= 1
+        self._added(agent.owner, -1)
         return self._emit(DELETE, agent, agent, DEREGISTERED)
 
     def expire(self, name: str, epoch: int) -> Event | None:
@@ -239,7 +288,7 @@ class Batch:
         agent = self.get(name)
         if agent is None or agent.epoch != epoch:
             return None
-        self._net_added -= 1
+        self._added(agent.owner, -1)
         return self._emit(DELETE, agent, agent, EXPIRED)
 
 
@@ -272,8 +321,20 @@ def check_owner(agent: Agent | None, principal: Principal, name: str, etag: str 
 
 def check_heartbeat(agent: Agent | None, principal: Principal, name: str, epoch: int) -> Agent:
     """The agent a heartbeat of (`name`, `epoch`) by `principal` renews: `check_owner`,
-    and the registration the caller holds must still be the current one."""
+    and the registration the caller holds must still be the current one.
+
+    An older epoch was superseded (FAILED_PRECONDITION, EPOCH_MISMATCH: the caller must
+    not take the name back). A greater one was never issued by this registry (a client
+    bug, or a registry restored from an older copy): NOT_FOUND, so the caller registers
+    again, as after a lost lease.
+    """
     agent = check_owner(agent, principal, name)
+    if epoch > agent.epoch:
+        raise errors.NotFound(
+            f"epoch {epoch} was never issued for {name} (its current epoch is "
+            f"{agent.epoch}): register again",
+            metadata={"name": name, "epoch": str(agent.epoch)},
+        )
     if agent.epoch != epoch:
         raise errors.FailedPrecondition(
             f"{name} was registered again (epoch {agent.epoch}) since epoch {epoch}: this "

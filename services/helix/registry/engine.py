@@ -30,7 +30,17 @@ from helix.common.validation import duration_seconds
 from helix.registry.core import Batch, check_heartbeat, fingerprint, heartbeat_changes
 from helix.registry.leases import LeaseTable
 from helix.registry.records import load_state, stored_events, stored_requests
-from helix.registry.state import DELETE, Event, RegistryState, selector_from
+from helix.registry.state import (
+    DELETE,
+    HISTORY_BYTE_LIMIT,
+    HISTORY_LIMIT,
+    MAX_RESPONSE_BYTES,
+    REQUEST_BYTE_LIMIT,
+    REQUEST_LIMIT,
+    Event,
+    RegistryState,
+    selector_from,
+)
 from helix.registry.stats import RegistryStats
 from helix.registry.store import RegistryStore, Snapshot, StoreError
 from helix.registry.validation import RegistryLimits
@@ -39,6 +49,15 @@ from helix.security.principal import Principal
 
 log = logging.getLogger("helix.registry")
 T = TypeVar("T")
+# The refusals counted in `RegistryStats.refused` (helix_registry_refused_total).
+LIMIT_REASONS = frozenset(
+    {
+        reasons.AGENT_TOO_LARGE,
+        reasons.TOO_MANY_AGENTS,
+        reasons.TOO_MANY_AGENTS_FOR_PRINCIPAL,
+        reasons.WRITE_QUEUE_FULL,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -47,14 +66,20 @@ class EngineSettings:
 
     limits: RegistryLimits = RegistryLimits()
     sweep_interval: float = 0.5
-    history_limit: int = 10_000
+    history_limit: int = HISTORY_LIMIT
+    history_bytes: int = HISTORY_BYTE_LIMIT
     watch_buffer: int = 1024
     max_watchers: int = 1000
     progress_interval: float = 10.0
     max_batch: int = 1000
     write_queue: int = 10_000
     request_ttl: float = 600.0
-    max_requests: int = 100_000
+    # Start even if the store lost acknowledged changes (RegistryStore.open).
+    accept_loss: bool = False
+    max_requests: int = REQUEST_LIMIT
+    request_bytes: int = REQUEST_BYTE_LIMIT
+    # Not a setting: the message size every gRPC client accepts by default (registry.proto).
+    max_response_bytes: int = MAX_RESPONSE_BYTES
 
 
 @dataclass
@@ -80,22 +105,42 @@ class Registry:
     ) -> None:
         self.settings = settings or EngineSettings()
         self.store = store
-        self.state = RegistryState(history_limit=self.settings.history_limit)
+        self.state = RegistryState(
+            history_limit=self.settings.history_limit,
+            history_byte_limit=self.settings.history_bytes,
+            request_limit=self.settings.max_requests,
+            request_byte_limit=self.settings.request_bytes,
+        )
         self.leases = LeaseTable()
         self.stats = RegistryStats()
-        self.hub = WatchHub(self.settings.max_watchers, self.settings.watch_buffer, self.stats)
+        # Every refusal counter exists from the start (at 0), and the exporter's thread never
+        # sees the dict change size.
+        self.stats.refused = dict.fromkeys(sorted(LIMIT_REASONS), 0)
+        self.hub = WatchHub(
+            self.settings.max_watchers,
+            self.settings.watch_buffer,
+            self.stats,
+            max_response_bytes=self.settings.max_response_bytes,
+        )
         self._clock = clock
         self._wall = wall
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=self.settings.write_queue)
         self._tasks: builtins.list[asyncio.Task[None]] = []
         self._pruned_at = 0.0
+        # Idempotency records forgotten in memory for their bounds, for the store to forget
+        # in the next commit.
+        self._forgotten_requests: builtins.list[tuple[str, str]] = []
 
     # --- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the store and start the writer and the sweeper."""
-        snapshot = await self.store.open()
-        self._load(snapshot)
+        snapshot = await self.store.open(accept_loss=self.settings.accept_loss)
+        try:
+            self._load(snapshot)
+        except BaseException:
+            await self.store.close()
+            raise
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="registry-writer"),
             asyncio.create_task(self._sweep_loop(), name="registry-sweeper"),
@@ -103,7 +148,8 @@ class Registry:
 
     def _load(self, snapshot: Snapshot) -> None:
         state = self.state
-        load_state(state, snapshot)
+        unreadable = load_state(state, snapshot)
+        self._forgotten_requests = unreadable + state.trim_requests()
         now = self._clock()
         # Promise 9: after a restart every lease gets one full TTL.
         for agent in state.agents.values():
@@ -209,7 +255,9 @@ class Registry:
             snapshot, after = state.revision, ""
         limits = self.settings.limits
         limit = limits.page_size(request.page_size)
-        agents, next_after = state.page(snapshot, selector_from(request), after, limit)
+        agents, next_after = state.page(
+            snapshot, selector_from(request), after, limit, self.settings.max_response_bytes
+        )
         token = ""
         if next_after is not None:
             token = pages.encode_page_token(pages.PagePosition(next_after, snapshot), filters)
@@ -284,11 +332,13 @@ class Registry:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            raise errors.ResourceExhausted(
+            error = errors.ResourceExhausted(
                 "the registry's write queue is full",
                 retry_after=0.1,
                 reason=reasons.WRITE_QUEUE_FULL,
-            ) from None
+            )
+            self._count_refusal(error)
+            raise error from None
         result: T = await job.done
         return result
 
@@ -322,6 +372,7 @@ class Registry:
             try:
                 results.append((job, job.apply(batch)))
             except Exception as exc:  # a domain error for this job only
+                self._count_refusal(exc)
                 job.done.set_exception(exc)
         if batch.events or batch.new_requests:
             try:
@@ -341,31 +392,38 @@ class Registry:
             if not job.done.done():
                 job.done.set_result(result)
 
+    def _count_refusal(self, error: Exception) -> None:
+        """Count a write refused for one of the registry's limits (a metric)."""
+        if isinstance(error, errors.HelixError) and error.reason in LIMIT_REASONS:
+            self.stats.refused[error.reason] += 1
+
     async def _commit(self, batch: Batch) -> None:
-        # The history keeps the last `history_limit` revisions; the store forgets older ones.
-        first_retained = batch.revision - self.state.history_limit + 1
-        forget_before = first_retained if first_retained > self.state.first_available else 0
+        # The store forgets what the history will: the same events, in the same commit. (Asked
+        # every time, so a store holding more than memory, after the bounds were lowered,
+        # catches up with the first commit.)
+        forget_before = self.state.first_kept_after(batch.events)
         wall = self._wall()
-        forget_requests = 0.0
+        expired_before = 0.0
         if wall - self._pruned_at >= 10.0:
-            forget_requests = wall - self.settings.request_ttl
+            expired_before = wall - self.settings.request_ttl
         await self.store.commit(
             stored_events(batch),
             stored_requests(batch),
             forget_events_before=forget_before,
-            forget_requests_before=forget_requests,
+            forget_requests_before=expired_before,
+            forget_requests=self._forgotten_requests,
         )
-        if forget_requests:
+        self._forgotten_requests = []
+        if expired_before:
             self._pruned_at = wall
-            self.state.forget_requests_before(forget_requests)
+            self.state.forget_requests_before(expired_before)
 
     def _apply_committed(self, batch: Batch) -> None:
         state = self.state
         state.install(batch.events)
         for owner, request_id, record in batch.new_requests:
             state.remember(owner, request_id, record)
-        while len(state.requests) > self.settings.max_requests:
-            del state.requests[next(iter(state.requests))]
+        self._forgotten_requests += state.trim_requests()
         now = self._clock()
         for event in batch.events:
             agent = event.agent

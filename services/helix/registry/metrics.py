@@ -1,4 +1,5 @@
-"""Registry metrics: agents by kind and health, revision, watchers, expiries, batch sizes.
+"""Registry metrics: agents by kind and health, revision, history and idempotency bytes,
+watchers, expiries, limit refusals, batch sizes.
 
 One collector reads the engine at scrape time: gauges from the committed state, counters
 and the batch-size histogram from the engine's plain `RegistryStats`. Nothing is updated
@@ -68,6 +69,18 @@ class RegistryCollector(Collector):
             value=state.first_available,
         )
         yield GaugeMetricFamily(
+            "helix_registry_history_bytes",
+            "Bytes of agents (new and previous states) the kept history holds "
+            "(bounded by --registry-history-bytes).",
+            value=state.history_size,
+        )
+        yield GaugeMetricFamily(
+            "helix_registry_request_records_bytes",
+            "Bytes of RegisterAgent answers kept for retries (bounded by "
+            "--registry-request-bytes).",
+            value=state.requests_size,
+        )
+        yield GaugeMetricFamily(
             "helix_registry_watchers", "Watch streams being served.", value=len(registry.hub)
         )
         yield GaugeMetricFamily(
@@ -88,6 +101,15 @@ class RegistryCollector(Collector):
             "Watches cancelled for falling too far behind.",
             value=stats.watchers_cut_off,
         )
+        refused = CounterMetricFamily(
+            "helix_registry_refused",
+            "Writes refused for a limit of the registry (agents, per-principal quota, agent "
+            "size, write queue), by ErrorInfo reason.",
+            labels=("reason",),
+        )
+        for reason, count in sorted(stats.refused.items()):
+            refused.add_metric((reason,), count)
+        yield refused
         yield _histogram(
             "helix_registry_write_batch_size",
             "Changes committed together by one group commit.",

@@ -43,4 +43,6 @@ class RegistryStats:
 
     expired: int = 0
     watchers_cut_off: int = 0
+    # Writes refused for a limit of the registry, by ErrorInfo reason (`LIMIT_REASONS`).
+    refused: dict[str, int] = field(default_factory=dict)
     batch_sizes: Distribution = field(default_factory=lambda: Distribution(BATCH_SIZE_BUCKETS))

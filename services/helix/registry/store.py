@@ -17,12 +17,18 @@ EVENT_PUT = 1
 EVENT_DELETE = 2
 
 
-class StoreError(Exception):
-    """The store cannot be used; the message names the file or endpoint and the problem."""
+class StoreError(OSError):
+    """The store cannot be used; the message names the file or endpoint and the problem.
+
+    An OSError (a failure of the environment, like a port in use), so a `helix` command
+    that cannot open its store stops with that one line (exit status 1), no traceback.
+    """
 
 
 class StoreCorrupt(StoreError):
-    """The stored data failed its integrity check. Nothing was changed."""
+    """The stored data is damaged, or lost changes it had acknowledged; the message names
+    the file (and the table and key of a bad record) and what the operator can do. Nothing
+    was changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +62,21 @@ class Snapshot:
     revision: int = 0
     agents: dict[str, bytes] = field(default_factory=dict)
     events: list[StoredEvent] = field(default_factory=list)
-    requests: list[StoredRequest] = field(default_factory=list)
+    requests: list[StoredRequest] = field(default_factory=list)  # the oldest first
+    source: str = ""  # where it was read from (a file, an endpoint), for error messages
 
 
 class RegistryStore(Protocol):
     """Durable storage of the registry: agents, the event history, idempotency records."""
 
-    async def open(self) -> Snapshot:
+    async def open(self, *, accept_loss: bool = False) -> Snapshot:
         """Check integrity, create the schema if new, and return what is stored.
 
-        Raises `StoreCorrupt` (changing nothing) when the stored data is damaged.
+        Raises `StoreCorrupt` (changing nothing) when the stored data is damaged, or when
+        it lost changes the store knows were acknowledged (a database missing, empty or
+        older than the revision it had reached). With `accept_loss`, such a store starts
+        from what it has, its revision taken forward to the last one reached (so revisions
+        never go backwards) and its event history dropped.
         """
         ...
 
@@ -76,11 +87,13 @@ class RegistryStore(Protocol):
         *,
         forget_events_before: int = 0,
         forget_requests_before: float = 0.0,
+        forget_requests: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Persist one batch atomically: apply `events` (consecutive revisions, in order) to
         the stored agents, append them to the history, record `requests`; drop history
-        events with revision < `forget_events_before` and requests created before
-        `forget_requests_before`. When this returns, the batch survives a crash."""
+        events with revision < `forget_events_before`, requests created before
+        `forget_requests_before` and the requests keyed (owner, request_id) in
+        `forget_requests`. When this returns, the batch survives a crash."""
         ...
 
     async def close(self) -> None:

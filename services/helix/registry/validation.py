@@ -77,6 +77,8 @@ class RegistryLimits(PageLimits):
     min_ttl_seconds: float = 2.0
     max_ttl_seconds: float = 300.0
     max_agents: int = 100_000
+    max_agents_per_principal: int = 1000
+    max_agent_bytes: int = 65_536
 
     def __post_init__(self) -> None:
         PageLimits.__post_init__(self)  # (zero-argument super() fails in slots dataclasses)
