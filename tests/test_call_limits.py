@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -49,7 +49,7 @@ def started(server: Any, service: str, method: str, grpc_type: str) -> float:
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None, f"no google.rpc.Status in {error}"
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
@@ -79,7 +79,8 @@ async def test_streams_that_never_send_are_ended_at_the_first_message_deadline(
         [binding(EchoServicer()), placeholder(ORACLE, "tests")],
         max_concurrent_rpcs=4,
         max_concurrent_streams=4,
-        stream_first_message_timeout=Duration(0.5),
+        # Long enough for the checks below to run while the silent streams sit.
+        stream_first_message_timeout=Duration(2),
     )
     channel = channel_to(server)
     echo = stubs(channel)
@@ -102,13 +103,13 @@ async def test_streams_that_never_send_are_ended_at_the_first_message_deadline(
     # A fifth stream finds the stream pool full.
     with pytest.raises(grpc.RpcError) as caught:
         await asyncio.to_thread(chat_once, server.address)
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value).reason == "TOO_MANY_CONCURRENT_CALLS"
     assert error_info(caught.value).metadata["pool"] == "stream"
     # The deadline ends the silent streams and frees their slots: streams are served again.
     for call in silent_calls:
-        with pytest.raises(grpc.aio.AioRpcError):
-            await call
+        # (grpc.aio's client may say INTERNAL for a request stream: grpc/grpc#36066.)
+        assert await call.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
     assert await asyncio.to_thread(chat_once, server.address) == "A"
     assert sample(server, "helix_streams_first_message_timeouts_total") == 4
     assert sample(server, "helix_calls_in_flight", pool="stream") == 0
@@ -141,7 +142,7 @@ async def test_the_first_message_deadline_answers_with_its_reason(start_server):
             await asyncio.to_thread(silent_chat)
     finally:
         release.set()
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     info = error_info(caught.value)
     assert info.reason == "FIRST_MESSAGE_TIMEOUT"
     assert info.metadata["timeout_seconds"] == "0.2"
@@ -207,7 +208,7 @@ async def test_each_principal_gets_at_most_its_share_of_the_streams(
     # When alice's streams end, her share is free again.
     waiting.set()
     for call in held:
-        await call
+        assert await call.code() == grpc.StatusCode.OK
     replies = echo["Count"](String(value="1"), metadata=as_("alice"), timeout=5)
     assert [r.value async for r in replies] == ["0"]
 
@@ -274,17 +275,23 @@ async def test_health_is_not_serving_while_a_pool_is_full(start_server, channel_
         answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         return answer.status
 
+    def status_is(expected: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await status() == expected
+
+        return check
+
     assert await status() == SERVING
     held = [stubs(channel)["Sum"](silent(), timeout=30) for _ in range(2)]
     await eventually(lambda: sample(server, "helix_server_saturated") == 1, what="saturation")
-    await eventually(lambda: status() == NOT_SERVING, what="health NOT_SERVING")
+    await eventually(status_is(NOT_SERVING), what="health NOT_SERVING")
     # The statuses of the services themselves are left alone.
     assert await status("helix.test.EchoService") == SERVING
     for call in held:
         call.cancel()
     await eventually(lambda: sample(server, "helix_calls_in_flight", pool="stream") == 0)
     assert sample(server, "helix_server_saturated") == 0
-    await eventually(lambda: status() == SERVING, what="health SERVING again")
+    await eventually(status_is(SERVING), what="health SERVING again")
 
 
 def test_saturation_is_reported_with_hysteresis():
@@ -302,9 +309,8 @@ def test_saturation_is_reported_with_hysteresis():
         pools.after(calls[0], grpc.StatusCode.OK)
         pools.before(calls[0])
     assert changes == [True]
-    for call in calls[:2]:
-        pools.after(call, grpc.StatusCode.OK)
-    assert changes == [True]  # 6 of 8: still above the low-water mark
+    pools.after(calls[1], grpc.StatusCode.OK)
+    assert changes == [True]  # 7 of 8
     pools.after(calls[2], grpc.StatusCode.OK)
-    assert changes == [True, False]  # drained by a quarter
+    assert changes == [True, False]  # 6 of 8: drained by a quarter
     assert pools.saturated is False

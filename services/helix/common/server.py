@@ -2,8 +2,9 @@
 
 `create_server(config, services)` returns a bound, not yet started `HelixServer` and its
 real port. Every server gets the standard health service (SERVING for `""` and each
-service), reflection, the declared interceptor chain, explicit message-size limits,
-keepalive and `maximum_concurrent_rpcs`. `HelixServer.shutdown()` drains: health goes
+service; `""` NOT_SERVING while a concurrency pool is full), reflection, the declared
+interceptor chain with its concurrency pools and stream deadlines, explicit message-size
+limits and keepalive. `HelixServer.shutdown()` drains: health goes
 NOT_SERVING, shutdown hooks run, new calls are refused and in-flight calls get the grace
 period to finish. It is safe to call twice, and SIGTERM or SIGINT trigger it in `serve()`.
 """
@@ -25,7 +26,10 @@ from prometheus_client import CollectorRegistry
 from helix.common import logs
 from helix.common.config import ServerConfig, run_loop
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
+from helix.common.limits import CallPools, call_limit_stages
+from helix.common.limits import register_metrics as register_limit_metrics
 from helix.common.metrics import MetricsExporter, RpcMetrics
+from helix.common.streams import StreamSettings
 
 if TYPE_CHECKING:
     from helix.security.setup import Security
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("helix.server")
 
 ShutdownHook = Callable[[], Awaitable[None]]
+SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 
 
 class BindError(OSError):
@@ -98,6 +103,8 @@ class HelixServer:
         self._shutdown: asyncio.Task[None] | None = None
         self._force_stop: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
+        self._saturated = False
+        self._saturation_update: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -144,6 +151,22 @@ class HelixServer:
         await self.health.set("", serving)
         for service in self.services:
             await self.health.set(service.name, serving)
+
+    def report_saturation(self, saturated: bool) -> None:
+        """The overall status `""` is NOT_SERVING while a concurrency pool is full and
+        SERVING again once it has drained (the pools call this on each change, with
+        hysteresis); the services' own statuses are left alone, and the drain's
+        NOT_SERVING always wins (health ignores changes once it has begun)."""
+        self._saturated = saturated
+        if self._saturation_update is None or self._saturation_update.done():
+            self._saturation_update = asyncio.ensure_future(self._apply_saturation())
+
+    async def _apply_saturation(self) -> None:
+        applied = None
+        while applied is not self._saturated:
+            applied = self._saturated
+            status = health_pb2.HealthCheckResponse.NOT_SERVING if applied else SERVING_STATUS
+            await self.health.set("", status)
 
     def shutdown(self, grace: float | None = None) -> asyncio.Task[None]:
         """Begin the drain (once) and return the task that finishes it; await it to wait."""
@@ -247,16 +270,21 @@ def create_server(
     runtime, the benchmark's baseline), never a setting. `extra_stages` run last.
     """
     metrics = RpcMetrics()
-    # maximum_concurrent_rpcs is enforced by the chain's ConcurrencyLimitStage, not by
-    # grpc.aio's own limiter, which costs a fifth of a unary call (see docs/decisions.md).
+    # The concurrency limits are counters of the chain (helix.common.limits), not grpc.aio's
+    # own limiter, which costs a fifth of a unary call (see docs/decisions.md).
     server = grpc.aio.server(options=server_options(config))
+    pools = CallPools(config.max_concurrent_rpcs, config.max_concurrent_streams)
+    streams = StreamSettings(config.stream_first_message_timeout, config.stream_write_timeout)
+    register_limit_metrics(pools, streams.stats, metrics.registry)
     stages = [
-        *default_stages(metrics, config.max_concurrent_rpcs),
+        *default_stages(metrics, pools),
         *(security.stages(metrics.registry) if security is not None else ()),
+        # The share needs the principal; without security every caller is "anonymous".
+        *(call_limit_stages(pools, config.concurrent_share_per_principal) if security else ()),
         *extra_stages,
     ]
     # Every handler, health and reflection included, is added through the chain.
-    chained: Any = ChainedServer(server, CallChain(stages))
+    chained: Any = ChainedServer(server, CallChain(stages, streams))
     for service in services:
         service.add_to_server(chained)
         if service.add_metrics is not None:
@@ -280,6 +308,7 @@ def create_server(
     if port == 0:
         raise BindError(f"cannot listen on {config.address}")
     helix_server = HelixServer(config, server, health_servicer, metrics, services, port)
+    pools.on_saturation = helix_server.report_saturation
     helix_server.security = security
     return helix_server, port
 
