@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 import helix.v1.oracle_pb2 as oracle_pb2
-from helix.common.config import Duration
+from helix.common.config import ConfigError, Duration, ServerConfig
 from helix.common.interceptors import Call, MethodInfo
 from helix.common.limits import CallPools
 from helix.common.services import ORACLE, placeholder
@@ -314,3 +314,18 @@ def test_saturation_is_reported_with_hysteresis():
     pools.after(calls[2], grpc.StatusCode.OK)
     assert changes == [True, False]  # 6 of 8: drained by a quarter
     assert pools.saturated is False
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"max_concurrent_streams": 0},
+        {"concurrent_share_per_principal": 0.0},
+        {"concurrent_share_per_principal": 1.5},
+        {"stream_first_message_timeout": Duration(0)},
+        {"stream_write_timeout": Duration(7200)},
+    ],
+)
+def test_bad_limit_settings_are_refused(settings):
+    with pytest.raises(ConfigError):
+        ServerConfig(**settings)

@@ -100,3 +100,26 @@ async def test_metrics_are_served_over_http(start_server, channel_to):
         'grpc_service="helix.test.EchoService",grpc_type="UNARY"} 1.0'
     ) in text
     assert "grpc_server_handling_seconds_bucket" in text
+
+
+async def test_call_limits_and_stream_deadlines_are_served_over_http(start_server, channel_to):
+    server = await start_server([binding(EchoServicer())], metrics_port=0, max_concurrent_rpcs=7)
+    await stubs(channel_to(server))["Echo"](String(value="x"), timeout=5)
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    text = await asyncio.to_thread(fetch)
+    for line in (
+        'helix_calls_in_flight{pool="unary"} 0.0',
+        'helix_calls_in_flight{pool="stream"} 0.0',
+        'helix_call_limit{pool="unary"} 7.0',
+        'helix_calls_refused_total{pool="stream",reason="TOO_MANY_CONCURRENT_CALLS"} 0.0',
+        'helix_calls_refused_total{pool="unary",reason="TOO_MANY_CALLS_FROM_PRINCIPAL"} 0.0',
+        "helix_server_saturated 0.0",
+        "helix_streams_first_message_timeouts_total 0.0",
+        "helix_streams_stalled_total 0.0",
+    ):
+        assert line in text

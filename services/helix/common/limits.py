@@ -36,11 +36,22 @@ UNARY, STREAM = "unary", "stream"
 class Pool:
     """The calls of one kind in flight, their limit, and who holds them."""
 
-    __slots__ = ("clear_at", "full", "held", "in_flight", "limit", "name", "refused", "share")
+    __slots__ = (
+        "clear_at",
+        "full",
+        "held",
+        "in_flight",
+        "limit",
+        "name",
+        "refused",
+        "retry_after",
+        "share",
+    )
 
-    def __init__(self, name: str, limit: int) -> None:
+    def __init__(self, name: str, limit: int, retry_after: float) -> None:
         self.name = name
         self.limit = limit
+        self.retry_after = retry_after  # the RetryInfo hint of a refusal
         self.in_flight = 0
         self.full = False
         # Full until drained by a quarter, and by at least two calls (no flapping).
@@ -61,12 +72,12 @@ class CallPools(Stage):
     a fifth of a bare unary call; counters do the same job for well under a microsecond.
     """
 
-    def __init__(self, unary: int, streams: int, retry_after: float = 0.05) -> None:
-        self.unary = Pool(UNARY, unary)
-        self.streams = Pool(STREAM, streams)
+    def __init__(self, unary: int, streams: int) -> None:
+        # Unary calls end within moments; a stream's slot frees when some stream ends.
+        self.unary = Pool(UNARY, unary, retry_after=0.05)
+        self.streams = Pool(STREAM, streams, retry_after=1.0)
         self.saturated = False
         self.on_saturation: Callable[[bool], None] | None = None
-        self._retry_after = retry_after
         self._pool_of: dict[str, Pool | None] = {}
 
     def __iter__(self) -> Iterator[Pool]:
@@ -91,7 +102,7 @@ class CallPools(Stage):
             kind = "unary calls" if pool is self.unary else "streams"
             raise errors.ResourceExhausted(
                 f"the server is at its limit of {pool.limit} concurrent {kind}",
-                retry_after=self._retry_after,
+                retry_after=pool.retry_after,
                 reason=reasons.TOO_MANY_CONCURRENT_CALLS,
                 metadata={"limit": str(pool.limit), "pool": pool.name},
             )
@@ -119,11 +130,10 @@ class CallPools(Stage):
 class PrincipalShareStage(Stage):
     """At most `share` of each pool per principal; runs after the auth stage."""
 
-    def __init__(self, pools: CallPools, share: float, retry_after: float = 0.05) -> None:
+    def __init__(self, pools: CallPools, share: float) -> None:
         self._pools = pools
         for pool in pools:
             pool.share = max(1, int(pool.limit * share))
-        self._retry_after = retry_after
         self._pool_of: dict[str, Pool | None] = {}
 
     def bind(self, info: MethodInfo) -> None:
@@ -140,7 +150,7 @@ class PrincipalShareStage(Stage):
             kind = "unary calls" if pool is self._pools.unary else "streams"
             raise errors.ResourceExhausted(
                 f"{principal!r} already holds its share of {pool.share} concurrent {kind}",
-                retry_after=self._retry_after,
+                retry_after=pool.retry_after,
                 quota_subject=f"principal:{principal}/{pool.name}",
                 reason=reasons.TOO_MANY_CALLS_FROM_PRINCIPAL,
                 metadata={"limit": str(pool.share), "pool": pool.name},

@@ -73,6 +73,7 @@ class StreamControl:
 
     __slots__ = (
         "_ahead",
+        "_due",
         "_fetch",
         "_fetcher",
         "_limit",
@@ -93,6 +94,7 @@ class StreamControl:
         self._writing = False
         self._since = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
         self._fetcher: AsyncIterator[Any] | None = None
         self._fetch: asyncio.Task[Any] | None = None
         self.error: Exception | None = None
@@ -125,8 +127,10 @@ class StreamControl:
     def write_begins(self) -> None:
         self._writing = True
         self._since = self._loop.time()
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._since + self._ahead, self._check)
+        # Armed already for this write or an earlier one (the common case), unless a slow
+        # write before it had moved the timer out to its write timeout.
+        if self._timer is None or self._due > self._since + self._ahead:
+            self._arm(self._since + self._ahead)
 
     def write_ends(self) -> None:
         self._writing = False
@@ -150,9 +154,14 @@ class StreamControl:
             return
         if waited >= self._ahead:
             self._fetch_ahead()
-            due = self._since + self._limit
+            self._arm(self._since + self._limit)
         else:
-            due = self._since + self._ahead
+            self._arm(self._since + self._ahead)
+
+    def _arm(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due = due
         self._timer = self._loop.call_at(due, self._check)
 
     # --- fetching the next response while a write waits ------------------------------------
