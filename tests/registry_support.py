@@ -29,6 +29,8 @@ FAST = {
     "registry_sweep_interval": Duration(0.05),
     "rate_read": 1e6,
     "rate_write": 1e6,
+    # Like the rates: tests drive thousands of concurrent calls as one principal.
+    "concurrent_share_per_principal": 1.0,
     # Registry tests count agents and revisions; generator tests turn this back on.
     "generator_self_register": False,
 }

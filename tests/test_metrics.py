@@ -155,3 +155,20 @@ async def test_no_family_has_created_series(start_server, channel_to, accept):
     assert "grpc_server_handled_total" in text
     assert "helix_test_events_total" in text
     assert [line for line in text.splitlines() if "_created" in line] == []
+
+
+async def test_call_limits_and_stream_deadlines_are_served_over_http(start_server, channel_to):
+    server = await start_server([binding(EchoServicer())], metrics_port=0, max_concurrent_rpcs=7)
+    await stubs(channel_to(server))["Echo"](String(value="x"), timeout=5)
+    text = await asyncio.to_thread(scrape, server)
+    for line in (
+        'helix_calls_in_flight{pool="unary"} 0.0',
+        'helix_calls_in_flight{pool="stream"} 0.0',
+        'helix_call_limit{pool="unary"} 7.0',
+        'helix_calls_refused_total{pool="stream",reason="TOO_MANY_CONCURRENT_CALLS"} 0.0',
+        'helix_calls_refused_total{pool="unary",reason="TOO_MANY_CALLS_FROM_PRINCIPAL"} 0.0',
+        "helix_server_saturated 0.0",
+        "helix_streams_first_message_timeouts_total 0.0",
+        "helix_streams_stalled_total 0.0",
+    ):
+        assert line in text

@@ -266,7 +266,21 @@ class ServerConfig:
     grace_period: Duration = setting(Duration(10.0), "how long in-flight calls may finish")
     max_receive_message_bytes: ByteSize = setting(ByteSize(16 * 1024**2), "largest request")
     max_send_message_bytes: ByteSize = setting(ByteSize(16 * 1024**2), "largest response")
-    max_concurrent_rpcs: int = setting(1024, "calls in flight at once; more get RESOURCE_EXHAUSTED")
+    max_concurrent_rpcs: int = setting(
+        1024, "unary calls in flight at once; more get RESOURCE_EXHAUSTED"
+    )
+    max_concurrent_streams: int = setting(
+        1024, "streaming calls (server, client, bidi) in flight at once, apart from unary calls"
+    )
+    concurrent_share_per_principal: float = setting(
+        0.25, "fraction of each of those two limits one principal may hold (1: no share)"
+    )
+    stream_first_message_timeout: Duration = setting(
+        Duration(10.0), "a client or bidi stream must send its first message within this"
+    )
+    stream_write_timeout: Duration = setting(
+        Duration(30.0), "a stream whose client reads nothing for this long is cancelled"
+    )
     keepalive_time: Duration = setting(Duration(60.0), "ping an idle connection this often")
     keepalive_timeout: Duration = setting(Duration(20.0), "drop a connection after this silence")
     keepalive_min_time: Duration = setting(
@@ -311,6 +325,15 @@ class ServerConfig:
             "max_concurrent_rpcs",
             f"{self.max_concurrent_rpcs} is not in 1..1000000",
         )
+        require(
+            1 <= self.max_concurrent_streams <= 1_000_000,
+            "max_concurrent_streams",
+            f"{self.max_concurrent_streams} is not in 1..1000000",
+        )
+        share = self.concurrent_share_per_principal
+        require(0 < share <= 1, "concurrent_share_per_principal", f"{share} is not within (0, 1]")
+        for name in ("stream_first_message_timeout", "stream_write_timeout"):
+            require(0.01 <= getattr(self, name) <= 3600, name, "must be within 10ms..1h")
         require(self.keepalive_time >= 1, "keepalive_time", "must be at least 1s")
         require(self.keepalive_timeout >= 1, "keepalive_timeout", "must be at least 1s")
         require(

@@ -1,4 +1,5 @@
-"""The server call chain, declared once: metrics → access log → (auth → rate limit) → servicer.
+"""The server call chain, declared once: metrics → access log → concurrency pools → (auth →
+rate limit → per-principal share) → servicer.
 
 gRPC's interceptor API runs a coroutine pipeline and rebuilds a handler per call per
 interceptor; on a 2-core machine three such layers cost a fifth of unary throughput. Helix
@@ -17,7 +18,9 @@ call inside a single wrapper:
 
 Everything runs in the servicer's own task and context, so context variables set by a
 stage (request id, principal) are visible to the servicer, and cancellation passes
-through untouched.
+through untouched. Streams are driven by `helix.common.streams`: the chain writes each
+response itself, with a deadline on writes the client does not take and on the first
+message of a request stream.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
@@ -40,6 +43,15 @@ from google.protobuf.message import DecodeError, Message
 from helix.common import errors, logs, reasons, rules
 from helix.common.metrics import MethodStats, RpcMetrics
 from helix.common.status import internal_status, status_code_for, to_grpc_status, to_rpc_status
+from helix.common.streams import (
+    StreamControl,
+    StreamSettings,
+    TransportEnded,
+    abort_behind_writes,
+    first_message,
+    send_responses,
+    serving,
+)
 
 log = logging.getLogger("helix.rpc")
 
@@ -78,7 +90,16 @@ def method_info(path: str, handler: Handler) -> MethodInfo:
 class Call:
     """One call as the stages see it: its method, context, and what stages attach."""
 
-    __slots__ = ("_metadata", "code", "context", "info", "peer", "request_id", "started")
+    __slots__ = (
+        "_metadata",
+        "code",
+        "context",
+        "info",
+        "peer",
+        "principal",
+        "request_id",
+        "started",
+    )
 
     def __init__(self, info: MethodInfo, context: Context) -> None:
         self.info = info
@@ -86,6 +107,7 @@ class Call:
         self.started = time.perf_counter()
         self.request_id = ""
         self.peer = ""
+        self.principal = ""  # set by the per-principal share stage
         self.code: grpc.StatusCode | None = None
         self._metadata: Sequence[tuple[str, str | bytes]] | None = None
 
@@ -146,6 +168,8 @@ class MetricsStage(Stage):
         self._bound[call.info.path].finished(code, time.perf_counter() - call.started)
 
 
+# Health and reflection: open to every caller (security), and their unary methods are
+# never refused by the concurrency pools (helix.common.limits).
 EXEMPT_FROM_LIMITS = frozenset(
     {
         "grpc.health.v1.Health",
@@ -153,42 +177,6 @@ EXEMPT_FROM_LIMITS = frozenset(
         "grpc.reflection.v1.ServerReflection",
     }
 )
-
-
-class ConcurrencyLimitStage(Stage):
-    """Caps calls in flight; one more gets RESOURCE_EXHAUSTED with ErrorInfo and RetryInfo.
-
-    This replaces grpc.aio's `maximum_concurrent_rpcs`, which measured 50 to 120 µs of server
-    CPU per call on this project's 2-core machines (`benchmarks/bench_chain.py`), a fifth
-    of a bare unary call; a counter does the same job for well under a microsecond.
-    """
-
-    def __init__(self, limit: int, retry_after: float = 0.05) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self._retry_after = retry_after
-        self._exempt: set[str] = set()
-
-    def bind(self, info: MethodInfo) -> None:
-        # Probes and discovery must answer when the server is busy: that is when they matter.
-        if info.service in EXEMPT_FROM_LIMITS:
-            self._exempt.add(info.path)
-
-    def before(self, call: Call) -> None:
-        if call.info.path in self._exempt:
-            return
-        if self.in_flight >= self.limit:
-            raise errors.ResourceExhausted(
-                f"the server is at its limit of {self.limit} concurrent calls",
-                retry_after=self._retry_after,
-                reason=reasons.TOO_MANY_CONCURRENT_CALLS,
-                metadata={"limit": str(self.limit)},
-            )
-        self.in_flight += 1
-
-    def after(self, call: Call, code: grpc.StatusCode) -> None:
-        if call.info.path not in self._exempt:
-            self.in_flight -= 1
 
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -289,25 +277,6 @@ def _reject_undecodable(request: Any) -> None:
         )
 
 
-async def iterate_responses(
-    behavior: Any, request: Any, context: Context
-) -> AsyncGenerator[Any, None]:
-    """Run a response-streaming behaviour, whether an async generator or a coroutine.
-
-    A servicer may stream by yielding or by `await context.write(...)`; in the second case
-    the behaviour is a coroutine and its messages have already gone out when it returns.
-    """
-    result = behavior(request, context)
-    if inspect.isawaitable(result):
-        await result
-        return
-    # Close the servicer's generator as soon as the call ends (cancelled included), so its
-    # `finally` runs now rather than whenever the loop's finaliser gets to it.
-    async with aclosing(result):
-        async for response in result:
-            yield response
-
-
 def final_code(context: Context) -> grpc.StatusCode:
     """The status a finished call ended with: what the servicer set or aborted with, else OK."""
     code = context.code()
@@ -328,12 +297,14 @@ def _cancelled_code(context: Context) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
-async def _fail(exc: Exception, call: Call) -> NoReturn:
+async def _fail(exc: Exception, call: Call, *, behind_writes: bool = False) -> NoReturn:
     """Abort `call` for `exc` through the error table, recording the code in `call.code`.
 
     Domain errors abort with their status; anything else is logged with its traceback
     and answered INTERNAL naming only the request id. Building the status cannot let an
     exception escape: gRPC would answer it with UNKNOWN and the exception's text.
+    `behind_writes`: a write may still wait for the client (response streams), so the
+    status is queued behind it rather than waited for (`streams.abort_behind_writes`).
     """
     context = call.context
     if isinstance(exc, grpc.aio.AbortError):
@@ -357,6 +328,8 @@ async def _fail(exc: Exception, call: Call) -> NoReturn:
             )
         message = f"internal error (request id {call.request_id or 'unknown'}); see the server log"
         status = to_grpc_status(internal_status(message))
+    if behind_writes:
+        await abort_behind_writes(context, status)
     await context.abort_with_status(status)
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
@@ -366,6 +339,19 @@ def _check_response(response: Any, info: MethodInfo) -> Any:
     if not isinstance(response, Message):
         raise TypeError(f"{info.path} returned {type(response).__name__}, not a message")
     return response
+
+
+def _log_stalled(call: Call, write_timeout: float) -> None:
+    """A client that stopped reading is the client's business: INFO, never ERROR."""
+    log.info(
+        "stream stalled: the client read nothing for %gs; cancelling the call",
+        write_timeout,
+        extra={
+            "method": call.info.path,
+            "peer": call.peer or call.context.peer(),
+            "request_id": call.request_id,
+        },
+    )
 
 
 def _run_after(stages: Sequence[Stage], call: Call, code: grpc.StatusCode) -> None:
@@ -384,8 +370,9 @@ class CallChain:
     `ChainedServer`), once per method, so no per-call interceptor machinery runs at all.
     """
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], streams: StreamSettings | None = None) -> None:
         self._stages = tuple(stages)
+        self._streams = streams or StreamSettings()
         self._reversed = tuple(reversed(self._stages))
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
@@ -431,11 +418,23 @@ class CallChain:
 
     async def _inbound(self, info: MethodInfo, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         stages = self._stages
-        async for request in requests:
+        settings = self._streams
+        iterator = aiter(requests)
+        # A stream that never sends must not hold its slot (and its servicer) for good.
+        arrived, request = await first_message(
+            iterator, settings.first_message_timeout, settings.stats
+        )
+        if not arrived:
+            return
+        while True:
             _reject_undecodable(request)
             for stage in stages:
                 stage.on_request(info)
             yield request
+            try:
+                request = await anext(iterator)
+            except StopAsyncIteration:
+                return
 
     def _unary(self, info: MethodInfo, behavior: Any) -> Any:
         stages, reversed_stages = self._stages, self._reversed
@@ -464,7 +463,12 @@ class CallChain:
     def _stream(self, info: MethodInfo, behavior: Any) -> Any:
         stages, reversed_stages = self._stages, self._reversed
 
-        async def call_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        def prepare(response: Any) -> Any:
+            for stage in stages:
+                stage.on_response(info)
+            return _check_response(response, info)
+
+        async def call_stream(request: Any, context: Context) -> None:
             call = Call(info, context)
             reached = 0
             code = grpc.StatusCode.UNKNOWN
@@ -472,22 +476,50 @@ class CallChain:
                 for stage in stages:
                     stage.before(call)
                     reached += 1
-                requests = self._requests(info, request)
-                async with aclosing(iterate_responses(behavior, requests, context)) as responses:
-                    async for response in responses:
-                        for stage in stages:
-                            stage.on_response(info)
-                        yield _check_response(response, info)
+                await self._drive(call, behavior(self._requests(info, request), context), prepare)
                 code = final_code(context)
-            except (asyncio.CancelledError, GeneratorExit):
+            except asyncio.CancelledError:
                 code = _cancelled_code(context)
                 raise
+            except TransportEnded:
+                # The client cancelled or left while a write waited: not a server error.
+                code = grpc.StatusCode.CANCELLED
+                raise asyncio.CancelledError from None
             except Exception as exc:
-                await _fail(exc, call)
+                await _fail(exc, call, behind_writes=True)
             finally:
                 _run_after(reversed_stages[len(stages) - reached :], call, call.code or code)
 
         return call_stream
+
+    async def _drive(self, call: Call, result: Any, prepare: Callable[[Any], Any]) -> None:
+        """Serve a response stream; a stream ended by `StreamControl.end` (a stalled
+        client, a servicer's request) raises the error it was ended with."""
+        settings = self._streams
+        control = StreamControl(settings.write_timeout)
+        serving(control)
+        try:
+            # A servicer may stream by yielding or by `await context.write(...)`; in the
+            # second case its messages have gone out when the coroutine returns.
+            if inspect.isawaitable(result):
+                await result
+                return
+            # Close the servicer's generator as soon as the call ends (cancelled included),
+            # so its `finally` runs now rather than whenever the loop's finaliser gets to it.
+            async with aclosing(result) as responses:
+                await send_responses(responses, call.context, control, prepare)
+        except asyncio.CancelledError:
+            ended = control.close()
+            task = asyncio.current_task()
+            # Cancelled by the client or the server's stop as well: a cancelled call.
+            if ended is None or task is None or task.uncancel() > 0:
+                raise
+            if control.stalled:
+                settings.stats.stalled += 1
+                _log_stalled(call, settings.write_timeout)
+            raise ended from None
+        finally:
+            control.close()
 
 
 class _ChainedGenericHandler(grpc.GenericRpcHandler):
@@ -529,6 +561,8 @@ class ChainedServer:
         return getattr(self._server, name)
 
 
-def default_stages(metrics: RpcMetrics, max_concurrent_rpcs: int) -> list[Stage]:
-    """The declared chain, outermost first (the security issue appends auth and limits)."""
-    return [MetricsStage(metrics), AccessLogStage(), ConcurrencyLimitStage(max_concurrent_rpcs)]
+def default_stages(metrics: RpcMetrics, limit: Stage) -> list[Stage]:
+    """The declared chain, outermost first: metrics, access log, then `limit` (the
+    concurrency pools of `helix.common.limits`); security appends auth, rate limits and the
+    per-principal share."""
+    return [MetricsStage(metrics), AccessLogStage(), limit]

@@ -161,6 +161,32 @@ class _Installed:
 _installed = _Installed()
 
 
+class ClientGoneFilter(logging.Filter):
+    """grpc.aio logs `ExecuteBatchError raised in core by servicer method [...]` at ERROR,
+    with a traceback, when the core fails a batch of a call the client has just cancelled
+    (or dropped) and grpc.aio has not yet seen the cancellation: a client's choice, not a
+    server error. Only that case is rewritten, to one INFO line without the traceback;
+    a batch the core refused to start (a programming error) stays an ERROR.
+    """
+
+    _PREFIX = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not str(record.msg).startswith(self._PREFIX):
+            return True
+        failure = record.exc_info[1] if record.exc_info else None
+        if failure is None or not str(failure).startswith('Failed "execute_batch"'):
+            return True
+        method = str(record.msg)[len(self._PREFIX) :].strip()
+        record.msg, record.args = "call ended by the client while the server answered %s", (method,)
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger("helix.rpc").isEnabledFor(logging.INFO)
+
+
+_CLIENT_GONE = ClientGoneFilter()
+
+
 def configure(level: str = "INFO", stream: TextIO | None = None, capacity: int = 10_000) -> None:
     """Send the `helix` loggers' records as JSON lines to `stream` (stderr by default).
 
@@ -178,6 +204,9 @@ def configure(level: str = "INFO", stream: TextIO | None = None, capacity: int =
         helix = logging.getLogger("helix")
         helix.setLevel(level.upper())
         helix.propagate = True
+        grpc_core = logging.getLogger("grpc._cython.cygrpc")
+        if _CLIENT_GONE not in grpc_core.filters:
+            grpc_core.addFilter(_CLIENT_GONE)
         _installed.sink, _installed.handler = sink, handler
 
 

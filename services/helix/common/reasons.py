@@ -130,7 +130,29 @@ UNDECODABLE_REQUEST = _reason(
 TOO_MANY_CONCURRENT_CALLS = _reason(
     "TOO_MANY_CONCURRENT_CALLS",
     errors.ResourceExhausted,
-    "The server runs its maximum of concurrent calls (--max-concurrent-rpcs); RetryInfo.",
+    "The server runs its maximum of concurrent unary calls (--max-concurrent-rpcs) or "
+    "streams (--max-concurrent-streams); metadata pool, limit; RetryInfo.",
+    "every service",
+)
+TOO_MANY_CALLS_FROM_PRINCIPAL = _reason(
+    "TOO_MANY_CALLS_FROM_PRINCIPAL",
+    errors.ResourceExhausted,
+    "The caller holds its share of the server's unary calls or streams "
+    "(--concurrent-share-per-principal); metadata pool, limit; QuotaFailure, RetryInfo.",
+    "every service",
+)
+FIRST_MESSAGE_TIMEOUT = _reason(
+    "FIRST_MESSAGE_TIMEOUT",
+    errors.DeadlineExceeded,
+    "A client or bidi stream sent no message within --stream-first-message-timeout; "
+    "metadata timeout_seconds.",
+    "every service",
+)
+STREAM_STALLED = _reason(
+    "STREAM_STALLED",
+    errors.ResourceExhausted,
+    "The client read nothing from a response stream for --stream-write-timeout, so the "
+    "server cancelled it; metadata write_timeout_seconds; RetryInfo.",
     "every service",
 )
 NOT_IMPLEMENTED_YET = _reason(

@@ -2,11 +2,12 @@
 
 `create_server(config, services)` returns a bound, not yet started `HelixServer` and its
 real port. Every server gets the standard health service (SERVING for `""` and each
-service it serves; placeholders are left out), reflection, the declared interceptor
-chain, explicit message-size limits, keepalive and `maximum_concurrent_rpcs`.
-`HelixServer.shutdown()` drains: health goes NOT_SERVING and health watches end, shutdown
-hooks run, new calls are refused and in-flight calls get the grace period to finish. It
-is safe to call twice, and SIGTERM or SIGINT trigger it in `serve()`.
+service it serves; placeholders are left out; `""` NOT_SERVING while a concurrency pool
+is full), reflection, the declared interceptor chain with its concurrency pools and
+stream deadlines, explicit message-size limits and keepalive. `HelixServer.shutdown()`
+drains: health goes NOT_SERVING and health watches end, shutdown hooks run, new calls are
+refused and in-flight calls get the grace period to finish. It is safe to call twice, and
+SIGTERM or SIGINT trigger it in `serve()`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from prometheus_client import CollectorRegistry
 
 from helix.common import logs
 from helix.common.config import DataDirConfig, DataDirLock, ServerConfig, run_loop
+from helix.common.health import NOT_SERVING, SERVING, HealthService
 from helix.common.health import SERVICE_NAME as HEALTH_SERVICE
-from helix.common.health import SERVING, HealthService
 from helix.common.interceptors import CallChain, ChainedServer, Stage, default_stages
+from helix.common.limits import CallPools, call_limit_stages
+from helix.common.limits import register_metrics as register_limit_metrics
 from helix.common.metrics import MetricsExporter, RpcMetrics, add_runtime_metrics
 from helix.common.reflection import reflection_servicer
+from helix.common.streams import StreamSettings
 
 if TYPE_CHECKING:
     from helix.security.setup import Security
@@ -107,6 +111,8 @@ class HelixServer:
         self._shutdown: asyncio.Task[None] | None = None
         self._force_stop: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()
+        self._saturated = False
+        self._saturation_update: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -155,6 +161,22 @@ class HelixServer:
         for service in self.services:
             if not service.placeholder:
                 await self.health.set(service.name, SERVING)
+
+    def report_saturation(self, saturated: bool) -> None:
+        """The overall status `""` is NOT_SERVING while a concurrency pool is full and
+        SERVING again once it has drained (the pools call this on each change, with
+        hysteresis); the services' own statuses are left alone, and the drain's
+        NOT_SERVING always wins (health ignores changes once it has begun)."""
+        self._saturated = saturated
+        if self._saturation_update is None or self._saturation_update.done():
+            self._saturation_update = asyncio.ensure_future(self._apply_saturation())
+
+    async def _apply_saturation(self) -> None:
+        applied = None
+        while applied is not self._saturated:
+            applied = self._saturated
+            status = NOT_SERVING if applied else SERVING
+            await self.health.set("", status)
 
     def shutdown(self, grace: float | None = None) -> asyncio.Task[None]:
         """Begin the drain (once) and return the task that finishes it; await it to wait."""
@@ -283,16 +305,21 @@ def _build_server(
 ) -> tuple[HelixServer, int]:
     metrics = RpcMetrics()
     add_runtime_metrics(metrics.registry)
-    # maximum_concurrent_rpcs is enforced by the chain's ConcurrencyLimitStage, not by
-    # grpc.aio's own limiter, which costs a fifth of a unary call (see docs/decisions.md).
+    # The concurrency limits are counters of the chain (helix.common.limits), not grpc.aio's
+    # own limiter, which costs a fifth of a unary call (see docs/decisions.md).
     server = grpc.aio.server(options=server_options(config))
+    pools = CallPools(config.max_concurrent_rpcs, config.max_concurrent_streams)
+    streams = StreamSettings(config.stream_first_message_timeout, config.stream_write_timeout)
+    register_limit_metrics(pools, streams.stats, metrics.registry)
     stages = [
-        *default_stages(metrics, config.max_concurrent_rpcs),
+        *default_stages(metrics, pools),
         *(security.stages(metrics.registry) if security is not None else ()),
+        # The share needs the principal; without security every caller is "anonymous".
+        *(call_limit_stages(pools, config.concurrent_share_per_principal) if security else ()),
         *extra_stages,
     ]
     # Every handler, health and reflection included, is added through the chain.
-    chained: Any = ChainedServer(server, CallChain(stages))
+    chained: Any = ChainedServer(server, CallChain(stages, streams))
     for service in services:
         service.add_to_server(chained)
         if service.add_metrics is not None:
@@ -315,6 +342,7 @@ def _build_server(
     if port == 0:
         raise BindError(f"cannot listen on {config.address}")
     helix_server = HelixServer(config, server, health_servicer, metrics, services, port)
+    pools.on_saturation = helix_server.report_saturation
     helix_server.security = security
     return helix_server, port
 

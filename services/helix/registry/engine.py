@@ -266,12 +266,17 @@ class Registry:
         )
 
     def watch(
-        self, request: registry_pb2.WatchAgentsRequest
+        self,
+        request: registry_pb2.WatchAgentsRequest,
+        on_close: Callable[[errors.HelixError], None] | None = None,
     ) -> AsyncGenerator[registry_pb2.WatchAgentsResponse, None]:
         """WatchAgents: ready responses (events in batches, and bookmarks when asked for),
-        until shutdown or a too-slow reader ends it with an error."""
+        until shutdown or a too-slow reader ends it with an error (`on_close` is told at
+        once)."""
         interval = self.settings.progress_interval if request.progress_notify else None
-        return self.hub.watch(self.state, selector_from(request), request.start_revision, interval)
+        return self.hub.watch(
+            self.state, selector_from(request), request.start_revision, interval, on_close
+        )
 
     # --- leases -----------------------------------------------------------------------------
 

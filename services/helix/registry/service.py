@@ -17,6 +17,7 @@ import helix.v1.registry_pb2 as pb
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.common.server import ServiceBinding
 from helix.common.services import validate
+from helix.common.streams import current_stream
 from helix.registry import validation as checks
 from helix.registry.engine import Registry
 from helix.registry.metrics import register_metrics
@@ -85,8 +86,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         context: Context[pb.WatchAgentsRequest, pb.WatchAgentsResponse],
     ) -> AsyncIterator[pb.WatchAgentsResponse]:
         validate(checks.check_watch_agents_request, request)
+        # A watch cut off as too slow (or drained) ends the call at once through the chain,
+        # even while a write waits for a client that reads nothing: its slot is freed.
+        stream = current_stream()
+        on_close = stream.end if stream is not None else None
         # aclosing: the watch leaves the hub as soon as the call ends, cancelled included.
-        async with aclosing(self._registry.watch(request)) as responses:
+        async with aclosing(self._registry.watch(request, on_close)) as responses:
             async for response in responses:
                 yield response
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, reasons
@@ -115,6 +115,7 @@ class Watcher:
         "capacity",
         "closed_reason",
         "max_bytes",
+        "on_close",
         "pending",
         "pending_bytes",
         "selector",
@@ -127,6 +128,7 @@ class Watcher:
         capacity: int,
         start: int = 0,
         max_bytes: int = MAX_RESPONSE_BYTES,
+        on_close: Callable[[errors.HelixError], None] | None = None,
     ) -> None:
         self.selector = selector
         # A watch from a revision not yet reached skips the events before it.
@@ -138,6 +140,9 @@ class Watcher:
         # What `pending` adds to a response (never less: a fast path trusts it).
         self.pending_bytes = 0
         self.closed_reason: errors.HelixError | None = None
+        # Told at once when the watch is closed: the stream serving it may be waiting on a
+        # client that reads nothing, and would notice `closed_reason` only after that.
+        self.on_close = on_close
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, messages: Sequence[AgentEvent], size: int | None = None) -> bool:
@@ -158,6 +163,8 @@ class Watcher:
         """End the stream with `reason` (it is raised before anything still queued)."""
         self.closed_reason = reason
         self._wake()
+        if self.on_close is not None:
+            self.on_close(reason)
 
     async def wait(self, idle_limit: float | None = None) -> None:
         """Return once an event is queued or the watch is closed, or after `idle_limit`
@@ -270,9 +277,16 @@ class WatchHub:
     def __len__(self) -> int:
         return len(self._watchers)
 
-    def add(self, selector: Selector, backlog: Iterable[Event] = (), start: int = 0) -> Watcher:
+    def add(
+        self,
+        selector: Selector,
+        backlog: Iterable[Event] = (),
+        start: int = 0,
+        on_close: Callable[[errors.HelixError], None] | None = None,
+    ) -> Watcher:
         """A new watcher from revision `start`, primed with `backlog` (the history it must
-        replay first, which does not count against its buffer)."""
+        replay first, which does not count against its buffer); `on_close` is told when
+        the watch is closed (cut off or drained)."""
         if self._closed is not None:
             raise self._closed
         if len(self._watchers) >= self._max:
@@ -281,7 +295,7 @@ class WatchHub:
                 retry_after=1.0,
                 reason=reasons.TOO_MANY_WATCHERS,
             )
-        watcher = Watcher(selector, self._buffer, start, self._max_response_bytes)
+        watcher = Watcher(selector, self._buffer, start, self._max_response_bytes, on_close)
         watcher.backlog.extend(backlog)
         self._watchers.add(watcher)
         return watcher
@@ -322,6 +336,7 @@ class WatchHub:
         selector: Selector,
         start: int = 0,
         progress_interval: float | None = None,
+        on_close: Callable[[errors.HelixError], None] | None = None,
     ) -> AsyncGenerator[registry_pb2.WatchAgentsResponse, None]:
         """The responses of a watch of `state` from revision `start` (0: from now on),
         until it is closed (raising its reason) or the caller stops iterating.
@@ -329,10 +344,12 @@ class WatchHub:
         Everything from the compaction check to queueing the history runs in one step
         when iteration begins, so no event is missed or sent twice. With
         `progress_interval`, a watch idle that long gets a bookmark (`next_response`).
+        `on_close` is told at once when the watch is closed, before its reason is raised
+        here (the server ends the call with it even while a write waits for the client).
         """
         check_watchable(state, start)
         backlog = state.events_since(start) if 0 < start <= state.revision else ()
-        watcher = self.add(selector, backlog, start)
+        watcher = self.add(selector, backlog, start, on_close)
         try:
             while True:
                 await watcher.wait(progress_interval)
