@@ -16,6 +16,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 import helix.v1.oracle_pb2 as oracle_pb2
@@ -236,6 +237,39 @@ async def test_unauthenticated_streams_share_one_bounded_share(start_server, cha
         watch.cancel()
 
 
+async def test_a_valid_token_gives_open_streams_their_own_share(start_server, channel_to, keyring):
+    # Callers without a token fill the anonymous share (here with idle reflection
+    # streams): a health Watch that sends a valid token counts in its own share.
+    server = await start_server(
+        [binding(EchoServicer())],
+        security=keyring.security(),
+        max_concurrent_streams=4,
+        concurrent_share_per_principal=0.5,
+    )
+    channel = channel_to(server)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    idle = []
+    for _ in range(2):
+        call = reflection.ServerReflectionInfo(timeout=30)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        await call.read()  # one answer, then neither sending nor reading
+        idle.append(call)
+    health = health_pb2_grpc.HealthStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Watch(health_pb2.HealthCheckRequest(), timeout=5).read()
+    assert error_info(caught.value).reason == "TOO_MANY_CALLS_FROM_PRINCIPAL"
+    token = (("authorization", f"Bearer {keyring.token('probe')}"),)
+    watch = health.Watch(health_pb2.HealthCheckRequest(), metadata=token, timeout=5)
+    assert (await watch.read()).status == SERVING
+    # A token that does not verify is not refused on an open method: it is anonymous.
+    bad = (("authorization", "Bearer not-a-token"),)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Watch(health_pb2.HealthCheckRequest(), metadata=bad, timeout=5).read()
+    assert error_info(caught.value).reason == "TOO_MANY_CALLS_FROM_PRINCIPAL"
+    for call in (*idle, watch):
+        call.cancel()
+
+
 async def test_refusals_are_counted_by_pool(start_server, channel_to):
     servicer = EchoServicer()
     server = await start_server([binding(servicer)], max_concurrent_rpcs=1)
@@ -290,8 +324,27 @@ async def test_health_is_not_serving_while_a_pool_is_full(start_server, channel_
     for call in held:
         call.cancel()
     await eventually(lambda: sample(server, "helix_calls_in_flight", pool="stream") == 0)
-    assert sample(server, "helix_server_saturated") == 0
+    await eventually(lambda: sample(server, "helix_server_saturated") == 0, what="room again")
     await eventually(status_is(SERVING), what="health SERVING again")
+
+
+async def test_a_stream_pool_with_room_is_not_reported_full():
+    # Long-lived streams keep the stream pool nearly full: the server is not saturated as
+    # long as it can take another stream (the quarter drain applies to unary calls only).
+    pools = CallPools(unary=8, streams=8, stream_hold=0.2)
+    changes: list[bool] = []
+    pools.on_saturation = changes.append
+    info = MethodInfo("/t.S/W", "t.S", "W", "SERVER_STREAM", False, True)
+    pools.bind(info)
+    calls = [Call(info, None) for _ in range(8)]  # type: ignore[arg-type]
+    for call in calls:
+        pools.before(call)
+    assert changes == [True]
+    pools.after(calls[0], grpc.StatusCode.OK)  # 7 of 8, within the hold: still full
+    assert changes == [True]
+    await eventually(lambda: changes == [True, False], what="room reported after the hold")
+    pools.before(calls[0])
+    assert changes == [True, False, True]
 
 
 def test_saturation_is_reported_with_hysteresis():

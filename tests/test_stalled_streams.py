@@ -89,6 +89,13 @@ class FloodServicer:
         yield String(value="held")
         await asyncio.Event().wait()
 
+    async def one_then_end(self, request: String, context: Any) -> AsyncIterator[String]:
+        """One message, then the servicer ends its own stream and returns at once."""
+        yield String(value="first")
+        stream = current_stream()
+        assert stream is not None
+        stream.end(errors.Unavailable("ended by the servicer itself", retry_after=1.0))
+
 
 def flood_binding(servicer: FloodServicer) -> ServiceBinding:
     des, ser = String.FromString, String.SerializeToString
@@ -97,6 +104,7 @@ def flood_binding(servicer: FloodServicer) -> ServiceBinding:
         "FloodChat": grpc.stream_stream_rpc_method_handler(servicer.flood_chat, des, ser),
         "HugeThenFail": grpc.unary_stream_rpc_method_handler(servicer.huge_then_fail, des, ser),
         "HugeThenHold": grpc.unary_stream_rpc_method_handler(servicer.huge_then_hold, des, ser),
+        "OneThenEnd": grpc.unary_stream_rpc_method_handler(servicer.one_then_end, des, ser),
     }
     generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
 
@@ -114,6 +122,7 @@ def flood_stubs(channel: grpc.aio.Channel) -> dict[str, Any]:
         "FloodChat": channel.stream_stream(path + "FloodChat", ser, des),
         "HugeThenFail": channel.unary_stream(path + "HugeThenFail", ser, des),
         "HugeThenHold": channel.unary_stream(path + "HugeThenHold", ser, des),
+        "OneThenEnd": channel.unary_stream(path + "OneThenEnd", ser, des),
     }
 
 
@@ -266,6 +275,28 @@ async def test_a_stream_ended_from_outside_ends_at_once_even_while_its_write_wai
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "cut off from outside" in (caught.value.details() or "")
     assert sample(server, "helix_streams_stalled_total") == 0
+
+
+async def test_a_stream_the_servicer_ends_itself_ends_with_its_error(start_server):
+    # end() from the servicer's own task, then the generator returns without awaiting:
+    # the call must end with that error, not OK on a stream cut short.
+    server = await start_server([flood_binding(FloodServicer())])
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = flood_stubs(channel)["OneThenEnd"](String(value="0"), timeout=10)
+        assert (await call.read()).value == "first"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "ended by the servicer itself" in (caught.value.details() or "")
+    handled = {"grpc_type": "SERVER_STREAM", "grpc_service": SERVICE, "grpc_method": "OneThenEnd"}
+    await eventually(
+        lambda: (
+            sample(server, "grpc_server_handled_total", grpc_code="UNAVAILABLE", **handled) == 1
+        ),
+        what="the call counted with the servicer's error",
+    )
+    assert sample(server, "grpc_server_handled_total", grpc_code="OK", **handled) == 0
+    assert sample(server, "helix_calls_in_flight", pool="stream") == 0
 
 
 # --- Generate (item 3) ---------------------------------------------------------------------
@@ -428,7 +459,7 @@ async def test_any_cut_off_watcher_frees_its_slot_at_once(tmp_path):
     # cut-off comes: the registry tells the chain (current_stream().end), so a 60 s write
     # timeout never comes into it.
     await cut_off_watch_frees_its_slot(
-        tmp_path / "data", buffer=64, batch=4, write_timeout=60, within=3
+        tmp_path / "data", buffer=64, batch=4, write_timeout=60, within=10
     )
 
 

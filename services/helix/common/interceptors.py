@@ -508,6 +508,12 @@ class CallChain:
             # so its `finally` runs now rather than whenever the loop's finaliser gets to it.
             async with aclosing(result) as responses:
                 await send_responses(responses, call.context, control, prepare)
+            if control.error is not None:
+                # Ended by the servicer's own task (end(), then it returned at once): the
+                # cancel that end() requested is still pending; take it here, so the call
+                # ends with that error rather than OK.
+                await asyncio.sleep(0)
+                raise control.error
         except asyncio.CancelledError:
             ended = control.close()
             task = asyncio.current_task()

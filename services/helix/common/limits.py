@@ -11,14 +11,19 @@
   Calls without a token (health Watch, reflection) all count as "anonymous", so they are
   bounded too.
 - Saturation: when a pool is full the server reports it (`on_saturation(True)`: health
-  NOT_SERVING), and again once that pool has drained by a quarter (`False`), so calls
-  ending and starting at the limit do not make the status flap.
+  NOT_SERVING), and again once it has room (`False`), without flapping: the unary pool
+  (calls end within moments) once it has drained by a quarter; the stream pool (streams
+  last) as soon as it has a free slot, but no sooner than `STREAM_HOLD` after it was
+  last full. Long-lived streams that keep the stream pool nearly full (hundreds of
+  watches) never hold the server NOT_SERVING while it can take another.
 
 Per unary call this costs a dict lookup and a few integer operations per stage.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -31,6 +36,8 @@ from helix.common.interceptors import EXEMPT_FROM_LIMITS, Call, MethodInfo, Stag
 from helix.common.streams import StreamStats
 
 UNARY, STREAM = "unary", "stream"
+# The least time the stream pool is reported full once it was (no flapping at the limit).
+STREAM_HOLD = 1.0
 
 
 class Pool:
@@ -39,7 +46,9 @@ class Pool:
     __slots__ = (
         "clear_at",
         "full",
+        "full_at",
         "held",
+        "hold",
         "in_flight",
         "limit",
         "name",
@@ -48,14 +57,17 @@ class Pool:
         "share",
     )
 
-    def __init__(self, name: str, limit: int, retry_after: float) -> None:
+    def __init__(self, name: str, limit: int, retry_after: float, hold: float = 0.0) -> None:
         self.name = name
         self.limit = limit
         self.retry_after = retry_after  # the RetryInfo hint of a refusal
         self.in_flight = 0
         self.full = False
-        # Full until drained by a quarter, and by at least two calls (no flapping).
-        self.clear_at = max(0, min(limit * 3 // 4, limit - 2))
+        self.full_at = 0.0  # when it was last at its limit (monotonic)
+        self.hold = hold
+        # No hold: full until drained by a quarter, and by at least two calls (no
+        # flapping). With a hold: full until a slot is free and `hold` has passed.
+        self.clear_at = max(0, min(limit * 3 // 4, limit - 2)) if not hold else limit - 1
         self.share = limit  # set by PrincipalShareStage
         self.held: dict[str, int] = {}  # principal -> calls in flight (only those > 0)
         self.refused: dict[str, int] = {
@@ -72,13 +84,14 @@ class CallPools(Stage):
     a fifth of a bare unary call; counters do the same job for well under a microsecond.
     """
 
-    def __init__(self, unary: int, streams: int) -> None:
+    def __init__(self, unary: int, streams: int, stream_hold: float = STREAM_HOLD) -> None:
         # Unary calls end within moments; a stream's slot frees when some stream ends.
         self.unary = Pool(UNARY, unary, retry_after=0.05)
-        self.streams = Pool(STREAM, streams, retry_after=1.0)
+        self.streams = Pool(STREAM, streams, retry_after=1.0, hold=stream_hold)
         self.saturated = False
         self.on_saturation: Callable[[bool], None] | None = None
         self._pool_of: dict[str, Pool | None] = {}
+        self._recheck: asyncio.TimerHandle | None = None
 
     def __iter__(self) -> Iterator[Pool]:
         return iter((self.unary, self.streams))
@@ -107,17 +120,32 @@ class CallPools(Stage):
                 metadata={"limit": str(pool.limit), "pool": pool.name},
             )
         pool.in_flight += 1
-        if pool.in_flight >= pool.limit and not pool.full:
-            pool.full = True
-            self._changed()
+        if pool.in_flight >= pool.limit:
+            pool.full_at = time.monotonic() if pool.hold else 0.0
+            if not pool.full:
+                pool.full = True
+                self._changed()
 
     def after(self, call: Call, code: grpc.StatusCode) -> None:
         pool = self._pool_of[call.info.path]
         if pool is not None:
             pool.in_flight -= 1
             if pool.full and pool.in_flight <= pool.clear_at:
-                pool.full = False
-                self._changed()
+                self._clear(pool)
+
+    def _clear(self, pool: Pool) -> None:
+        wait = pool.full_at + pool.hold - time.monotonic() if pool.hold else 0.0
+        if wait <= 0:
+            pool.full = False
+            self._changed()
+        elif self._recheck is None:
+            # Nothing else may end meanwhile: look again when the hold is over.
+            self._recheck = asyncio.get_running_loop().call_later(wait, self._look_again, pool)
+
+    def _look_again(self, pool: Pool) -> None:
+        self._recheck = None
+        if pool.full and pool.in_flight <= pool.clear_at:
+            self._clear(pool)
 
     def _changed(self) -> None:
         saturated = self.unary.full or self.streams.full
@@ -195,7 +223,7 @@ class _CallLimitCollector(Collector):
         yield from (in_flight, limit, refused)
         yield GaugeMetricFamily(
             "helix_server_saturated",
-            "1 while a pool is full (health NOT_SERVING), until it has drained by a quarter.",
+            "1 while a pool is full (health NOT_SERVING), until it has room again.",
             value=int(self._pools.saturated),
         )
         yield CounterMetricFamily(

@@ -44,12 +44,25 @@ class AuthStage(Stage):
     def before(self, call: Call) -> None:
         required = self._required[call.info.path]
         if required == "":
+            if call.info.request_streaming or call.info.response_streaming:
+                self._identify(call)
             return
         try:
             self._authorise(call, required)
         except errors.HelixError as refused:
             self._stats.auth_refused[refused.reason] += 1
             raise
+
+    def _identify(self, call: Call) -> None:
+        """An open stream (health Watch, reflection) needs no token, but a valid one names
+        its caller, so the caller's calls count in its own share of the stream pool
+        rather than in the one `anonymous` share that callers without a token use."""
+        try:
+            principal = self._verifier.verify(_bearer_token(call))
+        except errors.HelixError:
+            return  # no token, or not a valid one: anonymous, as open methods allow
+        set_current_principal(principal)
+        logs.principal_var.set(principal.subject)
 
     def _authorise(self, call: Call, required: str | None) -> None:
         principal = self._verifier.verify(_bearer_token(call))
