@@ -344,21 +344,23 @@ def run_alpha(problem: Problem, dna: dna_pb2.Dna, seed: int, budget: int) -> Res
 
 
 def describe_alpha(dna: dna_pb2.Dna) -> str:
-    """The shipped DNA's strategy in one line (the fields the file sets)."""
+    """A normalised DNA's strategy in one line: its rates and the operators of its genes'
+    kinds (defaults filled in)."""
     strategy = dna.strategy
     kind = strategy.WhichOneof("kind")
     if kind != "alpha":
         return f"{kind}, pop {population_size(dna)}"
-    alpha = strategy.alpha
-    parts = [
-        f"pop {alpha.population_size}",
-        f"elitism {alpha.elitism}",
-        f"tournament {alpha.tournament_size}",
-        f"crossover {alpha.crossover_rate:g}",
-        f"mutation {alpha.mutation_rate:g}",
-    ]
-    for name in ("real", "integer", "choice", "bits", "permutation", "sequence"):
-        if alpha.HasField(name):
-            text = str(getattr(alpha, name)).replace("\n", " ").strip()
-            parts.append(f"{name} {{{text}}}")
+    # Every field the normalised strategy sets (new fields show up without a change here),
+    # operator messages only for the kinds of genes the DNA has.
+    kinds = {gene.WhichOneof("kind") for gene in dna.genes}
+    parts = []
+    for spec, value in strategy.alpha.ListFields():
+        if spec.message_type is None:
+            shown = spec.enum_type.values_by_number[value].name if spec.enum_type else value
+            parts.append(
+                f"{spec.name} {shown:g}" if isinstance(shown, float) else f"{spec.name} {shown}"
+            )
+        elif spec.name in kinds:
+            text = str(value).replace("\n", " ").strip()
+            parts.append(f"{spec.name} {{{text}}}")
     return ", ".join(parts)
