@@ -111,7 +111,9 @@ def reference_pmx(keep: list[int], other: list[int], lo: int, hi: int) -> list[i
             continue
         q = p
         while lo <= q <= hi:
-            q = other.index(child[q])  # child[q] is set: q is in the slice
+            mapped = child[q]  # set: q is in the slice
+            assert mapped is not None
+            q = other.index(mapped)
         child[q] = i
     return [other[p] if e is None else e for p, e in enumerate(child)]
 
@@ -147,7 +149,7 @@ def reference_erx(u: np.ndarray, first: list[int], second: list[int]) -> tuple[l
     """Edge recombination one city at a time, with the same draws as the operator: the
     child, and how many steps took a parent edge."""
     size = len(first)
-    slots = {}
+    slots: dict[int, list[int]] = {}
     for city in range(size):
         found = []
         for parent in (first, second):
@@ -157,8 +159,8 @@ def reference_erx(u: np.ndarray, first: list[int], second: list[int]) -> tuple[l
     table = {city: set(found) for city, found in slots.items()}
     child, current, via_edges = [first[0]], first[0], 0
     while len(child) < size:
-        for found in table.values():
-            found.discard(current)
+        for neighbours in table.values():
+            neighbours.discard(current)
         step = len(child) - 1
         options = [c for c in slots[current] if c not in child]
         if options:
@@ -206,7 +208,9 @@ def test_erx_matches_the_reference_and_keeps_parent_edges(size: int, seed: int) 
 
 @PROPERTY
 @given(size=st.integers(1, 30), seed=st.integers(0, 2**32), crossover=CROSSOVERS)
-def test_children_are_permutations(size: int, seed: int, crossover: int) -> None:
+def test_children_are_permutations(
+    size: int, seed: int, crossover: dna_pb2.PermutationCrossover.ValueType
+) -> None:
     rng = np.random.default_rng(seed)
     a, b = (ops.sample_permutation(rng, size, 25) for _ in range(2))
     c1, c2 = ops.crossover_permutation(rng, a, b, crossover)
@@ -217,7 +221,7 @@ def test_children_are_permutations(size: int, seed: int, crossover: int) -> None
 @PROPERTY
 @given(size=st.integers(1, 30), seed=st.integers(0, 2**32), crossover=CROSSOVERS)
 def test_crossing_a_permutation_with_itself_returns_it(
-    size: int, seed: int, crossover: int
+    size: int, seed: int, crossover: dna_pb2.PermutationCrossover.ValueType
 ) -> None:
     rng = np.random.default_rng(seed)
     a = ops.sample_permutation(rng, size, 25)
@@ -233,7 +237,7 @@ def test_crossing_a_permutation_with_itself_returns_it(
 @PROPERTY
 @given(size=st.integers(2, 20), seed=st.integers(0, 2**32), crossover=CROSSOVERS)
 def test_one_row_ordered_draw_gives_the_prefix_property(
-    size: int, seed: int, crossover: int
+    size: int, seed: int, crossover: dna_pb2.PermutationCrossover.ValueType
 ) -> None:
     rng = np.random.default_rng(seed)
     a, b = (ops.sample_permutation(rng, size, 30) for _ in range(2))

@@ -607,7 +607,7 @@ class AlphaStrategy(_message.Message):
     — each choice value and each sequence symbol. Bits use BitsOperators.flip_rate.
     """
     child_mutation_rate: _builtins.float
-    """Optional, default 1. Per-child mutation probability, in [0, 1]: the probability that
+    """Optional, default 0.5. Per-child mutation probability, in [0, 1]: the probability that
     a child is mutated at all (DEAP's mutpb); a mutated child then has each element
     mutated with its per-element rate (mutation_rate and the rates it defaults). 0 leaves
     children as crossover made them.

@@ -333,14 +333,17 @@ def partially_mapped_crossover(
     where[rows, keep] = positions
     kept = np.zeros((n, size), dtype=np.bool_)  # kept[r, e]: e is in keep's slice
     kept[rows, keep] = in_slice
-    x = other.copy()
-    # Each step follows one link of the mapping; a chain is at most the slice long.
-    while True:
-        mapped = kept[rows, x] & ~in_slice
-        if not mapped.any():
-            break
-        x = np.where(mapped, np.take_along_axis(other, where[rows, x], axis=1), x)
-    return np.where(in_slice, keep, x)
+    child = np.where(in_slice, keep, other)
+    # The positions whose element is taken follow the mapping one link per step, only
+    # those still inside it (a chain is at most the slice long).
+    r, p = np.nonzero(kept[rows, other] & ~in_slice)
+    x = other[r, p]
+    while r.size:
+        x = other[r, where[r, x]]
+        done = ~kept[r, x]
+        child[r[done], p[done]] = x[done]
+        r, p, x = r[~done], p[~done], x[~done]
+    return child
 
 
 def _nth_unvisited(visited: BoolArray, u: FloatArray) -> IntArray:
@@ -378,16 +381,19 @@ def edge_recombination(u: FloatArray, first: IntArray, second: IntArray) -> IntA
     visited = np.zeros((n, size), dtype=np.bool_)
     child = np.empty((n, size), dtype=np.int64)
     current = first[:, 0].copy()
+    column = rows[:, None]
+    every_row = np.broadcast_to(column, (n, 4))
     for step in range(size):
         child[:, step] = current
         visited[rows, current] = True
         neighbours = adjacency[rows, current]  # (n, 4)
         live = distinct[rows, current]
-        np.subtract.at(degree, (np.repeat(rows, 4)[live.ravel()], neighbours[live]), 1)
+        # Live entries are distinct: no (row, city) pair repeats, so plain indexing works.
+        degree[every_row[live], neighbours[live]] -= 1
         if step == size - 1:
             break
-        live &= ~visited[rows[:, None], neighbours]
-        counts = np.where(live, degree[rows[:, None], neighbours], 5)
+        live &= ~visited[column, neighbours]
+        counts = np.where(live, degree[column, neighbours], 5)
         tied = counts == counts.min(axis=1, keepdims=True)
         n_tied = tied.sum(axis=1)
         pick = np.minimum((u[:, step, 0] * n_tied).astype(np.int64), n_tied - 1)
