@@ -377,31 +377,34 @@ def edge_recombination(u: FloatArray, first: IntArray, second: IntArray) -> IntA
     for k in range(1, 4):
         for j in range(k):
             distinct[..., k] &= adjacency[..., k] != adjacency[..., j]
-    degree = distinct.sum(axis=2)  # unvisited distinct neighbours of each city
-    visited = np.zeros((n, size), dtype=np.bool_)
+    # Flat indices (row · size + city) into raveled tables: cheaper than 2-D indexing.
+    base = rows * size
+    neighbour_at = (adjacency + base[:, None, None]).reshape(n * size, 4)
+    distinct_at = distinct.reshape(n * size, 4)
+    degree = distinct_at.sum(axis=1)  # unvisited distinct neighbours of each city
+    visited = np.zeros(n * size, dtype=np.bool_)
     child = np.empty((n, size), dtype=np.int64)
-    current = first[:, 0].copy()
-    column = rows[:, None]
-    every_row = np.broadcast_to(column, (n, 4))
+    at = base + first[:, 0]
     for step in range(size):
-        child[:, step] = current
-        visited[rows, current] = True
-        neighbours = adjacency[rows, current]  # (n, 4)
-        live = distinct[rows, current]
+        child[:, step] = at - base
+        visited[at] = True
+        neighbours = neighbour_at[at]  # (n, 4)
+        live = distinct_at[at]
         # Live entries are distinct: no (row, city) pair repeats, so plain indexing works.
-        degree[every_row[live], neighbours[live]] -= 1
+        degree[neighbours[live]] -= 1
         if step == size - 1:
             break
-        live &= ~visited[column, neighbours]
-        counts = np.where(live, degree[column, neighbours], 5)
+        live &= ~visited[neighbours]
+        counts = np.where(live, degree[neighbours], 5)
         tied = counts == counts.min(axis=1, keepdims=True)
         n_tied = tied.sum(axis=1)
         pick = np.minimum((u[:, step, 0] * n_tied).astype(np.int64), n_tied - 1)
         slot = np.argmax(np.cumsum(tied, axis=1) > pick[:, None], axis=1)
-        current = neighbours[rows, slot]
+        at = neighbours[rows, slot]
         stuck = ~live.any(axis=1)
         if stuck.any():
-            current[stuck] = _nth_unvisited(visited[stuck], u[stuck, step, 1])
+            free = visited.reshape(n, size)[stuck]
+            at[stuck] = base[stuck] + _nth_unvisited(free, u[stuck, step, 1])
     return child
 
 
