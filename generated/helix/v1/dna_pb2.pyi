@@ -177,7 +177,9 @@ class _PermutationCrossoverEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     child at one parent's, the second at the other's); the next element is the unvisited
     neighbour with the fewest unvisited neighbours of its own (ties drawn uniformly), or,
     with none left, an unvisited element drawn uniformly. Keeps adjacency: suited to
-    tours (TSP-like problems).
+    tours (TSP-like problems). It walks the permutation one element at a time, so it
+    costs about 3x ORDER at 52 elements but about 40x at 10,000: prefer ORDER for long
+    permutations.
     """
 
 class PermutationCrossover(_PermutationCrossover, metaclass=_PermutationCrossoverEnumTypeWrapper):
@@ -208,7 +210,9 @@ parents' undirected cyclic edges, starting at one parent's first element (the fi
 child at one parent's, the second at the other's); the next element is the unvisited
 neighbour with the fewest unvisited neighbours of its own (ties drawn uniformly), or,
 with none left, an unvisited element drawn uniformly. Keeps adjacency: suited to
-tours (TSP-like problems).
+tours (TSP-like problems). It walks the permutation one element at a time, so it
+costs about 3x ORDER at 52 elements but about 40x at 10,000: prefer ORDER for long
+permutations.
 """
 Global___PermutationCrossover: _TypeAlias = PermutationCrossover  # noqa: Y015
 
