@@ -69,13 +69,21 @@ def test_sampled_generation_zero_is_pinned():
     assert output(dna, 2500, seed=42, generation=0) == GOLDEN["sampled"]
 
 
-def test_bred_generation_is_pinned_for_each_permutation_mutation():
-    for mutation in ("SWAP", "INVERSION"):
+def test_bred_generation_is_pinned_for_each_permutation_operator():
+    # Major 2: ERX by default, half the children mutated by default, and the first five
+    # parents given twice (repeats count as copies in tournaments).
+    cases = {
+        "SWAP": ("SWAP", "ORDER"),
+        "INVERSION": ("INVERSION", "UNSPECIFIED"),
+        "PMX": ("INVERSION", "PARTIALLY_MAPPED"),
+    }
+    for name, (mutation, crossover) in cases.items():
         alpha = dna_pb2.AlphaStrategy(
             population_size=40,
             elitism=3,
             permutation=dna_pb2.PermutationOperators(
-                mutation=dna_pb2.PermutationMutation.Value(f"PERMUTATION_MUTATION_{mutation}")
+                mutation=dna_pb2.PermutationMutation.Value(f"PERMUTATION_MUTATION_{mutation}"),
+                crossover=dna_pb2.PermutationCrossover.Value(f"PERMUTATION_CROSSOVER_{crossover}"),
             ),
             sequence=dna_pb2.SequenceOperators(insertion_rate=0.3, deletion_rate=0.3),
         )
@@ -90,11 +98,19 @@ def test_bred_generation_is_pinned_for_each_permutation_mutation():
             )
             for c in sampled(dna, 40, seed=7)
         ]
-        assert output(dna, 1500, seed=9, generation=3, parents=parents) == GOLDEN[mutation]
+        parents += parents[:5]
+        assert output(dna, 1500, seed=9, generation=3, parents=parents) == GOLDEN[name], name
 
 
+def test_the_golden_hashes_belong_to_this_major_version():
+    # Changing a hash above means a new major version: bump GENERATOR_MAJOR with it.
+    assert strategies.GENERATOR_MAJOR == GOLDEN_MAJOR
+
+
+GOLDEN_MAJOR = 2
 GOLDEN = {
     "sampled": "023451b1cf39df10",
-    "SWAP": "771f7aec18998e0a",
-    "INVERSION": "d8fa3fb24dbf2475",
+    "SWAP": "c9c83128b876edc5",
+    "INVERSION": "34a0a18858aab36e",
+    "PMX": "4e23b0330ad5084e",
 }

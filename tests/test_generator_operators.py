@@ -206,13 +206,23 @@ def alpha_strategies(draw: st.DrawFn) -> dict[str, Any]:
         "tournament_size": draw(st.integers(1, 4)),
         "crossover_rate": draw(rates),
         "mutation_rate": draw(rates),
+        "child_mutation_rate": draw(rates),
         "real": draw(numeric_operators()),
         "integer": draw(numeric_operators()),
         "choice": {"gene_mutation_rate": draw(rates)},
         "permutation": {
             "mutation": draw(
                 st.sampled_from(["PERMUTATION_MUTATION_SWAP", "PERMUTATION_MUTATION_INVERSION"])
-            )
+            ),
+            "crossover": draw(
+                st.sampled_from(
+                    [
+                        "PERMUTATION_CROSSOVER_ORDER",
+                        "PERMUTATION_CROSSOVER_PARTIALLY_MAPPED",
+                        "PERMUTATION_CROSSOVER_EDGE_RECOMBINATION",
+                    ]
+                )
+            ),
         },
         "sequence": {
             "substitution_rate": draw(rates),
@@ -587,39 +597,6 @@ def test_bit_flips_follow_their_column_rates() -> None:
 
 
 # --- operators: permutations --------------------------------------------------------------
-
-
-def reference_ox1(keep: list[int], other: list[int], lo: int, hi: int) -> list[int]:
-    size = len(keep)
-    child = list(keep)
-    kept = set(keep[lo : hi + 1])
-    missing = [e for e in other if e not in kept]
-    for k, element in enumerate(missing):
-        child[(hi + 1 + k) % size] = element
-    return child
-
-
-@PROPERTY
-@given(size=st.integers(2, 9), seed=st.integers(0, 2**32))
-def test_order_crossover_matches_the_reference(size: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    a, b = (ops.sample_permutation(rng, size, 20) for _ in range(2))
-    cuts = np.sort(rng.integers(0, size, (20, 2)), axis=1)
-    child = ops.order_crossover(a, b, cuts[:, 0], cuts[:, 1])
-    for r in range(20):
-        want = reference_ox1(a[r].tolist(), b[r].tolist(), int(cuts[r, 0]), int(cuts[r, 1]))
-        assert child[r].tolist() == want
-    c1, c2 = ops.crossover_permutation(rng, a, b)
-    for c in (c1, c2):
-        assert np.array_equal(np.sort(c, axis=1), np.broadcast_to(np.arange(size), c.shape))
-
-
-def test_order_crossover_example() -> None:
-    # keep's slice 3..6 stays; other's missing 8 2 1 7 0 9 fill positions 7 8 9 0 1 2
-    keep = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
-    other = np.array([[8, 2, 6, 4, 1, 7, 3, 0, 9, 5]])
-    child = ops.order_crossover(keep, other, np.array([3]), np.array([6]))
-    assert child.tolist() == [[7, 0, 9, 3, 4, 5, 6, 8, 2, 1]]
 
 
 def reference_mutation(x: list[int], u: np.ndarray, rate: float, swap: bool) -> list[int]:

@@ -318,10 +318,13 @@ async def test_repeated_parents_and_ties_do_not_depend_on_order(suite):
         return candidate_pb2.ScoredCandidate(candidate=copy, verdict=verdict)
 
     failed = candidate_pb2.VERDICT_STATUS_FAILED
+    # The same multiset of (candidate, verdict) in three orders, then one more copy of b:
+    # repeats count as copies (generator.proto), so only the last output differs.
     orders = [
         [parent(a), parent(a, failed), parent(a), parent(b, score=2.0, generation=7), parent(c)],
         [parent(c), parent(a), parent(a), parent(b, score=2.0), parent(a, failed)],
-        [parent(b, score=2.0, generation=7), parent(a, failed), parent(c), parent(b, score=2.0)],
+        [parent(b, score=2.0, generation=7), parent(a, failed), parent(c), parent(a), parent(a)],
+        [parent(b, score=2.0), parent(a, failed), parent(c), parent(a), parent(a), parent(b)],
     ]
     outputs = []
     for parents in orders:
@@ -329,6 +332,7 @@ async def test_repeated_parents_and_ties_do_not_depend_on_order(suite):
         out = flatten(await generate(stub, parents=parents, objective=MINIMIZE, **request))
         outputs.append([x.SerializeToString() for x in out])
     assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[3] != outputs[0]
 
 
 async def test_an_elite_sent_as_two_messages_is_copied_canonically(suite):

@@ -61,11 +61,14 @@ class GeneratorServiceStub:
 
     Without parents it samples generation-0 candidates uniformly; with parents it breeds
     children by the DNA's strategy (see AlphaStrategy, RandomStrategy). Determinism: the
-    candidates and their order are a pure function of (normalised DNA, the set of parents
-    with their verdicts, objective, count, seed, generation) for a given major version of
-    the generator — independent of the order of `parents`, of repeats among them (each
-    candidate id counts once, with its best-ranked verdict), of batch_size, of which
-    generator agent serves the call and of how many there are. Real-valued operators
+    candidates and their order are a pure function of (normalised DNA, the multiset of
+    parents with their verdicts, objective, count, seed, generation) for a given major
+    version of the generator (an agent advertises it as label helix.dev/generator-major)
+    — independent of the order of `parents`, of batch_size, of which generator agent
+    serves the call and of how many there are. Repeats count as copies: a candidate id
+    given m times is one parent, ranked by its best-ranked verdict and copied at most once
+    as an elite, that tournaments draw m times as often as a parent given once (as copies
+    of a good individual in a population would be). Real-valued operators
     (SBX, polynomial and Gaussian mutation, log scale) are bit-for-bit reproducible on one
     numerical build and CPU class: vectorised exp/log/pow may differ in the last bit
     between CPU feature sets, so a deployment should run one generator image on one CPU
@@ -112,11 +115,14 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
 
     Without parents it samples generation-0 candidates uniformly; with parents it breeds
     children by the DNA's strategy (see AlphaStrategy, RandomStrategy). Determinism: the
-    candidates and their order are a pure function of (normalised DNA, the set of parents
-    with their verdicts, objective, count, seed, generation) for a given major version of
-    the generator — independent of the order of `parents`, of repeats among them (each
-    candidate id counts once, with its best-ranked verdict), of batch_size, of which
-    generator agent serves the call and of how many there are. Real-valued operators
+    candidates and their order are a pure function of (normalised DNA, the multiset of
+    parents with their verdicts, objective, count, seed, generation) for a given major
+    version of the generator (an agent advertises it as label helix.dev/generator-major)
+    — independent of the order of `parents`, of batch_size, of which generator agent
+    serves the call and of how many there are. Repeats count as copies: a candidate id
+    given m times is one parent, ranked by its best-ranked verdict and copied at most once
+    as an elite, that tournaments draw m times as often as a parent given once (as copies
+    of a good individual in a population would be). Real-valued operators
     (SBX, polynomial and Gaussian mutation, log scale) are bit-for-bit reproducible on one
     numerical build and CPU class: vectorised exp/log/pow may differ in the last bit
     between CPU feature sets, so a deployment should run one generator image on one CPU
@@ -184,11 +190,14 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Without parents it samples generation-0 candidates uniformly; with parents it breeds
         children by the DNA's strategy (see AlphaStrategy, RandomStrategy). Determinism: the
-        candidates and their order are a pure function of (normalised DNA, the set of parents
-        with their verdicts, objective, count, seed, generation) for a given major version of
-        the generator — independent of the order of `parents`, of repeats among them (each
-        candidate id counts once, with its best-ranked verdict), of batch_size, of which
-        generator agent serves the call and of how many there are. Real-valued operators
+        candidates and their order are a pure function of (normalised DNA, the multiset of
+        parents with their verdicts, objective, count, seed, generation) for a given major
+        version of the generator (an agent advertises it as label helix.dev/generator-major)
+        — independent of the order of `parents`, of batch_size, of which generator agent
+        serves the call and of how many there are. Repeats count as copies: a candidate id
+        given m times is one parent, ranked by its best-ranked verdict and copied at most once
+        as an elite, that tournaments draw m times as often as a parent given once (as copies
+        of a good individual in a population would be). Real-valued operators
         (SBX, polynomial and Gaussian mutation, log scale) are bit-for-bit reproducible on one
         numerical build and CPU class: vectorised exp/log/pow may differ in the last bit
         between CPU feature sets, so a deployment should run one generator image on one CPU

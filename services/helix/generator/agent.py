@@ -29,6 +29,7 @@ from helix.common.validation import RESOURCE_ID_PATTERN
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
 from helix.generator.service import generator_binding
+from helix.generator.strategies import GENERATOR_MAJOR
 from helix.security.client import bearer_interceptors, service_token_source
 from helix.security.setup import Security, security_from_config
 
@@ -57,6 +58,17 @@ class GeneratorAgentConfig(GeneratorConfig):
             "agent_id",
             f"{self.agent_id!r} does not match {RESOURCE_ID_PATTERN}",
         )
+
+
+# The label naming the generator's major version (strategies.GENERATOR_MAJOR): within one
+# major, Generate's output is a pure function of its request, so a run mixes only agents
+# whose label has the same value.
+MAJOR_LABEL = "helix.dev/generator-major"
+
+
+def generator_labels() -> dict[str, str]:
+    """The labels every generator agent registers with."""
+    return {MAJOR_LABEL: str(GENERATOR_MAJOR)}
 
 
 def advertised(config: GeneratorAgentConfig, server: HelixServer) -> str:
@@ -94,7 +106,9 @@ def create_agent(
             )
 
         agent = registry_pb2.Agent(
-            kind=registry_pb2.AGENT_KIND_GENERATOR, capacity=config.advertised_capacity
+            kind=registry_pb2.AGENT_KIND_GENERATOR,
+            capacity=config.advertised_capacity,
+            labels=generator_labels(),
         )
         presence = AgentPresence(connect, agent, agent_id=config.agent_id)
     binding = generator_binding(

@@ -9,8 +9,11 @@ fraction of building a message per candidate.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
@@ -20,7 +23,7 @@ from helix.generator import strategies
 from helix.generator.codec import encode_generate_response
 from helix.generator.stats import GeneratorStats
 from helix.genome import codec, genome_checks
-from helix.genome.layout import Layout, Population
+from helix.genome.layout import IntArray, Layout, Population
 
 STRATEGIES = ("alpha", "random")
 DEFAULT_BATCH_SIZE = 256
@@ -52,7 +55,8 @@ class Parents:
     """The parents of a Generate call, ranked, one entry per candidate id.
 
     `population[i]` is the genome of `ids[i]`, `sources[i]` its Candidate as sent (copied
-    unchanged, id filled in, when it is an elite); the first `scored` have a score
+    unchanged, id filled in, when it is an elite), `copies[i]` how many of the request's
+    parents had that id (its weight in tournaments); the first `scored` have a score
     (verdict PASSED or FAILED).
     """
 
@@ -60,6 +64,7 @@ class Parents:
     ids: list[str]
     sources: list[candidate_pb2.Candidate]
     scored: int
+    copies: IntArray
 
     def record(self, i: int) -> bytes:
         """Parent i's Candidate, serialised as it came (with its id), for an elite."""
@@ -90,8 +95,9 @@ def _check_ids(ids: list[str], own: list[str], claimed: list[str]) -> None:
 def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Parents | None:
     """Decode the request's parents (INVALID_ARGUMENT if a genome does not fit the DNA or
     an id is not the genome's) and rank them, keeping one entry per candidate id: its
-    best-ranked verdict, and of several messages the one whose serialisation sorts first.
-    The result depends on the set of parents, never on their order or repeats."""
+    best-ranked verdict, and of several messages the one whose serialisation sorts first,
+    with the number of messages that had the id as its copies. The result depends on the
+    multiset of parents, never on their order."""
     if not request.parents:
         return None
     candidates, own, claimed, statuses, scores = [], [], [], [], []
@@ -113,6 +119,7 @@ def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Pare
     for i in order:
         first.setdefault(ids[i], i)
     keep = list(first.values())  # dicts keep insertion (rank) order
+    counts = Counter(ids)
     sources = [candidates[i] for i in keep]
     if len(keep) < len(candidates):  # repeats: pick each id's message canonically
         by_id: dict[str, list[candidate_pb2.Candidate]] = {}
@@ -126,6 +133,7 @@ def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Pare
         [ids[i] for i in keep],
         sources,
         sum(1 for i in keep if statuses[i] in _SCORED),
+        np.array([counts[ids[i]] for i in keep], dtype=np.int64),
     )
 
 
@@ -196,6 +204,7 @@ def breed(
         request.seed,
         request.generation,
         scored=parents.scored if parents is not None else None,
+        copies=parents.copies if parents is not None else None,
     )
     return _responses(layout, request, parents, chunks, max_bytes, stats)
 

@@ -296,33 +296,145 @@ def sample_bits(rng: Rng, n_bits: int, n: int) -> BoolArray:
 
 
 def order_crossover(keep: IntArray, other: IntArray, lo: IntArray, hi: IntArray) -> IntArray:
-    """OX1 children of `keep`: its slice lo..hi (inclusive) in place, the other positions
-    filled left to right from after the slice (wrapping) with the missing elements in the
-    order they appear in `other`."""
+    """OX1 (Davis 1985; Eiben & Smith §4.5.2; DEAP's cxOrdered) children of `keep`: its
+    slice lo..hi (inclusive) in place; the other positions, from just after the slice
+    and wrapping around, filled with the missing elements in the order they appear in
+    `other` read from just after `hi`, wrapping around. Crossing a permutation with
+    itself returns it."""
     n, size = keep.shape
     rows = np.arange(n)[:, None]
     positions = np.arange(size)
+    target = (hi[:, None] + 1 + positions) % size  # positions from just after the slice
     in_slice = (positions >= lo[:, None]) & (positions <= hi[:, None])
     taken = np.zeros((n, size), dtype=np.bool_)
     taken[rows, keep] = in_slice
-    # A stable argsort of "taken" lists other's missing elements first, in other's order.
-    order = np.argsort(taken[rows, other], axis=1, kind="stable")
-    fill = np.take_along_axis(other, order, axis=1)
-    target = (hi[:, None] + 1 + positions) % size
+    rotated = np.take_along_axis(other, target, axis=1)  # other read from just after hi
+    # A stable argsort of "taken" lists the missing elements first, in that order.
+    order = np.argsort(taken[rows, rotated], axis=1, kind="stable")
+    fill = np.take_along_axis(rotated, order, axis=1)
     fillable = positions < (size - (hi - lo + 1))[:, None]
     child = keep.copy()
     child[np.broadcast_to(rows, (n, size))[fillable], target[fillable]] = fill[fillable]
     return child
 
 
-def crossover_permutation(rng: Rng, a: IntArray, b: IntArray) -> tuple[IntArray, IntArray]:
-    """Order crossover (OX1). Per pair, two positions drawn uniformly bound the slice
-    (inclusive, so 1 to size elements); the first child keeps a's slice and is filled
-    from b, the second keeps b's slice and is filled from a."""
-    size = a.shape[1]
-    cuts = np.minimum((rng.random((a.shape[0], 2)) * size).astype(np.int64), size - 1)
+def partially_mapped_crossover(
+    keep: IntArray, other: IntArray, lo: IntArray, hi: IntArray
+) -> IntArray:
+    """PMX (Goldberg & Lingle 1985; Eiben & Smith §4.5.2) children of `keep`: its slice
+    lo..hi (inclusive) in place; every other position takes `other`'s element there,
+    or, when that element is already in the slice, follows the slice's mapping (element
+    e at slice position p of `keep` maps to other[p]) until it leaves the slice."""
+    n, size = keep.shape
+    rows = np.arange(n)[:, None]
+    positions = np.arange(size)
+    in_slice = (positions >= lo[:, None]) & (positions <= hi[:, None])
+    where = np.empty_like(keep)  # where[r, e]: the position of element e in keep[r]
+    where[rows, keep] = positions
+    kept = np.zeros((n, size), dtype=np.bool_)  # kept[r, e]: e is in keep's slice
+    kept[rows, keep] = in_slice
+    child = np.where(in_slice, keep, other)
+    # The positions whose element is taken follow the mapping one link per step, only
+    # those still inside it (a chain is at most the slice long).
+    r, p = np.nonzero(kept[rows, other] & ~in_slice)
+    x = other[r, p]
+    while r.size:
+        x = other[r, where[r, x]]
+        done = ~kept[r, x]
+        child[r[done], p[done]] = x[done]
+        r, p, x = r[~done], p[~done], x[~done]
+    return child
+
+
+def _nth_unvisited(visited: BoolArray, u: FloatArray) -> IntArray:
+    """Per row, the unvisited city of rank floor(u · unvisited) in city order."""
+    free = ~visited
+    left = free.sum(axis=1)
+    k = np.minimum((u * left).astype(np.int64), left - 1)
+    nth: IntArray = np.argmax(np.cumsum(free, axis=1) > k[:, None], axis=1)
+    return nth
+
+
+def edge_recombination(u: FloatArray, first: IntArray, second: IntArray) -> IntArray:
+    """ERX (Whitley, Starkweather & Fuquay 1989) children, one per row: a tour built on
+    the union of both parents' (cyclic, undirected) edges, starting at first[r, 0]; the
+    next city is the unvisited neighbour of the current one with the fewest unvisited
+    neighbours of its own, ties broken by `u[r, step, 0]`; with no unvisited neighbour
+    left, an unvisited city drawn by `u[r, step, 1]`.
+
+    `u` has shape (rows, size, 2): lane 0 picks among tied neighbours, lane 1 picks the
+    city after a dead end.
+    """
+    n, size = first.shape
+    rows = np.arange(n)
+    # Neighbours: first's predecessor and successor, then second's (n, size, 4).
+    adjacency = np.empty((n, size, 4), dtype=np.int64)
+    for k, parent in enumerate((first, second)):
+        adjacency[rows[:, None], parent, 2 * k] = np.roll(parent, 1, axis=1)
+        adjacency[rows[:, None], parent, 2 * k + 1] = np.roll(parent, -1, axis=1)
+    # An edge both parents have appears twice: count it once.
+    distinct = np.ones((n, size, 4), dtype=np.bool_)
+    for k in range(1, 4):
+        for j in range(k):
+            distinct[..., k] &= adjacency[..., k] != adjacency[..., j]
+    # Flat indices (row · size + city) into raveled tables: cheaper than 2-D indexing.
+    base = rows * size
+    neighbour_at = (adjacency + base[:, None, None]).reshape(n * size, 4)
+    distinct_at = distinct.reshape(n * size, 4)
+    degree = distinct_at.sum(axis=1)  # unvisited distinct neighbours of each city
+    visited = np.zeros(n * size, dtype=np.bool_)
+    child = np.empty((n, size), dtype=np.int64)
+    at = base + first[:, 0]
+    for step in range(size):
+        child[:, step] = at - base
+        visited[at] = True
+        neighbours = neighbour_at[at]  # (n, 4)
+        live = distinct_at[at]
+        # Live entries are distinct: no (row, city) pair repeats, so plain indexing works.
+        degree[neighbours[live]] -= 1
+        if step == size - 1:
+            break
+        live &= ~visited[neighbours]
+        counts = np.where(live, degree[neighbours], 5)
+        tied = counts == counts.min(axis=1, keepdims=True)
+        n_tied = tied.sum(axis=1)
+        pick = np.minimum((u[:, step, 0] * n_tied).astype(np.int64), n_tied - 1)
+        slot = np.argmax(np.cumsum(tied, axis=1) > pick[:, None], axis=1)
+        at = neighbours[rows, slot]
+        stuck = ~live.any(axis=1)
+        if stuck.any():
+            free = visited.reshape(n, size)[stuck]
+            at[stuck] = base[stuck] + _nth_unvisited(free, u[stuck, step, 1])
+    return child
+
+
+def crossover_permutation(
+    rng: Rng,
+    a: IntArray,
+    b: IntArray,
+    crossover: dna_pb2.PermutationCrossover.ValueType = dna_pb2.PERMUTATION_CROSSOVER_ORDER,
+) -> tuple[IntArray, IntArray]:
+    """Two children per pair of rows, by `crossover`.
+
+    ORDER (OX1) and PARTIALLY_MAPPED (PMX): two positions drawn uniformly bound the slice
+    (inclusive, so 1 to size elements); the first child keeps a's slice, the second b's.
+    EDGE_RECOMBINATION: the first child starts at a's first city, the second at b's.
+    """
+    n, size = a.shape
+    if crossover == dna_pb2.PERMUTATION_CROSSOVER_EDGE_RECOMBINATION:
+        u = rng.random((n, 2, size, 2))
+        first = np.stack([a, b], axis=1).reshape(2 * n, size)
+        second = np.stack([b, a], axis=1).reshape(2 * n, size)
+        children = edge_recombination(u.reshape(2 * n, size, 2), first, second)
+        return children[0::2], children[1::2]
+    cuts = np.minimum((rng.random((n, 2)) * size).astype(np.int64), size - 1)
     lo, hi = cuts.min(axis=1), cuts.max(axis=1)
-    return order_crossover(a, b, lo, hi), order_crossover(b, a, lo, hi)
+    cross = (
+        partially_mapped_crossover
+        if crossover == dna_pb2.PERMUTATION_CROSSOVER_PARTIALLY_MAPPED
+        else order_crossover
+    )
+    return cross(a, b, lo, hi), cross(b, a, lo, hi)
 
 
 # Up to this size, INVERSION moves of all rows are applied together by one gather.

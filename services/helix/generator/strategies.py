@@ -18,7 +18,8 @@ function of (normalised DNA, the ranked parents, count, seed, generation), fixed
   within a chunk the first r new candidates do not depend on how many follow; with fixed
   chunks, the candidates for `count` = n are the first n of those for any larger count.
 - Parent order does not enter: parents are given ranked (`rank`), and the ranking rule
-  of common.proto orders every distinct candidate.
+  of common.proto orders every distinct candidate. Repeats enter as `copies`, a count per
+  distinct parent: tournaments draw among all copies (GeneratorService.Generate).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ from helix.genome.layout import (
     SequenceBlock,
     SequenceSpec,
 )
+
+# The generator's major version: Generate's output is a pure function of its request
+# within one major version (generator.proto). Bump it whenever the output for some request
+# changes: an operator, a `Draw` value, the chunking, a default of the DNA normalisation,
+# the ranking or selection rule. Agents advertise it (label helix.dev/generator-major) so a
+# run mixes only generators of one major. 2 (issue 11): textbook OX1, PMX and ERX, the
+# per-child mutation probability, parents' copies counted in tournaments.
+GENERATOR_MAJOR = 2
 
 CHUNK = 1024
 # Working arrays of one chunk (their peak is about 12x this, measured on wide genomes).
@@ -85,6 +94,7 @@ class Draw(IntEnum):
     SAMPLE_BITS = 19
     SAMPLE_PERMUTATION = 20
     SAMPLE_SEQUENCE = 21
+    MUTATED_CHILDREN = 22
 
 
 # --- ranking and selection ----------------------------------------------------------------
@@ -121,9 +131,19 @@ def rank(
     return np.lexsort((status, id_order.reshape(-1), key, ~scored))
 
 
-def tournament(rng: np.random.Generator, n_parents: int, n_picks: int, size: int) -> IntArray:
-    """`n_picks` parent indices, each the best (lowest rank index) of `size` drawn
-    uniformly with replacement from 0..n_parents-1."""
+def tournament(
+    rng: np.random.Generator,
+    n_parents: int,
+    n_picks: int,
+    size: int,
+    copies: IntArray | None = None,
+) -> IntArray:
+    """`n_picks` parent indices, each the best (lowest rank index) of `size` drawn with
+    replacement from 0..n_parents-1: uniformly, or, given `copies` (a positive count per
+    parent), parent i with probability copies[i] / sum(copies) — uniformly among all
+    copies. One row-ordered draw of (n_picks, size) doubles."""
+    bounds = None if copies is None else np.cumsum(copies, dtype=np.int64)
+    total = n_parents if bounds is None else int(bounds[-1])
     best = np.empty(n_picks, dtype=np.int64)
     # Row blocks of about a million draws: the stream is consumed in the same order as one
     # (n_picks, size) draw, without its memory when size is large.
@@ -131,7 +151,9 @@ def tournament(rng: np.random.Generator, n_parents: int, n_picks: int, size: int
     for start in range(0, n_picks, block):
         stop = min(start + block, n_picks)
         u = rng.random((stop - start, size))
-        drawn = np.minimum((u * n_parents).astype(np.int64), n_parents - 1)
+        drawn = np.minimum((u * total).astype(np.int64), total - 1)
+        if bounds is not None:  # copy index -> parent index
+            drawn = np.searchsorted(bounds, drawn, side="right")
         best[start:stop] = drawn.min(axis=1)
     return best
 
@@ -147,11 +169,13 @@ class AlphaParams:
     tournament_size: int
     crossover_rate: float
     mutation_rate: float
+    child_mutation_rate: float
     real: ops.NumericOperators
     integer: ops.NumericOperators
     choice_mutation_rate: float
     bit_flip_rates: tuple[float, ...]  # per bits gene, in gene order
     permutation_mutation: dna_pb2.PermutationMutation.ValueType
+    permutation_crossover: dna_pb2.PermutationCrossover.ValueType
     substitution_rate: float
     insertion_rate: float
     deletion_rate: float
@@ -173,11 +197,13 @@ class AlphaParams:
             tournament_size=alpha.tournament_size,
             crossover_rate=alpha.crossover_rate,
             mutation_rate=alpha.mutation_rate,
+            child_mutation_rate=alpha.child_mutation_rate,
             real=ops.NumericOperators.from_proto(alpha.real),
             integer=ops.NumericOperators.from_proto(alpha.integer),
             choice_mutation_rate=alpha.choice.gene_mutation_rate,
             bit_flip_rates=tuple(flip),
             permutation_mutation=alpha.permutation.mutation,
+            permutation_crossover=alpha.permutation.crossover,
             substitution_rate=alpha.sequence.substitution_rate,
             insertion_rate=alpha.sequence.insertion_rate,
             deletion_rate=alpha.sequence.deletion_rate,
@@ -269,7 +295,7 @@ class _Kit:
         )
 
 
-def generate(
+def generate(  # noqa: PLR0913 - the parents' scored count and copies are keyword-only
     layout: Layout,
     ranked_parents: Population | None,
     count: int,
@@ -277,13 +303,15 @@ def generate(
     generation: int,
     *,
     scored: int | None = None,
+    copies: IntArray | None = None,
 ) -> Iterator[Chunk]:
     """The `count` candidates of one generation, as lazily computed chunks.
 
-    `layout` is built from the normalised DNA; `ranked_parents` are the parents in rank
-    order (`rank`), or None (or empty) for none; the first `scored` of them have a score
-    (None: all). Alpha with parents puts the best min(elitism, count, scored) parents
-    first and breeds the rest (dna.proto's AlphaStrategy); alpha without parents,
+    `layout` is built from the normalised DNA; `ranked_parents` are the distinct parents
+    in rank order (`rank`), or None (or empty) for none; the first `scored` of them have a
+    score (None: all); `copies[i]` (>= 1) is how many times parent i was given (None: once
+    each), its weight in tournaments. Alpha with parents puts the best min(elitism, count,
+    scored) parents first and breeds the rest (dna.proto's AlphaStrategy); alpha without parents,
     whatever the generation, and random always sample uniformly. `seed` is 0..2^64-1 and
     `generation` 0..2^32-1.
     """
@@ -293,16 +321,22 @@ def generate(
     params = None
     if layout.dna.strategy.WhichOneof("kind") == "alpha" and has_parents:
         params = AlphaParams.from_dna(layout.dna)
-    return _chunks(_Kit.of(layout, params), ranked_parents, count, seed, generation, scored)
+    if copies is not None and ranked_parents is not None:
+        copies = np.asarray(copies, dtype=np.int64)
+        if copies.shape != (len(ranked_parents),) or (copies < 1).any():
+            raise ValueError("copies must hold one count >= 1 per parent")
+    kit = _Kit.of(layout, params)
+    return _chunks(kit, ranked_parents, count, seed, generation, scored, copies)
 
 
-def _chunks(
+def _chunks(  # noqa: PLR0913 - generate's arguments, passed on
     kit: _Kit,
     parents: Population | None,
     count: int,
     seed: int,
     generation: int,
     scored: int | None,
+    copies: IntArray | None,
 ) -> Iterator[Chunk]:
     n_elites = 0
     if kit.params is not None and parents is not None:
@@ -318,7 +352,7 @@ def _chunks(
             children = _sample(kit, streams, n)
             lineage = np.full((n, 2), -1, dtype=np.int64)
         else:
-            children, lineage = _breed(kit, kit.params, parents, streams, n)
+            children, lineage = _breed(kit, kit.params, parents, copies, streams, n)
         yield Chunk(elites, children, lineage)
 
 
@@ -351,13 +385,20 @@ def _sample(kit: _Kit, streams: _Streams, n: int) -> Population:
 
 
 def _breed(
-    kit: _Kit, params: AlphaParams, parents: Population, streams: _Streams, n: int
+    kit: _Kit,
+    params: AlphaParams,
+    parents: Population,
+    copies: IntArray | None,
+    streams: _Streams,
+    n: int,
 ) -> tuple[Population, IntArray]:
     """n children: pairs picked by tournament, recombined with probability
     crossover_rate into two children each (interleaved, the last one dropped when n is
-    odd), then mutated."""
+    odd), then each mutated with probability child_mutation_rate."""
     pairs = (n + 1) // 2
-    picks = tournament(streams(Draw.TOURNAMENT), len(parents), 2 * pairs, params.tournament_size)
+    picks = tournament(
+        streams(Draw.TOURNAMENT), len(parents), 2 * pairs, params.tournament_size, copies
+    )
     picks = picks.reshape(pairs, 2)
     cross = streams(Draw.CROSSOVER_PAIRS).random(pairs) < params.crossover_rate
     cross &= picks[:, 0] != picks[:, 1]
@@ -369,7 +410,13 @@ def _breed(
         _assign(second, crossed, b)
     mates = np.where(cross[:, None], picks[:, ::-1], -1)
     lineage = np.stack([picks, mates], axis=2).reshape(2 * pairs, 2)[:n]
-    return _mutate(kit, params, _interleave(first, second, n), streams), lineage
+    children = _interleave(first, second, n)
+    mutated = np.flatnonzero(streams(Draw.MUTATED_CHILDREN).random(n) < params.child_mutation_rate)
+    if mutated.size == n:
+        return _mutate(kit, params, children, streams), lineage
+    if mutated.size:
+        _assign(children, mutated, _mutate(kit, params, children.take(mutated), streams))
+    return children, lineage
 
 
 def _recombine(
@@ -393,7 +440,9 @@ def _recombine(
     if layout.n_bits:
         b1, b2 = ops.crossover_bits(streams(Draw.BITS_CROSSOVER), a.bits, b.bits)
     perms = [
-        ops.crossover_permutation(streams(Draw.PERMUTATION_CROSSOVER, j), pa, pb)
+        ops.crossover_permutation(
+            streams(Draw.PERMUTATION_CROSSOVER, j), pa, pb, params.permutation_crossover
+        )
         for j, (pa, pb) in enumerate(zip(a.permutations, b.permutations, strict=True))
     ]
     seqs = [

@@ -45,12 +45,14 @@ DEFAULT_ELITISM = 1
 DEFAULT_TOURNAMENT_SIZE = 3
 DEFAULT_CROSSOVER_RATE = 0.9
 DEFAULT_MUTATION_RATE = 0.1
+DEFAULT_CHILD_MUTATION_RATE = 0.5
 DEFAULT_BLEND_ALPHA = 0.5
 DEFAULT_SBX_ETA = 15.0
 DEFAULT_GAUSSIAN_SIGMA = 0.1
 DEFAULT_POLYNOMIAL_ETA = 20.0
 DEFAULT_INSERTION_RATE = 0.05
 DEFAULT_DELETION_RATE = 0.05
+DEFAULT_PERMUTATION_CROSSOVER = dna_pb2.PERMUTATION_CROSSOVER_EDGE_RECOMBINATION
 
 
 # --- normalisation ------------------------------------------------------------------------
@@ -87,13 +89,20 @@ def _normalise_alpha(alpha: dna_pb2.AlphaStrategy) -> None:
         # "0 means 3", capped by the rule 1..population_size for a population of 2 (the
         # written-out DNA must stay valid): such a DNA gets tournaments of 2.
         alpha.tournament_size = min(DEFAULT_TOURNAMENT_SIZE, alpha.population_size)
-    _defaults(alpha, crossover_rate=DEFAULT_CROSSOVER_RATE, mutation_rate=DEFAULT_MUTATION_RATE)
+    _defaults(
+        alpha,
+        crossover_rate=DEFAULT_CROSSOVER_RATE,
+        mutation_rate=DEFAULT_MUTATION_RATE,
+        child_mutation_rate=DEFAULT_CHILD_MUTATION_RATE,
+    )
     _normalise_numeric(alpha.real)
     _normalise_numeric(alpha.integer)
     _defaults(alpha.choice, gene_mutation_rate=alpha.mutation_rate)
     alpha.bits.SetInParent()  # flip_rate stays unset: its default is per gene (1/size)
     if alpha.permutation.mutation == dna_pb2.PERMUTATION_MUTATION_UNSPECIFIED:
         alpha.permutation.mutation = dna_pb2.PERMUTATION_MUTATION_INVERSION
+    if alpha.permutation.crossover == dna_pb2.PERMUTATION_CROSSOVER_UNSPECIFIED:
+        alpha.permutation.crossover = DEFAULT_PERMUTATION_CROSSOVER
     _defaults(
         alpha.sequence,
         substitution_rate=alpha.mutation_rate,

@@ -220,6 +220,7 @@ def _check_alpha(alpha: dna_pb2.AlphaStrategy, path: str) -> Violations:
         found.append(FieldViolation(join(path, "tournament_size"), text, rules.RANGE))
     found += _check_optional_range(alpha, "crossover_rate", path, 0, 1)
     found += _check_optional_range(alpha, "mutation_rate", path, 0, 1)
+    found += _check_optional_range(alpha, "child_mutation_rate", path, 0, 1)
     if alpha.HasField("real"):
         found += _check_numeric_operators(alpha.real, join(path, "real"))
     if alpha.HasField("integer"):
@@ -231,9 +232,14 @@ def _check_alpha(alpha: dna_pb2.AlphaStrategy, path: str) -> Violations:
     if alpha.HasField("bits"):
         found += _check_optional_range(alpha.bits, "flip_rate", join(path, "bits"), 0, 1)
     if alpha.HasField("permutation"):
-        mutation = alpha.permutation.mutation
+        mutation, crossover = alpha.permutation.mutation, alpha.permutation.crossover
         found += check_enum(
             mutation, dna_pb2.PermutationMutation.DESCRIPTOR, join(path, "permutation.mutation")
+        )
+        found += check_enum(
+            crossover,
+            dna_pb2.PermutationCrossover.DESCRIPTOR,
+            join(path, "permutation.crossover"),
         )
     if alpha.HasField("sequence"):
         sequence_path = join(path, "sequence")
