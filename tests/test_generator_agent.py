@@ -10,6 +10,7 @@ import pytest
 
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.registry_pb2 as registry_pb2
+from helix.generator.strategies import GENERATOR_MAJOR
 
 from harness import run_helix as run
 from waiting import eventually
@@ -35,6 +36,8 @@ async def test_generator_agent_registers_and_serves_its_library(shape, clusters)
     assert list(agent.generator.strategies) == ["alpha", "random"]
     assert "dnas/tsp" in agent.generator.dnas
     assert agent.capacity == 8  # 4 per breeding thread, 2 threads
+    # Which determinism contract it breeds by: an orchestrator mixes only one major.
+    assert agent.labels["helix.dev/generator-major"] == str(GENERATOR_MAJOR)
 
     # The endpoint it advertises serves the library, with the cluster's tokens.
     generator = cluster.generator("user", ["dna.read", "generate"], address=agent.endpoint)

@@ -13,6 +13,7 @@ from helix.common.channel import create_channel
 from helix.common.config import DataDirConfig, DataDirLock, setting
 from helix.common.server import HelixServer, ServiceBinding, create_server
 from helix.common.services import ORACLE, ORCHESTRATOR, placeholder
+from helix.generator.agent import generator_labels
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
 from helix.generator.service import generator_binding
@@ -111,7 +112,7 @@ def create_embedded(
     agent = registry_pb2.Agent(
         kind=registry_pb2.AGENT_KIND_GENERATOR,
         capacity=config.advertised_capacity,
-        labels={"embedded": "true"},
+        labels={"embedded": "true", **generator_labels()},
     )
     target: dict[str, str] = {}
     signer = security.signer
