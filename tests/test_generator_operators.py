@@ -716,3 +716,31 @@ def test_tournaments_in_blocks_draw_what_one_draw_would() -> None:
     u = np.random.default_rng(4).random((300, 5000))
     expected = np.minimum((u * 7000).astype(np.int64), 6999).min(axis=1)
     assert np.array_equal(picks, expected)
+
+
+def test_edge_recombination_chunks_stay_small_and_long_genes_use_order() -> None:
+    # ERX walks a permutation one element at a time: its chunks are cut by row-steps, and
+    # genes longer than ERX_MAX_SIZE are crossed by ORDER, so a chunk stays cancellable.
+    def tour(size: int, crossover: str) -> Layout:
+        strategy = {"alpha": {"permutation": {"crossover": crossover}}}
+        return make_layout([{"name": "tour", "permutation": {"size": size}}], strategy)
+
+    erx = "PERMUTATION_CROSSOVER_EDGE_RECOMBINATION"
+    assert strategies.chunk_size(tour(52, erx)) == strategies.CHUNK
+    assert strategies.chunk_size(tour(1000, erx)) == strategies.CHUNK_EDGE_STEPS // 1000
+    order = strategies.chunk_size(tour(1000, "PERMUTATION_CROSSOVER_ORDER"))
+    assert order > 3 * strategies.CHUNK_EDGE_STEPS // 1000  # bounded by mutation only
+    longest = ops.ERX_MAX_SIZE
+    assert strategies.chunk_size(tour(longest + 1, erx)) == strategies.chunk_size(
+        tour(longest + 1, "PERMUTATION_CROSSOVER_ORDER")
+    )
+    rng = np.random.default_rng(3)
+    a = np.argsort(rng.random((4, longest + 1)), axis=1)
+    b = np.argsort(rng.random((4, longest + 1)), axis=1)
+    by_erx = ops.crossover_permutation(
+        np.random.default_rng(7), a, b, dna_pb2.PERMUTATION_CROSSOVER_EDGE_RECOMBINATION
+    )
+    by_order = ops.crossover_permutation(
+        np.random.default_rng(7), a, b, dna_pb2.PERMUTATION_CROSSOVER_ORDER
+    )
+    assert all(np.array_equal(x, y) for x, y in zip(by_erx, by_order, strict=True))

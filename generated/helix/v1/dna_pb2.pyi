@@ -89,8 +89,8 @@ class _NumericMutationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Numer
     """Polynomial mutation (Deb), bounded variant, distribution index polynomial_eta."""
 
 class NumericMutation(_NumericMutation, metaclass=_NumericMutationEnumTypeWrapper):
-    """Mutation operator for real and integer values, applied to each value with probability
-    AlphaStrategy.mutation_rate.
+    """Mutation operator for real and integer values, applied to each value of a mutated child
+    (see AlphaStrategy.child_mutation_rate) with probability AlphaStrategy.mutation_rate.
     """
 
 NUMERIC_MUTATION_UNSPECIFIED: NumericMutation.ValueType  # 0
@@ -177,9 +177,9 @@ class _PermutationCrossoverEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     child at one parent's, the second at the other's); the next element is the unvisited
     neighbour with the fewest unvisited neighbours of its own (ties drawn uniformly), or,
     with none left, an unvisited element drawn uniformly. Keeps adjacency: suited to
-    tours (TSP-like problems). It walks the permutation one element at a time, so it
-    costs about 3x ORDER at 52 elements but about 40x at 10,000: prefer ORDER for long
-    permutations.
+    tours (TSP-like problems). It walks the permutation one element at a time (about 3x
+    ORDER's cost at 52 elements), so it applies to permutation genes of up to 1000
+    elements; longer permutation genes of the DNA are crossed by ORDER.
     """
 
 class PermutationCrossover(_PermutationCrossover, metaclass=_PermutationCrossoverEnumTypeWrapper):
@@ -210,9 +210,9 @@ parents' undirected cyclic edges, starting at one parent's first element (the fi
 child at one parent's, the second at the other's); the next element is the unvisited
 neighbour with the fewest unvisited neighbours of its own (ties drawn uniformly), or,
 with none left, an unvisited element drawn uniformly. Keeps adjacency: suited to
-tours (TSP-like problems). It walks the permutation one element at a time, so it
-costs about 3x ORDER at 52 elements but about 40x at 10,000: prefer ORDER for long
-permutations.
+tours (TSP-like problems). It walks the permutation one element at a time (about 3x
+ORDER's cost at 52 elements), so it applies to permutation genes of up to 1000
+elements; longer permutation genes of the DNA are crossed by ORDER.
 """
 Global___PermutationCrossover: _TypeAlias = PermutationCrossover  # noqa: Y015
 
@@ -903,7 +903,8 @@ Global___BitsOperators: _TypeAlias = BitsOperators  # noqa: Y015
 @_typing.final
 class PermutationOperators(_message.Message):
     """Operators for permutation genes. Crossover is `crossover`. Mutation visits each
-    position and applies `mutation` there with probability AlphaStrategy.mutation_rate.
+    position of a mutated child (see AlphaStrategy.child_mutation_rate) and applies
+    `mutation` there with probability AlphaStrategy.mutation_rate.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

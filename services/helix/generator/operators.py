@@ -408,6 +408,12 @@ def edge_recombination(u: FloatArray, first: IntArray, second: IntArray) -> IntA
     return child
 
 
+# Longest permutation ERX crosses: it takes one NumPy step per element whatever the rows
+# (about 40x ORDER at 10,000 elements), so longer genes are crossed by ORDER and a chunk
+# stays cancellable within a fraction of a second (dna.proto says so).
+ERX_MAX_SIZE = 1000
+
+
 def crossover_permutation(
     rng: Rng,
     a: IntArray,
@@ -418,10 +424,11 @@ def crossover_permutation(
 
     ORDER (OX1) and PARTIALLY_MAPPED (PMX): two positions drawn uniformly bound the slice
     (inclusive, so 1 to size elements); the first child keeps a's slice, the second b's.
-    EDGE_RECOMBINATION: the first child starts at a's first city, the second at b's.
+    EDGE_RECOMBINATION: the first child starts at a's first city, the second at b's;
+    permutations longer than ERX_MAX_SIZE are crossed by ORDER instead.
     """
     n, size = a.shape
-    if crossover == dna_pb2.PERMUTATION_CROSSOVER_EDGE_RECOMBINATION:
+    if crossover == dna_pb2.PERMUTATION_CROSSOVER_EDGE_RECOMBINATION and size <= ERX_MAX_SIZE:
         u = rng.random((n, 2, size, 2))
         first = np.stack([a, b], axis=1).reshape(2 * n, size)
         second = np.stack([b, a], axis=1).reshape(2 * n, size)
