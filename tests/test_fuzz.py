@@ -77,6 +77,10 @@ class Suite:
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self.server.shutdown, 0)
         self._thread.join(timeout=20)
+        if not self._thread.is_alive():
+            # Closed here, not left to the garbage collector: an unclosed loop's warning
+            # would surface in whichever later test happens to collect it.
+            self._loop.close()
 
 
 @pytest.fixture(scope="module")
