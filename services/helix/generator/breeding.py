@@ -138,21 +138,14 @@ def chunk_records(
     """The candidates of one chunk, serialised, in output order: elites (copied unchanged),
     then children with their id, generation and parent ids."""
     out = [parents.record(i) for i in chunk.elites.tolist()] if parents is not None else []
-    n = len(chunk.children)
-    if not n:
+    if not len(chunk.children):
         return out
-    encodings = codec.encode_genomes(layout, chunk.children)
-    lineage: list[tuple[str, ...]]
-    if parents is not None:
-        ids = parents.ids
-        lineage = [
-            () if a < 0 else (ids[a],) if b < 0 else (ids[a], ids[b])
-            for a, b in chunk.parents.tolist()
-        ]
-    else:
-        lineage = [()] * n
-    return out + codec.encode_candidates(
-        encodings, codec.candidate_ids(encodings), generation=generation, parent_ids=lineage
+    return out + codec.encode_children(
+        layout,
+        chunk.children,
+        generation=generation,
+        lineage=chunk.parents if parents is not None else None,
+        pool=parents.ids if parents is not None else (),
     )
 
 
