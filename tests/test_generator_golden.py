@@ -94,7 +94,7 @@ def test_bred_generation_is_pinned_for_each_permutation_mutation():
 
 
 GOLDEN = {
-    "sampled": "023451b1cf39df10",
-    "SWAP": "771f7aec18998e0a",
-    "INVERSION": "d8fa3fb24dbf2475",
+    "sampled": "f9b556786bc847e4",
+    "SWAP": "dba17b21268698b4",
+    "INVERSION": "95e93e222ef8aa9e",
 }
