@@ -295,6 +295,30 @@ def test_unknown_fields_are_not_part_of_the_id() -> None:
 
 
 @PROPERTY
+@given(layouts_and_populations(min_rows=1, max_rows=5), st.data())
+def test_take_copies_the_given_rows_in_order(
+    case: tuple[Layout, Population], data: st.DataObject
+) -> None:
+    """Rows may repeat or count from the end (-1 is the last), as in NumPy indexing."""
+    layout, pop = case
+    n = len(pop)
+    rows = data.draw(st.lists(st.integers(-n, n - 1), max_size=7))
+    taken = pop.take(rows)
+    encodings = codec.encode_genomes(layout, pop)
+    assert codec.encode_genomes(layout, taken) == [encodings[row] for row in rows]
+    assert len(taken) == len(rows)
+    assert taken.permutations == () or taken.permutations[0].shape[0] == len(rows)
+    for block in taken.sequences:
+        assert block.lengths.shape == (len(rows),)
+    if rows:  # a copy: writing to it leaves the population alone
+        taken.reals[...] = 7.0
+        taken.bits[...] = True
+        assert codec.encode_genomes(layout, pop) == encodings
+    with pytest.raises(IndexError):
+        pop.take([n])
+
+
+@PROPERTY
 @given(layouts_and_populations(min_rows=1, max_rows=3))
 def test_candidates_carry_id_genome_and_lineage(case: tuple[Layout, Population]) -> None:
     layout, pop = case
