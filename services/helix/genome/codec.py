@@ -286,20 +286,34 @@ def encode_children(
             (_text_fields(PARENT_IDS, parent_ids), np.arange(tail) < counts[:, None] * text),
         ]
         return _split(_join(head))
-    # One width for every genome: each record is a prefix of its row of one matrix.
+    # One width for every genome: each record is a prefix of its row of one matrix, a
+    # template of the constant bytes (tags, sizes, generation) with the rest filled in.
+    id_field = bytes([CANDIDATE_ID << 3 | 2, ID_LENGTH])
+    parent_field = bytes([PARENT_IDS << 3 | 2, ID_LENGTH])
     genome_head = bytes([GENOME << 3 | 2]) + varint(data.shape[1])
-    fixed = (text, len(genome_head), data.shape[1], len(generation_field))
-    width = sum(fixed) + tail
+    template = b"".join(
+        [
+            id_field,
+            bytes(ID_LENGTH),
+            genome_head,
+            bytes(data.shape[1]),
+            generation_field,
+            (parent_field + bytes(ID_LENGTH)) * parent_ids.shape[1],
+        ]
+    )
+    width = len(template)
     records = np.empty((n, width), dtype=np.uint8)
-    parts = np.cumsum((0, *fixed)).tolist()
-    records[:, : parts[1]] = _text_fields(CANDIDATE_ID, ids)
-    records[:, parts[1] : parts[2]] = np.frombuffer(genome_head, dtype=np.uint8)
-    records[:, parts[2] : parts[3]] = data
-    records[:, parts[3] : parts[4]] = np.frombuffer(generation_field, dtype=np.uint8)
-    records[:, parts[4] :] = _text_fields(PARENT_IDS, parent_ids)
+    records[:] = np.frombuffer(template, dtype=np.uint8)
+    records[:, 2:text] = ids
+    at = text + len(genome_head)
+    records[:, at : at + data.shape[1]] = data
+    at += data.shape[1] + len(generation_field)
+    for column in range(parent_ids.shape[1]):
+        records[:, at + 2 : at + text] = parent_ids[:, column]
+        at += text
     whole = records.tobytes()
     starts = range(0, n * width, width)
-    ends = (np.arange(1, n + 1) * width - (tail - counts * text)).tolist()
+    ends = (np.arange(width, (n + 1) * width, width) - (tail - counts * text)).tolist()
     return [whole[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
