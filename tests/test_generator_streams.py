@@ -4,17 +4,43 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
+from numpy.random.bit_generator import ISeedSequence
 
-from helix.generator.strategies import Draw, _Streams
+from helix.generator.strategies import DRAWS_PER_GENE, Draw, _Streams
 
 MAX_SEED, MAX_GENERATION, MAX_CHUNK = 2**64 - 1, 2**32 - 1, 2**32 - 1
 
 
 def words(streams: _Streams, draw: Draw, gene: int = 0) -> tuple[int, ...]:
     return tuple(streams(draw, gene).integers(0, 2**63, 4).tolist())
+
+
+class GivenWords(ISeedSequence):
+    def __init__(self, words: np.ndarray[tuple[int], np.dtype[np.uint64]]) -> None:
+        self.words = words
+
+    def generate_state(self, n_words: int, dtype: npt.DTypeLike = np.uint32) -> Any:
+        assert n_words == self.words.size
+        return self.words
+
+
+def test_a_stream_is_the_pcg64_seeded_by_its_philox_block() -> None:
+    """The documented derivation (generator v2), rebuilt from NumPy's public Philox: key
+    (seed, generation << 32 | chunk), block draw + DRAWS_PER_GENE * gene."""
+    seed, generation, chunk = 2**63 + 5, 3, 7
+    philox = np.random.Philox(key=np.array([seed, generation << 32 | chunk], dtype=np.uint64))
+    blocks = philox.random_raw(4 * (DRAWS_PER_GENE * 2 + len(Draw)))
+    streams = _Streams(seed, generation, chunk)
+    for draw, gene in [(Draw.TOURNAMENT, 0), (Draw.SEQUENCE_DELETION, 0), (Draw.REAL_CROSSOVER, 2)]:
+        block = int(draw) + DRAWS_PER_GENE * gene
+        seeded = np.random.PCG64(GivenWords(blocks[4 * block : 4 * block + 4]))  # type: ignore[arg-type]
+        expected = np.random.Generator(seeded).random(5)
+        assert streams(draw, gene).random(5).tolist() == expected.tolist()
 
 
 def test_a_stream_is_a_function_of_its_key() -> None:

@@ -234,6 +234,12 @@ class Chunk:
         return int(self.elites.size) + len(self.children)
 
 
+# Blocks of the chunk's Philox per gene index: room for every Draw value (checked below).
+DRAWS_PER_GENE = 64
+if len(Draw) > DRAWS_PER_GENE:
+    raise RuntimeError("more Draw values than DRAWS_PER_GENE: streams would overlap")
+
+
 class _Words(ISeedSequence):
     """Given uint64 words as a seed sequence: a bit generator asking for as many takes
     them as they are (Philox: 2 for its key; PCG64: 4, its state and increment)."""
@@ -256,8 +262,9 @@ class _Streams:
     draw (and permutation or sequence gene), the same object never handed out twice.
 
     Each stream is a PCG64 seeded with 256 bits (its 128-bit state and increment), block
-    ``draw + len(Draw) * gene`` of the Philox4x64 counter-based generator keyed by
-    ``(seed, generation << 32 | chunk)``. Philox is a keyed pseudo-random function of its
+    ``draw + DRAWS_PER_GENE * gene`` of the Philox4x64 counter-based generator keyed by
+    ``(seed, generation << 32 | chunk)`` (a fixed stride, so a new `Draw` value leaves the
+    other streams as they were). Philox is a keyed pseudo-random function of its
     counter (Salmon et al., SC 2011): distinct keys and blocks give independent words, so
     streams stay independent per (seed, generation, chunk, draw, gene), as with one
     SeedSequence per draw (generator v1) at a twentieth of the cost: one Philox per chunk
@@ -274,7 +281,7 @@ class _Streams:
         self._words = np.empty(0, dtype=np.uint64)
 
     def __call__(self, draw: Draw, gene: int = 0) -> np.random.Generator:
-        block = int(draw) + len(Draw) * gene
+        block = int(draw) + DRAWS_PER_GENE * gene
         if 4 * block + 4 > self._words.size:  # the chunk's first stream, or a far gene
             blocks = max(block + 1, 2 * self._words.size // 4, len(Draw))
             # NumPy's BitGenerators take any ISeedSequence (documented; its stubs say
