@@ -13,11 +13,12 @@ DEAP's generation is `algorithms.varAnd` on the tournament's picks, then each ch
 turned into a Genome, serialised deterministically, hashed, and serialised as a Candidate,
 as the generator does in bulk. Both start from their parents already in memory (alpha's
 decoded and ranked, DEAP's as individuals with fitness).
-Reports the median children/s of several rounds and alpha/DEAP. Then children/s received
-by a gRPC client streaming Generate from a real `helix up` (uvloop, the embedded suite),
-for the same two DNAs, with and without parents.
+Reports, for each batch size (100 children, about a default-sized generation, and 1,000),
+the median children/s of several rounds (alpha and DEAP taking turns) and alpha/DEAP.
+Then children/s received by a gRPC client streaming Generate from a real `helix up`
+(uvloop, the embedded suite), for the same two DNAs, with and without parents.
 
-    python benchmarks/bench_generator.py [--rounds 5] [--batch 1000]
+    python benchmarks/bench_generator.py [--rounds 5] [--batch 100,1000]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -205,13 +206,21 @@ def deap_round(toolbox: base.Toolbox, population: list[Any], count: int, kind: s
     return out
 
 
-def rate(work: Callable[[], list[Any]], rounds: int) -> tuple[float, int]:
-    rates, produced = [], 0
+def interleaved_rates(
+    works: Mapping[str, Callable[[], list[Any]]], rounds: int, expected: int
+) -> dict[str, float]:
+    """Median children/s of each work over `rounds` rounds, the works taking turns within
+    each round so that a load change on the machine hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for name, work in works.items():  # warm-up: first-call costs are not the steady state
+        assert len(work()) == expected, name
     for _ in range(rounds):
-        started = time.perf_counter()
-        produced = len(work())
-        rates.append(produced / (time.perf_counter() - started))
-    return statistics.median(rates), produced
+        for name, work in works.items():
+            started = time.perf_counter()
+            produced = len(work())
+            times[name].append(time.perf_counter() - started)
+            assert produced == expected, name
+    return {name: expected / statistics.median(spent) for name, spent in times.items()}
 
 
 # --- through gRPC ---------------------------------------------------------------------------
@@ -281,57 +290,83 @@ async def grpc_rates(
     return out
 
 
+def batch_sizes(text: str) -> list[int]:
+    """`--batch`: comma-separated children per call, e.g. "100,1000"."""
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("batch sizes must be positive integers")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=batch_sizes, default=[100, 1000])
     parser.add_argument("--stream-count", type=int, default=50_000)
     args = parser.parse_args()
     random.seed(1)
     np.random.seed(1)
     report: dict[str, Any] = {}
     dnas = {}
-    print(f"generator: children/s, median of {args.rounds} rounds, batch {args.batch}")
     for kind, dna in (("real", real_dna()), ("permutation", permutation_dna())):
         layout = Layout(normalise(dna))
-        parents = parents_for(layout, seed=11)
-        dnas[kind] = (dna, parents)
-        request = generator_pb2.GenerateRequest(
-            dna=dna,
-            parents=parents,
-            objective=common_pb2.OBJECTIVE_MINIMIZE,
-            count=args.batch,
-            seed=5,
-            generation=1,
-        )
-        ranked = rank_parents(layout, request)  # as DEAP's population, prepared once
-        assert ranked is not None
-        ours, made = rate(partial(alpha_round, layout, ranked, args.batch, 5), args.rounds)
-        assert made == args.batch
-        toolbox = deap_toolbox(kind)
-        population = deap_population(parents)
-        deap_work = partial(deap_round, toolbox, population, args.batch, kind)
-        theirs, made = rate(deap_work, args.rounds)
-        assert made == args.batch
-        whole, made = rate(partial(alpha_call, layout, request), args.rounds)
-        assert made == args.batch
-        report[kind] = {
-            "alpha_per_s": ours,
-            "deap_per_s": theirs,
-            "ratio": ours / theirs,
-            "alpha_whole_call_per_s": whole,
-            "whole_call_ratio": whole / theirs,
-        }
-        print(
-            f"  {kind:11s}: alpha {ours:9,.0f}/s  DEAP {theirs:9,.0f}/s  = {ours / theirs:5.1f}x"
-            f"   (whole call, parents validated and ranked: {whole:9,.0f}/s"
-            f" = {whole / theirs:4.1f}x)"
-        )
+        dnas[kind] = (dna, parents_for(layout, seed=11))
+    for batch in args.batch:
+        # Small batches are fast: more rounds, so the median stays steady.
+        rounds = max(args.rounds, args.rounds * 1000 // batch)
+        print(f"generator: children/s, median of {rounds} rounds, batch {batch}")
+        for kind, (dna, parents) in dnas.items():
+            report[f"{kind}_{batch}"] = compare(kind, dna, parents, batch, rounds)
     streamed = asyncio.run(grpc_rates(dnas, max(1, args.rounds // 2), args.stream_count))
     report["generate_stream_per_s"] = streamed
     for key, value in streamed.items():
         print(f"  Generate stream ({key}, {args.stream_count} children): {value:9,.0f}/s received")
     print(json.dumps({"bench": "generator", "results": report}))
+
+
+def compare(
+    kind: str,
+    dna: dna_pb2.Dna,
+    parents: list[candidate_pb2.ScoredCandidate],
+    batch: int,
+    rounds: int,
+) -> dict[str, float]:
+    """Alpha against DEAP for `batch` children from `parents`: one report row, printed."""
+    layout = Layout(normalise(dna))
+    request = generator_pb2.GenerateRequest(
+        dna=dna,
+        parents=parents,
+        objective=common_pb2.OBJECTIVE_MINIMIZE,
+        count=batch,
+        seed=5,
+        generation=1,
+    )
+    ranked = rank_parents(layout, request)  # as DEAP's population, prepared once
+    assert ranked is not None
+    toolbox = deap_toolbox(kind)
+    population = deap_population(parents)
+    works = {
+        "alpha": partial(alpha_round, layout, ranked, batch, 5),
+        "deap": partial(deap_round, toolbox, population, batch, kind),
+        "whole": partial(alpha_call, layout, request),
+    }
+    rates = interleaved_rates(works, rounds, batch)
+    ours, theirs, whole = rates["alpha"], rates["deap"], rates["whole"]
+    print(
+        f"  {kind:11s}: alpha {ours:9,.0f}/s  DEAP {theirs:9,.0f}/s  = {ours / theirs:5.1f}x"
+        f"   (whole call, parents validated and ranked: {whole:9,.0f}/s"
+        f" = {whole / theirs:4.1f}x)"
+    )
+    return {
+        "children": batch,
+        "alpha_per_s": ours,
+        "deap_per_s": theirs,
+        "ratio": ours / theirs,
+        "alpha_us_per_call": batch / ours * 1e6,
+        "deap_us_per_call": batch / theirs * 1e6,
+        "alpha_whole_call_per_s": whole,
+        "whole_call_ratio": whole / theirs,
+    }
 
 
 if __name__ == "__main__":

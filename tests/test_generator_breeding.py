@@ -13,6 +13,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
@@ -119,6 +121,38 @@ def test_batches_cut_by_count_and_size_and_send_an_oversized_record_alone() -> N
     assert [len(b) for b in cut] == [3, 2, 1, 2]
     assert cut[2] == [b"b" * 500]
     assert list(breeding.batches([], 10, 10_000)) == []
+
+
+def one_by_one(records: list[bytes], batch_size: int, max_bytes: int) -> list[list[bytes]]:
+    """The batching rule, record by record: a batch ends at batch_size records or when
+    the next record would take it past max_bytes (6 bytes of framing per record)."""
+    out: list[list[bytes]] = []
+    batch: list[bytes] = []
+    size = breeding.RESPONSE_OVERHEAD
+    for record in records:
+        if batch and (len(batch) >= batch_size or size + len(record) + 6 > max_bytes):
+            out.append(batch)
+            batch, size = [], breeding.RESPONSE_OVERHEAD
+        batch.append(record)
+        size += len(record) + 6
+    return [*out, batch] if batch else out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 300), max_size=40),
+    st.integers(1, 12),
+    st.integers(breeding.RESPONSE_OVERHEAD, 3000),
+)
+def test_batches_follow_the_rule_whether_or_not_everything_fits(
+    sizes: list[int], batch_size: int, max_bytes: int
+) -> None:
+    records = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
+    expected = one_by_one(records, batch_size, max_bytes)
+    assert list(breeding.batches(records, batch_size, max_bytes)) == expected
+    assert list(breeding.batches(records, batch_size, 10**9)) == one_by_one(
+        records, batch_size, 10**9
+    )
 
 
 def test_a_strategy_this_generator_does_not_implement_is_a_failed_precondition() -> None:

@@ -295,6 +295,30 @@ def test_unknown_fields_are_not_part_of_the_id() -> None:
 
 
 @PROPERTY
+@given(layouts_and_populations(min_rows=1, max_rows=5), st.data())
+def test_take_copies_the_given_rows_in_order(
+    case: tuple[Layout, Population], data: st.DataObject
+) -> None:
+    """Rows may repeat or count from the end (-1 is the last), as in NumPy indexing."""
+    layout, pop = case
+    n = len(pop)
+    rows = data.draw(st.lists(st.integers(-n, n - 1), max_size=7))
+    taken = pop.take(rows)
+    encodings = codec.encode_genomes(layout, pop)
+    assert codec.encode_genomes(layout, taken) == [encodings[row] for row in rows]
+    assert len(taken) == len(rows)
+    assert taken.permutations == () or taken.permutations[0].shape[0] == len(rows)
+    for block in taken.sequences:
+        assert block.lengths.shape == (len(rows),)
+    if rows:  # a copy: writing to it leaves the population alone
+        taken.reals[...] = 7.0
+        taken.bits[...] = True
+        assert codec.encode_genomes(layout, pop) == encodings
+    with pytest.raises(IndexError):
+        pop.take([n])
+
+
+@PROPERTY
 @given(layouts_and_populations(min_rows=1, max_rows=3))
 def test_candidates_carry_id_genome_and_lineage(case: tuple[Layout, Population]) -> None:
     layout, pop = case
@@ -310,6 +334,103 @@ def test_candidates_carry_id_genome_and_lineage(case: tuple[Layout, Population])
         assert candidate.generation == 7
         assert list(candidate.parent_ids) == parents[row]
         assert candidate.SerializeToString(deterministic=True) == wire[row]
+
+
+# Parent pools: candidate ids (the matrix path), or ids of other lengths or non-ASCII
+# characters (the row by row path).
+CANDIDATE_IDS = st.lists(
+    st.from_regex(r"[0-9a-f]{32}", fullmatch=True), min_size=1, max_size=6, unique=True
+)
+OTHER_IDS = st.lists(st.text(max_size=40), min_size=1, max_size=6, unique=True)
+
+
+@st.composite
+def children_cases(
+    draw: st.DrawFn,
+) -> tuple[Layout, Population, int, np.ndarray[Any, np.dtype[np.int64]] | None, list[str]]:
+    """A population with a generation, a pool of parent ids and a lineage into it: -1 for
+    no parent, anywhere in a row (also before a present one), 0 to 3 columns, or None."""
+    layout, pop = draw(layouts_and_populations(min_rows=1, max_rows=6))
+    pool = draw(CANDIDATE_IDS if draw(st.integers(0, 3)) else OTHER_IDS)
+    generation = draw(st.sampled_from([0, 1, 127, 128, 2**32 - 1]))
+    if draw(st.integers(0, 5)) == 0:
+        return layout, pop, generation, None, pool
+    columns = draw(st.integers(0, 3))
+    index = st.integers(-1, len(pool) - 1)
+    cells = draw(st.lists(index, min_size=len(pop) * columns, max_size=len(pop) * columns))
+    lineage = np.asarray(cells, dtype=np.int64).reshape(len(pop), columns)
+    return layout, pop, generation, lineage, pool
+
+
+@PROPERTY
+@given(children_cases())
+def test_children_are_protobufs_serialisation_of_their_candidates(
+    case: tuple[Layout, Population, int, np.ndarray[Any, np.dtype[np.int64]] | None, list[str]],
+) -> None:
+    layout, pop, generation, lineage, pool = case
+    records = codec.encode_children(layout, pop, generation=generation, lineage=lineage, pool=pool)
+    encodings = codec.encode_genomes(layout, pop)
+    ids = codec.candidate_ids(encodings)
+    rows = [[]] * len(pop) if lineage is None else lineage.tolist()
+    parent_ids = [[pool[j] for j in row if j >= 0] for row in rows]
+    assert records == codec.encode_candidates(
+        encodings, ids, generation=generation, parent_ids=parent_ids
+    )
+    for row, record in enumerate(records):
+        candidate = candidate_pb2.Candidate(
+            id=ids[row],
+            genome=without_negative_zero(genome_message(pop, row)),
+            generation=generation,
+            parent_ids=parent_ids[row],
+        )
+        assert record == candidate.SerializeToString(deterministic=True)
+
+
+def test_children_of_no_rows_and_of_the_worked_example() -> None:
+    empty = EXAMPLE.empty(0)
+    assert codec.encode_children(EXAMPLE, empty, generation=3, lineage=None, pool=[]) == []
+    pop = Population.concat([example_population(), example_population()])
+    parent = "0123456789abcdef" * 2
+    lineage = np.array([[-1, 0], [-1, -1]], dtype=np.int64)  # a gap: the parent moves first
+    first, second = codec.encode_children(
+        EXAMPLE, pop, generation=2, lineage=lineage, pool=[parent, "f" * 32]
+    )
+    assert first == candidate_pb2.Candidate(
+        id=EXAMPLE_ID, genome=EXAMPLE_GENOME, generation=2, parent_ids=[parent]
+    ).SerializeToString(deterministic=True)
+    assert second == candidate_pb2.Candidate(
+        id=EXAMPLE_ID, genome=EXAMPLE_GENOME, generation=2
+    ).SerializeToString(deterministic=True)
+
+
+def test_children_of_one_genome_width_are_rows_of_one_matrix() -> None:
+    """Reals only: every genome is as long, the records are prefixes of matrix rows."""
+    dna = json_format.ParseDict({"genes": [{"name": "x", "real": {"size": 3}}]}, dna_pb2.Dna())
+    layout = Layout(normalise(dna))
+    pop = layout.empty(3)
+    pop.reals[:] = [[0.5, -0.0, 1.0], [0.25, 0.0, -1.0], [0.5, 0.0, 1.0]]
+    pool = ["a" * 32, "b" * 32]
+    lineage = np.array([[1, 0], [0, -1], [-1, -1]], dtype=np.int64)
+    records = codec.encode_children(layout, pop, generation=0, lineage=lineage, pool=pool)
+    expected = [
+        candidate_pb2.Candidate(
+            id=codec.genome_id(candidate_pb2.Genome(reals=reals)),
+            genome=candidate_pb2.Genome(reals=reals),
+            parent_ids=parents,
+        ).SerializeToString(deterministic=True)
+        for reals, parents in [
+            ([0.5, 0.0, 1.0], pool[::-1]),
+            ([0.25, 0.0, -1.0], pool[:1]),
+            ([0.5, 0.0, 1.0], []),
+        ]
+    ]
+    assert records == expected
+    # Ids of other lengths take the row by row path, even when they add up to whole ids.
+    odd = ["c" * 31, "d" * 33]
+    both = np.array([[0, 1], [1, 0], [0, 1]], dtype=np.int64)
+    records = codec.encode_children(layout, pop, generation=0, lineage=both, pool=odd)
+    parents = [candidate_pb2.Candidate.FromString(r).parent_ids for r in records]
+    assert parents == [odd, odd[::-1], odd]
 
 
 # --- GenerateResponse framing -----------------------------------------------------------------

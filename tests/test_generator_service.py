@@ -287,7 +287,8 @@ async def test_generate_breeds_from_parents_independently_of_their_order(suite):
     parents = scored(population)
     request = {"dna_name": "dnas/rastrigin", "count": 100, "seed": 9, "generation": 1}
     children = flatten(await generate(stub, parents=parents, objective=MINIMIZE, **request))
-    shuffled = list(parents)
+    # Copies: the elites compared below are the parents as first sent, with their ids.
+    shuffled = [candidate_pb2.ScoredCandidate.FromString(p.SerializeToString()) for p in parents]
     random.Random(5).shuffle(shuffled)
     for p in shuffled[::2]:
         p.candidate.id = ""  # ids are recomputed when empty

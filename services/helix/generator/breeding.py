@@ -146,27 +146,26 @@ def chunk_records(
     """The candidates of one chunk, serialised, in output order: elites (copied unchanged),
     then children with their id, generation and parent ids."""
     out = [parents.record(i) for i in chunk.elites.tolist()] if parents is not None else []
-    n = len(chunk.children)
-    if not n:
+    if not len(chunk.children):
         return out
-    encodings = codec.encode_genomes(layout, chunk.children)
-    lineage: list[tuple[str, ...]]
-    if parents is not None:
-        ids = parents.ids
-        lineage = [
-            () if a < 0 else (ids[a],) if b < 0 else (ids[a], ids[b])
-            for a, b in chunk.parents.tolist()
-        ]
-    else:
-        lineage = [()] * n
-    return out + codec.encode_candidates(
-        encodings, codec.candidate_ids(encodings), generation=generation, parent_ids=lineage
+    return out + codec.encode_children(
+        layout,
+        chunk.children,
+        generation=generation,
+        lineage=chunk.parents if parents is not None else None,
+        pool=parents.ids if parents is not None else (),
     )
 
 
 def batches(records: Sequence[bytes], batch_size: int, max_bytes: int) -> Iterator[list[bytes]]:
     """Cut serialised candidates into batches of at most `batch_size` and `max_bytes`
     (a single candidate over `max_bytes` still goes out, alone)."""
+    # The usual case: everything fits in max_bytes, so only the count cuts (the same
+    # batches as the loop below, without a Python step per record).
+    if RESPONSE_OVERHEAD + sum(map(len, records)) + 6 * len(records) <= max_bytes:
+        for start in range(0, len(records), batch_size):
+            yield list(records[start : start + batch_size])
+        return
     batch: list[bytes] = []
     size = RESPONSE_OVERHEAD
     for record in records:

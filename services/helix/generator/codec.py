@@ -9,6 +9,7 @@ tests/test_generator_codec.py proves the result equal to protobuf's own serialis
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 from google.protobuf import descriptor
 
@@ -33,8 +34,11 @@ def encode_generate_response(candidates: Sequence[bytes], generation: int, remai
     """
     if not (0 <= generation <= _MAX_UINT32 and 0 <= remaining <= _MAX_UINT32):
         raise ValueError("generation and remaining must be uint32 values")
-    tag = _CANDIDATES_TAG
-    parts = [tag + varint(len(candidate)) + candidate for candidate in candidates]
+    # Candidates of a generation mostly share a few lengths: one prefix per length, and
+    # the parts interleaved without a Python-level loop.
+    sizes = list(map(len, candidates))
+    heads = {size: _CANDIDATES_TAG + varint(size) for size in set(sizes)}
+    parts = list(chain.from_iterable(zip(map(heads.__getitem__, sizes), candidates, strict=True)))
     if generation:
         parts.append(_GENERATION_TAG + varint(generation))
     if remaining:

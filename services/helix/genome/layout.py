@@ -313,7 +313,7 @@ class SequenceBlock:
 
     def take(self, rows: npt.NDArray[np.intp]) -> SequenceBlock:
         """The given rows, in the given order (a copy)."""
-        return SequenceBlock(self.symbols[rows], self.lengths[rows])
+        return SequenceBlock(self.symbols.take(rows, axis=0), self.lengths.take(rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,14 +331,18 @@ class Population:
         return int(self.reals.shape[0])
 
     def take(self, rows: npt.ArrayLike) -> Population:
-        """The given rows, in the given order (a copy); rows may repeat."""
+        """The given rows, in the given order (a copy); rows may repeat.
+
+        `ndarray.take` along axis 0 rather than fancy indexing: the same rows at a third
+        of the fixed cost, which counts when breeding a hundred children.
+        """
         index = np.asarray(rows, dtype=np.intp)
         return Population(
-            reals=self.reals[index],
-            integers=self.integers[index],
-            choices=self.choices[index],
-            bits=self.bits[index],
-            permutations=tuple(p[index] for p in self.permutations),
+            reals=self.reals.take(index, axis=0),
+            integers=self.integers.take(index, axis=0),
+            choices=self.choices.take(index, axis=0),
+            bits=self.bits.take(index, axis=0),
+            permutations=tuple(p.take(index, axis=0) for p in self.permutations),
             sequences=tuple(s.take(index) for s in self.sequences),
         )
 
