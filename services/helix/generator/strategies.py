@@ -561,11 +561,17 @@ def _mutate_sequence(
 
 
 def _assign(target: Population, rows: IntArray, source: Population) -> None:
-    """Overwrite rows of a freshly taken (owned) population."""
-    target.reals[rows] = source.reals
-    target.integers[rows] = source.integers
-    target.choices[rows] = source.choices
-    target.bits[rows] = source.bits
+    """Overwrite rows of a freshly taken (owned) population (kinds without columns
+    skipped: each assignment has a fixed cost)."""
+    kinds = (
+        (target.reals, source.reals),
+        (target.integers, source.integers),
+        (target.choices, source.choices),
+        (target.bits, source.bits),
+    )
+    for into, values in kinds:
+        if into.shape[1]:
+            into[rows] = values
     for t, s in zip(target.permutations, source.permutations, strict=True):
         t[rows] = s
     for tb, sb in zip(target.sequences, source.sequences, strict=True):
@@ -577,7 +583,11 @@ def _interleave(first: Population, second: Population, n: int) -> Population:
     """Rows first[0], second[0], first[1], second[1], ..., the first n of them."""
 
     def weave(x: npt.NDArray[_T], y: npt.NDArray[_T]) -> npt.NDArray[_T]:
-        return np.stack([x, y], axis=1).reshape(2 * len(x), *x.shape[1:])[:n]
+        out = np.empty((2 * len(x), *x.shape[1:]), dtype=x.dtype)
+        if out.size:  # kinds without columns: nothing to copy
+            out[0::2] = x
+            out[1::2] = y
+        return out[:n]
 
     return Population(
         reals=weave(first.reals, second.reals),
