@@ -60,7 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import Cluster  # tests/harness.py: the one way to start Helix processes
 
 PARENTS = 1000
-CXPB, INDPB, TOURNAMENT = 0.9, 0.1, 3
+# varAnd's probabilities: pairs crossed, children mutated at all, then per element.
+CXPB, MUTPB, INDPB, TOURNAMENT = 0.9, 1.0, 0.1, 3
 
 
 def real_dna() -> dna_pb2.Dna:
@@ -69,6 +70,7 @@ def real_dna() -> dna_pb2.Dna:
         elitism=0,
         tournament_size=TOURNAMENT,
         crossover_rate=CXPB,
+        child_mutation_rate=MUTPB,
         mutation_rate=INDPB,
         real=dna_pb2.RealOperators(
             crossover=dna_pb2.NUMERIC_CROSSOVER_BLEND,
@@ -91,8 +93,13 @@ def permutation_dna() -> dna_pb2.Dna:
         elitism=0,
         tournament_size=TOURNAMENT,
         crossover_rate=CXPB,
+        child_mutation_rate=MUTPB,
         mutation_rate=INDPB,
-        permutation=dna_pb2.PermutationOperators(mutation=dna_pb2.PERMUTATION_MUTATION_SWAP),
+        # DEAP's cxOrdered is OX1: the same operator on both sides (not the default ERX).
+        permutation=dna_pb2.PermutationOperators(
+            crossover=dna_pb2.PERMUTATION_CROSSOVER_ORDER,
+            mutation=dna_pb2.PERMUTATION_MUTATION_SWAP,
+        ),
     )
     return dna_pb2.Dna(
         name="dnas/bench-tour",
@@ -188,7 +195,7 @@ def deap_population(scored: list[candidate_pb2.ScoredCandidate]) -> list[Any]:
 
 
 def deap_round(toolbox: base.Toolbox, population: list[Any], count: int, kind: str) -> list[bytes]:
-    offspring = algorithms.varAnd(toolbox.select(population, count), toolbox, CXPB, 1.0)
+    offspring = algorithms.varAnd(toolbox.select(population, count), toolbox, CXPB, MUTPB)
     out = []
     for child in offspring:
         genome = (
