@@ -145,7 +145,7 @@ def alpha_round(layout: Layout, parents: Parents, count: int, seed: int) -> list
     and serialise each child as a Candidate (id, genome, generation, parent_ids)."""
     out: list[bytes] = []
     for chunk in strategies.generate(
-        layout, parents.population, count, seed, 1, scored=parents.scored
+        layout, parents.population, count, seed, 1, scored=parents.scored, copies=parents.copies
     ):
         out += chunk_records(layout, chunk, parents, 1)
     return out

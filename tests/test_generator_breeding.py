@@ -277,3 +277,19 @@ def test_stream_slots_refuse_beyond_capacity_with_generator_busy() -> None:
     assert slots.used == 0
     with slots.hold():  # freed, whichever way the holders left
         assert slots.used == 1
+
+
+def test_equal_dnas_share_one_layout_and_large_ones_are_not_kept() -> None:
+    tour = dna_pb2.Gene(name="tour", permutation=dna_pb2.PermutationGene(size=52))
+    first = layout_of(tour)
+    assert layout_of(tour) is first  # an equal DNA, built anew: what breeding derived is kept
+    other = layout_of(dna_pb2.Gene(name="tour", permutation=dna_pb2.PermutationGene(size=53)))
+    assert other is not first
+    assert other.permutation_sizes == (53,)
+    # A DNA over the cache's bound gets a layout of its own every time.
+    options = [f"option-{i:06d}" for i in range(6000)]
+    wide = dna_pb2.Gene(name="pick", choice=dna_pb2.ChoiceGene(options=options))
+    assert len(normalise(dna_pb2.Dna(genes=[wide])).SerializeToString()) > (
+        breeding.LAYOUT_CACHE_DNA_BYTES
+    )
+    assert layout_of(wide) is not layout_of(wide)

@@ -9,6 +9,7 @@ fraction of building a message per candidate.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,14 +38,28 @@ _SCORED = (candidate_pb2.VERDICT_STATUS_PASSED, candidate_pb2.VERDICT_STATUS_FAI
 
 def layout_for(dna: dna_pb2.Dna) -> Layout:
     """The layout to breed a valid, normalised `dna` with; FAILED_PRECONDITION when its
-    strategy is not one this generator implements (a newer DNA than this generator)."""
+    strategy is not one this generator implements (a newer DNA than this generator).
+
+    The same DNA gets the same layout object while it is among the last few used, so
+    what breeding derives from a layout is computed once per DNA, not once per call."""
     kind = dna.strategy.WhichOneof("kind")
     if kind not in STRATEGIES:
         raise errors.FailedPrecondition(
             f"this generator does not implement the strategy {kind!r}",
             reason=reasons.STRATEGY_NOT_IMPLEMENTED,
         )
-    return Layout(dna)
+    encoded = dna.SerializeToString(deterministic=True)
+    return _layout(encoded) if len(encoded) <= LAYOUT_CACHE_DNA_BYTES else Layout(dna)
+
+
+# The layouts of the last few DNAs (a generator serves a few runs at a time), of DNAs
+# small enough that a cached one saves more than it holds: at most 16 x 64 KiB of keys.
+LAYOUT_CACHE_DNA_BYTES = 64 << 10
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(dna: bytes) -> Layout:
+    return Layout(dna_pb2.Dna.FromString(dna))
 
 
 # --- the parents --------------------------------------------------------------------------

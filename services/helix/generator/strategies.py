@@ -24,6 +24,7 @@ function of (normalised DNA, the ranked parents, count, seed, generation), fixed
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -375,15 +376,19 @@ def generate(  # noqa: PLR0913 - the parents' scored count and copies are keywor
     if count < 0 or seed < 0 or generation < 0:
         raise ValueError("count, seed and generation must be >= 0")
     has_parents = ranked_parents is not None and len(ranked_parents) > 0
-    params = None
-    if layout.dna.strategy.WhichOneof("kind") == "alpha" and has_parents:
-        params = AlphaParams.from_dna(layout.dna)
+    breeds = layout.dna.strategy.WhichOneof("kind") == "alpha" and has_parents
     if copies is not None and ranked_parents is not None:
         copies = np.asarray(copies, dtype=np.int64)
         if copies.shape != (len(ranked_parents),) or (copies < 1).any():
             raise ValueError("copies must hold one count >= 1 per parent")
-    kit = _Kit.of(layout, params)
-    return _chunks(kit, ranked_parents, count, seed, generation, scored, copies)
+    return _chunks(_kit(layout, breeds), ranked_parents, count, seed, generation, scored, copies)
+
+
+@functools.lru_cache(maxsize=32)
+def _kit(layout: Layout, breeds: bool) -> _Kit:
+    """The kit of a layout, computed once per layout object (about 20 µs, which shows at
+    small generations; `breeding.layout_for` hands out one layout per DNA)."""
+    return _Kit.of(layout, AlphaParams.from_dna(layout.dna) if breeds else None)
 
 
 def _chunks(  # noqa: PLR0913 - generate's arguments, passed on
