@@ -149,6 +149,8 @@ def tournament(
     parent), parent i with probability copies[i] / sum(copies) — uniformly among all
     copies. One row-ordered draw of (n_picks, size) doubles."""
     bounds = None if copies is None else np.cumsum(copies, dtype=np.int64)
+    if bounds is not None and bounds[-1] == n_parents:
+        bounds = None  # every copy count 1 (each is >= 1): the same draws, no lookup
     total = n_parents if bounds is None else int(bounds[-1])
     best = np.empty(n_picks, dtype=np.int64)
     # Row blocks of about a million draws: the stream is consumed in the same order as one
