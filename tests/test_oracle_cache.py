@@ -120,3 +120,21 @@ def test_a_hit_is_a_fresh_message() -> None:
     again = cache.get(("o", "h", "f", _cid(1)))
     assert again is not None
     assert again.score == 1.0
+
+
+def test_a_batch_mixing_hits_and_duplicate_misses() -> None:
+    cache = VerdictCache()
+    calls: list[str] = []
+    _evaluate(cache, [_cid(1), _cid(2)], calls)
+    calls.clear()
+    ids = [_cid(2), _cid(5), _cid(1), _cid(5)]
+    out = _evaluate(cache, ids, calls)
+    assert calls == [_cid(5)]
+    assert [v.cached for v in out] == [True, False, True, False]
+    assert [v.candidate_id for v in out] == ids
+
+
+def test_fill_rejects_a_wrong_number_of_verdicts() -> None:
+    lookup = VerdictCache().lookup_batch("o", "h", "f", [_cid(1), _cid(2)])
+    with pytest.raises(ValueError, match="expected 2 verdicts, got 1"):
+        lookup.fill([_verdict(_cid(1))])
