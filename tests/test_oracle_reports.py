@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from helix.oracle.reports import FILE_NAME, ReportWriter, files
-from tests.waiting import eventually
+
+from waiting import eventually
 
 
 def _record(writer: ReportWriter, i: int, run: str | None = None) -> None:
