@@ -67,6 +67,13 @@ FILE_NAME = _rule(
 OUTSIDE_LIBRARY = _rule(
     "outside_library", "a DNA file that is a link to a file outside the library directory"
 )
+OUTSIDE_BASE = _rule(
+    "outside_base", "a file path (.., absolute, or a link) that leads outside its base directory"
+)
+INVALID_INSTANCE = _rule(
+    "invalid_instance", "an oracle instance file or inline instance that is malformed"
+)
+DNA_SHAPE = _rule("dna_shape", "a DNA whose genes do not have the shape an oracle accepts")
 INVALID = _rule("invalid", "a rule code this version does not know (an older peer's)")
 
 # --- DNA rules (dna.proto) ----------------------------------------------------------------
