@@ -289,17 +289,28 @@ class _Worker:
         process = self.process
         assert process is not None
         assert process.stdin is not None
+        queue = self.pool.queue
         while True:
             await slots.acquire()
-            job = await self.pool.queue.get()
-            if job.future.done():  # its caller went away
-                slots.release()
+            batch = [await queue.get()]
+            # Every free slot's line in one write: one syscall and one wake-up, not one per line.
+            while not queue.empty() and not slots.locked():
+                await slots.acquire()  # free: returns at once
+                batch.append(queue.get_nowait())
+            now = time.monotonic()
+            lines = []
+            for job in batch:
+                if job.future.done():  # its caller went away
+                    slots.release()
+                    continue
+                job.started = now
+                self.pending.append(job)
+                lines.append(job.line)
+            if not lines:
                 continue
-            job.started = time.monotonic()
-            self.pending.append(job)
             self.ready.set()
             try:
-                process.stdin.write(job.line)
+                process.stdin.write(b"".join(lines))
                 await process.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 return  # the reader sees the exit and blames the head
