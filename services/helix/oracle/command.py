@@ -45,6 +45,7 @@ _STATUSES = {
 }
 _MAX_ATTEMPTS = 2  # a candidate held by a worker that broke on another one is retried once
 _TERM_GRACE = 0.2
+_CHUNK = 1 << 16
 
 # Runs in the child before the worker program: rlimits, then exec (argv: limits..., program).
 _WRAPPER = (
@@ -328,30 +329,35 @@ class _Worker:
         assert process.stdout is not None
         stdout = process.stdout
         self.last_answer = time.monotonic()
-        reading: asyncio.Task[bytes] = asyncio.create_task(stdout.readline())
+        limit = self.pool.spec.max_line_bytes
+        rest = b""
+        # Chunks, not readline: one task and one wake-up for every line already in the pipe.
+        reading: asyncio.Task[bytes] = asyncio.create_task(stdout.read(_CHUNK))
         # The leader's exit, seen even when forked children keep its stdout open.
         exiting: asyncio.Task[int] = asyncio.create_task(_exit_code(process))
         try:
             while True:
                 if not await self._wait_line(reading, exiting):
                     continue
-                try:
-                    line = reading.result()
-                except ValueError:
-                    limit = self.pool.spec.max_line_bytes
-                    raise _Broken(f"worker wrote a line longer than {limit} bytes") from None
-                if not line:
+                chunk = reading.result()
+                if not chunk:
                     raise _Broken(await self._exit_message())
-                self._answer(line)
-                slots.release()
-                reading = asyncio.create_task(stdout.readline())
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    if len(line) >= limit:
+                        raise _Broken(f"worker wrote a line longer than {limit} bytes")
+                    self._answer(line)
+                    slots.release()
+                if len(rest) >= limit:
+                    raise _Broken(f"worker wrote a line longer than {limit} bytes")
+                reading = asyncio.create_task(stdout.read(_CHUNK))
         finally:
             for task in (reading, exiting):
                 task.cancel()
             await asyncio.gather(reading, exiting, return_exceptions=True)
 
     async def _wait_line(self, reading: asyncio.Task[bytes], exiting: asyncio.Task[int]) -> bool:
-        """True when a line (or EOF) is read; raises _Broken on timeout or the leader's exit."""
+        """True when a chunk (or EOF) is read; raises _Broken on timeout or the leader's exit."""
         if exiting.done() and not reading.done():
             await asyncio.wait({reading}, timeout=0.1)  # lines written before the exit
             if not reading.done():
