@@ -80,7 +80,7 @@ class CommandSpec:
     work_root: str | None = None
     max_line_bytes: int = 1 << 20
     stderr_ring_bytes: int = 8192
-    in_flight: int = 8
+    in_flight: int = 32
     degraded_after: int = 3
     backoff_base: float = 0.05
     backoff_max: float = 5.0
