@@ -12,12 +12,13 @@ from helix.agents.presence import AgentPresence
 from helix.common.channel import create_channel
 from helix.common.config import DataDirConfig, DataDirLock, setting
 from helix.common.server import HelixServer, ServiceBinding, create_server
-from helix.common.services import ORACLE, ORCHESTRATOR, placeholder
+from helix.common.services import ORCHESTRATOR, placeholder
 from helix.generator.agent import generator_labels
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
 from helix.generator.service import generator_binding
-from helix.oracle import validation as oracle_checks
+from helix.oracle.serving import oracle_service
+from helix.oracle.settings import OracleSettings
 from helix.orchestrator import validation as orchestrator_checks
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
@@ -27,10 +28,11 @@ from helix.security.client import MintingTokenSource, bearer_interceptors
 from helix.security.setup import Security, security_from_config
 
 EMBEDDED_GENERATOR_ID = "embedded-generator"
+EMBEDDED_ORACLE_ID = "embedded-oracle"
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddedConfig(RegistryConfig, GeneratorConfig, DataDirConfig):
+class EmbeddedConfig(RegistryConfig, GeneratorConfig, OracleSettings, DataDirConfig):
     """`helix up`: all four services in one process on one port, state under `data_dir`."""
 
     generator_self_register: bool = setting(
@@ -45,6 +47,10 @@ class EmbeddedConfig(RegistryConfig, GeneratorConfig, DataDirConfig):
     def dna_dir(self) -> Path:
         return self.generator_dna_dir or self.data_dir / "dnas"
 
+    @property
+    def reports_dir(self) -> Path:
+        return self.oracle_reports_dir or self.data_dir / "reports"
+
 
 def embedded_registry(config: EmbeddedConfig) -> Registry:
     """The registry engine of the suite, on its SQLite file."""
@@ -56,9 +62,11 @@ def embedded_services(
     config: EmbeddedConfig,
     registry: Registry | None = None,
     presence: AgentPresence | None = None,
+    oracle_presence: AgentPresence | None = None,
 ) -> list[ServiceBinding]:
     """The service bindings of the embedded suite, registry first. `presence` keeps the
-    embedded generator registered in the suite's own registry."""
+    embedded generator registered in the suite's own registry, `oracle_presence` its
+    oracle (the builtins, or the oracles of --oracle-config)."""
     library = DnaLibrary(config.dna_dir, max_entries=config.generator_cache_entries)
     return [
         registry_binding(registry or embedded_registry(config)),
@@ -70,7 +78,7 @@ def embedded_services(
             presence=presence,
             advertise_bytes=config.generator_advertise_bytes,
         ),
-        placeholder(ORACLE, "the oracle lands with its own issue", oracle_checks.CHECKS),
+        oracle_service(config, reports_dir=config.reports_dir, presence=oracle_presence).binding,
         placeholder(
             ORCHESTRATOR, "the orchestrator lands with its own issue", orchestrator_checks.CHECKS
         ),
@@ -122,12 +130,19 @@ def create_embedded(
         tokens = MintingTokenSource(signer, "helix-generator", ["agents.write"])
         return create_channel(target["address"], interceptors=bearer_interceptors(tokens))
 
-    presence = None
+    presence = oracle_presence = None
+    oracle_agent = registry_pb2.Agent(
+        kind=registry_pb2.AGENT_KIND_ORACLE, labels={"embedded": "true"}
+    )
+    oracle_agent.oracle.SetInParent()
     if config.generator_self_register and signer is not None and config.tls_cert_file is None:
         presence = AgentPresence(connect, agent, agent_id=EMBEDDED_GENERATOR_ID)
+        oracle_presence = AgentPresence(connect, oracle_agent, agent_id=EMBEDDED_ORACLE_ID)
     server, port = create_server(
-        config, embedded_services(config, presence=presence), security=security
+        config,
+        embedded_services(config, presence=presence, oracle_presence=oracle_presence),
+        security=security,
     )
     target["address"] = _loopback(server.address)
-    agent.endpoint = target["address"]
+    agent.endpoint = oracle_agent.endpoint = target["address"]
     return server, port

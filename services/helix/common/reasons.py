@@ -377,6 +377,37 @@ GENERATOR_BUSY = _reason(
     "generator",
 )
 
+DNA_SHAPE = _reason(
+    "DNA_SHAPE",
+    errors.InvalidArgument,
+    "The DNA's genes do not have the shape the oracle takes; BadRequest names the gene.",
+    "oracle",
+)
+ORACLE_BUSY = _reason(
+    "ORACLE_BUSY",
+    errors.ResourceExhausted,
+    "The oracle holds its capacity of candidates; RetryInfo, metadata capacity and free.",
+    "oracle",
+)
+CREDIT_EXCEEDED = _reason(
+    "CREDIT_EXCEEDED",
+    errors.ResourceExhausted,
+    "A VerifyStream batch larger than the credit the server granted; metadata allowance.",
+    "oracle",
+)
+ORACLE_DRAINING = _reason(
+    "ORACLE_DRAINING",
+    errors.Unavailable,
+    "The oracle agent is shutting down: held batches were answered; continue elsewhere.",
+    "oracle",
+)
+STREAM_IDLE = _reason(
+    "STREAM_IDLE",
+    errors.DeadlineExceeded,
+    "A VerifyStream held credit without sending a batch for the idle timeout; reopen it.",
+    "oracle",
+)
+
 
 def markdown_table() -> str:
     """The catalogue as the Markdown table of docs/errors.md (code from the one status table)."""

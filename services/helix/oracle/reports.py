@@ -1,7 +1,9 @@
 """Verification reports: every verdict appended as a JSON line, off the request path.
 
-`ReportWriter.record(...)` is synchronous and never awaits or blocks: it appends the line to
-a bounded in-memory queue (full → the line is dropped and counted). A background task
+`ReportWriter.record(...)` and `record_batch(...)` are synchronous and never await or
+block: they append to a bounded in-memory queue (full → the lines are dropped and
+counted). A batch is queued as its columns and formatted into lines only when written, so
+the request path pays for a reference, not for JSON. A background task
 writes queued lines in batches with `aiofiles` every `flush_interval` seconds (sooner when
 half the queue is waiting), and on `close()`. The file `verdicts.jsonl` is rotated by size,
 keeping `keep` older files (`verdicts.jsonl.1` the newest).
@@ -22,7 +24,8 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiofiles
@@ -31,6 +34,49 @@ import aiofiles.os
 _LOG = logging.getLogger(__name__)
 
 FILE_NAME = "verdicts.jsonl"
+_STATUS_NAMES = ("UNSPECIFIED", "PASSED", "FAILED", "ERROR", "TIMEOUT")
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One verification's report lines, as columns (formatted when written)."""
+
+    time: float
+    oracle: str
+    principal: str
+    request_id: str
+    run: str
+    ids: Sequence[str]
+    statuses: Sequence[int]
+    scores: Sequence[float]
+    duration: float
+    cached: Sequence[bool] | None
+
+    def lines(self) -> str:
+        common = json.dumps(
+            {"time": round(self.time, 6), "oracle": self.oracle}, separators=(",", ":")
+        )[:-1]
+        tail = json.dumps(
+            {
+                "duration": self.duration,
+                "principal": self.principal,
+                "request_id": self.request_id,
+                **({"run": self.run} if self.run else {}),
+            },
+            separators=(",", ":"),
+        )[1:]
+        names = _STATUS_NAMES
+        out = []
+        for i, (candidate_id, status, score) in enumerate(
+            zip(self.ids, self.statuses, self.scores, strict=True)
+        ):
+            shown = repr(score) if score - score == 0 else "null"  # JSON has no NaN or inf
+            hit = ',"cached":true' if self.cached is not None and self.cached[i] else ""
+            out.append(
+                f'{common},"candidate_id":"{candidate_id}","status":"{names[status]}",'
+                f'"score":{shown}{hit},{tail}\n'
+            )
+        return "".join(out)
 
 
 class ReportWriter:
@@ -53,7 +99,8 @@ class ReportWriter:
         self._queue_size = queue_size
         self._flush_interval = flush_interval
         self._on_health = on_health
-        self._pending: deque[str] = deque()
+        self._pending: deque[str | _Batch] = deque()
+        self._queued = 0  # lines in _pending
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -79,7 +126,7 @@ class ReportWriter:
         run: str | None = None,
     ) -> None:
         """Queue one report line; never awaits, never blocks (full queue → dropped)."""
-        if self._closed or len(self._pending) >= self._queue_size:
+        if self._closed or self._queued >= self._queue_size:
             self.dropped += 1
             return
         line: dict[str, object] = {
@@ -95,7 +142,45 @@ class ReportWriter:
         if run:
             line["run"] = run
         self._pending.append(json.dumps(line, separators=(",", ":")) + "\n")
-        if len(self._pending) * 2 >= self._queue_size:
+        self._queued += 1
+        if self._queued * 2 >= self._queue_size:
+            self._wake.set()
+
+    def record_batch(  # noqa: PLR0913 -- one keyword per report field
+        self,
+        *,
+        oracle: str,
+        principal: str,
+        request_id: str,
+        run: str,
+        ids: Sequence[str],
+        statuses: Sequence[int],
+        scores: Sequence[float],
+        duration_seconds: float,
+        cached: Sequence[bool] | None = None,
+    ) -> None:
+        """Queue one line per candidate of a verification (same principal, request and
+        per-candidate duration); never awaits, never blocks, never formats here."""
+        n = len(ids)
+        if self._closed or self._queued + n > self._queue_size:
+            self.dropped += n
+            return
+        self._pending.append(
+            _Batch(
+                time.time(),
+                oracle,
+                principal,
+                request_id,
+                run,
+                ids,
+                statuses,
+                scores,
+                duration_seconds,
+                cached,
+            )
+        )
+        self._queued += n
+        if self._queued * 2 >= self._queue_size:
             self._wake.set()
 
     async def _run(self) -> None:
@@ -114,13 +199,18 @@ class ReportWriter:
         """Write every queued line now (used by the background task and `close`)."""
         if not self._pending:
             return
-        lines = list(self._pending)
+        items = list(self._pending)
+        count, self._queued = self._queued, 0
         self._pending.clear()
-        data = "".join(lines)
+        if any(isinstance(item, _Batch) for item in items):
+            # Formatting thousands of lines is CPU work: a thread, not the event loop.
+            data = await asyncio.to_thread(_format, items)
+        else:
+            data = "".join(items)  # type: ignore[arg-type]
         try:
             await self._write(data)
         except OSError as error:
-            self.dropped += len(lines)
+            self.dropped += count
             self._size = None
             if not self.degraded:
                 self.degraded = True
@@ -133,7 +223,7 @@ class ReportWriter:
                 if self._on_health is not None:
                     self._on_health(False)
             return
-        self.written += len(lines)
+        self.written += count
         if self.degraded:
             self.degraded = False
             _LOG.warning("reports: writing %s again; %d lines dropped", self._path, self.dropped)
@@ -172,6 +262,10 @@ class ReportWriter:
         if task is not None:
             await task
         await self.flush()
+
+
+def _format(items: Sequence[str | _Batch]) -> str:
+    return "".join(item if isinstance(item, str) else item.lines() for item in items)
 
 
 def files(directory: Path) -> list[Path]:

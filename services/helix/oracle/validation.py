@@ -53,7 +53,7 @@ def _check_candidates(
     return found
 
 
-def _check_target(
+def check_target(
     message: oracle_pb2.VerifyRequest | oracle_pb2.VerifyStreamOpen, path: str
 ) -> Violations:
     """oracle, dna and timeout: shared by Verify and VerifyStream's `open`."""
@@ -87,7 +87,7 @@ def check_verify_request(
 ) -> Violations:
     """oracle "oracles/{oracle}"; dna set and structurally sound; 1 to 10000 sane
     candidates; timeout > 0 when set."""
-    found = check_no_unknown_fields(request) + _check_target(request, "")
+    found = check_no_unknown_fields(request) + check_target(request, "")
     return found + _check_candidates(request.candidates, "candidates", limits)
 
 
@@ -112,7 +112,7 @@ def check_verify_stream_request(
             FieldViolation("open", "must be sent only once, in the first message", rules.ONEOF)
         )
     if kind == "open":
-        return found + _check_target(message.open, "open")
+        return found + check_target(message.open, "open")
     batch = message.batch
     if batch.batch_id == 0:
         found.append(FieldViolation("batch.batch_id", "must be set (not 0)", rules.REQUIRED))

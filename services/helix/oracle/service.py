@@ -1,0 +1,422 @@
+"""OracleService: validate, call the host, reply; VerifyStream's credit protocol.
+
+The core is host.py (configuration, capacity, verifying a batch); this module is the gRPC
+surface. VerifyStream follows oracle.proto's seven steps:
+
+1. the first message must be `open` (else INVALID_ARGUMENT; a second `open` too); the
+   oracle must be hosted (NOT_FOUND) and take the DNA's shape (INVALID_ARGUMENT naming
+   the gene);
+2. the stream takes a window of the oracle's capacity — at most `stream_share` of it, so
+   one stream never holds every slot, and when nothing is free the stream ends at once
+   with RESOURCE_EXHAUSTED (ORACLE_BUSY, RetryInfo) rather than waiting — and grants it
+   as credit;
+3. each batch is checked against the allowance (CREDIT_EXCEEDED) and its batch_id against
+   those seen (INVALID_ARGUMENT);
+4. batches are verified concurrently and answered as they complete, in any order;
+5. a completed batch's candidates are granted again as credit, so what the stream holds
+   never exceeds its window;
+6. after the client half-closes, the held batches are answered and the stream ends OK;
+7. when the server drains, no more credit is granted, the held batches are answered and
+   the stream ends with UNAVAILABLE (ORACLE_DRAINING). Cancellation abandons the work.
+
+A stream that holds no batch and sends nothing for `idle_timeout` ends with
+DEADLINE_EXCEEDED (STREAM_IDLE), giving its window back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import math
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any
+
+from grpc.aio import ServicerContext
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
+from helix.common.aio import cancel_and_wait
+from helix.common import errors, logs, pages, reasons, rules
+from helix.common.errors import FieldViolation
+from helix.common.services import validate
+from helix.common.validation import Violations, check_repeated_len, index
+from helix.genome.codec import varint
+from helix.genome.validation import check_candidate
+from helix.oracle import validation as checks
+from helix.oracle.host import Hosted, Lease, OracleHost, Target, target_for
+
+log = logging.getLogger("helix.oracle")
+
+RUN_HEADER = "x-helix-run"
+_RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+MAX_BATCH_ID_RANGES = 65_536
+_VERDICTS_TAG = b"\x12"  # VerdictBatch.verdicts and VerifyStreamResponse.verdicts: field 2
+_RESPONSE_VERDICTS_TAG = b"\x0a"  # VerifyResponse.verdicts: field 1
+
+
+def _who(context: ServicerContext[Any, Any]) -> tuple[str, str, str]:
+    run = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == RUN_HEADER and isinstance(value, str) and _RUN.fullmatch(value):
+            run = value
+    return logs.principal_var.get(), logs.request_id_var.get(), run
+
+
+def _check_candidates(
+    candidates: Sequence[candidate_pb2.Candidate], path: str, limits: checks.OracleLimits
+) -> Violations:
+    """Counts, ids and presence of genomes; whether each genome fits the DNA is checked
+    when the batch is decoded (all rows at once, naming the same paths)."""
+    found = check_repeated_len(candidates, path, limits.max_candidates, 1)
+    if found:
+        return found
+    for i, candidate in enumerate(candidates):
+        if candidate.id and len(candidate.id) == 32 and candidate.HasField("genome"):
+            continue  # the id's characters are checked against the genome's hash
+        found += check_candidate(candidate, index(path, i), genome=False)
+    return found
+
+
+def _timeout(message: oracle_pb2.VerifyRequest | oracle_pb2.VerifyStreamOpen) -> float | None:
+    if not message.HasField("timeout"):
+        return None
+    return message.timeout.seconds + message.timeout.nanos / 1e9
+
+
+class _BatchIds:
+    """The batch ids seen on a stream, as sorted disjoint ranges [low, high]: increasing
+    counters stay one range; ids that scatter are bounded by MAX_BATCH_ID_RANGES."""
+
+    def __init__(self) -> None:
+        self.lows: list[int] = []
+        self.highs: list[int] = []
+
+    def add(self, batch_id: int) -> bool:
+        """Record `batch_id`; False if it was seen before."""
+        i = bisect.bisect_right(self.lows, batch_id) - 1
+        if i >= 0 and batch_id <= self.highs[i]:
+            return False
+        joins_left = i >= 0 and self.highs[i] == batch_id - 1
+        joins_right = i + 1 < len(self.lows) and self.lows[i + 1] == batch_id + 1
+        if joins_left and joins_right:
+            self.highs[i] = self.highs[i + 1]
+            del self.lows[i + 1], self.highs[i + 1]
+        elif joins_left:
+            self.highs[i] = batch_id
+        elif joins_right:
+            self.lows[i + 1] = batch_id
+        else:
+            if len(self.lows) >= MAX_BATCH_ID_RANGES:
+                raise errors.ResourceExhausted(
+                    f"batch ids on this stream form over {MAX_BATCH_ID_RANGES} separate "
+                    "ranges; use increasing counters (or open a new stream)",
+                    reason=reasons.RESOURCE_EXHAUSTED,
+                )
+            self.lows.insert(i + 1, batch_id)
+            self.highs.insert(i + 1, batch_id)
+        return True
+
+
+class _End:
+    """The end of a stream's responses: OK (error None) or an error."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class _Stream:
+    """One VerifyStream after its `open`: reads batches, verifies them, queues responses."""
+
+    def __init__(  # noqa: PLR0913
+        self,
+        servicer: OracleServicer,
+        hosted: Hosted,
+        target: Target,
+        timeout: float,
+        lease: Lease,
+        who: tuple[str, str, str],
+    ) -> None:
+        self.servicer = servicer
+        self.hosted = hosted
+        self.target = target
+        self.timeout = timeout
+        self.lease = lease
+        self.who = who
+        self.allowance = lease.n
+        self.held = 0  # batches received and not answered
+        self.seen = _BatchIds()
+        self.out: asyncio.Queue[oracle_pb2.VerifyStreamResponse | _End] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.reading_done = False
+        self.ended = False
+        self.idle: asyncio.Timeout | None = None
+
+    def end(self, error: BaseException | None) -> None:
+        if not self.ended:
+            self.ended = True
+            self.out.put_nowait(_End(error))
+
+    def _idle_deadline(self) -> float | None:
+        if self.held:
+            return None
+        return asyncio.get_running_loop().time() + self.servicer.idle_timeout
+
+    async def read(self, messages: AsyncIterator[oracle_pb2.VerifyStreamRequest]) -> None:
+        try:
+            while True:
+                async with asyncio.timeout(self._idle_deadline()) as self.idle:
+                    message = await anext(messages, None)
+                self.idle = None
+                if message is None:
+                    break
+                self.take(message)
+        except TimeoutError:
+            self.end(
+                errors.DeadlineExceeded(
+                    f"the stream held credit and sent no batch for "
+                    f"{self.servicer.idle_timeout:g}s; open a new stream to go on",
+                    reason=reasons.STREAM_IDLE,
+                )
+            )
+            return
+        except errors.HelixError as error:
+            self.end(error)
+            return
+        self.reading_done = True
+        self.maybe_finish()
+
+    def take(self, message: oracle_pb2.VerifyStreamRequest) -> None:
+        found = checks.check_no_unknown_fields(message)
+        kind = message.WhichOneof("kind")
+        if kind != "batch":
+            text = "must be sent only once, in the first message" if kind else "must be set"
+            found.append(FieldViolation("open" if kind else "batch", text, rules.ONEOF))
+        else:
+            batch = message.batch
+            if batch.batch_id == 0:
+                found.append(
+                    FieldViolation("batch.batch_id", "must be set (not 0)", rules.REQUIRED)
+                )
+            found += _check_candidates(batch.candidates, "batch.candidates", self.servicer.limits)
+        if found:
+            raise errors.InvalidArgument.from_violations(found)
+        batch = message.batch
+        n = len(batch.candidates)
+        if n > self.allowance:
+            raise errors.ResourceExhausted(
+                f"batch {batch.batch_id} has {n} candidates but the stream's allowance is "
+                f"{self.allowance}: send only as many as the credit granted",
+                reason=reasons.CREDIT_EXCEEDED,
+                metadata={"allowance": str(self.allowance), "batch_id": str(batch.batch_id)},
+            )
+        if not self.seen.add(batch.batch_id):
+            raise errors.InvalidArgument(
+                f"batch_id {batch.batch_id} was already sent on this stream",
+                [
+                    FieldViolation(
+                        "batch.batch_id", "must be unique within the stream", rules.REUSED
+                    )
+                ],
+            )
+        self.allowance -= n
+        self.held += 1
+        if self.idle is not None:
+            self.idle.reschedule(None)
+        task = asyncio.create_task(self.verify(batch), name=f"verify batch {batch.batch_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def verify(self, batch: oracle_pb2.VerifyBatch) -> None:
+        host = self.servicer.host
+        try:
+            outcome = await host.verify(
+                self.hosted,
+                self.target,
+                batch.candidates,
+                self.timeout,
+                _VERDICTS_TAG,
+                "batch.candidates",
+                self.who,
+            )
+        except asyncio.CancelledError:
+            raise
+        except errors.HelixError as error:
+            self.end(error)
+            return
+        except Exception:
+            log.exception("verifying a batch failed")
+            self.end(errors.Internal("verifying the batch failed"))
+            return
+        inner = b"\x08" + varint(batch.batch_id) + outcome.body
+        self.out.put_nowait(
+            oracle_pb2.VerifyStreamResponse.FromString(_VERDICTS_TAG + varint(len(inner)) + inner)
+        )
+        n = len(batch.candidates)
+        self.held -= 1
+        if not host.draining and not self.reading_done:
+            self.allowance += n
+            self.out.put_nowait(
+                oracle_pb2.VerifyStreamResponse(credit=oracle_pb2.VerifyCredit(candidates=n))
+            )
+        if self.held == 0 and self.idle is not None:
+            self.idle.reschedule(self._idle_deadline())
+        self.maybe_finish()
+
+    def maybe_finish(self) -> None:
+        if self.held:
+            return
+        if self.servicer.host.draining:
+            self.end(
+                errors.Unavailable(
+                    "this oracle agent is shutting down; the batches it held are answered: "
+                    "continue on another agent",
+                    reason=reasons.ORACLE_DRAINING,
+                    retry_after=1.0,
+                )
+            )
+        elif self.reading_done:
+            self.end(None)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.lease.release()
+
+
+class OracleServicer(oracle_pb2_grpc.OracleServiceServicer):
+    """OracleService over an `OracleHost`."""
+
+    def __init__(
+        self,
+        host: OracleHost,
+        *,
+        limits: checks.OracleLimits = checks.DEFAULT_LIMITS,
+        stream_share: float = 0.5,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.host = host
+        self.limits = limits
+        self.stream_share = stream_share
+        self.idle_timeout = idle_timeout
+        self.streams: set[_Stream] = set()
+
+    async def ListOracles(
+        self,
+        request: oracle_pb2.ListOraclesRequest,
+        context: ServicerContext[oracle_pb2.ListOraclesRequest, oracle_pb2.ListOraclesResponse],
+    ) -> oracle_pb2.ListOraclesResponse:
+        validate(lambda r: checks.check_list_oracles_request(r, self.limits), request)
+        after = ""
+        if request.page_token:
+            position = pages.decode_page_token(request.page_token)
+            if position.snapshot:
+                raise pages.invalid_page_token("is not a next_page_token of this listing")
+            after = position.after
+        size = self.limits.page_size(request.page_size)
+        names = sorted(h.spec.name for h in self.host.oracles.values())
+        start = bisect.bisect_right(names, after)
+        chosen = names[start : start + size]
+        response = oracle_pb2.ListOraclesResponse(
+            oracles=[self.host.get(name).spec.info() for name in chosen]
+        )
+        if start + size < len(names):
+            response.next_page_token = pages.encode_page_token(pages.PagePosition(chosen[-1]))
+        return response
+
+    async def GetOracle(
+        self,
+        request: oracle_pb2.GetOracleRequest,
+        context: ServicerContext[oracle_pb2.GetOracleRequest, oracle_pb2.GetOracleResponse],
+    ) -> oracle_pb2.GetOracleResponse:
+        validate(lambda r: checks.check_get_oracle_request(r, self.limits), request)
+        return oracle_pb2.GetOracleResponse(oracle=self.host.get(request.name).spec.info())
+
+    async def _target(
+        self, message: oracle_pb2.VerifyRequest | oracle_pb2.VerifyStreamOpen, path: str
+    ) -> tuple[Hosted, Target]:
+        hosted = self.host.get(message.oracle)
+        target = target_for(message.dna)
+        hosted.check_dna(target, path)
+        return hosted, target
+
+    async def Verify(
+        self,
+        request: oracle_pb2.VerifyRequest,
+        context: ServicerContext[oracle_pb2.VerifyRequest, oracle_pb2.VerifyResponse],
+    ) -> oracle_pb2.VerifyResponse:
+        found = checks.check_no_unknown_fields(request) + checks.check_target(request, "")
+        found += _check_candidates(request.candidates, "candidates", self.limits)
+        if found:
+            raise errors.InvalidArgument.from_violations(found)
+        hosted, target = await self._target(request, "dna")
+        lease = self.host.lease(hosted, len(request.candidates))
+        try:
+            outcome = await self.host.verify(
+                hosted,
+                target,
+                request.candidates,
+                self.host.timeout_for(hosted, _timeout(request)),
+                _RESPONSE_VERDICTS_TAG,
+                "candidates",
+                _who(context),
+            )
+        finally:
+            lease.release()
+        return oracle_pb2.VerifyResponse.FromString(outcome.body)
+
+    async def VerifyStream(
+        self,
+        request_iterator: AsyncIterable[oracle_pb2.VerifyStreamRequest],
+        context: ServicerContext[oracle_pb2.VerifyStreamRequest, oracle_pb2.VerifyStreamResponse],
+    ) -> AsyncIterator[oracle_pb2.VerifyStreamResponse]:
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None:
+            raise errors.InvalidArgument.from_violations(
+                [
+                    FieldViolation(
+                        "open", "must be sent as the stream's first message", rules.REQUIRED
+                    )
+                ]
+            )
+        validate(lambda r: checks.check_first_verify_stream_request(r, self.limits), first)
+        hosted, target = await self._target(first.open, "open.dna")
+        share = max(1, math.floor(hosted.spec.capacity * self.stream_share))
+        # What is free, up to the share; nothing free fails with ORACLE_BUSY at once.
+        lease = self.host.lease(hosted, min(share, hosted.free) if hosted.free else share)
+        stream = _Stream(
+            self,
+            hosted,
+            target,
+            self.host.timeout_for(hosted, _timeout(first.open)),
+            lease,
+            _who(context),
+        )
+        self.streams.add(stream)
+        reader = asyncio.create_task(stream.read(messages), name="read VerifyStream")
+        try:
+            yield oracle_pb2.VerifyStreamResponse(
+                credit=oracle_pb2.VerifyCredit(candidates=lease.n)
+            )
+            while True:
+                item = await stream.out.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            self.streams.discard(stream)
+            await cancel_and_wait([reader])
+            await stream.close()
+
+    def drain(self) -> None:
+        """Begin the drain: no more credit; each stream ends once its batches are answered."""
+        self.host.draining = True
+        for stream in list(self.streams):
+            stream.maybe_finish()

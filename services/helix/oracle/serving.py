@@ -1,0 +1,347 @@
+"""OracleService on a server: configuration loading and reloading, reports, cache,
+registration as an oracle agent, and metrics.
+
+`oracle_service(settings, ...).binding` is the ServiceBinding. On start it reads the
+configuration (with aiofiles; checked in a thread, since builtins read their instance
+files) and starts the oracles — an invalid configuration at start fails the start with
+every violation named. Then it checks the file every `oracle_config_poll` for changes: a
+valid new version is applied (unchanged oracles keep running), an invalid one is logged
+with its violations, counted (`helix_oracle_config_reload_failures`), shown as
+`helix_oracle_config_valid 0`, and the old configuration keeps serving.
+
+Health in the registry: DEGRADED while an oracle's workers keep failing or the report
+directory cannot be written; the load is the candidates held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+import grpc
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
+import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.presence import AgentPresence
+from helix.common import errors
+from helix.common.aio import cancel_and_wait
+from helix.common.server import ServiceBinding
+from helix.oracle.cache import VerdictCache
+from helix.oracle.config import ConfigCheck, builtin_config, parse_config, read_config
+from helix.oracle.hosted import PoolOracle
+from helix.oracle.host import OracleHost
+from helix.oracle.reports import ReportWriter
+from helix.oracle.service import OracleServicer
+from helix.oracle.settings import OracleSettings
+
+log = logging.getLogger("helix.oracle")
+_REPORT_INTERVAL = 1.0  # seconds between health/load updates to the registry
+
+
+def builtin_data_dir() -> Path:
+    """The folder of the instance files shipped with Helix (berlin52.tsp)."""
+    return Path(str(resources.files("helix.oracle") / "data"))
+
+
+async def read_config_file(path: Path) -> tuple[ConfigCheck, bytes]:
+    """Read and check a configuration file (aiofiles; the check in a thread)."""
+    try:
+        async with aiofiles.open(path, "rb") as f:
+            data = await f.read(4 << 20)
+    except OSError as exc:
+        from helix.common import rules
+        from helix.common.errors import FieldViolation
+
+        problem = FieldViolation(
+            "", f"cannot be read ({exc.strerror or exc})", rules.UNREADABLE, str(path), 0
+        )
+        return ConfigCheck(str(path), violations=[problem]), b""
+    return await asyncio.to_thread(read_config, path, data), data
+
+
+class ConfigSource:
+    """Where the oracle configuration comes from: a file (watched) or the builtin default."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._seen: tuple[int, int] | None = None
+        self._digest = ""
+
+    async def first(self) -> ConfigCheck:
+        if self.path is None:
+            text = builtin_config(builtin_data_dir())
+            return await asyncio.to_thread(
+                parse_config, text, "<builtin oracles>", builtin_data_dir()
+            )
+        check, data = await read_config_file(self.path)
+        self._digest = hashlib.sha256(data).hexdigest()
+        with contextlib.suppress(OSError):
+            stat = await aiofiles.os.stat(self.path)
+            self._seen = (stat.st_mtime_ns, stat.st_size)
+        return check
+
+    async def changed(self) -> ConfigCheck | None:
+        """The file's new version, checked, when it changed since last seen; else None."""
+        if self.path is None:
+            return None
+        try:
+            stat = await aiofiles.os.stat(self.path)
+            seen: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            seen = None
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        check, data = await read_config_file(self.path)
+        digest = hashlib.sha256(data).hexdigest()
+        if check.valid and digest == self._digest:
+            return None
+        if check.valid:
+            self._digest = digest
+        return check
+
+
+class _Collector(Collector):
+    def __init__(self, host: OracleHost) -> None:
+        self._host = host
+
+    def collect(self) -> Iterator[Metric]:
+        host = self._host
+        verified = CounterMetricFamily(
+            "helix_oracle_verdicts",
+            "Verdicts returned, by oracle and status.",
+            labels=["oracle", "status"],
+        )
+        for (oracle, status), count in sorted(host.stats.verified.items()):
+            verified.add_metric([oracle, status.removeprefix("VERDICT_STATUS_").lower()], count)
+        yield verified
+        yield CounterMetricFamily(
+            "helix_oracle_batches", "Batches verified.", value=host.stats.batches
+        )
+        yield CounterMetricFamily(
+            "helix_oracle_busy_refusals",
+            "Calls and streams refused because the oracle held its capacity (ORACLE_BUSY).",
+            value=host.stats.busy,
+        )
+        yield CounterMetricFamily(
+            "helix_oracle_config_reloads", "Configurations applied.", value=host.stats.reloads
+        )
+        yield CounterMetricFamily(
+            "helix_oracle_config_reload_failures",
+            "Configuration versions refused as invalid (the previous one kept serving).",
+            value=host.stats.reload_failures,
+        )
+        yield GaugeMetricFamily(
+            "helix_oracle_config_valid",
+            "1 when the configuration file's current version is the one served, 0 when it is invalid.",
+            value=1 if host.stats.config_valid else 0,
+        )
+        held = GaugeMetricFamily(
+            "helix_oracle_candidates_held", "Candidates held, by oracle.", labels=["oracle"]
+        )
+        capacity = GaugeMetricFamily(
+            "helix_oracle_capacity",
+            "Configured capacity in candidates, by oracle.",
+            labels=["oracle"],
+        )
+        healthy = GaugeMetricFamily(
+            "helix_oracle_healthy",
+            "1 when the oracle is SERVING, 0 when DEGRADED.",
+            labels=["oracle"],
+        )
+        starts = CounterMetricFamily(
+            "helix_oracle_worker_starts", "Worker processes started, by oracle.", labels=["oracle"]
+        )
+        failures = CounterMetricFamily(
+            "helix_oracle_worker_failures",
+            "Worker processes that failed, by oracle.",
+            labels=["oracle"],
+        )
+        for oracle_id, hosted in sorted(host.oracles.items()):
+            held.add_metric([oracle_id], hosted.spec.capacity - hosted.free)
+            capacity.add_metric([oracle_id], hosted.spec.capacity)
+            healthy.add_metric([oracle_id], 1 if hosted.oracle.healthy else 0)
+            if isinstance(hosted.oracle, PoolOracle):
+                counters = hosted.oracle.pool.counters
+                starts.add_metric([oracle_id], counters.worker_starts)
+                failures.add_metric([oracle_id], counters.worker_failures)
+        yield from (held, capacity, healthy, starts, failures)
+        if host.cache is not None:
+            stats = host.cache.stats()
+            yield CounterMetricFamily(
+                "helix_oracle_cache_hits", "Verdict cache hits.", value=stats.hits
+            )
+            yield CounterMetricFamily(
+                "helix_oracle_cache_misses", "Verdict cache misses.", value=stats.misses
+            )
+            yield CounterMetricFamily(
+                "helix_oracle_cache_evictions",
+                "Verdicts evicted from the cache.",
+                value=stats.evictions,
+            )
+            yield GaugeMetricFamily(
+                "helix_oracle_cache_bytes", "Bytes held by the verdict cache.", value=stats.bytes
+            )
+            yield GaugeMetricFamily(
+                "helix_oracle_cache_hit_ratio", "Hits / lookups so far.", value=stats.hit_ratio
+            )
+        if host.reports is not None:
+            reports = host.reports
+            yield CounterMetricFamily(
+                "helix_oracle_report_lines", "Report lines written.", value=reports.written
+            )
+            yield CounterMetricFamily(
+                "helix_oracle_report_lines_dropped",
+                "Report lines dropped (queue full, or the directory could not be written).",
+                value=reports.dropped,
+            )
+            yield GaugeMetricFamily(
+                "helix_oracle_reports_degraded",
+                "1 while the report directory cannot be written.",
+                value=1 if reports.degraded else 0,
+            )
+
+
+@dataclass(frozen=True)
+class OracleService:
+    """The binding to add to a server, and the host and servicer behind it."""
+
+    binding: ServiceBinding
+    host: OracleHost
+    servicer: OracleServicer
+
+
+def oracle_service(
+    settings: OracleSettings,
+    *,
+    reports_dir: Path | None = None,
+    presence: AgentPresence | None = None,
+) -> OracleService:
+    """OracleService on a server (see the module docstring). `reports_dir` overrides
+    settings.oracle_reports_dir (the embedded suite's DATA_DIR/reports); `presence`
+    registers this server as an oracle agent, listing its oracles."""
+    directory = reports_dir or settings.oracle_reports_dir
+    reports = None
+    if directory is not None:
+        reports = ReportWriter(
+            directory,
+            max_bytes=int(settings.oracle_report_max_bytes),
+            keep=settings.oracle_report_keep,
+        )
+    cache = VerdictCache(int(settings.oracle_cache_bytes)) if settings.oracle_cache_bytes else None
+    host = OracleHost(cache, reports)
+    servicer = OracleServicer(
+        host,
+        stream_share=settings.oracle_stream_share,
+        idle_timeout=float(settings.oracle_stream_idle_timeout),
+    )
+    source = ConfigSource(settings.oracle_config)
+    background: list[asyncio.Task[None]] = []
+
+    def advertise() -> None:
+        if presence is None:
+            return
+        agent = presence.agent
+        agent.oracle.oracles[:] = sorted(h.spec.name for h in host.oracles.values())[:1000]
+        agent.capacity = max(1, min(sum(h.spec.capacity for h in host.oracles.values()), 100_000))
+        registration = presence.registration
+        if registration is not None:
+            registration.load = registry_pb2.AgentLoad(in_flight=_held(host))
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(float(settings.oracle_config_poll))
+            try:
+                check = await source.changed()
+                if check is not None and await host.apply(check):
+                    log.info(
+                        "oracle configuration %s reloaded: %d oracles",
+                        check.filename,
+                        len(host.oracles),
+                    )
+                    advertise()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "reloading the oracle configuration failed; the old one keeps serving"
+                )
+
+    async def report_health() -> None:
+        while True:
+            await asyncio.sleep(_REPORT_INTERVAL)
+            registration = presence.registration if presence is not None else None
+            if registration is None:
+                continue
+            degraded = not host.healthy or (reports is not None and reports.degraded)
+            registration.health = (
+                registry_pb2.AGENT_HEALTH_DEGRADED
+                if degraded
+                else registry_pb2.AGENT_HEALTH_SERVING
+            )
+            held = _held(host)
+            if registration.load.in_flight != held:
+                registration.load = registry_pb2.AgentLoad(in_flight=held)
+
+    async def start() -> None:
+        if background:
+            return
+        if reports is not None:
+            await aiofiles.os.makedirs(directory, exist_ok=True)
+            reports.start()
+        check = await source.first()
+        if not check.valid:
+            shown = "\n  ".join(str(v) for v in check.violations[:20])
+            raise errors.FailedPrecondition(f"the oracle configuration is invalid:\n  {shown}")
+        await host.apply(check)
+        log.info("serving %d oracles from %s", len(host.oracles), check.filename)
+        background.append(asyncio.create_task(watch(), name="watch oracle configuration"))
+        background.append(asyncio.create_task(report_health(), name="oracle health"))
+        if presence is not None:
+            advertise()
+            await presence.start()
+
+    async def leave() -> None:
+        servicer.drain()
+        if presence is not None:
+            await presence.stop()
+
+    async def stopped() -> None:
+        await cancel_and_wait(background)
+        if presence is not None:
+            await presence.stop()
+        await host.close()
+        if reports is not None:
+            await reports.close()
+
+    def add(server: grpc.aio.Server) -> None:
+        oracle_pb2_grpc.add_OracleServiceServicer_to_server(servicer, server)
+
+    return OracleService(
+        ServiceBinding(
+            oracle_pb2.DESCRIPTOR.services_by_name["OracleService"].full_name,
+            add,
+            on_start=(start,),
+            on_shutdown=(leave,),
+            on_stopped=(stopped,),
+            add_metrics=lambda metrics: metrics.register(_Collector(host)),
+        ),
+        host,
+        servicer,
+    )
+
+
+def _held(host: OracleHost) -> int:
+    return sum(h.spec.capacity - h.free for h in host.oracles.values())
