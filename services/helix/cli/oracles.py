@@ -35,9 +35,9 @@ from helix.common.errors import HelixError, InvalidArgument
 from helix.common.validation import check_resource_name
 from helix.generator import strategies
 from helix.genome import codec
+from helix.genome.genome_checks import decode_genomes
 from helix.genome.layout import Layout, Population, normalise
 from helix.genome.named import from_named, to_named_rows
-from helix.genome.genome_checks import decode_genomes
 from helix.oracle.agent import add_oracle_serve_command
 from helix.oracle.host import OracleHost, target_for
 from helix.oracle.serving import ConfigSource

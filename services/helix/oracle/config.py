@@ -423,6 +423,54 @@ _KIND_READERS: dict[
 }
 
 
+_Common = tuple[str, int, float, float, bool, "common_pb2.Objective.ValueType"]
+
+
+def _objective(
+    r: _Reader, raw: Mapping[str, Any], path: str, kind: str, settings: dict[str, Any] | None
+) -> common_pb2.Objective.ValueType:
+    text = raw.get("objective")
+    if text is None:
+        if kind == "builtin" and settings is not None:
+            return BUILTINS[settings["function"]].objective
+        return common_pb2.OBJECTIVE_UNSPECIFIED
+    if text not in OBJECTIVES:
+        r.bad(join(path, "objective"), f"must be one of: {', '.join(OBJECTIVES)}", rules.ENUM)
+        return common_pb2.OBJECTIVE_UNSPECIFIED
+    return OBJECTIVES[text]
+
+
+def _common(
+    r: _Reader, raw: Mapping[str, Any], path: str, kind: str, settings: dict[str, Any] | None
+) -> _Common | None:
+    """The settings every kind has: description, capacity, timeouts, cache, objective."""
+    description = r.text(
+        raw.get("description", ""), join(path, "description"), MAX_DESCRIPTION, required=False
+    )
+    default_capacity = {"builtin": DEFAULT_BUILTIN_CAPACITY, "remote": 10_000}.get(kind, 1)
+    if settings is not None and kind in ("command", "python"):
+        default_capacity = settings["workers"] * settings["in_flight"]
+    capacity = r.integer(
+        raw.get("capacity", default_capacity), join(path, "capacity"), 1, MAX_CAPACITY
+    )
+    timeout = r.duration(raw.get("timeout", DEFAULT_TIMEOUT), join(path, "timeout"))
+    max_timeout = r.duration(raw.get("max_timeout", DEFAULT_MAX_TIMEOUT), join(path, "max_timeout"))
+    cache = r.boolean(raw.get("cache", kind != "builtin"), join(path, "cache"))
+    objective = _objective(r, raw, path, kind, settings)
+    if timeout is not None and max_timeout is not None and timeout > max_timeout:
+        r.bad(join(path, "timeout"), f"must be at most max_timeout ({max_timeout:g}s)", rules.RANGE)
+        return None
+    if (
+        description is None
+        or capacity is None
+        or timeout is None
+        or max_timeout is None
+        or cache is None
+    ):
+        return None
+    return description, capacity, timeout, max_timeout, cache, objective
+
+
 def _oracle(r: _Reader, oracle_id: str, raw: Any, path: str, base: Path) -> OracleSpec | None:
     if not re.fullmatch(RESOURCE_ID_PATTERN, oracle_id):
         r.bad(path, f"an oracle id must match {RESOURCE_ID_PATTERN}", rules.PATTERN)
@@ -441,35 +489,10 @@ def _oracle(r: _Reader, oracle_id: str, raw: Any, path: str, base: Path) -> Orac
     r.keys(raw, path, _COMMON + _KIND_KEYS[kind])
     before = len(r.found)
     settings = _KIND_READERS[kind](r, raw, path, oracle_id, base)
-    description = r.text(
-        raw.get("description", ""), join(path, "description"), MAX_DESCRIPTION, required=False
-    )
-    default_capacity = DEFAULT_BUILTIN_CAPACITY if kind == "builtin" else 0
-    if settings is not None and kind in ("command", "python"):
-        default_capacity = settings["workers"] * settings["in_flight"]
-    elif kind == "remote":
-        default_capacity = 10_000
-    capacity = r.integer(
-        raw.get("capacity", default_capacity), join(path, "capacity"), 1, MAX_CAPACITY
-    )
-    timeout = r.duration(raw.get("timeout", DEFAULT_TIMEOUT), join(path, "timeout"))
-    max_timeout = r.duration(raw.get("max_timeout", DEFAULT_MAX_TIMEOUT), join(path, "max_timeout"))
-    cache = r.boolean(raw.get("cache", kind != "builtin"), join(path, "cache"))
-    objective_text = raw.get("objective")
-    objective = common_pb2.OBJECTIVE_UNSPECIFIED
-    if objective_text is None and kind == "builtin" and settings is not None:
-        objective = BUILTINS[settings["function"]].objective
-    elif objective_text is not None:
-        if objective_text not in OBJECTIVES:
-            r.bad(join(path, "objective"), f"must be one of: {', '.join(OBJECTIVES)}", rules.ENUM)
-        else:
-            objective = OBJECTIVES[objective_text]
-    if timeout is not None and max_timeout is not None and timeout > max_timeout:
-        r.bad(join(path, "timeout"), f"must be at most max_timeout ({max_timeout:g}s)", rules.RANGE)
-    if len(r.found) > before or settings is None:
+    common = _common(r, raw, path, kind, settings)
+    if len(r.found) > before or settings is None or common is None:
         return None
-    assert description is not None and capacity is not None and cache is not None
-    assert timeout is not None and max_timeout is not None
+    description, capacity, timeout, max_timeout, cache, objective = common
     if kind == "builtin" and not description:
         description = BUILTINS[settings["function"]].description
     normalised = {
@@ -561,7 +584,7 @@ def builtin_config(base_dir: Path) -> str:
     """The configuration the embedded suite hosts by default: every builtin that needs no
     instance file under its own name, and `tsp` on berlin52 when `base_dir` holds it."""
     lines = ["oracles:"]
-    for name, builtin in sorted(BUILTINS.items()):
+    for name in sorted(BUILTINS):
         if name in ("knapsack", "tsp"):
             continue
         lines += [f"  {name}:", "    kind: builtin"]

@@ -21,7 +21,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,7 +244,7 @@ class OracleHost:
         hosted: Hosted,
         target: Target,
         candidates: Sequence[candidate_pb2.Candidate],
-        timeout: float,
+        candidate_timeout: float,
         field_tag: bytes,
         path: str,
         who: tuple[str, str, str] = ("", "", ""),
@@ -266,21 +266,16 @@ class OracleHost:
         first: dict[str, int] = {}
         for i, candidate_id in enumerate(ids):
             first.setdefault(candidate_id, i)
-        hits: dict[str, candidate_pb2.Verdict] = {}
-        if spec.cache and self.cache is not None:
-            for candidate_id in first:
-                verdict = self.cache.get(
-                    (spec.id, spec.config_hash, target.fingerprint, candidate_id)
-                )
-                if verdict is not None:
-                    hits[candidate_id] = verdict
+        hits = self._hits(spec, target, first)
         todo = [cid for cid in first if cid not in hits] if hits else list(first)
         started = time.perf_counter()
         if len(todo) == n:
-            scored = await hosted.oracle.evaluate(layout, population, ids, timeout)
+            scored = await hosted.oracle.evaluate(layout, population, ids, candidate_timeout)
         elif todo:
             rows = [first[cid] for cid in todo]
-            scored = await hosted.oracle.evaluate(layout, population.take(rows), todo, timeout)
+            scored = await hosted.oracle.evaluate(
+                layout, population.take(rows), todo, candidate_timeout
+            )
         else:
             scored = Scored(np.zeros(0))
         elapsed = time.perf_counter() - started
@@ -313,6 +308,19 @@ class OracleHost:
             key = (spec.id, candidate_pb2.VerdictStatus.Name(status))
             counts[key] = counts.get(key, 0) + statuses.count(status)
         return outcome
+
+    def _hits(
+        self, spec: OracleSpec, target: Target, ids: Iterable[str]
+    ) -> dict[str, candidate_pb2.Verdict]:
+        """The cached verdicts of `ids` (none when the oracle is not cached)."""
+        hits: dict[str, candidate_pb2.Verdict] = {}
+        if spec.cache and self.cache is not None:
+            for candidate_id in ids:
+                key = (spec.id, spec.config_hash, target.fingerprint, candidate_id)
+                verdict = self.cache.get(key)
+                if verdict is not None:
+                    hits[candidate_id] = verdict
+        return hits
 
     def _merge(
         self,

@@ -38,8 +38,8 @@ from grpc.aio import ServicerContext
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
-from helix.common.aio import cancel_and_wait
 from helix.common import errors, logs, pages, reasons, rules
+from helix.common.aio import cancel_and_wait
 from helix.common.errors import FieldViolation
 from helix.common.services import validate
 from helix.common.validation import Violations, check_repeated_len, index
@@ -130,7 +130,7 @@ class _End:
 class _Stream:
     """One VerifyStream after its `open`: reads batches, verifies them, queues responses."""
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         servicer: OracleServicer,
         hosted: Hosted,
@@ -167,7 +167,7 @@ class _Stream:
     async def read(self, messages: AsyncIterator[oracle_pb2.VerifyStreamRequest]) -> None:
         try:
             while True:
-                async with asyncio.timeout(self._idle_deadline()) as self.idle:
+                async with asyncio.timeout_at(self._idle_deadline()) as self.idle:
                     message = await anext(messages, None)
                 self.idle = None
                 if message is None:

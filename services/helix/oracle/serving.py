@@ -20,14 +20,12 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
 import grpc
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -35,19 +33,21 @@ import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.presence import AgentPresence
-from helix.common import errors
+from helix.common import errors, rules
 from helix.common.aio import cancel_and_wait
+from helix.common.errors import FieldViolation
 from helix.common.server import ServiceBinding
 from helix.oracle.cache import VerdictCache
 from helix.oracle.config import ConfigCheck, builtin_config, parse_config, read_config
-from helix.oracle.hosted import PoolOracle
 from helix.oracle.host import OracleHost
+from helix.oracle.hosted import PoolOracle
 from helix.oracle.reports import ReportWriter
 from helix.oracle.service import OracleServicer
 from helix.oracle.settings import OracleSettings
 
 log = logging.getLogger("helix.oracle")
 _REPORT_INTERVAL = 1.0  # seconds between health/load updates to the registry
+MAX_AGENT_CAPACITY = 100_000  # the registry's bound on Agent.capacity
 
 
 def builtin_data_dir() -> Path:
@@ -61,9 +61,6 @@ async def read_config_file(path: Path) -> tuple[ConfigCheck, bytes]:
         async with aiofiles.open(path, "rb") as f:
             data = await f.read(4 << 20)
     except OSError as exc:
-        from helix.common import rules
-        from helix.common.errors import FieldViolation
-
         problem = FieldViolation(
             "", f"cannot be read ({exc.strerror or exc})", rules.UNREADABLE, str(path), 0
         )
@@ -214,13 +211,127 @@ class _Collector(Collector):
             )
 
 
-@dataclass(frozen=True)
 class OracleService:
-    """The binding to add to a server, and the host and servicer behind it."""
+    """OracleService for a server: `binding` to add to it, and the host and servicer
+    behind it (see the module docstring). `reports_dir` overrides
+    settings.oracle_reports_dir (the embedded suite's DATA_DIR/reports); `presence`
+    registers the server as an oracle agent, listing its oracles."""
 
-    binding: ServiceBinding
-    host: OracleHost
-    servicer: OracleServicer
+    def __init__(
+        self,
+        settings: OracleSettings,
+        *,
+        reports_dir: Path | None = None,
+        presence: AgentPresence | None = None,
+    ) -> None:
+        self.settings = settings
+        self.presence = presence
+        directory = reports_dir or settings.oracle_reports_dir
+        self.reports_dir = directory
+        self.reports = None
+        if directory is not None:
+            self.reports = ReportWriter(
+                directory,
+                max_bytes=int(settings.oracle_report_max_bytes),
+                keep=settings.oracle_report_keep,
+            )
+        cache_bytes = int(settings.oracle_cache_bytes)
+        cache = VerdictCache(cache_bytes) if cache_bytes else None
+        self.host = OracleHost(cache, self.reports)
+        self.servicer = OracleServicer(
+            self.host,
+            stream_share=settings.oracle_stream_share,
+            idle_timeout=float(settings.oracle_stream_idle_timeout),
+        )
+        self.source = ConfigSource(settings.oracle_config)
+        self._background: list[asyncio.Task[None]] = []
+        self.binding = ServiceBinding(
+            oracle_pb2.DESCRIPTOR.services_by_name["OracleService"].full_name,
+            self._add,
+            on_start=(self._start,),
+            on_shutdown=(self._leave,),
+            on_stopped=(self._stopped,),
+            add_metrics=lambda metrics: metrics.register(_Collector(self.host)),
+        )
+
+    def _add(self, server: grpc.aio.Server) -> None:
+        oracle_pb2_grpc.add_OracleServiceServicer_to_server(self.servicer, server)
+
+    def _advertise(self) -> None:
+        if self.presence is None:
+            return
+        host, agent = self.host, self.presence.agent
+        agent.oracle.oracles[:] = sorted(h.spec.name for h in host.oracles.values())[:1000]
+        total = sum(h.spec.capacity for h in host.oracles.values())
+        agent.capacity = max(1, min(total, MAX_AGENT_CAPACITY))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(float(self.settings.oracle_config_poll))
+            try:
+                check = await self.source.changed()
+                if check is not None and await self.host.apply(check):
+                    log.info(
+                        "oracle configuration %s reloaded: %d oracles",
+                        check.filename,
+                        len(self.host.oracles),
+                    )
+                    self._advertise()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reloading the oracle configuration failed; the old one serves")
+
+    async def _report_health(self) -> None:
+        while True:
+            await asyncio.sleep(_REPORT_INTERVAL)
+            registration = self.presence.registration if self.presence is not None else None
+            if registration is None:
+                continue
+            reports = self.reports
+            degraded = not self.host.healthy or (reports is not None and reports.degraded)
+            registration.health = (
+                registry_pb2.AGENT_HEALTH_DEGRADED
+                if degraded
+                else registry_pb2.AGENT_HEALTH_SERVING
+            )
+            held = _held(self.host)
+            if registration.load.in_flight != held:
+                registration.load = registry_pb2.AgentLoad(in_flight=held)
+
+    async def _start(self) -> None:
+        if self._background:
+            return
+        if self.reports is not None and self.reports_dir is not None:
+            await aiofiles.os.makedirs(self.reports_dir, exist_ok=True)
+            self.reports.start()
+        check = await self.source.first()
+        if not check.valid:
+            shown = "\n  ".join(str(v) for v in check.violations[:20])
+            raise errors.FailedPrecondition(f"the oracle configuration is invalid:\n  {shown}")
+        await self.host.apply(check)
+        log.info("serving %d oracles from %s", len(self.host.oracles), check.filename)
+        for job, name in (
+            (self._watch, "watch oracle configuration"),
+            (self._report_health, "oracle health"),
+        ):
+            self._background.append(asyncio.create_task(job(), name=name))
+        if self.presence is not None:
+            self._advertise()
+            await self.presence.start()
+
+    async def _leave(self) -> None:
+        self.servicer.drain()
+        if self.presence is not None:
+            await self.presence.stop()
+
+    async def _stopped(self) -> None:
+        await cancel_and_wait(self._background)
+        if self.presence is not None:
+            await self.presence.stop()
+        await self.host.close()
+        if self.reports is not None:
+            await self.reports.close()
 
 
 def oracle_service(
@@ -229,118 +340,8 @@ def oracle_service(
     reports_dir: Path | None = None,
     presence: AgentPresence | None = None,
 ) -> OracleService:
-    """OracleService on a server (see the module docstring). `reports_dir` overrides
-    settings.oracle_reports_dir (the embedded suite's DATA_DIR/reports); `presence`
-    registers this server as an oracle agent, listing its oracles."""
-    directory = reports_dir or settings.oracle_reports_dir
-    reports = None
-    if directory is not None:
-        reports = ReportWriter(
-            directory,
-            max_bytes=int(settings.oracle_report_max_bytes),
-            keep=settings.oracle_report_keep,
-        )
-    cache = VerdictCache(int(settings.oracle_cache_bytes)) if settings.oracle_cache_bytes else None
-    host = OracleHost(cache, reports)
-    servicer = OracleServicer(
-        host,
-        stream_share=settings.oracle_stream_share,
-        idle_timeout=float(settings.oracle_stream_idle_timeout),
-    )
-    source = ConfigSource(settings.oracle_config)
-    background: list[asyncio.Task[None]] = []
-
-    def advertise() -> None:
-        if presence is None:
-            return
-        agent = presence.agent
-        agent.oracle.oracles[:] = sorted(h.spec.name for h in host.oracles.values())[:1000]
-        agent.capacity = max(1, min(sum(h.spec.capacity for h in host.oracles.values()), 100_000))
-        registration = presence.registration
-        if registration is not None:
-            registration.load = registry_pb2.AgentLoad(in_flight=_held(host))
-
-    async def watch() -> None:
-        while True:
-            await asyncio.sleep(float(settings.oracle_config_poll))
-            try:
-                check = await source.changed()
-                if check is not None and await host.apply(check):
-                    log.info(
-                        "oracle configuration %s reloaded: %d oracles",
-                        check.filename,
-                        len(host.oracles),
-                    )
-                    advertise()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception(
-                    "reloading the oracle configuration failed; the old one keeps serving"
-                )
-
-    async def report_health() -> None:
-        while True:
-            await asyncio.sleep(_REPORT_INTERVAL)
-            registration = presence.registration if presence is not None else None
-            if registration is None:
-                continue
-            degraded = not host.healthy or (reports is not None and reports.degraded)
-            registration.health = (
-                registry_pb2.AGENT_HEALTH_DEGRADED
-                if degraded
-                else registry_pb2.AGENT_HEALTH_SERVING
-            )
-            held = _held(host)
-            if registration.load.in_flight != held:
-                registration.load = registry_pb2.AgentLoad(in_flight=held)
-
-    async def start() -> None:
-        if background:
-            return
-        if reports is not None:
-            await aiofiles.os.makedirs(directory, exist_ok=True)
-            reports.start()
-        check = await source.first()
-        if not check.valid:
-            shown = "\n  ".join(str(v) for v in check.violations[:20])
-            raise errors.FailedPrecondition(f"the oracle configuration is invalid:\n  {shown}")
-        await host.apply(check)
-        log.info("serving %d oracles from %s", len(host.oracles), check.filename)
-        background.append(asyncio.create_task(watch(), name="watch oracle configuration"))
-        background.append(asyncio.create_task(report_health(), name="oracle health"))
-        if presence is not None:
-            advertise()
-            await presence.start()
-
-    async def leave() -> None:
-        servicer.drain()
-        if presence is not None:
-            await presence.stop()
-
-    async def stopped() -> None:
-        await cancel_and_wait(background)
-        if presence is not None:
-            await presence.stop()
-        await host.close()
-        if reports is not None:
-            await reports.close()
-
-    def add(server: grpc.aio.Server) -> None:
-        oracle_pb2_grpc.add_OracleServiceServicer_to_server(servicer, server)
-
-    return OracleService(
-        ServiceBinding(
-            oracle_pb2.DESCRIPTOR.services_by_name["OracleService"].full_name,
-            add,
-            on_start=(start,),
-            on_shutdown=(leave,),
-            on_stopped=(stopped,),
-            add_metrics=lambda metrics: metrics.register(_Collector(host)),
-        ),
-        host,
-        servicer,
-    )
+    """The OracleService of a server (see OracleService)."""
+    return OracleService(settings, reports_dir=reports_dir, presence=presence)
 
 
 def _held(host: OracleHost) -> int:

@@ -43,7 +43,7 @@ class OracleSettings(ServerConfig):
             f"{self.oracle_config} is not a file",
         )
         require(0 < self.oracle_config_poll <= 3600, "oracle_config_poll", "0..1h")
-        require(1024 <= self.oracle_report_max_bytes, "oracle_report_max_bytes", ">= 1KiB")
+        require(self.oracle_report_max_bytes >= 1024, "oracle_report_max_bytes", ">= 1KiB")
         require(0 <= self.oracle_report_keep <= 1000, "oracle_report_keep", "0..1000")
         require(0 < self.oracle_stream_share <= 1, "oracle_stream_share", "in (0, 1]")
         require(0 < self.oracle_stream_idle_timeout <= 86400, "oracle_stream_idle_timeout", "0..1d")

@@ -108,6 +108,7 @@ class _Walk:
             if key in out:
                 self.report(join(path, key), key_node, "is given twice", rules.DUPLICATE_KEY)
                 continue
+            self.lines.setdefault(join(path, key), key_node.start_mark.line + 1)
             out[key] = self.value(value_node, join(path, key), depth + 1)
         for key_node, value_node in merged:  # explicit keys win over merged ones
             self.spend()
