@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,23 +38,32 @@ class OutsideBase(InstanceError):
 
 
 def resolve_inside(base_dir: Path, relative: str) -> Path:
-    """The real path of `relative` under `base_dir`; `InstanceError` if it leads outside.
+    """The real path of `relative` under `base_dir`; `OutsideBase` if it leads outside.
 
-    Refused: an absolute path, a path whose resolution (following `..` and every symlink)
-    is not inside the base directory's own real path, a missing file, a non-regular file.
+    Containment is decided first, on the path resolved non-strictly (every `..` and every
+    existing symlink followed), so a path that leaves the base is `OutsideBase` whether or
+    not its target exists: an error must not tell a configuration author which files exist
+    outside the base. Only then: a missing file, a non-regular file or one over
+    MAX_INSTANCE_BYTES is `InstanceError`. An absolute path is `OutsideBase` outright.
     """
-    if not relative or Path(relative).is_absolute():
-        raise OutsideBase(f"{relative!r}: must be a path relative to {base_dir}")
-    base = base_dir.resolve(strict=True)
+    if Path(relative).is_absolute():
+        raise OutsideBase(f"{relative}: must be a path relative to the base directory")
     try:
-        target = (base / relative).resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
-        raise InstanceError(f"{relative}: cannot be read ({exc.__class__.__name__})") from None
+        base = base_dir.resolve(strict=True)
+        target = (base / relative).resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # a missing base, a symlink loop (3.11: Runtime)
+        raise InstanceError(f"{relative}: cannot be resolved ({exc.__class__.__name__})") from None
     if not target.is_relative_to(base):
-        raise OutsideBase(f"{relative}: leads outside {base}")
-    if not target.is_file():
+        raise OutsideBase(f"{relative}: leads outside the base directory {base}")
+    try:
+        status = target.stat()
+    except FileNotFoundError:
+        raise InstanceError(f"{relative}: no such file under {base}") from None
+    except OSError as exc:
+        raise InstanceError(f"{relative}: cannot be read ({exc.__class__.__name__})") from None
+    if not stat.S_ISREG(status.st_mode):
         raise InstanceError(f"{relative}: not a regular file")
-    if target.stat().st_size > MAX_INSTANCE_BYTES:
+    if status.st_size > MAX_INSTANCE_BYTES:
         raise InstanceError(f"{relative}: over {MAX_INSTANCE_BYTES} bytes")
     return target
 
