@@ -96,12 +96,22 @@ def _f64(values: npt.ArrayLike) -> FloatArray:
 
 
 def _finite(scores: FloatArray) -> FloatArray:
-    """The scores with every non-finite value as NaN (see the module docstring)."""
+    """The scores with every non-finite value as NaN (see the module docstring).
+
+    Callers compute the scores under `np.errstate(over="ignore", invalid="ignore")`: an
+    overflow is an expected outcome of huge bounds, reported as NaN, not a warning.
+    """
     bad = ~np.isfinite(scores)
     if bad.any():
         scores = scores.copy()
         scores[bad] = np.nan
     return scores
+
+
+def _guarded(fn: Callable[[FloatArray], FloatArray], x: FloatArray) -> FloatArray:
+    """`fn(x)` with overflow and inf - inf silent and every non-finite score NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _finite(fn(x))
 
 
 def sphere(x: FloatArray) -> FloatArray:
@@ -175,9 +185,12 @@ def knapsack(bits: BoolArray, instance: KnapsackInstance) -> FloatArray:
     overweight selection win. The optimum is the instance's (given in its file).
     """
     chosen = bits.astype(np.float64)
-    weight = chosen @ instance.weights
-    value = chosen @ instance.values
-    return _finite(_f64(np.where(weight <= instance.capacity, value, instance.capacity - weight)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        weight = chosen @ instance.weights
+        value = chosen @ instance.values
+        return _finite(
+            _f64(np.where(weight <= instance.capacity, value, instance.capacity - weight))
+        )
 
 
 def tour_lengths(instance: TspInstance, tours: IntArray) -> FloatArray:
@@ -273,7 +286,7 @@ def _real(name: str, fn: Callable[[FloatArray], FloatArray], optimum: str, text:
             common_pb2.OBJECTIVE_MINIMIZE,
             0.0,
             lambda layout: _only(layout, "real"),
-            lambda population: _finite(fn(population.reals)),
+            lambda population: _guarded(fn, population.reals),
         )
 
     return Builtin(name, common_pb2.OBJECTIVE_MINIMIZE, text, optimum, make)
