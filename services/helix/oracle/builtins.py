@@ -101,11 +101,10 @@ def _finite(scores: FloatArray) -> FloatArray:
     Callers compute the scores under `np.errstate(over="ignore", invalid="ignore")`: an
     overflow is an expected outcome of huge bounds, reported as NaN, not a warning.
     """
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        scores = scores.copy()
-        scores[bad] = np.nan
-    return scores
+    finite = np.isfinite(scores)
+    if finite.all():
+        return scores
+    return np.where(finite, scores, np.nan)
 
 
 def _guarded(fn: Callable[[FloatArray], FloatArray], x: FloatArray) -> FloatArray:
