@@ -57,6 +57,8 @@ PURE = [
     "generator/validation.py",
     "oracle/validation.py",
     "oracle/cache.py",
+    "oracle/builtins.py",
+    "oracle/instances.py",
     "orchestrator/validation.py",
 ]
 

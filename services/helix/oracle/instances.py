@@ -10,14 +10,23 @@ line.
 from __future__ import annotations
 
 import json
+import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
+
+from helix.genome.layout import FloatArray, IntArray
 
 MAX_INSTANCE_BYTES = 16 * 1024 * 1024
-MAX_TSP_CITIES = 10_000  # a 10,000² int64 distance matrix is 800 MB: the cap
+MAX_TSP_CITIES = 100_000
+MATRIX_MAX_CITIES = 2_000
+"""Up to this many cities a distance matrix is kept (2,000² int64: 32 MB); above, tour
+lengths are computed from the coordinates."""
+MAX_COORDINATE = 1e9
+"""|x|, |y| at most this: a distance is then at most 2.9e9 and a tour of MAX_TSP_CITIES at
+most 2.9e14, both exact integers in float64 (< 2^53)."""
 
 
 class InstanceError(ValueError):
@@ -29,23 +38,32 @@ class OutsideBase(InstanceError):
 
 
 def resolve_inside(base_dir: Path, relative: str) -> Path:
-    """The real path of `relative` under `base_dir`; `InstanceError` if it leads outside.
+    """The real path of `relative` under `base_dir`; `OutsideBase` if it leads outside.
 
-    Refused: an absolute path, a path whose resolution (following `..` and every symlink)
-    is not inside the base directory's own real path, a missing file, a non-regular file.
+    Containment is decided first, on the path resolved non-strictly (every `..` and every
+    existing symlink followed), so a path that leaves the base is `OutsideBase` whether or
+    not its target exists: an error must not tell a configuration author which files exist
+    outside the base. Only then: a missing file, a non-regular file or one over
+    MAX_INSTANCE_BYTES is `InstanceError`. An absolute path is `OutsideBase` outright.
     """
-    if not relative or Path(relative).is_absolute():
-        raise OutsideBase(f"{relative!r}: must be a path relative to {base_dir}")
-    base = base_dir.resolve(strict=True)
+    if Path(relative).is_absolute():
+        raise OutsideBase(f"{relative}: must be a path relative to the base directory")
     try:
-        target = (base / relative).resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
-        raise InstanceError(f"{relative}: cannot be read ({exc.__class__.__name__})") from None
+        base = base_dir.resolve(strict=True)
+        target = (base / relative).resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # a missing base, a symlink loop (3.11: Runtime)
+        raise InstanceError(f"{relative}: cannot be resolved ({exc.__class__.__name__})") from None
     if not target.is_relative_to(base):
-        raise OutsideBase(f"{relative}: leads outside {base}")
-    if not target.is_file():
+        raise OutsideBase(f"{relative}: leads outside the base directory {base}")
+    try:
+        status = target.stat()
+    except FileNotFoundError:
+        raise InstanceError(f"{relative}: no such file under {base}") from None
+    except OSError as exc:
+        raise InstanceError(f"{relative}: cannot be read ({exc.__class__.__name__})") from None
+    if not stat.S_ISREG(status.st_mode):
         raise InstanceError(f"{relative}: not a regular file")
-    if target.stat().st_size > MAX_INSTANCE_BYTES:
+    if status.st_size > MAX_INSTANCE_BYTES:
         raise InstanceError(f"{relative}: over {MAX_INSTANCE_BYTES} bytes")
     return target
 
@@ -57,22 +75,106 @@ def _read_text(path: Path, shown: str) -> str:
         raise InstanceError(f"{shown}: cannot be read ({exc.__class__.__name__})") from None
 
 
+# --- TSPLIB -------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class TspInstance:
-    """A symmetric TSPLIB EUC_2D instance: its name and integer distance matrix."""
+    """A symmetric TSPLIB EUC_2D instance: its name, city coordinates (n, 2) and, for up to
+    MATRIX_MAX_CITIES cities, the integer distance matrix (None above: lengths are then
+    computed from the coordinates, the same numbers without n² memory)."""
 
     name: str
-    distances: npt.NDArray[np.int64]
+    coords: FloatArray
+    distances: IntArray | None
 
     @property
     def size(self) -> int:
-        return int(self.distances.shape[0])
+        return int(self.coords.shape[0])
 
 
-def euc_2d(coords: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    """TSPLIB's EUC_2D distances: nint(sqrt(dx² + dy²)), nint(x) = (int)(x + 0.5)."""
-    delta = coords[:, None, :] - coords[None, :, :]
-    return np.floor(np.sqrt((delta * delta).sum(axis=2)) + 0.5).astype(np.int64)
+def euc_2d(a: FloatArray, b: FloatArray) -> FloatArray:
+    """TSPLIB's EUC_2D distance between points a[..., :] and b[..., :] (last axis x, y):
+    nint(sqrt(dx² + dy²)) with nint(x) = (int)(x + 0.5), as float64 (exact: below 2^53)."""
+    dx = a[..., 0] - b[..., 0]
+    dy = a[..., 1] - b[..., 1]
+    return np.floor(np.sqrt(dx * dx + dy * dy) + 0.5)
+
+
+def tsp_instance(name: str, coords: FloatArray) -> TspInstance:
+    """An instance from its coordinates, with the distance matrix when it is small enough."""
+    if coords.shape[0] > MATRIX_MAX_CITIES:
+        return TspInstance(name, coords, None)
+    matrix = euc_2d(coords[:, None, :], coords[None, :, :]).astype(np.int64)
+    return TspInstance(name, coords, matrix)
+
+
+@dataclass(slots=True)
+class _TspHeader:
+    """The specification part of a TSPLIB file, as read so far."""
+
+    name: str
+    dimension: int = 0
+    weight_type: str = ""
+
+
+# Specification keywords that do not change how an EUC_2D instance is read.
+_IGNORED_KEYS = frozenset({"COMMENT", "CAPACITY", "DISPLAY_DATA_TYPE", "EDGE_WEIGHT_FORMAT"})
+
+
+def _read_dimension(value: str, where: str) -> int:
+    try:
+        dimension = int(value)
+    except ValueError:
+        raise InstanceError(f"{where}: DIMENSION {value!r} is not an integer") from None
+    if not 3 <= dimension <= MAX_TSP_CITIES:
+        raise InstanceError(f"{where}: DIMENSION {dimension} not in 3..{MAX_TSP_CITIES}")
+    return dimension
+
+
+def _read_weight_type(value: str, where: str) -> str:
+    weight_type = value.upper()
+    if weight_type != "EUC_2D":
+        raise InstanceError(f"{where}: EDGE_WEIGHT_TYPE {value} is not supported (only EUC_2D)")
+    return weight_type
+
+
+def _header_line(header: _TspHeader, text: str, where: str) -> None:
+    """Apply one `KEY : value` line of the specification part to `header`."""
+    key, colon, value = (part.strip() for part in text.partition(":"))
+    key = key.upper()
+    if not colon or not value:
+        raise InstanceError(f"{where}: expected 'KEYWORD : value', got {text!r}")
+    if key == "NAME":
+        header.name = value
+    elif key == "TYPE":
+        if value.upper() != "TSP":
+            raise InstanceError(f"{where}: TYPE {value}: only TSP (symmetric) is supported")
+    elif key == "DIMENSION":
+        header.dimension = _read_dimension(value, where)
+    elif key == "EDGE_WEIGHT_TYPE":
+        header.weight_type = _read_weight_type(value, where)
+    elif key == "NODE_COORD_TYPE":
+        if value.upper() != "TWOD_COORDS":
+            raise InstanceError(f"{where}: NODE_COORD_TYPE {value}: EUC_2D needs TWOD_COORDS")
+    elif key not in _IGNORED_KEYS:
+        raise InstanceError(f"{where}: {key} is not a TSPLIB keyword this reader knows")
+
+
+def _coord_line(text: str, where: str, expected: int) -> tuple[float, float]:
+    """The (x, y) of one `node x y` line, which must be node number `expected`."""
+    parts = text.split()
+    try:
+        node, x, y = int(parts[0]), float(parts[1]), float(parts[2])
+    except (ValueError, IndexError):
+        raise InstanceError(f"{where}: expected 'node x y', got {text!r}") from None
+    if len(parts) != 3:
+        raise InstanceError(f"{where}: expected 'node x y', got {text!r}")
+    if node != expected:
+        raise InstanceError(f"{where}: node {node}, expected {expected}")
+    if not (abs(x) <= MAX_COORDINATE and abs(y) <= MAX_COORDINATE):
+        raise InstanceError(f"{where}: coordinates must be finite, within ±{MAX_COORDINATE:g}")
+    return x, y
 
 
 def read_tsplib(path: Path, shown: str) -> TspInstance:
@@ -80,68 +182,43 @@ def read_tsplib(path: Path, shown: str) -> TspInstance:
 
     Any other EDGE_WEIGHT_TYPE (GEO, ATT, EXPLICIT, ...) is refused with the file and line:
     their distance functions differ and silently scoring them as EUC_2D would give wrong
-    lengths. Nodes must be numbered 1..DIMENSION in order.
+    lengths. The specification (DIMENSION, EDGE_WEIGHT_TYPE) comes before the
+    NODE_COORD_SECTION, whose nodes are numbered 1..DIMENSION in order; nothing but
+    coordinates may follow it (an optional EOF ends the file).
     """
-    name, dimension, weight_type = Path(shown).stem, 0, ""
+    header = _TspHeader(Path(shown).stem)
     rows: list[tuple[float, float]] = []
     reading = False
     for number, line in enumerate(_read_text(path, shown).splitlines(), start=1):
-        text = line.strip()
-        where = f"{shown}:{number}"
-        if not text or text == "EOF":
-            if text == "EOF":
-                break
+        text, where = line.strip(), f"{shown}:{number}"
+        if text == "EOF":
+            break
+        if not text:
             continue
         if reading:
-            parts = text.split()
-            if len(parts) != 3:
-                raise InstanceError(f"{where}: expected 'node x y', got {text!r}")
-            try:
-                node, x, y = int(parts[0]), float(parts[1]), float(parts[2])
-            except ValueError:
-                raise InstanceError(f"{where}: expected 'node x y', got {text!r}") from None
-            if node != len(rows) + 1:
-                raise InstanceError(f"{where}: node {node}, expected {len(rows) + 1}")
-            if not (np.isfinite(x) and np.isfinite(y)):
-                raise InstanceError(f"{where}: coordinates must be finite")
-            rows.append((x, y))
-            continue
-        key, _, value = (part.strip() for part in text.partition(":"))
-        key = key.upper()
-        if key == "NODE_COORD_SECTION":
-            if weight_type != "EUC_2D":
-                raise InstanceError(f"{where}: EDGE_WEIGHT_TYPE must be given as EUC_2D first")
+            rows.append(_coord_line(text, where, len(rows) + 1))
+        elif text.upper().rstrip(" :") == "NODE_COORD_SECTION":
+            if header.weight_type != "EUC_2D" or not header.dimension:
+                raise InstanceError(f"{where}: DIMENSION and EDGE_WEIGHT_TYPE EUC_2D go first")
             reading = True
-        elif key == "NAME":
-            name = value
-        elif key == "TYPE" and value.upper() != "TSP":
-            raise InstanceError(f"{where}: TYPE {value}: only TSP (symmetric) is supported")
-        elif key == "DIMENSION":
-            try:
-                dimension = int(value)
-            except ValueError:
-                raise InstanceError(f"{where}: DIMENSION {value!r} is not an integer") from None
-            if not 3 <= dimension <= MAX_TSP_CITIES:
-                raise InstanceError(f"{where}: DIMENSION {dimension} not in 3..{MAX_TSP_CITIES}")
-        elif key == "EDGE_WEIGHT_TYPE":
-            weight_type = value.upper()
-            if weight_type != "EUC_2D":
-                raise InstanceError(
-                    f"{where}: EDGE_WEIGHT_TYPE {value} is not supported (only EUC_2D)"
-                )
-    if not rows:
+        else:
+            _header_line(header, text, where)
+    if not reading:
         raise InstanceError(f"{shown}: no NODE_COORD_SECTION")
-    if len(rows) != dimension:
-        raise InstanceError(f"{shown}: DIMENSION {dimension} but {len(rows)} nodes")
-    return TspInstance(name, euc_2d(np.asarray(rows, dtype=np.float64)))
+    if len(rows) != header.dimension:
+        raise InstanceError(f"{shown}: DIMENSION {header.dimension} but {len(rows)} nodes")
+    return tsp_instance(header.name, np.asarray(rows, dtype=np.float64))
+
+
+# --- knapsack -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class KnapsackInstance:
     """A 0/1 knapsack: item weights and values (≥ 0), a capacity, maybe a known optimum."""
 
-    weights: npt.NDArray[np.float64]
-    values: npt.NDArray[np.float64]
+    weights: FloatArray
+    values: FloatArray
     capacity: float
     optimum: float | None
 
@@ -151,42 +228,52 @@ class KnapsackInstance:
 
 
 MAX_KNAPSACK_ITEMS = 100_000
+KNAPSACK_KEYS = frozenset({"weights", "values", "capacity", "optimum"})
+
+
+def _finite_number(value: object) -> float | None:
+    """`value` as a float if it is a finite int or float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _items(data: dict[str, object], key: str, shown: str) -> FloatArray:
+    items = data.get(key)
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_KNAPSACK_ITEMS:
+        raise InstanceError(f"{shown}: {key} must be a list of 1..{MAX_KNAPSACK_ITEMS} numbers")
+    numbers = [_finite_number(v) for v in items]
+    for i, number in enumerate(numbers):
+        if number is None or number < 0:
+            raise InstanceError(f"{shown}: {key}[{i}] must be a finite number >= 0")
+    return np.asarray(numbers, dtype=np.float64)
 
 
 def knapsack_from(data: object, shown: str) -> KnapsackInstance:
     """A knapsack from a mapping {weights, values, capacity[, optimum]}; `InstanceError`."""
     if not isinstance(data, dict):
         raise InstanceError(f"{shown}: must be a mapping of weights, values, capacity")
-    unknown = sorted(set(data) - {"weights", "values", "capacity", "optimum"})
+    unknown = sorted(set(data) - KNAPSACK_KEYS)
     if unknown:
         raise InstanceError(f"{shown}: unknown key {unknown[0]!r}")
-    arrays = []
-    for key in ("weights", "values"):
-        items = data.get(key)
-        if not isinstance(items, list) or not 1 <= len(items) <= MAX_KNAPSACK_ITEMS:
-            raise InstanceError(f"{shown}: {key} must be a list of 1..{MAX_KNAPSACK_ITEMS}")
-        if not all(_number(v) and v >= 0 for v in items):
-            raise InstanceError(f"{shown}: {key} must be finite numbers >= 0")
-        arrays.append(np.asarray(items, dtype=np.float64))
-    if arrays[0].shape != arrays[1].shape:
-        raise InstanceError(f"{shown}: weights and values differ in length")
-    capacity = data.get("capacity")
-    if not _number(capacity) or capacity < 0:
-        raise InstanceError(f"{shown}: capacity must be a finite number >= 0")
-    optimum = data.get("optimum")
-    if optimum is not None and not _number(optimum):
-        raise InstanceError(f"{shown}: optimum must be a finite number")
-    return KnapsackInstance(
-        arrays[0], arrays[1], float(capacity), None if optimum is None else float(optimum)
-    )
-
-
-def _number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and bool(np.isfinite(float(value)))
-    )
+    weights, values = _items(data, "weights", shown), _items(data, "values", shown)
+    if weights.shape != values.shape:
+        raise InstanceError(
+            f"{shown}: weights ({weights.size}) and values ({values.size}) differ in length"
+        )
+    capacity = _finite_number(data.get("capacity"))
+    if capacity is None or capacity < 0:
+        raise InstanceError(f"{shown}: capacity must be given, a finite number >= 0")
+    optimum = None
+    if data.get("optimum") is not None:
+        optimum = _finite_number(data["optimum"])
+        if optimum is None:
+            raise InstanceError(f"{shown}: optimum must be a finite number")
+    return KnapsackInstance(weights, values, capacity, optimum)
 
 
 def read_knapsack(path: Path, shown: str) -> KnapsackInstance:
@@ -195,4 +282,6 @@ def read_knapsack(path: Path, shown: str) -> KnapsackInstance:
         data = json.loads(_read_text(path, shown))
     except json.JSONDecodeError as exc:
         raise InstanceError(f"{shown}:{exc.lineno}: not JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # an int of too many digits, deep nesting
+        raise InstanceError(f"{shown}: not usable JSON ({exc.__class__.__name__})") from None
     return knapsack_from(data, shown)
