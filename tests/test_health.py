@@ -33,8 +33,8 @@ from test_validation import VALID
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-SERVED = ["helix.v1.GeneratorService", "helix.v1.RegistryService"]
-PLACEHOLDERS = ["helix.v1.OracleService", "helix.v1.OrchestratorService"]
+SERVED = ["helix.v1.GeneratorService", "helix.v1.OracleService", "helix.v1.RegistryService"]
+PLACEHOLDERS = ["helix.v1.OrchestratorService"]
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}

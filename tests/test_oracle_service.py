@@ -321,7 +321,7 @@ async def test_cached_verdicts_do_not_run_the_worker_again(
         oracle="oracles/summer", dna=dna(WORKER_DNA), candidates=batch
     )
     first = await stub.Verify(request)
-    pool = service.host.get("oracles/summer").oracle.pool  # type: ignore[attr-defined]
+    pool = service.host.get("oracles/summer").oracle.pool  # type: ignore[attr-defined,unused-ignore]
     ran = sum(pool.counters.verdicts.values())
     second = await stub.Verify(request)
     assert sum(pool.counters.verdicts.values()) == ran == 3
@@ -364,7 +364,8 @@ async def test_a_stream_answers_every_batch_within_its_credit(
     first = await call.read()
     allowance = first.credit.candidates
     assert allowance == 500  # half of the sphere's capacity of 1000
-    sent, answered, credit_total = 0, {}, allowance
+    answered: dict[int, oracle_pb2.VerdictBatch] = {}
+    sent, credit_total = 0, allowance
     pending = list(enumerate(batches, start=1))
     while len(answered) < len(batches):
         while pending and len(pending[0][1][0]) <= allowance:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from google.protobuf import duration_pb2
+
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 from helix.common import errors, reasons, rules
@@ -118,7 +120,7 @@ class Outcome:
     """A verified batch: the verdicts as repeated-field bytes, in request order."""
 
     body: bytes
-    statuses: list[int]
+    statuses: list[candidate_pb2.VerdictStatus.ValueType]
 
 
 class OracleHost:
@@ -360,9 +362,7 @@ class OracleHost:
         return by_id
 
 
-def _duration(seconds: float) -> object:
-    from google.protobuf import duration_pb2
-
+def _duration(seconds: float) -> duration_pb2.Duration | None:
     if seconds <= 0:
         return None
     value = duration_pb2.Duration()
@@ -379,7 +379,7 @@ def _fast(field_tag: bytes, ids: list[str], scored: Scored) -> Outcome:
         for row, message in scored.errors.items()
     }
     body = wire.encode_rows(field_tag, ids, scored.scores, special, duration, cached=False)
-    statuses = [PASSED] * len(ids)
+    statuses: list[candidate_pb2.VerdictStatus.ValueType] = [PASSED] * len(ids)
     for row in special:
         statuses[row] = ERROR
     return Outcome(body, statuses)

@@ -42,7 +42,12 @@ from helix.common import errors, logs, pages, reasons, rules
 from helix.common.aio import cancel_and_wait
 from helix.common.errors import FieldViolation
 from helix.common.services import validate
-from helix.common.validation import Violations, check_repeated_len, index
+from helix.common.validation import (
+    Violations,
+    check_no_unknown_fields,
+    check_repeated_len,
+    index,
+)
 from helix.genome.codec import varint
 from helix.genome.validation import check_candidate
 from helix.oracle import validation as checks
@@ -189,7 +194,7 @@ class _Stream:
         self.maybe_finish()
 
     def take(self, message: oracle_pb2.VerifyStreamRequest) -> None:
-        found = checks.check_no_unknown_fields(message)
+        found = check_no_unknown_fields(message)
         kind = message.WhichOneof("kind")
         if kind != "batch":
             text = "must be sent only once, in the first message" if kind else "must be set"
@@ -349,7 +354,7 @@ class OracleServicer(oracle_pb2_grpc.OracleServiceServicer):
         request: oracle_pb2.VerifyRequest,
         context: ServicerContext[oracle_pb2.VerifyRequest, oracle_pb2.VerifyResponse],
     ) -> oracle_pb2.VerifyResponse:
-        found = checks.check_no_unknown_fields(request) + checks.check_target(request, "")
+        found = check_no_unknown_fields(request) + checks.check_target(request, "")
         found += _check_candidates(request.candidates, "candidates", self.limits)
         if found:
             raise errors.InvalidArgument.from_violations(found)

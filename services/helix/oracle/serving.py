@@ -142,7 +142,7 @@ class _Collector(Collector):
         )
         yield GaugeMetricFamily(
             "helix_oracle_config_valid",
-            "1 when the configuration file's current version is the one served, 0 when it is invalid.",
+            "1 when the configuration file's current version is served, 0 when it is invalid.",
             value=1 if host.stats.config_valid else 0,
         )
         held = GaugeMetricFamily(
