@@ -56,6 +56,7 @@ PURE = [
     "generator/stats.py",
     "generator/validation.py",
     "oracle/validation.py",
+    "oracle/cache.py",
     "orchestrator/validation.py",
 ]
 
