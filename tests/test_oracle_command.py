@@ -247,6 +247,77 @@ def test_verdict_line_rules() -> None:
         b'{"id":"a","status":"passed","score":1,"metrics":{"Bad":1}}',
         b'{"id":"a","status":"passed","score":1,"extra":1}',
         b'{"id":"a","status":"passed","score":1,"message":3}',
+        b'{"id":"a","status":["passed"],"score":1}',  # unhashable: once a TypeError
+        b'{"id":"a","status":"passed","score":1,"metrics":null}',
     ):
         with pytest.raises(ValueError, match=r"must|unknown|does not match"):
             parse_verdict_line(bad, "a")
+
+
+async def test_an_unhashable_status_fails_one_candidate_and_the_worker_serves_on(
+    harness: Harness,
+) -> None:
+    pool = await harness.pool("list_status", workers=1)
+    verdicts = await pool.verify(_items(4, poison=1))
+    assert verdicts[1].status == ERROR
+    assert "status must be" in verdicts[1].message
+    assert [v.status for i, v in enumerate(verdicts) if i != 1] == [PASSED] * 3
+    assert pool.counters.worker_starts == 1
+
+
+async def test_per_call_timeout_overrides_the_spec_default(harness: Harness) -> None:
+    pool = await harness.pool("hang", workers=1, timeout=60)
+    started = asyncio.get_running_loop().time()
+    verdicts = await pool.verify(_items(3, poison=1), timeout=0.3)
+    assert asyncio.get_running_loop().time() - started < 10
+    assert [v.status for v in verdicts] == [PASSED, TIMEOUT, PASSED]
+    assert "0.3 s per-candidate timeout" in verdicts[1].message
+    assert pool.counters.timeouts == 1
+    # None: the spec's timeout (60 s) applies again; a quick candidate is not affected
+    assert [v.status for v in await pool.verify(_items(2), timeout=None)] == [PASSED] * 2
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            await pool.verify(_items(1), timeout=bad)
+
+
+async def test_concurrent_calls_and_duplicate_ids_each_get_their_verdicts(
+    harness: Harness,
+) -> None:
+    pool = await harness.pool("ok", workers=2, in_flight=3)
+    first = _items(40)
+    second: list[tuple[str, dict[str, object]]] = [
+        (_cid(7), {"x": [100.0]}),
+        (_cid(7), {"x": [200.0]}),
+        *_items(5),
+    ]
+    a, b = await asyncio.gather(pool.verify(first), pool.verify(second))
+    assert [v.score for v in a] == [i + 1.0 for i in range(40)]
+    assert [(v.candidate_id, v.score) for v in b[:2]] == [(_cid(7), 100.0), (_cid(7), 200.0)]
+    assert [v.score for v in b[2:]] == [i + 1.0 for i in range(5)]
+    assert all(v.HasField("duration") for v in a + b)
+
+
+async def test_a_cancelled_call_gives_up_its_queued_candidates(harness: Harness) -> None:
+    pool = await harness.pool("ok", workers=1, in_flight=2)
+    task = asyncio.create_task(pool.verify(_items(20_000)))
+    await eventually(
+        lambda: pool.counters.verdicts.get("VERDICT_STATUS_PASSED", 0) > 10 or None,
+        5.0,
+        what="the big call under way",
+    )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    verdicts = await pool.verify(_items(3))
+    assert [v.score for v in verdicts] == [1.0, 2.0, 3.0]
+    assert not pool.queue  # the cancelled call's candidates were dropped, not evaluated
+    assert pool.counters.verdicts["VERDICT_STATUS_PASSED"] < 20_000
+
+
+async def test_a_genome_that_is_not_json_fails_that_candidate_only(harness: Harness) -> None:
+    pool = await harness.pool("ok", workers=1)
+    items = _items(3)
+    items[1] = (_cid(1), {"x": [1.0], "bad": object()})
+    verdicts = await pool.verify(items)
+    assert [v.status for v in verdicts] == [PASSED, ERROR, PASSED]
+    assert "cannot be written as JSON" in verdicts[1].message

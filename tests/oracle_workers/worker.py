@@ -45,6 +45,10 @@ def main() -> None:  # noqa: C901, PLR0912 - one branch per pathology
             os._exit(0)
         if MODE == "exit_after" and seen > 2:
             sys.exit(0)
+        if MODE == "list_status" and poison:
+            sys.stdout.write(json.dumps({"id": request["id"], "status": ["passed"]}) + "\n")
+            sys.stdout.flush()
+            continue
         if MODE == "bad_score" and poison:
             sys.stdout.write(
                 json.dumps({"id": request["id"], "status": "passed", "score": "NaN"}) + "\n"
