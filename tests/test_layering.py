@@ -57,6 +57,7 @@ PURE = [
     "generator/validation.py",
     "oracle/validation.py",
     "oracle/cache.py",
+    "oracle/pyworker.py",
     "orchestrator/validation.py",
 ]
 

@@ -27,10 +27,10 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import helix.v1.candidate_pb2 as candidate_pb2
 from helix.common import errors
@@ -102,6 +102,41 @@ class CommandSpec:
             raise ValueError("timeout must be a positive finite number of seconds")
         if self.max_line_bytes < 1024 or self.stderr_ring_bytes < 0:
             raise ValueError("max_line_bytes must be >= 1024 and stderr_ring_bytes >= 0")
+
+
+_ENTRY_POINT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+PYWORKER = "helix.oracle.pyworker"
+
+
+def python_spec(
+    entry_point: str,
+    *,
+    batch: bool = False,
+    path: str | None = None,
+    max_batch: int = 1000,
+    **options: Any,
+) -> CommandSpec:
+    """A CommandSpec running a `python` oracle: `helix.oracle.pyworker` calling `entry_point`
+    ("module:function") in each worker, scalar or batch, with `path` (an absolute directory)
+    first on the worker's sys.path. `options` are the other CommandSpec fields.
+
+    A batch worker calls the function with the request lines it has, so by default it may
+    hold two batches (`in_flight` = 2 x max_batch): one being evaluated, the next waiting.
+    The per-candidate timeout then covers one call of the function on up to `max_batch`
+    genomes."""
+    if not _ENTRY_POINT.fullmatch(entry_point):
+        raise ValueError(f"entry point {entry_point!r} is not MODULE:FUNCTION")
+    if path is not None and not os.path.isabs(path):
+        raise ValueError(f"path {path!r} must be absolute (workers run in their own directory)")
+    if max_batch < 1:
+        raise ValueError("max_batch must be at least 1")
+    argv = [sys.executable, "-I", "-m", PYWORKER, entry_point]
+    if batch:
+        argv += ["--batch", "--max-batch", str(max_batch)]
+        options.setdefault("in_flight", 2 * max_batch)
+    if path is not None:
+        argv += ["--path", path]
+    return CommandSpec(argv=tuple(argv), **options)
 
 
 class Health(enum.Enum):
@@ -269,6 +304,23 @@ def parse_verdict_line(
     return status, score, metrics, message
 
 
+async def _complete(work: Coroutine[Any, Any, None]) -> None:
+    """Await `work` to its end even when the caller is cancelled meanwhile (clean-up that
+    must not be cut short), then re-raise the caller's cancellation."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.cancelled():
+                raise
+            cancelled = exc
+    task.result()
+    if cancelled is not None:
+        raise cancelled
+
+
 async def _exit_code(process: asyncio.subprocess.Process) -> int:
     """The leader's exit code as soon as it is reaped; `Process.wait` would also wait for
     its pipes, which children it forked may hold open."""
@@ -297,15 +349,19 @@ class _Worker:
             failures = self.pool.consecutive_failures
             if failures:
                 await asyncio.sleep(min(spec.backoff_base * 2 ** (failures - 1), spec.backoff_max))
+            # Inside the pool's directory, which close() removes whatever happens here.
             workdir = await asyncio.to_thread(
-                tempfile.mkdtemp, prefix="helix-worker-", dir=spec.work_root
+                tempfile.mkdtemp, prefix=f"worker-{self.index}-", dir=self.pool.root
             )
             try:
                 await self._incarnation(workdir)
             finally:
                 self.free = 0
-                await asyncio.shield(self._kill())
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
+                await _complete(self._clean_up(workdir))
+
+    async def _clean_up(self, workdir: str) -> None:
+        await self._kill()
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     async def _incarnation(self, workdir: str) -> None:
         spec = self.pool.spec
@@ -547,6 +603,7 @@ class CommandPool:
         self.counters = PoolCounters()
         self.consecutive_failures = 0
         self.queue: deque[_Job] = deque()
+        self.root = ""  # the workers' directories are made in it (see start)
         self._workers: list[_Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -560,6 +617,9 @@ class CommandPool:
     async def start(self) -> None:
         if self._tasks or self._closed:
             raise errors.FailedPrecondition("the command pool was already started")
+        self.root = await asyncio.to_thread(
+            tempfile.mkdtemp, prefix="helix-oracle-", dir=self.spec.work_root
+        )
         self._workers = [_Worker(self, i) for i in range(self.spec.workers)]
         self._tasks = [
             asyncio.create_task(w.run(), name=f"oracle-worker-{w.index}") for w in self._workers
@@ -621,6 +681,8 @@ class CommandPool:
         self.queue.clear()
         for job in jobs:
             self.settle(job, _verdict(job.candidate_id, _ERROR, "oracle closed"))
+        if self.root:
+            await asyncio.to_thread(shutil.rmtree, self.root, True)
 
     def worker_pids(self) -> list[int]:
         """The process-group ids of the running workers (for tests and diagnostics)."""
