@@ -518,6 +518,7 @@ class _Worker:
             lines = block.split(b"\n")  # the line that is not UTF-8 breaks the stream below
         pending, pool = self.pending, self.pool
         now = time.monotonic()
+        share = 0.0
         if pending:
             share = (now - max(pending[0].started, self.last_answer)) / len(lines)
         self.last_answer = now
