@@ -113,6 +113,19 @@ async def test_stdout_flood_over_line_limit(harness: Harness) -> None:
     await _pathology(harness, "flood_stdout", ERROR, "longer than", max_line_bytes=65536)
 
 
+async def test_a_long_line_fails_its_candidate_after_the_lines_read_with_it(
+    harness: Harness,
+) -> None:
+    # verdicts 0-2 and the 3,000-character line of 3 arrive in one write
+    await _pathology(harness, "long_verdict", ERROR, "longer than 1024 bytes", max_line_bytes=1024)
+
+
+async def test_a_line_that_is_not_utf8_fails_its_candidate_after_the_lines_read_with_it(
+    harness: Harness,
+) -> None:
+    await _pathology(harness, "not_utf8", ERROR, "not JSON")
+
+
 async def test_fork_and_exit_kills_the_children(harness: Harness) -> None:
     await _pathology(harness, "fork_exit", ERROR, "exited with code 0")
     # the forked children carry the token in their cmdline: the fixture checks they are gone

@@ -304,6 +304,15 @@ def parse_verdict_line(
     return status, score, metrics, message
 
 
+def _split_lines(block: bytes) -> list[str] | list[bytes]:
+    """The lines of `block`, decoded in one call; as bytes if it is not all UTF-8 (the line
+    that is not then breaks the stream, the lines before it count)."""
+    try:
+        return block.decode().split("\n")
+    except UnicodeDecodeError:
+        return block.split(b"\n")
+
+
 async def _complete(work: Coroutine[Any, Any, None]) -> None:
     """Await `work` to its end even when the caller is cancelled meanwhile (clean-up that
     must not be cut short), then re-raise the caller's cancellation."""
@@ -509,13 +518,8 @@ class _Worker:
 
         The pool sees verdicts only as fast as it reads them, so the worker's time for the
         lines of one read is shared evenly between them."""
-        lines: list[str] | list[bytes]
-        if len(block) >= limit and any(len(line) >= limit for line in block.split(b"\n")):
-            raise _Broken(f"worker wrote a line longer than {limit} bytes")
-        try:
-            lines = block.decode().split("\n")
-        except UnicodeDecodeError:
-            lines = block.split(b"\n")  # the line that is not UTF-8 breaks the stream below
+        long_lines = len(block) >= limit  # then each line is measured, in bytes, below
+        lines = block.split(b"\n") if long_lines else _split_lines(block)
         pending, pool = self.pending, self.pool
         now = time.monotonic()
         share = 0.0
@@ -525,6 +529,8 @@ class _Worker:
         for line in lines:
             if not pending:
                 raise _Broken("worker wrote a line while no request was pending")
+            if long_lines and len(line) >= limit:
+                raise _Broken(f"worker wrote a line longer than {limit} bytes")
             head = pending[0]
             try:
                 status, score, metrics, message = parse_verdict_line(line, head.candidate_id)
