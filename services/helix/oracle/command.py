@@ -10,6 +10,9 @@ with its whole process group, reaped, and replaced with back-off.
 The sandbox is a process group of its own (`start_new_session`), a fresh working directory,
 rlimits set by a tiny exec wrapper (no `preexec_fn`: unsafe in a threaded gRPC process) and
 an environment built from an allow-list only.
+
+`python_spec` runs `python` oracles (a `module:function` entry point) through the same pool,
+with `helix.oracle.pyworker` as the worker program.
 """
 
 from __future__ import annotations
