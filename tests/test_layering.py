@@ -59,6 +59,7 @@ PURE = [
     "oracle/cache.py",
     "oracle/builtins.py",
     "oracle/instances.py",
+    "oracle/pyworker.py",
     "orchestrator/validation.py",
 ]
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from oracle_workers.processes import leftovers as _leftovers
 
 import helix.v1.candidate_pb2 as candidate_pb2
 from helix.oracle.command import CommandPool, CommandSpec, Health, Limits, parse_verdict_line
@@ -28,27 +28,6 @@ def _cid(i: int) -> str:
 
 def _items(n: int, poison: int | None = None) -> list[tuple[str, dict[str, object]]]:
     return [(_cid(i), {"x": [float(i), 1.0], "poison": i == poison}) for i in range(n)]
-
-
-def _processes() -> list[tuple[int, int, str, str]]:
-    """(pid, ppid, state, cmdline) of every process on the machine."""
-    rows = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        rows.append((int(entry), int(fields[1]), fields[0], cmdline))
-    return rows
-
-
-def _leftovers(token: str) -> list[tuple[int, int, str, str]]:
-    me = os.getpid()
-    return [p for p in _processes() if token in p[3] or (p[1] == me and p[2] == "Z")]
 
 
 class Harness:
@@ -134,6 +113,19 @@ async def test_stdout_flood_over_line_limit(harness: Harness) -> None:
     await _pathology(harness, "flood_stdout", ERROR, "longer than", max_line_bytes=65536)
 
 
+async def test_a_long_line_fails_its_candidate_after_the_lines_read_with_it(
+    harness: Harness,
+) -> None:
+    # verdicts 0-2 and the 3,000-character line of 3 arrive in one write
+    await _pathology(harness, "long_verdict", ERROR, "longer than 1024 bytes", max_line_bytes=1024)
+
+
+async def test_a_line_that_is_not_utf8_fails_its_candidate_after_the_lines_read_with_it(
+    harness: Harness,
+) -> None:
+    await _pathology(harness, "not_utf8", ERROR, "not JSON")
+
+
 async def test_fork_and_exit_kills_the_children(harness: Harness) -> None:
     await _pathology(harness, "fork_exit", ERROR, "exited with code 0")
     # the forked children carry the token in their cmdline: the fixture checks they are gone
@@ -190,7 +182,7 @@ async def test_sandbox_environment_and_working_directory(
     pool = await harness.pool("env", workers=1, env_allow=("PATH",))
     [verdict] = await pool.verify(_items(1))
     cwd, names = verdict.message.split("|")
-    assert Path(cwd).parent == harness.tmp_path
+    assert Path(cwd).parent.parent == harness.tmp_path  # the pool's directory, then its own
     assert "HELIX_SECRET" not in names.split(",")
     assert set(names.split(",")) <= {"PATH", "LC_CTYPE"}
 
@@ -247,6 +239,77 @@ def test_verdict_line_rules() -> None:
         b'{"id":"a","status":"passed","score":1,"metrics":{"Bad":1}}',
         b'{"id":"a","status":"passed","score":1,"extra":1}',
         b'{"id":"a","status":"passed","score":1,"message":3}',
+        b'{"id":"a","status":["passed"],"score":1}',  # unhashable: once a TypeError
+        b'{"id":"a","status":"passed","score":1,"metrics":null}',
     ):
         with pytest.raises(ValueError, match=r"must|unknown|does not match"):
             parse_verdict_line(bad, "a")
+
+
+async def test_an_unhashable_status_fails_one_candidate_and_the_worker_serves_on(
+    harness: Harness,
+) -> None:
+    pool = await harness.pool("list_status", workers=1)
+    verdicts = await pool.verify(_items(4, poison=1))
+    assert verdicts[1].status == ERROR
+    assert "status must be" in verdicts[1].message
+    assert [v.status for i, v in enumerate(verdicts) if i != 1] == [PASSED] * 3
+    assert pool.counters.worker_starts == 1
+
+
+async def test_per_call_timeout_overrides_the_spec_default(harness: Harness) -> None:
+    pool = await harness.pool("hang", workers=1, timeout=60)
+    started = asyncio.get_running_loop().time()
+    verdicts = await pool.verify(_items(3, poison=1), timeout=0.3)
+    assert asyncio.get_running_loop().time() - started < 10
+    assert [v.status for v in verdicts] == [PASSED, TIMEOUT, PASSED]
+    assert "0.3 s per-candidate timeout" in verdicts[1].message
+    assert pool.counters.timeouts == 1
+    # None: the spec's timeout (60 s) applies again; a quick candidate is not affected
+    assert [v.status for v in await pool.verify(_items(2), timeout=None)] == [PASSED] * 2
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            await pool.verify(_items(1), timeout=bad)
+
+
+async def test_concurrent_calls_and_duplicate_ids_each_get_their_verdicts(
+    harness: Harness,
+) -> None:
+    pool = await harness.pool("ok", workers=2, in_flight=3)
+    first = _items(40)
+    second: list[tuple[str, dict[str, object]]] = [
+        (_cid(7), {"x": [100.0]}),
+        (_cid(7), {"x": [200.0]}),
+        *_items(5),
+    ]
+    a, b = await asyncio.gather(pool.verify(first), pool.verify(second))
+    assert [v.score for v in a] == [i + 1.0 for i in range(40)]
+    assert [(v.candidate_id, v.score) for v in b[:2]] == [(_cid(7), 100.0), (_cid(7), 200.0)]
+    assert [v.score for v in b[2:]] == [i + 1.0 for i in range(5)]
+    assert all(v.HasField("duration") for v in a + b)
+
+
+async def test_a_cancelled_call_gives_up_its_queued_candidates(harness: Harness) -> None:
+    pool = await harness.pool("ok", workers=1, in_flight=2)
+    task = asyncio.create_task(pool.verify(_items(20_000)))
+    await eventually(
+        lambda: pool.counters.verdicts.get("VERDICT_STATUS_PASSED", 0) > 10 or None,
+        5.0,
+        what="the big call under way",
+    )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    verdicts = await pool.verify(_items(3))
+    assert [v.score for v in verdicts] == [1.0, 2.0, 3.0]
+    assert not pool.queue  # the cancelled call's candidates were dropped, not evaluated
+    assert pool.counters.verdicts["VERDICT_STATUS_PASSED"] < 20_000
+
+
+async def test_a_genome_that_is_not_json_fails_that_candidate_only(harness: Harness) -> None:
+    pool = await harness.pool("ok", workers=1)
+    items = _items(3)
+    items[1] = (_cid(1), {"x": [1.0], "bad": object()})
+    verdicts = await pool.verify(items)
+    assert [v.status for v in verdicts] == [PASSED, ERROR, PASSED]
+    assert "cannot be written as JSON" in verdicts[1].message

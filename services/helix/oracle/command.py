@@ -10,6 +10,9 @@ with its whole process group, reaped, and replaced with back-off.
 The sandbox is a process group of its own (`start_new_session`), a fresh working directory,
 rlimits set by a tiny exec wrapper (no `preexec_fn`: unsafe in a threaded gRPC process) and
 an environment built from an allow-list only.
+
+`python_spec` runs `python` oracles (a `module:function` entry point) through the same pool,
+with `helix.oracle.pyworker` as the worker program.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from json.encoder import encode_basestring_ascii
+from typing import Any, TypeAlias
 
 import helix.v1.candidate_pb2 as candidate_pb2
 from helix.common import errors
@@ -38,11 +42,18 @@ MAX_MESSAGE_CHARS = 1024
 MAX_METRICS = 64
 _METRIC_KEY = re.compile(r"[a-z_][a-z0-9_.]{0,63}")
 _VERDICT_KEYS = frozenset({"id", "status", "score", "metrics", "message"})
-_STATUSES = {
+Status: TypeAlias = candidate_pb2.VerdictStatus.ValueType
+_STATUSES: dict[str, Status] = {
     "passed": candidate_pb2.VERDICT_STATUS_PASSED,
     "failed": candidate_pb2.VERDICT_STATUS_FAILED,
     "error": candidate_pb2.VERDICT_STATUS_ERROR,
 }
+_STATUS_NAMES = {
+    value: candidate_pb2.VerdictStatus.Name(value) for value in candidate_pb2.VerdictStatus.values()
+}
+_ERROR = candidate_pb2.VERDICT_STATUS_ERROR
+_ENCODE_GENOME = json.JSONEncoder(separators=(",", ":")).encode
+_RAW_DECODE = json.JSONDecoder().raw_decode
 _MAX_ATTEMPTS = 2  # a candidate held by a worker that broke on another one is retried once
 _TERM_GRACE = 0.2
 _CHUNK = 1 << 16
@@ -96,6 +107,41 @@ class CommandSpec:
             raise ValueError("max_line_bytes must be >= 1024 and stderr_ring_bytes >= 0")
 
 
+_ENTRY_POINT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+PYWORKER = "helix.oracle.pyworker"
+
+
+def python_spec(
+    entry_point: str,
+    *,
+    batch: bool = False,
+    path: str | None = None,
+    max_batch: int = 1000,
+    **options: Any,
+) -> CommandSpec:
+    """A CommandSpec running a `python` oracle: `helix.oracle.pyworker` calling `entry_point`
+    ("module:function") in each worker, scalar or batch, with `path` (an absolute directory)
+    first on the worker's sys.path. `options` are the other CommandSpec fields.
+
+    A batch worker calls the function with the request lines it has, so by default it may
+    hold two batches (`in_flight` = 2 x max_batch): one being evaluated, the next waiting.
+    The per-candidate timeout then covers one call of the function on up to `max_batch`
+    genomes."""
+    if not _ENTRY_POINT.fullmatch(entry_point):
+        raise ValueError(f"entry point {entry_point!r} is not MODULE:FUNCTION")
+    if path is not None and not os.path.isabs(path):
+        raise ValueError(f"path {path!r} must be absolute (workers run in their own directory)")
+    if max_batch < 1:
+        raise ValueError("max_batch must be at least 1")
+    argv = [sys.executable, "-I", "-m", PYWORKER, entry_point]
+    if batch:
+        argv += ["--batch", "--max-batch", str(max_batch)]
+        options.setdefault("in_flight", 2 * max_batch)
+    if path is not None:
+        argv += ["--path", path]
+    return CommandSpec(argv=tuple(argv), **options)
+
+
 class Health(enum.Enum):
     SERVING = "SERVING"
     DEGRADED = "DEGRADED"
@@ -113,15 +159,32 @@ class PoolCounters:
     retries: int = 0
 
 
+class _Batch:
+    """One `verify` call: its verdicts by position, how many are still missing, and the one
+    future its caller awaits (one future per call, not one per candidate)."""
+
+    __slots__ = ("future", "remaining", "timeout", "verdicts")
+
+    def __init__(self, size: int, future: asyncio.Future[None], timeout: float) -> None:
+        self.verdicts: list[candidate_pb2.Verdict | None] = [None] * size
+        self.remaining = size
+        self.future = future
+        self.timeout = timeout
+
+
 class _Job:
-    __slots__ = ("attempts", "candidate_id", "future", "line", "started")
+    """One candidate of a batch; its request line is encoded when it is first written."""
+
+    __slots__ = ("attempts", "batch", "candidate_id", "genome", "index", "line", "started")
 
     def __init__(
-        self, candidate_id: str, line: bytes, future: asyncio.Future[candidate_pb2.Verdict]
-    ):
+        self, batch: _Batch, index: int, candidate_id: str, genome: Mapping[str, object]
+    ) -> None:
+        self.batch = batch
+        self.index = index
         self.candidate_id = candidate_id
-        self.line = line
-        self.future = future
+        self.genome = genome
+        self.line = ""
         self.attempts = 0
         self.started = 0.0
 
@@ -129,7 +192,7 @@ class _Job:
 class _Broken(Exception):
     """The worker broke the protocol or died; `status` is what the head candidate gets."""
 
-    def __init__(self, message: str, status: int = candidate_pb2.VERDICT_STATUS_ERROR) -> None:
+    def __init__(self, message: str, status: Status = _ERROR) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -152,27 +215,33 @@ class _Ring:
         return text[-chars:]
 
 
+def request_line(candidate_id: str, genome: Mapping[str, object]) -> str:
+    """One request line: compact ASCII JSON, newline-terminated (docs/oracle-protocol.md)."""
+    return f'{{"id":{encode_basestring_ascii(candidate_id)},"genome":{_ENCODE_GENOME(genome)}}}\n'
+
+
 def _verdict(
     candidate_id: str,
-    status: int,
+    status: Status,
     message: str = "",
     *,
     score: float = 0.0,
     metrics: Mapping[str, float] | None = None,
     seconds: float = 0.0,
 ) -> candidate_pb2.Verdict:
-    verdict = candidate_pb2.Verdict(
-        candidate_id=candidate_id,
-        status=cast("candidate_pb2.VerdictStatus.ValueType", status),
-        score=score,
-        message=message[:MAX_MESSAGE_CHARS],
-    )
-    verdict.metrics.update(metrics or {})
-    verdict.duration.FromNanoseconds(max(0, int(seconds * 1e9)))
+    verdict = candidate_pb2.Verdict(candidate_id=candidate_id, status=status, score=score)
+    if message:
+        verdict.message = message[:MAX_MESSAGE_CHARS]
+    if metrics:
+        verdict.metrics.update(metrics)
+    duration = verdict.duration
+    duration.seconds, duration.nanos = divmod(max(0, int(seconds * 1e9)), 1_000_000_000)
     return verdict
 
 
 def _number(value: object) -> float | None:
+    if type(value) is float:  # the common case first
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     number = float(value)
@@ -193,34 +262,75 @@ def _metrics(raw: object) -> dict[str, float]:
     return metrics
 
 
-def parse_verdict_line(line: bytes, expected_id: str) -> tuple[int, float, dict[str, float], str]:
+def _load(line: str | bytes) -> object:
+    """`json.loads`, with a fast path for a str holding one JSON value (no whitespace regex)."""
+    if isinstance(line, str):
+        try:
+            obj, end = _RAW_DECODE(line)
+        except ValueError:
+            pass  # json.loads below gives the error (or accepts leading whitespace)
+        else:
+            if end == len(line) or line[end:].isspace():
+                return obj
+    return json.loads(line)
+
+
+def parse_verdict_line(
+    line: str | bytes, expected_id: str
+) -> tuple[Status, float, dict[str, float], str]:
     """(status, score, metrics, message) of one verdict line, or raises ValueError (a bad
     verdict for the expected candidate) or _Broken (the stream is out of step)."""
     try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = _load(line)
+    except ValueError as exc:  # also UnicodeDecodeError
         raise _Broken(f"worker wrote a line that is not JSON ({exc}): {line[:80]!r}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise _Broken(f"worker wrote JSON that is not an object: {line[:80]!r}")
     if obj.get("id") != expected_id:
         raise _Broken(f"worker answered id {obj.get('id')!r} while {expected_id!r} was expected")
-    unknown = sorted(set(obj) - _VERDICT_KEYS)
-    if unknown:
-        raise ValueError(f"unknown verdict field(s) {unknown}")
-    status = _STATUSES.get(obj.get("status"))  # type: ignore[arg-type]
+    if not obj.keys() <= _VERDICT_KEYS:
+        raise ValueError(f"unknown verdict field(s) {sorted(set(obj) - _VERDICT_KEYS)}")
+    raw_status = obj.get("status")
+    status = _STATUSES.get(raw_status) if type(raw_status) is str else None
     if status is None:
-        raise ValueError(f"status must be passed, failed or error, not {obj.get('status')!r}")
+        raise ValueError(f"status must be passed, failed or error, not {raw_status!r}")
     message = obj.get("message", "")
-    if not isinstance(message, str):
+    if type(message) is not str:
         raise ValueError("message must be a string")
     score = 0.0
-    if status != candidate_pb2.VERDICT_STATUS_ERROR:
+    if status != _ERROR:
         parsed = _number(obj.get("score"))
         if parsed is None:
             raise ValueError(f"score must be a finite number, not {obj.get('score')!r}")
         score = parsed
-    metrics = _metrics(obj.get("metrics", {}))
+    metrics = _metrics(obj["metrics"]) if "metrics" in obj else {}
     return status, score, metrics, message
+
+
+def _split_lines(block: bytes) -> list[str] | list[bytes]:
+    """The lines of `block`, decoded in one call; as bytes if it is not all UTF-8 (the line
+    that is not then breaks the stream, the lines before it count)."""
+    try:
+        return block.decode().split("\n")
+    except UnicodeDecodeError:
+        return block.split(b"\n")
+
+
+async def _complete(work: Coroutine[Any, Any, None]) -> None:
+    """Await `work` to its end even when the caller is cancelled meanwhile (clean-up that
+    must not be cut short), then re-raise the caller's cancellation."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.cancelled():
+                raise
+            cancelled = exc
+    task.result()
+    if cancelled is not None:
+        raise cancelled
 
 
 async def _exit_code(process: asyncio.subprocess.Process) -> int:
@@ -239,8 +349,10 @@ class _Worker:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
         self.pending: deque[_Job] = deque()
+        self.free = 0  # request lines this incarnation may still have in flight
         self.ring = _Ring(pool.spec.stderr_ring_bytes)
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # a line was written (the reader has something to wait for)
+        self.wakeup = asyncio.Event()  # work was queued or a slot was freed (for the writer)
         self.last_answer = 0.0
 
     async def run(self) -> None:
@@ -249,14 +361,19 @@ class _Worker:
             failures = self.pool.consecutive_failures
             if failures:
                 await asyncio.sleep(min(spec.backoff_base * 2 ** (failures - 1), spec.backoff_max))
+            # Inside the pool's directory, which close() removes whatever happens here.
             workdir = await asyncio.to_thread(
-                tempfile.mkdtemp, prefix="helix-worker-", dir=spec.work_root
+                tempfile.mkdtemp, prefix=f"worker-{self.index}-", dir=self.pool.root
             )
             try:
                 await self._incarnation(workdir)
             finally:
-                await asyncio.shield(self._kill())
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
+                self.free = 0
+                await _complete(self._clean_up(workdir))
+
+    async def _clean_up(self, workdir: str) -> None:
+        await self._kill()
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     async def _incarnation(self, workdir: str) -> None:
         spec = self.pool.spec
@@ -272,46 +389,51 @@ class _Worker:
             start_new_session=True, limit=spec.max_line_bytes,
         )  # fmt: skip
         self.pool.counters.worker_starts += 1
-        slots = asyncio.Semaphore(spec.in_flight)
-        tasks = [
-            asyncio.create_task(self._write(slots)),
-            asyncio.create_task(self._drain_stderr()),
-        ]
+        self.free = spec.in_flight
+        stderr = asyncio.create_task(self._drain_stderr())
+        writer = asyncio.create_task(self._write())
         try:
-            await self._read(slots)
+            await self._read(stderr)
         except _Broken as broken:
             self._fail(broken)
         finally:
-            for task in tasks:
+            for task in (writer, stderr):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(writer, stderr, return_exceptions=True)
 
-    async def _write(self, slots: asyncio.Semaphore) -> None:
+    async def _write(self) -> None:
         process = self.process
         assert process is not None
         assert process.stdin is not None
-        queue = self.pool.queue
+        queue, pending, wakeup = self.pool.queue, self.pending, self.wakeup
         while True:
-            await slots.acquire()
-            batch = [await queue.get()]
+            if not queue or self.free <= 0:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
             # Every free slot's line in one write: one syscall and one wake-up, not one per line.
-            while not queue.empty() and not slots.locked():
-                await slots.acquire()  # free: returns at once
-                batch.append(queue.get_nowait())
             now = time.monotonic()
             lines = []
-            for job in batch:
-                if job.future.done():  # its caller went away
-                    slots.release()
+            while queue and self.free > 0:
+                job = queue.popleft()
+                if job.batch.future.done():  # its caller went away
                     continue
+                if not job.line:
+                    try:
+                        job.line = request_line(job.candidate_id, job.genome)
+                    except (TypeError, ValueError) as exc:
+                        message = f"the genome cannot be written as JSON: {exc}"
+                        self.pool.settle(job, _verdict(job.candidate_id, _ERROR, message))
+                        continue
                 job.started = now
-                self.pending.append(job)
+                pending.append(job)
                 lines.append(job.line)
+                self.free -= 1
             if not lines:
                 continue
             self.ready.set()
             try:
-                process.stdin.write(b"".join(lines))
+                process.stdin.write("".join(lines).encode())
                 await process.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 return  # the reader sees the exit and blames the head
@@ -323,13 +445,14 @@ class _Worker:
         while chunk := await process.stderr.read(4096):
             self.ring.add(chunk)
 
-    async def _read(self, slots: asyncio.Semaphore) -> None:
+    async def _read(self, stderr: asyncio.Task[None]) -> None:
         process = self.process
         assert process is not None
         assert process.stdout is not None
         stdout = process.stdout
         self.last_answer = time.monotonic()
         limit = self.pool.spec.max_line_bytes
+        queue = self.pool.queue
         rest = b""
         # Chunks, not readline: one task and one wake-up for every line already in the pipe.
         reading: asyncio.Task[bytes] = asyncio.create_task(stdout.read(_CHUNK))
@@ -337,17 +460,20 @@ class _Worker:
         exiting: asyncio.Task[int] = asyncio.create_task(_exit_code(process))
         try:
             while True:
-                if not await self._wait_line(reading, exiting):
+                if not await self._wait_chunk(reading, exiting, stderr):
                     continue
                 chunk = reading.result()
                 if not chunk:
-                    raise _Broken(await self._exit_message())
-                *lines, rest = (rest + chunk).split(b"\n")
-                for line in lines:
-                    if len(line) >= limit:
-                        raise _Broken(f"worker wrote a line longer than {limit} bytes")
-                    self._answer(line)
-                    slots.release()
+                    raise _Broken(await self._exit_message(stderr))
+                data = rest + chunk if rest else chunk
+                end = data.rfind(b"\n")
+                if end >= 0:
+                    rest = data[end + 1 :]
+                    self._answer(data[:end], limit)
+                    if queue:
+                        self.wakeup.set()
+                else:
+                    rest = data
                 if len(rest) >= limit:
                     raise _Broken(f"worker wrote a line longer than {limit} bytes")
                 reading = asyncio.create_task(stdout.read(_CHUNK))
@@ -356,12 +482,14 @@ class _Worker:
                 task.cancel()
             await asyncio.gather(reading, exiting, return_exceptions=True)
 
-    async def _wait_line(self, reading: asyncio.Task[bytes], exiting: asyncio.Task[int]) -> bool:
+    async def _wait_chunk(
+        self, reading: asyncio.Task[bytes], exiting: asyncio.Task[int], stderr: asyncio.Task[None]
+    ) -> bool:
         """True when a chunk (or EOF) is read; raises _Broken on timeout or the leader's exit."""
         if exiting.done() and not reading.done():
             await asyncio.wait({reading}, timeout=0.1)  # lines written before the exit
             if not reading.done():
-                raise _Broken(await self._exit_message())
+                raise _Broken(await self._exit_message(stderr))
         if not self.pending:
             self.ready.clear()
             waiter = asyncio.create_task(self.ready.wait())
@@ -370,8 +498,9 @@ class _Worker:
             finally:
                 waiter.cancel()
             return reading.done()
-        timeout = self.pool.spec.timeout
-        deadline = max(self.pending[0].started, self.last_answer) + timeout
+        head = self.pending[0]
+        timeout = head.batch.timeout
+        deadline = max(head.started, self.last_answer) + timeout
         done, _ = await asyncio.wait(
             {reading, exiting},
             timeout=max(0.0, deadline - time.monotonic()),
@@ -386,36 +515,49 @@ class _Worker:
             )
         return reading.done()
 
-    def _answer(self, line: bytes) -> None:
-        """Settle the head candidate with this line (or raise _Broken, leaving it pending)."""
-        if not self.pending:
-            raise _Broken("worker wrote a line while no request was pending")
-        head = self.pending[0]
-        now = time.monotonic()
-        seconds = now - max(head.started, self.last_answer)
-        try:
-            status, score, metrics, message = parse_verdict_line(line, head.candidate_id)
-        except ValueError as exc:
-            self.pool.counters.protocol_errors += 1
-            status, score, metrics, message = (
-                candidate_pb2.VERDICT_STATUS_ERROR, 0.0, {}, f"invalid verdict line: {exc}"
-            )  # fmt: skip
-        else:
-            self.pool.consecutive_failures = 0
-        self.pending.popleft()
-        self.last_answer = now
-        verdict = _verdict(
-            head.candidate_id, status, message, score=score, metrics=metrics, seconds=seconds
-        )
-        self.pool.settle(head, verdict)
+    def _answer(self, block: bytes, limit: int) -> None:
+        """Settle one pending candidate per line of `block` (complete lines, the last newline
+        cut off), in order; raises _Broken at the first line that puts the stream out of step.
 
-    async def _exit_message(self) -> str:
+        The pool sees verdicts only as fast as it reads them, so the worker's time for the
+        lines of one read is shared evenly between them."""
+        long_lines = len(block) >= limit  # then each line is measured, in bytes, below
+        lines = block.split(b"\n") if long_lines else _split_lines(block)
+        pending, pool = self.pending, self.pool
+        now = time.monotonic()
+        share = 0.0
+        if pending:
+            share = (now - max(pending[0].started, self.last_answer)) / len(lines)
+        self.last_answer = now
+        for line in lines:
+            if not pending:
+                raise _Broken("worker wrote a line while no request was pending")
+            if long_lines and len(line) >= limit:
+                raise _Broken(f"worker wrote a line longer than {limit} bytes")
+            head = pending[0]
+            try:
+                status, score, metrics, message = parse_verdict_line(line, head.candidate_id)
+            except ValueError as exc:
+                pool.counters.protocol_errors += 1
+                status, score, metrics, message = _ERROR, 0.0, {}, f"invalid verdict line: {exc}"
+            else:
+                pool.consecutive_failures = 0
+            pending.popleft()
+            self.free += 1
+            verdict = _verdict(
+                head.candidate_id, status, message, score=score, metrics=metrics, seconds=share
+            )
+            pool.settle(head, verdict)
+
+    async def _exit_message(self, stderr: asyncio.Task[None]) -> str:
         process = self.process
         assert process is not None
         try:
             code = await asyncio.wait_for(_exit_code(process), 1.0)
         except TimeoutError:
             return "worker closed its stdout but kept running"
+        # what it wrote to stderr on the way out belongs in the message's tail
+        await asyncio.wait({stderr}, timeout=0.2)
         return f"worker exited with code {code}"
 
     def _fail(self, broken: _Broken) -> None:
@@ -429,17 +571,19 @@ class _Worker:
         tail = self.ring.tail()
         message = broken.message + (f"; stderr tail: {tail}" if tail else "")
         head, rest = jobs[0], jobs[1:]
-        seconds = time.monotonic() - head.started
+        seconds = time.monotonic() - max(head.started, self.last_answer)
         pool.settle(head, _verdict(head.candidate_id, broken.status, message, seconds=seconds))
+        retry = []
         for job in rest:
             job.attempts += 1
             if job.attempts >= _MAX_ATTEMPTS:
-                pool.settle(
-                    job, _verdict(job.candidate_id, candidate_pb2.VERDICT_STATUS_ERROR, message)
-                )
+                pool.settle(job, _verdict(job.candidate_id, _ERROR, message))
             else:
                 pool.counters.retries += 1
-                pool.queue.put_nowait(job)
+                retry.append(job)
+        if retry:
+            pool.queue.extendleft(reversed(retry))  # first in line again, in their order
+            pool.wake_writers()
 
     async def _kill(self) -> None:
         """SIGTERM the whole group, SIGKILL after a grace, and reap the leader."""
@@ -468,7 +612,8 @@ class CommandPool:
         self.spec = spec
         self.counters = PoolCounters()
         self.consecutive_failures = 0
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.queue: deque[_Job] = deque()
+        self.root = ""  # the workers' directories are made in it (see start)
         self._workers: list[_Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -482,35 +627,56 @@ class CommandPool:
     async def start(self) -> None:
         if self._tasks or self._closed:
             raise errors.FailedPrecondition("the command pool was already started")
+        self.root = await asyncio.to_thread(
+            tempfile.mkdtemp, prefix="helix-oracle-", dir=self.spec.work_root
+        )
         self._workers = [_Worker(self, i) for i in range(self.spec.workers)]
         self._tasks = [
             asyncio.create_task(w.run(), name=f"oracle-worker-{w.index}") for w in self._workers
         ]
 
+    def wake_writers(self) -> None:
+        for worker in self._workers:
+            if worker.free > 0:
+                worker.wakeup.set()
+
     def settle(self, job: _Job, verdict: candidate_pb2.Verdict) -> None:
-        if not job.future.done():
-            job.future.set_result(verdict)
-            name = candidate_pb2.VerdictStatus.Name(verdict.status)
-            self.counters.verdicts[name] = self.counters.verdicts.get(name, 0) + 1
+        """Give `job` its verdict unless it has one (or its caller went away)."""
+        batch = job.batch
+        if batch.verdicts[job.index] is not None or batch.future.done():
+            return
+        batch.verdicts[job.index] = verdict
+        name = _STATUS_NAMES[verdict.status]
+        self.counters.verdicts[name] = self.counters.verdicts.get(name, 0) + 1
+        batch.remaining -= 1
+        if not batch.remaining:
+            batch.future.set_result(None)
 
     async def verify(
-        self, items: Sequence[tuple[str, Mapping[str, object]]]
+        self,
+        items: Sequence[tuple[str, Mapping[str, object]]],
+        timeout: float | None = None,  # noqa: ASYNC109 - per candidate, not for the call
     ) -> list[candidate_pb2.Verdict]:
-        """One verdict per (candidate_id, named genome), in the order given."""
+        """One verdict per (candidate_id, named genome), in the order given.
+
+        `timeout` is the per-candidate timeout of this call's candidates (a VerifyRequest's,
+        already capped by the caller); None means the spec's."""
         if self._closed or not self._tasks:
             raise errors.Unavailable("the command oracle is not running")
-        loop = asyncio.get_running_loop()
-        jobs = []
-        for candidate_id, genome in items:
-            line = json.dumps({"id": candidate_id, "genome": genome}, separators=(",", ":"))
-            jobs.append(_Job(candidate_id, line.encode() + b"\n", loop.create_future()))
-        for job in jobs:
-            self.queue.put_nowait(job)
+        if timeout is None:
+            timeout = self.spec.timeout
+        elif not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError("timeout must be a positive finite number of seconds")
+        if not items:
+            return []
+        batch = _Batch(len(items), asyncio.get_running_loop().create_future(), timeout)
+        self.queue.extend(_Job(batch, i, cid, genome) for i, (cid, genome) in enumerate(items))
+        self.wake_writers()
         try:
-            return list(await asyncio.gather(*(job.future for job in jobs)))
+            await batch.future
         finally:
-            for job in jobs:
-                job.future.cancel()  # no-op when settled; skipped by writers otherwise
+            batch.future.cancel()  # no-op when settled; writers skip its queued candidates
+        return batch.verdicts  # type: ignore[return-value] # every position is settled
 
     async def close(self) -> None:
         """Kill every worker group, reap it, remove its directory; pending callers get ERROR."""
@@ -518,18 +684,15 @@ class CommandPool:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        jobs = [job for worker in self._workers for job in worker.pending]
+        jobs += self.queue
         for worker in self._workers:
-            for job in worker.pending:
-                self.settle(
-                    job,
-                    _verdict(job.candidate_id, candidate_pb2.VERDICT_STATUS_ERROR, "oracle closed"),
-                )
             worker.pending.clear()
-        while not self.queue.empty():
-            job = self.queue.get_nowait()
-            self.settle(
-                job, _verdict(job.candidate_id, candidate_pb2.VERDICT_STATUS_ERROR, "oracle closed")
-            )
+        self.queue.clear()
+        for job in jobs:
+            self.settle(job, _verdict(job.candidate_id, _ERROR, "oracle closed"))
+        if self.root:
+            await asyncio.to_thread(shutil.rmtree, self.root, True)
 
     def worker_pids(self) -> list[int]:
         """The process-group ids of the running workers (for tests and diagnostics)."""
