@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import helix.v1.registry_pb2 as registry_pb2
+import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 
 from harness import HELIX, clean_env
 from harness import run_helix as run
@@ -37,7 +38,14 @@ async def test_oracle_test_runs_here_and_through_the_embedded_suite(suite, helix
     assert code == 0, err
     assert len(ROW.findall(here)) == 5, here
     code, there, err = await run(
-        "oracle", "test", "rastrigin", "--dna", RASTRIGIN, "--samples", "5", *flags(suite),
+        "oracle",
+        "test",
+        "rastrigin",
+        "--dna",
+        RASTRIGIN,
+        "--samples",
+        "5",
+        *flags(suite),
         env=helix_env,
     )
     assert code == 0, err
@@ -74,9 +82,15 @@ async def test_oracle_test_bad_input_is_a_usage_error(args, message):
 
 async def test_oracle_test_shows_a_broken_workers_stderr(tmp_path):
     worker = tmp_path / "worker.py"
-    worker.write_text("import sys\nsys.stderr.write('cannot load the model: weights.bin missing\\n')\nsys.exit(4)\n")
+    worker.write_text(
+        "import sys\n"
+        "sys.stderr.write('cannot load the model: weights.bin missing\\n')\n"
+        "sys.exit(4)\n"
+    )
     config = tmp_path / "oracles.yaml"
-    config.write_text(f'oracles:\n  broken:\n    kind: command\n    argv: ["{sys.executable}", worker.py]\n')
+    config.write_text(
+        f'oracles:\n  broken:\n    kind: command\n    argv: ["{sys.executable}", worker.py]\n'
+    )
     code, out, err = await run(
         "oracle", "test", "broken", "--dna", RASTRIGIN, "--samples", "2", "--config", str(config)
     )
@@ -97,7 +111,9 @@ async def test_oracles_list_and_get(suite, helix_env):
     code, out, err = await run("oracles", "list", *flags(suite), env=helix_env)
     assert code == 0, err
     assert re.search(r"^oracles/tsp +builtin +100000 +minimize", out, re.MULTILINE), out
-    code, out, err = await run("oracles", "get", "rastrigin", "--json", *flags(suite), env=helix_env)
+    code, out, err = await run(
+        "oracles", "get", "rastrigin", "--json", *flags(suite), env=helix_env
+    )
     assert code == 0, err
     shown = json.loads(out)
     assert shown["name"] == "oracles/rastrigin"
@@ -117,9 +133,8 @@ async def test_an_oracle_agent_registers_and_leaves(suite, processes, tmp_path, 
         [HELIX, "oracle", "serve", "--port", "0", "--oracle-config", str(config),
          "--registry-address", suite.address_of("registry"), "--agent-id", "oracle-7"],
         env,
-        ready=re.compile(r"helix oracle listening on (\S+)"),
     )  # fmt: skip
-    stub = suite.stub("registry")
+    stub = registry_pb2_grpc.RegistryServiceStub(suite.channel("registry"))
 
     async def registered() -> registry_pb2.Agent | None:
         listed = await stub.ListAgents(registry_pb2.ListAgentsRequest())
@@ -129,7 +144,7 @@ async def test_an_oracle_agent_registers_and_leaves(suite, processes, tmp_path, 
     assert found.kind == registry_pb2.AGENT_KIND_ORACLE
     assert list(found.oracle.oracles) == ["oracles/onemax", "oracles/sphere"]
     assert found.endpoint == agent.address
-    code, out, err = await run(
+    code, _, err = await run(
         "oracle", "test", "sphere", "--dna", str(ROOT / "examples" / "dna" / "sphere.yaml"),
         "--address", agent.address, "--data-dir", str(suite.data_dir), env=helix_env,
     )  # fmt: skip
@@ -137,3 +152,37 @@ async def test_an_oracle_agent_registers_and_leaves(suite, processes, tmp_path, 
     agent.send_signal(signal.SIGTERM)
     assert await agent.wait() == 0
     assert await registered() is None
+
+
+EXAMPLE_PAIRS = [
+    ("sphere", "sphere"),
+    ("sphere", "sphere-random"),
+    ("rastrigin", "rastrigin"),
+    ("onemax", "onemax"),
+    ("tsp", "tsp"),
+    ("knapsack-python", "knapsack"),
+    ("knapsack-node", "knapsack"),
+    ("queueing", "queueing"),
+    ("hyperparameters", "hyperparameters"),
+    ("primer", "primer"),
+]
+
+
+@pytest.mark.parametrize(("oracle", "dna"), EXAMPLE_PAIRS)
+async def test_every_example_oracle_scores_its_example_dna(oracle, dna):
+    if oracle == "knapsack-node" and shutil.which("node") is None:
+        pytest.skip("Node.js is not installed")
+    code, out, err = await run(
+        "oracle", "test", oracle, "--dna", str(ROOT / "examples" / "dna" / f"{dna}.yaml"),
+        "--samples", "4", "--config", str(ROOT / "examples" / "oracles" / "oracles.yaml"),
+    )  # fmt: skip
+    assert code == 0, out + err
+    rows = out.split("\n\n")[0].splitlines()[1:]
+    assert len(rows) == 4
+    assert all(row.split()[1] in ("PASSED", "FAILED") for row in rows), out
+
+
+def test_every_example_dna_has_an_example_oracle():
+    dnas = {p.stem for p in (ROOT / "examples" / "dna").glob("*.yaml")}
+    covered = {dna for _, dna in EXAMPLE_PAIRS}
+    assert dnas <= covered, dnas - covered

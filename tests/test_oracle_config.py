@@ -12,6 +12,7 @@ import pytest
 from helix.oracle.config import builtin_config, parse_config, read_config
 
 ROOT = Path(__file__).resolve().parent.parent
+TSP = "oracles:\n  t:\n    kind: builtin\n    function: tsp\n"
 
 
 @pytest.fixture
@@ -55,7 +56,8 @@ oracles:
 
 def one(text: str, folder: Path) -> tuple[str, str, int]:
     check = parse_config(text, "oracles.yaml", folder)
-    assert not check.valid and not check.oracles
+    assert not check.valid
+    assert not check.oracles
     violation = check.violations[0]
     assert violation.file == "oracles.yaml"
     return violation.field, violation.reason, violation.line
@@ -66,11 +68,15 @@ def test_a_good_configuration_is_read_with_defaults(folder: Path) -> None:
     assert check.valid, check.violations
     assert sorted(check.oracles) == ["far", "scorer", "sphere", "tsp", "worker"]
     worker = check.oracles["worker"]
-    assert worker.capacity == 12 and worker.timeout == 2.0 and worker.cache
+    assert worker.capacity == 12
+    assert worker.timeout == 2.0
+    assert worker.cache
     assert worker.settings["limits"]["memory"] == 512 << 20
     assert worker.settings["env"] == ["HOME"]
     sphere = check.oracles["sphere"]
-    assert not sphere.cache and sphere.objective == 1 and sphere.description
+    assert not sphere.cache
+    assert sphere.objective == 1
+    assert sphere.description
     assert check.oracles["far"].settings == {"address": "127.0.0.1:7000", "oracle": "sphere"}
     assert all(len(s.config_hash) == 64 for s in check.oracles.values())
 
@@ -106,19 +112,19 @@ def test_a_good_configuration_is_read_with_defaults(folder: Path) -> None:
             4,
         ),
         (
-            "oracles:\n  t:\n    kind: builtin\n    function: tsp\n    params: {instance: ../x.tsp}\n",
+            TSP + "    params: {instance: ../x.tsp}\n",
             "oracles.t.params.instance",
             "outside_base",
             5,
         ),
         (
-            "oracles:\n  t:\n    kind: builtin\n    function: tsp\n    params: {instance: /etc/passwd}\n",
+            TSP + "    params: {instance: /etc/passwd}\n",
             "oracles.t.params.instance",
             "outside_base",
             5,
         ),
         (
-            "oracles:\n  t:\n    kind: builtin\n    function: tsp\n    params: {instance: worker.py}\n",
+            TSP + "    params: {instance: worker.py}\n",
             "oracles.t.params.instance",
             "invalid_instance",
             5,
@@ -187,9 +193,7 @@ def test_a_symlink_out_of_the_folder_is_refused(folder: Path, tmp_path: Path) ->
     outside = tmp_path / "secret.tsp"
     shutil.copy(folder / "berlin52.tsp", outside)
     (folder / "link.tsp").symlink_to(outside)
-    text = (
-        "oracles:\n  t:\n    kind: builtin\n    function: tsp\n    params: {instance: link.tsp}\n"
-    )
+    text = TSP + "    params: {instance: link.tsp}\n"
     assert one(text, folder)[1] == "outside_base"
 
 

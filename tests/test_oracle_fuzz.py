@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_fuzz import SERVER_FAULTS, Suite
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
@@ -24,11 +26,12 @@ from helix.genome.layout import Layout, normalise
 from helix.security.tokens import mint
 from helix.suite import EmbeddedConfig
 
-from test_fuzz import SERVER_FAULTS, Suite
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dna"
 PAIRS = [("sphere", "sphere"), ("onemax", "onemax"), ("tsp", "tsp"), ("sphere", "onemax")]
-DNAS = {name: parse_dna_text((EXAMPLES / f"{name}.yaml").read_text()).dna for name in ("sphere", "onemax", "tsp")}
+DNAS = {
+    name: parse_dna_text((EXAMPLES / f"{name}.yaml").read_text()).dna
+    for name in ("sphere", "onemax", "tsp")
+}
 FUZZ = settings(
     max_examples=40,
     deadline=None,
@@ -64,8 +67,6 @@ def genomes(draw: st.DrawFn, dna_name: str) -> candidate_pb2.Candidate:
     layout = Layout(normalise(DNAS[dna_name]))
     pop = layout.empty(1)
     rng_seed = draw(st.integers(0, 2**32 - 1))
-    import numpy as np
-
     rng = np.random.default_rng(rng_seed)
     if layout.n_reals:
         pop.reals[:] = rng.uniform(layout.real_low, layout.real_high)
@@ -74,8 +75,15 @@ def genomes(draw: st.DrawFn, dna_name: str) -> candidate_pb2.Candidate:
     for block in pop.permutations:
         block[0] = rng.permutation(block.shape[1])
     candidate = codec.to_candidates(layout, pop, generation=0, parent_ids=[()])[0]
+    breakage = draw(
+        st.sampled_from(["none", "id", "bad_id", "reals", "extra", "missing", "perm", "bits"])
+    )
+    _break(draw, candidate, breakage)
+    return candidate
+
+
+def _break(draw: st.DrawFn, candidate: candidate_pb2.Candidate, breakage: str) -> None:
     genome = candidate.genome
-    breakage = draw(st.sampled_from(["none", "id", "bad_id", "reals", "extra", "missing", "perm", "bits"]))
     if breakage == "id":
         candidate.id = draw(st.text("0123456789abcdef", min_size=32, max_size=32))
     elif breakage == "bad_id":
@@ -93,26 +101,29 @@ def genomes(draw: st.DrawFn, dna_name: str) -> candidate_pb2.Candidate:
         genome.permutations[0] = genome.permutations[-1]
     elif breakage == "bits" and genome.bits:
         genome.bits = draw(st.binary(max_size=len(genome.bits) + 2))
-    return candidate
 
 
 @st.composite
 def verify_requests(draw: st.DrawFn) -> oracle_pb2.VerifyRequest:
     oracle, dna_name = draw(st.sampled_from(PAIRS))
     batch = draw(st.lists(genomes(dna_name), min_size=0, max_size=20))
-    request = oracle_pb2.VerifyRequest(oracle=f"oracles/{oracle}", dna=DNAS[dna_name], candidates=batch)
+    request = oracle_pb2.VerifyRequest(
+        oracle=f"oracles/{oracle}", dna=DNAS[dna_name], candidates=batch
+    )
     if draw(st.booleans()):
         request.timeout.seconds = draw(st.integers(-5, 10**6))
     return request
 
 
 def check(call: Any) -> grpc.StatusCode:
+    """Run `call`; its status code, which must not be a server fault."""
+    code, details = grpc.StatusCode.OK, None
     try:
         call()
     except grpc.RpcError as error:
-        assert error.code() not in SERVER_FAULTS, (error.code(), error.details())
-        return error.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
+        code, details = error.code(), error.details()
+    assert code not in SERVER_FAULTS, (code, details)
+    return code
 
 
 @FUZZ
@@ -156,7 +167,9 @@ def conversations(draw: st.DrawFn) -> list[oracle_pb2.VerifyStreamRequest]:
 
 @FUZZ
 @given(messages=conversations())
-def test_verify_stream_never_faults(suite: Any, messages: list[oracle_pb2.VerifyStreamRequest]) -> None:
+def test_verify_stream_never_faults(
+    suite: Any, messages: list[oracle_pb2.VerifyStreamRequest]
+) -> None:
     channel, metadata = suite
     stream = channel.stream_stream(
         STREAM,

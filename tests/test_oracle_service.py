@@ -151,10 +151,13 @@ async def test_list_and_get_oracles(oracle_server: Callable[..., Any]) -> None:
     first = await stub.ListOracles(oracle_pb2.ListOraclesRequest(page_size=2))
     assert [o.name for o in first.oracles] == ["oracles/sphere", "oracles/summer"]
     rest = await stub.ListOracles(oracle_pb2.ListOraclesRequest(page_token=first.next_page_token))
-    assert [o.name for o in rest.oracles] == ["oracles/tsp"] and not rest.next_page_token
+    assert [o.name for o in rest.oracles] == ["oracles/tsp"]
+    assert not rest.next_page_token
     got = (await stub.GetOracle(oracle_pb2.GetOracleRequest(name="oracles/tsp"))).oracle
-    assert got.kind == oracle_pb2.ORACLE_KIND_BUILTIN and len(got.config_hash) == 64
-    assert got.objective == 1 and got.capacity >= 1
+    assert got.kind == oracle_pb2.ORACLE_KIND_BUILTIN
+    assert len(got.config_hash) == 64
+    assert got.objective == 1
+    assert got.capacity >= 1
     summer = (await stub.GetOracle(oracle_pb2.GetOracleRequest(name="oracles/summer"))).oracle
     assert summer.kind == oracle_pb2.ORACLE_KIND_COMMAND
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -262,7 +265,8 @@ async def test_a_dna_of_the_wrong_shape_names_the_gene(oracle_server: Callable[.
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         reason, fields = details(caught.value)
         assert reason == "DNA_SHAPE"
-        assert fields and fields[0].startswith("dna.genes"), fields
+        assert fields, fields
+        assert fields[0].startswith("dna.genes"), fields
 
 
 async def test_ten_thousand_and_one_candidates_are_refused(
@@ -306,7 +310,8 @@ async def test_a_crashing_worker_gives_an_error_verdict_and_the_rest_are_scored(
         oracle_pb2.VerifyRequest(oracle="oracles/summer", dna=dna(WORKER_DNA), candidates=batch)
     )
     statuses = [v.status for v in response.verdicts]
-    assert statuses[1] == ERROR and "boom: poisoned candidate" in response.verdicts[1].message
+    assert statuses[1] == ERROR
+    assert "boom: poisoned candidate" in response.verdicts[1].message
     assert [statuses[i] for i in (0, 2, 3)] == [PASSED] * 3
     assert response.verdicts[2].score == pytest.approx(rows[2].sum())
 
@@ -473,11 +478,15 @@ async def test_a_draining_server_answers_held_batches_then_ends_unavailable(
     await call.read()
     batch = candidates(WORKER_DNA, np.full((4, 3), 0.25), poison=[0, 0, 0, 0])
     await call.write(batch_message(1, batch))
-    shutdown = asyncio.create_task(server.shutdown(5))
+    shutdown = server.shutdown(5)  # a task: the drain runs while the stream is read
     got = []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for response in call:
+
+    async def read_all() -> None:
+        while (response := await call.read()) != grpc.aio.EOF:
             got.append(response)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all()
     await shutdown
     answered = [r.verdicts for r in got if r.WhichOneof("kind") == "verdicts"]
     assert [b.batch_id for b in answered] == [1]
@@ -520,7 +529,7 @@ async def test_a_valid_change_is_picked_up_and_an_invalid_one_keeps_the_old(
 async def test_reports_hold_every_verification(
     oracle_server: Callable[..., Any], tmp_path: Path
 ) -> None:
-    _, service, stub = await oracle_server()
+    _, _, stub = await oracle_server()
     batch, _ = sphere_batch(20)
     await stub.Verify(
         oracle_pb2.VerifyRequest(oracle="oracles/sphere", dna=dna(SPHERE_DNA), candidates=batch),

@@ -309,7 +309,7 @@ def _argv(r: _Reader, raw: Any, path: str, base: Path) -> tuple[list[str], dict[
 
 
 def _limits(r: _Reader, raw: Any, path: str) -> dict[str, int] | None:
-    defaults = {"cpu_seconds": 600, "memory": 4 << 30, "open_files": 256, "file_size": 64 << 20}
+    defaults = {"cpu_seconds": 3600, "memory": 4 << 30, "open_files": 256, "file_size": 64 << 20}
     if raw is None:
         return defaults
     if not isinstance(raw, Mapping):
@@ -328,9 +328,11 @@ def _limits(r: _Reader, raw: Any, path: str) -> dict[str, int] | None:
     return out
 
 
-def _workers_and_env(r: _Reader, raw: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+def _workers_and_env(
+    r: _Reader, raw: Mapping[str, Any], path: str, in_flight_default: int = 32
+) -> dict[str, Any] | None:
     workers = r.integer(raw.get("workers", 2), join(path, "workers"), 1, MAX_WORKERS)
-    in_flight = r.integer(raw.get("in_flight", 32), join(path, "in_flight"), 1, 4096)
+    in_flight = r.integer(raw.get("in_flight", in_flight_default), join(path, "in_flight"), 1, 4096)
     env = raw.get("env", [])
     names: list[str] = []
     if not isinstance(env, list):
@@ -375,7 +377,8 @@ def _python(
         return None
     batch = r.boolean(raw.get("batch", False), join(path, "batch"))
     folder = r.file(raw.get("path", "."), join(path, "path"), base, directory=True)
-    pool = _workers_and_env(r, raw, path)
+    # A batch worker calls the function with up to 1,000 waiting lines: two calls' worth.
+    pool = _workers_and_env(r, raw, path, 2000 if batch else 32)
     if batch is None or folder is None or pool is None:
         return None
     target = inside(base, folder, directory=True)

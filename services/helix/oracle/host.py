@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from google.protobuf import duration_pb2
 
 import helix.v1.candidate_pb2 as candidate_pb2

@@ -18,7 +18,6 @@ microseconds); a builtin batch over BUILTIN_THREAD_CELLS values is scored in a t
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -30,7 +29,7 @@ from helix.common.errors import FieldViolation
 from helix.genome.layout import FloatArray, Layout, Population
 from helix.genome.named import to_named_rows
 from helix.oracle.builtins import BUILTINS, Bound
-from helix.oracle.command import CommandPool, CommandSpec, Health
+from helix.oracle.command import CommandPool, CommandSpec, Health, python_spec
 from helix.oracle.command import Limits as WorkerLimits
 from helix.oracle.config import OracleSpec, inside
 
@@ -126,32 +125,23 @@ def pool_spec(spec: OracleSpec) -> CommandSpec:
         open_files=limits["open_files"],
         file_bytes=limits["file_size"],
     )
+    options = {
+        "workers": settings["workers"],
+        "timeout": spec.timeout,
+        "limits": worker_limits,
+        "env_allow": ("PATH", "LANG", "LC_ALL", "TZ", *settings["env"]),
+        "in_flight": settings["in_flight"],
+    }
     if spec.kind == "python":
         folder = inside(spec.base_dir, settings["path"], directory=True)
-        argv: tuple[str, ...] = (
-            sys.executable,
-            "-I",
-            "-m",
-            "helix.oracle.pyworker",
-            settings["entry_point"],
-            "--path",
-            str(folder),
+        return python_spec(
+            settings["entry_point"], batch=settings["batch"], path=str(folder), **options
         )
-        if settings["batch"]:
-            argv += ("--batch",)
-    else:
-        argv = tuple(
-            str(spec.base_dir.resolve() / arg) if arg in settings["files"] else arg
-            for arg in settings["argv"]
-        )
-    return CommandSpec(
-        argv=argv,
-        workers=settings["workers"],
-        timeout=spec.timeout,
-        limits=worker_limits,
-        env_allow=("PATH", "LANG", "LC_ALL", "TZ", *settings["env"]),
-        in_flight=settings["in_flight"],
+    argv = tuple(
+        str(spec.base_dir.resolve() / arg) if arg in settings["files"] else arg
+        for arg in settings["argv"]
     )
+    return CommandSpec(argv=argv, **options)
 
 
 class PoolOracle:
