@@ -4,7 +4,6 @@ oracles (real worker subprocesses)."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 from collections.abc import AsyncIterator, Callable
