@@ -559,3 +559,39 @@ async def test_an_unwritable_report_directory_degrades_but_verdicts_still_return
     writer = service.host.reports
     assert writer is not None
     await eventually(lambda: writer.degraded and writer.dropped >= 5)
+
+
+async def test_an_oracle_whose_workers_keep_failing_makes_its_agent_degraded(
+    config_dir: Path, tmp_path: Path
+) -> None:
+    import helix.v1.registry_pb2 as registry_pb2
+
+    from registry_support import start_suite
+
+    (config_dir / "dead.py").write_text("import sys\nsys.exit('no model here')\n")
+    (config_dir / "oracles.yaml").write_text(
+        f'oracles:\n  dead:\n    kind: command\n    argv: ["{sys.executable}", dead.py]\n'
+        "  sphere:\n    kind: builtin\n"
+    )
+    suite = await start_suite(
+        tmp_path / "data",
+        oracle_config=config_dir / "oracles.yaml",
+        generator_self_register=True,
+    )
+    try:
+        registry = suite.stub()
+
+        async def oracle_agent() -> registry_pb2.Agent | None:
+            listed = await registry.ListAgents(registry_pb2.ListAgentsRequest())
+            return next((a for a in listed.agents if a.name == "agents/embedded-oracle"), None)
+
+        agent = await eventually(oracle_agent)
+        assert list(agent.oracle.oracles) == ["oracles/dead", "oracles/sphere"]
+
+        async def degraded() -> bool:
+            found = await oracle_agent()
+            return found is not None and found.health == registry_pb2.AGENT_HEALTH_DEGRADED
+
+        await eventually(degraded, 20)
+    finally:
+        await suite.close()

@@ -68,7 +68,7 @@ class Hosted:
         self.free = spec.capacity
         self.users = 0
         self.retired = False
-        self.closed: asyncio.Future[None] | None = None
+        self.closing = False
         self._shapes: dict[str, list[FieldViolation]] = {}
 
     @property
@@ -183,11 +183,11 @@ class OracleHost:
         return True
 
     def retire_if_idle(self, hosted: Hosted) -> None:
-        if hosted.retired and hosted.users == 0 and hosted.closed is None:
+        if hosted.retired and hosted.users == 0 and not hosted.closing:
+            hosted.closing = True
             task = asyncio.get_running_loop().create_task(
                 hosted.oracle.close(), name=f"close oracle {hosted.id}"
             )
-            hosted.closed = asyncio.get_running_loop().create_future()
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
@@ -195,7 +195,7 @@ class OracleHost:
         """Close every oracle (the server has stopped)."""
         for hosted in self.oracles.values():
             hosted.retired = True
-        running = [h.oracle.close() for h in self.oracles.values() if h.closed is None]
+        running = [h.oracle.close() for h in self.oracles.values() if not h.closing]
         self.oracles = {}
         await asyncio.gather(*running, *self._closing, return_exceptions=True)
 
