@@ -197,6 +197,35 @@ async def test_credit_of_a_small_remote_is_respected(start_oracle, channel_to):
     assert proxied(near_service).resent == 0  # a credit overrun would have broken a stream
 
 
+async def test_one_stream_per_dna_and_timeout_closed_when_idle(
+    start_oracle, channel_to, monkeypatch
+):
+    far, far_service = await start_oracle("oracles:\n  sphere:\n    kind: builtin\n")
+    near, near_service = await start_oracle(remote_config(far.address))
+    oracle = proxied(near_service)
+    channel = channel_to(near)
+    await verify(channel, "oracles/proxied", candidates(10))
+    (stream,) = oracle.streams.values()
+    await verify(channel, "oracles/proxied", candidates(10, 0.5))
+    assert list(oracle.streams.values()) == [stream]  # the same call carried both batches
+    assert len(far_service.servicer.streams) == 1
+    # (new candidates each time: the near agent's cache would answer repeated ones)
+    await verify(channel, "oracles/proxied", candidates(10, 0.1), candidate_timeout=2.0)
+    assert len(oracle.streams) == 2  # another timeout: another stream
+    assert len(far_service.servicer.streams) == 2
+    held = far_service.host.oracles["sphere"]
+    assert held.free < held.spec.capacity  # each open stream holds a window of the far side
+
+    # Idle streams are half-closed, giving the far side its capacity back.
+    monkeypatch.setattr(remote, "IDLE_CLOSE", 0.2)
+    await verify(channel, "oracles/proxied", candidates(10, 0.2))
+    await verify(channel, "oracles/proxied", candidates(10, 0.3), candidate_timeout=2.0)
+    await eventually(lambda: not oracle.streams, what="the idle streams to close")
+    await eventually(lambda: not far_service.servicer.streams, what="the far side to end them")
+    assert held.free == held.spec.capacity
+    assert oracle.healthy  # closing an idle stream is no failure
+
+
 async def test_a_dna_the_remote_refuses_gives_error_verdicts_with_its_reasons(
     start_oracle, channel_to
 ):

@@ -11,13 +11,21 @@ credit.
   every REFRESH seconds, so a changed remote configuration is noticed.
 - The reported config_hash combines this agent's configuration and the remote's
   config_hash, so verdicts cached here are keyed by the configuration that produced them.
+  A remote stream keeps the configuration it was opened with (the remote retires an old
+  version when its last call ends), so when the probe sees a new config_hash, each open
+  stream finishes what it holds and the rest goes on a new stream. Verdicts computed in
+  the moments between the remote's reload and the next probe may still be cached under
+  the old hash: the remote does not say which configuration produced a verdict.
 - `evaluate` forwards rows through ONE long-lived VerifyStream per (DNA fingerprint,
   timeout), shared by concurrent calls: rows wait in a queue, go out as pieces of at most
   the allowance the remote granted, and are matched back by batch_id. Each piece has a
   deadline (timeout * ceil(piece / remote capacity) + DEADLINE_MARGIN). A piece whose
   stream breaks (UNAVAILABLE while draining, a cut connection, the deadline) is re-sent
   once on a new stream; after that its rows get ERROR (TIMEOUT for the deadline) verdicts
-  carrying the remote's status. A stream idle for IDLE_CLOSE is half-closed.
+  carrying the remote's status. Refusals that a re-send cannot cure (INVALID_ARGUMENT for
+  a DNA the remote's oracle does not take, NOT_FOUND, PERMISSION_DENIED, ...) give ERROR
+  verdicts at once, with the remote's BadRequest text. A stream idle for IDLE_CLOSE is
+  half-closed, giving the remote back the capacity it holds for it.
 - Remote verdicts are checked: each must name the candidate sent at its position ("remote
   answered the wrong candidate" otherwise), with a status and a finite score.
 - `healthy` is False while the remote cannot be used, or after FAILURES_DEGRADED
@@ -67,7 +75,9 @@ PROBE_TIMEOUT = 3.0  # GetOracle on the remote
 OPEN_TIMEOUT = 10.0  # a VerifyStream's first credit
 REFRESH = 30.0  # GetOracle again this often while reachable
 DEADLINE_MARGIN = 5.0  # added to each piece's deadline (transport, queueing)
-IDLE_CLOSE = 30.0  # a stream with nothing to send or await is half-closed after this
+# A stream with nothing to send or await is half-closed after this: while open it holds
+# its share of the remote's capacity, which other clients of the remote then lack.
+IDLE_CLOSE = 5.0
 SENDS = 2  # a piece is sent at most twice (re-sent once on a new stream)
 FAILURES_DEGRADED = 3  # consecutive failed pieces before the oracle is DEGRADED
 MAX_PIECE = 10_000  # candidates per VerifyBatch (oracle.proto)
@@ -95,12 +105,39 @@ _BATCH_TAG = codec.wire_tag(
 _CANDIDATES_TAG = codec.wire_tag(
     oracle_pb2.VerifyBatch.DESCRIPTOR, "candidates", _MESSAGE, codec.LENGTH_DELIMITED
 )
+_ID_TAG = codec.wire_tag(
+    candidate_pb2.Candidate.DESCRIPTOR,
+    "id",
+    descriptor.FieldDescriptor.TYPE_STRING,
+    codec.LENGTH_DELIMITED,
+)
+_GENOME_TAG = codec.wire_tag(
+    candidate_pb2.Candidate.DESCRIPTOR, "genome", _MESSAGE, codec.LENGTH_DELIMITED
+)
 _BATCH_ID_TAG = codec.wire_tag(
     oracle_pb2.VerifyBatch.DESCRIPTOR,
     "batch_id",
     descriptor.FieldDescriptor.TYPE_UINT64,
     codec.VARINT,
 )
+
+
+def framed_candidates(encodings: Sequence[bytes], ids: Sequence[str]) -> list[bytes]:
+    """Each row as a VerifyBatch.candidates entry (tag, size, Candidate{id, genome}),
+    ready to be joined into a batch: bytes assembled, not messages built."""
+    heads: dict[int, tuple[bytes, bytes]] = {}
+    out = []
+    for encoding, candidate_id in zip(encodings, ids, strict=True):
+        raw_id = candidate_id.encode()
+        key = len(encoding) << 8 | len(raw_id)
+        head = heads.get(key)
+        if head is None:
+            genome = _GENOME_TAG + codec.varint(len(encoding))
+            id_field = _ID_TAG + codec.varint(len(raw_id))
+            size = len(id_field) + len(raw_id) + len(genome) + len(encoding)
+            head = heads[key] = (_CANDIDATES_TAG + codec.varint(size) + id_field, genome)
+        out.append(head[0] + raw_id + head[1] + encoding)
+    return out
 
 
 def _verdict(candidate_id: str, status: int, message: str) -> candidate_pb2.Verdict:
@@ -125,6 +162,14 @@ def remote_status(error: grpc.aio.AioRpcError) -> str:
 def checked_verdict(verdict: candidate_pb2.Verdict, expected_id: str) -> candidate_pb2.Verdict:
     """A remote verdict as this agent returns it, or an ERROR verdict saying what is wrong
     with it (another candidate's id, no status, a score that is not finite, bad metrics)."""
+    if (
+        verdict.candidate_id == expected_id
+        and verdict.status == PASSED
+        and math.isfinite(verdict.score)
+        and not verdict.metrics
+        and len(verdict.message) <= MAX_MESSAGE_CHARS
+    ):
+        return verdict  # the common case, checked in one go
     if verdict.candidate_id != expected_id:
         return _verdict(
             expected_id,
@@ -166,9 +211,21 @@ class _Job:
             if self.left == 0 and not self.done.done():
                 self.done.set_result(None)
 
+    def settle_rows(self, start: int, verdicts: list[candidate_pb2.Verdict]) -> None:
+        stop = start + len(verdicts)
+        if self.verdicts[start:stop].count(None) != len(verdicts):
+            for row, verdict in enumerate(verdicts, start):
+                self.settle(row, verdict)
+            return
+        self.verdicts[start:stop] = verdicts
+        self.left -= len(verdicts)
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
+
     def fail(self, start: int, stop: int, status: int, message: str) -> None:
-        for row in range(start, stop):
-            self.settle(row, _verdict(self.ids[row], status, message))
+        self.settle_rows(
+            start, [_verdict(self.ids[row], status, message) for row in range(start, stop)]
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -448,10 +505,13 @@ class _Stream:
         self.remote.answered_piece()
         at = 0
         for part in piece.slices:
-            job = part.job
-            for row in range(part.start, part.stop):
-                job.settle(row, checked_verdict(verdicts[at], job.ids[row]))
-                at += 1
+            size = part.stop - part.start
+            ids = part.job.ids[part.start : part.stop]
+            answered = verdicts[at : at + size]
+            part.job.settle_rows(
+                part.start, [checked_verdict(v, i) for v, i in zip(answered, ids, strict=True)]
+            )
+            at += size
 
     def fail_pieces(self, ending: _Ending) -> None:
         """The call ended holding pieces: re-send them once, or give their rows verdicts."""
@@ -661,14 +721,7 @@ class RemoteOracle:
             return Scored(verdicts=[])
         if self.problem is not None:
             return Scored(verdicts=[_verdict(cid, ERROR, self.problem) for cid in ids])
-        encodings = codec.encode_genomes(layout, population)
-        framed = [
-            _CANDIDATES_TAG + codec.varint(len(c)) + c
-            for c in codec.encode_candidates(
-                encodings, ids, generation=0, parent_ids=[()] * len(ids)
-            )
-        ]
-        job = _Job(ids, framed)
+        job = _Job(ids, framed_candidates(codec.encode_genomes(layout, population), ids))
         self._stream_for(layout, candidate_timeout).submit(job)
         try:
             await job.done
