@@ -464,6 +464,28 @@ async def test_a_piece_past_its_deadline_gets_timeout_verdicts(
     assert elapsed < 5
 
 
+async def test_a_cancelled_call_sends_nothing_more(
+    start_fake, start_oracle, channel_to, monkeypatch
+):
+    monkeypatch.setattr(remote, "DEADLINE_MARGIN", 0.3)
+    fake = FakeRemote("hang", window=4)
+    far = await start_fake(fake)
+    near, near_service = await start_oracle(remote_config(far.address))
+    oracle = proxied(near_service)
+    request = oracle_pb2.VerifyRequest(
+        oracle="oracles/proxied", dna=SPHERE_DNA, candidates=candidates(20)
+    )
+    request.timeout.FromMilliseconds(100)
+    stub = oracle_pb2_grpc.OracleServiceStub(channel_to(near))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Verify(request, timeout=0.2)  # the client gives up first
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The piece in flight runs out its deadline; what was queued behind it is dropped.
+    await eventually(lambda: not oracle.streams, what="the stream to finish and close")
+    assert sum(fake.sent.values()) == 4  # the first piece only, never re-sent
+    assert fake.streams == 1
+
+
 async def test_a_verdict_for_the_wrong_candidate_is_an_error(start_fake, start_oracle, channel_to):
     fake = FakeRemote("wrong_ids", window=4)
     far = await start_fake(fake)
