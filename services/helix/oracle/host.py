@@ -63,13 +63,19 @@ class Hosted:
     """One configured oracle, running, with its capacity and users."""
 
     def __init__(self, spec: OracleSpec, oracle: RunningOracle) -> None:
-        self.spec = spec
+        self.configured = spec
         self.oracle = oracle
         self.free = spec.capacity
         self.users = 0
         self.retired = False
         self.closing = False
         self._shapes: dict[str, list[FieldViolation]] = {}
+
+    @property
+    def spec(self) -> OracleSpec:
+        """What the oracle serves as: its configuration, or for a remote oracle that and
+        what the remote reported (config_hash, objective), once it has been reached."""
+        return self.oracle.spec
 
     @property
     def id(self) -> str:
@@ -159,7 +165,7 @@ class OracleHost:
         try:
             for oracle_id, spec in check.oracles.items():
                 current = self.oracles.get(oracle_id)
-                if current is not None and current.spec.config_hash == spec.config_hash:
+                if current is not None and current.configured.config_hash == spec.config_hash:
                     started[oracle_id] = current
                     continue
                 running = open_oracle(spec)
