@@ -595,3 +595,25 @@ async def test_an_oracle_whose_workers_keep_failing_makes_its_agent_degraded(
         await eventually(degraded, 20)
     finally:
         await suite.close()
+
+
+async def test_a_cached_builtin_answers_from_the_cache(
+    oracle_server: Callable[..., Any], config_dir: Path
+) -> None:
+    # An empty cache is falsy (it has a length): the first pass once skipped storing.
+    (config_dir / "oracles.yaml").write_text(
+        config_text()
+        + "  sphere-cached:\n    kind: builtin\n    function: sphere\n    cache: true\n"
+    )
+    _, service, stub = await oracle_server()
+    batch, expected = sphere_batch(30)
+    request = oracle_pb2.VerifyRequest(
+        oracle="oracles/sphere-cached", dna=dna(SPHERE_DNA), candidates=batch
+    )
+    first = await stub.Verify(request)
+    second = await stub.Verify(request)
+    assert [v.cached for v in first.verdicts] == [False] * 30
+    assert [v.cached for v in second.verdicts] == [True] * 30
+    np.testing.assert_allclose([v.score for v in second.verdicts], expected)
+    assert service.host.cache is not None
+    assert service.host.cache.stats().hits == 30

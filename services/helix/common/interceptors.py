@@ -334,9 +334,29 @@ async def _fail(exc: Exception, call: Call, *, behind_writes: bool = False) -> N
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
+class Encoded:
+    """A response a servicer has already serialised (`data` is the message's wire form): a
+    handler registered with `passthrough` as its response serializer sends it as it is,
+    instead of parsing it into a message that gRPC would serialise again."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def passthrough(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A response serializer that sends `Encoded` responses as they are."""
+
+    def serializer(response: Any) -> bytes:
+        return response.data if isinstance(response, Encoded) else serialize(response)
+
+    return serializer
+
+
 def _check_response(response: Any, info: MethodInfo) -> Any:
     """A servicer bug that returns a non-message must become INTERNAL, not gRPC's UNKNOWN."""
-    if not isinstance(response, Message):
+    if not isinstance(response, Message | Encoded):
         raise TypeError(f"{info.path} returned {type(response).__name__}, not a message")
     return response
 

@@ -287,7 +287,11 @@ class OracleHost:
             scored = Scored(np.zeros(0))
         elapsed = time.perf_counter() - started
         scores: Sequence[float]
-        if len(todo) == n and scored.verdicts is None and not (spec.cache and self.cache):
+        if (
+            len(todo) == n
+            and scored.verdicts is None
+            and not (spec.cache and self.cache is not None)
+        ):
             assert scored.scores is not None
             outcome = _fast(field_tag, ids, scored)
             scores = scored.scores.tolist()

@@ -22,20 +22,22 @@ import logging
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 import aiofiles.os
 import grpc
+from google.protobuf import message_factory
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 import helix.v1.oracle_pb2 as oracle_pb2
-import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.presence import AgentPresence
 from helix.common import errors, rules
 from helix.common.aio import cancel_and_wait
 from helix.common.errors import FieldViolation
+from helix.common.interceptors import passthrough
 from helix.common.server import ServiceBinding
 from helix.oracle.cache import VerdictCache
 from helix.oracle.config import ConfigCheck, builtin_config, parse_config, read_config
@@ -255,7 +257,7 @@ class OracleService:
         )
 
     def _add(self, server: grpc.aio.Server) -> None:
-        oracle_pb2_grpc.add_OracleServiceServicer_to_server(self.servicer, server)
+        add_oracle_servicer(self.servicer, server)
 
     def _advertise(self) -> None:
         if self.presence is None:
@@ -332,6 +334,31 @@ class OracleService:
         await self.host.close()
         if self.reports is not None:
             await self.reports.close()
+
+
+def add_oracle_servicer(servicer: OracleServicer, server: grpc.aio.Server) -> None:
+    """OracleService's handlers, as the generated `add_OracleServiceServicer_to_server`
+    registers them, but sending the verdicts Verify and VerifyStream encode themselves
+    (`Encoded`) as they are."""
+    service = oracle_pb2.DESCRIPTOR.services_by_name["OracleService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        behavior = getattr(servicer, method.name)
+        serialize = passthrough(response.SerializeToString)
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behavior, request.FromString, serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behavior, request.FromString, serialize
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def oracle_service(
