@@ -617,3 +617,33 @@ async def test_a_cached_builtin_answers_from_the_cache(
     np.testing.assert_allclose([v.score for v in second.verdicts], expected)
     assert service.host.cache is not None
     assert service.host.cache.stats().hits == 30
+
+
+async def test_a_stream_faster_than_the_report_writer_waits_for_credit_not_lines_dropped(
+    oracle_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    _, service, stub = await oracle_server(oracle_report_queue_lines=64)
+    batches = [sphere_batch(50, seed)[0] for seed in range(20)]
+    call = stub.VerifyStream()
+    await call.write(open_message())
+    allowance = (await call.read()).credit.candidates
+    pending, answered = list(enumerate(batches, start=1)), 0
+    while answered < len(batches):
+        while pending and len(pending[0][1]) <= allowance:
+            batch_id, batch = pending.pop(0)
+            await call.write(batch_message(batch_id, batch))
+            allowance -= len(batch)
+        response = await call.read()
+        if response.WhichOneof("kind") == "credit":
+            allowance += response.credit.candidates
+        else:
+            answered += 1
+    await call.done_writing()
+    while await call.read() != grpc.aio.EOF:  # credit granted before the half-close
+        pass
+    assert await call.code() == grpc.StatusCode.OK
+    writer = service.host.reports
+    assert writer is not None
+    report = tmp_path / "reports" / "verdicts.jsonl"
+    await eventually(lambda: report.exists() and len(report.read_text().splitlines()) == 1000)
+    assert writer.dropped == 0

@@ -255,9 +255,13 @@ class OracleHost:
         field_tag: bytes,
         path: str,
         who: tuple[str, str, str] = ("", "", ""),
+        *,
+        flow_controlled: bool = False,
     ) -> Outcome:
         """Verify a batch: verdicts in request order, as repeated-field bytes tagged
-        `field_tag`. INVALID_ARGUMENT for genomes that do not fit, wrong ids."""
+        `field_tag`. INVALID_ARGUMENT for genomes that do not fit, wrong ids. A
+        `flow_controlled` caller (a VerifyStream, which holds back credit while the reports
+        are congested) never has its report lines dropped for a full queue."""
         self.stats.batches += 1
         layout = target.layout
         genomes = [c.genome for c in candidates]
@@ -313,6 +317,7 @@ class OracleHost:
                 scores=scores,
                 duration_seconds=elapsed / len(todo) if todo else 0.0,
                 cached=[cid in hits for cid in ids] if hits else None,
+                keep=flow_controlled,
             )
         counts = self.stats.verified
         for status in set(statuses):

@@ -159,6 +159,8 @@ class _Stream:
         self.reading_done = False
         self.ended = False
         self.idle: asyncio.Timeout | None = None
+        self.owed = 0  # credit held back while the report writer catches up
+        self.paying: asyncio.Task[None] | None = None
 
     def end(self, error: BaseException | None) -> None:
         if not self.ended:
@@ -166,7 +168,7 @@ class _Stream:
             self.out.put_nowait(_End(error))
 
     def _idle_deadline(self) -> float | None:
-        if self.held:
+        if self.held or self.owed:
             return None
         return asyncio.get_running_loop().time() + self.servicer.idle_timeout
 
@@ -246,6 +248,7 @@ class _Stream:
                 _VERDICTS_TAG,
                 "batch.candidates",
                 self.who,
+                flow_controlled=True,
             )
         except asyncio.CancelledError:
             raise
@@ -259,16 +262,35 @@ class _Stream:
         inner = b"\x08" + varint(batch.batch_id) + outcome.body
         # The VerifyStreamResponse's bytes (verdicts = field 2), sent as they are.
         self.out.put_nowait(Encoded(_VERDICTS_TAG + varint(len(inner)) + inner))
-        n = len(batch.candidates)
         self.held -= 1
-        if not host.draining and not self.reading_done:
-            self.allowance += n
-            self.out.put_nowait(
-                oracle_pb2.VerifyStreamResponse(credit=oracle_pb2.VerifyCredit(candidates=n))
-            )
-        if self.held == 0 and self.idle is not None:
+        self.grant(len(batch.candidates))
+        if self.idle is not None:
             self.idle.reschedule(self._idle_deadline())
         self.maybe_finish()
+
+    def grant(self, n: int) -> None:
+        """Grant `n` candidates of credit again — or, while the report writer is behind,
+        hold them back until it has caught up, so that no report line is dropped under
+        load: the verdicts still go out at once, only the next batches wait."""
+        if self.servicer.host.draining or self.reading_done or self.ended:
+            return
+        reports = self.servicer.host.reports
+        if self.owed or (reports is not None and reports.congested):
+            self.owed += n
+            if self.paying is None and reports is not None:
+                self.paying = asyncio.create_task(self._pay(reports.room), name="owed credit")
+            return
+        self.allowance += n
+        self.out.put_nowait(
+            oracle_pb2.VerifyStreamResponse(credit=oracle_pb2.VerifyCredit(candidates=n))
+        )
+
+    async def _pay(self, room: asyncio.Event) -> None:
+        await room.wait()
+        owed, self.owed, self.paying = self.owed, 0, None
+        self.grant(owed)
+        if self.idle is not None:
+            self.idle.reschedule(self._idle_deadline())
 
     def maybe_finish(self) -> None:
         if self.held:
@@ -286,10 +308,11 @@ class _Stream:
             self.end(None)
 
     async def close(self) -> None:
-        for task in list(self.tasks):
+        tasks = [*self.tasks, *([self.paying] if self.paying is not None else [])]
+        for task in tasks:
             task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         self.lease.release()
 
 

@@ -236,6 +236,7 @@ class OracleService:
                 directory,
                 max_bytes=int(settings.oracle_report_max_bytes),
                 keep=settings.oracle_report_keep,
+                queue_size=settings.oracle_report_queue_lines,
             )
         cache_bytes = int(settings.oracle_cache_bytes)
         cache = VerdictCache(cache_bytes) if cache_bytes else None

@@ -25,6 +25,11 @@ class OracleSettings(ServerConfig):
         ByteSize(64 << 20), "a report file is rotated at this size"
     )
     oracle_report_keep: int = setting(5, "rotated report files kept")
+    oracle_report_queue_lines: int = setting(
+        65_536,
+        "report lines queued in memory at most; from half full, streams get their next "
+        "credit only once the writer has caught up",
+    )
     oracle_cache_bytes: ByteSize = setting(
         ByteSize(64 << 20), "memory for cached verdicts (0: no cache)"
     )
@@ -45,5 +50,10 @@ class OracleSettings(ServerConfig):
         require(0 < self.oracle_config_poll <= 3600, "oracle_config_poll", "0..1h")
         require(self.oracle_report_max_bytes >= 1024, "oracle_report_max_bytes", ">= 1KiB")
         require(0 <= self.oracle_report_keep <= 1000, "oracle_report_keep", "0..1000")
+        require(
+            16 <= self.oracle_report_queue_lines <= 10_000_000,
+            "oracle_report_queue_lines",
+            "16..10000000",
+        )
         require(0 < self.oracle_stream_share <= 1, "oracle_stream_share", "in (0, 1]")
         require(0 < self.oracle_stream_idle_timeout <= 86400, "oracle_stream_idle_timeout", "0..1d")
