@@ -482,12 +482,13 @@ async def profile(helix: Server, batches: Batches, args: argparse.Namespace) -> 
     if spy.returncode != 0 or not await asyncio.to_thread(out.exists):
         raise RuntimeError(f"py-spy failed ({spy.returncode}): {err.decode()[-400:]}")
     names = server_profile.thread_names(out)
+    cpu = {tid: seconds - before.get(tid, 0.0) for tid, seconds in after.items()}
+    spent = sum(cpu.values())
     used: dict[str, float] = {}
-    for tid, seconds in after.items():
-        name = names.get(tid, "(C threads)")
-        used[name] = used.get(name, 0.0) + seconds - before.get(tid, 0.0)
-    spent = sum(used.values())
-    hot, _ = server_profile.summarise(out, args.profile_top)
+    for tid, seconds in cpu.items():
+        name = names.get(tid, "(C threads: grpc's event engine)")
+        used[name] = used.get(name, 0.0) + seconds
+    hot = server_profile.summarise(out, cpu, args.profile_top)
     print(
         f"profile of the helix server, {elapsed:.0f}s of streams back to back "
         f"({verdicts / elapsed:,.0f} verdicts/s, {dropped / verdicts:.0%} of the report lines "
@@ -496,7 +497,10 @@ async def profile(helix: Server, batches: Batches, args: argparse.Namespace) -> 
     for name, seconds in sorted(used.items(), key=lambda item: -item[1]):
         if seconds > 0:
             print(f"  {100 * seconds / spent:5.1f}%  {name}")
-    print(f"  functions by samples (py-spy, raw stacks in {out}): self% total%  function :line")
+    print(
+        f"  functions by share of the server's CPU (py-spy samples of each thread weighed by "
+        f"its CPU; raw stacks in {out}): self% total%  function :hottest line"
+    )
     for entry in hot:
         print(
             f"  {entry.self_percent:5.1f} {entry.total_percent:5.1f}  {entry.function}"

@@ -7,8 +7,9 @@ For benchmarks that drive a server in another process:
   pausing it (`--nonblocking`; idle threads are left out) and writes its raw, collapsed
   stacks to `out`, one thread per stack root (`--threads`);
 - `thread_names(out)` maps thread ids to Python thread names from those stacks, and
-  `summarise(out, top)` gives the functions taking the most samples, self and total.
-  A Python function's self time includes the C it calls (protobuf parsing, NumPy).
+  `summarise(out, cpu, top)` gives the functions taking the most of the process's CPU,
+  self and total: each thread's samples weighed by its CPU time. A Python function's
+  self time includes the C it calls (protobuf parsing, NumPy).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import asyncio
 import os
 import shutil
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +102,7 @@ def _function(frame: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Hot:
-    """A function's share of the samples: itself, and with what it calls."""
+    """A function's share of the server's CPU: itself, and with what it calls."""
 
     function: str
     self_percent: float
@@ -108,28 +110,35 @@ class Hot:
     hottest_line: str
 
 
-def summarise(raw: Path, top: int) -> tuple[list[Hot], dict[str, float]]:
-    """The `top` functions by self samples, and each thread's share of the samples."""
-    own: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    lines: Counter[tuple[str, str]] = Counter()
-    threads: Counter[str] = Counter()
-    names = thread_names(raw)
-    samples = 0
+def summarise(raw: Path, cpu: Mapping[int, float], top: int) -> list[Hot]:
+    """The `top` functions by self time, as shares of the process's CPU.
+
+    py-spy's samples say where each thread spends its time, but a thread blocked on the
+    GIL or in a C call may be sampled as active: so each thread's samples are weighed by
+    its CPU seconds from /proc (`cpu`, by thread id) — a mostly waiting thread counts
+    little however often it was sampled. Threads py-spy did not see (C threads) count in
+    the whole, in no function.
+    """
+    per_thread: dict[int, Counter[tuple[str, ...]]] = {}
     for root, frames, count in _stacks(raw):
-        if not frames:
-            continue
-        samples += count
         tid = root.removeprefix("thread (").partition(")")[0]
-        threads[names.get(int(tid), "?") if tid.isdigit() else "?"] += count
-        parsed = [_function(f) for f in frames]
-        leaf, line = parsed[-1]
-        own[leaf] += count
-        lines[leaf, line] += count
-        for name in {name for name, _ in parsed}:
-            total[name] += count
+        if frames and tid.isdigit():
+            per_thread.setdefault(int(tid), Counter())[tuple(frames)] += count
+    spent = sum(cpu.values())
+    own: defaultdict[str, float] = defaultdict(float)
+    total: defaultdict[str, float] = defaultdict(float)
+    lines: defaultdict[tuple[str, str], float] = defaultdict(float)
+    for thread, stacks in per_thread.items():
+        weight = 100 * cpu.get(thread, 0.0) / spent / sum(stacks.values())
+        for stack, samples in stacks.items():
+            parsed = [_function(f) for f in stack]
+            leaf, line = parsed[-1]
+            own[leaf] += samples * weight
+            lines[leaf, line] += samples * weight
+            for name in {name for name, _ in parsed}:
+                total[name] += samples * weight
     hot = []
-    for name, n in own.most_common(top):
-        hottest = max((k for k in lines if k[0] == name), key=lambda k: lines[k])[1]
-        hot.append(Hot(name, 100 * n / samples, 100 * total[name] / samples, hottest))
-    return hot, {name: 100 * n / samples for name, n in threads.most_common()}
+    for name in sorted(own, key=own.__getitem__, reverse=True)[:top]:
+        hottest = max((k for k in lines if k[0] == name), key=lines.__getitem__)[1]
+        hot.append(Hot(name, own[name], total[name], hottest))
+    return hot
