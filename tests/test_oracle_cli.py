@@ -186,3 +186,13 @@ def test_every_example_dna_has_an_example_oracle():
     dnas = {p.stem for p in (ROOT / "examples" / "dna").glob("*.yaml")}
     covered = {dna for _, dna in EXAMPLE_PAIRS}
     assert dnas <= covered, dnas - covered
+
+
+async def test_a_server_with_an_invalid_configuration_stops_naming_its_problems(tmp_path):
+    config = tmp_path / "oracles.yaml"
+    config.write_text("oracles:\n  x:\n    kind: command\n    argv: []\n")
+    code, _, err = await run(
+        "up", "--port", "0", "--data-dir", str(tmp_path / "data"), "--oracle-config", str(config)
+    )
+    assert code == 2
+    assert "oracles.yaml:4: oracles.x.argv: must be a non-empty list" in err

@@ -18,6 +18,7 @@ from helix.common import config as cfg
 from helix.common import logs
 from helix.common.server import HelixServer, run_server_process
 from helix.common.version import version
+from helix.oracle.serving import require_valid_config
 from helix.generator.agent import add_generator_commands
 from helix.registry.serve import add_registry_commands
 from helix.security import scopes
@@ -116,6 +117,7 @@ def _up(args: argparse.Namespace) -> int:
     config = cfg.load(EmbeddedConfig, args)
     logs.configure(config.log_level)
     security = prepare_embedded(config)  # key files: before the event loop runs
+    require_valid_config(config.oracle_config)
 
     def ready(server: HelixServer) -> None:
         print(f"helix listening on {server.address}", flush=True)

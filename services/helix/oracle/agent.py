@@ -26,7 +26,7 @@ from helix.common.channel import create_channel, tls_channel_credentials
 from helix.common.config import require, setting
 from helix.common.server import HelixServer, create_server, run_server_process
 from helix.common.validation import RESOURCE_ID_PATTERN
-from helix.oracle.serving import oracle_service
+from helix.oracle.serving import oracle_service, require_valid_config
 from helix.oracle.settings import OracleSettings
 from helix.security.client import bearer_interceptors, service_token_source
 from helix.security.setup import Security, security_from_config
@@ -97,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = cfg.load(OracleAgentConfig, args)
     logs.configure(config.log_level)
     security = security_from_config(config)
+    require_valid_config(config.oracle_config)  # its problems, before anything starts
 
     def ready(server: HelixServer) -> None:
         print(f"helix oracle listening on {server.address}", flush=True)

@@ -36,6 +36,7 @@ import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.presence import AgentPresence
 from helix.common import errors, rules
 from helix.common.aio import cancel_and_wait
+from helix.common.config import ConfigError
 from helix.common.errors import FieldViolation
 from helix.common.interceptors import passthrough
 from helix.common.server import ServiceBinding
@@ -68,6 +69,21 @@ async def read_config_file(path: Path) -> tuple[ConfigCheck, bytes]:
         )
         return ConfigCheck(str(path), violations=[problem]), b""
     return await asyncio.to_thread(read_config, path, data), data
+
+
+def require_valid_config(path: Path | None) -> None:
+    """Before a server starts (blocking): ConfigError listing every problem of the oracle
+    configuration file, so a bad file stops the command with its problems, not a trace."""
+    if path is None:
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--oracle-config {path}: cannot read: {exc.strerror or exc}") from None
+    check = read_config(path, data)
+    if not check.valid:
+        shown = "\n  ".join(str(v) for v in check.violations[:50])
+        raise ConfigError(f"the oracle configuration {path} is invalid:\n  {shown}")
 
 
 class ConfigSource:
