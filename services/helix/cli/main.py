@@ -18,8 +18,8 @@ from helix.common import config as cfg
 from helix.common import logs
 from helix.common.server import HelixServer, run_server_process
 from helix.common.version import version
-from helix.oracle.serving import require_valid_config
 from helix.generator.agent import add_generator_commands
+from helix.oracle.serving import require_valid_config
 from helix.registry.serve import add_registry_commands
 from helix.security import scopes
 from helix.security.tokens import TokenPolicy, inspect_token, mint
