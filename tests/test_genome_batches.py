@@ -431,6 +431,9 @@ def test_data_that_is_not_a_message_is_refused() -> None:
     layout = example_layout("sphere")
     with pytest.raises(ValueError, match="not a serialised message"):
         read_candidates(b"\x12\x05\x0a\x00", 2, layout, PATH)
+    apart = b"\x12\x00" + b"\x12\x02\x0a\x00" + b"\x08\x01" + b"\x12\x00"  # not together
+    with pytest.raises(ValueError, match="not together"):
+        read_candidates(apart, 2, layout, PATH)
 
 
 # --- the example DNAs, 1,000 candidates each ----------------------------------------------
@@ -517,6 +520,59 @@ def test_a_scan_of_many_genomes_finds_what_scans_of_each_find(
     together = scan_rows(genomes)
     for k in range(3):
         assert together[k] == [row for one in alone for row in one[k]]
+
+
+def reference_scan(row: bytes) -> tuple[list[int], list[int], bool]:
+    """What GenomeScan finds in one row, from its definition: up to seven length-delimited
+    fields of increasing numbers 1..7 that fit the row, anything else making it foreign.
+    Field offsets are from the row's start (0 where absent)."""
+    start, size = [0] * 8, [0] * 8
+    pos = last = 0
+    while pos < len(row):
+        tag, length, body = row[pos], 0, pos + 1
+        for shift in range(0, 70, 7):
+            if body >= len(row):
+                return start, size, True
+            length |= (row[body] & 0x7F) << shift
+            body += 1
+            if row[body - 1] < 0x80:
+                break
+        field = tag >> 3
+        if tag & 7 != 2 or not last < field <= 7 or body + length > len(row):
+            return start, size, True
+        start[field], size[field], last, pos = body, length, field, body + length
+    return start, size, False
+
+
+@st.composite
+def raw_rows(draw: st.DrawFn) -> list[bytes]:
+    """Rows of tag, size and body chunks, most rows sharing one sequence of tags (as
+    genomes of one DNA do); bodies may be cut short and tags repeat or go backwards."""
+    tags = st.sampled_from([0x0A, 0x12, 0x1A, 0x22, 0x3A, 0x08, 0x4A, 0x42, 0xA2])
+    shared = draw(st.lists(tags, max_size=5))
+    rows = []
+    for _ in range(draw(st.integers(1, 6))):
+        row = b""
+        for tag in shared if draw(st.integers(0, 3)) else draw(st.lists(tags, max_size=5)):
+            length = draw(st.sampled_from([0, 1, 2, 8, 130]))
+            row += bytes([tag]) + codec.varint(length) + bytes(length)
+        rows.append(row[: draw(st.integers(0, len(row)))] if draw(st.integers(0, 5)) == 0 else row)
+    return rows
+
+
+@PROPERTY
+@given(raw_rows())
+def test_a_scan_finds_the_fields_its_definition_finds(rows: list[bytes]) -> None:
+    lengths = np.array([len(row) for row in rows], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(rows), dtype=np.uint8)
+    scan = GenomeScan.of_ranges(buf, ends - lengths, ends)
+    found = relative(scan, (ends - lengths).tolist())
+    for i, row in enumerate(rows):
+        start, size, foreign = reference_scan(row)
+        assert found[1][i] == size
+        assert found[0][i] == [at if length else 0 for at, length in zip(start, size, strict=True)]
+        assert found[2][i] == [int(foreign)]
 
 
 def test_rows_of_one_length_with_other_fields() -> None:

@@ -215,7 +215,10 @@ class GenomeScan:
             active = pos < ends
             if not active.any():
                 break
-            tag = self.buf[pos].astype(np.int64)
+            tag = self.buf[pos]
+            if active.all() and self._step_alike(int(tag[0]), tag, pos, ends, last):
+                continue
+            tag = tag.astype(np.int64)
             field = tag >> 3
             size, width = read_sizes(self.buf, pos + 1)
             body = pos + 1 + width
@@ -225,8 +228,29 @@ class GenomeScan:
             self.start[rows, field[rows]] = body[rows]
             self.size[rows, field[rows]] = size[rows]
             last[rows] = field[rows]
-            pos = np.where(ok, body + size, ends)
+            pos[:] = np.where(ok, body + size, ends)
         self.foreign |= pos < ends
+
+    def _step_alike(
+        self, first: int, tag: ByteArray, pos: IntArray, ends: IntArray, last: IntArray
+    ) -> bool:
+        """One step of the walk when every row is at a field with the first row's tag and
+        that field fits (what rows that differ only in some sizes are at): the same as the
+        general step in fewer operations; False (nothing done) otherwise."""
+        field = first >> 3
+        if first & 7 != 2 or not 0 < field <= 7 or not (tag == first).all():
+            return False
+        if not (last < field).all():
+            return False
+        size, width = read_sizes(self.buf, pos + 1)
+        body = pos + 1 + width
+        if not (body + size <= ends).all():
+            return False
+        self.start[:, field] = body
+        self.size[:, field] = size
+        last[:] = field
+        pos[:] = body + size
+        return True
 
     def _place_alike(self, starts: IntArray, ends: IntArray) -> bool:
         """Place every row's fields from the first row's when all rows have its length and
