@@ -68,11 +68,16 @@ def read_candidates(
     `check_no_unknown_fields` of the message names them (`path[i].9`,
     `path[i].genome.9`), then per candidate an id that is neither empty nor 32 lowercase
     hex characters (`path[i].id`: checked here only when the id does not have 32
-    characters or the genome is missing; a 32-character id's characters are checked by
-    comparing it with the genome's content hash) and a missing genome (`path[i].genome`).
-    Without such problems, it raises what `decode_genomes` raises for the genomes at
-    `path[i].genome`. The number of candidates is the caller's to check: none gives an
-    empty list and population; more than 10,000 are read like any others.
+    characters or the genome is missing; a 32-character id's characters are for the
+    caller to compare with the genome's content hash) and a missing genome
+    (`path[i].genome`). Without such problems, it raises what `decode_genomes` raises for
+    the genomes at `path[i].genome`.
+
+    The caller checks the rest: the number of candidates first (none gives an empty list
+    and population; more than 10,000 are read like any others), and the message's own
+    fields. To report the message's problems and the candidates' in one error, in the
+    order of a check of the whole message, use the steps: `CandidateRecords.find`, then
+    `violations` (the first checks), `ids` and `decode`.
     """
     records = CandidateRecords.find(data, field)
     found = records.violations(path)

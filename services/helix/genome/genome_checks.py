@@ -51,10 +51,10 @@ _T = TypeVar("_T", bound=np.generic)
 MAX_VIOLATIONS = 100
 """At most this many violations are reported for one batch or one named genome."""
 
-# Genome field names: field number f is _FIELDS[f - 1].
 PADDING = 16
 """Bytes a scanned buffer holds past its last row (varints are read ahead)."""
 
+# Genome field names: field number f is _FIELDS[f - 1].
 _FIELDS = ("reals", "integers", "choices", "bits", "permutations", "sequence_lengths", "sequences")
 
 
