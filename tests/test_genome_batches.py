@@ -403,6 +403,10 @@ def test_unknown_fields_come_first_then_ids_and_genomes() -> None:
         ("batch.candidates[0].genome", "required"),
     ]
     assert violations(read(batch, layout)) == violations(message_path(batch, layout))
+    records = CandidateRecords.find(batch.SerializeToString(), 2)
+    request = oracle_pb2.VerifyStreamRequest(batch=batch)
+    assert records.unknown_fields(PATH) == check_no_unknown_fields(request)
+    assert [v.field for v in records.candidate_violations(PATH)] == [f for f, _ in got[3:]]
 
 
 def test_many_parent_ids_are_read_by_protobuf() -> None:

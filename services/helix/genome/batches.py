@@ -77,7 +77,7 @@ def read_candidates(
     and population; more than 10,000 are read like any others), and the message's own
     fields. To report the message's problems and the candidates' in one error, in the
     order of a check of the whole message, use the steps: `CandidateRecords.find`, then
-    `violations` (the first checks), `ids` and `decode`.
+    `unknown_fields` and `candidate_violations` (the first checks), `ids` and `decode`.
     """
     records = CandidateRecords.find(data, field)
     found = records.violations(path)
@@ -134,11 +134,23 @@ class CandidateRecords:
     def violations(self, path: str) -> Violations:
         """Unknown fields in the candidates and their genomes, then ids of the wrong form
         and missing genomes: `read_candidates`' first checks, in its order."""
+        return self.unknown_fields(path) + self.candidate_violations(path)
+
+    def unknown_fields(self, path: str) -> Violations:
+        """The unknown fields of each candidate and of its genome, as
+        `check_no_unknown_fields` of a message holding the candidates at `path` names
+        them (only the rows with bytes the scans did not read are parsed to tell)."""
         found: Violations = []
         for i in np.flatnonzero(self.leftover | self.genomes.foreign).tolist():
             record = self.padded[int(self.starts[i]) : int(self.ends[i])]
             candidate = candidate_pb2.Candidate.FromString(record)
             found += check_no_unknown_fields(candidate, index(path, i))
+        return found
+
+    def candidate_violations(self, path: str) -> Violations:
+        """Per candidate, an id of the wrong form and a missing genome, as the oracle
+        service checked candidates sent as messages."""
+        found: Violations = []
         # As for messages, an id is checked here unless it has ID_LENGTH characters and
         # the genome is set (its characters are then compared with the genome's hash).
         suspect = ~self.has_genome
