@@ -2,10 +2,11 @@
 
 Pure and synchronous (no grpc, no I/O). `decode_genomes` serialises a batch of
 `helix.v1.Genome` messages (cheap, in C), finds every row's fields in one buffer
-(`_Scan`) and reads all fields of all rows with NumPy; the checks then work on whole
+(`GenomeScan`) and reads all fields of all rows with NumPy; the checks then work on whole
 columns, and every problem becomes one violation at a path such as `genomes[2].reals[3]`
-(at most MAX_VIOLATIONS per batch). The formats are those of the Genome comment in
-candidate.proto; the encoding side is codec.py.
+(at most MAX_VIOLATIONS per batch). `decode_scan` does the same for genomes already lying
+in a buffer (batches.py finds them in a whole message's bytes). The formats are those of
+the Genome comment in candidate.proto; the encoding side is codec.py.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ _T = TypeVar("_T", bound=np.generic)
 MAX_VIOLATIONS = 100
 """At most this many violations are reported for one batch or one named genome."""
 
+PADDING = 16
+"""Bytes a scanned buffer holds past its last row (varints are read ahead)."""
+
 # Genome field names: field number f is _FIELDS[f - 1].
 _FIELDS = ("reals", "integers", "choices", "bits", "permutations", "sequence_lengths", "sequences")
 
@@ -63,8 +67,12 @@ def _ranges(starts: IntArray, lengths: IntArray) -> IntArray:
     return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
-def _read_sizes(buf: ByteArray, pos: IntArray) -> tuple[IntArray, IntArray]:
-    """The varint at each position (clamped to 2^40) and how many bytes it takes."""
+def read_sizes(buf: ByteArray, pos: IntArray) -> tuple[IntArray, IntArray]:
+    """The varint at each position (clamped to 2^40) and how many bytes it takes (at most
+    10; the buffer must hold 10 bytes past each position)."""
+    first = buf[pos]
+    if not (first & 0x80).any():  # sizes below 128, the common case
+        return first.astype(np.int64), np.ones(pos.shape, dtype=np.int64)
     value = np.zeros(pos.shape, dtype=np.uint64)
     width = np.zeros(pos.shape, dtype=np.int64)
     more = np.ones(pos.shape, dtype=np.bool_)
@@ -76,6 +84,34 @@ def _read_sizes(buf: ByteArray, pos: IntArray) -> tuple[IntArray, IntArray]:
         if not more.any():
             break
     return np.minimum(value, 1 << 40).astype(np.int64), width
+
+
+def gather(buf: ByteArray, starts: IntArray, width: int) -> ByteArray:
+    """The `width` bytes at each start of a contiguous buffer, as an (n, width) array
+    (possibly a view of the buffer): a strided view when the starts are evenly spaced
+    (rows of one size one after another), else one fancy index."""
+    n = len(starts)
+    if n == 0 or width == 0:
+        return np.zeros((n, width), dtype=np.uint8)
+    step = int(starts[1] - starts[0]) if n > 1 else width
+    if step >= width and (n <= 2 or (starts[2:] - starts[1:-1] == step).all()):
+        rows: ByteArray = np.ndarray((n, width), np.uint8, buf, int(starts[0]), (step, 1))
+    else:
+        rows = buf[starts[:, None] + np.arange(width)]
+    return rows
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `pos` (clamped to 2^40) and the position after it: `read_sizes` for
+    one position, in Python (`data` must hold 10 bytes past `pos`)."""
+    value = shift = 0
+    for end in range(pos, pos + 10):
+        byte = data[end]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return min(value, 1 << 40), end + 1
+        shift += 7
+    return min(value, 1 << 40), pos + 10
 
 
 def _read_varints(payload: ByteArray) -> tuple[U64Array, IntArray | None]:
@@ -132,27 +168,59 @@ def _first_cells(bad: BoolArray) -> list[tuple[int, int, str]]:
     return out
 
 
-class _Scan:
-    """Where each genome's fields lie in one buffer holding all their encodings."""
+class GenomeScan:
+    """Where each genome's fields lie in one buffer holding all their encodings.
 
-    def __init__(self, genomes: Sequence[candidate_pb2.Genome]) -> None:
-        blobs = [genome.SerializeToString(deterministic=True) for genome in genomes]
-        n = len(blobs)
-        sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
-        self.buf: ByteArray = np.frombuffer(b"".join(blobs) + bytes(16), dtype=np.uint8)
+    Row i's encoding is ``buf[starts[i]:ends[i]]``; the buffer holds at least PADDING bytes
+    after the last end (varints are read a few bytes ahead). Rows of one length whose tags
+    and sizes match the first row's (fixed-size genes: reals, bits, permutations) are
+    placed from the first row in one comparison; others are walked field by field, all
+    rows at once.
+    """
+
+    def __init__(self, buf: ByteArray, starts: IntArray, ends: IntArray) -> None:
+        n = len(starts)
+        self.buf = buf
         self.start: IntArray = np.zeros((n, 8), dtype=np.int64)  # column = field number
         self.size: IntArray = np.zeros((n, 8), dtype=np.int64)
         # Serialisation writes known fields first, in field order: a row whose bytes are not
         # exactly such a run of fields 1..7 has unknown fields.
         self.foreign: BoolArray = np.zeros(n, dtype=np.bool_)
+        if n and not self._place_alike(starts, ends):
+            self._walk(starts, ends)
+
+    @classmethod
+    def of_genomes(cls, genomes: Sequence[candidate_pb2.Genome]) -> GenomeScan:
+        """The scan of Genome messages, serialised one by one into one buffer."""
+        blobs = [genome.SerializeToString(deterministic=True) for genome in genomes]
+        sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
         ends = np.cumsum(sizes)
-        pos = ends - sizes
-        last = np.zeros(n, dtype=np.int64)
+        buf = np.frombuffer(b"".join(blobs) + bytes(PADDING), dtype=np.uint8)
+        return cls(buf, ends - sizes, ends)
+
+    @classmethod
+    def of_ranges(cls, buf: ByteArray, starts: IntArray, ends: IntArray) -> GenomeScan:
+        """The scan of genome encodings lying at ``buf[starts[i]:ends[i]]`` (a message's
+        serialisation holding them, say); a buffer without PADDING bytes after the last
+        end is copied with them."""
+        if len(starts) and len(buf) < int(ends.max()) + PADDING:
+            buf = np.concatenate((buf, np.zeros(PADDING, dtype=np.uint8)))
+        buf = np.ascontiguousarray(buf)
+        return cls(buf, starts.astype(np.int64), ends.astype(np.int64))
+
+    def _walk(self, starts: IntArray, ends: IntArray) -> None:
+        pos = starts.copy()
+        last = np.zeros(len(starts), dtype=np.int64)
         for _ in _FIELDS:
             active = pos < ends
-            tag = self.buf[pos].astype(np.int64)
+            if not active.any():
+                break
+            tag = self.buf[pos]
+            if active.all() and self._step_alike(int(tag[0]), tag, pos, ends, last):
+                continue
+            tag = tag.astype(np.int64)
             field = tag >> 3
-            size, width = _read_sizes(self.buf, pos + 1)
+            size, width = read_sizes(self.buf, pos + 1)
             body = pos + 1 + width
             ok = active & (tag & 7 == 2) & (field > last) & (field <= 7) & (body + size <= ends)
             self.foreign |= active & ~ok
@@ -160,12 +228,60 @@ class _Scan:
             self.start[rows, field[rows]] = body[rows]
             self.size[rows, field[rows]] = size[rows]
             last[rows] = field[rows]
-            pos = np.where(ok, body + size, ends)
+            pos[:] = np.where(ok, body + size, ends)
         self.foreign |= pos < ends
 
+    def _step_alike(
+        self, first: int, tag: ByteArray, pos: IntArray, ends: IntArray, last: IntArray
+    ) -> bool:
+        """One step of the walk when every row is at a field with the first row's tag and
+        that field fits (what rows that differ only in some sizes are at): the same as the
+        general step in fewer operations; False (nothing done) otherwise."""
+        field = first >> 3
+        if first & 7 != 2 or not 0 < field <= 7 or not (tag == first).all():
+            return False
+        if not (last < field).all():
+            return False
+        size, width = read_sizes(self.buf, pos + 1)
+        body = pos + 1 + width
+        if not (body + size <= ends).all():
+            return False
+        self.start[:, field] = body
+        self.size[:, field] = size
+        last[:] = field
+        pos[:] = body + size
+        return True
+
+    def _place_alike(self, starts: IntArray, ends: IntArray) -> bool:
+        """Place every row's fields from the first row's when all rows have its length and
+        its tag and size bytes at the same offsets (then the walk would find the same
+        fields in each); False (nothing placed) otherwise."""
+        length = int(ends[0] - starts[0])
+        if not (ends - starts == length).all():
+            return False
+        first = self.buf[int(starts[0]) : int(starts[0]) + length + PADDING].tobytes()
+        fields = _fields_of(first, length)
+        if fields is None:
+            return False
+        heads = [np.arange(at, body) for _, at, body, _ in fields]
+        offsets = np.concatenate(heads) if heads else np.zeros(0, dtype=np.int64)
+        if len(starts) > 1 and offsets.size:
+            got = self.buf[starts[1:, None] + offsets]
+            if not (got == self.buf[starts[0] + offsets]).all():
+                return False
+        for field, _, body, size in fields:
+            self.start[:, field] = starts + body
+            self.size[:, field] = size
+        return True
+
     def payload(self, field: int, rows: IntArray) -> ByteArray:
-        """The given rows' bytes of one field, concatenated."""
-        return self.buf[_ranges(self.start[rows, field], self.size[rows, field])]
+        """The given rows' bytes of one field, concatenated (possibly a read-only view of
+        the buffer)."""
+        sizes = self.size[rows, field]
+        starts = self.start[rows, field]
+        if len(rows) and sizes[0] == sizes[-1] and (sizes == sizes[0]).all():
+            return gather(self.buf, starts, int(sizes[0])).reshape(-1)
+        return self.buf[_ranges(starts, sizes)]
 
     def varints(self, field: int) -> tuple[U64Array, IntArray]:
         """All rows' values of a packed varint field, concatenated, and the count per row."""
@@ -175,6 +291,22 @@ class _Scan:
             return values, sizes
         done = np.searchsorted(ends, np.cumsum(sizes))  # varints ending before each row's end
         return values, np.diff(done, prepend=0)
+
+
+def _fields_of(encoding: bytes, end: int) -> list[tuple[int, int, int, int]] | None:
+    """The fields of the genome encoded in ``encoding[:end]`` as (field, tag offset, body
+    offset, size), when it is a run of length-delimited fields 1..7 in increasing order
+    (None otherwise): what `GenomeScan._walk` finds in a row, for one row, in Python."""
+    fields: list[tuple[int, int, int, int]] = []
+    pos, last = 0, 0
+    while pos < end:
+        tag = encoding[pos]
+        size, body = read_varint(encoding, pos + 1)
+        if tag & 7 != 2 or not last < tag >> 3 <= 7 or body + size > end:
+            return None
+        fields.append((tag >> 3, pos, body, size))
+        last, pos = tag >> 3, body + size
+    return fields
 
 
 def _take(values: npt.NDArray[_T], counts: IntArray, rows: IntArray) -> npt.NDArray[_T]:
@@ -204,18 +336,38 @@ def _expected_counts(layout: Layout) -> dict[int, int]:
     }
 
 
-def _check_structure(layout: Layout, scan: _Scan, report: _Report) -> _Structure:
+def _check_symbol_counts(
+    lengths: IntArray, length_counts: IntArray, sizes: IntArray, report: _Report
+) -> BoolArray:
+    """The rows whose `sequences` size is not the sum of their sequence lengths."""
+    sums = np.concatenate((np.zeros(1, np.int64), np.cumsum(lengths)))
+    stops = np.cumsum(length_counts)
+    total = sums[stops] - sums[stops - length_counts]
+    wrong: BoolArray = total != sizes
+    for row in _offenders(wrong):
+        text = f"must hold sum(sequence_lengths) = {total[row]} bytes, got {sizes[row]}"
+        report.add(row, SEQUENCES, "sequences", text, rules.GENOME_SHAPE)
+    return wrong
+
+
+def _check_structure(layout: Layout, scan: GenomeScan, report: _Report) -> _Structure:
     """Unknown fields, value counts and sequence lengths: whatever decides a row's shape."""
     for row in _offenders(scan.foreign):
         report.add(
             row, 0, "", "has fields that helix.v1.Genome does not define", rules.UNKNOWN_FIELD
         )
+    present = scan.size.max(axis=0, initial=0) > 0  # by field number: any row has it
     counts = {REALS: scan.size[:, REALS] // 8, BITS: scan.size[:, BITS]}
     values: dict[int, U64Array] = {}
     for field in (INTEGERS, CHOICES, PERMUTATIONS, SEQUENCE_LENGTHS):
-        values[field], counts[field] = scan.varints(field)
+        if present[field]:
+            values[field], counts[field] = scan.varints(field)
+        else:  # (most DNAs use two or three of the seven fields)
+            values[field], counts[field] = np.zeros(0, np.uint64), scan.size[:, field]
     bad = scan.foreign.copy()
     for field, want in _expected_counts(layout).items():
+        if want == 0 and not present[field]:
+            continue
         got = counts[field]
         wrong = got != want
         unit = "bytes" if field == BITS else "values"
@@ -224,15 +376,8 @@ def _check_structure(layout: Layout, scan: _Scan, report: _Report) -> _Structure
             report.add(row, field, _FIELDS[field - 1], text, rules.GENOME_SHAPE)
         bad |= wrong
     lengths, length_counts = values[SEQUENCE_LENGTHS].astype(np.int64), counts[SEQUENCE_LENGTHS]
-    sums = np.concatenate((np.zeros(1, np.int64), np.cumsum(lengths)))
-    stops = np.cumsum(length_counts)
-    total = sums[stops] - sums[stops - length_counts]
-    wrong = total != scan.size[:, SEQUENCES]
-    for row in _offenders(wrong):
-        text = f"must hold sum(sequence_lengths) = {total[row]} bytes, got "
-        text += str(scan.size[row, SEQUENCES])
-        report.add(row, SEQUENCES, "sequences", text, rules.GENOME_SHAPE)
-    bad |= wrong
+    if present[SEQUENCE_LENGTHS] or present[SEQUENCES]:
+        bad |= _check_symbol_counts(lengths, length_counts, scan.size[:, SEQUENCES], report)
     if layout.sequences:
         rows = np.flatnonzero(~bad)
         table = _take(lengths, length_counts, rows).reshape(len(rows), len(layout.sequences))
@@ -386,19 +531,26 @@ def decode_genomes(
     one violation per problem (the first problem per row and field, at most
     MAX_VIOLATIONS in all), at paths such as `path_of(i).reals[3]`. -0.0 reads as 0.0.
     """
-    scan = _Scan(genomes)
+    return decode_scan(layout, GenomeScan.of_genomes(genomes), path_of)
+
+
+def decode_scan(layout: Layout, scan: GenomeScan, path_of: Callable[[int], str]) -> Population:
+    """`decode_genomes` of the genomes a scan found (the rows of a message's bytes, say)."""
     report = _Report(path_of)
     structure = _check_structure(layout, scan, report)
     rows, values = structure.rows, structure.values
     m = len(rows)
     reals = scan.payload(REALS, rows).view("<f8").reshape(m, layout.n_reals) + 0.0
-    _check_bounds(layout, "real", reals, rows, report)
+    if layout.n_reals:  # (each check skipped here would find nothing: no columns)
+        _check_bounds(layout, "real", reals, rows, report)
     zigzag = values[INTEGERS]
     integers = (zigzag >> 1).view(np.int64) ^ -(zigzag & 1).view(np.int64)
     integers = integers.reshape(m, layout.n_integers)
-    _check_bounds(layout, "integer", integers, rows, report)
+    if layout.n_integers:
+        _check_bounds(layout, "integer", integers, rows, report)
     choices = values[CHOICES].astype(np.int64).reshape(m, layout.n_choices)
-    _check_choices(layout, choices, rows, report)
+    if layout.n_choices:
+        _check_choices(layout, choices, rows, report)
     packed = scan.payload(BITS, rows).reshape(m, (layout.n_bits + 7) // 8)
     _check_padding(layout, packed, rows, report)
     at = np.cumsum((0, *layout.permutation_sizes)).tolist()
@@ -406,8 +558,10 @@ def decode_genomes(
     _check_permutations(layout, elements, rows, report)
     lengths = values[SEQUENCE_LENGTHS].astype(np.int64).reshape(m, len(layout.sequences))
     symbols = scan.payload(SEQUENCES, rows)
-    gene_of = np.repeat(np.tile(np.arange(len(layout.sequences)), m), lengths.ravel())
-    _check_symbols(layout, lengths, symbols, gene_of, rows, report)
+    gene_of = np.zeros(0, dtype=np.int64)
+    if layout.sequences:
+        gene_of = np.repeat(np.tile(np.arange(len(layout.sequences)), m), lengths.ravel())
+        _check_symbols(layout, lengths, symbols, gene_of, rows, report)
     report.raise_any()
     return Population(
         reals=reals,
