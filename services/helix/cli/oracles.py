@@ -35,6 +35,7 @@ from helix.common.errors import HelixError, InvalidArgument
 from helix.common.validation import check_resource_name
 from helix.generator import strategies
 from helix.genome import codec
+from helix.genome.batches import CandidateRecords
 from helix.genome.genome_checks import decode_genomes
 from helix.genome.layout import Layout, Population, normalise
 from helix.genome.named import from_named, to_named_rows
@@ -291,10 +292,12 @@ async def _verify_here(
         hosted = host.get(args.name)
         target = target_for(dna)
         hosted.check_dna(target, "dna")
+        batch = oracle_pb2.VerifyBatch(candidates=candidates)
+        records = CandidateRecords.find(batch.SerializeToString(), 2)
         outcome = await host.verify(
             hosted,
             target,
-            candidates,
+            records,
             host.timeout_for(hosted, _timeout(args)),
             b"\x0a",
             "candidates",

@@ -401,6 +401,24 @@ def _unknown_field_numbers(message: Message) -> list[int]:
     return sorted({int(f.field_number) for f in legacy.UnknownFields()})
 
 
+def check_own_unknown_fields(message: Message, path: str = "") -> Violations:
+    """The unknown fields of `message` itself, not of the messages it holds (for callers
+    that check those another way: a batch's candidates read from their bytes)."""
+    try:
+        numbers = _unknown_field_numbers(message)
+    except Exception:  # a validator must never raise on input
+        return []
+    schema = message.DESCRIPTOR.full_name
+    return [
+        FieldViolation(
+            join(path, str(number)),
+            f"is an unknown field (number {number}) of {schema}: not in this server's schema",
+            rules.UNKNOWN_FIELD,
+        )
+        for number in numbers
+    ]
+
+
 def has_unknown_fields(message: Message) -> bool:
     """Whether any unknown field is anywhere in `message` (one pass in C, no Python walk)."""
     clean = type(message)()

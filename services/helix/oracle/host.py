@@ -32,7 +32,8 @@ import helix.v1.dna_pb2 as dna_pb2
 from helix.common import errors, reasons, rules
 from helix.common.errors import FieldViolation
 from helix.common.validation import index
-from helix.genome import codec, genome_checks
+from helix.genome import codec
+from helix.genome.batches import CandidateRecords
 from helix.genome.layout import Layout, fingerprint, normalise
 from helix.oracle import verdicts as wire
 from helix.oracle.cache import VerdictCache
@@ -250,7 +251,7 @@ class OracleHost:
         self,
         hosted: Hosted,
         target: Target,
-        candidates: Sequence[candidate_pb2.Candidate],
+        records: CandidateRecords,
         candidate_timeout: float,
         field_tag: bytes,
         path: str,
@@ -258,20 +259,19 @@ class OracleHost:
         *,
         flow_controlled: bool = False,
     ) -> Outcome:
-        """Verify a batch: verdicts in request order, as repeated-field bytes tagged
+        """Verify a batch, found in its message's bytes (`records`, whose first checks the
+        caller made): verdicts in request order, as repeated-field bytes tagged
         `field_tag`. INVALID_ARGUMENT for genomes that do not fit, wrong ids. A
         `flow_controlled` caller (a VerifyStream, which holds back credit while the reports
         are congested) never has its report lines dropped for a full queue."""
         self.stats.batches += 1
         layout = target.layout
-        genomes = [c.genome for c in candidates]
-        population = genome_checks.decode_genomes(
-            layout, genomes, lambda i: f"{index(path, i)}.genome"
-        )
+        population = records.decode(layout, path)
         ids = codec.candidate_ids(codec.encode_genomes(layout, population))
-        given = [c.id for c in candidates]
-        if given != ids:
-            _check_ids(given, ids, path)
+        if records.id_text is None or records.id_text != "".join(ids):
+            given = records.ids()
+            if given != ids:
+                _check_ids(given, ids, path)
         spec = hosted.spec
         n = len(ids)
         first: dict[str, int] = {}

@@ -30,12 +30,12 @@ import bisect
 import logging
 import math
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from google.protobuf.message import Message
 from grpc.aio import ServicerContext
 
-import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 from helix.common import errors, logs, pages, reasons, rules
@@ -46,11 +46,10 @@ from helix.common.services import validate
 from helix.common.validation import (
     Violations,
     check_no_unknown_fields,
-    check_repeated_len,
-    index,
+    check_own_unknown_fields,
 )
+from helix.genome.batches import CandidateRecords
 from helix.genome.codec import varint
-from helix.genome.validation import check_candidate
 from helix.oracle import validation as checks
 from helix.oracle.host import Hosted, Lease, OracleHost, Target, target_for
 
@@ -71,19 +70,28 @@ def _who(context: ServicerContext[Any, Any]) -> tuple[str, str, str]:
     return logs.principal_var.get(), logs.request_id_var.get(), run
 
 
-def _check_candidates(
-    candidates: Sequence[candidate_pb2.Candidate], path: str, limits: checks.OracleLimits
-) -> Violations:
-    """Counts, ids and presence of genomes; whether each genome fits the DNA is checked
-    when the batch is decoded (all rows at once, naming the same paths)."""
-    found = check_repeated_len(candidates, path, limits.max_candidates, 1)
-    if found:
-        return found
-    for i, candidate in enumerate(candidates):
-        if candidate.id and len(candidate.id) == 32 and candidate.HasField("genome"):
-            continue  # the id's characters are checked against the genome's hash
-        found += check_candidate(candidate, index(path, i), genome=False)
-    return found
+def _candidate_count(n: int, path: str, limits: checks.OracleLimits) -> Violations:
+    if n < 1:
+        return [FieldViolation(path, "must hold at least 1 candidate", rules.TOO_FEW)]
+    if n > limits.max_candidates:
+        return [
+            FieldViolation(
+                path, f"must hold at most {limits.max_candidates} candidates", rules.TOO_MANY
+            )
+        ]
+    return []
+
+
+def _records(
+    message: Message, field: int, path: str, found: Violations, n: int
+) -> CandidateRecords:
+    """The candidates of `message` (its repeated Candidate field number `field`, `n` of
+    them), read from its bytes; their unknown fields, wrong ids and missing genomes are
+    added to `found`. Every candidate's genome is checked against the DNA when decoded."""
+    records = CandidateRecords.find(message.SerializeToString(), field)
+    if n >= 1:
+        found += records.unknown_fields(path) + records.candidate_violations(path)
+    return records
 
 
 def _timeout(message: oracle_pb2.VerifyRequest | oracle_pb2.VerifyStreamOpen) -> float | None:
@@ -197,22 +205,21 @@ class _Stream:
         self.maybe_finish()
 
     def take(self, message: oracle_pb2.VerifyStreamRequest) -> None:
-        found = check_no_unknown_fields(message)
         kind = message.WhichOneof("kind")
         if kind != "batch":
+            found = check_no_unknown_fields(message)
             text = "must be sent only once, in the first message" if kind else "must be set"
             found.append(FieldViolation("open" if kind else "batch", text, rules.ONEOF))
-        else:
-            batch = message.batch
-            if batch.batch_id == 0:
-                found.append(
-                    FieldViolation("batch.batch_id", "must be set (not 0)", rules.REQUIRED)
-                )
-            found += _check_candidates(batch.candidates, "batch.candidates", self.servicer.limits)
-        if found:
             raise errors.InvalidArgument.from_violations(found)
         batch = message.batch
         n = len(batch.candidates)
+        found = check_own_unknown_fields(message) + check_own_unknown_fields(batch, "batch")
+        if batch.batch_id == 0:
+            found.append(FieldViolation("batch.batch_id", "must be set (not 0)", rules.REQUIRED))
+        found += _candidate_count(n, "batch.candidates", self.servicer.limits)
+        records = _records(batch, 2, "batch.candidates", found, n) if not found else None
+        if found or records is None:
+            raise errors.InvalidArgument.from_violations(found)
         if n > self.allowance:
             raise errors.ResourceExhausted(
                 f"batch {batch.batch_id} has {n} candidates but the stream's allowance is "
@@ -233,17 +240,19 @@ class _Stream:
         self.held += 1
         if self.idle is not None:
             self.idle.reschedule(None)
-        task = asyncio.create_task(self.verify(batch), name=f"verify batch {batch.batch_id}")
+        task = asyncio.create_task(
+            self.verify(batch.batch_id, n, records), name=f"verify batch {batch.batch_id}"
+        )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def verify(self, batch: oracle_pb2.VerifyBatch) -> None:
+    async def verify(self, batch_id: int, n: int, records: CandidateRecords) -> None:
         host = self.servicer.host
         try:
             outcome = await host.verify(
                 self.hosted,
                 self.target,
-                batch.candidates,
+                records,
                 self.timeout,
                 _VERDICTS_TAG,
                 "batch.candidates",
@@ -259,11 +268,11 @@ class _Stream:
             log.exception("verifying a batch failed")
             self.end(errors.Internal("verifying the batch failed"))
             return
-        inner = b"\x08" + varint(batch.batch_id) + outcome.body
+        inner = b"\x08" + varint(batch_id) + outcome.body
         # The VerifyStreamResponse's bytes (verdicts = field 2), sent as they are.
         self.out.put_nowait(Encoded(_VERDICTS_TAG + varint(len(inner)) + inner))
         self.held -= 1
-        self.grant(len(batch.candidates))
+        self.grant(n)
         if self.idle is not None:
             self.idle.reschedule(self._idle_deadline())
         self.maybe_finish()
@@ -377,17 +386,20 @@ class OracleServicer(oracle_pb2_grpc.OracleServiceServicer):
         request: oracle_pb2.VerifyRequest,
         context: ServicerContext[oracle_pb2.VerifyRequest, oracle_pb2.VerifyResponse],
     ) -> oracle_pb2.VerifyResponse:
-        found = check_no_unknown_fields(request) + checks.check_target(request, "")
-        found += _check_candidates(request.candidates, "candidates", self.limits)
-        if found:
+        n = len(request.candidates)
+        found = check_own_unknown_fields(request) + check_no_unknown_fields(request.dna, "dna")
+        found += checks.check_target(request, "")
+        found += _candidate_count(n, "candidates", self.limits)
+        records = _records(request, 3, "candidates", found, n) if not found else None
+        if found or records is None:
             raise errors.InvalidArgument.from_violations(found)
         hosted, target = await self._target(request, "dna")
-        lease = self.host.lease(hosted, len(request.candidates))
+        lease = self.host.lease(hosted, n)
         try:
             outcome = await self.host.verify(
                 hosted,
                 target,
-                request.candidates,
+                records,
                 self.host.timeout_for(hosted, _timeout(request)),
                 _RESPONSE_VERDICTS_TAG,
                 "candidates",
