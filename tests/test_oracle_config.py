@@ -232,3 +232,11 @@ def test_the_builtin_default_hosts_every_builtin(folder: Path) -> None:
     check = parse_config(builtin_config(folder), "<builtin>", folder)
     assert check.valid, check.violations
     assert {"sphere", "rastrigin", "onemax", "trap", "tsp"} <= set(check.oracles)
+
+
+def test_long_arguments_and_folders_in_argv_are_arguments_not_files(folder: Path) -> None:
+    script = "import sys; print(sys.argv)  # " + "x" * 400  # longer than a file name may be
+    text = f"oracles:\n  c:\n    kind: command\n    argv: [python3, -c, {script!r}, pkg, .]\n"
+    check = parse_config(text, "oracles.yaml", folder)
+    assert check.valid, check.violations
+    assert check.oracles["c"].settings["files"] == {}

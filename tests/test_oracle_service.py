@@ -4,6 +4,7 @@ oracles (real worker subprocesses)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -286,13 +287,38 @@ async def test_a_batch_over_the_free_capacity_is_busy_with_retry_info(
 ) -> None:
     (config_dir / "oracles.yaml").write_text(config_text(sphere_capacity=10))
     _, _, stub = await oracle_server()
-    batch, _ = sphere_batch(11)
+    holder = stub.VerifyStream()  # holds half the capacity: 5 candidates
+    await holder.write(open_message())
+    assert (await holder.read()).credit.candidates == 5
+    batch, _ = sphere_batch(6)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Verify(
             oracle_pb2.VerifyRequest(oracle="oracles/sphere", dna=dna(SPHERE_DNA), candidates=batch)
         )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert details(caught.value)[0] == "ORACLE_BUSY"
+    await holder.done_writing()
+    while await holder.read() != grpc.aio.EOF:
+        pass
+    response = await stub.Verify(
+        oracle_pb2.VerifyRequest(oracle="oracles/sphere", dna=dna(SPHERE_DNA), candidates=batch)
+    )  # the window was given back
+    assert len(response.verdicts) == 6
+
+
+async def test_a_batch_over_the_whole_capacity_says_to_split_it(
+    oracle_server: Callable[..., Any], config_dir: Path
+) -> None:
+    (config_dir / "oracles.yaml").write_text(config_text(sphere_capacity=10))
+    _, _, stub = await oracle_server()
+    batch, _ = sphere_batch(11)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Verify(
+            oracle_pb2.VerifyRequest(oracle="oracles/sphere", dna=dna(SPHERE_DNA), candidates=batch)
+        )
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details(caught.value)[0] == "BATCH_OVER_CAPACITY"
+    assert "at most 10" in str(caught.value.details())
 
 
 # --- command oracles through the service -------------------------------------------------
@@ -523,6 +549,9 @@ async def test_a_valid_change_is_picked_up_and_an_invalid_one_keeps_the_old(
         oracle_pb2.VerifyRequest(oracle="oracles/sphere", dna=dna(SPHERE_DNA), candidates=batch)
     )
     np.testing.assert_allclose([v.score for v in response.verdicts], expected)
+    # Back to the version served: valid again, nothing restarted.
+    path.write_text(config_text() + "  onemax:\n    kind: builtin\n")
+    await eventually(lambda: service.host.stats.config_valid)
 
 
 async def test_reports_hold_every_verification(
@@ -647,3 +676,34 @@ async def test_a_stream_faster_than_the_report_writer_waits_for_credit_not_lines
     report = tmp_path / "reports" / "verdicts.jsonl"
     await eventually(lambda: report.exists() and len(report.read_text().splitlines()) == 1000)
     assert writer.dropped == 0
+
+
+async def test_a_client_that_reads_nothing_gets_no_more_credit(
+    oracle_server: Callable[..., Any],
+) -> None:
+    # Credit comes back only once a batch's verdicts went to the transport: a client that
+    # sends on without reading runs out of credit instead of piling verdicts up here.
+    _, service, stub = await oracle_server()
+    batch, _ = sphere_batch(500)
+    most = 0
+    sending = asyncio.Event()
+
+    async def requests() -> AsyncIterator[oracle_pb2.VerifyStreamRequest]:
+        nonlocal most
+        yield open_message()
+        for batch_id in range(1, 2001):
+            yield batch_message(batch_id, batch)
+            await asyncio.sleep(0)
+            for stream in service.servicer.streams:
+                most = max(most, stream.out.qsize())
+        sending.set()
+
+    call = stub.VerifyStream(requests())
+    await asyncio.sleep(3)  # nothing read meanwhile
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details(caught.value)[0] == "CREDIT_EXCEEDED"
+    assert most <= 3  # verdicts waiting to be sent: the window's worth at most
+    assert not sending.is_set()  # the stream ended long before the client was done

@@ -316,10 +316,16 @@ async def _verify_remote(
         request.timeout.CopyFrom(
             duration_pb2.Duration(seconds=int(timeout), nanos=int(timeout % 1 * 1e9))
         )
-    async with open_channel(args, [VERIFY]) as channel:
+    verdicts: list[candidate_pb2.Verdict] = []
+    async with open_channel(args, [VERIFY, ORACLES_READ]) as channel:
         stub = oracle_pb2_grpc.OracleServiceStub(channel)
-        response = await stub.Verify(request)
-    return list(response.verdicts)
+        info = (await stub.GetOracle(oracle_pb2.GetOracleRequest(name=args.name))).oracle
+        size = max(1, info.capacity)  # a batch over the oracle's capacity never fits
+        for start in range(0, len(candidates), size):
+            del request.candidates[:]
+            request.candidates.extend(candidates[start : start + size])
+            verdicts += (await stub.Verify(request)).verdicts
+    return verdicts
 
 
 async def test_oracle(args: argparse.Namespace) -> int:

@@ -389,6 +389,12 @@ ORACLE_BUSY = _reason(
     "The oracle holds its capacity of candidates; RetryInfo, metadata capacity and free.",
     "oracle",
 )
+BATCH_OVER_CAPACITY = _reason(
+    "BATCH_OVER_CAPACITY",
+    errors.ResourceExhausted,
+    "A Verify batch larger than the oracle's capacity (never fits; no RetryInfo): split it.",
+    "oracle",
+)
 CREDIT_EXCEEDED = _reason(
     "CREDIT_EXCEEDED",
     errors.ResourceExhausted,

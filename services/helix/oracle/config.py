@@ -245,6 +245,15 @@ def inside(base_dir: Path, relative: str, *, directory: bool = False) -> Path:
     return instances.resolve_inside(base_dir, relative)
 
 
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a regular file; False for a name no file system can hold (too
+    long, say) or one it refuses to look at, as for a folder or nothing at all."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -298,7 +307,7 @@ def _argv(r: _Reader, raw: Any, path: str, base: Path) -> tuple[list[str], dict[
             r.bad(index(path, i), "must not contain NUL", rules.PATTERN)
             return None
         out.append(text)
-        if not Path(text).is_absolute() and (base / text).exists():
+        if not Path(text).is_absolute() and _is_file(base / text):
             # A file of the configuration's folder: its content is part of the hash.
             checked = r.file(text, index(path, i), base)
             if checked is None:
@@ -385,7 +394,7 @@ def _python(
     module = entry.split(":")[0].replace(".", "/")
     files = {}
     for candidate in (target / f"{module}.py", target / module / "__init__.py"):
-        if candidate.is_file() and candidate.resolve().is_relative_to(base.resolve()):
+        if _is_file(candidate) and candidate.resolve().is_relative_to(base.resolve()):
             files[str(candidate.relative_to(target))] = _digest(candidate)
             break
     return {"entry_point": entry, "batch": batch, "path": folder, "files": files, **pool}

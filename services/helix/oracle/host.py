@@ -170,12 +170,15 @@ class OracleHost:
                     started[oracle_id] = current
                     continue
                 running = open_oracle(spec)
-                await running.start()
+                try:
+                    await running.start()
+                except BaseException:
+                    await asyncio.gather(running.close(), return_exceptions=True)
+                    raise
                 started[oracle_id] = Hosted(spec, running)
         except BaseException:
-            for oracle_id, hosted in started.items():
-                if self.oracles.get(oracle_id) is not hosted:
-                    await hosted.oracle.close()
+            fresh = [h for i, h in started.items() if self.oracles.get(i) is not h]
+            await asyncio.gather(*(h.oracle.close() for h in fresh), return_exceptions=True)
             raise
         old, self.oracles = self.oracles, started
         for oracle_id, hosted in old.items():
@@ -229,6 +232,14 @@ class OracleHost:
                 "this oracle agent is shutting down; use another one",
                 reason=reasons.ORACLE_DRAINING,
                 retry_after=1.0,
+            )
+        capacity = hosted.spec.capacity
+        if n > capacity:
+            raise errors.ResourceExhausted(
+                f"{n} candidates are more than oracle {hosted.id} holds at once "
+                f"({capacity}): send batches of at most {capacity}",
+                reason=reasons.BATCH_OVER_CAPACITY,
+                metadata={"capacity": str(capacity)},
             )
         if n > hosted.free or n < 1:
             self.stats.busy += 1

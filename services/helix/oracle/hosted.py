@@ -111,7 +111,7 @@ class BuiltinOracle:
             scores = self._bound.score(population)
         n = len(population)
         elapsed = (time.perf_counter() - start) / max(1, n)
-        errors = {int(i): NON_FINITE for i in np.flatnonzero(np.isnan(scores))}
+        errors = {int(i): NON_FINITE for i in np.flatnonzero(~np.isfinite(scores))}
         return Scored(scores, errors, elapsed)
 
 

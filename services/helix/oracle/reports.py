@@ -218,7 +218,13 @@ class ReportWriter:
                 async with asyncio.timeout(self._flush_interval):
                     await self._wake.wait()
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the writer must outlive any one batch's failure
+                _LOG.exception("reports: writing a batch of lines failed; they are dropped")
+                self.room.set()
             if self._closed:
                 return
 
@@ -230,11 +236,15 @@ class ReportWriter:
         count, self._queued = self._queued, 0
         self._pending.clear()
         self.room.set()
-        if any(isinstance(item, _Batch) for item in items):
-            # Formatting thousands of lines is CPU work: a thread, not the event loop.
-            data = await asyncio.to_thread(_format, items)
-        else:
-            data = _format(items)
+        try:
+            if any(isinstance(item, _Batch) for item in items):
+                # Formatting thousands of lines is CPU work: a thread, not the event loop.
+                data = await asyncio.to_thread(_format, items)
+            else:
+                data = _format(items)
+        except Exception:
+            self.dropped += count  # counted, never silently lost
+            raise
         try:
             await self._write(data)
         except OSError as error:

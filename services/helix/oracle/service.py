@@ -162,7 +162,13 @@ class _Stream:
         self.allowance = lease.n
         self.held = 0  # batches received and not answered
         self.seen = _BatchIds()
-        self.out: asyncio.Queue[oracle_pb2.VerifyStreamResponse | Encoded | _End] = asyncio.Queue()
+        # Verdicts (with the candidates their batch held) and credit, in sending order.
+        # Credit for a batch is granted only once its verdicts were handed to the
+        # transport, so a client that reads nothing cannot make this queue grow: what it
+        # holds never exceeds the window (the chain's write timeout ends such a stream).
+        self.out: asyncio.Queue[oracle_pb2.VerifyStreamResponse | tuple[Encoded, int] | _End] = (
+            asyncio.Queue()
+        )
         self.tasks: set[asyncio.Task[None]] = set()
         self.reading_done = False
         self.ended = False
@@ -200,6 +206,12 @@ class _Stream:
             return
         except errors.HelixError as error:
             self.end(error)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reading a VerifyStream failed")
+            self.end(errors.Internal("reading the stream failed"))
             return
         self.reading_done = True
         self.maybe_finish()
@@ -269,13 +281,17 @@ class _Stream:
             self.end(errors.Internal("verifying the batch failed"))
             return
         inner = b"\x08" + varint(batch_id) + outcome.body
-        # The VerifyStreamResponse's bytes (verdicts = field 2), sent as they are.
-        self.out.put_nowait(Encoded(_VERDICTS_TAG + varint(len(inner)) + inner))
+        # The VerifyStreamResponse's bytes (verdicts = field 2), sent as they are; the
+        # batch's credit is granted again once they are sent (`sent`).
+        self.out.put_nowait((Encoded(_VERDICTS_TAG + varint(len(inner)) + inner), n))
         self.held -= 1
+        self.maybe_finish()
+
+    def sent(self, n: int) -> None:
+        """A batch's verdicts of `n` candidates went to the transport: grant them again."""
         self.grant(n)
         if self.idle is not None:
             self.idle.reschedule(self._idle_deadline())
-        self.maybe_finish()
 
     def grant(self, n: int) -> None:
         """Grant `n` candidates of credit again — or, while the report writer is behind,
@@ -316,13 +332,14 @@ class _Stream:
         elif self.reading_done:
             self.end(None)
 
-    async def close(self) -> None:
+    def abandon(self) -> list[asyncio.Task[None]]:
+        """Cancel the stream's work and give its window back, at once (no await, so a
+        second cancellation cannot skip it); the tasks to wait for."""
         tasks = [*self.tasks, *([self.paying] if self.paying is not None else [])]
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
         self.lease.release()
+        return tasks
 
 
 class OracleServicer(oracle_pb2_grpc.OracleServiceServicer):
@@ -449,11 +466,17 @@ class OracleServicer(oracle_pb2_grpc.OracleServiceServicer):
                     if item.error is not None:
                         raise item.error
                     return
-                yield item  # type: ignore[misc]  # Encoded verdicts: sent as they are
+                if isinstance(item, tuple):
+                    encoded, n = item
+                    yield encoded  # type: ignore[misc]  # Encoded verdicts, sent as they are
+                    stream.sent(n)
+                else:
+                    yield item
         finally:
             self.streams.discard(stream)
-            await cancel_and_wait([reader])
-            await stream.close()
+            reader.cancel()
+            tasks = stream.abandon()
+            await cancel_and_wait([reader, *tasks])
 
     def drain(self) -> None:
         """Begin the drain: no more credit; each stream ends once its batches are answered."""

@@ -93,6 +93,7 @@ class ConfigSource:
         self.path = path
         self._seen: tuple[int, int] | None = None
         self._digest = ""
+        self.reverted = False
 
     async def first(self) -> ConfigCheck:
         if self.path is None:
@@ -122,6 +123,7 @@ class ConfigSource:
         check, data = await read_config_file(self.path)
         digest = hashlib.sha256(data).hexdigest()
         if check.valid and digest == self._digest:
+            self.reverted = True  # back to the version served: valid again
             return None
         if check.valid:
             self._digest = digest
@@ -289,6 +291,9 @@ class OracleService:
             await asyncio.sleep(float(self.settings.oracle_config_poll))
             try:
                 check = await self.source.changed()
+                if self.source.reverted:
+                    self.source.reverted = False
+                    self.host.stats.config_valid = True
                 if check is not None and await self.host.apply(check):
                     log.info(
                         "oracle configuration %s reloaded: %d oracles",
@@ -299,6 +304,8 @@ class OracleService:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.host.stats.reload_failures += 1
+                self.host.stats.config_valid = False
                 log.exception("reloading the oracle configuration failed; the old one serves")
 
     async def _report_health(self) -> None:
