@@ -146,6 +146,7 @@ class OracleHost:
         self.draining = False
         self._on_change = on_change
         self._closing: set[asyncio.Task[None]] = set()
+        self._retired: set[Hosted] = set()  # replaced, still in use by a call
 
     # --- configuration ------------------------------------------------------------------
 
@@ -184,6 +185,7 @@ class OracleHost:
         for oracle_id, hosted in old.items():
             if started.get(oracle_id) is not hosted:
                 hosted.retired = True
+                self._retired.add(hosted)
                 self.retire_if_idle(hosted)
         self.config_file = check.filename
         self.stats.config_valid = True
@@ -195,6 +197,7 @@ class OracleHost:
     def retire_if_idle(self, hosted: Hosted) -> None:
         if hosted.retired and hosted.users == 0 and not hosted.closing:
             hosted.closing = True
+            self._retired.discard(hosted)
             task = asyncio.get_running_loop().create_task(
                 hosted.oracle.close(), name=f"close oracle {hosted.id}"
             )
@@ -202,11 +205,15 @@ class OracleHost:
             task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        """Close every oracle (the server has stopped)."""
-        for hosted in self.oracles.values():
+        """Close every oracle, retired ones still in use included (the server stopped)."""
+        every = [*self.oracles.values(), *self._retired]
+        self.oracles, self._retired = {}, set()
+        running = []
+        for hosted in every:
             hosted.retired = True
-        running = [h.oracle.close() for h in self.oracles.values() if not h.closing]
-        self.oracles = {}
+            if not hosted.closing:
+                hosted.closing = True
+                running.append(hosted.oracle.close())
         await asyncio.gather(*running, *self._closing, return_exceptions=True)
 
     @property
