@@ -734,9 +734,9 @@ class RemoteOracle:
     def _stream_for(self, layout: Layout, timeout: float) -> _Stream:
         # Streams are shared per DNA and timeout, and each holds part of the remote's
         # capacity: timeouts are rounded up to a power of two seconds, so callers that
-        # vary theirs finely share at most a few streams per DNA (at most twice the
-        # timeout asked for, never less).
-        timeout = float(2 ** math.ceil(math.log2(max(timeout, 1.0))))
+        # vary theirs finely share at most a few streams per DNA: a power of two
+        # milliseconds, at most twice the timeout asked for, never less.
+        timeout = 2 ** math.ceil(math.log2(max(timeout, 0.001) * 1000)) / 1000
         key = (fingerprint(layout.dna), timeout)
         stream = self.streams.get(key)
         if stream is None:
