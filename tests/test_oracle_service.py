@@ -497,12 +497,15 @@ async def test_a_draining_server_answers_held_batches_then_ends_unavailable(
 ) -> None:
     slow = config_text(worker_mode="ok").replace("worker.py, ok]", "worker.py, ok]\n    env: []")
     (config_dir / "oracles.yaml").write_text(slow)
-    server, _, stub = await oracle_server()
+    server, service, stub = await oracle_server()
     call = stub.VerifyStream()
     await call.write(open_message("oracles/summer", WORKER_DNA))
     await call.read()
     batch = candidates(WORKER_DNA, np.full((4, 3), 0.25), poison=[0, 0, 0, 0])
     await call.write(batch_message(1, batch))
+    # The server has the batch (one still on its way when the drain begins is simply
+    # unanswered, which the protocol allows: the client re-sends it elsewhere).
+    await eventually(lambda: any(s.seen.lows for s in service.servicer.streams))
     shutdown = server.shutdown(5)  # a task: the drain runs while the stream is read
     got = []
 
