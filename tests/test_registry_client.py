@@ -358,6 +358,10 @@ async def test_registration_reports_health_at_once_and_load_only_when_changed(
         assert found.revision == queued.revision
         assert found.agent.load.in_flight == 3
         assert registration.agent.load.queued == 7
+        # Heartbeats return the etag they leave (HeartbeatResponse.etag), so the agent
+        # knows its current one and deregisters with it.
+        assert registration.agent.etag == found.agent.etag
+        assert registration.agent.update_revision == found.agent.update_revision
         epoch = registration.epoch
     # The etag it registered with is stale now; it deregisters its own registration anyway.
     assert await get_agent(stub, "agents/gen-3") is None

@@ -369,6 +369,27 @@ async def test_epoch_mismatch_after_the_name_was_registered_again(suite):
     assert error_info(caught.value).reason == "EPOCH_MISMATCH"
 
 
+async def test_a_heartbeat_returns_the_etag_it_leaves_and_deregistering_with_it_works(suite):
+    stub = suite.stub()
+    registered = (await stub.RegisterAgent(register_request("hb1"))).agent
+    beat = registry_pb2.HeartbeatRequest(name="agents/hb1", epoch=registered.epoch)
+    same = await stub.Heartbeat(beat)
+    assert same.etag == registered.etag  # nothing changed: the same etag
+    beat.health = registry_pb2.AGENT_HEALTH_DEGRADED
+    changed = await stub.Heartbeat(beat)
+    assert changed.etag != registered.etag
+    current = (await stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/hb1"))).agent
+    assert current.etag == changed.etag
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # the registration's etag is stale
+        await stub.DeregisterAgent(
+            registry_pb2.DeregisterAgentRequest(name="agents/hb1", etag=registered.etag)
+        )
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    await stub.DeregisterAgent(
+        registry_pb2.DeregisterAgentRequest(name="agents/hb1", etag=changed.etag)
+    )
+
+
 async def test_a_heartbeat_of_an_epoch_never_issued_is_not_found(suite):
     stub = suite.stub()
     await stub.RegisterAgent(register_request("a1", request_id="one"))

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17helix/v1/registry.proto\x12\x08helix.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\tAgentLoad\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x13\n\x0butilization\x18\x03 \x01(\x01\"\xd1\x04\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.helix.v1.AgentKind\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12+\n\x06labels\x18\x04 \x03(\x0b\x32\x1b.helix.v1.Agent.LabelsEntry\x12%\n\x06health\x18\x05 \x01(\x0e\x32\x15.helix.v1.AgentHealth\x12!\n\x04load\x18\x06 \x01(\x0b\x32\x13.helix.v1.AgentLoad\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\r\x12&\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65poch\x18\t \x01(\x03\x12\r\n\x05owner\x18\n \x01(\t\x12\x17\n\x0f\x63reate_revision\x18\x0b \x01(\x03\x12\x17\n\x0fupdate_revision\x18\x0c \x01(\x03\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x12/\n\tgenerator\x18\x10 \x01(\x0b\x32\x1a.helix.v1.GeneratorDetailsH\x00\x12)\n\x06oracle\x18\x11 \x01(\x0b\x32\x17.helix.v1.OracleDetailsH\x00\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x64\x65tails\"4\n\x10GeneratorDetails\x12\x12\n\nstrategies\x18\x01 \x03(\t\x12\x0c\n\x04\x64nas\x18\x02 \x03(\t\" \n\rOracleDetails\x12\x0f\n\x07oracles\x18\x01 \x03(\t\"\\\n\x14RegisterAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1e\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"I\n\x15RegisterAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x10\n\x08revision\x18\x02 \x01(\x03\"y\n\x10HeartbeatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12%\n\x06health\x18\x03 \x01(\x0e\x32\x15.helix.v1.AgentHealth\x12!\n\x04load\x18\x04 \x01(\x0b\x32\x13.helix.v1.AgentLoad\"M\n\x11HeartbeatResponse\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08revision\x18\x02 \x01(\x03\"e\n\x12UpdateAgentRequest\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.helix.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"G\n\x13UpdateAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x10\n\x08revision\x18\x02 \x01(\x03\"4\n\x16\x44\x65registerAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"+\n\x17\x44\x65registerAgentResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x10GetAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x9c\x01\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.helix.v1.AgentKind\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\x12%\n\x06health\x18\x05 \x01(\x0e\x32\x15.helix.v1.AgentHealth\"`\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.helix.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\x80\x01\n\x12WatchAgentsRequest\x12\x16\n\x0estart_revision\x18\x01 \x01(\x03\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.helix.v1.AgentKind\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x17\n\x0fprogress_notify\x18\x04 \x01(\x08\"y\n\x13WatchAgentsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.helix.v1.AgentEvent\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08progress\x18\x03 \x01(\x08\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\"\x93\x01\n\nAgentEvent\x12&\n\x04type\x18\x01 \x01(\x0e\x32\x18.helix.v1.AgentEventType\x12\x1e\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12+\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.helix.v1.AgentDeleteReason*u\n\tAgentKind\x12\x1a\n\x16\x41GENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_KIND_GENERATOR\x10\x01\x12\x15\n\x11\x41GENT_KIND_ORACLE\x10\x02\x12\x1b\n\x17\x41GENT_KIND_ORCHESTRATOR\x10\x03*~\n\x0b\x41gentHealth\x12\x1c\n\x18\x41GENT_HEALTH_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_HEALTH_SERVING\x10\x01\x12\x19\n\x15\x41GENT_HEALTH_DEGRADED\x10\x02\x12\x1c\n\x18\x41GENT_HEALTH_NOT_SERVING\x10\x03*i\n\x0e\x41gentEventType\x12 \n\x1c\x41GENT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_EVENT_TYPE_PUT\x10\x01\x12\x1b\n\x17\x41GENT_EVENT_TYPE_DELETE\x10\x02*\xa5\x01\n\x11\x41gentDeleteReason\x12#\n\x1f\x41GENT_DELETE_REASON_UNSPECIFIED\x10\x00\x12$\n AGENT_DELETE_REASON_DEREGISTERED\x10\x01\x12\x1f\n\x1b\x41GENT_DELETE_REASON_EXPIRED\x10\x02\x12$\n AGENT_DELETE_REASON_FILTERED_OUT\x10\x03\x32\xc5\x04\n\x0fRegistryService\x12U\n\rRegisterAgent\x12\x1e.helix.v1.RegisterAgentRequest\x1a\x1f.helix.v1.RegisterAgentResponse\"\x03\x90\x02\x02\x12I\n\tHeartbeat\x12\x1a.helix.v1.HeartbeatRequest\x1a\x1b.helix.v1.HeartbeatResponse\"\x03\x90\x02\x02\x12J\n\x0bUpdateAgent\x12\x1c.helix.v1.UpdateAgentRequest\x1a\x1d.helix.v1.UpdateAgentResponse\x12[\n\x0f\x44\x65registerAgent\x12 .helix.v1.DeregisterAgentRequest\x1a!.helix.v1.DeregisterAgentResponse\"\x03\x90\x02\x02\x12\x46\n\x08GetAgent\x12\x19.helix.v1.GetAgentRequest\x1a\x1a.helix.v1.GetAgentResponse\"\x03\x90\x02\x01\x12L\n\nListAgents\x12\x1b.helix.v1.ListAgentsRequest\x1a\x1c.helix.v1.ListAgentsResponse\"\x03\x90\x02\x01\x12Q\n\x0bWatchAgents\x12\x1c.helix.v1.WatchAgentsRequest\x1a\x1d.helix.v1.WatchAgentsResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17helix/v1/registry.proto\x12\x08helix.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\tAgentLoad\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x0e\n\x06queued\x18\x02 \x01(\r\x12\x13\n\x0butilization\x18\x03 \x01(\x01\"\xd1\x04\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.helix.v1.AgentKind\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12+\n\x06labels\x18\x04 \x03(\x0b\x32\x1b.helix.v1.Agent.LabelsEntry\x12%\n\x06health\x18\x05 \x01(\x0e\x32\x15.helix.v1.AgentHealth\x12!\n\x04load\x18\x06 \x01(\x0b\x32\x13.helix.v1.AgentLoad\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\r\x12&\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65poch\x18\t \x01(\x03\x12\r\n\x05owner\x18\n \x01(\t\x12\x17\n\x0f\x63reate_revision\x18\x0b \x01(\x03\x12\x17\n\x0fupdate_revision\x18\x0c \x01(\x03\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x12/\n\tgenerator\x18\x10 \x01(\x0b\x32\x1a.helix.v1.GeneratorDetailsH\x00\x12)\n\x06oracle\x18\x11 \x01(\x0b\x32\x17.helix.v1.OracleDetailsH\x00\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x64\x65tails\"4\n\x10GeneratorDetails\x12\x12\n\nstrategies\x18\x01 \x03(\t\x12\x0c\n\x04\x64nas\x18\x02 \x03(\t\" \n\rOracleDetails\x12\x0f\n\x07oracles\x18\x01 \x03(\t\"\\\n\x14RegisterAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1e\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"I\n\x15RegisterAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x10\n\x08revision\x18\x02 \x01(\x03\"y\n\x10HeartbeatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12%\n\x06health\x18\x03 \x01(\x0e\x32\x15.helix.v1.AgentHealth\x12!\n\x04load\x18\x04 \x01(\x0b\x32\x13.helix.v1.AgentLoad\"[\n\x11HeartbeatResponse\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"e\n\x12UpdateAgentRequest\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.helix.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"G\n\x13UpdateAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x10\n\x08revision\x18\x02 \x01(\x03\"4\n\x16\x44\x65registerAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"+\n\x17\x44\x65registerAgentResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x10GetAgentResponse\x12\x1e\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x9c\x01\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.helix.v1.AgentKind\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\x12%\n\x06health\x18\x05 \x01(\x0e\x32\x15.helix.v1.AgentHealth\"`\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.helix.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\x80\x01\n\x12WatchAgentsRequest\x12\x16\n\x0estart_revision\x18\x01 \x01(\x03\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.helix.v1.AgentKind\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x17\n\x0fprogress_notify\x18\x04 \x01(\x08\"y\n\x13WatchAgentsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.helix.v1.AgentEvent\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08progress\x18\x03 \x01(\x08\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\"\x93\x01\n\nAgentEvent\x12&\n\x04type\x18\x01 \x01(\x0e\x32\x18.helix.v1.AgentEventType\x12\x1e\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.helix.v1.Agent\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12+\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.helix.v1.AgentDeleteReason*u\n\tAgentKind\x12\x1a\n\x16\x41GENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_KIND_GENERATOR\x10\x01\x12\x15\n\x11\x41GENT_KIND_ORACLE\x10\x02\x12\x1b\n\x17\x41GENT_KIND_ORCHESTRATOR\x10\x03*~\n\x0b\x41gentHealth\x12\x1c\n\x18\x41GENT_HEALTH_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_HEALTH_SERVING\x10\x01\x12\x19\n\x15\x41GENT_HEALTH_DEGRADED\x10\x02\x12\x1c\n\x18\x41GENT_HEALTH_NOT_SERVING\x10\x03*i\n\x0e\x41gentEventType\x12 \n\x1c\x41GENT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_EVENT_TYPE_PUT\x10\x01\x12\x1b\n\x17\x41GENT_EVENT_TYPE_DELETE\x10\x02*\xa5\x01\n\x11\x41gentDeleteReason\x12#\n\x1f\x41GENT_DELETE_REASON_UNSPECIFIED\x10\x00\x12$\n AGENT_DELETE_REASON_DEREGISTERED\x10\x01\x12\x1f\n\x1b\x41GENT_DELETE_REASON_EXPIRED\x10\x02\x12$\n AGENT_DELETE_REASON_FILTERED_OUT\x10\x03\x32\xc5\x04\n\x0fRegistryService\x12U\n\rRegisterAgent\x12\x1e.helix.v1.RegisterAgentRequest\x1a\x1f.helix.v1.RegisterAgentResponse\"\x03\x90\x02\x02\x12I\n\tHeartbeat\x12\x1a.helix.v1.HeartbeatRequest\x1a\x1b.helix.v1.HeartbeatResponse\"\x03\x90\x02\x02\x12J\n\x0bUpdateAgent\x12\x1c.helix.v1.UpdateAgentRequest\x1a\x1d.helix.v1.UpdateAgentResponse\x12[\n\x0f\x44\x65registerAgent\x12 .helix.v1.DeregisterAgentRequest\x1a!.helix.v1.DeregisterAgentResponse\"\x03\x90\x02\x02\x12\x46\n\x08GetAgent\x12\x19.helix.v1.GetAgentRequest\x1a\x1a.helix.v1.GetAgentResponse\"\x03\x90\x02\x01\x12L\n\nListAgents\x12\x1b.helix.v1.ListAgentsRequest\x1a\x1c.helix.v1.ListAgentsResponse\"\x03\x90\x02\x01\x12Q\n\x0bWatchAgents\x12\x1c.helix.v1.WatchAgentsRequest\x1a\x1d.helix.v1.WatchAgentsResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,14 +48,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRYSERVICE'].methods_by_name['ListAgents']._serialized_options = b'\220\002\001'
   _globals['_REGISTRYSERVICE'].methods_by_name['WatchAgents']._loaded_options = None
   _globals['_REGISTRYSERVICE'].methods_by_name['WatchAgents']._serialized_options = b'\220\002\001'
-  _globals['_AGENTKIND']._serialized_start=2299
-  _globals['_AGENTKIND']._serialized_end=2416
-  _globals['_AGENTHEALTH']._serialized_start=2418
-  _globals['_AGENTHEALTH']._serialized_end=2544
-  _globals['_AGENTEVENTTYPE']._serialized_start=2546
-  _globals['_AGENTEVENTTYPE']._serialized_end=2651
-  _globals['_AGENTDELETEREASON']._serialized_start=2654
-  _globals['_AGENTDELETEREASON']._serialized_end=2819
+  _globals['_AGENTKIND']._serialized_start=2313
+  _globals['_AGENTKIND']._serialized_end=2430
+  _globals['_AGENTHEALTH']._serialized_start=2432
+  _globals['_AGENTHEALTH']._serialized_end=2558
+  _globals['_AGENTEVENTTYPE']._serialized_start=2560
+  _globals['_AGENTEVENTTYPE']._serialized_end=2665
+  _globals['_AGENTDELETEREASON']._serialized_start=2668
+  _globals['_AGENTDELETEREASON']._serialized_end=2833
   _globals['_AGENTLOAD']._serialized_start=136
   _globals['_AGENTLOAD']._serialized_end=203
   _globals['_AGENT']._serialized_start=206
@@ -73,29 +73,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_start=1058
   _globals['_HEARTBEATREQUEST']._serialized_end=1179
   _globals['_HEARTBEATRESPONSE']._serialized_start=1181
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1258
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=1260
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=1361
-  _globals['_UPDATEAGENTRESPONSE']._serialized_start=1363
-  _globals['_UPDATEAGENTRESPONSE']._serialized_end=1434
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=1436
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=1488
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=1490
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=1533
-  _globals['_GETAGENTREQUEST']._serialized_start=1535
-  _globals['_GETAGENTREQUEST']._serialized_end=1566
-  _globals['_GETAGENTRESPONSE']._serialized_start=1568
-  _globals['_GETAGENTRESPONSE']._serialized_end=1636
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1639
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1795
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1797
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1893
-  _globals['_WATCHAGENTSREQUEST']._serialized_start=1896
-  _globals['_WATCHAGENTSREQUEST']._serialized_end=2024
-  _globals['_WATCHAGENTSRESPONSE']._serialized_start=2026
-  _globals['_WATCHAGENTSRESPONSE']._serialized_end=2147
-  _globals['_AGENTEVENT']._serialized_start=2150
-  _globals['_AGENTEVENT']._serialized_end=2297
-  _globals['_REGISTRYSERVICE']._serialized_start=2822
-  _globals['_REGISTRYSERVICE']._serialized_end=3403
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1272
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=1274
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=1375
+  _globals['_UPDATEAGENTRESPONSE']._serialized_start=1377
+  _globals['_UPDATEAGENTRESPONSE']._serialized_end=1448
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=1450
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=1502
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=1504
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=1547
+  _globals['_GETAGENTREQUEST']._serialized_start=1549
+  _globals['_GETAGENTREQUEST']._serialized_end=1580
+  _globals['_GETAGENTRESPONSE']._serialized_start=1582
+  _globals['_GETAGENTRESPONSE']._serialized_end=1650
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1653
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1809
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1811
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1907
+  _globals['_WATCHAGENTSREQUEST']._serialized_start=1910
+  _globals['_WATCHAGENTSREQUEST']._serialized_end=2038
+  _globals['_WATCHAGENTSRESPONSE']._serialized_start=2040
+  _globals['_WATCHAGENTSRESPONSE']._serialized_end=2161
+  _globals['_AGENTEVENT']._serialized_start=2164
+  _globals['_AGENTEVENT']._serialized_end=2311
+  _globals['_REGISTRYSERVICE']._serialized_start=2836
+  _globals['_REGISTRYSERVICE']._serialized_end=3417
 # @@protoc_insertion_point(module_scope)

@@ -505,9 +505,16 @@ class HeartbeatResponse(_message.Message):
 
     TTL_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The registry's current revision: the revision of this heartbeat's change if it made
     one, otherwise the latest revision.
+    """
+    etag: _builtins.str
+    """The agent's etag after this heartbeat: a new one when the heartbeat changed its health
+    or load, else the one it had. An agent deregistering itself sends the last one it
+    received (DeregisterAgentRequest.etag), so it removes only its own registration even
+    after its heartbeats changed it. Empty from registries older than this field.
     """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
@@ -521,10 +528,11 @@ class HeartbeatResponse(_message.Message):
         *,
         ttl: _duration_pb2.Duration | None = ...,
         revision: _builtins.int = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "revision", b"revision", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

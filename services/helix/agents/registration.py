@@ -122,9 +122,9 @@ class AgentRegistration:
 
     @property
     def agent(self) -> registry_pb2.Agent:
-        """The agent as last registered, with the health and load reported since. (Its
-        etag and update_revision are those of the registration: heartbeats do not return
-        new ones.) Treat it as read-only."""
+        """The agent as last registered, with the health and load reported since, and the
+        etag the last heartbeat returned (a registry older than HeartbeatResponse.etag
+        returns none: the registration's stays). Treat it as read-only."""
         if self._agent is None:
             raise RuntimeError("not registered yet: enter the context first")
         return self._agent
@@ -334,6 +334,11 @@ class AgentRegistration:
         if self._agent is not None:
             self._agent.health = health
             self._agent.load.CopyFrom(load)
+            # Registries older than HeartbeatResponse.etag send none. A new etag means
+            # this heartbeat changed the agent, at the response's revision.
+            if response.etag and response.etag != self._agent.etag:
+                self._agent.etag = response.etag
+                self._agent.update_revision = response.revision
 
     async def _lost(self, error: grpc.aio.AioRpcError) -> None:
         self.registered = False

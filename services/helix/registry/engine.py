@@ -212,11 +212,13 @@ class Registry:
             raise errors.NotFound(
                 f"{name}'s lease expired: register again", metadata={"name": name}
             )
-        revision = self.state.revision
+        revision, etag = self.state.revision, agent.etag
         if heartbeat_changes(agent, request):
             event = await self.submit(lambda batch: batch.heartbeat_change(principal, request))
             revision = event.revision if event is not None else self.state.revision
-        return registry_pb2.HeartbeatResponse(revision=revision, ttl=agent.ttl)
+            current = self.state.agents.get(name)
+            etag = current.etag if current is not None else etag
+        return registry_pb2.HeartbeatResponse(revision=revision, ttl=agent.ttl, etag=etag)
 
     async def update(
         self, principal: Principal, request: registry_pb2.UpdateAgentRequest
