@@ -710,3 +710,23 @@ async def test_a_client_that_reads_nothing_gets_no_more_credit(
     assert details(caught.value)[0] == "CREDIT_EXCEEDED"
     assert most <= 3  # verdicts waiting to be sent: the window's worth at most
     assert not sending.is_set()  # the stream ended long before the client was done
+
+
+async def test_a_description_only_edit_is_served_without_a_restart(
+    oracle_server: Callable[..., Any], config_dir: Path
+) -> None:
+    _, service, stub = await oracle_server()
+    before = service.host.get("oracles/summer")
+    pool = before.oracle.pool  # type: ignore[attr-defined,unused-ignore]
+    await eventually(lambda: pool.counters.worker_starts == 2)  # its two workers are up
+    starts = pool.counters.worker_starts
+    edited = config_text().replace("    cache: true\n", "    cache: true\n    description: sums\n")
+    (config_dir / "oracles.yaml").write_text(edited)
+
+    async def described() -> bool:
+        got = await stub.GetOracle(oracle_pb2.GetOracleRequest(name="oracles/summer"))
+        return got.oracle.description == "sums"
+
+    await eventually(described)
+    assert service.host.get("oracles/summer") is before  # the same running oracle
+    assert pool.counters.worker_starts == starts  # no worker restarted

@@ -18,11 +18,13 @@ grpc-free; used from the event loop. `OracleHost` owns
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from google.protobuf import duration_pb2
@@ -168,6 +170,9 @@ class OracleHost:
             for oracle_id, spec in check.oracles.items():
                 current = self.oracles.get(oracle_id)
                 if current is not None and current.configured.config_hash == spec.config_hash:
+                    # Unchanged where it matters to verdicts: keep it running, and take
+                    # what does not (its description, its folder) from the new version.
+                    _refresh(current, spec)
                     started[oracle_id] = current
                     continue
                 running = open_oracle(spec)
@@ -392,6 +397,21 @@ class OracleHost:
                     (spec.id, spec.config_hash, target.fingerprint, candidate_id), verdict
                 )
         return by_id
+
+
+def _refresh(hosted: Hosted, spec: OracleSpec) -> None:
+    """Give a kept oracle the new version of its configuration (same config_hash)."""
+    if hosted.configured == spec:
+        return
+    hosted.configured = spec
+    running: Any = hosted.oracle
+    if hasattr(running, "configured"):  # a remote oracle: its spec adds what the remote said
+        running.configured = spec
+        running.spec = dataclasses.replace(
+            running.spec, description=spec.description or running.spec.description
+        )
+    else:
+        running.spec = spec
 
 
 def _duration(seconds: float) -> duration_pb2.Duration | None:
