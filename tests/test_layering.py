@@ -60,6 +60,10 @@ PURE = [
     "oracle/builtins.py",
     "oracle/instances.py",
     "oracle/pyworker.py",
+    "oracle/config.py",
+    "oracle/yaml_tree.py",
+    "oracle/verdicts.py",
+    "oracle/command.py",
     "orchestrator/validation.py",
 ]
 

@@ -13,50 +13,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 from pathlib import Path
 
-import grpc
-
 import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.membership import RegistryMembership, advertised, agent_presence
 from helix.agents.presence import AgentPresence
 from helix.common import config as cfg
 from helix.common import logs
-from helix.common.channel import create_channel, tls_channel_credentials
-from helix.common.config import require, setting
+from helix.common.config import require
 from helix.common.server import HelixServer, create_server, run_server_process
-from helix.common.validation import RESOURCE_ID_PATTERN
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
 from helix.generator.service import generator_binding
 from helix.generator.strategies import GENERATOR_MAJOR
-from helix.security.client import bearer_interceptors, service_token_source
 from helix.security.setup import Security, security_from_config
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneratorAgentConfig(GeneratorConfig):
+class GeneratorAgentConfig(GeneratorConfig, RegistryMembership):
     """A standalone generator: its library and, optionally, the registry it joins."""
-
-    registry_address: str = setting("", "registry host:port to register with (empty: none)")
-    registry_ca_file: Path | None = setting(None, "CA bundle (PEM) to reach the registry by TLS")
-    agent_id: str = setting("", "id to register as (empty: the registry picks one)")
-    advertise_address: str = setting(
-        "", "host:port other agents dial to reach this one (default: the listen address)"
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_membership()
         require(self.generator_dna_dir is not None, "generator_dna_dir", "must be set")
         require(
             self.generator_dna_dir is None or self.generator_dna_dir.is_dir(),
             "generator_dna_dir",
             f"{self.generator_dna_dir} is not a directory",
-        )
-        require(
-            not self.agent_id or re.fullmatch(RESOURCE_ID_PATTERN, self.agent_id) is not None,
-            "agent_id",
-            f"{self.agent_id!r} does not match {RESOURCE_ID_PATTERN}",
         )
 
 
@@ -71,17 +55,6 @@ def generator_labels() -> dict[str, str]:
     return {MAJOR_LABEL: str(GENERATOR_MAJOR)}
 
 
-def advertised(config: GeneratorAgentConfig, server: HelixServer) -> str:
-    """The endpoint to register: --advertise-address, else the listen address (a
-    wildcard host is advertised as loopback: set --advertise-address beyond one machine)."""
-    if config.advertise_address:
-        return config.advertise_address
-    host, _, port = server.address.rpartition(":")
-    if host in ("0.0.0.0", "[::]"):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
-
-
 def create_agent(
     config: GeneratorAgentConfig, security: Security
 ) -> tuple[HelixServer, AgentPresence | None]:
@@ -89,28 +62,12 @@ def create_agent(
     library = DnaLibrary(
         config.generator_dna_dir or Path("."), max_entries=config.generator_cache_entries
     )
-    presence = None
-    if config.registry_address:
-        tokens = service_token_source(
-            config.agent_id or "helix-generator", ["agents.write"], signer=security.signer
-        )
-        credentials = (
-            tls_channel_credentials(config.registry_ca_file) if config.registry_ca_file else None
-        )
-
-        def connect() -> grpc.aio.Channel:
-            return create_channel(
-                config.registry_address,
-                credentials=credentials,
-                interceptors=bearer_interceptors(tokens),
-            )
-
-        agent = registry_pb2.Agent(
-            kind=registry_pb2.AGENT_KIND_GENERATOR,
-            capacity=config.advertised_capacity,
-            labels=generator_labels(),
-        )
-        presence = AgentPresence(connect, agent, agent_id=config.agent_id)
+    agent = registry_pb2.Agent(
+        kind=registry_pb2.AGENT_KIND_GENERATOR,
+        capacity=config.advertised_capacity,
+        labels=generator_labels(),
+    )
+    presence = agent_presence(config, agent, security.signer, "helix-generator")
     binding = generator_binding(
         library,
         workers=config.generator_workers,
@@ -121,7 +78,7 @@ def create_agent(
     )
     server, _ = create_server(config, [binding], security=security)
     if presence is not None:
-        presence.agent.endpoint = advertised(config, server)
+        presence.agent.endpoint = advertised(config, server.address)
     return server, presence
 
 

@@ -13,83 +13,40 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
-from pathlib import Path
-
-import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.membership import RegistryMembership, advertised, agent_presence
 from helix.agents.presence import AgentPresence
 from helix.common import config as cfg
 from helix.common import logs
-from helix.common.channel import create_channel, tls_channel_credentials
-from helix.common.config import require, setting
+from helix.common.config import require
 from helix.common.server import HelixServer, create_server, run_server_process
-from helix.common.validation import RESOURCE_ID_PATTERN
 from helix.oracle.serving import oracle_service, require_valid_config
 from helix.oracle.settings import OracleSettings
-from helix.security.client import bearer_interceptors, service_token_source
 from helix.security.setup import Security, security_from_config
 
 
 @dataclasses.dataclass(frozen=True)
-class OracleAgentConfig(OracleSettings):
+class OracleAgentConfig(OracleSettings, RegistryMembership):
     """A standalone oracle agent: its configuration and, optionally, the registry it joins."""
-
-    registry_address: str = setting("", "registry host:port to register with (empty: none)")
-    registry_ca_file: Path | None = setting(None, "CA bundle (PEM) to reach the registry by TLS")
-    agent_id: str = setting("", "id to register as (empty: the registry picks one)")
-    advertise_address: str = setting(
-        "", "host:port other agents dial to reach this one (default: the listen address)"
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_membership()
         require(self.oracle_config is not None, "oracle_config", "must be set")
-        require(
-            not self.agent_id or re.fullmatch(RESOURCE_ID_PATTERN, self.agent_id) is not None,
-            "agent_id",
-            f"{self.agent_id!r} does not match {RESOURCE_ID_PATTERN}",
-        )
-
-
-def advertised(config: OracleAgentConfig, server: HelixServer) -> str:
-    """The endpoint to register (a wildcard listen host is advertised as loopback)."""
-    if config.advertise_address:
-        return config.advertise_address
-    host, _, port = server.address.rpartition(":")
-    if host in ("0.0.0.0", "[::]"):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 def create_agent(
     config: OracleAgentConfig, security: Security
 ) -> tuple[HelixServer, AgentPresence | None]:
     """Create (not start) the oracle agent's server and its registration."""
-    presence = None
-    if config.registry_address:
-        tokens = service_token_source(
-            config.agent_id or "helix-oracle", ["agents.write"], signer=security.signer
-        )
-        credentials = (
-            tls_channel_credentials(config.registry_ca_file) if config.registry_ca_file else None
-        )
-
-        def connect() -> grpc.aio.Channel:
-            return create_channel(
-                config.registry_address,
-                credentials=credentials,
-                interceptors=bearer_interceptors(tokens),
-            )
-
-        agent = registry_pb2.Agent(kind=registry_pb2.AGENT_KIND_ORACLE)
-        agent.oracle.SetInParent()
-        presence = AgentPresence(connect, agent, agent_id=config.agent_id)
+    agent = registry_pb2.Agent(kind=registry_pb2.AGENT_KIND_ORACLE)
+    agent.oracle.SetInParent()
+    presence = agent_presence(config, agent, security.signer, "helix-oracle")
     service = oracle_service(config, presence=presence)
     server, _ = create_server(config, [service.binding], security=security)
     if presence is not None:
-        presence.agent.endpoint = advertised(config, server)
+        presence.agent.endpoint = advertised(config, server.address)
     return server, presence
 
 
