@@ -301,6 +301,7 @@ def test_plain_display_shows_why_a_run_failed_and_prints_each_state_once():
     display.event(
         state_changed(orchestrator_pb2.RUN_STATE_FAILED, error="no oracle serves [sphere]")
     )
+    display.update_run(run)  # a stale snapshot: the run does not go back
     lines = out.getvalue().splitlines()
     assert lines.count("runs/r2: RUNNING") == 1
     assert lines[-1] == "runs/r2: FAILED: no oracle serves [sphere]"

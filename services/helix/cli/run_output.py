@@ -52,6 +52,13 @@ _TERMINAL = (
     orchestrator_pb2.RUN_STATE_FAILED,
     orchestrator_pb2.RUN_STATE_CANCELLED,
 )
+# A run only moves forward: PENDING -> RUNNING -> one terminal state.
+_STATE_STEP: dict[int, int] = {
+    orchestrator_pb2.RUN_STATE_UNSPECIFIED: 0,
+    orchestrator_pb2.RUN_STATE_PENDING: 1,
+    orchestrator_pb2.RUN_STATE_RUNNING: 2,
+    **dict.fromkeys(_TERMINAL, 3),
+}
 
 
 # --- numbers for people -------------------------------------------------------------------
@@ -484,7 +491,9 @@ class RunDisplay:
     # -- output --
 
     def _set_state(self, state: int, stop_reason: str | None, error: str) -> None:
-        if state in (self._state, orchestrator_pb2.RUN_STATE_UNSPECIFIED):
+        """Shows a new state; an older one (a stale snapshot after the events) is ignored."""
+        step = _STATE_STEP.get(state, 3)
+        if step == 0 or step <= _STATE_STEP.get(self._state, 3):
             return
         self._state = state
         if state in _TERMINAL:
