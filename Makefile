@@ -19,7 +19,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 ARGS ?=
 
-.PHONY: help run test test-lowest check fix lint format-check typecheck buf-lint generate check-generated bench clean lock errors-doc
+.PHONY: help run serve test test-lowest check fix lint format-check typecheck buf-lint generate check-generated bench clean lock errors-doc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -34,7 +34,10 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-run: $(STAMP) ## run the embedded suite (all four services on one port)
+run: $(STAMP) ## the main job: a rastrigin-10D search on the embedded suite, to the end
+	$(VENV)/bin/helix run examples/dna/rastrigin.yaml --oracle rastrigin --budget 20000 $(ARGS)
+
+serve: $(STAMP) ## serve the embedded suite (all four services on one port) for other clients
 	$(VENV)/bin/helix up --host $(HOST) --port $(PORT) --generator-dna-dir examples/dna $(ARGS)
 
 test: $(STAMP) $(NPM_STAMP) ## run the test suite (buf from npm is used by CLI tests)

@@ -33,8 +33,12 @@ from test_validation import VALID
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-SERVED = ["helix.v1.GeneratorService", "helix.v1.OracleService", "helix.v1.RegistryService"]
-PLACEHOLDERS = ["helix.v1.OrchestratorService"]
+SERVED = [
+    "helix.v1.GeneratorService",
+    "helix.v1.OracleService",
+    "helix.v1.OrchestratorService",
+    "helix.v1.RegistryService",
+]
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
@@ -79,23 +83,6 @@ async def test_list_shows_not_serving_once_the_drain_began(start_server, channel
     listed = await health.List(health_pb2.HealthListRequest(), timeout=5)
     assert {s.status for s in listed.statuses.values()} == {NOT_SERVING}
     assert set(listed.statuses) == {"", "helix.test.EchoService"}
-
-
-# --- item 17: placeholders are not reported SERVING ----------------------------------------
-
-
-@pytest.mark.parametrize("service", PLACEHOLDERS)
-async def test_a_placeholder_service_is_not_in_health(suite, service):
-    _, channel = suite
-    health = health_pb2_grpc.HealthStub(channel)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    watch = health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=5)
-    assert (await watch.read()).status == SERVICE_UNKNOWN
-    watch.cancel()
-    # ... while reflection still lists it: the contract is there, the service is not yet.
-    assert service in await list_services(channel)
 
 
 # --- item 18: an open Watch does not hold the drain --------------------------------------------

@@ -13,26 +13,43 @@ from helix.common.channel import create_channel
 from helix.common.config import DataDirConfig, DataDirLock, setting
 from helix.common.server import HelixServer, ServiceBinding, create_server
 from helix.common.services import ORCHESTRATOR, placeholder
-from helix.generator.agent import generator_labels
+from helix.generator.agent import MAJOR_LABEL, generator_labels
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
 from helix.generator.service import generator_binding
 from helix.oracle.serving import oracle_service
 from helix.oracle.settings import OracleSettings
 from helix.orchestrator import validation as orchestrator_checks
+from helix.orchestrator.agents import AgentPool
+from helix.orchestrator.config import OrchestratorSettings
+from helix.orchestrator.runs import Orchestrator
+from helix.orchestrator.service import orchestrator_binding
+from helix.orchestrator.sqlite_store import SqliteRunStore
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
 from helix.registry.service import registry_binding
 from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.security import scopes
 from helix.security.client import MintingTokenSource, bearer_interceptors
 from helix.security.setup import Security, security_from_config
 
 EMBEDDED_GENERATOR_ID = "embedded-generator"
 EMBEDDED_ORACLE_ID = "embedded-oracle"
+EMBEDDED_ORCHESTRATOR_ID = "embedded-orchestrator"
+# What the embedded orchestrator's own calls to the agents need.
+ORCHESTRATOR_SCOPES = (
+    scopes.AGENTS_READ,
+    scopes.DNA_READ,
+    scopes.GENERATE,
+    scopes.ORACLES_READ,
+    scopes.VERIFY,
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddedConfig(RegistryConfig, GeneratorConfig, OracleSettings, DataDirConfig):
+class EmbeddedConfig(
+    RegistryConfig, GeneratorConfig, OracleSettings, OrchestratorSettings, DataDirConfig
+):
     """`helix up`: all four services in one process on one port, state under `data_dir`."""
 
     generator_self_register: bool = setting(
@@ -42,6 +59,10 @@ class EmbeddedConfig(RegistryConfig, GeneratorConfig, OracleSettings, DataDirCon
     @property
     def registry_path(self) -> Path:
         return self.registry_file(self.data_dir)
+
+    @property
+    def runs_path(self) -> Path:
+        return self.runs_file(self.data_dir)
 
     @property
     def dna_dir(self) -> Path:
@@ -63,6 +84,7 @@ def embedded_services(
     registry: Registry | None = None,
     presence: AgentPresence | None = None,
     oracle_presence: AgentPresence | None = None,
+    orchestrator: ServiceBinding | None = None,
 ) -> list[ServiceBinding]:
     """The service bindings of the embedded suite, registry first. `presence` keeps the
     embedded generator registered in the suite's own registry, `oracle_presence` its
@@ -79,8 +101,12 @@ def embedded_services(
             advertise_bytes=config.generator_advertise_bytes,
         ),
         oracle_service(config, reports_dir=config.reports_dir, presence=oracle_presence).binding,
-        placeholder(
-            ORCHESTRATOR, "the orchestrator lands with its own issue", orchestrator_checks.CHECKS
+        orchestrator
+        or placeholder(
+            ORCHESTRATOR,
+            "this suite has no key to sign its orchestrator's calls with (external keys or "
+            "TLS): run the orchestrator as its own process",
+            orchestrator_checks.CHECKS,
         ),
     ]
 
@@ -135,14 +161,43 @@ def create_embedded(
         kind=registry_pb2.AGENT_KIND_ORACLE, labels={"embedded": "true"}
     )
     oracle_agent.oracle.SetInParent()
-    if config.generator_self_register and signer is not None and config.tls_cert_file is None:
+    orchestrator_agent = registry_pb2.Agent(
+        kind=registry_pb2.AGENT_KIND_ORCHESTRATOR, capacity=1000, labels={"embedded": "true"}
+    )
+    local = signer is not None and config.tls_cert_file is None
+    if config.generator_self_register and local:
         presence = AgentPresence(connect, agent, agent_id=EMBEDDED_GENERATOR_ID)
         oracle_presence = AgentPresence(connect, oracle_agent, agent_id=EMBEDDED_ORACLE_ID)
+    orchestrator = None
+    if local:
+        assert signer is not None
+        calls = MintingTokenSource(signer, "helix-orchestrator", ORCHESTRATOR_SCOPES)
+
+        def dial(address: str) -> grpc.aio.Channel:
+            return create_channel(address, interceptors=bearer_interceptors(calls))
+
+        engine = Orchestrator(
+            SqliteRunStore(config.runs_path, synchronous=config.registry_sync),
+            AgentPool(
+                lambda: dial(target["address"]),
+                dial,
+                generator_major=generator_labels()[MAJOR_LABEL],
+            ),
+            config.run_settings(),
+        )
+        orchestrator_presence = None
+        if config.generator_self_register:
+            orchestrator_presence = AgentPresence(
+                connect, orchestrator_agent, agent_id=EMBEDDED_ORCHESTRATOR_ID
+            )
+        orchestrator = orchestrator_binding(engine, presence=orchestrator_presence)
     server, port = create_server(
         config,
-        embedded_services(config, presence=presence, oracle_presence=oracle_presence),
+        embedded_services(
+            config, presence=presence, oracle_presence=oracle_presence, orchestrator=orchestrator
+        ),
         security=security,
     )
     target["address"] = _loopback(server.address)
-    agent.endpoint = oracle_agent.endpoint = target["address"]
+    agent.endpoint = oracle_agent.endpoint = orchestrator_agent.endpoint = target["address"]
     return server, port

@@ -28,7 +28,7 @@ from helix.v1 import common_pb2 as helix_dot_v1_dot_common__pb2
 from helix.v1 import dna_pb2 as helix_dot_v1_dot_dna__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15helix/v1/oracle.proto\x12\x08helix.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x18helix/v1/candidate.proto\x1a\x15helix/v1/common.proto\x1a\x12helix/v1/dna.proto\"\xa2\x01\n\nOracleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.helix.v1.OracleKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_hash\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12&\n\tobjective\x18\x06 \x01(\x0e\x32\x13.helix.v1.Objective\";\n\x12ListOraclesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x13ListOraclesResponse\x12%\n\x07oracles\x18\x01 \x03(\x0b\x32\x14.helix.v1.OracleInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10GetOracleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x11GetOracleResponse\x12$\n\x06oracle\x18\x01 \x01(\x0b\x32\x14.helix.v1.OracleInfo\"\x90\x01\n\rVerifyRequest\x12\x0e\n\x06oracle\x18\x01 \x01(\t\x12\x1a\n\x03\x64na\x18\x02 \x01(\x0b\x32\r.helix.v1.Dna\x12\'\n\ncandidates\x18\x03 \x03(\x0b\x32\x13.helix.v1.Candidate\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x0eVerifyResponse\x12#\n\x08verdicts\x18\x01 \x03(\x0b\x32\x11.helix.v1.Verdict\"q\n\x13VerifyStreamRequest\x12*\n\x04open\x18\x01 \x01(\x0b\x32\x1a.helix.v1.VerifyStreamOpenH\x00\x12&\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x15.helix.v1.VerifyBatchH\x00\x42\x06\n\x04kind\"j\n\x10VerifyStreamOpen\x12\x0e\n\x06oracle\x18\x01 \x01(\t\x12\x1a\n\x03\x64na\x18\x02 \x01(\x0b\x32\r.helix.v1.Dna\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"H\n\x0bVerifyBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\'\n\ncandidates\x18\x02 \x03(\x0b\x32\x13.helix.v1.Candidate\"t\n\x14VerifyStreamResponse\x12(\n\x06\x63redit\x18\x01 \x01(\x0b\x32\x16.helix.v1.VerifyCreditH\x00\x12*\n\x08verdicts\x18\x02 \x01(\x0b\x32\x16.helix.v1.VerdictBatchH\x00\x42\x06\n\x04kind\"\"\n\x0cVerifyCredit\x12\x12\n\ncandidates\x18\x01 \x01(\r\"E\n\x0cVerdictBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12#\n\x08verdicts\x18\x02 \x03(\x0b\x32\x11.helix.v1.Verdict*\x8b\x01\n\nOracleKind\x12\x1b\n\x17ORACLE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13ORACLE_KIND_BUILTIN\x10\x01\x12\x17\n\x13ORACLE_KIND_COMMAND\x10\x02\x12\x16\n\x12ORACLE_KIND_PYTHON\x10\x03\x12\x16\n\x12ORACLE_KIND_REMOTE\x10\x04\x32\xc0\x02\n\rOracleService\x12O\n\x0bListOracles\x12\x1c.helix.v1.ListOraclesRequest\x1a\x1d.helix.v1.ListOraclesResponse\"\x03\x90\x02\x01\x12I\n\tGetOracle\x12\x1a.helix.v1.GetOracleRequest\x1a\x1b.helix.v1.GetOracleResponse\"\x03\x90\x02\x01\x12@\n\x06Verify\x12\x17.helix.v1.VerifyRequest\x1a\x18.helix.v1.VerifyResponse\"\x03\x90\x02\x02\x12Q\n\x0cVerifyStream\x12\x1d.helix.v1.VerifyStreamRequest\x1a\x1e.helix.v1.VerifyStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15helix/v1/oracle.proto\x12\x08helix.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x18helix/v1/candidate.proto\x1a\x15helix/v1/common.proto\x1a\x12helix/v1/dna.proto\"\xa2\x01\n\nOracleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.helix.v1.OracleKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_hash\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12&\n\tobjective\x18\x06 \x01(\x0e\x32\x13.helix.v1.Objective\";\n\x12ListOraclesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x13ListOraclesResponse\x12%\n\x07oracles\x18\x01 \x03(\x0b\x32\x14.helix.v1.OracleInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10GetOracleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x11GetOracleResponse\x12$\n\x06oracle\x18\x01 \x01(\x0b\x32\x14.helix.v1.OracleInfo\"\x90\x01\n\rVerifyRequest\x12\x0e\n\x06oracle\x18\x01 \x01(\t\x12\x1a\n\x03\x64na\x18\x02 \x01(\x0b\x32\r.helix.v1.Dna\x12\'\n\ncandidates\x18\x03 \x03(\x0b\x32\x13.helix.v1.Candidate\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x0eVerifyResponse\x12#\n\x08verdicts\x18\x01 \x03(\x0b\x32\x11.helix.v1.Verdict\"q\n\x13VerifyStreamRequest\x12*\n\x04open\x18\x01 \x01(\x0b\x32\x1a.helix.v1.VerifyStreamOpenH\x00\x12&\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x15.helix.v1.VerifyBatchH\x00\x42\x06\n\x04kind\"\x7f\n\x10VerifyStreamOpen\x12\x0e\n\x06oracle\x18\x01 \x01(\t\x12\x1a\n\x03\x64na\x18\x02 \x01(\x0b\x32\r.helix.v1.Dna\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x63onfig_hash\x18\x04 \x01(\t\"H\n\x0bVerifyBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\'\n\ncandidates\x18\x02 \x03(\x0b\x32\x13.helix.v1.Candidate\"t\n\x14VerifyStreamResponse\x12(\n\x06\x63redit\x18\x01 \x01(\x0b\x32\x16.helix.v1.VerifyCreditH\x00\x12*\n\x08verdicts\x18\x02 \x01(\x0b\x32\x16.helix.v1.VerdictBatchH\x00\x42\x06\n\x04kind\"\"\n\x0cVerifyCredit\x12\x12\n\ncandidates\x18\x01 \x01(\r\"E\n\x0cVerdictBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12#\n\x08verdicts\x18\x02 \x03(\x0b\x32\x11.helix.v1.Verdict*\x8b\x01\n\nOracleKind\x12\x1b\n\x17ORACLE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13ORACLE_KIND_BUILTIN\x10\x01\x12\x17\n\x13ORACLE_KIND_COMMAND\x10\x02\x12\x16\n\x12ORACLE_KIND_PYTHON\x10\x03\x12\x16\n\x12ORACLE_KIND_REMOTE\x10\x04\x32\xc0\x02\n\rOracleService\x12O\n\x0bListOracles\x12\x1c.helix.v1.ListOraclesRequest\x1a\x1d.helix.v1.ListOraclesResponse\"\x03\x90\x02\x01\x12I\n\tGetOracle\x12\x1a.helix.v1.GetOracleRequest\x1a\x1b.helix.v1.GetOracleResponse\"\x03\x90\x02\x01\x12@\n\x06Verify\x12\x17.helix.v1.VerifyRequest\x1a\x18.helix.v1.VerifyResponse\"\x03\x90\x02\x02\x12Q\n\x0cVerifyStream\x12\x1d.helix.v1.VerifyStreamRequest\x1a\x1e.helix.v1.VerifyStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORACLESERVICE'].methods_by_name['GetOracle']._serialized_options = b'\220\002\001'
   _globals['_ORACLESERVICE'].methods_by_name['Verify']._loaded_options = None
   _globals['_ORACLESERVICE'].methods_by_name['Verify']._serialized_options = b'\220\002\002'
-  _globals['_ORACLEKIND']._serialized_start=1267
-  _globals['_ORACLEKIND']._serialized_end=1406
+  _globals['_ORACLEKIND']._serialized_start=1288
+  _globals['_ORACLEKIND']._serialized_end=1427
   _globals['_ORACLEINFO']._serialized_start=137
   _globals['_ORACLEINFO']._serialized_end=299
   _globals['_LISTORACLESREQUEST']._serialized_start=301
@@ -60,15 +60,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYSTREAMREQUEST']._serialized_start=744
   _globals['_VERIFYSTREAMREQUEST']._serialized_end=857
   _globals['_VERIFYSTREAMOPEN']._serialized_start=859
-  _globals['_VERIFYSTREAMOPEN']._serialized_end=965
-  _globals['_VERIFYBATCH']._serialized_start=967
-  _globals['_VERIFYBATCH']._serialized_end=1039
-  _globals['_VERIFYSTREAMRESPONSE']._serialized_start=1041
-  _globals['_VERIFYSTREAMRESPONSE']._serialized_end=1157
-  _globals['_VERIFYCREDIT']._serialized_start=1159
-  _globals['_VERIFYCREDIT']._serialized_end=1193
-  _globals['_VERDICTBATCH']._serialized_start=1195
-  _globals['_VERDICTBATCH']._serialized_end=1264
-  _globals['_ORACLESERVICE']._serialized_start=1409
-  _globals['_ORACLESERVICE']._serialized_end=1729
+  _globals['_VERIFYSTREAMOPEN']._serialized_end=986
+  _globals['_VERIFYBATCH']._serialized_start=988
+  _globals['_VERIFYBATCH']._serialized_end=1060
+  _globals['_VERIFYSTREAMRESPONSE']._serialized_start=1062
+  _globals['_VERIFYSTREAMRESPONSE']._serialized_end=1178
+  _globals['_VERIFYCREDIT']._serialized_start=1180
+  _globals['_VERIFYCREDIT']._serialized_end=1214
+  _globals['_VERDICTBATCH']._serialized_start=1216
+  _globals['_VERDICTBATCH']._serialized_end=1285
+  _globals['_ORACLESERVICE']._serialized_start=1430
+  _globals['_ORACLESERVICE']._serialized_end=1750
 # @@protoc_insertion_point(module_scope)

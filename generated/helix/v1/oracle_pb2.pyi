@@ -324,8 +324,16 @@ class VerifyStreamOpen(_message.Message):
     ORACLE_FIELD_NUMBER: _builtins.int
     DNA_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    CONFIG_HASH_FIELD_NUMBER: _builtins.int
     oracle: _builtins.str
     """Required. The resource name ("oracles/{oracle}") of a hosted oracle."""
+    config_hash: _builtins.str
+    """Optional. The config_hash (OracleInfo.config_hash) the client expects: when set and the
+    oracle's current configuration has another hash, the stream is refused with
+    FAILED_PRECONDITION (ErrorInfo reason "CONFIG_HASH_MISMATCH", metadata "config_hash" =
+    the current one), so a run pinned to one configuration is never verified by another.
+    A stream keeps the configuration it was opened with until it ends.
+    """
     @_builtins.property
     def dna(self) -> _dna_pb2.Dna:
         """Required. A valid DNA: the layout of every candidate sent on the stream."""
@@ -340,10 +348,11 @@ class VerifyStreamOpen(_message.Message):
         oracle: _builtins.str = ...,
         dna: _dna_pb2.Dna | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        config_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dna", b"dna", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dna", b"dna", "oracle", b"oracle", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_hash", b"config_hash", "dna", b"dna", "oracle", b"oracle", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

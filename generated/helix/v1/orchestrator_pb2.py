@@ -29,7 +29,7 @@ from helix.v1 import common_pb2 as helix_dot_v1_dot_common__pb2
 from helix.v1 import dna_pb2 as helix_dot_v1_dot_dna__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bhelix/v1/orchestrator.proto\x12\x08helix.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18helix/v1/candidate.proto\x1a\x15helix/v1/common.proto\x1a\x12helix/v1/dna.proto\"n\n\tRunBudget\x12\x17\n\x0fmax_evaluations\x18\x01 \x01(\x04\x12/\n\x0cmax_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmax_generations\x18\x03 \x01(\r\"\xa7\x01\n\x0bRunProgress\x12\x12\n\ngeneration\x18\x01 \x01(\r\x12\x13\n\x0b\x65valuations\x18\x02 \x01(\x04\x12\x12\n\ncache_hits\x18\x03 \x01(\x04\x12\x12\n\nduplicates\x18\x04 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12\'\n\x04\x62\x65st\x18\x07 \x01(\x0b\x32\x19.helix.v1.ScoredCandidate\"\xf8\x04\n\x03Run\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\x08\x64na_name\x18\x03 \x01(\tH\x00\x12\x1c\n\x03\x64na\x18\x04 \x01(\x0b\x32\r.helix.v1.DnaH\x00\x12\x0e\n\x06oracle\x18\x05 \x01(\t\x12&\n\tobjective\x18\x06 \x01(\x0e\x32\x13.helix.v1.Objective\x12#\n\x06\x62udget\x18\x07 \x01(\x0b\x32\x13.helix.v1.RunBudget\x12\x19\n\x0ctarget_score\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x04H\x02\x88\x01\x01\x12!\n\x05state\x18\n \x01(\x0e\x32\x12.helix.v1.RunState\x12,\n\x0bstop_reason\x18\x0b \x01(\x0e\x32\x17.helix.v1.RunStopReason\x12\r\n\x05owner\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x08progress\x18\x10 \x01(\x0b\x32\x15.helix.v1.RunProgress\x12\r\n\x05\x65rror\x18\x11 \x01(\t\x12\x17\n\x0f\x64na_fingerprint\x18\x12 \x01(\t\x12\x1a\n\x12oracle_config_hash\x18\x13 \x01(\t\x12\x0c\n\x04\x65tag\x18\x14 \x01(\tB\x0c\n\ndna_sourceB\x0f\n\r_target_scoreB\x07\n\x05_seed\"R\n\x10\x43reateRunRequest\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.helix.v1.Run\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"/\n\x11\x43reateRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.helix.v1.Run\"\x1d\n\rGetRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x0eGetRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.helix.v1.Run\"[\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.helix.v1.RunState\"H\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.helix.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43\x61ncelRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"/\n\x11\x43\x61ncelRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.helix.v1.Run\"7\n\x0fWatchRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"5\n\x10WatchRunResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.helix.v1.RunEvent\"\xe8\x01\n\x08RunEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\rstate_changed\x18\x03 \x01(\x0b\x32\x19.helix.v1.RunStateChangedH\x00\x12=\n\x14generation_completed\x18\x04 \x01(\x0b\x32\x1d.helix.v1.GenerationCompletedH\x00\x12%\n\x08new_best\x18\x05 \x01(\x0b\x32\x11.helix.v1.NewBestH\x00\x42\x06\n\x04kind\"q\n\x0fRunStateChanged\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.helix.v1.RunState\x12,\n\x0bstop_reason\x18\x02 \x01(\x0e\x32\x17.helix.v1.RunStopReason\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xa4\x02\n\x13GenerationCompleted\x12\x12\n\ngeneration\x18\x01 \x01(\r\x12\x13\n\x0b\x65valuations\x18\x02 \x01(\x04\x12\"\n\x15generation_best_score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmean_score\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nbest_score\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x0e\n\x06scored\x18\x06 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x08 \x01(\r\x12\x12\n\ncache_hits\x18\t \x01(\r\x12\x12\n\nduplicates\x18\n \x01(\rB\x18\n\x16_generation_best_scoreB\r\n\x0b_mean_scoreB\r\n\x0b_best_score\"2\n\x07NewBest\x12\'\n\x04\x62\x65st\x18\x01 \x01(\x0b\x32\x19.helix.v1.ScoredCandidate\"x\n\x18ListRunCandidatesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.helix.v1.VerdictStatus\"c\n\x19ListRunCandidatesResponse\x12-\n\ncandidates\x18\x01 \x03(\x0b\x32\x19.helix.v1.ScoredCandidate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*\xc0\x01\n\rRunStopReason\x12\x1f\n\x1bRUN_STOP_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eRUN_STOP_REASON_TARGET_REACHED\x10\x01\x12#\n\x1fRUN_STOP_REASON_MAX_EVALUATIONS\x10\x02\x12#\n\x1fRUN_STOP_REASON_MAX_GENERATIONS\x10\x03\x12 \n\x1cRUN_STOP_REASON_MAX_DURATION\x10\x04\x32\xe2\x03\n\x13OrchestratorService\x12I\n\tCreateRun\x12\x1a.helix.v1.CreateRunRequest\x1a\x1b.helix.v1.CreateRunResponse\"\x03\x90\x02\x02\x12@\n\x06GetRun\x12\x17.helix.v1.GetRunRequest\x1a\x18.helix.v1.GetRunResponse\"\x03\x90\x02\x01\x12\x46\n\x08ListRuns\x12\x19.helix.v1.ListRunsRequest\x1a\x1a.helix.v1.ListRunsResponse\"\x03\x90\x02\x01\x12I\n\tCancelRun\x12\x1a.helix.v1.CancelRunRequest\x1a\x1b.helix.v1.CancelRunResponse\"\x03\x90\x02\x02\x12H\n\x08WatchRun\x12\x19.helix.v1.WatchRunRequest\x1a\x1a.helix.v1.WatchRunResponse\"\x03\x90\x02\x01\x30\x01\x12\x61\n\x11ListRunCandidates\x12\".helix.v1.ListRunCandidatesRequest\x1a#.helix.v1.ListRunCandidatesResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bhelix/v1/orchestrator.proto\x12\x08helix.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18helix/v1/candidate.proto\x1a\x15helix/v1/common.proto\x1a\x12helix/v1/dna.proto\"n\n\tRunBudget\x12\x17\n\x0fmax_evaluations\x18\x01 \x01(\x04\x12/\n\x0cmax_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmax_generations\x18\x03 \x01(\r\"\xa7\x01\n\x0bRunProgress\x12\x12\n\ngeneration\x18\x01 \x01(\r\x12\x13\n\x0b\x65valuations\x18\x02 \x01(\x04\x12\x12\n\ncache_hits\x18\x03 \x01(\x04\x12\x12\n\nduplicates\x18\x04 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12\'\n\x04\x62\x65st\x18\x07 \x01(\x0b\x32\x19.helix.v1.ScoredCandidate\"\x8f\x05\n\x03Run\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\x08\x64na_name\x18\x03 \x01(\tH\x00\x12\x1c\n\x03\x64na\x18\x04 \x01(\x0b\x32\r.helix.v1.DnaH\x00\x12\x0e\n\x06oracle\x18\x05 \x01(\t\x12&\n\tobjective\x18\x06 \x01(\x0e\x32\x13.helix.v1.Objective\x12#\n\x06\x62udget\x18\x07 \x01(\x0b\x32\x13.helix.v1.RunBudget\x12\x19\n\x0ctarget_score\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x04H\x02\x88\x01\x01\x12!\n\x05state\x18\n \x01(\x0e\x32\x12.helix.v1.RunState\x12,\n\x0bstop_reason\x18\x0b \x01(\x0e\x32\x17.helix.v1.RunStopReason\x12\r\n\x05owner\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x08progress\x18\x10 \x01(\x0b\x32\x15.helix.v1.RunProgress\x12\r\n\x05\x65rror\x18\x11 \x01(\t\x12\x17\n\x0f\x64na_fingerprint\x18\x12 \x01(\t\x12\x1a\n\x12oracle_config_hash\x18\x13 \x01(\t\x12\x0c\n\x04\x65tag\x18\x14 \x01(\t\x12\x15\n\rstate_message\x18\x15 \x01(\tB\x0c\n\ndna_sourceB\x0f\n\r_target_scoreB\x07\n\x05_seed\"R\n\x10\x43reateRunRequest\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.helix.v1.Run\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"/\n\x11\x43reateRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.helix.v1.Run\"\x1d\n\rGetRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x0eGetRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.helix.v1.Run\"[\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.helix.v1.RunState\"H\n\x10ListRunsResponse\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.helix.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43\x61ncelRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"/\n\x11\x43\x61ncelRunResponse\x12\x1a\n\x03run\x18\x01 \x01(\x0b\x32\r.helix.v1.Run\"7\n\x0fWatchRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"5\n\x10WatchRunResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.helix.v1.RunEvent\"\xe8\x01\n\x08RunEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\rstate_changed\x18\x03 \x01(\x0b\x32\x19.helix.v1.RunStateChangedH\x00\x12=\n\x14generation_completed\x18\x04 \x01(\x0b\x32\x1d.helix.v1.GenerationCompletedH\x00\x12%\n\x08new_best\x18\x05 \x01(\x0b\x32\x11.helix.v1.NewBestH\x00\x42\x06\n\x04kind\"\x82\x01\n\x0fRunStateChanged\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.helix.v1.RunState\x12,\n\x0bstop_reason\x18\x02 \x01(\x0e\x32\x17.helix.v1.RunStopReason\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xa4\x02\n\x13GenerationCompleted\x12\x12\n\ngeneration\x18\x01 \x01(\r\x12\x13\n\x0b\x65valuations\x18\x02 \x01(\x04\x12\"\n\x15generation_best_score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmean_score\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nbest_score\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x0e\n\x06scored\x18\x06 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x08 \x01(\r\x12\x12\n\ncache_hits\x18\t \x01(\r\x12\x12\n\nduplicates\x18\n \x01(\rB\x18\n\x16_generation_best_scoreB\r\n\x0b_mean_scoreB\r\n\x0b_best_score\"2\n\x07NewBest\x12\'\n\x04\x62\x65st\x18\x01 \x01(\x0b\x32\x19.helix.v1.ScoredCandidate\"x\n\x18ListRunCandidatesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.helix.v1.VerdictStatus\"c\n\x19ListRunCandidatesResponse\x12-\n\ncandidates\x18\x01 \x03(\x0b\x32\x19.helix.v1.ScoredCandidate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*\xdf\x01\n\rRunStopReason\x12\x1f\n\x1bRUN_STOP_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eRUN_STOP_REASON_TARGET_REACHED\x10\x01\x12#\n\x1fRUN_STOP_REASON_MAX_EVALUATIONS\x10\x02\x12#\n\x1fRUN_STOP_REASON_MAX_GENERATIONS\x10\x03\x12 \n\x1cRUN_STOP_REASON_MAX_DURATION\x10\x04\x12\x1d\n\x19RUN_STOP_REASON_CONVERGED\x10\x05\x32\xe2\x03\n\x13OrchestratorService\x12I\n\tCreateRun\x12\x1a.helix.v1.CreateRunRequest\x1a\x1b.helix.v1.CreateRunResponse\"\x03\x90\x02\x02\x12@\n\x06GetRun\x12\x17.helix.v1.GetRunRequest\x1a\x18.helix.v1.GetRunResponse\"\x03\x90\x02\x01\x12\x46\n\x08ListRuns\x12\x19.helix.v1.ListRunsRequest\x1a\x1a.helix.v1.ListRunsResponse\"\x03\x90\x02\x01\x12I\n\tCancelRun\x12\x1a.helix.v1.CancelRunRequest\x1a\x1b.helix.v1.CancelRunResponse\"\x03\x90\x02\x02\x12H\n\x08WatchRun\x12\x19.helix.v1.WatchRunRequest\x1a\x1a.helix.v1.WatchRunResponse\"\x03\x90\x02\x01\x30\x01\x12\x61\n\x11ListRunCandidates\x12\".helix.v1.ListRunCandidatesRequest\x1a#.helix.v1.ListRunCandidatesResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,48 +48,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['WatchRun']._serialized_options = b'\220\002\001'
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListRunCandidates']._loaded_options = None
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListRunCandidates']._serialized_options = b'\220\002\001'
-  _globals['_RUNSTATE']._serialized_start=2599
-  _globals['_RUNSTATE']._serialized_end=2754
-  _globals['_RUNSTOPREASON']._serialized_start=2757
-  _globals['_RUNSTOPREASON']._serialized_end=2949
+  _globals['_RUNSTATE']._serialized_start=2640
+  _globals['_RUNSTATE']._serialized_end=2795
+  _globals['_RUNSTOPREASON']._serialized_start=2798
+  _globals['_RUNSTOPREASON']._serialized_end=3021
   _globals['_RUNBUDGET']._serialized_start=175
   _globals['_RUNBUDGET']._serialized_end=285
   _globals['_RUNPROGRESS']._serialized_start=288
   _globals['_RUNPROGRESS']._serialized_end=455
   _globals['_RUN']._serialized_start=458
-  _globals['_RUN']._serialized_end=1090
-  _globals['_CREATERUNREQUEST']._serialized_start=1092
-  _globals['_CREATERUNREQUEST']._serialized_end=1174
-  _globals['_CREATERUNRESPONSE']._serialized_start=1176
-  _globals['_CREATERUNRESPONSE']._serialized_end=1223
-  _globals['_GETRUNREQUEST']._serialized_start=1225
-  _globals['_GETRUNREQUEST']._serialized_end=1254
-  _globals['_GETRUNRESPONSE']._serialized_start=1256
-  _globals['_GETRUNRESPONSE']._serialized_end=1300
-  _globals['_LISTRUNSREQUEST']._serialized_start=1302
-  _globals['_LISTRUNSREQUEST']._serialized_end=1393
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1395
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1467
-  _globals['_CANCELRUNREQUEST']._serialized_start=1469
-  _globals['_CANCELRUNREQUEST']._serialized_end=1515
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1517
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1564
-  _globals['_WATCHRUNREQUEST']._serialized_start=1566
-  _globals['_WATCHRUNREQUEST']._serialized_end=1621
-  _globals['_WATCHRUNRESPONSE']._serialized_start=1623
-  _globals['_WATCHRUNRESPONSE']._serialized_end=1676
-  _globals['_RUNEVENT']._serialized_start=1679
-  _globals['_RUNEVENT']._serialized_end=1911
-  _globals['_RUNSTATECHANGED']._serialized_start=1913
-  _globals['_RUNSTATECHANGED']._serialized_end=2026
-  _globals['_GENERATIONCOMPLETED']._serialized_start=2029
-  _globals['_GENERATIONCOMPLETED']._serialized_end=2321
-  _globals['_NEWBEST']._serialized_start=2323
-  _globals['_NEWBEST']._serialized_end=2373
-  _globals['_LISTRUNCANDIDATESREQUEST']._serialized_start=2375
-  _globals['_LISTRUNCANDIDATESREQUEST']._serialized_end=2495
-  _globals['_LISTRUNCANDIDATESRESPONSE']._serialized_start=2497
-  _globals['_LISTRUNCANDIDATESRESPONSE']._serialized_end=2596
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=2952
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=3434
+  _globals['_RUN']._serialized_end=1113
+  _globals['_CREATERUNREQUEST']._serialized_start=1115
+  _globals['_CREATERUNREQUEST']._serialized_end=1197
+  _globals['_CREATERUNRESPONSE']._serialized_start=1199
+  _globals['_CREATERUNRESPONSE']._serialized_end=1246
+  _globals['_GETRUNREQUEST']._serialized_start=1248
+  _globals['_GETRUNREQUEST']._serialized_end=1277
+  _globals['_GETRUNRESPONSE']._serialized_start=1279
+  _globals['_GETRUNRESPONSE']._serialized_end=1323
+  _globals['_LISTRUNSREQUEST']._serialized_start=1325
+  _globals['_LISTRUNSREQUEST']._serialized_end=1416
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1418
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1490
+  _globals['_CANCELRUNREQUEST']._serialized_start=1492
+  _globals['_CANCELRUNREQUEST']._serialized_end=1538
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1540
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1587
+  _globals['_WATCHRUNREQUEST']._serialized_start=1589
+  _globals['_WATCHRUNREQUEST']._serialized_end=1644
+  _globals['_WATCHRUNRESPONSE']._serialized_start=1646
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1699
+  _globals['_RUNEVENT']._serialized_start=1702
+  _globals['_RUNEVENT']._serialized_end=1934
+  _globals['_RUNSTATECHANGED']._serialized_start=1937
+  _globals['_RUNSTATECHANGED']._serialized_end=2067
+  _globals['_GENERATIONCOMPLETED']._serialized_start=2070
+  _globals['_GENERATIONCOMPLETED']._serialized_end=2362
+  _globals['_NEWBEST']._serialized_start=2364
+  _globals['_NEWBEST']._serialized_end=2414
+  _globals['_LISTRUNCANDIDATESREQUEST']._serialized_start=2416
+  _globals['_LISTRUNCANDIDATESREQUEST']._serialized_end=2536
+  _globals['_LISTRUNCANDIDATESRESPONSE']._serialized_start=2538
+  _globals['_LISTRUNCANDIDATESRESPONSE']._serialized_end=2637
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=3024
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=3506
 # @@protoc_insertion_point(module_scope)

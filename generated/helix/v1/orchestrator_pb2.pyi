@@ -84,6 +84,11 @@ class _RunStopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStop
     """budget.max_generations was reached."""
     RUN_STOP_REASON_MAX_DURATION: _RunStopReason.ValueType  # 4
     """budget.max_duration elapsed."""
+    RUN_STOP_REASON_CONVERGED: _RunStopReason.ValueType  # 5
+    """The search stopped producing new candidates: every candidate of many generations in a
+    row (server configurable; 100 by default) was a duplicate of one already evaluated,
+    so spending more generations could not change the result.
+    """
 
 class RunStopReason(_RunStopReason, metaclass=_RunStopReasonEnumTypeWrapper):
     """Why a run SUCCEEDED."""
@@ -98,6 +103,11 @@ RUN_STOP_REASON_MAX_GENERATIONS: RunStopReason.ValueType  # 3
 """budget.max_generations was reached."""
 RUN_STOP_REASON_MAX_DURATION: RunStopReason.ValueType  # 4
 """budget.max_duration elapsed."""
+RUN_STOP_REASON_CONVERGED: RunStopReason.ValueType  # 5
+"""The search stopped producing new candidates: every candidate of many generations in a
+row (server configurable; 100 by default) was a duplicate of one already evaluated,
+so spending more generations could not change the result.
+"""
 Global___RunStopReason: _TypeAlias = RunStopReason  # noqa: Y015
 
 @_typing.final
@@ -220,6 +230,7 @@ class Run(_message.Message):
     DNA_FINGERPRINT_FIELD_NUMBER: _builtins.int
     ORACLE_CONFIG_HASH_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    STATE_MESSAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The resource name "runs/{run}", {run} matching `[a-z][a-z0-9-]{0,62}`."""
     display_name: _builtins.str
@@ -263,6 +274,10 @@ class Run(_message.Message):
     etag: _builtins.str
     """Output only on reads; optional in CancelRunRequest: an opaque version tag (at most 64
     characters) that changes whenever the run changes.
+    """
+    state_message: _builtins.str
+    """Output only. For humans, at most 1024 characters: what a PENDING run is waiting for
+    (e.g. "no live oracle agent hosts oracles/x"); empty otherwise.
     """
     @_builtins.property
     def dna(self) -> _dna_pb2.Dna:
@@ -311,10 +326,11 @@ class Run(_message.Message):
         dna_fingerprint: _builtins.str = ...,
         oracle_config_hash: _builtins.str = ...,
         etag: _builtins.str = ...,
+        state_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_target_score", b"_target_score", "budget", b"budget", "create_time", b"create_time", "dna", b"dna", "dna_name", b"dna_name", "dna_source", b"dna_source", "end_time", b"end_time", "progress", b"progress", "seed", b"seed", "start_time", b"start_time", "target_score", b"target_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_target_score", b"_target_score", "budget", b"budget", "create_time", b"create_time", "display_name", b"display_name", "dna", b"dna", "dna_fingerprint", b"dna_fingerprint", "dna_name", b"dna_name", "dna_source", b"dna_source", "end_time", b"end_time", "error", b"error", "etag", b"etag", "name", b"name", "objective", b"objective", "oracle", b"oracle", "oracle_config_hash", b"oracle_config_hash", "owner", b"owner", "progress", b"progress", "seed", b"seed", "start_time", b"start_time", "state", b"state", "stop_reason", b"stop_reason", "target_score", b"target_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_target_score", b"_target_score", "budget", b"budget", "create_time", b"create_time", "display_name", b"display_name", "dna", b"dna", "dna_fingerprint", b"dna_fingerprint", "dna_name", b"dna_name", "dna_source", b"dna_source", "end_time", b"end_time", "error", b"error", "etag", b"etag", "name", b"name", "objective", b"objective", "oracle", b"oracle", "oracle_config_hash", b"oracle_config_hash", "owner", b"owner", "progress", b"progress", "seed", b"seed", "start_time", b"start_time", "state", b"state", "state_message", b"state_message", "stop_reason", b"stop_reason", "target_score", b"target_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -664,22 +680,28 @@ class RunStateChanged(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     STOP_REASON_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     state: Global___RunState.ValueType
     """The new state."""
     stop_reason: Global___RunStopReason.ValueType
     """Why the run SUCCEEDED (set when state is SUCCEEDED)."""
     error: _builtins.str
     """Why the run FAILED (set when state is FAILED), at most 1024 characters."""
+    message: _builtins.str
+    """For humans, at most 1024 characters: what a PENDING run is waiting for (set when a
+    run is, or goes back to, PENDING; Run.state_message).
+    """
     def __init__(
         self,
         *,
         state: Global___RunState.ValueType = ...,
         stop_reason: Global___RunStopReason.ValueType = ...,
         error: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "state", b"state", "stop_reason", b"stop_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "message", b"message", "state", b"state", "stop_reason", b"stop_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

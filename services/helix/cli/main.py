@@ -14,6 +14,7 @@ from helix.cli.client import add_call_command, local_signer
 from helix.cli.dna import add_dna_commands
 from helix.cli.generate import add_generate_command
 from helix.cli.oracles import add_oracle_commands
+from helix.cli.runs import add_run_commands
 from helix.common import config as cfg
 from helix.common import logs
 from helix.common.server import HelixServer, run_server_process
@@ -81,6 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_generate_command(commands)
     add_generator_commands(commands)
     add_oracle_commands(commands)
+    add_run_commands(commands)
 
     show_version = commands.add_parser("version", help="print the Helix version")
     show_version.set_defaults(handler=_version)

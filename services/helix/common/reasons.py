@@ -407,6 +407,12 @@ ORACLE_DRAINING = _reason(
     "The oracle agent is shutting down: held batches were answered; continue elsewhere.",
     "oracle",
 )
+CONFIG_HASH_MISMATCH = _reason(
+    "CONFIG_HASH_MISMATCH",
+    errors.FailedPrecondition,
+    "The oracle's configuration is not the one the caller pinned; metadata config_hash.",
+    "oracle",
+)
 STREAM_IDLE = _reason(
     "STREAM_IDLE",
     errors.DeadlineExceeded,

@@ -46,6 +46,7 @@ MISMATCH = _rule("mismatch", "a value that must equal another one, and does not"
 WRONG_ID = _rule("wrong_id", "a candidate id that is not the content hash of its genome")
 INVALID_PAGE_TOKEN = _rule("invalid_page_token", "not a page token this listing issued")
 REUSED = _rule("reused", "an idempotency key already used for a different request")
+UNKNOWN = _rule("unknown", "names something (a DNA, an oracle) no live agent serves")
 
 # --- documents (DNA files and texts) ------------------------------------------------------
 

@@ -443,6 +443,14 @@ class OracleServicer(oracle_pb2_grpc.OracleServiceServicer):
             )
         validate(lambda r: checks.check_first_verify_stream_request(r, self.limits), first)
         hosted, target = await self._target(first.open, "open.dna")
+        expected = first.open.config_hash
+        if expected and expected != hosted.spec.config_hash:
+            raise errors.FailedPrecondition(
+                f"{first.open.oracle} has config_hash {hosted.spec.config_hash}, "
+                f"not the {expected} the stream asks for",
+                reason=reasons.CONFIG_HASH_MISMATCH,
+                metadata={"config_hash": hosted.spec.config_hash},
+            )
         share = max(1, math.floor(hosted.spec.capacity * self.stream_share))
         # What is free, up to the share; nothing free fails with ORACLE_BUSY at once.
         lease = self.host.lease(hosted, min(share, hosted.free) if hosted.free else share)

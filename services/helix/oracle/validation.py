@@ -23,6 +23,7 @@ from helix.common.validation import (
     check_page,
     check_repeated_len,
     check_resource_name,
+    check_string,
     index,
     join,
 )
@@ -112,6 +113,13 @@ def check_verify_stream_request(
             FieldViolation("open", "must be sent only once, in the first message", rules.ONEOF)
         )
     if kind == "open":
+        found += check_string(
+            message.open.config_hash,
+            "open.config_hash",
+            required=False,
+            max_len=64,
+            pattern="[0-9a-f]{64}",
+        )
         return found + check_target(message.open, "open")
     batch = message.batch
     if batch.batch_id == 0:

@@ -1,0 +1,501 @@
+"""`helix run` (the main job) and `helix runs list|get|watch|cancel|candidates`.
+
+`helix run DNA --oracle NAME` creates a run and watches it to the end with a live progress
+bar, then prints a summary and the best candidate (or, with `--json`, one JSON object),
+and leaves `runs/<run-id>/` (or `--out`): summary.json, candidates.jsonl (the retained
+candidates, best first, in named form), convergence.png and convergence.json, and in the
+embedded case the oracle's verdict report (reports/, JSON Lines). Without `--address` it
+starts the embedded suite in this process on a loopback port — registry, orchestrator,
+generator and oracle agent, over real gRPC — in a fresh data dir (or `--data-dir`), and
+stops it afterwards. Ctrl-C cancels the run (CancelRun) and waits for CANCELLED.
+
+Exit status: 0 SUCCEEDED, 1 FAILED or an error from the server, 2 a usage error, 130
+CANCELLED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from rich.console import Console
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.common_pb2 as common_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.generator_pb2 as generator_pb2
+import helix.v1.generator_pb2_grpc as generator_pb2_grpc
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
+from helix.cli.client import add_client_arguments, describe_error, open_channel
+from helix.cli.generate import local_dna
+from helix.cli.oracles import parse_oracle_name
+from helix.cli.output import message_json
+from helix.cli.run_output import (
+    Convergence,
+    RunDisplay,
+    named_candidate,
+    runs_table,
+    summary_dict,
+    summary_table,
+    write_run_dir,
+)
+from helix.common.channel import create_channel
+from helix.common.config import ConfigError, Duration, parse_duration_setting
+from helix.security.client import MintingTokenSource, bearer_interceptors
+from helix.security.scopes import DNA_READ, ORACLES_READ, RUNS_READ, RUNS_WRITE
+
+SCOPES = (RUNS_READ, RUNS_WRITE, DNA_READ, ORACLES_READ)
+DEFAULT_BUDGET = 10_000
+MAX_CANDIDATES_WRITTEN = 1000
+TERMINAL = (
+    orchestrator_pb2.RUN_STATE_SUCCEEDED,
+    orchestrator_pb2.RUN_STATE_FAILED,
+    orchestrator_pb2.RUN_STATE_CANCELLED,
+)
+EXIT = {
+    orchestrator_pb2.RUN_STATE_SUCCEEDED: 0,
+    orchestrator_pb2.RUN_STATE_FAILED: 1,
+    orchestrator_pb2.RUN_STATE_CANCELLED: 130,
+}
+
+
+def _run_name(text: str) -> str:
+    return text if text.startswith("runs/") else f"runs/{text}"
+
+
+def add_run_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `helix run` and `helix runs …` to the command line."""
+    run = subparsers.add_parser(
+        "run",
+        help="run a search to the end (the embedded suite unless --address)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    run.add_argument("dna", help="a DNA file (YAML or JSON), or dnas/NAME from a library")
+    run.add_argument("--oracle", required=True, type=parse_oracle_name, help="oracles/NAME or NAME")
+    run.add_argument(
+        "--budget",
+        type=int,
+        help=f"max evaluations [default {DEFAULT_BUDGET} when no other limit is given]",
+    )
+    run.add_argument("--generations", type=int, help="max generations (generation 0 counts)")
+    run.add_argument("--duration", help="max running time, e.g. 5m")
+    run.add_argument("--target", type=float, help="stop once the best score reaches this")
+    run.add_argument("--seed", type=int, help="the seed [default: drawn by the server]")
+    direction = run.add_mutually_exclusive_group()
+    direction.add_argument("--minimize", action="store_true", help="lower scores are better")
+    direction.add_argument(
+        "--maximize",
+        action="store_true",
+        help="higher scores are better [default: the oracle's own objective, else minimize]",
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    run.add_argument("--out", type=Path, help="where to write the run's files [runs/RUN-ID]")
+    run.add_argument("--run-id", help="the run's id [default: a fresh one]")
+    run.add_argument(
+        "--dna-dir",
+        type=Path,
+        help="embedded: the DNA library for dnas/NAME "
+        "[default: examples/dna if present, else DATA_DIR/dnas]",
+    )
+    run.add_argument(
+        "--oracle-config",
+        type=Path,
+        help="embedded: oracle configuration file [default: the builtin oracles]",
+    )
+    add_client_arguments(run)
+    run.set_defaults(handler=lambda args: _main(_run(args)), address=None)
+    run.set_defaults(address=os.environ.get("HELIX_ADDRESS"))
+
+    runs = subparsers.add_parser("runs", help="list, show, watch and cancel runs")
+    actions = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="the caller's runs, newest first")
+    listing.add_argument(
+        "--state",
+        choices=["pending", "running", "succeeded", "failed", "cancelled"],
+        help="only runs in this state",
+    )
+    listing.add_argument("--json", action="store_true", help="print the Run messages as JSON")
+    add_client_arguments(listing)
+    listing.set_defaults(handler=lambda args: _main(_list(args)))
+    for action, helptext in (
+        ("get", "one run"),
+        ("watch", "a run's events until it ends"),
+        ("cancel", "cancel a run"),
+        ("candidates", "a run's best candidates"),
+    ):
+        parser = actions.add_parser(action, help=helptext)
+        parser.add_argument("name", type=_run_name, help="runs/ID or ID")
+        parser.add_argument("--json", action="store_true", help="print messages as JSON")
+        if action == "watch":
+            parser.add_argument("--after", type=int, default=0, help="after this sequence")
+        if action == "cancel":
+            parser.add_argument("--etag", default="", help="only if the run still has this etag")
+        if action == "candidates":
+            parser.add_argument("--limit", type=int, default=10, help="how many [default 10]")
+            parser.add_argument("--status", choices=["passed", "failed", "error", "timeout"])
+        add_client_arguments(parser, "how long to watch" if action == "watch" else None)
+        parser.set_defaults(handler=lambda args, a=action: _main(_ACTIONS[a](args)))
+
+
+def _main(work: Any) -> int:
+    try:
+        return int(asyncio.run(work))
+    except grpc.aio.AioRpcError as error:
+        print(f"helix: {describe_error(error)}", file=sys.stderr)
+        return 1
+
+
+def _stub(channel: grpc.aio.Channel) -> orchestrator_pb2_grpc.OrchestratorServiceAsyncStub:
+    stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub = (
+        orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+    )
+    return stub
+
+
+# --- helix run ----------------------------------------------------------------------------
+
+
+def _budget(args: argparse.Namespace) -> orchestrator_pb2.RunBudget:
+    budget = orchestrator_pb2.RunBudget()
+    if args.budget is not None:
+        if args.budget < 1:
+            raise ConfigError("--budget must be at least 1")
+        budget.max_evaluations = args.budget
+    if args.generations is not None:
+        if args.generations < 1:
+            raise ConfigError("--generations must be at least 1")
+        budget.max_generations = args.generations
+    if args.duration is not None:
+        seconds = parse_duration_setting("--duration", args.duration)
+        budget.max_duration.CopyFrom(
+            duration_pb2.Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9))
+        )
+    if not (budget.max_evaluations or budget.max_generations or budget.HasField("max_duration")):
+        budget.max_evaluations = DEFAULT_BUDGET
+    return budget
+
+
+def _dna(args: argparse.Namespace) -> tuple[str, dna_pb2.Dna | None]:
+    """(dna_name, None) for dnas/NAME, else ("", the checked DNA of the file)."""
+    if args.dna.startswith("dnas/") and not Path(args.dna).exists():
+        return args.dna, None
+    return "", local_dna(args.dna)
+
+
+@contextlib.asynccontextmanager
+async def _embedded(args: argparse.Namespace, reports: Path) -> AsyncIterator[grpc.aio.Channel]:
+    """The embedded suite on a loopback port for this run, and a channel to it."""
+    from helix.common import logs
+    from helix.suite import EmbeddedConfig, create_embedded, prepare_embedded
+
+    scratch = None
+    data_dir = args.data_dir
+    if data_dir is None:
+        scratch = tempfile.TemporaryDirectory(prefix="helix-run-")
+        data_dir = Path(scratch.name)
+    dna_dir = args.dna_dir
+    if dna_dir is None and await asyncio.to_thread(Path("examples/dna").is_dir):
+        dna_dir = Path("examples/dna")
+    config = EmbeddedConfig(
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        generator_dna_dir=dna_dir,
+        oracle_config=args.oracle_config,
+        oracle_reports_dir=reports,
+        grace_period=Duration(1.0),
+        log_level="warning",
+        metrics_port=None,
+    )
+    logs.configure(config.log_level)
+    try:
+        security = await asyncio.to_thread(prepare_embedded, config)
+        server, _ = create_embedded(config, security)
+        await server.start()
+        try:
+            assert security.signer is not None
+            tokens = MintingTokenSource(security.signer, f"cli:{getpass.getuser()}", SCOPES)
+            channel = create_channel(server.address, interceptors=bearer_interceptors(tokens))
+            try:
+                yield channel
+            finally:
+                await channel.close()
+        finally:
+            await server.shutdown(1.0)
+    finally:
+        if scratch is not None:
+            await asyncio.to_thread(scratch.cleanup)
+
+
+async def _objective(channel: grpc.aio.Channel, oracle: str) -> int:
+    """The oracle's own objective if it states one, else MINIMIZE."""
+    stub = oracle_pb2_grpc.OracleServiceStub(channel)
+    try:
+        found = await stub.GetOracle(oracle_pb2.GetOracleRequest(name=oracle), timeout=10)
+    except grpc.aio.AioRpcError:
+        return common_pb2.OBJECTIVE_MINIMIZE
+    return found.oracle.objective or common_pb2.OBJECTIVE_MINIMIZE
+
+
+async def _run(args: argparse.Namespace) -> int:
+    dna_name, dna = _dna(args)
+    budget = _budget(args)
+    run_id = args.run_id or f"run-{secrets.token_hex(5)}"
+    out: Path = args.out or Path("runs") / run_id
+    console = Console(stderr=True)
+    if args.address:
+        channel = open_channel(args, SCOPES)
+        async with channel:
+            return await _search(args, channel, run_id, out, dna_name, dna, budget, console)
+    async with _embedded(args, out / "reports") as channel:
+        return await _search(args, channel, run_id, out, dna_name, dna, budget, console)
+
+
+async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`
+    args: argparse.Namespace,
+    channel: grpc.aio.Channel,
+    run_id: str,
+    out: Path,
+    dna_name: str,
+    dna: dna_pb2.Dna | None,
+    budget: orchestrator_pb2.RunBudget,
+    console: Console,
+) -> int:
+    stub = _stub(channel)
+    run = await _run_message(args, channel, dna_name, dna, budget)
+    started = time.monotonic()
+    created = await stub.CreateRun(
+        orchestrator_pb2.CreateRunRequest(run=run, run_id=run_id, request_id=secrets.token_hex(16))
+    )
+    name = created.run.name
+    convergence = Convergence()
+    cancel = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, cancel.set)
+    try:
+        with RunDisplay(console) as display:
+            display.update_run(created.run)
+            await _follow(stub, name, display, convergence, cancel)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+    wall = time.monotonic() - started
+    final = (await stub.GetRun(orchestrator_pb2.GetRunRequest(name=name))).run
+    pinned = dna if dna is not None else await _library_dna(channel, dna_name)
+    candidates = await _candidates(stub, name, MAX_CANDIDATES_WRITTEN)
+    best_named = None
+    if final.progress.HasField("best") and pinned is not None:
+        best_named = named_candidate(pinned, final.progress.best.candidate)
+    files = None
+    if pinned is not None:
+        files = await asyncio.to_thread(
+            write_run_dir, out, final, pinned, convergence, candidates, wall
+        )
+    summary = summary_dict(final, wall, best_named)
+    summary["out"] = str(out)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        console.print(summary_table(final, wall))
+        if best_named is not None:
+            print(json.dumps(best_named))
+        if files is not None:
+            console.print(f"plot: {files.plot}")
+    return EXIT.get(final.state, 1)
+
+
+async def _run_message(
+    args: argparse.Namespace,
+    channel: grpc.aio.Channel,
+    dna_name: str,
+    dna: dna_pb2.Dna | None,
+    budget: orchestrator_pb2.RunBudget,
+) -> orchestrator_pb2.Run:
+    run = orchestrator_pb2.Run(oracle=args.oracle, budget=budget)
+    if args.maximize:
+        run.objective = common_pb2.OBJECTIVE_MAXIMIZE
+    elif args.minimize:
+        run.objective = common_pb2.OBJECTIVE_MINIMIZE
+    else:
+        run.objective = await _objective(channel, args.oracle)  # type: ignore[assignment]
+    if dna is not None:
+        run.dna.CopyFrom(dna)
+    else:
+        run.dna_name = dna_name
+    if args.seed is not None:
+        run.seed = args.seed
+    if args.target is not None:
+        run.target_score = args.target
+    return run
+
+
+async def _follow(
+    stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub,
+    name: str,
+    display: RunDisplay,
+    convergence: Convergence,
+    cancel: asyncio.Event,
+) -> None:
+    """Watch `name` to its end, resuming a broken stream from the last sequence; once
+    `cancel` is set, cancel the run and watch it end."""
+    last = 0
+    cancelled = False
+    while True:
+        call = stub.WatchRun(orchestrator_pb2.WatchRunRequest(name=name, after_sequence=last))
+        waiter = asyncio.ensure_future(cancel.wait())
+        try:
+            while True:
+                reading = asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait([reading, waiter], return_when=asyncio.FIRST_COMPLETED)
+                if waiter in done and not cancelled:
+                    cancelled = True
+                    await stub.CancelRun(orchestrator_pb2.CancelRunRequest(name=name))
+                    waiter = asyncio.ensure_future(asyncio.Event().wait())
+                response = await reading
+                if not isinstance(response, orchestrator_pb2.WatchRunResponse):
+                    return  # EOF: the run ended
+                event = response.event
+                last = event.sequence
+                convergence.add(event)
+                display.event(event)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ):
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            waiter.cancel()
+            call.cancel()
+
+
+async def _library_dna(channel: grpc.aio.Channel, name: str) -> dna_pb2.Dna | None:
+    stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+    try:
+        found = await stub.GetDna(generator_pb2.GetDnaRequest(name=name), timeout=10)
+    except grpc.aio.AioRpcError:
+        return None
+    return found.dna.dna
+
+
+async def _candidates(
+    stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub,
+    name: str,
+    limit: int,
+    status: int = 0,
+) -> list[candidate_pb2.ScoredCandidate]:
+    out: list[candidate_pb2.ScoredCandidate] = []
+    request = orchestrator_pb2.ListRunCandidatesRequest(
+        name=name,
+        page_size=min(limit, 1000),
+        status=status,  # type: ignore[arg-type]
+    )
+    while len(out) < limit:
+        page = await stub.ListRunCandidates(request)
+        out.extend(page.candidates)
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    return out[:limit]
+
+
+# --- helix runs ---------------------------------------------------------------------------
+
+
+async def _list(args: argparse.Namespace) -> int:
+    state = orchestrator_pb2.RunState.Value(f"RUN_STATE_{args.state.upper()}") if args.state else 0
+    async with open_channel(args, (RUNS_READ,)) as channel:
+        stub = _stub(channel)
+        request = orchestrator_pb2.ListRunsRequest(state=state)  # type: ignore[arg-type]
+        runs: list[orchestrator_pb2.Run] = []
+        while True:
+            page = await stub.ListRuns(request)
+            runs.extend(page.runs)
+            if not page.next_page_token or len(runs) >= 10_000:
+                break
+            request.page_token = page.next_page_token
+    if args.json:
+        for run in runs:
+            print(message_json(run))
+    else:
+        Console().print(runs_table(runs))
+    return 0
+
+
+async def _get(args: argparse.Namespace) -> int:
+    async with open_channel(args, (RUNS_READ,)) as channel:
+        run = (await _stub(channel).GetRun(orchestrator_pb2.GetRunRequest(name=args.name))).run
+    if args.json:
+        print(message_json(run, indent=2))
+    else:
+        from helix.cli.run_output import run_seconds
+
+        Console().print(summary_table(run, run_seconds(run) or 0.0))
+    return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    async with open_channel(args, (RUNS_READ,)) as channel:
+        stub = _stub(channel)
+        call = stub.WatchRun(
+            orchestrator_pb2.WatchRunRequest(name=args.name, after_sequence=args.after)
+        )
+        async for response in call:
+            print(message_json(response.event), flush=True)
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with open_channel(args, (RUNS_WRITE,)) as channel:
+        response = await _stub(channel).CancelRun(
+            orchestrator_pb2.CancelRunRequest(name=args.name, etag=args.etag)
+        )
+    print(message_json(response.run, indent=2) if args.json else f"{response.run.name} cancelled")
+    return 0
+
+
+async def _list_candidates(args: argparse.Namespace) -> int:
+    status = (
+        candidate_pb2.VerdictStatus.Value(f"VERDICT_STATUS_{args.status.upper()}")
+        if args.status
+        else 0
+    )
+    async with open_channel(args, (RUNS_READ,)) as channel:
+        found = await _candidates(_stub(channel), args.name, max(1, args.limit), status)
+    for scored in found:
+        if args.json:
+            print(message_json(scored))
+        else:
+            verdict = scored.verdict
+            status_name = candidate_pb2.VerdictStatus.Name(verdict.status).removeprefix(
+                "VERDICT_STATUS_"
+            )
+            print(f"{scored.candidate.id}  {status_name:8} {verdict.score:.6g}")
+    return 0
+
+
+_ACTIONS = {
+    "get": _get,
+    "watch": _watch,
+    "cancel": _cancel,
+    "candidates": _list_candidates,
+}

@@ -1,0 +1,188 @@
+"""The orchestrator's view of the agents: an `AgentInformer` over the registry and one pooled
+channel per live agent.
+
+- Lookup by name is O(1) (the informer's map); generators are chosen by the DNA they
+  advertise (and the generator major version, which fixes what a seed breeds), oracle
+  agents by the oracle they host — the config_hash is checked by the VerifyStream itself
+  (`VerifyStreamOpen.config_hash`), so an agent whose configuration changed is refused
+  rather than trusted.
+- A channel is opened on first use and closed when its agent leaves the registry, stops
+  SERVING, or re-registers at another endpoint; calls on it then fail and their work is
+  re-sent elsewhere (`dispatch`).
+- `changed` is set on every change, so waiting loops wake when an agent arrives or goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+import grpc
+
+import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.informer import AgentInformer
+from helix.common.aio import cancel_and_wait
+
+log = logging.getLogger("helix.orchestrator")
+
+Agent = registry_pb2.Agent
+GENERATOR = registry_pb2.AGENT_KIND_GENERATOR
+ORACLE = registry_pb2.AGENT_KIND_ORACLE
+_SERVING = (registry_pb2.AGENT_HEALTH_SERVING, registry_pb2.AGENT_HEALTH_UNSPECIFIED)
+# Must match helix.generator.agent's label (the orchestrator may not import the generator):
+# generators of another major version breed other children from the same seed.
+GENERATOR_MAJOR_LABEL = "helix.dev/generator-major"
+
+
+def serving(agent: Agent) -> bool:
+    return agent.health in _SERVING
+
+
+class AgentPool:
+    """Live agents and their channels (module docstring)."""
+
+    def __init__(
+        self,
+        registry: Callable[[], grpc.aio.Channel],
+        connect: Callable[[str], grpc.aio.Channel],
+        *,
+        generator_major: str | None = None,
+    ) -> None:
+        self._registry_connect = registry
+        self._registry: grpc.aio.Channel | None = None
+        self._informer: AgentInformer | None = None
+        self._connect = connect
+        self._channels: dict[str, tuple[str, int, grpc.aio.Channel]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._generator_major = generator_major
+        self.outstanding: dict[str, int] = {}
+        self.changed = asyncio.Event()
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def informer(self) -> AgentInformer:
+        if self._informer is None:
+            raise RuntimeError("the agent pool is not started")
+        return self._informer
+
+    async def start(self) -> None:
+        """Open the registry channel (the address may be known only now) and start
+        listing and watching it."""
+        self._registry = self._registry_connect()
+        self._informer = AgentInformer(self._registry)
+        self._unsubscribe = self._informer.on_change(self._on_change)
+        await self._informer.start()
+
+    def _agents(self) -> list[Agent]:
+        return self._informer.agents() if self._informer is not None else []
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._informer is not None:
+            await self._informer.stop()
+        if self._registry is not None:
+            await self._registry.close()
+            self._registry = None
+        channels = [channel for _, _, channel in self._channels.values()]
+        self._channels.clear()
+        await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
+        await cancel_and_wait(list(self._closing))
+
+    def _on_change(self, type_: int, agent: Agent, reason: int) -> None:
+        held = self._channels.get(agent.name)
+        if held is not None and (
+            type_ == registry_pb2.AGENT_EVENT_TYPE_DELETE
+            or not serving(agent)
+            or (held[0], held[1]) != (agent.endpoint, agent.epoch)
+        ):
+            del self._channels[agent.name]
+            task = asyncio.get_running_loop().create_task(held[2].close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            log.info(
+                "closed the channel to %s (%s)", agent.name, "gone" if type_ == 2 else "changed"
+            )
+        if type_ == registry_pb2.AGENT_EVENT_TYPE_DELETE:
+            self.outstanding.pop(agent.name, None)
+        self.changed.set()
+
+    async def wait_changed(self, seconds: float) -> None:
+        """Wait until the agents change or `seconds` pass."""
+        self.changed.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self.changed.wait()
+        except TimeoutError:
+            pass
+
+    # --- lookups ------------------------------------------------------------------------
+
+    def get(self, name: str) -> Agent | None:
+        return self._informer.get(name) if self._informer is not None else None
+
+    def live(self, name: str) -> bool:
+        agent = self.get(name)
+        return agent is not None and serving(agent)
+
+    def generators(self, dna_name: str = "") -> list[Agent]:
+        """Serving generators (of this orchestrator's generator major version), those
+        advertising `dna_name` when given."""
+        found = []
+        for agent in self._agents():
+            if agent.kind != GENERATOR or not serving(agent):
+                continue
+            if (
+                self._generator_major is not None
+                and agent.labels.get(GENERATOR_MAJOR_LABEL, self._generator_major)
+                != self._generator_major
+            ):
+                continue
+            if dna_name and dna_name not in agent.generator.dnas:
+                continue
+            found.append(agent)
+        return found
+
+    def oracles(self, oracle: str) -> list[Agent]:
+        """Serving oracle agents that host `oracle` ("oracles/{id}")."""
+        return [
+            agent
+            for agent in self._agents()
+            if agent.kind == ORACLE and serving(agent) and oracle in agent.oracle.oracles
+        ]
+
+    def any_of_kind(self, kind: int) -> bool:
+        return any(agent.kind == kind and serving(agent) for agent in self._agents())
+
+    def channel(self, agent: Agent) -> grpc.aio.Channel:
+        """The pooled channel to `agent` (opened now if it has none)."""
+        held = self._channels.get(agent.name)
+        if held is not None and (held[0], held[1]) == (agent.endpoint, agent.epoch):
+            return held[2]
+        if held is not None:
+            task = asyncio.get_running_loop().create_task(held[2].close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        channel = self._connect(agent.endpoint)
+        self._channels[agent.name] = (agent.endpoint, agent.epoch, channel)
+        return channel
+
+    @property
+    def channels(self) -> int:
+        return len(self._channels)
+
+    def pick(self, agents: Sequence[Agent], rng: random.Random) -> Agent:
+        """Power of two choices on outstanding work (relative to capacity)."""
+        if len(agents) == 1:
+            return agents[0]
+        a, b = rng.sample(list(agents), 2)
+
+        def load(agent: Agent) -> float:
+            return self.outstanding.get(agent.name, 0) / max(agent.capacity, 1)
+
+        return a if load(a) <= load(b) else b
+
+    def add_outstanding(self, name: str, n: int) -> None:
+        self.outstanding[name] = max(0, self.outstanding.get(name, 0) + n)

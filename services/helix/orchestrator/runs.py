@@ -1,0 +1,935 @@
+"""The orchestrator's engine: runs in the store, one task per unfinished run, their events.
+
+Every change to a run goes through `_commit` under the run's lock: the record (its
+version, so its etag, moves on), the events with the next sequences, and for a completed
+generation its checkpoint, population and retained candidates — one store transaction.
+Events reach live watchers only after their commit, through bounded per-watcher queues.
+
+A run's task (`_drive`): wait (PENDING, with the reason in the run and its events) until
+a generator that serves its DNA and an oracle agent hosting its oracle are live, failing
+after `wait_timeout`; pin the DNA (resolved once through GetDna for a named DNA) and the
+oracle's config_hash; then RUNNING, one generation at a time (`search.Search`): generate
+(with failover between generators), verify (`dispatch.Verifier`), commit. On start, every
+PENDING or RUNNING run in the store is resumed from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.generator_pb2 as generator_pb2
+import helix.v1.generator_pb2_grpc as generator_pb2_grpc
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+from helix.agents.support import describe
+from helix.common import errors, reasons, rules
+from helix.common.aio import cancel_and_wait
+from helix.common.errors import FieldViolation
+from helix.genome.documents import check_dna_message
+from helix.genome.layout import fingerprint, normalise, population_size
+from helix.orchestrator.agents import GENERATOR, ORACLE, AgentPool
+from helix.orchestrator.dispatch import NoAgents, RunFailed, Verifier, VerifySettings
+from helix.orchestrator.search import (
+    SCORED,
+    Generation,
+    Search,
+    SearchSpec,
+    encode_population,
+    rank_key,
+)
+from helix.orchestrator.store import (
+    RunCommit,
+    RunConflict,
+    RunExists,
+    RunStore,
+    StoredCandidate,
+    StoredEvent,
+    StoredRun,
+    StoredRunRequest,
+)
+from helix.security.principal import Principal
+
+log = logging.getLogger("helix.orchestrator")
+
+PENDING = orchestrator_pb2.RUN_STATE_PENDING
+RUNNING = orchestrator_pb2.RUN_STATE_RUNNING
+SUCCEEDED = orchestrator_pb2.RUN_STATE_SUCCEEDED
+FAILED = orchestrator_pb2.RUN_STATE_FAILED
+CANCELLED = orchestrator_pb2.RUN_STATE_CANCELLED
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+VERDICT_FAILED = candidate_pb2.VERDICT_STATUS_FAILED
+MAX_ERROR = 1024
+REQUEST_TTL = 600.0
+GENERATE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """What a deployment tunes (flags of `helix up`, OrchestratorConfig)."""
+
+    wait_timeout: float = 600.0  # a run without agents fails after this
+    window: int = 4  # duplicate window, in generations (fixed per run when it starts)
+    window_entries: int = 200_000  # and at most about this many remembered verdicts
+    converge_after: int = 100
+    keep_best: int = 1000
+    keep_failed: int = 10_000
+    keep_events: int = 10_000
+    watcher_queue: int = 256
+    max_watchers: int = 1000
+    max_watchers_per_principal: int = 64
+    max_population: int = 100_000
+    generate_timeout: float = 300.0
+    verify: VerifySettings = field(default_factory=VerifySettings)
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def etag_of(version: int) -> str:
+    return f"v{version}"
+
+
+def _stop_state(event: orchestrator_pb2.RunEvent) -> bool:
+    return event.WhichOneof("kind") == "state_changed" and event.state_changed.state in TERMINAL
+
+
+class _Watchers:
+    """Live event fan-out: one bounded queue per watcher; a full queue marks it too slow."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self._by_run: dict[str, set[_Watcher]] = {}
+        self._by_principal: dict[str, int] = {}
+        self.count = 0
+
+    def subscribe(self, run: str, principal: str) -> _Watcher:
+        if self.count >= self.settings.max_watchers:
+            raise errors.ResourceExhausted(
+                f"the orchestrator serves {self.count} watchers, its limit",
+                retry_after=1.0,
+                reason=reasons.TOO_MANY_WATCHERS,
+            )
+        if self._by_principal.get(principal, 0) >= self.settings.max_watchers_per_principal:
+            raise errors.ResourceExhausted(
+                f"{principal} already holds {self.settings.max_watchers_per_principal} "
+                "WatchRun streams, its limit",
+                retry_after=1.0,
+                reason=reasons.TOO_MANY_WATCHERS,
+            )
+        watcher = _Watcher(run, principal, self.settings.watcher_queue)
+        self._by_run.setdefault(run, set()).add(watcher)
+        self._by_principal[principal] = self._by_principal.get(principal, 0) + 1
+        self.count += 1
+        return watcher
+
+    def unsubscribe(self, watcher: _Watcher) -> None:
+        found = self._by_run.get(watcher.run)
+        if found is None or watcher not in found:
+            return
+        found.discard(watcher)
+        if not found:
+            del self._by_run[watcher.run]
+        left = self._by_principal[watcher.principal] - 1
+        if left:
+            self._by_principal[watcher.principal] = left
+        else:
+            del self._by_principal[watcher.principal]
+        self.count -= 1
+
+    def publish(self, run: str, events: Sequence[orchestrator_pb2.RunEvent]) -> None:
+        for watcher in self._by_run.get(run, ()):
+            watcher.push(events)
+
+
+class _Watcher:
+    def __init__(self, run: str, principal: str, maxsize: int) -> None:
+        self.run = run
+        self.principal = principal
+        self.maxsize = maxsize
+        self.events: list[orchestrator_pb2.RunEvent] = []
+        self.overflowed = False
+        self.ready = asyncio.Event()
+
+    def push(self, events: Sequence[orchestrator_pb2.RunEvent]) -> None:
+        if self.overflowed:
+            return
+        if len(self.events) + len(events) > self.maxsize:
+            self.overflowed = True
+            self.events.clear()
+        else:
+            self.events.extend(events)
+        self.ready.set()
+
+    async def take(self) -> list[orchestrator_pb2.RunEvent]:
+        while not self.events and not self.overflowed:
+            self.ready.clear()
+            await self.ready.wait()
+        if self.overflowed:
+            raise errors.ResourceExhausted(
+                f"this watcher fell more than {self.maxsize} events behind; watch again from "
+                "the last sequence received",
+                reason=reasons.WATCHER_TOO_SLOW,
+            )
+        taken, self.events = self.events, []
+        return taken
+
+
+@dataclass(eq=False)
+class _Active:
+    """An unfinished run held by this orchestrator."""
+
+    record: StoredRun
+    run: orchestrator_pb2.Run
+    last_sequence: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+
+
+class Orchestrator:
+    """Runs: creation, reads, cancellation, watching, and driving them (module docstring)."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        pool: AgentPool,
+        settings: RunSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.settings = settings or RunSettings()
+        self.watchers = _Watchers(self.settings)
+        self._active: dict[str, _Active] = {}
+        self._started = False
+        self.generations = 0  # completed generations, all runs (metrics)
+        self.evaluations = 0
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and the agent pool; resume every unfinished run."""
+        await self.store.open()
+        await self.pool.start()
+        self._started = True
+        for record in await self.store.unfinished():
+            run = orchestrator_pb2.Run.FromString(record.run)
+            last = await self._last_sequence(record.name)
+            active = _Active(record, run, last)
+            self._active[record.name] = active
+            active.task = asyncio.create_task(self._drive(active), name=f"run {record.name}")
+            log.info("resuming %s (%s)", record.name, orchestrator_pb2.RunState.Name(run.state))
+
+    async def _last_sequence(self, name: str) -> int:
+        last = await self.store.first_sequence(name)
+        while True:
+            page = await self.store.events(name, last, 1000)
+            if not page:
+                return last
+            last = page[-1].sequence
+
+    async def stop(self) -> None:
+        """Stop driving runs (they stay PENDING/RUNNING in the store, resumed next start)."""
+        tasks = [a.task for a in self._active.values()]
+        await cancel_and_wait(tasks)
+        self._active.clear()
+        if self._started:
+            await self.pool.close()
+            await self.store.close()
+            self._started = False
+
+    # --- the RPCs -------------------------------------------------------------------------
+
+    async def create(
+        self, principal: Principal, request: orchestrator_pb2.CreateRunRequest
+    ) -> orchestrator_pb2.Run:
+        digest = hashlib.sha256(request.run.SerializeToString(deterministic=True))
+        digest.update(request.run_id.encode())
+        fingerprint_ = digest.digest()
+        remembered = await self.store.find_request(principal.subject, request.request_id)
+        if remembered is not None and remembered.created_at > time.time() - REQUEST_TTL:
+            if remembered.fingerprint != fingerprint_:
+                raise errors.InvalidArgument(
+                    "request_id was used for another CreateRun request",
+                    [
+                        FieldViolation(
+                            "request_id",
+                            "was already used with a different request",
+                            rules.REUSED,
+                        )
+                    ],
+                    reason=reasons.REQUEST_ID_REUSED,
+                )
+            found = await self.store.get(remembered.name)
+            if found is not None:
+                return self._public(found)
+        given = request.run
+        self._check_known(given)
+        dna_name = given.dna_name if given.WhichOneof("dna_source") == "dna_name" else ""
+        if not dna_name:
+            check = check_dna_message(given.dna)
+            if not check.valid or check.normalised is None:
+                raise errors.InvalidArgument.from_violations(
+                    [
+                        FieldViolation(
+                            f"run.dna.{v.field}" if v.field else "run.dna", v.description, v.reason
+                        )
+                        for v in check.violations
+                    ]
+                )
+            self._check_population(check.normalised, "run.dna.strategy")
+        run_id = request.run_id or f"run-{secrets.token_hex(6)}"
+        run = orchestrator_pb2.Run(
+            name=f"runs/{run_id}",
+            display_name=given.display_name,
+            oracle=given.oracle,
+            objective=given.objective,
+            budget=given.budget,
+            seed=given.seed if given.HasField("seed") else secrets.randbits(64),
+            state=PENDING,
+            owner=principal.subject,
+            create_time=_now(),
+        )
+        if given.HasField("target_score"):
+            run.target_score = given.target_score
+        if dna_name:
+            run.dna_name = dna_name
+        else:
+            run.dna.CopyFrom(given.dna)
+        run.progress.SetInParent()
+        event = orchestrator_pb2.RunEvent(
+            sequence=1,
+            time=_now(),
+            state_changed=orchestrator_pb2.RunStateChanged(state=PENDING),
+        )
+        spec = json.dumps(
+            {"window": self.settings.window, "converge_after": self.settings.converge_after}
+        ).encode()
+        create_ns = run.create_time.ToNanoseconds()
+        run.etag = etag_of(1)
+        record = StoredRun(
+            run.name, run.owner, PENDING, create_ns, 1, run.SerializeToString(), b"", spec
+        )
+        await self.store.forget_requests(time.time() - REQUEST_TTL)
+        try:
+            await self.store.create(
+                record,
+                StoredEvent(1, event.SerializeToString()),
+                StoredRunRequest(
+                    principal.subject, request.request_id, fingerprint_, run.name, time.time()
+                ),
+            )
+        except RunExists:
+            raise errors.AlreadyExists(f"{run.name} exists already") from None
+        active = _Active(record, run, 1)
+        self._active[run.name] = active
+        active.task = asyncio.create_task(self._drive(active), name=f"run {run.name}")
+        return self._copy(run)
+
+    def _check_known(self, run: orchestrator_pb2.Run) -> None:
+        """An oracle or named DNA that the live agents of its kind do not serve is unknown
+        (INVALID_ARGUMENT). With no live agent of that kind nobody can tell: the run is
+        created and waits (PENDING) for one."""
+        found: list[FieldViolation] = []
+        if self.pool.any_of_kind(ORACLE) and not self.pool.oracles(run.oracle):
+            found.append(
+                FieldViolation(
+                    "run.oracle", f"no live oracle agent hosts {run.oracle}", rules.UNKNOWN
+                )
+            )
+        named = run.WhichOneof("dna_source") == "dna_name"
+        if named and self.pool.any_of_kind(GENERATOR) and not self.pool.generators(run.dna_name):
+            found.append(
+                FieldViolation(
+                    "run.dna_name",
+                    f"no live generator serves {run.dna_name}",
+                    rules.UNKNOWN,
+                )
+            )
+        if found:
+            raise errors.InvalidArgument.from_violations(found)
+
+    def _check_population(self, dna: dna_pb2.Dna, path: str) -> None:
+        size = population_size(dna)
+        if size > self.settings.max_population:
+            raise errors.InvalidArgument.from_violations(
+                [
+                    FieldViolation(
+                        path,
+                        f"population_size {size} is above this orchestrator's limit of "
+                        f"{self.settings.max_population}",
+                        rules.RANGE,
+                    )
+                ]
+            )
+
+    async def get(self, principal: Principal, name: str) -> orchestrator_pb2.Run:
+        record = await self._visible(principal, name)
+        return self._public(record)
+
+    async def _visible(self, principal: Principal, name: str) -> StoredRun:
+        """The run if the caller may see it: PERMISSION_DENIED otherwise, whether or not
+        it exists; NOT_FOUND only to its possible owners."""
+        active = self._active.get(name)
+        record = active.record if active is not None else await self.store.get(name)
+        if record is None:
+            if principal.is_admin:
+                raise errors.NotFound(f"{name} does not exist")
+            raise errors.PermissionDenied(
+                f"{name} is not visible to {principal.subject}", reason=reasons.NOT_OWNER
+            )
+        if record.owner != principal.subject and not principal.is_admin:
+            raise errors.PermissionDenied(
+                f"{name} is not visible to {principal.subject}", reason=reasons.NOT_OWNER
+            )
+        return record
+
+    def _public(self, record: StoredRun) -> orchestrator_pb2.Run:
+        active = self._active.get(record.name)
+        if active is not None:
+            return self._copy(active.run)
+        return orchestrator_pb2.Run.FromString(record.run)
+
+    @staticmethod
+    def _copy(run: orchestrator_pb2.Run) -> orchestrator_pb2.Run:
+        out = orchestrator_pb2.Run()
+        out.CopyFrom(run)
+        return out
+
+    async def list_runs(
+        self,
+        principal: Principal,
+        state: int,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> tuple[list[orchestrator_pb2.Run], tuple[int, str] | None]:
+        owner = None if principal.is_admin else principal.subject
+        records = await self.store.list_runs(owner=owner, state=state, after=after, limit=limit + 1)
+        more = len(records) > limit
+        records = records[:limit]
+        runs = [self._public(record) for record in records]
+        last = (records[-1].create_time_ns, records[-1].name) if more and records else None
+        return runs, last
+
+    async def cancel(self, principal: Principal, name: str, etag: str) -> orchestrator_pb2.Run:
+        record = await self._visible(principal, name)
+        active = self._active.get(name)
+        if active is None:
+            run = orchestrator_pb2.Run.FromString(record.run)
+            return self._cancel_finished(run, etag)
+        async with active.lock:
+            run = active.run
+            if run.state in TERMINAL:
+                return self._cancel_finished(run, etag)
+            if etag and etag != run.etag:
+                raise errors.Aborted(
+                    f"{name} changed: its etag is {run.etag}, not {etag}",
+                    reason=reasons.STALE_ETAG,
+                )
+            task = active.task
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+            run.state = CANCELLED
+            run.end_time.CopyFrom(_now())
+            run.state_message = ""
+            await self._commit_locked(
+                active,
+                [
+                    orchestrator_pb2.RunEvent(
+                        state_changed=orchestrator_pb2.RunStateChanged(state=CANCELLED)
+                    )
+                ],
+            )
+            self._active.pop(name, None)
+        return self._copy(run)
+
+    @staticmethod
+    def _cancel_finished(run: orchestrator_pb2.Run, etag: str) -> orchestrator_pb2.Run:
+        if run.state == CANCELLED:
+            return run
+        state = orchestrator_pb2.RunState.Name(run.state)
+        raise errors.FailedPrecondition(f"{run.name} already ended: {state}")
+
+    async def watch(
+        self, principal: Principal, name: str, after: int
+    ) -> AsyncIterator[orchestrator_pb2.RunEvent]:
+        """Events with sequence > after: the recorded ones, then live ones, until the
+        terminal state's event. The watcher subscribes before reading the history, so an
+        event committed meanwhile is in one or the other (duplicates skipped by sequence)."""
+        await self._visible(principal, name)
+        watcher = self.watchers.subscribe(name, principal.subject)
+        try:
+            first = await self.store.first_sequence(name)
+            if first and after < first - 1:
+                raise errors.OutOfRange(
+                    f"events after {after} of {name} are no longer retained; the oldest is {first}",
+                    metadata={"first_sequence": str(first)},
+                )
+            last = after
+            async for event in self._history(name, after, None):
+                yield event
+                last = event.sequence
+                if _stop_state(event):
+                    return
+            while True:
+                for event in await watcher.take():
+                    if event.sequence <= last:
+                        continue
+                    async for missed in self._history(name, last, event.sequence - 1):
+                        yield missed  # (not expected: live events come in order)
+                    yield event
+                    last = event.sequence
+                    if _stop_state(event):
+                        return
+        finally:
+            self.watchers.unsubscribe(watcher)
+
+    async def _history(
+        self, name: str, after: int, upto: int | None
+    ) -> AsyncIterator[orchestrator_pb2.RunEvent]:
+        """Stored events with after < sequence (<= upto when given), in order."""
+        while upto is None or after < upto:
+            limit = 500 if upto is None else min(500, upto - after)
+            page = await self.store.events(name, after, limit)
+            for stored in page:
+                yield orchestrator_pb2.RunEvent.FromString(stored.event)
+                after = stored.sequence
+            if len(page) < limit:
+                return
+
+    async def candidates(
+        self,
+        principal: Principal,
+        name: str,
+        status: int,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> tuple[list[candidate_pb2.ScoredCandidate], tuple[float, str] | None]:
+        await self._visible(principal, name)
+        page = await self.store.candidates(name, status=status, after=after, limit=limit)
+        out = [candidate_pb2.ScoredCandidate.FromString(c.scored) for c in page.candidates]
+        last = page.candidates[-1] if page.more and page.candidates else None
+        return out, (last.key, last.candidate_id) if last is not None else None
+
+    # --- committing -----------------------------------------------------------------------
+
+    async def _commit_locked(  # noqa: PLR0913 - the parts of one commit, keyword-only
+        self,
+        active: _Active,
+        events: list[orchestrator_pb2.RunEvent],
+        *,
+        checkpoint: bytes | None = None,
+        population: tuple[int, bytes] | None = None,
+        candidates: Sequence[StoredCandidate] = (),
+        keep_generations: int = 0,
+        pinned: bytes | None = None,
+    ) -> None:
+        run = active.run
+        version = active.record.version + 1
+        now = _now()
+        for event in events:
+            active.last_sequence += 1
+            event.sequence = active.last_sequence
+            event.time.CopyFrom(now)
+        run.etag = etag_of(version)
+        record = StoredRun(
+            run.name,
+            run.owner,
+            run.state,
+            active.record.create_time_ns,
+            version,
+            run.SerializeToString(),
+            active.record.pinned if pinned is None else pinned,
+            active.record.spec,
+        )
+        try:
+            await self.store.commit(
+                RunCommit(
+                    record,
+                    active.record.version,
+                    [StoredEvent(e.sequence, e.SerializeToString()) for e in events],
+                    checkpoint=checkpoint,
+                    population=population,
+                    keep_generations=keep_generations,
+                    candidates=candidates,
+                    keep_best=self.settings.keep_best,
+                    keep_events=self.settings.keep_events,
+                )
+            )
+        except RunConflict:
+            raise errors.Aborted(f"{run.name} was changed by another writer") from None
+        except BaseException:
+            active.last_sequence -= len(events)
+            raise
+        active.record = record
+        self.watchers.publish(run.name, events)
+
+    # --- driving a run ----------------------------------------------------------------------
+
+    async def _drive(self, active: _Active) -> None:
+        run = active.run
+        verifier: Verifier | None = None
+        try:
+            pinned, config_hash = await self._start(active)
+            spec_data = json.loads(active.record.spec or b"{}")
+            population = population_size(pinned)
+            window = max(
+                1,
+                min(
+                    int(spec_data.get("window", self.settings.window)),
+                    self.settings.window_entries // max(population, 1),
+                ),
+            )
+            budget = run.budget
+            spec = SearchSpec(
+                seed=run.seed,
+                objective=run.objective,
+                population=population,
+                max_evaluations=budget.max_evaluations,
+                max_generations=budget.max_generations,
+                max_duration=budget.max_duration.ToNanoseconds() / 1e9,
+                target=run.target_score if run.HasField("target_score") else None,
+                window=window,
+                converge_after=int(spec_data.get("converge_after", self.settings.converge_after)),
+            )
+            search = await self._search(active, spec, pinned)
+            verifier = Verifier(self.pool, run.oracle, config_hash, pinned, self.settings.verify)
+            await self._generations(active, search, verifier)
+        except asyncio.CancelledError:
+            raise
+        except (RunFailed, NoAgents) as failure:
+            await self._fail(active, str(failure))
+        except errors.HelixError as failure:
+            await self._fail(active, failure.message)
+        except Exception as failure:
+            log.exception("run %s failed", run.name)
+            await self._fail(active, f"internal error: {type(failure).__name__}: {failure}")
+        finally:
+            if verifier is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(verifier.close())
+
+    async def _fail(self, active: _Active, why: str) -> None:
+        async with active.lock:
+            run = active.run
+            if run.state in TERMINAL:
+                return
+            run.state = FAILED
+            run.error = why[:MAX_ERROR]
+            run.state_message = ""
+            run.end_time.CopyFrom(_now())
+            await self._commit_locked(
+                active,
+                [
+                    orchestrator_pb2.RunEvent(
+                        state_changed=orchestrator_pb2.RunStateChanged(
+                            state=FAILED, error=run.error
+                        )
+                    )
+                ],
+            )
+            self._active.pop(run.name, None)
+
+    async def _wait_for_agents(self, active: _Active) -> None:
+        """Until a generator for the DNA and an oracle agent for the oracle are live;
+        PENDING with the reason meanwhile; NoAgents after wait_timeout."""
+        run = active.run
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.wait_timeout
+        told = ""
+        while True:
+            missing = []
+            if not self.pool.generators(run.dna_name if run.dna_name else ""):
+                what = run.dna_name if run.dna_name else "the run's DNA"
+                missing.append(f"no live generator serves {what}")
+            if not self.pool.oracles(run.oracle):
+                missing.append(f"no live oracle agent hosts {run.oracle}")
+            if not missing:
+                return
+            why = "; ".join(missing)
+            if why != told and run.state == PENDING:
+                async with active.lock:
+                    run.state_message = why
+                    await self._commit_locked(
+                        active,
+                        [
+                            orchestrator_pb2.RunEvent(
+                                state_changed=orchestrator_pb2.RunStateChanged(
+                                    state=PENDING, message=why
+                                )
+                            )
+                        ],
+                    )
+                told = why
+            left = deadline - loop.time()
+            if left <= 0:
+                raise NoAgents(f"waited {self.settings.wait_timeout:g}s: {why}")
+            await self.pool.wait_changed(min(left, 1.0))
+
+    async def _start(self, active: _Active) -> tuple[dna_pb2.Dna, str]:
+        """The pinned DNA and oracle config_hash (resolved now, or kept from before a
+        restart); the run RUNNING."""
+        run = active.run
+        await self.pool.informer.wait_synced()
+        if active.record.pinned and run.oracle_config_hash:
+            pinned = dna_pb2.Dna.FromString(active.record.pinned)
+            if run.state == PENDING:
+                await self._running(active, None)
+            return pinned, run.oracle_config_hash
+        await self._wait_for_agents(active)
+        if run.dna_name:
+            pinned, fingerprint_ = await self._resolve_dna(run.dna_name)
+        else:
+            pinned = normalise(run.dna)
+            fingerprint_ = fingerprint(pinned)
+        self._check_population(pinned, "run.dna_name" if run.dna_name else "run.dna")
+        config_hash = await self._pin_oracle(run.oracle)
+        async with active.lock:
+            run.dna_fingerprint = fingerprint_
+            run.oracle_config_hash = config_hash
+        await self._running(active, pinned.SerializeToString(deterministic=True))
+        return pinned, config_hash
+
+    async def _running(self, active: _Active, pinned: bytes | None) -> None:
+        async with active.lock:
+            run = active.run
+            run.state = RUNNING
+            run.state_message = ""
+            if not run.HasField("start_time"):
+                run.start_time.CopyFrom(_now())
+            await self._commit_locked(
+                active,
+                [
+                    orchestrator_pb2.RunEvent(
+                        state_changed=orchestrator_pb2.RunStateChanged(state=RUNNING)
+                    )
+                ],
+                pinned=pinned,
+            )
+
+    async def _resolve_dna(self, name: str) -> tuple[dna_pb2.Dna, str]:
+        last = ""
+        for _ in range(GENERATE_ATTEMPTS):
+            agents = self.pool.generators(name)
+            if not agents:
+                await self.pool.wait_changed(1.0)
+                continue
+            agent = random.choice(agents)
+            stub = generator_pb2_grpc.GeneratorServiceStub(self.pool.channel(agent))
+            try:
+                found = await stub.GetDna(generator_pb2.GetDnaRequest(name=name), timeout=30)
+            except grpc.aio.AioRpcError as error:
+                last = f"{agent.name}: {describe(error)}"
+                if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    raise RunFailed(f"cannot resolve {name}: {last}") from None
+                await asyncio.sleep(0.5)
+                continue
+            document = found.dna
+            if not document.valid:
+                problems = "; ".join(
+                    f"{v.field_path}: {v.description}" for v in document.violations[:3]
+                )
+                raise RunFailed(f"{name} is not valid: {problems}")
+            return normalise(document.dna), document.fingerprint
+        raise RunFailed(f"cannot resolve {name}: {last or 'no generator answered'}")
+
+    async def _pin_oracle(self, oracle: str) -> str:
+        """The config_hash the run pins: the one most live agents hosting the oracle have
+        (ties: the smallest hash), so the run uses as many agents as it can."""
+        last = ""
+        for _ in range(GENERATE_ATTEMPTS):
+            hashes: dict[str, int] = {}
+            for agent in self.pool.oracles(oracle):
+                stub = oracle_pb2_grpc.OracleServiceStub(self.pool.channel(agent))
+                try:
+                    info = await stub.GetOracle(
+                        oracle_pb2.GetOracleRequest(name=oracle), timeout=10
+                    )
+                except grpc.aio.AioRpcError as error:
+                    last = f"{agent.name}: {describe(error)}"
+                    continue
+                hashes[info.oracle.config_hash] = hashes.get(info.oracle.config_hash, 0) + 1
+            if hashes:
+                return min(hashes, key=lambda h: (-hashes[h], h))
+            await self.pool.wait_changed(1.0)
+        raise RunFailed(f"cannot learn the configuration of {oracle}: {last or 'no agent'}")
+
+    async def _search(self, active: _Active, spec: SearchSpec, pinned: dna_pb2.Dna) -> Search:
+        stored = await self.store.checkpoint(active.run.name)
+        if stored is None:
+            return Search(spec, pinned)
+        state, populations = stored
+        best = active.run.progress.best if active.run.progress.HasField("best") else None
+        return Search.restore(spec, pinned, state, populations, best)
+
+    async def _generations(self, active: _Active, search: Search, verifier: Verifier) -> None:
+        run = active.run
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            generation = search.begin()
+            request = search.request()
+            await verifier.verify(self._fresh(generation, request), generation.record)
+            outcome = search.finish(generation, loop.time() - started)
+            self.generations += 1
+            self.evaluations += len(outcome.fresh)
+            candidates = self._retained(run.objective, outcome.fresh, search)
+            c = search.counters
+            async with active.lock:
+                if run.state != RUNNING:
+                    return
+                progress = run.progress
+                progress.generation = max(c.generation, 0)
+                progress.evaluations = c.evaluations
+                progress.cache_hits = c.cache_hits
+                progress.duplicates = c.duplicates
+                progress.failed = c.failed
+                progress.errors = c.errors
+                if search.best is not None:
+                    progress.best.CopyFrom(search.best)
+                events = outcome.events
+                if outcome.stop_reason:
+                    run.state = SUCCEEDED
+                    run.stop_reason = outcome.stop_reason  # type: ignore[assignment]
+                    run.end_time.CopyFrom(_now())
+                    events = [
+                        *events,
+                        orchestrator_pb2.RunEvent(
+                            state_changed=orchestrator_pb2.RunStateChanged(
+                                state=SUCCEEDED,
+                                stop_reason=outcome.stop_reason,  # type: ignore[arg-type]
+                            )
+                        ),
+                    ]
+                await self._commit_locked(
+                    active,
+                    events,
+                    checkpoint=search.state(),
+                    population=(generation.number, encode_population(outcome.population)),
+                    keep_generations=search.spec.window,
+                    candidates=candidates,
+                )
+                if outcome.stop_reason:
+                    self._active.pop(run.name, None)
+                    return
+
+    def _retained(
+        self,
+        objective: int,
+        fresh: list[candidate_pb2.ScoredCandidate],
+        search: Search,
+    ) -> list[StoredCandidate]:
+        """The fresh candidates to store: the generation's best `keep_best` scored ones
+        (the store keeps the run's best) and its FAILED ones while the run keeps fewer
+        than `keep_failed`."""
+        keep = self.settings.keep_best
+        scored = [s for s in fresh if s.verdict.status in SCORED]
+        scored.sort(key=lambda s: rank_key(objective, s.candidate.id, s.verdict))
+        best_ids = {s.candidate.id for s in scored[:keep]}
+        failed_room = max(
+            0,
+            self.settings.keep_failed
+            - (
+                search.counters.failed - sum(1 for s in fresh if s.verdict.status == VERDICT_FAILED)
+            ),
+        )
+        failed_ids: set[str] = set()
+        for s in fresh:
+            if len(failed_ids) >= failed_room:
+                break
+            if s.verdict.status == VERDICT_FAILED:
+                failed_ids.add(s.candidate.id)
+        out = []
+        for s in fresh:
+            cid = s.candidate.id
+            if cid in best_ids or cid in failed_ids:
+                key = rank_key(objective, cid, s.verdict)[1]
+                out.append(
+                    StoredCandidate(
+                        cid,
+                        key,
+                        s.verdict.status,
+                        cid in best_ids,
+                        cid in failed_ids,
+                        s.SerializeToString(),
+                    )
+                )
+        return out
+
+    async def _fresh(
+        self, generation: Generation, request: generator_pb2.GenerateRequest
+    ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
+        """The generation's candidates that need verifying, as they are generated."""
+        async for candidates in self._generate(request):
+            fresh = generation.add(candidates)
+            if fresh:
+                yield fresh
+        if generation.received != generation.count:
+            raise RunFailed(
+                f"the generator sent {generation.received} candidates, not {generation.count}"
+            )
+
+    async def _generate(
+        self, request: generator_pb2.GenerateRequest
+    ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
+        """The generation's candidates, streamed; on a generator's failure the same request
+        goes to another (its output is a pure function of the request: those already
+        received are skipped)."""
+        received = 0
+        failures = 0
+        rng = random.Random()
+        name = request.dna_name
+        waited = 0.0
+        while True:
+            agents = self.pool.generators()
+            if not agents:
+                if waited > self.settings.wait_timeout:
+                    raise NoAgents(f"no live generator for {self.settings.wait_timeout:g}s")
+                await self.pool.wait_changed(1.0)
+                waited += 1.0
+                continue
+            agent = self.pool.pick(agents, rng)
+            stub = generator_pb2_grpc.GeneratorServiceStub(self.pool.channel(agent))
+            call = stub.Generate(request, timeout=self.settings.generate_timeout)
+            self.pool.add_outstanding(agent.name, 1)
+            skip = received
+            try:
+                async for response in call:
+                    candidates = list(response.candidates)
+                    if skip:
+                        dropped = min(skip, len(candidates))
+                        candidates = candidates[dropped:]
+                        skip -= dropped
+                    if candidates:
+                        received += len(candidates)
+                        yield candidates
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise RunFailed(
+                        f"{agent.name} refused to generate {name or 'the DNA'}: {error.details()}"
+                    ) from None
+                failures += 1
+                if failures >= GENERATE_ATTEMPTS * 4:
+                    raise RunFailed(f"Generate kept failing; last: {describe(error)}") from None
+                log.info("Generate on %s failed (%s); trying again", agent.name, describe(error))
+                await asyncio.sleep(min(0.1 * failures, 2.0))
+            finally:
+                self.pool.add_outstanding(agent.name, -1)
+                call.cancel()

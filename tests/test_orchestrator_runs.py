@@ -1,0 +1,128 @@
+"""OrchestratorService end to end on the embedded suite: real gRPC on loopback, the real
+generator and builtin oracle agents, the SQLite run store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from orchestrator_support import run_request, runs_stub, start_run_suite, watch_to_end
+
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+
+SUCCEEDED = orchestrator_pb2.RUN_STATE_SUCCEEDED
+RASTRIGIN = Path(__file__).resolve().parent.parent / "examples" / "dna" / "rastrigin.yaml"
+
+
+async def test_a_run_reaches_its_budget_and_reports_its_best(tmp_path: Path) -> None:
+    suite = await start_run_suite(tmp_path)
+    try:
+        stub = runs_stub(suite)
+        created = (await stub.CreateRun(run_request(evaluations=2000))).run
+        assert created.state == orchestrator_pb2.RUN_STATE_PENDING
+        events = await watch_to_end(stub, created.name)
+        run = (await stub.GetRun(orchestrator_pb2.GetRunRequest(name=created.name))).run
+        assert run.state == SUCCEEDED, run.error
+        assert run.stop_reason == orchestrator_pb2.RUN_STOP_REASON_MAX_EVALUATIONS
+        assert 2000 <= run.progress.evaluations < 2000 + 100
+        assert run.progress.best.verdict.score >= 0
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        kinds = [e.WhichOneof("kind") for e in events]
+        assert kinds[0] == "state_changed"
+        assert kinds[-1] == "state_changed"
+        assert events[-1].state_changed.state == SUCCEEDED
+        completed = [e.generation_completed for e in events if e.HasField("generation_completed")]
+        assert completed[-1].evaluations == run.progress.evaluations
+        listed = await stub.ListRunCandidates(
+            orchestrator_pb2.ListRunCandidatesRequest(name=run.name, page_size=5)
+        )
+        assert listed.candidates[0].candidate.id == run.progress.best.candidate.id
+        scores = [c.verdict.score for c in listed.candidates]
+        assert scores == sorted(scores)
+        assert listed.next_page_token
+    finally:
+        await suite.close()
+
+
+async def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:
+    results = []
+    for i in range(2):
+        suite = await start_run_suite(tmp_path / str(i))
+        try:
+            stub = runs_stub(suite)
+            created = (await stub.CreateRun(run_request(evaluations=1500, seed=11))).run
+            await watch_to_end(stub, created.name)
+            run = (await stub.GetRun(orchestrator_pb2.GetRunRequest(name=created.name))).run
+            results.append(
+                (
+                    run.progress.evaluations,
+                    run.progress.duplicates,
+                    run.progress.best.candidate.id,
+                    run.progress.best.verdict.score,
+                    run.progress.generation,
+                )
+            )
+        finally:
+            await suite.close()
+    assert results[0] == results[1]
+
+
+async def test_someone_elses_run_is_denied_whether_or_not_it_exists(tmp_path: Path) -> None:
+    suite = await start_run_suite(tmp_path)
+    try:
+        alice, bob = runs_stub(suite, "alice"), runs_stub(suite, "bob")
+        created = (await alice.CreateRun(run_request(evaluations=300))).run
+        for name in (created.name, "runs/does-not-exist"):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await bob.GetRun(orchestrator_pb2.GetRunRequest(name=name))
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        listed = await bob.ListRuns(orchestrator_pb2.ListRunsRequest())
+        assert list(listed.runs) == []
+    finally:
+        await suite.close()
+
+
+async def test_helix_run_embedded_prints_the_summary_and_writes_the_run_dir(
+    tmp_path: Path,
+) -> None:
+    """`helix run` as a user runs it: its own process, the embedded suite inside."""
+    import asyncio
+    import json
+    import sys
+
+    out = tmp_path / "out"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "helix.cli",
+        "run",
+        str(RASTRIGIN),
+        "--oracle",
+        "rastrigin",
+        "--budget",
+        "3000",
+        "--seed",
+        "7",
+        "--json",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(tmp_path / "data"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["state"] == "SUCCEEDED"
+    assert 3000 <= summary["evaluations"] < 3100
+    assert summary["best_score"] == min(
+        json.loads(line)["score"] for line in (out / "candidates.jsonl").read_text().splitlines()
+    )
+    assert set(summary["best_candidate"]) == {"x"}
+    assert summary["wall_seconds"] > 0
+    assert summary["evaluations_per_second"] > 0
+    assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "summary.json").read_text())["run"] == summary["run"]
+    assert "SUCCEEDED" in stderr.decode()
