@@ -29,7 +29,11 @@ TERMINAL = (
 
 
 async def start_run_suite(data_dir: Path, **overrides: Any) -> Suite:
-    settings: dict[str, Any] = {"generator_self_register": True, "generator_dna_dir": DNA_DIR}
+    settings: dict[str, Any] = {
+        "generator_self_register": True,
+        "orchestrator_embedded": True,
+        "generator_dna_dir": DNA_DIR,
+    }
     settings.update(overrides)
     return await start_suite(data_dir, **settings)
 

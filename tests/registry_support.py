@@ -33,6 +33,8 @@ FAST = {
     "concurrent_share_per_principal": 1.0,
     # Registry tests count agents and revisions; generator tests turn this back on.
     "generator_self_register": False,
+    # ... and watch the registry's streams: the suite's orchestrator would hold one more.
+    "orchestrator_embedded": False,
 }
 
 

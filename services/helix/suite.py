@@ -55,6 +55,9 @@ class EmbeddedConfig(
     generator_self_register: bool = setting(
         True, "register the embedded generator as an agent in the suite's own registry"
     )
+    orchestrator_embedded: bool = setting(
+        True, "serve the orchestrator in the suite (it watches the suite's own registry)"
+    )
 
     @property
     def registry_path(self) -> Path:
@@ -169,7 +172,7 @@ def create_embedded(
         presence = AgentPresence(connect, agent, agent_id=EMBEDDED_GENERATOR_ID)
         oracle_presence = AgentPresence(connect, oracle_agent, agent_id=EMBEDDED_ORACLE_ID)
     orchestrator = None
-    if local:
+    if local and config.orchestrator_embedded:
         assert signer is not None
         calls = MintingTokenSource(signer, "helix-orchestrator", ORCHESTRATOR_SCOPES)
 
