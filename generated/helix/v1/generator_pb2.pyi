@@ -370,6 +370,8 @@ class GenerateRequest(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     dna_name: _builtins.str
     """The name ("dnas/{dna}") of a valid DNA in this generator's library."""
     objective: _common_pb2.Objective.ValueType
@@ -388,6 +390,15 @@ class GenerateRequest(_message.Message):
     default receive limit of gRPC clients). Does not change which candidates are
     generated.
     """
+    offset: _builtins.int
+    """Optional. Emit only the candidates at positions [offset, offset + limit) of the
+    generation's `count` (limit 0: to the end), exactly as the whole stream has them at
+    those positions — so a generation can be split across generators and joined in
+    position order. offset < count and offset + limit <= count. Ranges starting at a
+    multiple of GenerateResponse.chunk_size cost no extra breeding.
+    """
+    limit: _builtins.int
+    """Optional. See offset."""
     @_builtins.property
     def dna(self) -> _dna_pb2.Dna:
         """An inline DNA; must be valid."""
@@ -410,10 +421,12 @@ class GenerateRequest(_message.Message):
         seed: _builtins.int = ...,
         generation: _builtins.int = ...,
         batch_size: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dna", b"dna", "dna_name", b"dna_name", "dna_source", b"dna_source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "count", b"count", "dna", b"dna", "dna_name", b"dna_name", "dna_source", b"dna_source", "generation", b"generation", "objective", b"objective", "parents", b"parents", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "count", b"count", "dna", b"dna", "dna_name", b"dna_name", "dna_source", b"dna_source", "generation", b"generation", "limit", b"limit", "objective", b"objective", "offset", b"offset", "parents", b"parents", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_dna_source: _TypeAlias = _typing.Literal["dna_name", "dna"]  # noqa: Y015
     _WhichOneofArgType_dna_source: _TypeAlias = _typing.Literal["dna_source", b"dna_source"]  # noqa: Y015
@@ -432,10 +445,15 @@ class GenerateResponse(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     REMAINING_FIELD_NUMBER: _builtins.int
+    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """The generation these candidates were produced for (GenerateRequest.generation)."""
     remaining: _builtins.int
     """How many candidates the stream will still send after this message; 0 in the last."""
+    chunk_size: _builtins.int
+    """How many candidates this generator breeds per chunk for this DNA (a function of the
+    DNA and the generator's major version): the alignment for GenerateRequest.offset.
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_candidate_pb2.Candidate]:
         """The next candidates, in generation order; 1 to batch_size of them."""
@@ -446,10 +464,11 @@ class GenerateResponse(_message.Message):
         candidates: _abc.Iterable[_candidate_pb2.Candidate] | None = ...,
         generation: _builtins.int = ...,
         remaining: _builtins.int = ...,
+        chunk_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "generation", b"generation", "remaining", b"remaining"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "chunk_size", b"chunk_size", "generation", b"generation", "remaining", b"remaining"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

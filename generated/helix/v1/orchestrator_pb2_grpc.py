@@ -104,9 +104,12 @@ class OrchestratorServiceServicer:
     def CreateRun(self, request, context):
         """Creates a run in state PENDING; it starts as soon as a generator serving its DNA
         and an oracle agent serving its oracle are available. Errors: INVALID_ARGUMENT for bad
-        fields (an inline DNA is fully validated); ALREADY_EXISTS when run_id is taken.
+        fields (an inline DNA is fully validated); ALREADY_EXISTS when run_id is taken;
+        RESOURCE_EXHAUSTED when the caller has its maximum of unfinished runs (ErrorInfo reason
+        "TOO_MANY_RUNS_FOR_PRINCIPAL") or the orchestrator drives its maximum ("TOO_MANY_RUNS").
         Idempotent by request_id: a retry with the same request_id returns the first response
-        and creates nothing.
+        and creates nothing. Finished runs are kept for a while (server configurable: a
+        number per owner, and an age), then deleted with their events and candidates.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

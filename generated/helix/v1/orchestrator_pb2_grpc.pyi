@@ -54,9 +54,12 @@ class OrchestratorServiceStub:
     CreateRun: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.CreateRunRequest, _orchestrator_pb2.CreateRunResponse]
     """Creates a run in state PENDING; it starts as soon as a generator serving its DNA
     and an oracle agent serving its oracle are available. Errors: INVALID_ARGUMENT for bad
-    fields (an inline DNA is fully validated); ALREADY_EXISTS when run_id is taken.
+    fields (an inline DNA is fully validated); ALREADY_EXISTS when run_id is taken;
+    RESOURCE_EXHAUSTED when the caller has its maximum of unfinished runs (ErrorInfo reason
+    "TOO_MANY_RUNS_FOR_PRINCIPAL") or the orchestrator drives its maximum ("TOO_MANY_RUNS").
     Idempotent by request_id: a retry with the same request_id returns the first response
-    and creates nothing.
+    and creates nothing. Finished runs are kept for a while (server configurable: a
+    number per owner, and an age), then deleted with their events and candidates.
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetRunRequest, _orchestrator_pb2.GetRunResponse]
     """Returns one run. Errors: NOT_FOUND."""
@@ -112,9 +115,12 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     CreateRun: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.CreateRunRequest, _orchestrator_pb2.CreateRunResponse]  # type: ignore[assignment]
     """Creates a run in state PENDING; it starts as soon as a generator serving its DNA
     and an oracle agent serving its oracle are available. Errors: INVALID_ARGUMENT for bad
-    fields (an inline DNA is fully validated); ALREADY_EXISTS when run_id is taken.
+    fields (an inline DNA is fully validated); ALREADY_EXISTS when run_id is taken;
+    RESOURCE_EXHAUSTED when the caller has its maximum of unfinished runs (ErrorInfo reason
+    "TOO_MANY_RUNS_FOR_PRINCIPAL") or the orchestrator drives its maximum ("TOO_MANY_RUNS").
     Idempotent by request_id: a retry with the same request_id returns the first response
-    and creates nothing.
+    and creates nothing. Finished runs are kept for a while (server configurable: a
+    number per owner, and an age), then deleted with their events and candidates.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetRunRequest, _orchestrator_pb2.GetRunResponse]  # type: ignore[assignment]
     """Returns one run. Errors: NOT_FOUND."""
@@ -173,9 +179,12 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.CreateRunResponse, _abc.Awaitable[_orchestrator_pb2.CreateRunResponse]]:
         """Creates a run in state PENDING; it starts as soon as a generator serving its DNA
         and an oracle agent serving its oracle are available. Errors: INVALID_ARGUMENT for bad
-        fields (an inline DNA is fully validated); ALREADY_EXISTS when run_id is taken.
+        fields (an inline DNA is fully validated); ALREADY_EXISTS when run_id is taken;
+        RESOURCE_EXHAUSTED when the caller has its maximum of unfinished runs (ErrorInfo reason
+        "TOO_MANY_RUNS_FOR_PRINCIPAL") or the orchestrator drives its maximum ("TOO_MANY_RUNS").
         Idempotent by request_id: a retry with the same request_id returns the first response
-        and creates nothing.
+        and creates nothing. Finished runs are kept for a while (server configurable: a
+        number per owner, and an age), then deleted with their events and candidates.
         """
 
     @_abc_1.abstractmethod

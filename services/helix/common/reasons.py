@@ -281,8 +281,9 @@ RATE_LIMITED = _reason(
 NOT_OWNER = _reason(
     "NOT_OWNER",
     errors.PermissionDenied,
-    "The agent was registered by another principal (only it or an admin may change it).",
-    "registry",
+    "The agent or run belongs to another principal (only it or an admin may see or change "
+    "it; a run's caller gets this whether or not the run exists).",
+    "registry, orchestrator",
 )
 STALE_ETAG = _reason(
     "STALE_ETAG",
@@ -333,8 +334,23 @@ TOO_MANY_AGENTS_FOR_PRINCIPAL = _reason(
 TOO_MANY_WATCHERS = _reason(
     "TOO_MANY_WATCHERS",
     errors.ResourceExhausted,
-    "The registry serves its maximum of watches (--registry-max-watchers).",
-    "registry",
+    "The registry (--registry-max-watchers) or the orchestrator serves its maximum of "
+    "watches, in all or for this caller.",
+    "registry, orchestrator",
+)
+TOO_MANY_RUNS = _reason(
+    "TOO_MANY_RUNS",
+    errors.ResourceExhausted,
+    "The orchestrator drives its maximum of unfinished runs (--orchestrator-max-runs); "
+    "QuotaFailure, RetryInfo.",
+    "orchestrator",
+)
+TOO_MANY_RUNS_FOR_PRINCIPAL = _reason(
+    "TOO_MANY_RUNS_FOR_PRINCIPAL",
+    errors.ResourceExhausted,
+    "The caller has its maximum of unfinished runs (--orchestrator-max-runs-per-principal): "
+    "wait for one to end or cancel one; QuotaFailure names it, RetryInfo.",
+    "orchestrator",
 )
 WATCHER_TOO_SLOW = _reason(
     "WATCHER_TOO_SLOW",

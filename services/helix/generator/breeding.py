@@ -211,6 +211,7 @@ def breed(
     ahead to breed and stops breeding by not asking. Not thread-safe: ask for one item at
     a time (from any thread). `stats` counts each chunk and its candidates as it is bred.
     """
+    start, stop = request_range(request)
     chunks = strategies.generate(
         layout,
         parents.population if parents is not None else None,
@@ -219,8 +220,17 @@ def breed(
         request.generation,
         scored=parents.scored if parents is not None else None,
         copies=parents.copies if parents is not None else None,
+        start=start,
+        stop=stop,
     )
     return _responses(layout, request, parents, chunks, max_bytes, stats)
+
+
+def request_range(request: generator_pb2.GenerateRequest) -> tuple[int, int]:
+    """The positions [start, stop) a (valid) request asks for: offset and limit."""
+    start = request.offset
+    stop = start + request.limit if request.limit else request.count
+    return start, stop
 
 
 def _responses(
@@ -235,13 +245,20 @@ def _responses(
     batch_size = request.batch_size or DEFAULT_BATCH_SIZE
     parse = generator_pb2.GenerateResponse.FromString
     encode = encode_generate_response
-    remaining = request.count
+    start, stop = request_range(request)
+    size = strategies.chunk_size(layout)
+    remaining = stop - start
+    position = start - start % size  # the first chunk's first position
     for chunk in chunks:
         records = chunk_records(layout, chunk, parents, generation)
+        bred = len(records)
+        if position < start or position + bred > stop:  # a range's edge cuts this chunk
+            records = records[max(start - position, 0) : stop - position]
+        position += bred
         responses = []
         for batch in batches(records, batch_size, max_bytes):
             remaining -= len(batch)
-            responses.append(parse(encode(batch, generation, remaining)))
+            responses.append(parse(encode(batch, generation, remaining, size)))
         if stats is not None:
-            stats.chunk_bred(len(records))
+            stats.chunk_bred(bred)
         yield responses

@@ -22,18 +22,21 @@ _RESPONSE = generator_pb2.GenerateResponse.DESCRIPTOR
 _CANDIDATES_TAG = wire_tag(_RESPONSE, "candidates", _FIELD.TYPE_MESSAGE, LENGTH_DELIMITED)
 _GENERATION_TAG = wire_tag(_RESPONSE, "generation", _FIELD.TYPE_UINT32, VARINT)
 _REMAINING_TAG = wire_tag(_RESPONSE, "remaining", _FIELD.TYPE_UINT32, VARINT)
+_CHUNK_SIZE_TAG = wire_tag(_RESPONSE, "chunk_size", _FIELD.TYPE_UINT32, VARINT)
 
 
-def encode_generate_response(candidates: Sequence[bytes], generation: int, remaining: int) -> bytes:
-    """A GenerateResponse serialised from its candidates' serialisations, `generation` and
-    `remaining` (each within uint32).
+def encode_generate_response(
+    candidates: Sequence[bytes], generation: int, remaining: int, chunk_size: int = 0
+) -> bytes:
+    """A GenerateResponse serialised from its candidates' serialisations, `generation`,
+    `remaining` and `chunk_size` (each within uint32).
 
     Equal to the message's deterministic serialisation when each candidate's bytes are its
     own (as `encode_candidates` makes them); the tags come from the descriptor, so a
     renumbered field cannot silently produce another message.
     """
-    if not (0 <= generation <= _MAX_UINT32 and 0 <= remaining <= _MAX_UINT32):
-        raise ValueError("generation and remaining must be uint32 values")
+    if not all(0 <= v <= _MAX_UINT32 for v in (generation, remaining, chunk_size)):
+        raise ValueError("generation, remaining and chunk_size must be uint32 values")
     # Candidates of a generation mostly share a few lengths: one prefix per length, and
     # the parts interleaved without a Python-level loop.
     sizes = list(map(len, candidates))
@@ -43,4 +46,6 @@ def encode_generate_response(candidates: Sequence[bytes], generation: int, remai
         parts.append(_GENERATION_TAG + varint(generation))
     if remaining:
         parts.append(_REMAINING_TAG + varint(remaining))
+    if chunk_size:
+        parts.append(_CHUNK_SIZE_TAG + varint(chunk_size))
     return b"".join(parts)

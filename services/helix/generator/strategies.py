@@ -364,8 +364,13 @@ def generate(  # noqa: PLR0913 - the parents' scored count and copies are keywor
     *,
     scored: int | None = None,
     copies: IntArray | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[Chunk]:
-    """The `count` candidates of one generation, as lazily computed chunks.
+    """The `count` candidates of one generation, as lazily computed chunks — only the
+    chunks holding positions [start, stop) (stop None: count), each whole: chunk k holds
+    positions [k * chunk_size, (k + 1) * chunk_size) and is bred from its own random
+    streams, so any range of chunks is the same as in the whole generation.
 
     `layout` is built from the normalised DNA; `ranked_parents` are the distinct parents
     in rank order (`rank`), or None (or empty) for none; the first `scored` of them have a
@@ -383,7 +388,12 @@ def generate(  # noqa: PLR0913 - the parents' scored count and copies are keywor
         copies = np.asarray(copies, dtype=np.int64)
         if copies.shape != (len(ranked_parents),) or (copies < 1).any():
             raise ValueError("copies must hold one count >= 1 per parent")
-    return _chunks(_kit(layout, breeds), ranked_parents, count, seed, generation, scored, copies)
+    stop = count if stop is None else stop
+    if not 0 <= start <= stop <= count:
+        raise ValueError("the range must satisfy 0 <= start <= stop <= count")
+    return _chunks(
+        _kit(layout, breeds), ranked_parents, count, seed, generation, scored, copies, start, stop
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -401,13 +411,16 @@ def _chunks(  # noqa: PLR0913 - generate's arguments, passed on
     generation: int,
     scored: int | None,
     copies: IntArray | None,
+    first: int,
+    last: int,
 ) -> Iterator[Chunk]:
     n_elites = 0
     if kit.params is not None and parents is not None:
         n_scored = len(parents) if scored is None else scored
         n_elites = min(kit.params.elitism, count, n_scored)
     size = chunk_size(kit.layout)
-    for k, start in enumerate(range(0, count, size)):
+    for k in range(first // size, -(-last // size)):
+        start = k * size
         stop = min(start + size, count)
         elites = np.arange(start, min(stop, n_elites), dtype=np.int64)
         n = stop - start - elites.size

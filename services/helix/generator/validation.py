@@ -169,7 +169,7 @@ def check_generate_request(
 ) -> Violations:
     """DNA (by name or inline, structurally sound); parents capped and sane (their
     parent_ids included: elites are copied); objective required with parents; count
-    1..1000000; batch_size at most 10000."""
+    1..1000000; batch_size at most 10000; the range [offset, offset + limit) within count."""
     found = check_no_unknown_fields(request)
     source = request.WhichOneof("dna_source")
     if source is None:
@@ -187,6 +187,23 @@ def check_generate_request(
         found += check_enum(request.objective, objective_type, "objective", required=True)
     found += check_range(request.count, "count", 1, limits.max_count)
     found += check_range(request.batch_size, "batch_size", high=limits.max_batch_size)
+    if request.count and request.offset >= request.count:
+        found.append(
+            FieldViolation(
+                "offset",
+                f"must be below count ({request.count}), not {request.offset}",
+                rules.RANGE,
+            )
+        )
+    elif request.offset + request.limit > request.count:
+        found.append(
+            FieldViolation(
+                "limit",
+                f"offset + limit ({request.offset + request.limit}) must be at most count "
+                f"({request.count})",
+                rules.RANGE,
+            )
+        )
     return found
 
 

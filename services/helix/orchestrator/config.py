@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from helix.common.config import Duration, ServerConfig, setting
+from helix.common.config import Duration, ServerConfig, require, setting
 from helix.orchestrator.dispatch import VerifySettings
 from helix.orchestrator.runs import RunSettings
 
@@ -38,6 +38,32 @@ class OrchestratorSettings(ServerConfig):
     orchestrator_keep_best: int = setting(1000, "best candidates retained per run")
     orchestrator_keep_failed: int = setting(10_000, "first FAILED candidates retained per run")
     orchestrator_keep_events: int = setting(10_000, "latest events retained per run")
+    orchestrator_max_runs: int = setting(256, "unfinished runs the orchestrator drives at most")
+    orchestrator_max_runs_per_principal: int = setting(
+        16, "unfinished runs one caller may have at once"
+    )
+    orchestrator_keep_finished_runs: int = setting(
+        500, "finished runs kept per owner (older ones are deleted with their history)"
+    )
+    orchestrator_keep_finished_for: Duration = setting(
+        Duration(30 * 86400.0), "finished runs are deleted this long after they ended (0: never)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in (
+            "orchestrator_max_attempts",
+            "orchestrator_max_batch",
+            "orchestrator_window",
+            "orchestrator_converge_after",
+            "orchestrator_keep_best",
+            "orchestrator_keep_events",
+            "orchestrator_max_runs",
+            "orchestrator_max_runs_per_principal",
+        ):
+            require(getattr(self, name) >= 1, name, "must be at least 1")
+        for name in ("orchestrator_keep_failed", "orchestrator_keep_finished_runs"):
+            require(getattr(self, name) >= 0, name, "must be at least 0")
 
     def runs_file(self, data_dir: Path) -> Path:
         return self.orchestrator_db or data_dir / "runs.sqlite3"
@@ -50,6 +76,10 @@ class OrchestratorSettings(ServerConfig):
             keep_best=self.orchestrator_keep_best,
             keep_failed=self.orchestrator_keep_failed,
             keep_events=self.orchestrator_keep_events,
+            max_runs=self.orchestrator_max_runs,
+            max_runs_per_principal=self.orchestrator_max_runs_per_principal,
+            keep_finished_runs=self.orchestrator_keep_finished_runs,
+            keep_finished_for=float(self.orchestrator_keep_finished_for),
             verify=VerifySettings(
                 max_batch=self.orchestrator_max_batch,
                 batch_timeout=float(self.orchestrator_batch_timeout),

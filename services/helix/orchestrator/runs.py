@@ -25,6 +25,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -93,6 +94,11 @@ class RunSettings:
     max_watchers: int = 1000
     max_watchers_per_principal: int = 64
     max_population: int = 100_000
+    max_runs: int = 256  # unfinished runs this orchestrator drives at once
+    max_runs_per_principal: int = 16  # unfinished runs one caller may have
+    keep_finished_runs: int = 500  # finished runs kept per owner (the newest)
+    keep_finished_for: float = 30 * 86400.0  # finished runs are deleted this long after (0: never)
+    prune_interval: float = 3600.0
     generate_timeout: float = 300.0
     verify: VerifySettings = field(default_factory=VerifySettings)
 
@@ -192,6 +198,15 @@ class _Watcher:
         return taken
 
 
+@dataclass(slots=True)
+class _Breeding:
+    """What a run learned about breeding its DNA: the generators' chunk size (from their
+    GenerateResponse.chunk_size; 0 until known), how many generations it split."""
+
+    chunk_size: int = 0
+    splits: int = 0
+
+
 @dataclass(eq=False)
 class _Active:
     """An unfinished run held by this orchestrator."""
@@ -217,6 +232,8 @@ class Orchestrator:
         self.settings = settings or RunSettings()
         self.watchers = _Watchers(self.settings)
         self._active: dict[str, _Active] = {}
+        self._creating: dict[str, int] = {}  # principal -> CreateRun calls storing a run
+        self._sweeper: asyncio.Task[None] | None = None
         self._started = False
         self.generations = 0  # completed generations, all runs (metrics)
         self.evaluations = 0
@@ -235,6 +252,7 @@ class Orchestrator:
             self._active[record.name] = active
             active.task = asyncio.create_task(self._drive(active), name=f"run {record.name}")
             log.info("resuming %s (%s)", record.name, orchestrator_pb2.RunState.Name(run.state))
+        self._sweeper = asyncio.create_task(self._sweep(), name="finished runs retention")
 
     async def _last_sequence(self, name: str) -> int:
         last = await self.store.first_sequence(name)
@@ -247,12 +265,76 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop driving runs (they stay PENDING/RUNNING in the store, resumed next start)."""
         tasks = [a.task for a in self._active.values()]
+        tasks.append(self._sweeper)
+        self._sweeper = None
         await cancel_and_wait(tasks)
         self._active.clear()
         if self._started:
             await self.pool.close()
             await self.store.close()
             self._started = False
+
+    async def _sweep(self) -> None:
+        """Delete finished runs older than `keep_finished_for`, now and then."""
+        while True:
+            try:
+                await self.prune(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("deleting old finished runs failed; trying again later")
+            await asyncio.sleep(self.settings.prune_interval)
+
+    async def prune(self, owner: str | None) -> int:
+        """Apply retention: `owner`'s finished runs beyond the newest `keep_finished_runs`
+        (None: nobody's by count) and everybody's that ended `keep_finished_for` ago.
+        Returns how many runs were deleted."""
+        ttl = self.settings.keep_finished_for
+        before = time.time_ns() - int(ttl * 1e9) if ttl > 0 else 0
+        deleted = 0
+        while True:
+            names = await self.store.prune(
+                owner=owner, keep=self.settings.keep_finished_runs, ended_before_ns=before
+            )
+            deleted += len(names)
+            if not names:
+                return deleted
+
+    def _unfinished_of(self, principal: str) -> int:
+        return self._creating.get(principal, 0) + sum(
+            1 for a in self._active.values() if a.record.owner == principal
+        )
+
+    def _reserve(self, principal: str) -> None:
+        """Count a CreateRun about to store a run against the caller's and the
+        orchestrator's limits of unfinished runs (RESOURCE_EXHAUSTED beyond)."""
+        limit = self.settings.max_runs_per_principal
+        if self._unfinished_of(principal) >= limit:
+            raise errors.ResourceExhausted(
+                f"{principal} has {limit} unfinished runs, its limit: wait for one to end or "
+                "cancel one",
+                retry_after=10.0,
+                quota_subject=f"principal:{principal}/runs",
+                reason=reasons.TOO_MANY_RUNS_FOR_PRINCIPAL,
+                metadata={"limit": str(limit)},
+            )
+        total = len(self._active) + sum(self._creating.values())
+        if total >= self.settings.max_runs:
+            raise errors.ResourceExhausted(
+                f"the orchestrator drives {total} unfinished runs, its limit",
+                retry_after=10.0,
+                quota_subject="orchestrator/runs",
+                reason=reasons.TOO_MANY_RUNS,
+                metadata={"limit": str(self.settings.max_runs)},
+            )
+        self._creating[principal] = self._creating.get(principal, 0) + 1
+
+    def _release(self, principal: str) -> None:
+        left = self._creating[principal] - 1
+        if left:
+            self._creating[principal] = left
+        else:
+            del self._creating[principal]
 
     # --- the RPCs -------------------------------------------------------------------------
 
@@ -326,8 +408,15 @@ class Orchestrator:
         record = StoredRun(
             run.name, run.owner, PENDING, create_ns, 1, run.SerializeToString(), b"", spec
         )
-        await self.store.forget_requests(time.time() - REQUEST_TTL)
+        self._reserve(principal.subject)
         try:
+            await self.store.forget_requests(time.time() - REQUEST_TTL)
+            # Room for this run among the owner's finished ones kept (it will be one).
+            await self.store.prune(
+                owner=principal.subject,
+                keep=max(self.settings.keep_finished_runs - 1, 0),
+                ended_before_ns=0,
+            )
             await self.store.create(
                 record,
                 StoredEvent(1, event.SerializeToString()),
@@ -337,6 +426,8 @@ class Orchestrator:
             )
         except RunExists:
             raise errors.AlreadyExists(f"{run.name} exists already") from None
+        finally:
+            self._release(principal.subject)
         active = _Active(record, run, 1)
         self._active[run.name] = active
         active.task = asyncio.create_task(self._drive(active), name=f"run {run.name}")
@@ -487,6 +578,8 @@ class Orchestrator:
                 last = event.sequence
                 if _stop_state(event):
                     return
+            if name not in self._active and await self.store.get(name) is None:
+                raise errors.NotFound(f"{name} was deleted (finished runs are kept for a while)")
             while True:
                 for event in await watcher.take():
                     if event.sequence <= last:
@@ -557,6 +650,7 @@ class Orchestrator:
             run.SerializeToString(),
             active.record.pinned if pinned is None else pinned,
             active.record.spec,
+            run.end_time.ToNanoseconds() if run.HasField("end_time") else 0,
         )
         try:
             await self.store.commit(
@@ -781,11 +875,12 @@ class Orchestrator:
     async def _generations(self, active: _Active, search: Search, verifier: Verifier) -> None:
         run = active.run
         loop = asyncio.get_running_loop()
+        plan = _Breeding()
         while True:
             started = loop.time()
             generation = search.begin()
             request = search.request()
-            await verifier.verify(self._fresh(generation, request), generation.record)
+            await verifier.verify(self._fresh(generation, request, plan), generation.record)
             outcome = search.finish(generation, loop.time() - started)
             self.generations += 1
             self.evaluations += len(outcome.fresh)
@@ -873,10 +968,10 @@ class Orchestrator:
         return out
 
     async def _fresh(
-        self, generation: Generation, request: generator_pb2.GenerateRequest
+        self, generation: Generation, request: generator_pb2.GenerateRequest, plan: _Breeding
     ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
         """The generation's candidates that need verifying, as they are generated."""
-        async for candidates in self._generate(request):
+        async for candidates in self._split(request, plan):
             fresh = generation.add(candidates)
             if fresh:
                 yield fresh
@@ -885,12 +980,67 @@ class Orchestrator:
                 f"the generator sent {generation.received} candidates, not {generation.count}"
             )
 
-    async def _generate(
-        self, request: generator_pb2.GenerateRequest
+    def _ranges(self, count: int, plan: _Breeding) -> list[tuple[int, int]]:
+        """How to split a generation of `count` across the live generators: ranges of
+        whole chunks, one per generator (at most), or the whole when one is enough."""
+        size = plan.chunk_size
+        chunks = -(-count // size) if size else 1
+        parts = min(len(self.pool.generators()), chunks)
+        if parts <= 1:
+            return [(0, 0)]
+        per = -(-chunks // parts)
+        return [(k * size, min((k + per) * size, count) - k * size) for k in range(0, chunks, per)]
+
+    async def _split(
+        self, request: generator_pb2.GenerateRequest, plan: _Breeding
     ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
-        """The generation's candidates, streamed; on a generator's failure the same request
-        goes to another (its output is a pure function of the request: those already
-        received are skipped)."""
+        """The generation's candidates in output order. With several generators live, a
+        generation of several chunks is split into ranges (GenerateRequest.offset/limit)
+        bred at once, one per generator; each range is streamed as soon as those before it
+        are complete, so the order — and the run — is the same as from one generator."""
+        ranges = self._ranges(request.count, plan)
+        if len(ranges) == 1:
+            async for candidates in self._generate(request, plan):
+                yield candidates
+            return
+        queues: list[asyncio.Queue[list[candidate_pb2.Candidate] | BaseException | None]] = [
+            asyncio.Queue() for _ in ranges
+        ]
+
+        async def fill(offset: int, limit: int, queue: asyncio.Queue[Any]) -> None:
+            part = generator_pb2.GenerateRequest()
+            part.CopyFrom(request)
+            part.offset, part.limit = offset, limit
+            try:
+                async for candidates in self._generate(part, plan):
+                    queue.put_nowait(candidates)  # at most one generation, held anyway
+            except asyncio.CancelledError:
+                raise
+            except BaseException as failure:  # handed to the consumer, raised there
+                queue.put_nowait(failure)
+                return
+            queue.put_nowait(None)
+
+        plan.splits += 1
+        tasks = [
+            asyncio.create_task(fill(offset, limit, queue), name=f"generate {offset}+{limit}")
+            for (offset, limit), queue in zip(ranges, queues, strict=True)
+        ]
+        try:
+            for queue in queues:
+                while (item := await queue.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+        finally:
+            await cancel_and_wait(tasks)
+
+    async def _generate(
+        self, request: generator_pb2.GenerateRequest, plan: _Breeding
+    ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
+        """The candidates of the request (its range), streamed; on a generator's failure
+        the same request goes to another (its output is a pure function of the request:
+        those already received are skipped)."""
         received = 0
         failures = 0
         rng = random.Random()
@@ -911,11 +1061,10 @@ class Orchestrator:
             skip = received
             try:
                 async for response in call:
+                    plan.chunk_size = response.chunk_size or plan.chunk_size
                     candidates = list(response.candidates)
-                    if skip:
-                        dropped = min(skip, len(candidates))
-                        candidates = candidates[dropped:]
-                        skip -= dropped
+                    dropped = min(skip, len(candidates))
+                    candidates, skip = candidates[dropped:], skip - dropped
                     if candidates:
                         received += len(candidates)
                         yield candidates

@@ -28,7 +28,7 @@ from helix.orchestrator.store import (
 )
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.end_time_ns (1 is migrated on open)
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run BLOB NOT NULL,
     pinned BLOB NOT NULL,
     spec BLOB NOT NULL,
-    checkpoint BLOB
+    checkpoint BLOB,
+    end_time_ns INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_newest ON runs (create_time_ns DESC, name);
 CREATE INDEX IF NOT EXISTS runs_by_owner ON runs (owner, create_time_ns DESC, name);
@@ -78,12 +79,13 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_by_age ON requests (created_at);
 """
-_RUN_COLUMNS = "name, owner, state, create_time_ns, version, run, pinned, spec"
+_RUN_COLUMNS = "name, owner, state, create_time_ns, version, run, pinned, spec, end_time_ns"
 _UNFINISHED = (1, 2)  # RUN_STATE_PENDING, RUN_STATE_RUNNING
+PRUNE_BATCH = 200  # runs deleted per prune call (one transaction each)
 
 
 def _run(row: tuple[object, ...]) -> StoredRun:
-    name, owner, state, create_time_ns, version, run, pinned, spec = row
+    name, owner, state, create_time_ns, version, run, pinned, spec, end_time_ns = row
     return StoredRun(
         str(name),
         str(owner),
@@ -93,6 +95,7 @@ def _run(row: tuple[object, ...]) -> StoredRun:
         bytes(run),  # type: ignore[call-overload]
         bytes(pinned),  # type: ignore[call-overload]
         bytes(spec),  # type: ignore[call-overload]
+        int(end_time_ns),  # type: ignore[call-overload]
     )
 
 
@@ -149,6 +152,12 @@ class SqliteRunStore:
             version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif version[0] == 1:
+                with _Transaction(db):
+                    db.execute("ALTER TABLE runs ADD COLUMN end_time_ns INTEGER NOT NULL DEFAULT 0")
+                    db.execute(
+                        "UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,)
+                    )
             elif version[0] != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path}: schema version {version[0]}, this orchestrator reads "
@@ -182,7 +191,7 @@ class SqliteRunStore:
             with _Transaction(db):
                 try:
                     db.execute(
-                        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             run.name,
                             run.owner,
@@ -192,6 +201,7 @@ class SqliteRunStore:
                             run.run,
                             run.pinned,
                             run.spec,
+                            run.end_time_ns,
                         ),
                     )
                 except sqlite3.IntegrityError:
@@ -226,7 +236,8 @@ class SqliteRunStore:
             with _Transaction(db):
                 cursor = db.execute(
                     "UPDATE runs SET state=?, version=?, run=?, pinned=?, spec=?, "
-                    "checkpoint=coalesce(?, checkpoint) WHERE name=? AND version=?",
+                    "checkpoint=coalesce(?, checkpoint), end_time_ns=? "
+                    "WHERE name=? AND version=?",
                     (
                         run.state,
                         run.version,
@@ -234,6 +245,7 @@ class SqliteRunStore:
                         run.pinned,
                         run.spec,
                         change.checkpoint,
+                        run.end_time_ns,
                         run.name,
                         change.expected_version,
                     ),
@@ -267,6 +279,46 @@ class SqliteRunStore:
                         _keep_best(db, run.name, change.keep_best)
 
         await self._run(work)
+
+    async def prune(self, *, owner: str | None, keep: int, ended_before_ns: int) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            names: list[str] = []
+            if owner is not None:
+                names += [
+                    str(row[0])
+                    for row in db.execute(
+                        "SELECT name FROM runs WHERE owner=? AND state NOT IN (?, ?) "
+                        "ORDER BY create_time_ns DESC, name LIMIT ? OFFSET ?",
+                        (owner, *_UNFINISHED, PRUNE_BATCH, max(keep, 0)),
+                    )
+                ]
+            if ended_before_ns > 0 and len(names) < PRUNE_BATCH:
+                names += [
+                    str(row[0])
+                    for row in db.execute(
+                        "SELECT name FROM runs WHERE state NOT IN (?, ?) "
+                        "AND end_time_ns > 0 AND end_time_ns < ? LIMIT ?",
+                        (*_UNFINISHED, ended_before_ns, PRUNE_BATCH - len(names)),
+                    )
+                ]
+            names = sorted(set(names))
+            if not names:
+                return names
+            rows = [(name,) for name in names]
+            with _Transaction(db):
+                for table, column in (
+                    ("events", "run"),
+                    ("populations", "run"),
+                    ("candidates", "run"),
+                    ("requests", "name"),
+                ):
+                    db.executemany(f"DELETE FROM {table} WHERE {column}=?", rows)
+                db.executemany(
+                    f"DELETE FROM runs WHERE name=? AND state NOT IN {_UNFINISHED}", rows
+                )
+            return names
+
+        return await self._run(work)
 
     # --- reads --------------------------------------------------------------------------
 

@@ -51,7 +51,8 @@ class RunConflict(Exception):
 class StoredRun:
     """One run: `run` is the serialized Run message; `pinned` the serialized normalised
     Dna the run searches (empty until it starts); `spec` JSON of the search settings fixed
-    when it was created (window, convergence)."""
+    when it was created (window, convergence); `end_time_ns` when it ended (0 while
+    unfinished), which retention goes by."""
 
     name: str
     owner: str
@@ -61,6 +62,7 @@ class StoredRun:
     run: bytes
     pinned: bytes = b""
     spec: bytes = b""
+    end_time_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,14 @@ class RunStore(Protocol):
     ) -> CandidatePage:
         """Retained candidates best first (key, then id) after `after`; only `status`
         (0: all)."""
+        ...
+
+    async def prune(self, *, owner: str | None, keep: int, ended_before_ns: int) -> list[str]:
+        """Delete finished runs (with their events, checkpoint, populations, candidates and
+        idempotency records): `owner`'s beyond its newest `keep` finished ones (by
+        create_time; with owner None, nobody's by count), and anyone's that ended before
+        `ended_before_ns` (0: none by age). Unfinished runs are never deleted. Returns the
+        names deleted; at most a bounded number per call (call again while it returns any)."""
         ...
 
     async def close(self) -> None:
