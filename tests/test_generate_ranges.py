@@ -71,17 +71,17 @@ def test_ranges_of_a_generation_join_into_the_whole_stream(
 
 
 def test_the_range_is_checked_against_count() -> None:
-    base = {"dna_name": "dnas/rastrigin", "count": 100}
-    for fields, field in (
-        ({"offset": 100}, "offset"),
-        ({"offset": 101, "limit": 1}, "offset"),
-        ({"offset": 90, "limit": 11}, "limit"),
-        ({"limit": 101}, "limit"),
-    ):
-        found = check_generate_request(generator_pb2.GenerateRequest(**base, **fields))
-        assert [v.field for v in found] == [field], fields
-    for fields in ({"offset": 99}, {"offset": 90, "limit": 10}, {"limit": 100}):
-        assert check_generate_request(generator_pb2.GenerateRequest(**base, **fields)) == []
+    def request(offset: int, limit: int) -> generator_pb2.GenerateRequest:
+        return generator_pb2.GenerateRequest(
+            dna_name="dnas/rastrigin", count=100, offset=offset, limit=limit
+        )
+
+    for offset, limit, field in ((100, 0, "offset"), (101, 1, "offset"), (90, 11, "limit")):
+        found = check_generate_request(request(offset, limit))
+        assert [v.field for v in found] == [field], (offset, limit)
+    assert [v.field for v in check_generate_request(request(0, 101))] == ["limit"]
+    for offset, limit in ((99, 0), (90, 10), (0, 100)):
+        assert check_generate_request(request(offset, limit)) == []
 
 
 async def test_generate_serves_a_range_over_grpc(tmp_path: Path) -> None:
