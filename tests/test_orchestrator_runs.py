@@ -41,6 +41,14 @@ async def test_a_run_reaches_its_budget_and_reports_its_best(tmp_path: Path) -> 
         scores = [c.verdict.score for c in listed.candidates]
         assert scores == sorted(scores)
         assert listed.next_page_token
+        # The orchestrator's metrics account for the run.
+        metric = suite.server.metrics.registry.get_sample_value
+        assert metric("helix_orchestrator_evaluations_total") == run.progress.evaluations
+        assert metric("helix_orchestrator_generations_total") == run.progress.generation + 1
+        assert metric("helix_orchestrator_runs_ended_total", {"state": "succeeded"}) == 1
+        assert metric("helix_orchestrator_runs", {"state": "running"}) == 0
+        assert metric("helix_orchestrator_backlog") == 0
+        assert (metric("helix_orchestrator_oracle_capacity") or 0) > 0
     finally:
         await suite.close()
 

@@ -201,10 +201,9 @@ class _Watcher:
 @dataclass(slots=True)
 class _Breeding:
     """What a run learned about breeding its DNA: the generators' chunk size (from their
-    GenerateResponse.chunk_size; 0 until known), how many generations it split."""
+    GenerateResponse.chunk_size; 0 until known)."""
 
     chunk_size: int = 0
-    splits: int = 0
 
 
 @dataclass(eq=False)
@@ -237,6 +236,9 @@ class Orchestrator:
         self._started = False
         self.generations = 0  # completed generations, all runs (metrics)
         self.evaluations = 0
+        self.splits = 0  # generations bred in ranges across generators
+        self.backlog = 0  # candidates handed to verification without a verdict yet
+        self.ended: dict[int, int] = {}  # runs ended since start, by final state
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -335,6 +337,12 @@ class Orchestrator:
             self._creating[principal] = left
         else:
             del self._creating[principal]
+
+    def unfinished_by_state(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for active in self._active.values():
+            counts[active.run.state] = counts.get(active.run.state, 0) + 1
+        return counts
 
     # --- the RPCs -------------------------------------------------------------------------
 
@@ -671,6 +679,8 @@ class Orchestrator:
         except BaseException:
             active.last_sequence -= len(events)
             raise
+        if run.state in TERMINAL:
+            self.ended[run.state] = self.ended.get(run.state, 0) + 1
         active.record = record
         self.watchers.publish(run.name, events)
 
@@ -880,7 +890,7 @@ class Orchestrator:
             started = loop.time()
             generation = search.begin()
             request = search.request()
-            await verifier.verify(self._fresh(generation, request, plan), generation.record)
+            await self._verify(verifier, generation, request, plan)
             outcome = search.finish(generation, loop.time() - started)
             self.generations += 1
             self.evaluations += len(outcome.fresh)
@@ -923,6 +933,29 @@ class Orchestrator:
                 if outcome.stop_reason:
                     self._active.pop(run.name, None)
                     return
+
+    async def _verify(
+        self,
+        verifier: Verifier,
+        generation: Generation,
+        request: generator_pb2.GenerateRequest,
+        plan: _Breeding,
+    ) -> None:
+        """Breed and verify one generation, counting its candidates awaiting a verdict in
+        the backlog."""
+        handed = [0]
+
+        def record(verdict: candidate_pb2.Verdict) -> bool:
+            if generation.record(verdict):
+                handed[0] -= 1
+                self.backlog -= 1
+                return True
+            return False
+
+        try:
+            await verifier.verify(self._fresh(generation, request, plan, handed), record)
+        finally:
+            self.backlog -= handed[0]
 
     def _retained(
         self,
@@ -968,12 +1001,19 @@ class Orchestrator:
         return out
 
     async def _fresh(
-        self, generation: Generation, request: generator_pb2.GenerateRequest, plan: _Breeding
+        self,
+        generation: Generation,
+        request: generator_pb2.GenerateRequest,
+        plan: _Breeding,
+        handed: list[int],
     ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
-        """The generation's candidates that need verifying, as they are generated."""
+        """The generation's candidates that need verifying, as they are generated
+        (counted in `handed` and the backlog)."""
         async for candidates in self._split(request, plan):
             fresh = generation.add(candidates)
             if fresh:
+                handed[0] += len(fresh)
+                self.backlog += len(fresh)
                 yield fresh
         if generation.received != generation.count:
             raise RunFailed(
@@ -1021,7 +1061,7 @@ class Orchestrator:
                 return
             queue.put_nowait(None)
 
-        plan.splits += 1
+        self.splits += 1
         tasks = [
             asyncio.create_task(fill(offset, limit, queue), name=f"generate {offset}+{limit}")
             for (offset, limit), queue in zip(ranges, queues, strict=True)

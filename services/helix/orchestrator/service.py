@@ -15,6 +15,7 @@ from helix.common import pages
 from helix.common.server import ServiceBinding
 from helix.common.services import validate
 from helix.orchestrator import validation as checks
+from helix.orchestrator.metrics import register_metrics
 from helix.orchestrator.runs import Orchestrator
 from helix.security.principal import current_principal
 
@@ -154,4 +155,5 @@ def orchestrator_binding(
         on_start=(start,),
         on_shutdown=(stop,),
         on_stopped=(stop,),
+        add_metrics=lambda metrics: register_metrics(engine, metrics),
     )
