@@ -48,11 +48,14 @@ class GeneratorAgentConfig(GeneratorConfig, RegistryMembership):
 # major, Generate's output is a pure function of its request, so a run mixes only agents
 # whose label has the same value.
 MAJOR_LABEL = "helix.dev/generator-major"
+# The label saying Generate serves GenerateRequest.offset/limit (ranges of a generation):
+# an orchestrator splits a generation only across generators that carry it.
+RANGES_LABEL = "helix.dev/generate-ranges"
 
 
 def generator_labels() -> dict[str, str]:
     """The labels every generator agent registers with."""
-    return {MAJOR_LABEL: str(GENERATOR_MAJOR)}
+    return {MAJOR_LABEL: str(GENERATOR_MAJOR), RANGES_LABEL: "true"}
 
 
 def create_agent(

@@ -37,6 +37,7 @@ import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.support import describe
 from helix.common import errors, reasons, rules
 from helix.common.aio import cancel_and_wait
@@ -77,6 +78,17 @@ VERDICT_FAILED = candidate_pb2.VERDICT_STATUS_FAILED
 MAX_ERROR = 1024
 REQUEST_TTL = 600.0
 GENERATE_ATTEMPTS = 5
+# Generators that serve GenerateRequest.offset/limit say so with this label
+# (helix.generator.agent.RANGES_LABEL): only they get a range of a generation.
+RANGES_LABEL = "helix.dev/generate-ranges"
+
+
+def _ranged(request: generator_pb2.GenerateRequest) -> bool:
+    return bool(request.offset or request.limit)
+
+
+def _serves_ranges(agent: registry_pb2.Agent) -> bool:
+    return agent.labels.get(RANGES_LABEL) == "true"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1025,7 +1037,7 @@ class Orchestrator:
         whole chunks, one per generator (at most), or the whole when one is enough."""
         size = plan.chunk_size
         chunks = -(-count // size) if size else 1
-        parts = min(len(self.pool.generators()), chunks)
+        parts = min(sum(1 for a in self.pool.generators() if _serves_ranges(a)), chunks)
         if parts <= 1:
             return [(0, 0)]
         per = -(-chunks // parts)
@@ -1088,6 +1100,8 @@ class Orchestrator:
         waited = 0.0
         while True:
             agents = self.pool.generators()
+            if _ranged(request):
+                agents = [a for a in agents if _serves_ranges(a)]
             if not agents:
                 if waited > self.settings.wait_timeout:
                     raise NoAgents(f"no live generator for {self.settings.wait_timeout:g}s")
