@@ -15,7 +15,7 @@ import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.generator import breeding, strategies
-from helix.generator.agent import MAJOR_LABEL, generator_labels
+from helix.generator.agent import MAJOR_LABEL, RANGES_LABEL, generator_labels
 from helix.genome.documents import parse_dna_text
 from helix.genome.layout import Layout, Population, normalise
 
@@ -171,7 +171,8 @@ def test_copies_must_be_one_count_of_at_least_one_per_parent() -> None:
 # --- the major version --------------------------------------------------------------------
 
 
-def test_generators_advertise_their_major_version() -> None:
+def test_generators_advertise_their_major_version_and_ranges() -> None:
     assert strategies.GENERATOR_MAJOR == 2
-    assert generator_labels() == {MAJOR_LABEL: "2"}
+    assert generator_labels() == {MAJOR_LABEL: "2", RANGES_LABEL: "true"}
     assert MAJOR_LABEL == "helix.dev/generator-major"
+    assert RANGES_LABEL == "helix.dev/generate-ranges"
