@@ -51,7 +51,8 @@ class BindError(OSError):
 class ServiceBinding:
     """One gRPC service to serve: its full name, how to add its handlers to a server, and
     hooks: `on_start` before the server accepts calls, `on_shutdown` when the drain begins
-    (end long-lived streams), `on_stopped` once no call is in flight (close stores)."""
+    (end long-lived streams; services in reverse order), `on_stopped` once no call is in
+    flight (close stores)."""
 
     name: str
     add_to_server: Callable[[grpc.aio.Server], None]
@@ -198,7 +199,10 @@ class HelixServer:
         log.info("draining", extra={"grace_seconds": grace})
         try:
             await self.health.enter_graceful_shutdown()
-            for service in self.services:
+            # Last served, first drained: a service that calls an earlier one (the embedded
+            # orchestrator and agents call the registry) lets go of it while it still
+            # answers, as a stack unwinds.
+            for service in reversed(self.services):
                 for hook in service.on_shutdown:
                     # Hooks get at least a moment, even with no grace: ending streams with
                     # a proper status is quick and better than a cut connection.
