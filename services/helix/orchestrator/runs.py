@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import random
 import secrets
 import time
@@ -196,10 +197,8 @@ class _Watcher:
             self.events.extend(events)
         self.ready.set()
 
-    async def take(self) -> list[orchestrator_pb2.RunEvent]:
-        while not self.events and not self.overflowed:
-            self.ready.clear()
-            await self.ready.wait()
+    def take_now(self) -> list[orchestrator_pb2.RunEvent]:
+        """The events queued so far, without waiting."""
         if self.overflowed:
             raise errors.ResourceExhausted(
                 f"this watcher fell more than {self.maxsize} events behind; watch again from "
@@ -208,6 +207,12 @@ class _Watcher:
             )
         taken, self.events = self.events, []
         return taken
+
+    async def take(self) -> list[orchestrator_pb2.RunEvent]:
+        while not self.events and not self.overflowed:
+            self.ready.clear()
+            await self.ready.wait()
+        return self.take_now()
 
 
 @dataclass(slots=True)
@@ -586,32 +591,65 @@ class Orchestrator:
         await self._visible(principal, name)
         watcher = self.watchers.subscribe(name, principal.subject)
         try:
-            first = await self.store.first_sequence(name)
-            if first and after < first - 1:
-                raise errors.OutOfRange(
-                    f"events after {after} of {name} are no longer retained; the oldest is {first}",
-                    metadata={"first_sequence": str(first)},
-                )
+            await self._check_watch_from(name, after)
             last = after
             async for event in self._history(name, after, None):
                 yield event
                 last = event.sequence
                 if _stop_state(event):
                     return
-            if name not in self._active and await self.store.get(name) is None:
-                raise errors.NotFound(f"{name} was deleted (finished runs are kept for a while)")
-            while True:
-                for event in await watcher.take():
-                    if event.sequence <= last:
-                        continue
-                    async for missed in self._history(name, last, event.sequence - 1):
-                        yield missed  # (not expected: live events come in order)
+            if name not in self._active:
+                async for event in self._ended(name, watcher, last):
                     yield event
-                    last = event.sequence
-                    if _stop_state(event):
-                        return
+                return
+            async for event in self._live(name, watcher, last):
+                yield event
         finally:
             self.watchers.unsubscribe(watcher)
+
+    async def _check_watch_from(self, name: str, after: int) -> None:
+        """OUT_OF_RANGE when the events after `after` are no longer retained, or when
+        `after` is beyond the run's last event (nothing would ever come)."""
+        first = await self.store.first_sequence(name)
+        if first and after < first - 1:
+            raise errors.OutOfRange(
+                f"events after {after} of {name} are no longer retained; the oldest is {first}",
+                metadata={"first_sequence": str(first)},
+            )
+        active = self._active.get(name)
+        newest = active.last_sequence if active else await self._last_sequence(name)
+        if after > newest:
+            raise errors.OutOfRange(
+                f"after_sequence {after} is beyond the last event of {name}, {newest}",
+                metadata={"last_sequence": str(newest)},
+            )
+
+    async def _ended(
+        self, name: str, watcher: _Watcher, last: int
+    ) -> AsyncIterator[orchestrator_pb2.RunEvent]:
+        """The rest of a run that is no longer driven: its last events are in the history
+        read or, if it ended since, in the watcher's queue (it subscribed first); then
+        nothing more comes."""
+        if await self.store.get(name) is None:
+            raise errors.NotFound(f"{name} was deleted (finished runs are kept for a while)")
+        for event in watcher.take_now():
+            if event.sequence > last:
+                yield event
+
+    async def _live(
+        self, name: str, watcher: _Watcher, last: int
+    ) -> AsyncIterator[orchestrator_pb2.RunEvent]:
+        """Live events after `last`, until the terminal state's."""
+        while True:
+            for event in await watcher.take():
+                if event.sequence <= last:
+                    continue
+                async for missed in self._history(name, last, event.sequence - 1):
+                    yield missed  # (not expected: live events come in order)
+                yield event
+                last = event.sequence
+                if _stop_state(event):
+                    return
 
     async def _history(
         self, name: str, after: int, upto: int | None
@@ -958,6 +996,13 @@ class Orchestrator:
         handed = [0]
 
         def record(verdict: candidate_pb2.Verdict) -> bool:
+            if verdict.status in SCORED and not math.isfinite(verdict.score):
+                # The contract says finite; an agent that breaks it does not break ranking.
+                verdict = candidate_pb2.Verdict(
+                    candidate_id=verdict.candidate_id,
+                    status=candidate_pb2.VERDICT_STATUS_ERROR,
+                    message=f"the oracle agent sent a non-finite score ({verdict.score})",
+                )
             if generation.record(verdict):
                 handed[0] -= 1
                 self.backlog -= 1
@@ -999,7 +1044,8 @@ class Orchestrator:
         for s in fresh:
             cid = s.candidate.id
             if cid in best_ids or cid in failed_ids:
-                key = rank_key(objective, cid, s.verdict)[1]
+                unscored, score, _ = rank_key(objective, cid, s.verdict)
+                key = math.inf if unscored else score  # the unscored list after the scored
                 out.append(
                     StoredCandidate(
                         cid,

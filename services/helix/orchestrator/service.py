@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,26 +29,58 @@ def _position(token: str, filters: str) -> str | None:
     return pages.decode_page_token(token, filters).after
 
 
-def _runs_after(token: str, filters: str) -> tuple[int, str] | None:
+INT64 = 1 << 63
+
+
+def _pair(token: str, filters: str) -> tuple[object, str] | None:
+    """The (number, text) position a page token holds; INVALID_PAGE_TOKEN for anything
+    else (tokens are not signed: a client can forge one for its own listing)."""
     after = _position(token, filters)
     if after is None:
         return None
     try:
-        create_ns, name = json.loads(after)
-        return int(create_ns), str(name)
-    except (ValueError, TypeError):
-        raise pages.invalid_page_token("is not a next_page_token of this listing") from None
+        found = json.loads(after)
+    except ValueError:  # also a number too long to parse
+        found = None
+    if (
+        not isinstance(found, list)
+        or len(found) != 2
+        or not isinstance(found[0], int | float)
+        or isinstance(found[0], bool)
+        or not isinstance(found[1], str)
+    ):
+        raise pages.invalid_page_token("is not a next_page_token of this listing")
+    return found[0], found[1]
+
+
+def _runs_after(token: str, filters: str) -> tuple[int, str] | None:
+    found = _pair(token, filters)
+    if found is None:
+        return None
+    create_ns, name = found
+    if not isinstance(create_ns, int) or not 0 <= create_ns < INT64:
+        raise pages.invalid_page_token("is not a next_page_token of this listing")
+    return create_ns, name
 
 
 def _candidates_after(token: str, filters: str) -> tuple[float, str] | None:
-    after = _position(token, filters)
-    if after is None:
+    found = _pair(token, filters)
+    if found is None:
         return None
+    key, candidate_id = found
     try:
-        key, candidate_id = json.loads(after)
-        return float(key), str(candidate_id)
-    except (ValueError, TypeError):
-        raise pages.invalid_page_token("is not a next_page_token of this listing") from None
+        key = float(key)  # type: ignore[arg-type]
+    except OverflowError:
+        key = math.inf if key > 0 else -math.inf  # type: ignore[operator]
+    if math.isnan(key):  # (inf is the key of the unscored: they list after the scored)
+        raise pages.invalid_page_token("is not a next_page_token of this listing")
+    return key, candidate_id
+
+
+def _encode(position: list[object]) -> str:
+    """A position as compact JSON (page tokens hold printable ASCII without spaces;
+    Infinity, the key of unscored candidates, is written as JSON's extension)."""
+    return json.dumps(position, separators=(",", ":"))
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -85,7 +118,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         response = orchestrator_pb2.ListRunsResponse(runs=runs)
         if last is not None:
             response.next_page_token = pages.encode_page_token(
-                pages.PagePosition(json.dumps(list(last))), filters
+                pages.PagePosition(_encode(list(last))), filters
             )
         return response
 
@@ -119,7 +152,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         response = orchestrator_pb2.ListRunCandidatesResponse(candidates=found)
         if last is not None:
             response.next_page_token = pages.encode_page_token(
-                pages.PagePosition(json.dumps([last[0], last[1]])), filters
+                pages.PagePosition(_encode([last[0], last[1]])), filters
             )
         return response
 
