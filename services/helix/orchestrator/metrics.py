@@ -61,7 +61,7 @@ class _Collector(Collector):
         yield CounterMetricFamily(
             "helix_orchestrator_split_generations",
             "Generations bred in ranges across several generators at once.",
-            value=engine.splits,
+            value=engine.breeder.splits,
         )
         yield GaugeMetricFamily(
             "helix_orchestrator_backlog",

@@ -8,9 +8,10 @@ Events reach live watchers only after their commit, through bounded per-watcher 
 A run's task (`_drive`): wait (PENDING, with the reason in the run and its events) until
 a generator that serves its DNA and an oracle agent hosting its oracle are live, failing
 after `wait_timeout`; pin the DNA (resolved once through GetDna for a named DNA) and the
-oracle's config_hash; then RUNNING, one generation at a time (`search.Search`): generate
-(with failover between generators), verify (`dispatch.Verifier`), commit. On start, every
-PENDING or RUNNING run in the store is resumed from its last checkpoint.
+oracle's config_hash; then RUNNING, one generation at a time (`search.Search`): breed
+(`breeding.Breeder`: failover between generators, ranges across several), verify
+(`dispatch.Verifier`), commit. On start, every PENDING or RUNNING run in the store is
+resumed from its last checkpoint. Live events reach WatchRun through `watchers.Watchers`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ import hashlib
 import json
 import logging
 import math
-import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -34,11 +33,9 @@ from google.protobuf import timestamp_pb2
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
-import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
-import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.support import describe
 from helix.common import errors, reasons, rules
 from helix.common.aio import cancel_and_wait
@@ -46,6 +43,7 @@ from helix.common.errors import FieldViolation
 from helix.genome.documents import check_dna_message
 from helix.genome.layout import fingerprint, normalise, population_size
 from helix.orchestrator.agents import GENERATOR, ORACLE, AgentPool
+from helix.orchestrator.breeding import Breeder, BreedingPlan
 from helix.orchestrator.dispatch import NoAgents, RunFailed, Verifier, VerifySettings
 from helix.orchestrator.search import (
     SCORED,
@@ -65,6 +63,7 @@ from helix.orchestrator.store import (
     StoredRun,
     StoredRunRequest,
 )
+from helix.orchestrator.watchers import Watcher, Watchers
 from helix.security.principal import Principal
 
 log = logging.getLogger("helix.orchestrator")
@@ -78,18 +77,7 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 VERDICT_FAILED = candidate_pb2.VERDICT_STATUS_FAILED
 MAX_ERROR = 1024
 REQUEST_TTL = 600.0
-GENERATE_ATTEMPTS = 5
-# Generators that serve GenerateRequest.offset/limit say so with this label
-# (helix.generator.agent.RANGES_LABEL): only they get a range of a generation.
-RANGES_LABEL = "helix.dev/generate-ranges"
-
-
-def _ranged(request: generator_pb2.GenerateRequest) -> bool:
-    return bool(request.offset or request.limit)
-
-
-def _serves_ranges(agent: registry_pb2.Agent) -> bool:
-    return agent.labels.get(RANGES_LABEL) == "true"
+PIN_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,99 +118,6 @@ def _stop_state(event: orchestrator_pb2.RunEvent) -> bool:
     return event.WhichOneof("kind") == "state_changed" and event.state_changed.state in TERMINAL
 
 
-class _Watchers:
-    """Live event fan-out: one bounded queue per watcher; a full queue marks it too slow."""
-
-    def __init__(self, settings: RunSettings) -> None:
-        self.settings = settings
-        self._by_run: dict[str, set[_Watcher]] = {}
-        self._by_principal: dict[str, int] = {}
-        self.count = 0
-
-    def subscribe(self, run: str, principal: str) -> _Watcher:
-        if self.count >= self.settings.max_watchers:
-            raise errors.ResourceExhausted(
-                f"the orchestrator serves {self.count} watchers, its limit",
-                retry_after=1.0,
-                reason=reasons.TOO_MANY_WATCHERS,
-            )
-        if self._by_principal.get(principal, 0) >= self.settings.max_watchers_per_principal:
-            raise errors.ResourceExhausted(
-                f"{principal} already holds {self.settings.max_watchers_per_principal} "
-                "WatchRun streams, its limit",
-                retry_after=1.0,
-                reason=reasons.TOO_MANY_WATCHERS,
-            )
-        watcher = _Watcher(run, principal, self.settings.watcher_queue)
-        self._by_run.setdefault(run, set()).add(watcher)
-        self._by_principal[principal] = self._by_principal.get(principal, 0) + 1
-        self.count += 1
-        return watcher
-
-    def unsubscribe(self, watcher: _Watcher) -> None:
-        found = self._by_run.get(watcher.run)
-        if found is None or watcher not in found:
-            return
-        found.discard(watcher)
-        if not found:
-            del self._by_run[watcher.run]
-        left = self._by_principal[watcher.principal] - 1
-        if left:
-            self._by_principal[watcher.principal] = left
-        else:
-            del self._by_principal[watcher.principal]
-        self.count -= 1
-
-    def publish(self, run: str, events: Sequence[orchestrator_pb2.RunEvent]) -> None:
-        for watcher in self._by_run.get(run, ()):
-            watcher.push(events)
-
-
-class _Watcher:
-    def __init__(self, run: str, principal: str, maxsize: int) -> None:
-        self.run = run
-        self.principal = principal
-        self.maxsize = maxsize
-        self.events: list[orchestrator_pb2.RunEvent] = []
-        self.overflowed = False
-        self.ready = asyncio.Event()
-
-    def push(self, events: Sequence[orchestrator_pb2.RunEvent]) -> None:
-        if self.overflowed:
-            return
-        if len(self.events) + len(events) > self.maxsize:
-            self.overflowed = True
-            self.events.clear()
-        else:
-            self.events.extend(events)
-        self.ready.set()
-
-    def take_now(self) -> list[orchestrator_pb2.RunEvent]:
-        """The events queued so far, without waiting."""
-        if self.overflowed:
-            raise errors.ResourceExhausted(
-                f"this watcher fell more than {self.maxsize} events behind; watch again from "
-                "the last sequence received",
-                reason=reasons.WATCHER_TOO_SLOW,
-            )
-        taken, self.events = self.events, []
-        return taken
-
-    async def take(self) -> list[orchestrator_pb2.RunEvent]:
-        while not self.events and not self.overflowed:
-            self.ready.clear()
-            await self.ready.wait()
-        return self.take_now()
-
-
-@dataclass(slots=True)
-class _Breeding:
-    """What a run learned about breeding its DNA: the generators' chunk size (from their
-    GenerateResponse.chunk_size; 0 until known)."""
-
-    chunk_size: int = 0
-
-
 @dataclass(eq=False)
 class _Active:
     """An unfinished run held by this orchestrator."""
@@ -246,14 +141,22 @@ class Orchestrator:
         self.store = store
         self.pool = pool
         self.settings = settings or RunSettings()
-        self.watchers = _Watchers(self.settings)
+        self.watchers = Watchers(
+            queue=self.settings.watcher_queue,
+            max_watchers=self.settings.max_watchers,
+            max_per_principal=self.settings.max_watchers_per_principal,
+        )
+        self.breeder = Breeder(
+            pool,
+            wait_timeout=self.settings.wait_timeout,
+            generate_timeout=self.settings.generate_timeout,
+        )
         self._active: dict[str, _Active] = {}
         self._creating: dict[str, int] = {}  # principal -> CreateRun calls storing a run
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
         self.generations = 0  # completed generations, all runs (metrics)
         self.evaluations = 0
-        self.splits = 0  # generations bred in ranges across generators
         self.backlog = 0  # candidates handed to verification without a verdict yet
         self.ended: dict[int, int] = {}  # runs ended since start, by final state
 
@@ -625,7 +528,7 @@ class Orchestrator:
             )
 
     async def _ended(
-        self, name: str, watcher: _Watcher, last: int
+        self, name: str, watcher: Watcher, last: int
     ) -> AsyncIterator[orchestrator_pb2.RunEvent]:
         """The rest of a run that is no longer driven: its last events are in the history
         read or, if it ended since, in the watcher's queue (it subscribed first); then
@@ -637,7 +540,7 @@ class Orchestrator:
                 yield event
 
     async def _live(
-        self, name: str, watcher: _Watcher, last: int
+        self, name: str, watcher: Watcher, last: int
     ) -> AsyncIterator[orchestrator_pb2.RunEvent]:
         """Live events after `last`, until the terminal state's."""
         while True:
@@ -848,7 +751,7 @@ class Orchestrator:
             return pinned, run.oracle_config_hash
         await self._wait_for_agents(active)
         if run.dna_name:
-            pinned, fingerprint_ = await self._resolve_dna(run.dna_name)
+            pinned, fingerprint_ = await self.breeder.resolve_dna(run.dna_name)
         else:
             pinned = normalise(run.dna)
             fingerprint_ = fingerprint(pinned)
@@ -877,37 +780,11 @@ class Orchestrator:
                 pinned=pinned,
             )
 
-    async def _resolve_dna(self, name: str) -> tuple[dna_pb2.Dna, str]:
-        last = ""
-        for _ in range(GENERATE_ATTEMPTS):
-            agents = self.pool.generators(name)
-            if not agents:
-                await self.pool.wait_changed(1.0)
-                continue
-            agent = random.choice(agents)
-            stub = generator_pb2_grpc.GeneratorServiceStub(self.pool.channel(agent))
-            try:
-                found = await stub.GetDna(generator_pb2.GetDnaRequest(name=name), timeout=30)
-            except grpc.aio.AioRpcError as error:
-                last = f"{agent.name}: {describe(error)}"
-                if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                    raise RunFailed(f"cannot resolve {name}: {last}") from None
-                await asyncio.sleep(0.5)
-                continue
-            document = found.dna
-            if not document.valid:
-                problems = "; ".join(
-                    f"{v.field_path}: {v.description}" for v in document.violations[:3]
-                )
-                raise RunFailed(f"{name} is not valid: {problems}")
-            return normalise(document.dna), document.fingerprint
-        raise RunFailed(f"cannot resolve {name}: {last or 'no generator answered'}")
-
     async def _pin_oracle(self, oracle: str) -> str:
         """The config_hash the run pins: the one most live agents hosting the oracle have
         (ties: the smallest hash), so the run uses as many agents as it can."""
         last = ""
-        for _ in range(GENERATE_ATTEMPTS):
+        for _ in range(PIN_ATTEMPTS):
             hashes: dict[str, int] = {}
             for agent in self.pool.oracles(oracle):
                 stub = oracle_pb2_grpc.OracleServiceStub(self.pool.channel(agent))
@@ -935,7 +812,7 @@ class Orchestrator:
     async def _generations(self, active: _Active, search: Search, verifier: Verifier) -> None:
         run = active.run
         loop = asyncio.get_running_loop()
-        plan = _Breeding()
+        plan = BreedingPlan()
         while True:
             started = loop.time()
             generation = search.begin()
@@ -989,7 +866,7 @@ class Orchestrator:
         verifier: Verifier,
         generation: Generation,
         request: generator_pb2.GenerateRequest,
-        plan: _Breeding,
+        plan: BreedingPlan,
     ) -> None:
         """Breed and verify one generation, counting its candidates awaiting a verdict in
         the backlog."""
@@ -1062,12 +939,12 @@ class Orchestrator:
         self,
         generation: Generation,
         request: generator_pb2.GenerateRequest,
-        plan: _Breeding,
+        plan: BreedingPlan,
         handed: list[int],
     ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
         """The generation's candidates that need verifying, as they are generated
         (counted in `handed` and the backlog)."""
-        async for candidates in self._split(request, plan):
+        async for candidates in self.breeder.candidates(request, plan):
             fresh = generation.add(candidates)
             if fresh:
                 handed[0] += len(fresh)
@@ -1077,108 +954,3 @@ class Orchestrator:
             raise RunFailed(
                 f"the generator sent {generation.received} candidates, not {generation.count}"
             )
-
-    def _ranges(self, count: int, plan: _Breeding) -> list[tuple[int, int]]:
-        """How to split a generation of `count` across the live generators: ranges of
-        whole chunks, one per generator (at most), or the whole when one is enough."""
-        size = plan.chunk_size
-        chunks = -(-count // size) if size else 1
-        parts = min(sum(1 for a in self.pool.generators() if _serves_ranges(a)), chunks)
-        if parts <= 1:
-            return [(0, 0)]
-        per = -(-chunks // parts)
-        return [(k * size, min((k + per) * size, count) - k * size) for k in range(0, chunks, per)]
-
-    async def _split(
-        self, request: generator_pb2.GenerateRequest, plan: _Breeding
-    ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
-        """The generation's candidates in output order. With several generators live, a
-        generation of several chunks is split into ranges (GenerateRequest.offset/limit)
-        bred at once, one per generator; each range is streamed as soon as those before it
-        are complete, so the order — and the run — is the same as from one generator."""
-        ranges = self._ranges(request.count, plan)
-        if len(ranges) == 1:
-            async for candidates in self._generate(request, plan):
-                yield candidates
-            return
-        queues: list[asyncio.Queue[list[candidate_pb2.Candidate] | BaseException | None]] = [
-            asyncio.Queue() for _ in ranges
-        ]
-
-        async def fill(offset: int, limit: int, queue: asyncio.Queue[Any]) -> None:
-            part = generator_pb2.GenerateRequest()
-            part.CopyFrom(request)
-            part.offset, part.limit = offset, limit
-            try:
-                async for candidates in self._generate(part, plan):
-                    queue.put_nowait(candidates)  # at most one generation, held anyway
-            except asyncio.CancelledError:
-                raise
-            except BaseException as failure:  # handed to the consumer, raised there
-                queue.put_nowait(failure)
-                return
-            queue.put_nowait(None)
-
-        self.splits += 1
-        tasks = [
-            asyncio.create_task(fill(offset, limit, queue), name=f"generate {offset}+{limit}")
-            for (offset, limit), queue in zip(ranges, queues, strict=True)
-        ]
-        try:
-            for queue in queues:
-                while (item := await queue.get()) is not None:
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-        finally:
-            await cancel_and_wait(tasks)
-
-    async def _generate(
-        self, request: generator_pb2.GenerateRequest, plan: _Breeding
-    ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
-        """The candidates of the request (its range), streamed; on a generator's failure
-        the same request goes to another (its output is a pure function of the request:
-        those already received are skipped)."""
-        received = 0
-        failures = 0
-        rng = random.Random()
-        name = request.dna_name
-        waited = 0.0
-        while True:
-            agents = self.pool.generators()
-            if _ranged(request):
-                agents = [a for a in agents if _serves_ranges(a)]
-            if not agents:
-                if waited > self.settings.wait_timeout:
-                    raise NoAgents(f"no live generator for {self.settings.wait_timeout:g}s")
-                await self.pool.wait_changed(1.0)
-                waited += 1.0
-                continue
-            agent = self.pool.pick(agents, rng)
-            stub = generator_pb2_grpc.GeneratorServiceStub(self.pool.channel(agent))
-            call = stub.Generate(request, timeout=self.settings.generate_timeout)
-            self.pool.add_outstanding(agent.name, 1)
-            skip = received
-            try:
-                async for response in call:
-                    plan.chunk_size = response.chunk_size or plan.chunk_size
-                    candidates = list(response.candidates)
-                    dropped = min(skip, len(candidates))
-                    candidates, skip = candidates[dropped:], skip - dropped
-                    if candidates:
-                        received += len(candidates)
-                        yield candidates
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise RunFailed(
-                        f"{agent.name} refused to generate {name or 'the DNA'}: {error.details()}"
-                    ) from None
-                failures += 1
-                if failures >= GENERATE_ATTEMPTS * 4:
-                    raise RunFailed(f"Generate kept failing; last: {describe(error)}") from None
-                log.info("Generate on %s failed (%s); trying again", agent.name, describe(error))
-                await asyncio.sleep(min(0.1 * failures, 2.0))
-            finally:
-                self.pool.add_outstanding(agent.name, -1)
-                call.cancel()
