@@ -54,6 +54,7 @@ from helix.orchestrator.search import (
     rank_key,
 )
 from helix.orchestrator.store import (
+    RequestExists,
     RunCommit,
     RunConflict,
     RunExists,
@@ -272,23 +273,9 @@ class Orchestrator:
         digest = hashlib.sha256(request.run.SerializeToString(deterministic=True))
         digest.update(request.run_id.encode())
         fingerprint_ = digest.digest()
-        remembered = await self.store.find_request(principal.subject, request.request_id)
-        if remembered is not None and remembered.created_at > time.time() - REQUEST_TTL:
-            if remembered.fingerprint != fingerprint_:
-                raise errors.InvalidArgument(
-                    "request_id was used for another CreateRun request",
-                    [
-                        FieldViolation(
-                            "request_id",
-                            "was already used with a different request",
-                            rules.REUSED,
-                        )
-                    ],
-                    reason=reasons.REQUEST_ID_REUSED,
-                )
-            found = await self.store.get(remembered.name)
-            if found is not None:
-                return self._public(found)
+        earlier = await self._remembered(principal, request.request_id, fingerprint_)
+        if earlier is not None:
+            return earlier
         given = request.run
         self._check_known(given)
         dna_name = given.dna_name if given.WhichOneof("dna_source") == "dna_name" else ""
@@ -352,6 +339,14 @@ class Orchestrator:
                     principal.subject, request.request_id, fingerprint_, run.name, time.time()
                 ),
             )
+        except RequestExists:
+            # A retry of this request stored its run meanwhile: answer with that one.
+            earlier = await self._remembered(principal, request.request_id, fingerprint_)
+            if earlier is None:
+                raise errors.Aborted(
+                    "a concurrent CreateRun with this request_id failed; retry"
+                ) from None
+            return earlier
         except RunExists:
             raise errors.AlreadyExists(f"{run.name} exists already") from None
         finally:
@@ -360,6 +355,27 @@ class Orchestrator:
         self._active[run.name] = active
         active.task = asyncio.create_task(self._drive(active), name=f"run {run.name}")
         return self._copy(run)
+
+    async def _remembered(
+        self, principal: Principal, request_id: str, fingerprint_: bytes
+    ) -> orchestrator_pb2.Run | None:
+        """The run an earlier CreateRun with this request_id created (None: none within
+        REQUEST_TTL); INVALID_ARGUMENT when that request was a different one."""
+        remembered = await self.store.find_request(principal.subject, request_id)
+        if remembered is None or remembered.created_at <= time.time() - REQUEST_TTL:
+            return None
+        if remembered.fingerprint != fingerprint_:
+            raise errors.InvalidArgument(
+                "request_id was used for another CreateRun request",
+                [
+                    FieldViolation(
+                        "request_id", "was already used with a different request", rules.REUSED
+                    )
+                ],
+                reason=reasons.REQUEST_ID_REUSED,
+            )
+        found = await self.store.get(remembered.name)
+        return self._public(found) if found is not None else None
 
     def _check_known(self, run: orchestrator_pb2.Run) -> None:
         """An oracle or named DNA that the live agents of its kind do not serve is unknown

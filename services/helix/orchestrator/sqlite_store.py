@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from helix.orchestrator.store import (
     CandidatePage,
+    RequestExists,
     RunCommit,
     RunConflict,
     RunExists,
@@ -189,6 +190,22 @@ class SqliteRunStore:
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
             with _Transaction(db):
+                # The request first: an overlapping retry of one CreateRun finds it taken
+                # (RequestExists) before it could take a chosen run name.
+                if request is not None:
+                    try:
+                        db.execute(
+                            "INSERT INTO requests VALUES (?, ?, ?, ?, ?)",
+                            (
+                                request.owner,
+                                request.request_id,
+                                request.fingerprint,
+                                request.name,
+                                request.created_at,
+                            ),
+                        )
+                    except sqlite3.IntegrityError:
+                        raise RequestExists(request.request_id) from None
                 try:
                     db.execute(
                         f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -209,17 +226,6 @@ class SqliteRunStore:
                 db.execute(
                     "INSERT INTO events VALUES (?, ?, ?)", (run.name, event.sequence, event.event)
                 )
-                if request is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)",
-                        (
-                            request.owner,
-                            request.request_id,
-                            request.fingerprint,
-                            request.name,
-                            request.created_at,
-                        ),
-                    )
 
         await self._run(work)
 

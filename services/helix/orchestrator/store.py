@@ -26,6 +26,7 @@ class StoreCorrupt(StoreError):
 
 __all__ = [
     "CandidatePage",
+    "RequestExists",
     "RunCommit",
     "RunConflict",
     "RunExists",
@@ -41,6 +42,11 @@ __all__ = [
 
 class RunExists(Exception):
     """CreateRun: a run with this name exists already."""
+
+
+class RequestExists(Exception):
+    """CreateRun: (owner, request_id) is remembered already — a concurrent retry stored
+    its run first (nothing stored)."""
 
 
 class RunConflict(Exception):
@@ -130,7 +136,8 @@ class RunStore(Protocol):
         self, run: StoredRun, event: StoredEvent, request: StoredRunRequest | None
     ) -> None:
         """Store a new run with its first event and its idempotency record, atomically.
-        RunExists when the name is taken (nothing stored)."""
+        RunExists when the name is taken, RequestExists when the idempotency record is
+        (nothing stored either way)."""
         ...
 
     async def find_request(self, owner: str, request_id: str) -> StoredRunRequest | None:
