@@ -199,10 +199,11 @@ class Verifier:
     # --- streams ------------------------------------------------------------------------
 
     def _usable(self) -> bool:
-        return (
-            any(not s.broken and s.credit > 0 for s in self._streams.values())
-            or any(s.inflight for s in self._streams.values())
-            or bool(self._opening)
+        """Whether some stream can take work or holds some. Streams being opened do not
+        count: an agent that keeps refusing or never answers must not reset the clock
+        after which the run fails with NoAgents."""
+        return any(not s.broken and s.credit > 0 for s in self._streams.values()) or any(
+            s.inflight for s in self._streams.values()
         )
 
     def _open_streams(self, now: float) -> None:
