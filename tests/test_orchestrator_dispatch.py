@@ -303,6 +303,63 @@ async def test_every_candidate_is_recorded_once_when_an_agent_goes_away_mid_batc
         assert verifier.resent > 0  # the killed agent's batches were re-sent
 
 
+async def test_an_agent_that_leaves_the_registry_mid_batch_loses_its_batches(
+    world: World, start_server: Callable[..., Any]
+) -> None:
+    """Deregistered while it holds batches (it still runs): its streams are dropped, its
+    channel closed, its batches re-sent to the other agent, each verdict recorded once,
+    and a late answer from it is not counted."""
+    config = oracle_dir(world.tmp_path / "oracles", pause=0.01, workers=2)
+    leaving = await world.in_process(start_server, "oracle-a", config)
+    await world.in_process(start_server, "oracle-b", config)
+    agents = await world.seen("oracles/slow", 2)
+    verifier = Verifier(
+        world.pool,
+        "oracles/slow",
+        await world.config_hash(agents[0], "oracles/slow"),
+        dna(REAL_DNA),
+        VerifySettings(max_batch=10, batch_timeout=30, wait_timeout=60),
+    )
+    candidates = real_candidates(400, seed=5)
+    recorder = Recorder()
+    left: list[int] = []
+
+    async def leave_mid_batch() -> None:
+        await eventually(
+            lambda: (
+                len(recorder.verdicts) >= 40
+                and world.pool.outstanding.get("agents/oracle-a", 0) > 0
+            ),
+            30,
+            what="oracle-a to hold a batch after some verdicts",
+            interval=0.002,
+        )
+        left.append(len(recorder.verdicts))
+        await world.registry.DeregisterAgent(
+            registry_pb2.DeregisterAgentRequest(name="agents/oracle-a")
+        )
+
+    leaver = asyncio.create_task(leave_mid_batch())
+    try:
+        async with asyncio.timeout(50):
+            await verifier.verify(feed(candidates), recorder)
+        await leaver
+        served_before = leaving.host.stats.batches
+        # The next generation goes to oracle-b alone.
+        again = real_candidates(100, seed=6)
+        async with asyncio.timeout(30):
+            await verifier.verify(feed(again), recorder)
+    finally:
+        leaver.cancel()
+        await verifier.close()
+    assert left, "oracle-a did not leave during the verification"
+    assert recorder.counts() == Counter(c.id for c in [*candidates, *again])
+    assert {v.status for v in recorder.verdicts} == {PASSED}
+    assert verifier.resent > 0
+    assert leaving.host.stats.batches == served_before
+    assert [a.name for a in world.pool.oracles("oracles/slow")] == ["agents/oracle-b"]
+
+
 # --- agents that must not be used ---------------------------------------------------------
 
 
