@@ -471,7 +471,7 @@ async def test_an_unreachable_agent_does_not_keep_the_verifier_waiting_forever(
     recorder = Recorder()
     try:
         with pytest.raises(NoAgents, match="oracles/sphere"):
-            async with asyncio.timeout(12):
+            async with asyncio.timeout(8):
                 await verifier.verify(feed(real_candidates(5)), recorder)
     finally:
         await verifier.close()

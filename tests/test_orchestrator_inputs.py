@@ -25,14 +25,16 @@ from orchestrator_support import RUN_SCOPES, run_request, runs_stub, start_run_s
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
-from helix.common import pages
+from helix.common import errors, pages
+from helix.generator.agent import MAJOR_LABEL, generator_labels
 from helix.orchestrator.agents import AgentPool
-from helix.orchestrator.runs import Orchestrator
+from helix.orchestrator.runs import Orchestrator, RunSettings
 from helix.orchestrator.sqlite_store import SqliteRunStore
 from helix.orchestrator.store import StoredRunRequest
 from helix.security.client import MintingTokenSource, bearer_interceptors
 from helix.security.principal import ADMIN_SCOPE, Principal
 from helix.security.tokens import mint
+from helix.suite import ORCHESTRATOR_SCOPES
 
 from registry_support import Suite, start_suite
 from waiting import eventually
@@ -482,6 +484,13 @@ async def test_cancel_with_a_stale_etag_is_aborted_and_with_the_current_one_canc
     )
     cancelled = (await alice.CancelRun(CancelRun(name=created.name))).run
     assert cancelled.state == CANCELLED
+    assert cancelled.end_time.seconds > 0
+    # Its progress and candidates so far stay readable, and stop moving.
+    assert cancelled.progress.evaluations >= current.progress.evaluations > 0
+    listed = await alice.ListRunCandidates(ListCandidates(name=created.name, page_size=5))
+    assert listed.candidates[0] == cancelled.progress.best
+    later = (await alice.GetRun(GetRun(name=created.name))).run
+    assert later == cancelled
     # Cancelling a CANCELLED run returns it unchanged, whatever the etag.
     for etag in ("", created.etag, "not-an-etag-of-it"):
         again = (await alice.CancelRun(CancelRun(name=created.name, etag=etag))).run
@@ -934,3 +943,86 @@ async def test_one_principal_cannot_hold_unbounded_watch_streams(parties: Partie
     # The cancelled streams gave their places back.
     again = await watch_all(alice, WatchRun(name=created.name))
     assert again[-1].state_changed.state == CANCELLED
+
+
+async def test_a_broken_watch_resumed_from_its_last_sequence_misses_nothing(
+    parties: Parties,
+) -> None:
+    alice = parties.alice
+    created = (await alice.CreateRun(run_request(evaluations=3000))).run
+    received: list[orchestrator_pb2.RunEvent] = []
+    for _ in range(3):  # break the stream twice, a few events in
+        stream = alice.WatchRun(
+            WatchRun(name=created.name, after_sequence=received[-1].sequence if received else 0),
+            timeout=60,
+        )
+        for _ in range(4):
+            response = await stream.read()
+            if not isinstance(response, orchestrator_pb2.WatchRunResponse):
+                break  # EOF: the run ended
+            received.append(response.event)
+        stream.cancel()
+    received += await watch_to_end(alice, created.name, received[-1].sequence)
+    assert [e.sequence for e in received] == list(range(1, len(received) + 1))
+    assert received[-1].state_changed.state == SUCCEEDED
+    assert received == await watch_all(alice, WatchRun(name=created.name))
+
+
+async def test_only_the_best_keep_best_candidates_are_retained(tmp_path: Path) -> None:
+    parties = await ready(tmp_path, orchestrator_keep_best=20)
+    try:
+        run = parties.finished
+        assert run.progress.evaluations >= 200
+        listed = await parties.alice.ListRunCandidates(
+            ListCandidates(name=run.name, page_size=1000)
+        )
+        assert len(listed.candidates) == 20
+        assert listed.candidates[0] == run.progress.best
+        keys = [(c.verdict.score, c.candidate.id) for c in listed.candidates]
+        assert keys == sorted(keys)
+        # Every new best the run reported scores at least as well as the 20th kept one.
+        events = await watch_all(parties.alice, WatchRun(name=run.name))
+        bests = [e.new_best.best for e in events if e.HasField("new_best")]
+        assert bests[-1] == run.progress.best
+        assert bests[-1].verdict.score <= keys[-1][0]
+    finally:
+        await parties.suite.close()
+
+
+async def test_a_watcher_that_does_not_keep_up_is_told_and_can_resume(tmp_path: Path) -> None:
+    """The engine of the suite's orchestrator with per-watcher queues of 4 events, over a
+    suite's registry and agents: a watcher that stops reading while the run goes on gets
+    RESOURCE_EXHAUSTED (WATCHER_TOO_SLOW), never a silent gap; one that keeps up, and the
+    slow one resuming from its last sequence, get every event once."""
+    suite = await start_run_suite(tmp_path / "suite", orchestrator_embedded=False)
+    signer = suite.server.security.signer
+    calls = MintingTokenSource(signer, "helix-orchestrator", ORCHESTRATOR_SCOPES)
+
+    def dial(address: str) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(address, interceptors=bearer_interceptors(calls))
+
+    pool = AgentPool(
+        lambda: dial(suite.server.address), dial, generator_major=generator_labels()[MAJOR_LABEL]
+    )
+    engine = Orchestrator(
+        SqliteRunStore(tmp_path / "runs.sqlite3"), pool, RunSettings(watcher_queue=4)
+    )
+    await engine.start()
+    alice = Principal("alice", frozenset(RUN_SCOPES))
+    try:
+        run = await engine.create(alice, run_request(evaluations=2000))
+        slow = engine.watch(alice, run.name, 0)
+        first = await anext(slow)  # subscribed; then it stops reading
+        fast = [event async for event in engine.watch(alice, run.name, 0)]
+        assert fast[-1].state_changed.state == SUCCEEDED
+        assert [e.sequence for e in fast] == list(range(1, len(fast) + 1))
+        assert len(fast) > 5
+        with pytest.raises(errors.ResourceExhausted) as caught:
+            await anext(slow)
+        assert caught.value.reason == "WATCHER_TOO_SLOW"
+        resumed = [event async for event in engine.watch(alice, run.name, first.sequence)]
+        assert [first, *resumed] == fast
+        assert engine.watchers.count == 0
+    finally:
+        await engine.stop()
+        await suite.close()
