@@ -66,7 +66,7 @@ ORACLES = [
 ]
 PRINCIPALS = ("alice", "bob", "root")
 FUZZ = settings(
-    max_examples=400,
+    max_examples=250,
     deadline=None,
     database=None,
     suppress_health_check=[
@@ -112,7 +112,7 @@ class Live:
             response_deserializer=orchestrator_pb2.WatchRunResponse.FromString,
         )
         # A live run's stream rightly waits for its next event: a short deadline ends it.
-        return list(method(request, metadata=self.metadata(who), timeout=0.5))
+        return list(method(request, metadata=self.metadata(who), timeout=0.3))
 
 
 def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
