@@ -144,7 +144,7 @@ class World:
         self.registry = suite.stub("oracles-admin", ("agents.read", "agents.write"))
 
     async def in_process(
-        self, start_server: Callable[..., Any], agent_id: str, config: Path
+        self, start_server: Callable[..., Any], agent_id: str, config: Path, **settings: Any
     ) -> OracleService:
         """An OracleService server in this process, registered as agent `agent_id`."""
         service = oracle_service(
@@ -152,6 +152,7 @@ class World:
                 port=0,
                 oracle_config=config,
                 oracle_reports_dir=config.parent / "reports",
+                **settings,
             )
         )
         server = await start_server([service.binding], grace_period=Duration(1))
@@ -358,6 +359,69 @@ async def test_an_agent_that_leaves_the_registry_mid_batch_loses_its_batches(
     assert verifier.resent > 0
     assert leaving.host.stats.batches == served_before
     assert [a.name for a in world.pool.oracles("oracles/slow")] == ["agents/oracle-b"]
+
+
+async def test_batches_stay_within_the_credit_an_agent_grants(
+    world: World, start_server: Callable[..., Any]
+) -> None:
+    """An agent granting 3 candidates of credit gets many small batches, never more than
+    it granted (it would end the stream with CREDIT_EXCEEDED): nothing is re-sent."""
+    service = await world.in_process(
+        start_server, "narrow", oracle_dir(world.tmp_path / "o", pause=0.0, capacity=3)
+    )
+    (agent,) = await world.seen("oracles/sphere", 1)
+    verifier = Verifier(
+        world.pool,
+        "oracles/sphere",
+        await world.config_hash(agent, "oracles/sphere"),
+        dna(REAL_DNA),
+    )
+    candidates = real_candidates(300, seed=8)
+    recorder = Recorder()
+    try:
+        async with asyncio.timeout(30):
+            await verifier.verify(feed(candidates, chunk=7), recorder)
+    finally:
+        await verifier.close()
+    assert recorder.counts() == Counter(c.id for c in candidates)
+    assert {v.status for v in recorder.verdicts} == {PASSED}
+    assert verifier.resent == 0
+    assert verifier.streams_opened == 1
+    assert service.host.stats.batches >= 100  # 300 candidates, at most 3 at a time
+
+
+async def test_a_stream_the_agent_closed_while_idle_is_reopened_for_the_next_generation(
+    world: World, start_server: Callable[..., Any]
+) -> None:
+    """Between generations the stream idles; the agent ends it (STREAM_IDLE). The next
+    generation opens another and every candidate still gets one verdict."""
+    service = await world.in_process(
+        start_server,
+        "idle",
+        oracle_dir(world.tmp_path / "o", pause=0.0),
+        oracle_stream_idle_timeout=Duration(0.3),
+    )
+    (agent,) = await world.seen("oracles/sphere", 1)
+    verifier = Verifier(
+        world.pool,
+        "oracles/sphere",
+        await world.config_hash(agent, "oracles/sphere"),
+        dna(REAL_DNA),
+    )
+    recorder = Recorder()
+    generations = [real_candidates(50, seed=20 + g) for g in range(3)]
+    try:
+        for generation in generations:
+            async with asyncio.timeout(30):
+                await verifier.verify(feed(generation), recorder)
+            await eventually(
+                lambda: not service.servicer.streams, 10, what="the agent to end the idle stream"
+            )
+    finally:
+        await verifier.close()
+    assert recorder.counts() == Counter(c.id for g in generations for c in g)
+    assert {v.status for v in recorder.verdicts} == {PASSED}
+    assert verifier.streams_opened == 3
 
 
 # --- agents that must not be used ---------------------------------------------------------
