@@ -512,12 +512,6 @@ async def test_with_no_usable_agent_the_verifier_gives_up_after_its_wait_timeout
     assert recorder.verdicts == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an agent that keeps refusing the stream (unreachable, busy, or excluded and "
-    "retried) resets the Verifier's idle clock at every open attempt (dispatch.py _usable "
-    "counts _opening), so NoAgents never comes and the run waits forever",
-)
 async def test_an_unreachable_agent_does_not_keep_the_verifier_waiting_forever(
     world: World,
 ) -> None:
