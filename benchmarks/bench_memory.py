@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -252,10 +253,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=float, default=0.1)
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--arena-max",
+        type=int,
+        help="run helix with MALLOC_ARENA_MAX set to this (glibc's limit on malloc arenas)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if not 0 < args.warmup < 1 or args.interval <= 0 or args.budget < 1:
         parser.error("--warmup must be in (0, 1), --interval and --budget positive")
+    if args.arena_max is not None:
+        os.environ["MALLOC_ARENA_MAX"] = str(args.arena_max)  # the child inherits it
     started = time.perf_counter()
     command = " ".join(["python benchmarks/bench_memory.py", *(argv or sys.argv[1:])])
     with tempfile.TemporaryDirectory(prefix="helix-bench-memory-") as scratch:
@@ -301,7 +309,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"`{command}`: {elapsed:.0f} s on this machine (2 cores, shared with other work "
         "while it ran). `helix run benchmarks/dna/sphere-10d.yaml --oracle sphere` "
         f"(population 1,000, budget {args.budget:,}), the embedded suite in the child "
-        "process; its VmRSS sampled from /proc.",
+        "process; its VmRSS sampled from /proc"
+        + (
+            f"; the child run with MALLOC_ARENA_MAX={args.arena_max}."
+            if args.arena_max is not None
+            else " (glibc's default malloc arenas)."
+        ),
         "",
         *lines,
         "",
