@@ -1,8 +1,8 @@
 """End-to-end evaluations/s: `helix run` against DEAP eaSimple and Optuna on sphere-10D.
 
 The problem: the sphere function over 10 reals in [-5.12, 5.12], population 1,000, the same
-evaluation budget for helix and DEAP (`--budget`, default 100,000), in this one script
-run, each side `--repeats` times (medians reported):
+evaluation budget for helix and DEAP (`--budget`, default 200,000: about 12 s of `helix
+run`), in this one script run, each side `--repeats` times (medians reported):
 
 - helix: `helix run benchmarks/dna/sphere-10d.yaml --oracle sphere --budget N --seed S
   --json` as a child process (benchmarks/helix_cli.py), exactly what a user runs: the
@@ -30,7 +30,7 @@ CPU time into generate / verify / orchestrate / plumbing / client, and the hotte
 functions. Prints the figures and the ratios helix/DEAP and helix/Optuna (targets >= 2.5
 and >= 30), one JSON line, and writes Markdown to `--out`.
 
-    python benchmarks/bench_run.py [--budget 100000] [--optuna-trials 20000] [--repeats 3]
+    python benchmarks/bench_run.py [--budget 200000] [--optuna-trials 20000] [--repeats 3]
         [--no-profile] [--out benchmarks/results/run.md]
 """
 
@@ -287,7 +287,7 @@ def kept_analysis(path: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--budget", type=int, default=100_000)
+    parser.add_argument("--budget", type=int, default=200_000)
     parser.add_argument("--optuna-trials", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
