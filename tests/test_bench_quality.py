@@ -145,7 +145,9 @@ def test_alpha_beats_random_on_a_small_budget(name, budget):
 
 def test_the_bench_writes_its_table_and_one_json_line(tmp_path, capsys):
     out = tmp_path / "quality.md"
-    report = bench_quality.main(["--seeds", "2", "--budget-scale", "0.01", "--out", str(out)])
+    report = bench_quality.main(
+        ["--seeds", "2", "--budget-scale", "0.01", "--no-run-path", "--out", str(out)]
+    )
     assert set(report["results"]) == set(quality.PROBLEMS)
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "evals" in line]
