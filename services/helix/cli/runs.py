@@ -43,6 +43,8 @@ import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
+import helix.v1.registry_pb2 as registry_pb2
+import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.cli.client import add_client_arguments, describe_error, open_channel
 from helix.cli.generate import local_dna
 from helix.cli.oracles import parse_oracle_name
@@ -59,9 +61,10 @@ from helix.cli.run_output import (
 from helix.common.channel import create_channel
 from helix.common.config import ConfigError, Duration, parse_duration_setting
 from helix.security.client import MintingTokenSource, bearer_interceptors
-from helix.security.scopes import DNA_READ, ORACLES_READ, RUNS_READ, RUNS_WRITE
+from helix.security.scopes import AGENTS_READ, DNA_READ, ORACLES_READ, RUNS_READ, RUNS_WRITE
 
-SCOPES = (RUNS_READ, RUNS_WRITE, DNA_READ, ORACLES_READ)
+SCOPES = (RUNS_READ, RUNS_WRITE, DNA_READ, ORACLES_READ, AGENTS_READ)
+EMBEDDED_START = 30.0  # seconds the embedded agents have to register
 DEFAULT_BUDGET = 10_000
 MAX_CANDIDATES_WRITTEN = 1000
 TERMINAL = (
@@ -203,7 +206,13 @@ def _dna(args: argparse.Namespace) -> tuple[str, dna_pb2.Dna | None]:
 async def _embedded(args: argparse.Namespace, reports: Path) -> AsyncIterator[grpc.aio.Channel]:
     """The embedded suite on a loopback port for this run, and a channel to it."""
     from helix.common import logs
-    from helix.suite import EmbeddedConfig, create_embedded, prepare_embedded
+    from helix.suite import (
+        EMBEDDED_GENERATOR_ID,
+        EMBEDDED_ORACLE_ID,
+        EmbeddedConfig,
+        create_embedded,
+        prepare_embedded,
+    )
 
     scratch = None
     data_dir = args.data_dir
@@ -234,6 +243,7 @@ async def _embedded(args: argparse.Namespace, reports: Path) -> AsyncIterator[gr
             tokens = MintingTokenSource(security.signer, f"cli:{getpass.getuser()}", SCOPES)
             channel = create_channel(server.address, interceptors=bearer_interceptors(tokens))
             try:
+                await _registered(channel, (EMBEDDED_GENERATOR_ID, EMBEDDED_ORACLE_ID))
                 yield channel
             finally:
                 await channel.close()
@@ -242,6 +252,29 @@ async def _embedded(args: argparse.Namespace, reports: Path) -> AsyncIterator[gr
     finally:
         if scratch is not None:
             await asyncio.to_thread(scratch.cleanup)
+
+
+async def _registered(channel: grpc.aio.Channel, agent_ids: tuple[str, ...]) -> None:
+    """Wait (at most EMBEDDED_START seconds) until the embedded agents are registered and
+    serving, so the run is checked against them (an unknown DNA or oracle is refused
+    at once rather than waiting PENDING for agents that will never serve it)."""
+    stub = registry_pb2_grpc.RegistryServiceStub(channel)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EMBEDDED_START
+    for agent_id in agent_ids:
+        while True:
+            try:
+                found = await stub.GetAgent(
+                    registry_pb2.GetAgentRequest(name=f"agents/{agent_id}"), timeout=5
+                )
+                if found.agent.health == registry_pb2.AGENT_HEALTH_SERVING:
+                    break
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            if loop.time() > deadline:
+                return  # the run will say what it waits for
+            await asyncio.sleep(0.01)
 
 
 async def _objective(channel: grpc.aio.Channel, oracle: str) -> int:

@@ -58,7 +58,8 @@ class AgentPool:
         self._closing: set[asyncio.Task[None]] = set()
         self._generator_major = generator_major
         self.outstanding: dict[str, int] = {}
-        self.changed = asyncio.Event()
+        self.version = 0  # moves on at every change of the agents
+        self._changed = asyncio.Event()  # set (and replaced) at every change
         self._unsubscribe: Callable[[], None] | None = None
 
     @property
@@ -107,14 +108,20 @@ class AgentPool:
             )
         if type_ == registry_pb2.AGENT_EVENT_TYPE_DELETE:
             self.outstanding.pop(agent.name, None)
-        self.changed.set()
+        self.version += 1
+        self._changed.set()  # wakes every waiter; later ones wait for the next change
+        self._changed = asyncio.Event()
 
-    async def wait_changed(self, seconds: float) -> None:
-        """Wait until the agents change or `seconds` pass."""
-        self.changed.clear()
+    async def wait_changed(self, seconds: float, since: int | None = None) -> None:
+        """Wait until the agents change after `version` was `since` (default: from now),
+        or `seconds` pass. Read `version` before looking at the agents and pass it here,
+        so a change in between is not missed."""
+        if since is not None and since != self.version:
+            return
+        changed = self._changed
         try:
             async with asyncio.timeout(seconds):
-                await self.changed.wait()
+                await changed.wait()
         except TimeoutError:
             pass
 

@@ -132,13 +132,14 @@ class Breeder:
         name = request.dna_name
         waited = 0.0
         while True:
+            seen = self.pool.version
             agents = self.pool.generators()
             if _ranged(request):
                 agents = [a for a in agents if _serves_ranges(a)]
             if not agents:
                 if waited > self.wait_timeout:
                     raise NoAgents(f"no live generator for {self.wait_timeout:g}s")
-                await self.pool.wait_changed(1.0)
+                await self.pool.wait_changed(1.0, seen)
                 waited += 1.0
                 continue
             agent = self.pool.pick(agents, rng)
@@ -173,9 +174,10 @@ class Breeder:
     async def resolve_dna(self, name: str) -> tuple[dna_pb2.Dna, str]:
         last = ""
         for _ in range(GENERATE_ATTEMPTS):
+            seen = self.pool.version
             agents = self.pool.generators(name)
             if not agents:
-                await self.pool.wait_changed(1.0)
+                await self.pool.wait_changed(1.0, seen)
                 continue
             agent = random.choice(agents)
             stub = generator_pb2_grpc.GeneratorServiceStub(self.pool.channel(agent))

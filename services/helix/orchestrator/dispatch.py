@@ -156,6 +156,7 @@ class Verifier:
                     raise feeder.exception()  # type: ignore[misc]
                 if self._fatal is not None:
                     raise self._fatal
+                seen = self.pool.version
                 self._check_deadlines(loop.time())
                 self._open_streams(loop.time())
                 self._assign(loop.time())
@@ -174,14 +175,13 @@ class Verifier:
                 self._wake.clear()
                 waits = [
                     asyncio.ensure_future(self._wake.wait()),
-                    asyncio.ensure_future(self.pool.changed.wait()),
+                    asyncio.ensure_future(self.pool.wait_changed(0.5, seen)),
                 ]
                 try:
                     await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for waiting in waits:
                         waiting.cancel()
-                self.pool.changed.clear()
         finally:
             await cancel_and_wait([feeder])
             self._record = None

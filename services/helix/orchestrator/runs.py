@@ -727,6 +727,7 @@ class Orchestrator:
         deadline = loop.time() + self.settings.wait_timeout
         told = ""
         while True:
+            seen = self.pool.version
             missing = []
             if not self.pool.generators(run.dna_name if run.dna_name else ""):
                 what = run.dna_name if run.dna_name else "the run's DNA"
@@ -753,7 +754,7 @@ class Orchestrator:
             left = deadline - loop.time()
             if left <= 0:
                 raise NoAgents(f"waited {self.settings.wait_timeout:g}s: {why}")
-            await self.pool.wait_changed(min(left, 1.0))
+            await self.pool.wait_changed(min(left, 1.0), seen)
 
     async def _start(self, active: _Active) -> tuple[dna_pb2.Dna, str]:
         """The pinned DNA and oracle config_hash (resolved now, or kept from before a
@@ -802,6 +803,7 @@ class Orchestrator:
         last = ""
         for _ in range(PIN_ATTEMPTS):
             hashes: dict[str, int] = {}
+            seen = self.pool.version
             for agent in self.pool.oracles(oracle):
                 stub = oracle_pb2_grpc.OracleServiceStub(self.pool.channel(agent))
                 try:
@@ -814,7 +816,7 @@ class Orchestrator:
                 hashes[info.oracle.config_hash] = hashes.get(info.oracle.config_hash, 0) + 1
             if hashes:
                 return min(hashes, key=lambda h: (-hashes[h], h))
-            await self.pool.wait_changed(1.0)
+            await self.pool.wait_changed(1.0, seen)
         raise RunFailed(f"cannot learn the configuration of {oracle}: {last or 'no agent'}")
 
     async def _search(self, active: _Active, spec: SearchSpec, pinned: dna_pb2.Dna) -> Search:
