@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,7 +47,9 @@ from helix.orchestrator.agents import GENERATOR, ORACLE, AgentPool
 from helix.orchestrator.breeding import Breeder, BreedingPlan
 from helix.orchestrator.dispatch import NoAgents, RunFailed, Verifier, VerifySettings
 from helix.orchestrator.search import (
+    MINIMIZE,
     SCORED,
+    Counters,
     Generation,
     Search,
     SearchSpec,
@@ -119,6 +122,20 @@ def _stop_state(event: orchestrator_pb2.RunEvent) -> bool:
     return event.WhichOneof("kind") == "state_changed" and event.state_changed.state in TERMINAL
 
 
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A completed generation, as it is to be committed (taken before the next one)."""
+
+    counters: Counters
+    best: candidate_pb2.ScoredCandidate | None
+    events: list[orchestrator_pb2.RunEvent]
+    stop_reason: int
+    checkpoint: bytes
+    population: tuple[int, bytes]
+    keep_generations: int
+    candidates: list[StoredCandidate]
+
+
 @dataclass(eq=False)
 class _Active:
     """An unfinished run held by this orchestrator."""
@@ -128,6 +145,8 @@ class _Active:
     last_sequence: int
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
+    best: list[tuple[float, str]] = field(default_factory=list)  # retained best (key, id)
+    best_ids: set[str] = field(default_factory=set)
 
 
 class Orchestrator:
@@ -828,56 +847,89 @@ class Orchestrator:
         return Search.restore(spec, pinned, state, populations, best)
 
     async def _generations(self, active: _Active, search: Search, verifier: Verifier) -> None:
-        run = active.run
+        """Generation after generation until a limit is reached. Generation g is committed
+        while g+1 is bred and verified (its request needs only the population in memory);
+        commits stay in order — g+1's waits for g's — and a run whose commit finds it no
+        longer RUNNING (cancelled) stops."""
         loop = asyncio.get_running_loop()
         plan = BreedingPlan()
-        while True:
-            started = loop.time()
-            generation = search.begin()
-            request = search.request()
-            await self._verify(verifier, generation, request, plan)
-            outcome = search.finish(generation, loop.time() - started)
-            self.generations += 1
-            self.evaluations += len(outcome.fresh)
-            candidates = self._retained(run.objective, outcome.fresh, search)
-            c = search.counters
-            async with active.lock:
-                if run.state != RUNNING:
-                    return
-                progress = run.progress
-                progress.generation = max(c.generation, 0)
-                progress.evaluations = c.evaluations
-                progress.cache_hits = c.cache_hits
-                progress.duplicates = c.duplicates
-                progress.failed = c.failed
-                progress.errors = c.errors
-                if search.best is not None:
-                    progress.best.CopyFrom(search.best)
-                events = outcome.events
-                if outcome.stop_reason:
-                    run.state = SUCCEEDED
-                    run.stop_reason = outcome.stop_reason  # type: ignore[assignment]
-                    run.end_time.CopyFrom(_now())
-                    events = [
-                        *events,
-                        orchestrator_pb2.RunEvent(
-                            state_changed=orchestrator_pb2.RunStateChanged(
-                                state=SUCCEEDED,
-                                stop_reason=outcome.stop_reason,  # type: ignore[arg-type]
-                            )
-                        ),
-                    ]
-                await self._commit_locked(
-                    active,
-                    events,
+        committing: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                started = loop.time()
+                generation = search.begin()
+                request = search.request()
+                await self._verify(verifier, generation, request, plan)
+                outcome = search.finish(generation, loop.time() - started)
+                self.generations += 1
+                self.evaluations += len(outcome.fresh)
+                done = _Done(
+                    counters=dataclasses.replace(search.counters),
+                    best=search.best,
+                    events=outcome.events,
+                    stop_reason=outcome.stop_reason,
                     checkpoint=search.state(),
                     population=(generation.number, encode_population(outcome.population)),
                     keep_generations=search.spec.window,
-                    candidates=candidates,
+                    candidates=self._retained(active, active.run.objective, outcome.fresh, search),
+                )
+                if committing is not None and not await committing:
+                    return
+                committing = asyncio.create_task(
+                    self._commit_generation(active, done), name=f"commit {active.run.name}"
                 )
                 if outcome.stop_reason:
-                    self._active.pop(run.name, None)
+                    await committing
                     return
+        finally:
+            if committing is not None and not committing.done():
+                # Let an acknowledged generation reach the store (its commit is short);
+                # cancelling it would leave memory and store out of step.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(committing)
+
+    async def _commit_generation(self, active: _Active, done: _Done) -> bool:
+        """Commit one completed generation; False when the run is no longer RUNNING."""
+        run = active.run
+        async with active.lock:
+            if run.state != RUNNING:
+                return False
+            c = done.counters
+            progress = run.progress
+            progress.generation = max(c.generation, 0)
+            progress.evaluations = c.evaluations
+            progress.cache_hits = c.cache_hits
+            progress.duplicates = c.duplicates
+            progress.failed = c.failed
+            progress.errors = c.errors
+            if done.best is not None:
+                progress.best.CopyFrom(done.best)
+            events = done.events
+            if done.stop_reason:
+                run.state = SUCCEEDED
+                run.stop_reason = done.stop_reason  # type: ignore[assignment]
+                run.end_time.CopyFrom(_now())
+                events = [
+                    *events,
+                    orchestrator_pb2.RunEvent(
+                        state_changed=orchestrator_pb2.RunStateChanged(
+                            state=SUCCEEDED,
+                            stop_reason=done.stop_reason,  # type: ignore[arg-type]
+                        )
+                    ),
+                ]
+            await self._commit_locked(
+                active,
+                events,
+                checkpoint=done.checkpoint,
+                population=done.population,
+                keep_generations=done.keep_generations,
+                candidates=done.candidates,
+            )
+            if done.stop_reason:
+                self._active.pop(run.name, None)
+                return False
+            return True
 
     async def _verify(
         self,
@@ -911,46 +963,52 @@ class Orchestrator:
 
     def _retained(
         self,
+        active: _Active,
         objective: int,
         fresh: list[candidate_pb2.ScoredCandidate],
         search: Search,
     ) -> list[StoredCandidate]:
-        """The fresh candidates to store: the generation's best `keep_best` scored ones
-        (the store keeps the run's best) and its FAILED ones while the run keeps fewer
-        than `keep_failed`."""
+        """The fresh candidates to store: those that enter the run's best `keep_best`
+        scored ones, and its FAILED ones while the run keeps fewer than `keep_failed`.
+
+        `active.best` holds the best (key, id) pairs stored so far (after a restart: since
+        then — a subset of the store's best, so its worst is never better than the store's
+        cut); a candidate behind `keep_best` of them cannot enter and is not even
+        serialised, which after the first generations is nearly every one."""
         keep = self.settings.keep_best
-        scored = [s for s in fresh if s.verdict.status in SCORED]
-        scored.sort(key=lambda s: rank_key(objective, s.candidate.id, s.verdict))
-        best_ids = {s.candidate.id for s in scored[:keep]}
-        failed_room = max(
-            0,
-            self.settings.keep_failed
-            - (
-                search.counters.failed - sum(1 for s in fresh if s.verdict.status == VERDICT_FAILED)
-            ),
-        )
-        failed_ids: set[str] = set()
+        best = active.best
+        cut = best[-1] if len(best) >= keep else None
+        minimise = objective == MINIMIZE
+        entering: dict[str, tuple[float, str]] = {}
         for s in fresh:
-            if len(failed_ids) >= failed_room:
-                break
-            if s.verdict.status == VERDICT_FAILED:
-                failed_ids.add(s.candidate.id)
+            verdict = s.verdict
+            if verdict.status in SCORED:
+                cid = s.candidate.id
+                key = ((verdict.score if minimise else -verdict.score) + 0.0, cid)
+                if (cut is None or key < cut) and cid not in active.best_ids:
+                    entering[cid] = key
+        if entering:
+            merged = sorted([*best, *entering.values()])[:keep]
+            active.best = merged
+            active.best_ids = {cid for _, cid in merged}
+            entering = {cid: key for cid, key in entering.items() if cid in active.best_ids}
+        failed_room = self.settings.keep_failed - search.counters.failed
+        failed_room += sum(1 for s in fresh if s.verdict.status == VERDICT_FAILED)
         out = []
         for s in fresh:
+            verdict = s.verdict
             cid = s.candidate.id
-            if cid in best_ids or cid in failed_ids:
-                unscored, score, _ = rank_key(objective, cid, s.verdict)
-                key = math.inf if unscored else score  # the unscored list after the scored
-                out.append(
-                    StoredCandidate(
-                        cid,
-                        key,
-                        s.verdict.status,
-                        cid in best_ids,
-                        cid in failed_ids,
-                        s.SerializeToString(),
-                    )
+            failed = verdict.status == VERDICT_FAILED and failed_room > 0
+            failed_room -= failed
+            entered = entering.get(cid)
+            if entered is None and not failed:
+                continue
+            order = entered[0] if entered is not None else rank_key(objective, cid, verdict)[1]
+            out.append(
+                StoredCandidate(
+                    cid, order, verdict.status, entered is not None, failed, s.SerializeToString()
                 )
+            )
         return out
 
     async def _fresh(
