@@ -53,7 +53,6 @@ from helix.orchestrator.search import (
     Generation,
     Search,
     SearchSpec,
-    encode_population,
     rank_key,
 )
 from helix.orchestrator.store import (
@@ -869,7 +868,7 @@ class Orchestrator:
                     events=outcome.events,
                     stop_reason=outcome.stop_reason,
                     checkpoint=search.state(),
-                    population=(generation.number, encode_population(outcome.population)),
+                    population=(generation.number, outcome.encoded_population()),
                     keep_generations=search.spec.window,
                     candidates=self._retained(active, active.run.objective, outcome.fresh, search),
                 )

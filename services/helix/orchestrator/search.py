@@ -124,13 +124,24 @@ class Window:
 
     def add(self, number: int, population: Sequence[candidate_pb2.ScoredCandidate]) -> None:
         """Remember generation `number`'s population; forget the generation that leaves."""
+        self.add_verdicts(
+            number, [s.candidate.id for s in population], [s.verdict for s in population]
+        )
+
+    def add_verdicts(
+        self,
+        number: int,
+        candidate_ids: Sequence[str],
+        found: Sequence[candidate_pb2.Verdict | None],
+    ) -> None:
+        """`add` from the generation's ids and verdicts, position by position."""
         ids: list[str] = []
         verdicts = self._verdicts
-        for scored in population:
-            candidate_id = scored.candidate.id
-            if candidate_id not in verdicts or verdicts[candidate_id][1] != number:
+        for candidate_id, verdict in zip(candidate_ids, found, strict=True):
+            known = verdicts.get(candidate_id)
+            if known is None or known[1] != number:
                 ids.append(candidate_id)
-            verdicts[candidate_id] = (scored.verdict, number)
+            verdicts[candidate_id] = (verdict, number)  # type: ignore[assignment]
         self._ids.append((number, ids))
         while len(self._ids) > self.generations:
             old, old_ids = self._ids.popleft()
@@ -153,6 +164,7 @@ class Generation:
         self._waiting: dict[str, list[int]] = {}  # fresh id -> positions awaiting its verdict
         self._first: dict[str, int] = {}  # id -> first position in this generation
         self.missing = 0
+        self._container: orchestrator_pb2.ListRunCandidatesResponse | None = None
 
     def add(self, candidates: Iterable[candidate_pb2.Candidate]) -> list[candidate_pb2.Candidate]:
         """Take the next candidates of the generator's output; returns those to verify."""
@@ -201,14 +213,22 @@ class Generation:
     def complete(self) -> bool:
         return self.received == self.count and self.missing == 0
 
-    def population(self) -> list[candidate_pb2.ScoredCandidate]:
-        """The generation's candidates with their verdicts, in output order."""
+    def population(self) -> Sequence[candidate_pb2.ScoredCandidate]:
+        """The generation's candidates with their verdicts, in output order (the repeated
+        field of `container()`, built once)."""
+        return self.container().candidates
+
+    def container(self) -> orchestrator_pb2.ListRunCandidatesResponse:
+        """The population in the message that stores it (built on first use)."""
         if not self.complete:
             raise ValueError(f"generation {self.number} is not complete")
-        return [
-            candidate_pb2.ScoredCandidate(candidate=c, verdict=v)
-            for c, v in zip(self.candidates, self.verdicts, strict=True)
-        ]
+        if self._container is None:
+            container = orchestrator_pb2.ListRunCandidatesResponse()
+            add = container.candidates.add
+            for c, v in zip(self.candidates, self.verdicts, strict=True):
+                add(candidate=c, verdict=v)
+            self._container = container
+        return self._container
 
 
 @dataclass(slots=True)
@@ -218,22 +238,50 @@ class Outcome:
 
     events: list[orchestrator_pb2.RunEvent]
     fresh: list[candidate_pb2.ScoredCandidate]
-    population: list[candidate_pb2.ScoredCandidate]
+    population: Sequence[candidate_pb2.ScoredCandidate]
     stop_reason: int = 0
     new_best: bool = False
+    container: orchestrator_pb2.ListRunCandidatesResponse | None = None
+
+    def encoded_population(self) -> bytes:
+        """The population as stored (`encode_population`'s bytes)."""
+        if self.container is not None:
+            return self.container.SerializeToString()
+        return encode_population(self.population)
 
 
-def _best_of(
-    objective: int, population: Sequence[candidate_pb2.ScoredCandidate]
-) -> tuple[candidate_pb2.ScoredCandidate | None, RankKey | None]:
-    best: candidate_pb2.ScoredCandidate | None = None
-    best_key: RankKey | None = None
-    for scored in population:
-        if scored.verdict.status in SCORED:
-            key = rank_key(objective, scored.candidate.id, scored.verdict)
-            if best_key is None or key < best_key:
-                best, best_key = scored, key
-    return best, best_key
+@dataclass(slots=True)
+class _Tally:
+    """One pass over a complete generation: ids, the scores of the scored, FAILED and
+    ERROR/TIMEOUT counts, and the best position (-1: none scored) with its rank key."""
+
+    ids: list[str]
+    scores: list[float]
+    failed: int
+    errors: int
+    best: int
+    best_key: RankKey | None
+
+    @classmethod
+    def of(cls, objective: int, generation: Generation) -> _Tally:
+        ids = [c.id for c in generation.candidates]
+        scores: list[float] = []
+        failed = errors = 0
+        best, best_key = -1, None
+        sign = 1.0 if objective == MINIMIZE else -1.0
+        for position, verdict in enumerate(generation.verdicts):
+            assert verdict is not None
+            status = verdict.status
+            if status in SCORED:
+                score = verdict.score
+                scores.append(score)
+                failed += status == FAILED
+                key = (0, sign * score + 0.0, ids[position])
+                if best_key is None or key < best_key:
+                    best, best_key = position, key
+            elif status in (ERROR, TIMEOUT):
+                errors += 1
+        return cls(ids, scores, failed, errors, best, best_key)
 
 
 def _tally(fresh: Sequence[candidate_pb2.ScoredCandidate]) -> dict[str, int]:
@@ -266,7 +314,7 @@ class Search:
         self.dna = dna
         self.counters = Counters()
         self.best: candidate_pb2.ScoredCandidate | None = None
-        self.parents: list[candidate_pb2.ScoredCandidate] = []
+        self.parents: Sequence[candidate_pb2.ScoredCandidate] = []
         self.window = Window(spec.window)
 
     # --- the loop -----------------------------------------------------------------------
@@ -297,8 +345,10 @@ class Search:
         objective = self.spec.objective
         counters = self.counters
         fresh = [population[i] for i in generation.fresh]
-        scores = [p.verdict.score for p in population if p.verdict.status in SCORED]
-        gen_best, gen_best_key = _best_of(objective, population)
+        tally = _Tally.of(objective, generation)
+        scores = tally.scores
+        gen_best = population[tally.best] if tally.best >= 0 else None
+        gen_best_key = tally.best_key
         stats = _tally(fresh)
         duplicates = generation.count - len(fresh)
         counters.generation = generation.number
@@ -327,9 +377,9 @@ class Search:
         completed = orchestrator_pb2.GenerationCompleted(
             generation=generation.number,
             evaluations=counters.evaluations,
-            scored=sum(1 for p in population if p.verdict.status in SCORED),
-            failed=sum(1 for p in population if p.verdict.status == FAILED),
-            errors=sum(1 for p in population if p.verdict.status in (ERROR, TIMEOUT)),
+            scored=len(scores),
+            failed=tally.failed,
+            errors=tally.errors,
             cache_hits=stats["cache_hits"],
             duplicates=duplicates,
         )
@@ -340,9 +390,11 @@ class Search:
         if self.best is not None:
             completed.best_score = self.best.verdict.score
         events.append(orchestrator_pb2.RunEvent(generation_completed=completed))
-        self.window.add(generation.number, population)
+        self.window.add_verdicts(generation.number, tally.ids, generation.verdicts)
         self.parents = population
-        return Outcome(events, fresh, population, self._stop_reason(), new_best)
+        return Outcome(
+            events, fresh, population, self._stop_reason(), new_best, generation.container()
+        )
 
     def _stop_reason(self) -> int:
         spec, counters = self.spec, self.counters
