@@ -20,7 +20,7 @@ from helix.generator.service import generator_binding
 from helix.oracle.serving import oracle_service
 from helix.oracle.settings import OracleSettings
 from helix.orchestrator import validation as orchestrator_checks
-from helix.orchestrator.agents import AgentPool
+from helix.orchestrator.agents import ORCHESTRATOR_SCOPES, AgentPool
 from helix.orchestrator.config import OrchestratorSettings
 from helix.orchestrator.runs import Orchestrator
 from helix.orchestrator.service import orchestrator_binding
@@ -29,21 +29,12 @@ from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
 from helix.registry.service import registry_binding
 from helix.registry.sqlite_store import SqliteRegistryStore
-from helix.security import scopes
 from helix.security.client import MintingTokenSource, bearer_interceptors
 from helix.security.setup import Security, security_from_config
 
 EMBEDDED_GENERATOR_ID = "embedded-generator"
 EMBEDDED_ORACLE_ID = "embedded-oracle"
 EMBEDDED_ORCHESTRATOR_ID = "embedded-orchestrator"
-# What the embedded orchestrator's own calls to the agents need.
-ORCHESTRATOR_SCOPES = (
-    scopes.AGENTS_READ,
-    scopes.DNA_READ,
-    scopes.GENERATE,
-    scopes.ORACLES_READ,
-    scopes.VERIFY,
-)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from helix.common.server import HelixServer, run_server_process
 from helix.common.version import version
 from helix.generator.agent import add_generator_commands
 from helix.oracle.serving import require_valid_config
+from helix.orchestrator.serve import add_orchestrator_commands
 from helix.registry.serve import add_registry_commands
 from helix.security import scopes
 from helix.security.tokens import TokenPolicy, inspect_token, mint
@@ -82,6 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_generate_command(commands)
     add_generator_commands(commands)
     add_oracle_commands(commands)
+    add_orchestrator_commands(commands)
     add_run_commands(commands)
 
     show_version = commands.add_parser("version", help="print the Helix version")

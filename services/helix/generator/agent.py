@@ -22,6 +22,7 @@ from helix.common import config as cfg
 from helix.common import logs
 from helix.common.config import require
 from helix.common.server import HelixServer, create_server, run_server_process
+from helix.common.versions import GENERATOR_MAJOR_LABEL
 from helix.generator.config import GeneratorConfig
 from helix.generator.library import DnaLibrary
 from helix.generator.service import generator_binding
@@ -47,7 +48,7 @@ class GeneratorAgentConfig(GeneratorConfig, RegistryMembership):
 # The label naming the generator's major version (strategies.GENERATOR_MAJOR): within one
 # major, Generate's output is a pure function of its request, so a run mixes only agents
 # whose label has the same value.
-MAJOR_LABEL = "helix.dev/generator-major"
+MAJOR_LABEL = GENERATOR_MAJOR_LABEL
 # The label saying Generate serves GenerateRequest.offset/limit (ranges of a generation):
 # an orchestrator splits a generation only across generators that carry it.
 RANGES_LABEL = "helix.dev/generate-ranges"

@@ -37,6 +37,7 @@ from numpy.random.bit_generator import ISeedSequence
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
+from helix.common import versions
 from helix.generator import operators as ops
 from helix.genome.layout import (
     FloatArray,
@@ -47,14 +48,9 @@ from helix.genome.layout import (
     SequenceSpec,
 )
 
-# The generator's major version: Generate's output is a pure function of its request
-# within one major version (generator.proto). Bump it whenever the output for some request
-# changes: an operator, a `Draw` value, the chunking, a default of the DNA normalisation,
-# the ranking or selection rule. Agents advertise it (label helix.dev/generator-major) so a
-# run mixes only generators of one major. 2 (issue 11): textbook OX1, PMX and ERX, the
-# per-child mutation probability, parents' copies counted in tournaments, and random
-# streams derived from one Philox per chunk.
-GENERATOR_MAJOR = 2
+# The generator's major version (bump it with any change of Generate's output for some
+# request): defined in helix.common.versions, where the orchestrator reads it too.
+GENERATOR_MAJOR = versions.GENERATOR_MAJOR
 
 CHUNK = 1024
 # Working arrays of one chunk (their peak is about 12x this, measured on wide genomes).

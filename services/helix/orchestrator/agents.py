@@ -23,7 +23,9 @@ import grpc
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.informer import AgentInformer
+from helix.common import versions
 from helix.common.aio import cancel_and_wait
+from helix.security import scopes
 
 log = logging.getLogger("helix.orchestrator")
 
@@ -31,9 +33,18 @@ Agent = registry_pb2.Agent
 GENERATOR = registry_pb2.AGENT_KIND_GENERATOR
 ORACLE = registry_pb2.AGENT_KIND_ORACLE
 _SERVING = (registry_pb2.AGENT_HEALTH_SERVING, registry_pb2.AGENT_HEALTH_UNSPECIFIED)
-# Must match helix.generator.agent's label (the orchestrator may not import the generator):
-# generators of another major version breed other children from the same seed.
-GENERATOR_MAJOR_LABEL = "helix.dev/generator-major"
+# Generators of another major version breed other children from the same seed.
+GENERATOR_MAJOR_LABEL = versions.GENERATOR_MAJOR_LABEL
+# The generator major this orchestrator's runs use (the one of the generator it ships with).
+GENERATOR_MAJOR = str(versions.GENERATOR_MAJOR)
+# What the orchestrator's own calls need: the registry (watching agents) and the agents.
+ORCHESTRATOR_SCOPES = (
+    scopes.AGENTS_READ,
+    scopes.DNA_READ,
+    scopes.GENERATE,
+    scopes.ORACLES_READ,
+    scopes.VERIFY,
+)
 
 
 def serving(agent: Agent) -> bool:

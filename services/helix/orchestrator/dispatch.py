@@ -16,6 +16,8 @@ generated and returns when each has exactly one verdict recorded:
   Re-sent candidates travel in smaller batches (halved per attempt), isolating one that
   kills its worker; after `max_attempts` a candidate is recorded as ERROR, never retried
   forever. A verdict is recorded once: a late answer for a re-sent batch is ignored.
+- Its VerifyStreams name the run (`x-helix-run` metadata), so the agents' verification
+  reports say which run each verdict was for.
 - With no agent to verify on, it waits for one (the pool wakes it) up to `wait_timeout`,
   then raises `NoAgents`.
 """
@@ -51,6 +53,7 @@ MAX_BATCH_BYTES = 2 * 1024 * 1024  # well under the 4 MiB default message limit
 OPEN_TIMEOUT = 10.0
 BUSY_BACKOFF = 1.0  # an agent that refused a stream (busy, unreachable) rests this long
 EXCLUDE = 30.0  # an agent with another config_hash, or without the oracle, is left out
+RUN_HEADER = "x-helix-run"  # the run a call works for, in the oracle agents' reports
 
 
 class RunFailed(Exception):
@@ -111,8 +114,11 @@ class Verifier:
         config_hash: str,
         dna: dna_pb2.Dna,
         settings: VerifySettings | None = None,
+        *,
+        run: str = "",
     ) -> None:
         self.pool = pool
+        self.run = run  # named to the oracle agents (x-helix-run), for their reports
         self.oracle = oracle
         self.config_hash = config_hash
         self.dna = dna
@@ -225,7 +231,7 @@ class Verifier:
         name = agent.name
         try:
             stub = oracle_pb2_grpc.OracleServiceStub(self.pool.channel(agent))
-            call = stub.VerifyStream()
+            call = stub.VerifyStream(metadata=((RUN_HEADER, self.run),) if self.run else None)
             opening = oracle_pb2.VerifyStreamOpen(
                 oracle=self.oracle, dna=self.dna, config_hash=self.config_hash
             )

@@ -700,7 +700,9 @@ class Orchestrator:
                 converge_after=int(spec_data.get("converge_after", self.settings.converge_after)),
             )
             search = await self._search(active, spec, pinned)
-            verifier = Verifier(self.pool, run.oracle, config_hash, pinned, self.settings.verify)
+            verifier = Verifier(
+                self.pool, run.oracle, config_hash, pinned, self.settings.verify, run=run.name
+            )
             await self._generations(active, search, verifier)
         except asyncio.CancelledError:
             raise

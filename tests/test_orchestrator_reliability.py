@@ -1,0 +1,265 @@
+"""The orchestrator's reliability, multi-process (issue 13): every service its own process
+on 127.0.0.1 — `helix registry serve`, a generator agent, paced rastrigin oracle agents and
+`helix orchestrator serve` — killed (-9), restarted and outnumbered while a run goes on.
+
+Whatever happens to the agents, a run with the same seed ends exactly as the undisturbed
+run does: the same evaluations, duplicates, generations, best candidate and best score
+(`Outcome`). The undisturbed run is made once per module (`baseline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+from cluster_support import (
+    CANCELLED,
+    FAILED,
+    ORACLE,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    Outcome,
+    RunCluster,
+    events,
+    finish,
+    get_run,
+    reported,
+    run_request,
+    wait_generations,
+)
+
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.registry_pb2 as registry_pb2
+
+from harness import run_helix
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(180)
+
+EVALUATIONS = 4000  # 40 generations of 100, about 5 s on one agent
+SEED = 7
+_baseline: list[Outcome] = []
+
+
+async def baseline(directory: Path) -> Outcome:
+    """The undisturbed run: one oracle agent, nothing killed (made once per module)."""
+    if not _baseline:
+        async with RunCluster(directory) as cluster:
+            await asyncio.gather(cluster.add_oracle("o1"), cluster.add_orchestrator())
+            stub = cluster.runs()
+            created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
+            run = await finish(lambda: stub, created.name)
+            assert run.state == SUCCEEDED, run.error
+            _baseline.append(Outcome.of(run))
+    return _baseline[0]
+
+
+async def generations_of(cluster: RunCluster, name: str) -> list[int]:
+    """The generation numbers of the run's generation_completed events, in order."""
+    return [
+        event.generation_completed.generation
+        async for event in events(cluster.runs(), name)
+        if event.HasField("generation_completed")
+    ]
+
+
+async def test_a_killed_oracle_agent_does_not_change_the_run(tmp_path: Path) -> None:
+    expected = await baseline(tmp_path / "baseline")
+    async with RunCluster(tmp_path / "cluster") as cluster:
+        await asyncio.gather(
+            cluster.add_oracle("o1"), cluster.add_oracle("o2"), cluster.add_orchestrator()
+        )
+        stub = cluster.runs()
+        created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
+        await wait_generations(stub, created.name, 8)
+        assert await cluster.kill("oracle-o2") == -9
+        run = await finish(lambda: stub, created.name)
+        assert run.state == SUCCEEDED, run.error
+        assert Outcome.of(run) == expected
+        assert run.progress.errors == 0  # re-sent, never given up on
+        log = cluster.member("orchestrator").process.stderr_text()
+        assert "stream to agents/o2 dropped" in log or "agents/o2 left out" in log, log[-3000:]
+
+
+async def test_an_orchestrator_killed_and_restarted_resumes_the_run(tmp_path: Path) -> None:
+    expected = await baseline(tmp_path / "baseline")
+    async with RunCluster(tmp_path / "cluster") as cluster:
+        await asyncio.gather(cluster.add_oracle("o1"), cluster.add_orchestrator())
+        stub = cluster.runs()
+        created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
+        await wait_generations(stub, created.name, 10)
+        assert await cluster.kill("orchestrator") == -9
+        await cluster.restart("orchestrator")  # same data dir, same port
+        run = await finish(cluster.runs, created.name)
+        assert run.state == SUCCEEDED, run.error
+        assert Outcome.of(run) == expected
+        # Resumed from its checkpoint: each generation was completed (and reported) once.
+        done = await generations_of(cluster, created.name)
+        assert done == list(range(len(done))), done
+        assert done[-1] == expected.generation
+
+
+async def test_one_two_or_three_agents_of_different_speeds_give_the_same_run(
+    tmp_path: Path,
+) -> None:
+    expected = await baseline(tmp_path / "baseline")
+    speeds = [("slow", 0.002), ("fast", 0.0002), ("middling", 0.001)]  # s per candidate
+    async with RunCluster(tmp_path / "cluster") as cluster:
+        await cluster.add_orchestrator()
+        stub = cluster.runs()
+        outcomes = []
+        for count, (agent_id, seconds) in enumerate(speeds, 1):
+            await cluster.add_oracle(agent_id, seconds)
+            await eventually(partial(_oracle_agents, cluster, count), 20, what="agents")
+            created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
+            outcomes.append(Outcome.of(await finish(lambda: stub, created.name)))
+            # Every agent of the run took part (each reports verdicts for it).
+            for taking_part, _ in speeds[:count]:
+                await eventually(
+                    partial(reported, cluster, taking_part, created.name),
+                    20,
+                    what=f"verdicts of {taking_part} for run {count}",
+                )
+        assert outcomes == [expected] * 3
+
+
+async def _oracle_agents(cluster: RunCluster, count: int) -> bool:
+    listed = await cluster.registry().ListAgents(registry_pb2.ListAgentsRequest(), timeout=10)
+    return sum(1 for a in listed.agents if a.kind == registry_pb2.AGENT_KIND_ORACLE) == count
+
+
+async def test_a_registry_restarted_mid_run_does_not_stop_the_run(tmp_path: Path) -> None:
+    expected = await baseline(tmp_path / "baseline")
+    async with RunCluster(tmp_path / "cluster") as cluster:
+        await asyncio.gather(cluster.add_oracle("o1"), cluster.add_orchestrator())
+        stub = cluster.runs()
+        created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
+        await wait_generations(stub, created.name, 8)
+        assert await cluster.kill("registry") == -9
+        await cluster.restart("registry")  # same data dir, same port
+        run = await finish(lambda: stub, created.name)
+        assert run.state == SUCCEEDED, run.error
+        assert Outcome.of(run) == expected
+        # The agents are in the restarted registry again (their presences re-registered).
+        await eventually(lambda: _oracle_agents(cluster, 1), 30, what="o1 registered again")
+
+
+async def test_cancel_mid_run_stops_counting_and_releases_the_agents(tmp_path: Path) -> None:
+    async with RunCluster(tmp_path) as cluster:
+        await asyncio.gather(
+            cluster.add_oracle("o1"), cluster.add_oracle("o2"), cluster.add_orchestrator()
+        )
+        stub = cluster.runs()
+        created = (await stub.CreateRun(run_request(1_000_000, SEED), timeout=10)).run
+        await wait_generations(stub, created.name, 3)
+        # While it runs, its VerifyStreams hold the agents' credit (their reported load).
+        await eventually(
+            lambda: _loads(cluster, lambda load: load > 0), 20, what="the agents' load > 0"
+        )
+        ended = asyncio.Event()
+        ended_at: list[float] = []
+
+        async def watch() -> None:
+            async for event in events(stub, created.name):
+                if event.HasField("state_changed") and event.state_changed.state == CANCELLED:
+                    ended_at.append(time.monotonic())
+                    ended.set()
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0)  # (the watch replays history first; it need not be live yet)
+        cancelled = (
+            await stub.CancelRun(orchestrator_pb2.CancelRunRequest(name=created.name), timeout=10)
+        ).run
+        returned = time.monotonic()
+        assert cancelled.state == CANCELLED
+        run = await get_run(stub, created.name)
+        assert run.state == CANCELLED
+        await asyncio.wait_for(ended.wait(), 10)
+        await watcher
+        assert ended_at[0] - returned < 1.0, "CANCELLED reached its watcher more than 1s late"
+        counted = run.progress.evaluations
+        assert 0 < counted < 1_000_000
+        # Nothing is counted after: verdicts in flight at the cancel are dropped.
+        await asyncio.sleep(1.5)  # a window for any late verdict to show (none may)
+        later = await get_run(stub, created.name)
+        assert later.progress.evaluations == counted
+        assert later.progress == cancelled.progress
+        # The streams are closed: each agent's credit comes back (load 0 in the registry).
+        await eventually(
+            lambda: _loads(cluster, lambda load: load == 0), 30, what="the agents' load = 0"
+        )
+
+
+async def _loads(cluster: RunCluster, test: object) -> bool:
+    loads = [(await cluster.agent(a)).load.in_flight for a in ("o1", "o2")]
+    return all(test(load) for load in loads)  # type: ignore[operator]
+
+
+async def test_a_run_waits_pending_for_an_oracle_agent_then_runs(tmp_path: Path) -> None:
+    async with RunCluster(tmp_path) as cluster:
+        await cluster.add_orchestrator()
+        stub = cluster.runs()
+        created = (await stub.CreateRun(run_request(1000, SEED), timeout=10)).run
+        why = f"no live oracle agent hosts {ORACLE}"
+
+        async def waiting() -> orchestrator_pb2.Run | None:
+            run = await get_run(stub, created.name)
+            return run if why in run.state_message else None
+
+        run = await eventually(waiting, 20, what="the PENDING reason")
+        assert run.state == PENDING
+        await cluster.add_oracle("o1")
+        run = await finish(lambda: stub, created.name)
+        assert run.state == SUCCEEDED, run.error
+        changes = [
+            event.state_changed
+            async for event in events(stub, created.name)
+            if event.HasField("state_changed")
+        ]
+        # PENDING with the reason in its events, then RUNNING once the agent came.
+        states = [change.state for change in changes]
+        assert states[-2:] == [RUNNING, SUCCEEDED], states
+        assert any(c.state == PENDING and why in c.message for c in changes[:-2]), changes
+        assert run.state_message == ""
+
+
+async def test_a_run_without_an_oracle_agent_fails_after_the_wait_timeout(
+    tmp_path: Path,
+) -> None:
+    async with RunCluster(tmp_path) as cluster:
+        await cluster.add_orchestrator(orchestrator_wait_timeout="2s")
+        stub = cluster.runs()
+        started = time.monotonic()
+        created = (await stub.CreateRun(run_request(1000, SEED), timeout=10)).run
+        run = await finish(lambda: stub, created.name, within=60)
+        assert time.monotonic() - started >= 2.0
+        assert run.state == FAILED
+        assert f"no live oracle agent hosts {ORACLE}" in run.error, run.error
+        assert "2s" in run.error, run.error
+        last = [e async for e in events(stub, created.name)][-1]
+        assert last.state_changed.state == FAILED
+        assert last.state_changed.error == run.error
+
+
+async def test_orchestrator_serve_needs_a_registry_address(tmp_path: Path) -> None:
+    status, out, err = await run_helix(
+        "orchestrator", "serve", "--port", "0", "--data-dir", str(tmp_path)
+    )
+    assert status == 2, (out, err)
+    assert "--registry-address / HELIX_REGISTRY_ADDRESS: must be set" in err
+    status, out, err = await run_helix(
+        "orchestrator",
+        "serve",
+        "--registry-address",
+        "127.0.0.1:1",
+        "--agent-id",
+        "Not An Id",
+        "--data-dir",
+        str(tmp_path),
+    )
+    assert status == 2, (out, err)
+    assert "--agent-id" in err
