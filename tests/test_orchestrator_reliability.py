@@ -124,7 +124,36 @@ async def test_an_orchestrator_killed_and_restarted_resumes_the_run(tmp_path: Pa
         # Resumed from its checkpoint: each generation was completed (and reported) once.
         done = await generations_of(cluster, created.name)
         assert done == list(range(len(done))), done
+        log = cluster.member("orchestrator").process.stderr_text()
+        assert f"resuming {created.name}" in log, log[-3000:]
         assert done[-1] == expected.generation
+
+
+async def test_a_drained_orchestrator_deregisters_and_its_run_resumes(tmp_path: Path) -> None:
+    """SIGTERM: the orchestrator leaves the registry and exits 0; the run it was driving
+    stays RUNNING in its store and the next start resumes it to the same end."""
+    expected = await baseline(tmp_path / "baseline")
+    async with RunCluster(tmp_path / "cluster") as cluster:
+        await asyncio.gather(cluster.add_oracle("o1"), cluster.add_orchestrator())
+        await eventually(partial(_registered, cluster, "orchestrator"), 20, what="registered")
+        stub = cluster.runs()
+        created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
+        await wait_generations(stub, created.name, 8)
+        assert await cluster.stop("orchestrator") == 0
+        assert not await _registered(cluster, "orchestrator")
+        await cluster.restart("orchestrator")
+        run = await finish(cluster.runs, created.name)
+        assert run.state == SUCCEEDED, run.error
+        assert Outcome.of(run) == expected
+        done = await generations_of(cluster, created.name)
+        assert done == list(range(len(done))), done
+        log = cluster.member("orchestrator").process.stderr_text()
+        assert f"resuming {created.name}" in log, log[-3000:]
+
+
+async def _registered(cluster: RunCluster, agent_id: str) -> bool:
+    listed = await cluster.registry().ListAgents(registry_pb2.ListAgentsRequest(), timeout=10)
+    return any(agent.name == f"agents/{agent_id}" for agent in listed.agents)
 
 
 async def test_one_two_or_three_agents_of_different_speeds_give_the_same_run(
