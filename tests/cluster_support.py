@@ -14,7 +14,7 @@ import asyncio
 import json
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +196,11 @@ async def wait_generations(
     raise AssertionError(f"{name}'s events ended before {count} generations")
 
 
-async def finish(stub_of: object, name: str, within: float = 120.0) -> orchestrator_pb2.Run:
+async def finish(
+    stub_of: Callable[[], orchestrator_pb2_grpc.OrchestratorServiceAsyncStub],
+    name: str,
+    within: float = 120.0,
+) -> orchestrator_pb2.Run:
     """Poll GetRun (through `stub_of()`, which may change as the orchestrator restarts)
     until the run ends; the run. Transient UNAVAILABLE while a process restarts is
     ridden out."""
@@ -205,7 +209,7 @@ async def finish(stub_of: object, name: str, within: float = 120.0) -> orchestra
     last: orchestrator_pb2.Run | None = None
     while loop.time() < deadline:
         try:
-            last = await get_run(stub_of(), name)  # type: ignore[operator]
+            last = await get_run(stub_of(), name)
         except grpc.aio.AioRpcError as error:
             if error.code() not in (
                 grpc.StatusCode.UNAVAILABLE,

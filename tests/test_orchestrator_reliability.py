@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -107,6 +108,31 @@ async def test_a_killed_oracle_agent_does_not_change_the_run(tmp_path: Path) -> 
         assert run.progress.errors == 0  # re-sent, never given up on
         log = cluster.member("orchestrator").process.stderr_text()
         assert "stream to agents/o2 dropped" in log or "agents/o2 left out" in log, log[-3000:]
+
+
+async def test_a_batch_an_unresponsive_agent_holds_past_its_deadline_is_sent_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """An agent that stops answering (SIGSTOP: its connection stays up) keeps its batch
+    only until --orchestrator-batch-timeout; then the batch goes to the other agent."""
+    expected = await baseline(tmp_path / "baseline")
+    async with RunCluster(tmp_path / "cluster") as cluster:
+        await asyncio.gather(
+            cluster.add_oracle("o1"),
+            cluster.add_oracle("o2"),
+            cluster.add_orchestrator(orchestrator_batch_timeout="2s"),
+        )
+        stub = cluster.runs()
+        created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
+        await wait_generations(stub, created.name, 8)
+        cluster.member("oracle-o2").process.send_signal(signal.SIGSTOP)
+        run = await finish(lambda: stub, created.name)
+        assert run.state == SUCCEEDED, run.error
+        assert Outcome.of(run) == expected
+        assert run.progress.errors == 0
+        log = cluster.member("orchestrator").process.stderr_text()
+        assert "stream to agents/o2 dropped: a batch missed its 2s deadline" in log, log[-3000:]
+        await cluster.kill("oracle-o2")  # (a stopped process would not heed SIGTERM)
 
 
 async def test_an_orchestrator_killed_and_restarted_resumes_the_run(tmp_path: Path) -> None:
@@ -254,9 +280,9 @@ async def test_cancel_mid_run_stops_counting_and_releases_the_agents(tmp_path: P
         )
 
 
-async def _loads(cluster: RunCluster, test: object) -> bool:
+async def _loads(cluster: RunCluster, test: Callable[[int], bool]) -> bool:
     loads = [(await cluster.agent(a)).load.in_flight for a in ("o1", "o2")]
-    return all(test(load) for load in loads)  # type: ignore[operator]
+    return all(test(load) for load in loads)
 
 
 async def test_a_run_waits_pending_for_an_oracle_agent_then_runs(tmp_path: Path) -> None:
