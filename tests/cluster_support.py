@@ -102,11 +102,15 @@ class RunCluster(Cluster):
         await self.start()
         return self
 
-    async def add_oracle(self, agent_id: str, seconds: float = 0.001) -> Member:
-        """An oracle agent hosting the paced rastrigin, `seconds` per candidate."""
+    async def add_oracle(
+        self, agent_id: str, seconds: float = 0.001, *, config: Path | None = None
+    ) -> Member:
+        """An oracle agent hosting the paced rastrigin, `seconds` per candidate (and the
+        oracles of `config` instead, when given)."""
         reports = self.root / f"reports-{agent_id}"
         argv = [HELIX, "oracle", "serve", "--port", "0"]
-        argv += ["--oracle-config", str(self.oracle_config), "--oracle-reports-dir", str(reports)]
+        argv += ["--oracle-config", str(config or self.oracle_config)]
+        argv += ["--oracle-reports-dir", str(reports)]
         argv += ["--registry-address", self.address_of("registry"), "--agent-id", agent_id]
         env = clean_env({**self.settings, "auth_hs256_dir": self.key_dir})
         env["PACED_ORACLE_SECONDS"] = str(seconds)

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import grpc
 import pytest
 from cluster_support import (
     CANCELLED,
     FAILED,
     ORACLE,
+    ORACLE_CONFIG,
     PENDING,
     RUNNING,
     SUCCEEDED,
@@ -34,6 +36,8 @@ from cluster_support import (
     wait_generations,
 )
 
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
@@ -42,6 +46,9 @@ from harness import run_helix
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
+
+SERVING = registry_pb2.AGENT_HEALTH_SERVING
+DEGRADED = registry_pb2.AGENT_HEALTH_DEGRADED
 
 EVALUATIONS = 4000  # 40 generations of 100, about 5 s on one agent
 SEED = 7
@@ -329,6 +336,48 @@ async def test_a_run_without_an_oracle_agent_fails_after_the_wait_timeout(
         last = [e async for e in events(stub, created.name)][-1]
         assert last.state_changed.state == FAILED
         assert last.state_changed.error == run.error
+
+
+async def test_a_degraded_oracle_agent_takes_work_when_no_other_serves(tmp_path: Path) -> None:
+    """DEGRADED is "accepting work but impaired; balancers prefer others" (registry.proto).
+    An oracle agent one of whose oracles fails (a remote one nobody answers) is DEGRADED:
+    a run on its working oracle uses it while no agent is SERVING, and prefers one that is."""
+    async with RunCluster(tmp_path) as cluster:
+        config = cluster.oracle_config.with_name("degraded.yaml")
+        config.write_text(ORACLE_CONFIG + "  far:\n    kind: remote\n    address: 127.0.0.1:1\n")
+        await asyncio.gather(cluster.add_oracle("d1", config=config), cluster.add_orchestrator())
+        await eventually(
+            partial(_health, cluster, "d1", DEGRADED), 20, what="d1", ignore=(grpc.aio.AioRpcError,)
+        )
+        stub = cluster.runs()
+        first = (await stub.CreateRun(run_request(1000, SEED), timeout=10)).run
+        run = await finish(lambda: stub, first.name, within=60)
+        assert run.state == SUCCEEDED, run.error
+        assert await eventually(partial(reported, cluster, "d1", first.name), 20)
+        await cluster.add_oracle("o1")
+        await eventually(
+            partial(_health, cluster, "o1", SERVING), 20, what="o1", ignore=(grpc.aio.AioRpcError,)
+        )
+        hashes = {await _config_hash(cluster, agent) for agent in ("d1", "o1")}
+        assert len(hashes) == 1  # one oracle as far as a run is concerned
+        second = (await stub.CreateRun(run_request(1000, SEED), timeout=10)).run
+        again = await finish(lambda: stub, second.name, within=60)
+        assert Outcome.of(again) == Outcome.of(run)
+        assert await eventually(partial(reported, cluster, "o1", second.name), 20)
+        assert await reported(cluster, "d1", second.name) == 0
+
+
+async def _health(cluster: RunCluster, agent_id: str, health: int) -> bool:
+    return (await cluster.agent(agent_id)).health == health
+
+
+async def _config_hash(cluster: RunCluster, agent_id: str) -> str:
+    address = cluster.member(f"oracle-{agent_id}").address
+    channel = cluster.channel("oracle", scopes=("oracles.read",), address=address)
+    response = await oracle_pb2_grpc.OracleServiceStub(channel).GetOracle(
+        oracle_pb2.GetOracleRequest(name=ORACLE), timeout=10
+    )
+    return response.oracle.config_hash
 
 
 async def test_orchestrator_serve_needs_a_registry_address(tmp_path: Path) -> None:

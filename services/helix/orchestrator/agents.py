@@ -6,9 +6,13 @@ channel per live agent.
   agents by the oracle they host — the config_hash is checked by the VerifyStream itself
   (`VerifyStreamOpen.config_hash`), so an agent whose configuration changed is refused
   rather than trusted.
+- An agent takes work while SERVING or DEGRADED ("accepting work but impaired; balancers
+  prefer others", registry.proto): the agents of a kind offered for new work are the
+  SERVING ones, or the DEGRADED ones when none is SERVING. (An oracle agent is DEGRADED
+  when any of its oracles fails, e.g. an unreachable `remote` one; its other oracles work.)
 - A channel is opened on first use and closed when its agent leaves the registry, stops
-  SERVING, or re-registers at another endpoint; calls on it then fail and their work is
-  re-sent elsewhere (`dispatch`).
+  accepting work (NOT_SERVING), or re-registers at another endpoint; calls on it then
+  fail and their work is re-sent elsewhere (`dispatch`).
 - `changed` is set on every change, so waiting loops wake when an agent arrives or goes.
 """
 
@@ -32,7 +36,8 @@ log = logging.getLogger("helix.orchestrator")
 Agent = registry_pb2.Agent
 GENERATOR = registry_pb2.AGENT_KIND_GENERATOR
 ORACLE = registry_pb2.AGENT_KIND_ORACLE
-_SERVING = (registry_pb2.AGENT_HEALTH_SERVING, registry_pb2.AGENT_HEALTH_UNSPECIFIED)
+DEGRADED = registry_pb2.AGENT_HEALTH_DEGRADED
+_ACCEPTING = (registry_pb2.AGENT_HEALTH_SERVING, registry_pb2.AGENT_HEALTH_UNSPECIFIED, DEGRADED)
 # Generators of another major version breed other children from the same seed.
 GENERATOR_MAJOR_LABEL = versions.GENERATOR_MAJOR_LABEL
 # The generator major this orchestrator's runs use (the one of the generator it ships with).
@@ -47,8 +52,15 @@ ORCHESTRATOR_SCOPES = (
 )
 
 
-def serving(agent: Agent) -> bool:
-    return agent.health in _SERVING
+def accepting(agent: Agent) -> bool:
+    """Whether the agent takes work (SERVING or DEGRADED)."""
+    return agent.health in _ACCEPTING
+
+
+def preferred(agents: list[Agent]) -> list[Agent]:
+    """The SERVING ones of `agents` (all accepting work), or the DEGRADED ones if none is."""
+    healthy = [agent for agent in agents if agent.health != DEGRADED]
+    return healthy or agents
 
 
 class AgentPool:
@@ -107,7 +119,7 @@ class AgentPool:
         held = self._channels.get(agent.name)
         if held is not None and (
             type_ == registry_pb2.AGENT_EVENT_TYPE_DELETE
-            or not serving(agent)
+            or not accepting(agent)
             or (held[0], held[1]) != (agent.endpoint, agent.epoch)
         ):
             del self._channels[agent.name]
@@ -143,14 +155,14 @@ class AgentPool:
 
     def live(self, name: str) -> bool:
         agent = self.get(name)
-        return agent is not None and serving(agent)
+        return agent is not None and accepting(agent)
 
     def generators(self, dna_name: str = "") -> list[Agent]:
-        """Serving generators (of this orchestrator's generator major version), those
-        advertising `dna_name` when given."""
+        """Generators for new work (of this orchestrator's generator major version), those
+        advertising `dna_name` when given; SERVING ones preferred."""
         found = []
         for agent in self._agents():
-            if agent.kind != GENERATOR or not serving(agent):
+            if agent.kind != GENERATOR or not accepting(agent):
                 continue
             if (
                 self._generator_major is not None
@@ -161,18 +173,22 @@ class AgentPool:
             if dna_name and dna_name not in agent.generator.dnas:
                 continue
             found.append(agent)
-        return found
+        return preferred(found)
 
     def oracles(self, oracle: str) -> list[Agent]:
-        """Serving oracle agents that host `oracle` ("oracles/{id}")."""
-        return [
-            agent
-            for agent in self._agents()
-            if agent.kind == ORACLE and serving(agent) and oracle in agent.oracle.oracles
-        ]
+        """Oracle agents for new work that host `oracle` ("oracles/{id}"); SERVING ones
+        preferred. (A stream already open to an agent that turned DEGRADED is kept:
+        `live`.)"""
+        return preferred(
+            [
+                agent
+                for agent in self._agents()
+                if agent.kind == ORACLE and accepting(agent) and oracle in agent.oracle.oracles
+            ]
+        )
 
     def any_of_kind(self, kind: int) -> bool:
-        return any(agent.kind == kind and serving(agent) for agent in self._agents())
+        return any(agent.kind == kind and accepting(agent) for agent in self._agents())
 
     def channel(self, agent: Agent) -> grpc.aio.Channel:
         """The pooled channel to `agent` (opened now if it has none)."""
