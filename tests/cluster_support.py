@@ -92,8 +92,20 @@ class RunCluster(Cluster):
     """A `processes` cluster (registry and generators from harness.Cluster) plus oracle
     agents and a standalone orchestrator, all sharing the registry's HS256 key."""
 
-    def __init__(self, data_dir: Path, *, settings: Mapping[str, object] | None = None) -> None:
-        super().__init__("processes", data_dir / "registry", dna_dir=DNA_DIR, settings=settings)
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        generators: int = 1,
+        settings: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(
+            "processes",
+            data_dir / "registry",
+            generators=generators,
+            dna_dir=DNA_DIR,
+            settings=settings,
+        )
         self.root = data_dir
         self.oracle_config = write_oracle_config(data_dir / "oracle-config")
         self._stubs: dict[str, orchestrator_pb2_grpc.OrchestratorServiceAsyncStub] = {}

@@ -570,6 +570,7 @@ class Cluster:
         self._processes = processes or Processes()
         self._channels: list[grpc.aio.Channel] = []
         self._signer: SigningKey | None = None
+        self._generators_added = 0
 
     async def start(self) -> Cluster:
         """Start every member of the shape; on failure, stop what started and raise."""
@@ -618,7 +619,9 @@ class Cluster:
     ) -> Member:
         """A standalone generator agent registered with the cluster's registry, sharing its
         HS256 key (it verifies the cluster's tokens and mints its own to register)."""
-        number = 1 + sum(1 for m in self.members.values() if m.name.startswith("generator-"))
+        # Numbered when called, not when started: generators started together get their own.
+        self._generators_added += 1
+        number = self._generators_added
         agent_id = agent_id or f"gen-{number}"
         library = dna_dir or self.dna_dir
         library.mkdir(parents=True, exist_ok=True)

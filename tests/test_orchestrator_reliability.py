@@ -117,6 +117,25 @@ async def test_a_killed_oracle_agent_does_not_change_the_run(tmp_path: Path) -> 
         assert "stream to agents/o2 dropped" in log or "agents/o2 left out" in log, log[-3000:]
 
 
+async def test_a_killed_generator_agent_does_not_change_the_run(tmp_path: Path) -> None:
+    """Two generator agents, one frozen (so a generation waits on it) then kill -9ed: the
+    Generate call goes to the other, which breeds the same children from the request."""
+    expected = await baseline(tmp_path / "baseline")
+    async with RunCluster(tmp_path / "cluster", generators=2) as cluster:
+        await asyncio.gather(cluster.add_oracle("o1"), cluster.add_orchestrator())
+        stub = cluster.runs()
+        created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
+        await wait_generations(stub, created.name, 8)
+        cluster.member("generator-2").process.send_signal(signal.SIGSTOP)
+        await stalled(stub, created.name)  # (each generation picks gen-2 half the time)
+        assert await cluster.kill("generator-2") == -9
+        run = await finish(lambda: stub, created.name)
+        assert run.state == SUCCEEDED, run.error
+        assert Outcome.of(run) == expected
+        log = cluster.member("orchestrator").process.stderr_text()
+        assert "Generate on agents/gen-2 failed" in log, log[-3000:]
+
+
 async def test_a_batch_an_unresponsive_agent_holds_past_its_deadline_is_sent_elsewhere(
     tmp_path: Path,
 ) -> None:
