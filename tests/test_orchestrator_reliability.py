@@ -42,7 +42,7 @@ import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
 
-from harness import run_helix
+from harness import clean_env, run_helix
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
@@ -191,6 +191,21 @@ async def test_a_drained_orchestrator_deregisters_and_its_run_resumes(tmp_path: 
         stub = cluster.runs()
         created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
         await wait_generations(stub, created.name, 8)
+        # One process per data dir: a second orchestrator on it is refused.
+        status, _, err = await run_helix(
+            *(
+                "orchestrator",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(cluster.root / "orchestrator"),
+            ),
+            *("--registry-address", cluster.address_of("registry")),
+            env=clean_env({"auth_hs256_dir": cluster.key_dir}),
+        )
+        assert status == 1, err
+        assert "is in use by" in err
         assert await cluster.stop("orchestrator") == 0
         assert not await _registered(cluster, "orchestrator")
         await cluster.restart("orchestrator")
