@@ -10,6 +10,7 @@ run does: the same evaluations, duplicates, generations, best candidate and best
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from cluster_support import (
     ORACLE,
     ORACLE_CONFIG,
     PENDING,
+    ROOT,
     RUNNING,
     SUCCEEDED,
     Outcome,
@@ -412,6 +414,27 @@ async def _config_hash(cluster: RunCluster, agent_id: str) -> str:
         oracle_pb2.GetOracleRequest(name=ORACLE), timeout=10
     )
     return response.oracle.config_hash
+
+
+async def test_helix_run_against_the_standalone_orchestrator(tmp_path: Path) -> None:
+    """docs/processes.md's commands: builtin oracles, `helix run --address ORCHESTRATOR`
+    with a token minted from the registry's data dir."""
+    async with RunCluster(tmp_path / "cluster") as cluster:
+        builtins = ROOT / "examples" / "oracles" / "builtins.yaml"
+        await asyncio.gather(
+            cluster.add_oracle("oracle-1", config=builtins), cluster.add_orchestrator()
+        )
+        status, out, err = await run_helix(
+            *("run", str(ROOT / "examples" / "dna" / "rastrigin.yaml"), "--oracle", "rastrigin"),
+            *("--budget", "3000", "--seed", "7", "--json", "--out", str(tmp_path / "out")),
+            *("--address", cluster.address_of("orchestrator"), "--data-dir", str(cluster.data_dir)),
+            env=clean_env(),
+        )
+        assert status == 0, err
+        summary = json.loads(out)
+        assert summary["state"] == "SUCCEEDED"
+        assert 3000 <= summary["evaluations"] < 3100
+        assert summary["oracle"] == ORACLE
 
 
 async def test_orchestrator_serve_needs_a_registry_address(tmp_path: Path) -> None:
