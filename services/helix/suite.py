@@ -20,7 +20,8 @@ from helix.generator.service import generator_binding
 from helix.oracle.serving import oracle_service
 from helix.oracle.settings import OracleSettings
 from helix.orchestrator import validation as orchestrator_checks
-from helix.orchestrator.agents import ORCHESTRATOR_SCOPES, AgentPool
+from helix.orchestrator.agents import ORCHESTRATOR_SCOPES as ORCHESTRATOR_SCOPES  # re-exported
+from helix.orchestrator.agents import AgentPool
 from helix.orchestrator.config import OrchestratorSettings
 from helix.orchestrator.runs import Orchestrator
 from helix.orchestrator.service import orchestrator_binding

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.registry_pb2 as registry_pb2
-from helix.orchestrator.agents import serving
+from helix.orchestrator.agents import accepting
 
 if TYPE_CHECKING:
     from helix.orchestrator.runs import Orchestrator
@@ -75,7 +75,7 @@ class _Collector(Collector):
         capacity = sum(
             agent.capacity
             for agent in agents
-            if agent.kind == registry_pb2.AGENT_KIND_ORACLE and serving(agent)
+            if agent.kind == registry_pb2.AGENT_KIND_ORACLE and accepting(agent)
         )
         yield GaugeMetricFamily(
             "helix_orchestrator_oracle_capacity",
