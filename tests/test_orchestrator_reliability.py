@@ -439,7 +439,7 @@ async def test_helix_run_against_the_standalone_orchestrator(tmp_path: Path) -> 
 
 async def test_orchestrator_serve_needs_a_registry_address(tmp_path: Path) -> None:
     status, out, err = await run_helix(
-        "orchestrator", "serve", "--port", "0", "--data-dir", str(tmp_path)
+        "orchestrator", "serve", "--port", "0", "--data-dir", str(tmp_path), env=clean_env()
     )
     assert status == 2, (out, err)
     assert "--registry-address / HELIX_REGISTRY_ADDRESS: must be set" in err
@@ -452,6 +452,14 @@ async def test_orchestrator_serve_needs_a_registry_address(tmp_path: Path) -> No
         "Not An Id",
         "--data-dir",
         str(tmp_path),
+        env=clean_env(),
     )
     assert status == 2, (out, err)
     assert "--agent-id" in err
+    status, out, err = await run_helix(
+        *("orchestrator", "serve", "--registry-address", "127.0.0.1:1"),
+        *("--data-dir", str(tmp_path)),
+        env=clean_env(),
+    )
+    assert status == 2, (out, err)
+    assert "no token verification keys" in err
