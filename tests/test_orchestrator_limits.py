@@ -12,12 +12,14 @@ import pytest
 from orchestrator_support import run_request, runs_stub, start_run_suite, watch_to_end
 
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.registry_pb2 as registry_pb2
 from helix.common.config import ConfigError
 from helix.orchestrator.config import OrchestratorSettings
 from helix.orchestrator.sqlite_store import SqliteRunStore
 from helix.orchestrator.store import RunCommit, StoredCandidate, StoredEvent, StoredRun
 
 from registry_support import error_info
+from waiting import eventually
 
 RUNNING_FOREVER = 10**9  # evaluations: these runs end only when cancelled
 
@@ -198,3 +200,45 @@ def test_limits_are_checked_when_configured() -> None:
     ):
         with pytest.raises(ConfigError, match=name.replace("_", "-")):
             OrchestratorSettings(**{name: value})  # type: ignore[arg-type]
+
+
+async def test_an_oracle_hosted_only_by_agents_not_serving_waits_naming_them(
+    tmp_path: Path,
+) -> None:
+    suite = await start_run_suite(tmp_path)
+    try:
+        agent = registry_pb2.Agent(
+            kind=registry_pb2.AGENT_KIND_ORACLE,
+            endpoint="127.0.0.1:1",
+            capacity=8,
+            health=registry_pb2.AGENT_HEALTH_NOT_SERVING,
+        )
+        agent.oracle.oracles.append("oracles/elsewhere")
+        await suite.stub().RegisterAgent(
+            registry_pb2.RegisterAgentRequest(agent_id="sleepy", agent=agent, request_id="r1")
+        )
+        alice = runs_stub(suite)
+
+        async def pending() -> orchestrator_pb2.Run | None:
+            try:
+                created = await alice.CreateRun(run_request(oracle="oracles/elsewhere"))
+            except grpc.aio.AioRpcError as error:  # the orchestrator has not seen it yet
+                if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                return None
+            return created.run
+
+        run = await eventually(pending, within=10, what="the run accepted")
+        name = run.name
+
+        async def waiting() -> str:
+            found = (await alice.GetRun(orchestrator_pb2.GetRunRequest(name=name))).run
+            return found.state_message
+
+        message = await eventually(waiting, within=10, what="the reason it waits")
+        assert "oracles/elsewhere" in message, message
+        assert "agents/sleepy" in message, message
+        assert "not serving" in message, message
+        await alice.CancelRun(orchestrator_pb2.CancelRunRequest(name=name))
+    finally:
+        await suite.close()

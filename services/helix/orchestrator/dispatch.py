@@ -265,7 +265,12 @@ class Verifier:
     def _refused(self, agent: registry_pb2.Agent, error: BaseException) -> None:
         name = agent.name
         if not isinstance(error, grpc.aio.AioRpcError):
-            self._rest(name, BUSY_BACKOFF, "no credit within the open timeout")
+            why = (
+                "no credit within the open timeout"
+                if isinstance(error, TimeoutError)
+                else "the stream ended as it opened"
+            )
+            self._rest(name, BUSY_BACKOFF, why)
             return
         code, reason = error.code(), error_reason(error)
         if code == grpc.StatusCode.INVALID_ARGUMENT:

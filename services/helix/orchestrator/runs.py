@@ -396,18 +396,29 @@ class Orchestrator:
         return self._public(found) if found is not None else None
 
     def _check_known(self, run: orchestrator_pb2.Run) -> None:
-        """An oracle or named DNA that the live agents of its kind do not serve is unknown
-        (INVALID_ARGUMENT). With no live agent of that kind nobody can tell: the run is
-        created and waits (PENDING) for one."""
+        """An oracle or named DNA that no registered agent of its kind serves, whatever
+        its health, while live agents of that kind exist, is unknown (INVALID_ARGUMENT).
+        With no live agent of the kind nobody can tell: the run is created and waits
+        (PENDING) for one; one hosted only by agents that do not take work now waits too."""
+        registered = self.pool.informer.agents()
         found: list[FieldViolation] = []
-        if self.pool.any_of_kind(ORACLE) and not self.pool.oracles(run.oracle):
+        if self.pool.any_of_kind(ORACLE) and not any(
+            agent.kind == ORACLE and run.oracle in agent.oracle.oracles for agent in registered
+        ):
             found.append(
                 FieldViolation(
                     "run.oracle", f"no live oracle agent hosts {run.oracle}", rules.UNKNOWN
                 )
             )
         named = run.WhichOneof("dna_source") == "dna_name"
-        if named and self.pool.any_of_kind(GENERATOR) and not self.pool.generators(run.dna_name):
+        if (
+            named
+            and self.pool.any_of_kind(GENERATOR)
+            and not any(
+                agent.kind == GENERATOR and run.dna_name in agent.generator.dnas
+                for agent in registered
+            )
+        ):
             found.append(
                 FieldViolation(
                     "run.dna_name",
@@ -753,7 +764,7 @@ class Orchestrator:
                 what = run.dna_name if run.dna_name else "the run's DNA"
                 missing.append(f"no live generator serves {what}")
             if not self.pool.oracles(run.oracle):
-                missing.append(f"no live oracle agent hosts {run.oracle}")
+                missing.append(self._no_oracle(run.oracle))
             if not missing:
                 return
             why = "; ".join(missing)
@@ -775,6 +786,19 @@ class Orchestrator:
             if left <= 0:
                 raise NoAgents(f"waited {self.settings.wait_timeout:g}s: {why}")
             await self.pool.wait_changed(min(left, 1.0), seen)
+
+    def _no_oracle(self, oracle: str) -> str:
+        """Why no oracle agent can verify for `oracle`, naming registered agents that host
+        it but do not take work (NOT_SERVING, or health unknown)."""
+        idle = sorted(
+            agent.name
+            for agent in self.pool.informer.agents()
+            if agent.kind == ORACLE and oracle in agent.oracle.oracles
+        )
+        if not idle:
+            return f"no live oracle agent hosts {oracle}"
+        named = ", ".join(idle[:3]) + (f" and {len(idle) - 3} more" if len(idle) > 3 else "")
+        return f"no oracle agent hosting {oracle} takes work ({named}: not serving)"
 
     async def _start(self, active: _Active) -> tuple[dna_pb2.Dna, str]:
         """The pinned DNA and oracle config_hash (resolved now, or kept from before a
