@@ -220,3 +220,12 @@ class AgentPool:
 
     def add_outstanding(self, name: str, n: int) -> None:
         self.outstanding[name] = max(0, self.outstanding.get(name, 0) + n)
+
+
+def cancelled_by_channel() -> bool:
+    """In an `except asyncio.CancelledError`: whether the call was cut by its channel
+    closing (the agent left: the pool closes its channel; grpc.aio raises CancelledError
+    in the caller) rather than by this task being cancelled — the former is a failure of
+    that agent, to fail over from; the latter must be re-raised."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0

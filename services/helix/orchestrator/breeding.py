@@ -29,7 +29,7 @@ import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.support import describe
 from helix.common.aio import cancel_and_wait
 from helix.genome.layout import normalise
-from helix.orchestrator.agents import AgentPool
+from helix.orchestrator.agents import AgentPool, cancelled_by_channel
 from helix.orchestrator.dispatch import NoAgents, RunFailed
 
 log = logging.getLogger("helix.orchestrator")
@@ -54,6 +54,21 @@ class BreedingPlan:
     GenerateResponse.chunk_size; 0 until known)."""
 
     chunk_size: int = 0
+
+
+def _failed(agent: registry_pb2.Agent, error: BaseException, name: str) -> str:
+    """Why a Generate call failed, to fail over from; raises when it must not: this task
+    cancelled (re-raised) or the request refused (RunFailed)."""
+    if isinstance(error, asyncio.CancelledError):
+        if not cancelled_by_channel():
+            raise error
+        return "it left"
+    assert isinstance(error, grpc.aio.AioRpcError)
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        raise RunFailed(
+            f"{agent.name} refused to generate {name or 'the DNA'}: {error.details()}"
+        ) from None
+    return describe(error)
 
 
 class Breeder:
@@ -96,15 +111,15 @@ class Breeder:
             part = generator_pb2.GenerateRequest()
             part.CopyFrom(request)
             part.offset, part.limit = offset, limit
+            end: BaseException | None = RunFailed(f"breeding range {offset}+{limit} stopped")
             try:
                 async for candidates in self._generate(part, plan):
                     queue.put_nowait(candidates)  # at most one generation, held anyway
-            except asyncio.CancelledError:
-                raise
-            except BaseException as failure:  # handed to the consumer, raised there
-                queue.put_nowait(failure)
-                return
-            queue.put_nowait(None)
+                end = None
+            except Exception as failure:  # handed to the consumer, raised there
+                end = failure
+            finally:
+                queue.put_nowait(end)  # always: the consumer never waits on a dead range
 
         self.splits += 1
         tasks = [
@@ -130,18 +145,19 @@ class Breeder:
         failures = 0
         rng = random.Random()
         name = request.dna_name
-        waited = 0.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_timeout
         while True:
             seen = self.pool.version
             agents = self.pool.generators()
             if _ranged(request):
                 agents = [a for a in agents if _serves_ranges(a)]
             if not agents:
-                if waited > self.wait_timeout:
+                if loop.time() > deadline:
                     raise NoAgents(f"no live generator for {self.wait_timeout:g}s")
                 await self.pool.wait_changed(1.0, seen)
-                waited += 1.0
                 continue
+            deadline = loop.time() + self.wait_timeout
             agent = self.pool.pick(agents, rng)
             stub = generator_pb2_grpc.GeneratorServiceStub(self.pool.channel(agent))
             call = stub.Generate(request, timeout=self.generate_timeout)
@@ -157,15 +173,12 @@ class Breeder:
                         received += len(candidates)
                         yield candidates
                 return
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise RunFailed(
-                        f"{agent.name} refused to generate {name or 'the DNA'}: {error.details()}"
-                    ) from None
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                why = _failed(agent, error, name)
                 failures += 1
                 if failures >= GENERATE_ATTEMPTS * 4:
-                    raise RunFailed(f"Generate kept failing; last: {describe(error)}") from None
-                log.info("Generate on %s failed (%s); trying again", agent.name, describe(error))
+                    raise RunFailed(f"Generate kept failing; last: {why}") from None
+                log.info("Generate on %s failed (%s); trying again", agent.name, why)
                 await asyncio.sleep(min(0.1 * failures, 2.0))
             finally:
                 self.pool.add_outstanding(agent.name, -1)
@@ -183,6 +196,11 @@ class Breeder:
             stub = generator_pb2_grpc.GeneratorServiceStub(self.pool.channel(agent))
             try:
                 found = await stub.GetDna(generator_pb2.GetDnaRequest(name=name), timeout=30)
+            except asyncio.CancelledError:
+                if not cancelled_by_channel():
+                    raise
+                last = f"{agent.name} left"
+                continue
             except grpc.aio.AioRpcError as error:
                 last = f"{agent.name}: {describe(error)}"
                 if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):

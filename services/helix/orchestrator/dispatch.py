@@ -103,6 +103,17 @@ class _Stream:
         return sum(len(b.items) for b in self.inflight.values())
 
 
+def _raise_if_failed(feeder: asyncio.Task[None]) -> None:
+    """Raise what ended the feeding task (breeding), if it failed."""
+    if not feeder.done():
+        return
+    if feeder.cancelled():
+        raise RunFailed("breeding the generation was cancelled")
+    failure = feeder.exception()
+    if failure is not None:
+        raise failure
+
+
 class Verifier:
     """Verifies one run's candidates (module docstring). Not safe for two concurrent
     `verify` calls; one per generation."""
@@ -158,8 +169,7 @@ class Verifier:
         idle_since: float | None = None
         try:
             while True:
-                if feeder.done() and feeder.exception() is not None:
-                    raise feeder.exception()  # type: ignore[misc]
+                _raise_if_failed(feeder)
                 if self._fatal is not None:
                     raise self._fatal
                 seen = self.pool.version

@@ -43,7 +43,7 @@ from helix.common.aio import cancel_and_wait
 from helix.common.errors import FieldViolation
 from helix.genome.documents import check_dna_message
 from helix.genome.layout import fingerprint, normalise, population_size
-from helix.orchestrator.agents import GENERATOR, ORACLE, AgentPool
+from helix.orchestrator.agents import GENERATOR, ORACLE, AgentPool, cancelled_by_channel
 from helix.orchestrator.breeding import Breeder, BreedingPlan
 from helix.orchestrator.dispatch import NoAgents, RunFailed, Verifier, VerifySettings
 from helix.orchestrator.search import (
@@ -854,6 +854,11 @@ class Orchestrator:
                     info = await stub.GetOracle(
                         oracle_pb2.GetOracleRequest(name=oracle), timeout=10
                     )
+                except asyncio.CancelledError:
+                    if not cancelled_by_channel():
+                        raise
+                    last = f"{agent.name} left"
+                    continue
                 except grpc.aio.AioRpcError as error:
                     last = f"{agent.name}: {describe(error)}"
                     continue
