@@ -65,6 +65,8 @@ from helix.security.scopes import AGENTS_READ, DNA_READ, ORACLES_READ, RUNS_READ
 
 SCOPES = (RUNS_READ, RUNS_WRITE, DNA_READ, ORACLES_READ, AGENTS_READ)
 EMBEDDED_START = 30.0  # seconds the embedded agents have to register
+# Agents that take work (a DEGRADED one too: one of its oracles failing leaves the others).
+TAKES_WORK = (registry_pb2.AGENT_HEALTH_SERVING, registry_pb2.AGENT_HEALTH_DEGRADED)
 DEFAULT_BUDGET = 10_000
 MAX_CANDIDATES_WRITTEN = 1000
 TERMINAL = (
@@ -267,10 +269,14 @@ async def _registered(channel: grpc.aio.Channel, agent_ids: tuple[str, ...]) -> 
                 found = await stub.GetAgent(
                     registry_pb2.GetAgentRequest(name=f"agents/{agent_id}"), timeout=5
                 )
-                if found.agent.health == registry_pb2.AGENT_HEALTH_SERVING:
+                if found.agent.health in TAKES_WORK:
                     break
             except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND:
+                if error.code() not in (
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.UNAVAILABLE,
+                ):
                     raise
             if loop.time() > deadline:
                 return  # the run will say what it waits for

@@ -196,12 +196,7 @@ class Orchestrator:
         self._sweeper = asyncio.create_task(self._sweep(), name="finished runs retention")
 
     async def _last_sequence(self, name: str) -> int:
-        last = await self.store.first_sequence(name)
-        while True:
-            page = await self.store.events(name, last, 1000)
-            if not page:
-                return last
-            last = page[-1].sequence
+        return await self.store.last_sequence(name)
 
     async def stop(self) -> None:
         """Stop driving runs (they stay PENDING/RUNNING in the store, resumed next start)."""
@@ -209,6 +204,7 @@ class Orchestrator:
         tasks.append(self._sweeper)
         self._sweeper = None
         await cancel_and_wait(tasks)
+        self.watchers.close("the orchestrator is stopping; watch again from the last sequence")
         self._active.clear()
         if self._started:
             await self.pool.close()
@@ -294,6 +290,60 @@ class Orchestrator:
         earlier = await self._remembered(principal, request.request_id, fingerprint_)
         if earlier is not None:
             return earlier
+        run, record = self._new_run(principal, request)
+        event = orchestrator_pb2.RunEvent(
+            sequence=1,
+            time=_now(),
+            state_changed=orchestrator_pb2.RunStateChanged(state=PENDING),
+        )
+        stored = StoredRunRequest(
+            principal.subject, request.request_id, fingerprint_, run.name, time.time()
+        )
+
+        created = self._copy(run)  # the answer: the run as created (its task moves it on)
+
+        async def store_and_start() -> None:
+            """Store the run and start driving it, as one: shielded below, so a caller
+            cancelled meanwhile (its deadline) never leaves a stored run undriven."""
+            await self.store.create(record, StoredEvent(1, event.SerializeToString()), stored)
+            active = _Active(record, run, 1)
+            self._active[run.name] = active
+            active.task = asyncio.create_task(self._drive(active), name=f"run {run.name}")
+
+        self._reserve(principal.subject)
+        try:
+            await self.store.forget_requests(time.time() - REQUEST_TTL)
+            starting = asyncio.ensure_future(store_and_start())
+            try:
+                await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                await asyncio.wait([starting])
+                raise
+        except RequestExists:
+            # A retry of this request stored its run meanwhile: answer with that one.
+            earlier = await self._remembered(principal, request.request_id, fingerprint_)
+            if earlier is None:
+                raise errors.Aborted(
+                    "a concurrent CreateRun with this request_id failed; retry"
+                ) from None
+            return earlier
+        except RunExists:
+            raise errors.AlreadyExists(f"{run.name} exists already") from None
+        finally:
+            self._release(principal.subject)
+        # Room among the owner's finished runs kept for this one, once it ends.
+        await self.store.prune(
+            owner=principal.subject,
+            keep=max(self.settings.keep_finished_runs - 1, 0),
+            ended_before_ns=0,
+        )
+        return created
+
+    def _new_run(
+        self, principal: Principal, request: orchestrator_pb2.CreateRunRequest
+    ) -> tuple[orchestrator_pb2.Run, StoredRun]:
+        """The run CreateRun asks for, checked (INVALID_ARGUMENT naming the field), and
+        its record: PENDING, version 1."""
         given = request.run
         self._check_known(given)
         dna_name = given.dna_name if given.WhichOneof("dna_source") == "dna_name" else ""
@@ -328,51 +378,21 @@ class Orchestrator:
         else:
             run.dna.CopyFrom(given.dna)
         run.progress.SetInParent()
-        event = orchestrator_pb2.RunEvent(
-            sequence=1,
-            time=_now(),
-            state_changed=orchestrator_pb2.RunStateChanged(state=PENDING),
-        )
         spec = json.dumps(
             {"window": self.settings.window, "converge_after": self.settings.converge_after}
         ).encode()
-        create_ns = run.create_time.ToNanoseconds()
         run.etag = etag_of(1)
         record = StoredRun(
-            run.name, run.owner, PENDING, create_ns, 1, run.SerializeToString(), b"", spec
+            run.name,
+            run.owner,
+            PENDING,
+            run.create_time.ToNanoseconds(),
+            1,
+            run.SerializeToString(),
+            b"",
+            spec,
         )
-        self._reserve(principal.subject)
-        try:
-            await self.store.forget_requests(time.time() - REQUEST_TTL)
-            # Room for this run among the owner's finished ones kept (it will be one).
-            await self.store.prune(
-                owner=principal.subject,
-                keep=max(self.settings.keep_finished_runs - 1, 0),
-                ended_before_ns=0,
-            )
-            await self.store.create(
-                record,
-                StoredEvent(1, event.SerializeToString()),
-                StoredRunRequest(
-                    principal.subject, request.request_id, fingerprint_, run.name, time.time()
-                ),
-            )
-        except RequestExists:
-            # A retry of this request stored its run meanwhile: answer with that one.
-            earlier = await self._remembered(principal, request.request_id, fingerprint_)
-            if earlier is None:
-                raise errors.Aborted(
-                    "a concurrent CreateRun with this request_id failed; retry"
-                ) from None
-            return earlier
-        except RunExists:
-            raise errors.AlreadyExists(f"{run.name} exists already") from None
-        finally:
-            self._release(principal.subject)
-        active = _Active(record, run, 1)
-        self._active[run.name] = active
-        active.task = asyncio.create_task(self._drive(active), name=f"run {run.name}")
-        return self._copy(run)
+        return run, record
 
     async def _remembered(
         self, principal: Principal, request_id: str, fingerprint_: bytes
@@ -512,15 +532,20 @@ class Orchestrator:
             run.state = CANCELLED
             run.end_time.CopyFrom(_now())
             run.state_message = ""
-            await self._commit_locked(
-                active,
-                [
-                    orchestrator_pb2.RunEvent(
-                        state_changed=orchestrator_pb2.RunStateChanged(state=CANCELLED)
-                    )
-                ],
-            )
-            self._active.pop(name, None)
+            try:
+                await self._commit_locked(
+                    active,
+                    [
+                        orchestrator_pb2.RunEvent(
+                            state_changed=orchestrator_pb2.RunStateChanged(state=CANCELLED)
+                        )
+                    ],
+                )
+            finally:
+                # Its task is cancelled: whether the write went through (even if this
+                # call was cancelled meanwhile) or failed (the run stays as stored, and is
+                # resumed at the next start), nothing drives it here any more.
+                self._active.pop(name, None)
         return self._copy(run)
 
     @staticmethod
@@ -578,8 +603,18 @@ class Orchestrator:
         """The rest of a run that is no longer driven: its last events are in the history
         read or, if it ended since, in the watcher's queue (it subscribed first); then
         nothing more comes."""
-        if await self.store.get(name) is None:
+        stored = await self.store.get(name)
+        if stored is None:
             raise errors.NotFound(f"{name} was deleted (finished runs are kept for a while)")
+        if stored.state not in TERMINAL and not any(
+            _stop_state(e) for e in watcher.events if e.sequence > last
+        ):
+            # Not ended, yet not driven here: this orchestrator is stopping (or failed
+            # to record it); the run resumes at the next start.
+            raise errors.Unavailable(
+                f"{name} is not being driven right now; watch again from sequence {last}",
+                retry_after=1.0,
+            )
         for event in watcher.take_now():
             if event.sequence > last:
                 yield event
@@ -658,29 +693,45 @@ class Orchestrator:
             active.record.spec,
             run.end_time.ToNanoseconds() if run.HasField("end_time") else 0,
         )
+        change = RunCommit(
+            record,
+            active.record.version,
+            [StoredEvent(e.sequence, e.SerializeToString()) for e in events],
+            checkpoint=checkpoint,
+            population=population,
+            keep_generations=keep_generations,
+            candidates=candidates,
+            keep_best=self.settings.keep_best,
+            keep_events=self.settings.keep_events,
+        )
+
+        async def apply() -> None:
+            """The write and what follows it in memory, as one: shielded below, so a
+            caller cancelled meanwhile (a client's deadline, a stop) never leaves memory
+            and store apart — the store's thread finishes the write regardless."""
+            try:
+                await self.store.commit(change)
+            except BaseException:
+                # Memory back to the last committed state: the run as stored, the
+                # sequences not taken (the callers changed the run before committing).
+                active.last_sequence -= len(events)
+                run.ParseFromString(active.record.run)
+                raise
+            if run.state in TERMINAL:
+                self.ended[run.state] = self.ended.get(run.state, 0) + 1
+            active.record = record
+            self.watchers.publish(run.name, events)
+
+        writing = asyncio.ensure_future(apply())
         try:
-            await self.store.commit(
-                RunCommit(
-                    record,
-                    active.record.version,
-                    [StoredEvent(e.sequence, e.SerializeToString()) for e in events],
-                    checkpoint=checkpoint,
-                    population=population,
-                    keep_generations=keep_generations,
-                    candidates=candidates,
-                    keep_best=self.settings.keep_best,
-                    keep_events=self.settings.keep_events,
-                )
-            )
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            # Cancelled meanwhile: let the write (and memory) finish before the caller
+            # lets go of the run's lock, then go on being cancelled.
+            await asyncio.wait([writing])
+            raise
         except RunConflict:
             raise errors.Aborted(f"{run.name} was changed by another writer") from None
-        except BaseException:
-            active.last_sequence -= len(events)
-            raise
-        if run.state in TERMINAL:
-            self.ended[run.state] = self.ended.get(run.state, 0) + 1
-        active.record = record
-        self.watchers.publish(run.name, events)
 
     # --- driving a run ----------------------------------------------------------------------
 
@@ -730,24 +781,30 @@ class Orchestrator:
                     await asyncio.shield(verifier.close())
 
     async def _fail(self, active: _Active, why: str) -> None:
-        async with active.lock:
-            run = active.run
-            if run.state in TERMINAL:
-                return
-            run.state = FAILED
-            run.error = why[:MAX_ERROR]
-            run.state_message = ""
-            run.end_time.CopyFrom(_now())
-            await self._commit_locked(
-                active,
-                [
-                    orchestrator_pb2.RunEvent(
-                        state_changed=orchestrator_pb2.RunStateChanged(
-                            state=FAILED, error=run.error
+        run = active.run
+        try:
+            async with active.lock:
+                if run.state in TERMINAL:
+                    return
+                run.state = FAILED
+                run.error = why[:MAX_ERROR]
+                run.state_message = ""
+                run.end_time.CopyFrom(_now())
+                await self._commit_locked(
+                    active,
+                    [
+                        orchestrator_pb2.RunEvent(
+                            state_changed=orchestrator_pb2.RunStateChanged(
+                                state=FAILED, error=run.error
+                            )
                         )
-                    )
-                ],
-            )
+                    ],
+                )
+        except Exception:
+            # The store refuses even this: the run is left as stored (resumed at the next
+            # start) and no longer held here, so it does not keep its place in the limits.
+            log.exception("recording that %s failed (%s) failed", run.name, why)
+        finally:
             self._active.pop(run.name, None)
 
     async def _wait_for_agents(self, active: _Active) -> None:
@@ -903,20 +960,22 @@ class Orchestrator:
                     keep_generations=search.spec.window,
                     candidates=self._retained(active, active.run.objective, outcome.fresh, search),
                 )
-                if committing is not None and not await committing:
+                if committing is not None and not await asyncio.shield(committing):
                     return
                 committing = asyncio.create_task(
                     self._commit_generation(active, done), name=f"commit {active.run.name}"
                 )
                 if outcome.stop_reason:
-                    await committing
+                    await asyncio.shield(committing)
                     return
         finally:
             if committing is not None and not committing.done():
-                # Let an acknowledged generation reach the store (its commit is short);
-                # cancelling it would leave memory and store out of step.
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.shield(committing)
+                # The commit in flight goes on by itself (shielded; memory follows the
+                # store); wait for it unless cancelled again. Its failure, if any, is
+                # not this exit's cause.
+                await asyncio.wait([committing])
+                if not committing.cancelled() and committing.exception() is not None:
+                    log.warning("committing a generation of %s failed", active.run.name)
 
     async def _commit_generation(self, active: _Active, done: _Done) -> bool:
         """Commit one completed generation; False when the run is no longer RUNNING."""

@@ -369,7 +369,9 @@ class Search:
                 or gen_best_key < rank_key(objective, self.best.candidate.id, self.best.verdict)
             )
         ):
-            self.best = gen_best
+            # A copy: a sub-message would keep its whole population alive (upb arenas).
+            self.best = candidate_pb2.ScoredCandidate()
+            self.best.CopyFrom(gen_best)
             new_best = True
             events.append(
                 orchestrator_pb2.RunEvent(new_best=orchestrator_pb2.NewBest(best=gen_best))

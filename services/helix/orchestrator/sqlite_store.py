@@ -79,10 +79,11 @@ CREATE TABLE IF NOT EXISTS requests (
     PRIMARY KEY (owner, request_id)
 );
 CREATE INDEX IF NOT EXISTS requests_by_age ON requests (created_at);
+CREATE INDEX IF NOT EXISTS requests_by_run ON requests (name);
 """
 _RUN_COLUMNS = "name, owner, state, create_time_ns, version, run, pinned, spec, end_time_ns"
 _UNFINISHED = (1, 2)  # RUN_STATE_PENDING, RUN_STATE_RUNNING
-PRUNE_BATCH = 200  # runs deleted per prune call (one transaction each)
+PRUNE_BATCH = 20  # runs deleted per prune call, one short transaction (commits queue behind it)
 
 
 def _run(row: tuple[object, ...]) -> StoredRun:
@@ -156,6 +157,11 @@ class SqliteRunStore:
             elif version[0] == 1:
                 with _Transaction(db):
                     db.execute("ALTER TABLE runs ADD COLUMN end_time_ns INTEGER NOT NULL DEFAULT 0")
+                    # Runs that ended before: their creation time, for the age rule.
+                    db.execute(
+                        "UPDATE runs SET end_time_ns=create_time_ns WHERE state NOT IN (?, ?)",
+                        _UNFINISHED,
+                    )
                     db.execute(
                         "UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,)
                     )
@@ -400,6 +406,13 @@ class SqliteRunStore:
     async def first_sequence(self, name: str) -> int:
         def work(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT min(sequence) FROM events WHERE run=?", (name,)).fetchone()
+            return int(row[0] or 0)
+
+        return await self._run(work)
+
+    async def last_sequence(self, name: str) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT max(sequence) FROM events WHERE run=?", (name,)).fetchone()
             return int(row[0] or 0)
 
         return await self._run(work)

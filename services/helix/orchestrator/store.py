@@ -182,6 +182,10 @@ class RunStore(Protocol):
         """The oldest retained event's sequence (0 when none)."""
         ...
 
+    async def last_sequence(self, name: str) -> int:
+        """The newest event's sequence (0 when none)."""
+        ...
+
     async def checkpoint(self, name: str) -> tuple[bytes, list[tuple[int, bytes]]] | None:
         """The last checkpoint and the stored populations (generation, bytes), oldest
         first; None when the run has none yet."""

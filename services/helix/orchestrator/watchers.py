@@ -56,6 +56,12 @@ class Watchers:
             del self._by_principal[watcher.principal]
         self.count -= 1
 
+    def close(self, why: str) -> None:
+        """End every watch (UNAVAILABLE with `why`): the service is stopping."""
+        for watchers in self._by_run.values():
+            for watcher in watchers:
+                watcher.close(why)
+
     def publish(self, run: str, events: Sequence[orchestrator_pb2.RunEvent]) -> None:
         for watcher in self._by_run.get(run, ()):
             watcher.push(events)
@@ -68,6 +74,7 @@ class Watcher:
         self.maxsize = maxsize
         self.events: list[orchestrator_pb2.RunEvent] = []
         self.overflowed = False
+        self.closed = ""  # why the watch must end (the service stops)
         self.ready = asyncio.Event()
 
     def push(self, events: Sequence[orchestrator_pb2.RunEvent]) -> None:
@@ -80,8 +87,14 @@ class Watcher:
             self.events.extend(events)
         self.ready.set()
 
+    def close(self, why: str) -> None:
+        self.closed = why
+        self.ready.set()
+
     def take_now(self) -> list[orchestrator_pb2.RunEvent]:
         """The events queued so far, without waiting."""
+        if self.closed and not self.events:
+            raise errors.Unavailable(self.closed, retry_after=1.0)
         if self.overflowed:
             raise errors.ResourceExhausted(
                 f"this watcher fell more than {self.maxsize} events behind; watch again from "
@@ -92,7 +105,7 @@ class Watcher:
         return taken
 
     async def take(self) -> list[orchestrator_pb2.RunEvent]:
-        while not self.events and not self.overflowed:
+        while not self.events and not self.overflowed and not self.closed:
             self.ready.clear()
             await self.ready.wait()
         return self.take_now()
