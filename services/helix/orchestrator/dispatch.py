@@ -142,6 +142,7 @@ class Verifier:
         self._record: Callable[[candidate_pb2.Verdict], bool] | None = None
         self._rng = random.Random()
         self._fatal: RunFailed | None = None
+        self._busy_until = 0.0  # loop time until which a busy agent counts as progress
         self.resent = 0
         self.streams_opened = 0
 
@@ -215,9 +216,12 @@ class Verifier:
     # --- streams ------------------------------------------------------------------------
 
     def _usable(self) -> bool:
-        """Whether some stream can take work or holds some. Streams being opened do not
-        count: an agent that keeps refusing or never answers must not reset the clock
-        after which the run fails with NoAgents."""
+        """Whether some stream can take work or holds some, or an agent said lately it is
+        busy (reachable, its capacity held by other runs: waiting for it is progress).
+        Streams being opened do not count: an agent that never answers or refuses for
+        another reason must not reset the clock after which the run fails with NoAgents."""
+        if self._busy_until > asyncio.get_running_loop().time():
+            return True
         return any(not s.broken and s.credit > 0 for s in self._streams.values()) or any(
             s.inflight for s in self._streams.values()
         )
@@ -283,6 +287,8 @@ class Verifier:
             self._rest(name, BUSY_BACKOFF, why)
             return
         code, reason = error.code(), error_reason(error)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self._busy_until = asyncio.get_running_loop().time() + 3 * BUSY_BACKOFF
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             self._fatal = RunFailed(
                 f"{name} refused the run's DNA for {self.oracle}: {error.details()}"
