@@ -392,7 +392,10 @@ class Search:
         if self.best is not None:
             completed.best_score = self.best.verdict.score
         events.append(orchestrator_pb2.RunEvent(generation_completed=completed))
-        self.window.add_verdicts(generation.number, tally.ids, generation.verdicts)
+        # The verdicts as held by the population's message (one arena per generation):
+        # those received are sub-messages of whole VerdictBatch responses, and a verdict
+        # kept in the window for long (a lasting elite) would keep its batch alive.
+        self.window.add_verdicts(generation.number, tally.ids, [p.verdict for p in population])
         self.parents = population
         return Outcome(
             events, fresh, population, self._stop_reason(), new_best, generation.container()
