@@ -20,10 +20,15 @@ from pathlib import Path
 
 import grpc
 
+import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
+from helix.genome.codec import genome_id
+from helix.genome.documents import parse_dna_text
 
 from harness import HELIX, Cluster, Member, clean_env
 
@@ -148,6 +153,22 @@ class RunCluster(Cluster):
             channel = self.channel("orchestrator", subject, RUN_SCOPES)
             self._stubs[key] = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         return self._stubs[key]
+
+    async def warm_oracle(self, agent_id: str) -> None:
+        """Verify one candidate on the oracle agent directly, so its python workers have
+        started (they start on first use, which on a loaded machine can take seconds)
+        before a run counts on it."""
+        member = self.member(f"oracle-{agent_id}")
+        channel = self.channel("oracle", "tester", ("verify",), address=member.address)
+        stub = oracle_pb2_grpc.OracleServiceStub(channel)
+        file = DNA_DIR / "rastrigin.yaml"
+        dna = parse_dna_text(file.read_text(), file.name).dna
+        genome = candidate_pb2.Genome(reals=[0.5] * 10)
+        candidate = candidate_pb2.Candidate(id=genome_id(genome), genome=genome)
+        response = await stub.Verify(
+            oracle_pb2.VerifyRequest(oracle=ORACLE, dna=dna, candidates=[candidate]), timeout=60
+        )
+        assert len(response.verdicts) == 1, response
 
     async def agent(self, agent_id: str) -> registry_pb2.Agent:
         """The agent as the registry has it now."""

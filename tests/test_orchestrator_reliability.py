@@ -236,6 +236,7 @@ async def test_one_two_or_three_agents_of_different_speeds_give_the_same_run(
         outcomes = []
         for count, (agent_id, seconds) in enumerate(speeds, 1):
             await cluster.add_oracle(agent_id, seconds)
+            await cluster.warm_oracle(agent_id)  # its workers up: it takes part from the start
             await eventually(partial(_oracle_agents, cluster, count), 20, what="agents")
             created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
             outcomes.append(Outcome.of(await finish(lambda: stub, created.name)))
