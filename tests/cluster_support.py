@@ -155,9 +155,9 @@ class RunCluster(Cluster):
         return self._stubs[key]
 
     async def warm_oracle(self, agent_id: str) -> None:
-        """Verify one candidate on the oracle agent directly, so its python workers have
-        started (they start on first use, which on a loaded machine can take seconds)
-        before a run counts on it."""
+        """Verify one candidate on the oracle agent directly: it has answered a verdict
+        (its python workers up, nothing failing) before a run counts on it — on a loaded
+        machine an agent still starting took no part in a short run."""
         member = self.member(f"oracle-{agent_id}")
         channel = self.channel("oracle", "tester", ("verify",), address=member.address)
         stub = oracle_pb2_grpc.OracleServiceStub(channel)

@@ -90,6 +90,10 @@ def real_candidates(n: int, seed: int = 0) -> list[candidate_pb2.Candidate]:
     return found
 
 
+# Agents are processes: on a loaded machine they start slowly.
+pytestmark = pytest.mark.timeout(150)
+
+
 def oracle_dir(folder: Path, *, pause: float, workers: int = 2, capacity: int = 8) -> Path:
     """An oracle configuration: `slow` (python, sleeps `pause` s per candidate) and the
     builtin `sphere`; `capacity` changes both oracles' config_hash."""
@@ -168,11 +172,24 @@ class World:
         return await self.processes.start(argv, env, name=agent_id)
 
     async def seen(self, oracle: str, count: int) -> list[registry_pb2.Agent]:
+        """Until `count` agents hosting `oracle` take work in the pool (all SERVING: a
+        DEGRADED one is left out while another is SERVING). The agents' startup is slow on
+        a loaded machine, hence the long wait; a timeout names every agent and its health."""
+
         def found() -> list[registry_pb2.Agent] | None:
             agents = self.pool.oracles(oracle)
             return agents if len(agents) == count else None
 
-        return await eventually(found, 30, what=f"{count} agents hosting {oracle} in the pool")
+        def known() -> str:
+            return ", ".join(
+                f"{a.name} {registry_pb2.AgentHealth.Name(a.health)}"
+                for a in self.pool.informer.agents()
+            )
+
+        try:
+            return await eventually(found, 45, what=f"{count} agents hosting {oracle}")
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}; the pool knows: {known() or 'none'}") from None
 
     async def register(self, agent_id: str, endpoint: str) -> None:
         """An oracle agent in the registry (a lease of 300 s) at `endpoint`."""
