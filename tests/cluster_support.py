@@ -31,6 +31,7 @@ from helix.genome.codec import genome_id
 from helix.genome.documents import parse_dna_text
 
 from harness import HELIX, Cluster, Member, clean_env
+from waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 DNA_DIR = ROOT / "examples" / "dna"
@@ -165,8 +166,14 @@ class RunCluster(Cluster):
         dna = parse_dna_text(file.read_text(), file.name).dna
         genome = candidate_pb2.Genome(reals=[0.5] * 10)
         candidate = candidate_pb2.Candidate(id=genome_id(genome), genome=genome)
-        response = await stub.Verify(
-            oracle_pb2.VerifyRequest(oracle=ORACLE, dna=dna, candidates=[candidate]), timeout=60
+        request = oracle_pb2.VerifyRequest(oracle=ORACLE, dna=dna, candidates=[candidate])
+
+        async def verified() -> oracle_pb2.VerifyResponse:
+            return await stub.Verify(request, timeout=30)
+
+        # (A freshly started agent has reset a first connection on a loaded machine.)
+        response = await eventually(
+            verified, 60, what=f"a verdict from {agent_id}", ignore=(grpc.aio.AioRpcError,)
         )
         assert len(response.verdicts) == 1, response
 

@@ -10,6 +10,7 @@ python oracles really sleep in worker processes, so batches are really in flight
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -285,16 +286,21 @@ async def test_every_candidate_is_recorded_once_when_an_agent_goes_away_mid_batc
     recorder = Recorder()
     killed: list[int] = []
 
+    def holding() -> bool:
+        return len(recorder.verdicts) >= 60 and world.pool.outstanding.get("agents/oracle-a", 0) > 0
+
     async def kill_mid_batch() -> None:
-        await eventually(
-            lambda: (
-                len(recorder.verdicts) >= 60
-                and world.pool.outstanding.get("agents/oracle-a", 0) > 0
-            ),
-            30,
-            what="oracle-a to hold a batch after some verdicts",
-            interval=0.002,
-        )
+        while True:
+            await eventually(holding, 30, what="oracle-a to hold a batch", interval=0.002)
+            if how != "kill -9":
+                break
+            # Frozen first, so it dies holding a batch (it might answer between the look
+            # and the kill); if it answered meanwhile, let it go on and look again.
+            doomed.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(0.05)  # answers already on the wire arrive
+            if holding():
+                break
+            doomed.send_signal(signal.SIGCONT)
         killed.append(len(recorder.verdicts))
         if how == "kill -9":
             await doomed.kill()
