@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import sys
@@ -148,30 +147,8 @@ def _reader_went_away() -> int:
     return 0
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas() -> None:
-    """At most MALLOC_ARENAS glibc malloc arenas, unless MALLOC_ARENA_MAX says otherwise.
-
-    glibc gives each thread that allocates its own arena (up to 8 per core); a Helix
-    process has many (gRPC's, breeding, scoring, SQLite), and arenas freed by one and
-    refilled by another fragment: a long run's resident memory climbed about 30% before
-    levelling off, and with two arenas stays within 10% at the same speed
-    (benchmarks/results/memory.md). Must run before threads start; a no-op off glibc."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return  # glibc read it at start: the operator's choice stands
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(MALLOC_ARENAS))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `helix` command; returns the process exit status."""
-    limit_malloc_arenas()
     args = _build_parser().parse_args(argv)  # argparse itself ignores a closed stdout
     try:
         status: int = args.handler(args)
