@@ -13,6 +13,7 @@ import pytest
 from orchestrator_support import DNA_DIR, start_run_suite
 from test_orchestrator_split import _second_generator
 
+import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common.channel import create_channel
@@ -45,8 +46,10 @@ def _request() -> generator_pb2.GenerateRequest:
 
 async def _ids(breeder: Breeder, plan: BreedingPlan, leave: asyncio.Event) -> list[str]:
     ids: list[str] = []
-    async for candidates in breeder.candidates(_request(), plan):
-        ids += [c.id for c in candidates]
+    async for records, batch_ids in breeder.candidates(_request(), plan):
+        # Candidates come serialised, with the ids read from their bytes.
+        assert candidate_pb2.Candidate.FromString(records[-1]).id == batch_ids[-1]
+        ids += batch_ids
         if len(ids) >= COUNT // 10:
             leave.set()
     return ids

@@ -34,6 +34,7 @@ from helix.oracle.serving import OracleService, oracle_service
 from helix.oracle.settings import OracleSettings
 from helix.orchestrator.agents import AgentPool
 from helix.orchestrator.dispatch import NoAgents, RunFailed, Verifier, VerifySettings
+from helix.orchestrator.search import Verdicts
 from helix.security.client import MintingTokenSource, bearer_interceptors
 
 from harness import HELIX, Processes, clean_env
@@ -111,9 +112,15 @@ class Recorder:
     def __init__(self) -> None:
         self.verdicts: list[candidate_pb2.Verdict] = []
 
-    def __call__(self, verdict: candidate_pb2.Verdict) -> bool:
-        self.verdicts.append(verdict)
-        return True
+    def __call__(self, verdicts: Verdicts) -> None:
+        for i, raw in enumerate(verdicts.raws):
+            verdict = candidate_pb2.Verdict.FromString(raw)
+            # The columns the run reads agree with the verdict's bytes.
+            assert verdicts.ids[i] == verdict.candidate_id
+            assert verdicts.statuses[i] == verdict.status
+            assert verdicts.scores[i] == verdict.score
+            assert verdicts.cached[i] == verdict.cached
+            self.verdicts.append(verdict)
 
     def counts(self) -> Counter[str]:
         return Counter(v.candidate_id for v in self.verdicts)
@@ -121,9 +128,11 @@ class Recorder:
 
 async def feed(
     candidates: list[candidate_pb2.Candidate], chunk: int = 50
-) -> AsyncIterator[list[candidate_pb2.Candidate]]:
+) -> AsyncIterator[tuple[list[bytes], list[str]]]:
+    """The candidates as the Verifier takes them: serialised, with their ids."""
     for start in range(0, len(candidates), chunk):
-        yield candidates[start : start + chunk]
+        part = candidates[start : start + chunk]
+        yield [c.SerializeToString() for c in part], [c.id for c in part]
         await asyncio.sleep(0)
 
 

@@ -11,21 +11,24 @@ from helix.orchestrator import search as s
 DNA = dna_pb2.Dna(name="dnas/t")
 
 
-def _candidate(i: int) -> candidate_pb2.Candidate:
-    return candidate_pb2.Candidate(id=f"{i:032x}")
+def _candidates(ids: list[int]) -> tuple[list[bytes], list[str]]:
+    """Serialised candidates with these ids, and the ids (as Generate's stream has them)."""
+    texts = [f"{i:032x}" for i in ids]
+    return [candidate_pb2.Candidate(id=t).SerializeToString() for t in texts], texts
 
 
-def _verdict(candidate: candidate_pb2.Candidate) -> candidate_pb2.Verdict:
-    return candidate_pb2.Verdict(
-        candidate_id=candidate.id, status=s.PASSED, score=float(int(candidate.id, 16) % 97)
+def _verdicts(ids: list[str]) -> s.Verdicts:
+    return s.Verdicts.of(
+        candidate_pb2.Verdict(candidate_id=cid, status=s.PASSED, score=float(int(cid, 16) % 97))
+        for cid in ids
     )
 
 
 def _step(search: s.Search, ids: list[int]) -> s.Outcome:
     generation = search.begin()
-    fresh = generation.add([_candidate(i) for i in ids])
-    for candidate in reversed(fresh):  # any order
-        assert generation.record(_verdict(candidate))
+    _, fresh = generation.add(*_candidates(ids))
+    for cid in reversed(fresh):  # any order
+        assert generation.record(_verdicts([cid])) == 1
     return search.finish(generation, 0.1)
 
 
@@ -44,7 +47,7 @@ def test_duplicates_are_not_verified_and_resume_decides_the_same() -> None:
     stored: list[tuple[int, bytes]] = []
     for g in range(4):
         outcome = _step(first, _plan(g))
-        stored.append((g, s.encode_population(outcome.population)))
+        stored.append((g, outcome.encoded_population()))
     resumed = s.Search.restore(spec, DNA, first.state(), stored[-spec.window :], first.best)
     for g in range(4, 8):
         _step(resumed, _plan(g))
@@ -56,12 +59,14 @@ def test_a_repeat_within_a_generation_waits_for_the_first_verdict() -> None:
     spec = s.SearchSpec(seed=1, objective=common_pb2.OBJECTIVE_MINIMIZE, population=3)
     search = s.Search(spec, DNA)
     generation = search.begin()
-    fresh = generation.add([_candidate(1), _candidate(1), _candidate(2)])
-    assert [c.id for c in fresh] == [_candidate(1).id, _candidate(2).id]
+    records, ids = _candidates([1, 1, 2])
+    fresh, fresh_ids = generation.add(records, ids)
+    assert fresh_ids == [ids[0], ids[2]]
+    assert fresh == [records[0], records[2]]
     assert not generation.complete
-    generation.record(_verdict(fresh[0]))
-    assert not generation.record(_verdict(fresh[0]))  # a second verdict is ignored
-    generation.record(_verdict(fresh[1]))
+    assert generation.record(_verdicts([fresh_ids[0]])) == 1
+    assert generation.record(_verdicts([fresh_ids[0]])) == 0  # a second verdict is ignored
+    assert generation.record(_verdicts([fresh_ids[1]])) == 1
     outcome = search.finish(generation, 0.0)
     assert search.counters.evaluations == 2
     assert search.counters.duplicates == 1

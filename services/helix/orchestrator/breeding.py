@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 
-import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
@@ -29,6 +28,7 @@ import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.support import describe
 from helix.common.aio import cancel_and_wait
 from helix.genome.layout import normalise
+from helix.orchestrator import wire
 from helix.orchestrator.agents import AgentPool, cancelled_by_channel
 from helix.orchestrator.dispatch import NoAgents, RunFailed
 
@@ -40,7 +40,12 @@ GENERATE_ATTEMPTS = 5
 RANGES_LABEL = "helix.dev/generate-ranges"
 
 
-def _ranged(request: generator_pb2.GenerateRequest) -> bool:
+GENERATE = "/helix.v1.GeneratorService/Generate"
+# A generation's candidates as they are bred: serialised, with their ids.
+Bred = tuple[list[bytes], list[str]]
+
+
+def _ranged(request: Any) -> bool:
     return bool(request.offset or request.limit)
 
 
@@ -91,10 +96,9 @@ class Breeder:
         per = -(-chunks // parts)
         return [(k * size, min((k + per) * size, count) - k * size) for k in range(0, chunks, per)]
 
-    async def candidates(
-        self, request: generator_pb2.GenerateRequest, plan: BreedingPlan
-    ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
-        """The generation's candidates in output order. With several generators live, a
+    async def candidates(self, request: Any, plan: BreedingPlan) -> AsyncIterator[Bred]:
+        """The generation's candidates in output order (serialised, with their ids), for a
+        GenerateRequest as a `wire.RawGenerateRequest`. With several generators live, a
         generation of several chunks is split into ranges (GenerateRequest.offset/limit)
         bred at once, one per generator; each range is streamed as soon as those before it
         are complete, so the order — and the run — is the same as from one generator."""
@@ -103,12 +107,10 @@ class Breeder:
             async for candidates in self._generate(request, plan):
                 yield candidates
             return
-        queues: list[asyncio.Queue[list[candidate_pb2.Candidate] | BaseException | None]] = [
-            asyncio.Queue() for _ in ranges
-        ]
+        queues: list[asyncio.Queue[Bred | BaseException | None]] = [asyncio.Queue() for _ in ranges]
 
         async def fill(offset: int, limit: int, queue: asyncio.Queue[Any]) -> None:
-            part = generator_pb2.GenerateRequest()
+            part = type(request)()
             part.CopyFrom(request)
             part.offset, part.limit = offset, limit
             end: BaseException | None = RunFailed(f"breeding range {offset}+{limit} stopped")
@@ -135,9 +137,7 @@ class Breeder:
         finally:
             await cancel_and_wait(tasks)
 
-    async def _generate(
-        self, request: generator_pb2.GenerateRequest, plan: BreedingPlan
-    ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
+    async def _generate(self, request: Any, plan: BreedingPlan) -> AsyncIterator[Bred]:
         """The candidates of the request (its range), streamed; on a generator's failure
         the same request goes to another (its output is a pure function of the request:
         those already received are skipped)."""
@@ -159,19 +159,25 @@ class Breeder:
                 continue
             deadline = loop.time() + self.wait_timeout
             agent = self.pool.pick(agents, rng)
-            stub = generator_pb2_grpc.GeneratorServiceStub(self.pool.channel(agent))
-            call = stub.Generate(request, timeout=self.generate_timeout)
+            # Raw messages (wire.py): the parents go out and the candidates come back as
+            # the bytes they are.
+            generate = self.pool.channel(agent).unary_stream(
+                GENERATE,
+                request_serializer=wire.serialize,
+                response_deserializer=wire.RawGenerateResponse.FromString,
+            )
+            call = generate(request, timeout=self.generate_timeout)
             self.pool.add_outstanding(agent.name, 1)
             skip = received
             try:
                 async for response in call:
                     plan.chunk_size = response.chunk_size or plan.chunk_size
-                    candidates = list(response.candidates)
-                    dropped = min(skip, len(candidates))
-                    candidates, skip = candidates[dropped:], skip - dropped
-                    if candidates:
-                        received += len(candidates)
-                        yield candidates
+                    records = list(response.candidates)
+                    dropped = min(skip, len(records))
+                    records, skip = records[dropped:], skip - dropped
+                    if records:
+                        received += len(records)
+                        yield records, wire.candidate_ids(records)
                 return
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
                 why = _failed(agent, error, name)

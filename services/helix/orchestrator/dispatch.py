@@ -32,6 +32,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -39,12 +40,13 @@ from google.protobuf import duration_pb2
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
-import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.support import describe, error_reason
 from helix.common import reasons
 from helix.common.aio import cancel_and_wait
+from helix.orchestrator import wire
 from helix.orchestrator.agents import AgentPool
+from helix.orchestrator.search import Verdicts
 
 log = logging.getLogger("helix.orchestrator")
 
@@ -53,6 +55,7 @@ MAX_BATCH_BYTES = 2 * 1024 * 1024  # well under the 4 MiB default message limit
 OPEN_TIMEOUT = 10.0
 BUSY_BACKOFF = 1.0  # an agent that refused a stream (busy, unreachable) rests this long
 EXCLUDE = 30.0  # an agent with another config_hash, or without the oracle, is left out
+VERIFY_STREAM = "/helix.v1.OracleService/VerifyStream"
 RUN_HEADER = "x-helix-run"  # the run a call works for, in the oracle agents' reports
 
 
@@ -75,15 +78,26 @@ class VerifySettings:
 
 
 @dataclass(slots=True, eq=False)
-class _Item:
-    candidate: candidate_pb2.Candidate
+class _Piece:
+    """Candidates to verify (serialised, with their ids) that have failed `attempts` times."""
+
+    records: list[bytes]
+    ids: list[str]
     attempts: int = 0
-    last_error: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, n: int) -> _Piece:
+        """The first `n` candidates, removed from this piece."""
+        head = _Piece(self.records[:n], self.ids[:n], self.attempts)
+        del self.records[:n], self.ids[:n]
+        return head
 
 
 @dataclass(slots=True, eq=False)
 class _Batch:
-    items: list[_Item]
+    piece: _Piece
     deadline: float
 
 
@@ -100,7 +114,7 @@ class _Stream:
 
     @property
     def outstanding(self) -> int:
-        return sum(len(b.items) for b in self.inflight.values())
+        return sum(len(b.piece) for b in self.inflight.values())
 
 
 def _raise_if_failed(feeder: asyncio.Task[None]) -> None:
@@ -137,9 +151,9 @@ class Verifier:
         self._streams: dict[str, _Stream] = {}
         self._opening: dict[str, asyncio.Task[None]] = {}
         self._resting: dict[str, float] = {}  # agent name -> loop time it may be used again
-        self._pending: collections.deque[_Item] = collections.deque()
+        self._pending: collections.deque[_Piece] = collections.deque()
         self._wake = asyncio.Event()
-        self._record: Callable[[candidate_pb2.Verdict], bool] | None = None
+        self._record: Callable[[Verdicts], object] | None = None
         self._rng = random.Random()
         self._fatal: RunFailed | None = None
         self._busy_until = 0.0  # loop time until which a busy agent counts as progress
@@ -150,19 +164,21 @@ class Verifier:
 
     async def verify(
         self,
-        feed: AsyncIterator[list[candidate_pb2.Candidate]],
-        record: Callable[[candidate_pb2.Verdict], bool],
+        feed: AsyncIterator[tuple[list[bytes], list[str]]],
+        record: Callable[[Verdicts], object],
     ) -> None:
-        """Verify every candidate `feed` yields; `record` takes each verdict once."""
+        """Verify every candidate `feed` yields (serialised, with its id); `record` takes
+        each verdict once."""
         self._record = record
         self._pending.clear()
         done_feeding = asyncio.Event()
         loop = asyncio.get_running_loop()
 
         async def feeding() -> None:
-            async for candidates in feed:
-                self._pending.extend(_Item(c) for c in candidates)
-                self._wake.set()
+            async for records, ids in feed:
+                if ids:
+                    self._pending.append(_Piece(records, ids))
+                    self._wake.set()
             done_feeding.set()
             self._wake.set()
 
@@ -244,8 +260,14 @@ class Verifier:
     async def _open(self, agent: registry_pb2.Agent) -> None:
         name = agent.name
         try:
-            stub = oracle_pb2_grpc.OracleServiceStub(self.pool.channel(agent))
-            call = stub.VerifyStream(metadata=((RUN_HEADER, self.run),) if self.run else None)
+            # Raw messages (wire.py): batches go out as the candidates' bytes, verdicts
+            # come back as bytes.
+            verify_stream = self.pool.channel(agent).stream_stream(
+                VERIFY_STREAM,
+                request_serializer=wire.serialize,
+                response_deserializer=wire.RawVerifyStreamResponse.FromString,
+            )
+            call = verify_stream(metadata=((RUN_HEADER, self.run),) if self.run else None)
             opening = oracle_pb2.VerifyStreamOpen(
                 oracle=self.oracle, dna=self.dna, config_hash=self.config_hash
             )
@@ -254,7 +276,7 @@ class Verifier:
             try:
                 await call.write(oracle_pb2.VerifyStreamRequest(open=opening))
                 async with asyncio.timeout(OPEN_TIMEOUT):
-                    first = await call.read()
+                    first: Any = await call.read()
             except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as error:
                 call.cancel()
                 self._refused(agent, error)
@@ -262,13 +284,11 @@ class Verifier:
             except BaseException:
                 call.cancel()
                 raise
-            if not isinstance(first, oracle_pb2.VerifyStreamResponse) or not first.HasField(
-                "credit"
-            ):
+            if first is grpc.aio.EOF or not first.HasField("credit"):
                 call.cancel()
                 self._rest(name, BUSY_BACKOFF, "opened without credit")
                 return
-            stream = _Stream(agent, call, credit=first.credit.candidates)
+            stream = _Stream(agent, call, credit=_credit(first))
             stream.reader = asyncio.create_task(self._read(stream), name=f"read {name}")
             self._streams[name] = stream
             self.streams_opened += 1
@@ -308,13 +328,13 @@ class Verifier:
         why = "the stream ended"
         try:
             while True:
-                response = await stream.call.read()
-                if not isinstance(response, oracle_pb2.VerifyStreamResponse):
+                response: Any = await stream.call.read()
+                if response is grpc.aio.EOF:
                     why = "the agent ended the stream"
                     break
                 if response.HasField("credit"):
-                    stream.credit += response.credit.candidates
-                else:
+                    stream.credit += _credit(response)
+                elif response.HasField("verdicts"):
                     self._answered(stream, response.verdicts)
                 self._wake.set()
         except grpc.aio.AioRpcError as error:
@@ -327,20 +347,38 @@ class Verifier:
             self._drop(stream, why)
             self._wake.set()
 
-    def _answered(self, stream: _Stream, answer: oracle_pb2.VerdictBatch) -> None:
-        batch = stream.inflight.pop(answer.batch_id, None)
+    def _answered(self, stream: _Stream, answer: bytes) -> None:
+        """A VerdictBatch (serialised): each verdict is recorded once, in its bytes and with
+        the fields the run reads; a batch answered wrongly goes back to the queue."""
+        raw = wire.RawVerdictBatch.FromString(answer)
+        batch = stream.inflight.pop(raw.batch_id, None)
         if batch is None:
             return
-        self.pool.add_outstanding(stream.agent.name, -len(batch.items))
-        if len(answer.verdicts) != len(batch.items):
-            self._requeue(batch.items, f"{stream.agent.name} answered a batch wrongly")
+        piece = batch.piece
+        self.pool.add_outstanding(stream.agent.name, -len(piece))
+        if len(raw.verdicts) != len(piece):
+            self._requeue(piece, f"{stream.agent.name} answered a batch wrongly")
             return
-        record = self._record
-        for item, verdict in zip(batch.items, answer.verdicts, strict=True):
-            if verdict.candidate_id != item.candidate.id:
-                self._requeue([item], f"{stream.agent.name} answered the wrong candidate")
-            elif record is not None:
-                record(verdict)
+        verdicts = oracle_pb2.VerdictBatch.FromString(answer).verdicts
+        ids, statuses, scores, cached = map(
+            list,
+            zip(*[(v.candidate_id, v.status, v.score, v.cached) for v in verdicts], strict=True),
+        )
+        answered = Verdicts(ids, statuses, scores, cached, list(raw.verdicts))
+        if answered.ids != piece.ids:  # keep the right ones, re-send the others
+            right = [i for i, cid in enumerate(piece.ids) if answered.ids[i] == cid]
+            wrong = sorted(set(range(len(piece))) - set(right))
+            answered = answered.rows(right)
+            self._requeue(
+                _Piece(
+                    [piece.records[i] for i in wrong],
+                    [piece.ids[i] for i in wrong],
+                    piece.attempts,
+                ),
+                f"{stream.agent.name} answered the wrong candidate",
+            )
+        if self._record is not None and len(answered):
+            self._record(answered)
 
     def _drop(self, stream: _Stream, why: str, *, requeue: bool = True) -> None:
         """A stream is over: its batches go back to the queue (an attempt each)."""
@@ -350,32 +388,28 @@ class Verifier:
         self._streams.pop(stream.agent.name, None)
         stream.call.cancel()
         for batch in stream.inflight.values():
-            self.pool.add_outstanding(stream.agent.name, -len(batch.items))
+            self.pool.add_outstanding(stream.agent.name, -len(batch.piece))
             if requeue:
-                self._requeue(batch.items, f"{stream.agent.name}: {why}")
+                self._requeue(batch.piece, f"{stream.agent.name}: {why}")
         stream.inflight.clear()
         if requeue:
             log.info("stream to %s dropped: %s", stream.agent.name, why)
             self._rest(stream.agent.name, BUSY_BACKOFF, why)
 
-    def _requeue(self, items: list[_Item], why: str) -> None:
-        for item in items:
-            item.attempts += 1
-            item.last_error = why
-            if item.attempts >= self.settings.max_attempts:
-                if self._record is not None:
-                    self._record(
-                        candidate_pb2.Verdict(
-                            candidate_id=item.candidate.id,
-                            status=ERROR,
-                            message=(f"not verified: {item.attempts} attempts failed; last: {why}")[
-                                :1024
-                            ],
-                        )
-                    )
-            else:
-                self.resent += 1
-                self._pending.appendleft(item)
+    def _requeue(self, piece: _Piece, why: str) -> None:
+        attempts = piece.attempts + 1
+        if attempts < self.settings.max_attempts:
+            self.resent += len(piece)
+            self._pending.appendleft(_Piece(piece.records, piece.ids, attempts))
+            return
+        if self._record is None:
+            return
+        message = f"not verified: {attempts} attempts failed; last: {why}"[:1024]
+        given_up = [
+            candidate_pb2.Verdict(candidate_id=cid, status=ERROR, message=message)
+            for cid in piece.ids
+        ]
+        self._record(Verdicts.of(given_up))
 
     def _check_deadlines(self, now: float) -> None:
         for stream in list(self._streams.values()):
@@ -393,28 +427,26 @@ class Verifier:
                 a, b = self._rng.sample(ready, 2)
                 stream = a if a.outstanding <= b.outstanding else b
             first = self._pending[0]
+            waiting = sum(len(p) for p in self._pending)
             limit = min(stream.credit, self.settings.max_batch, 10_000)
-            share = math.ceil(len(self._pending) / len(ready))
+            share = math.ceil(waiting / len(ready))
             limit = min(limit, max(share, 1))
             if first.attempts:
                 limit = min(limit, max(1, self.settings.max_batch >> first.attempts))
-            size = max(1, first.candidate.ByteSize() + 8)
+            size = max(1, len(first.records[0]) + 8)
             limit = max(1, min(limit, MAX_BATCH_BYTES // size))
-            items = [self._pending.popleft() for _ in range(min(limit, len(self._pending)))]
+            piece = self._pending.popleft() if len(first) <= limit else first.take(limit)
             batch_id = stream.next_id
             stream.next_id += 1
-            message = oracle_pb2.VerifyStreamRequest(
-                batch=oracle_pb2.VerifyBatch(
-                    batch_id=batch_id, candidates=[item.candidate for item in items]
-                )
-            )
-            stream.credit -= len(items)
-            stream.inflight[batch_id] = _Batch(items, now + self.settings.batch_timeout)
-            self.pool.add_outstanding(stream.agent.name, len(items))
+            batch = wire.RawVerifyBatch(batch_id=batch_id, candidates=piece.records)
+            message = wire.RawVerifyStreamRequest(batch=batch.SerializeToString())
+            stream.credit -= len(piece)
+            stream.inflight[batch_id] = _Batch(piece, now + self.settings.batch_timeout)
+            self.pool.add_outstanding(stream.agent.name, len(piece))
             task = asyncio.get_running_loop().create_task(self._send(stream, message))
             task.add_done_callback(_quiet)
 
-    async def _send(self, stream: _Stream, message: oracle_pb2.VerifyStreamRequest) -> None:
+    async def _send(self, stream: _Stream, message: Any) -> None:
         try:
             async with stream.writing:
                 if stream.broken:
@@ -431,6 +463,11 @@ def _quiet(task: asyncio.Task[None]) -> None:
         error = task.exception()
         if error is not None:
             log.error("sending a batch failed", exc_info=error)
+
+
+def _credit(response: Any) -> int:
+    """The candidates a (raw) VerifyStreamResponse's credit grants."""
+    return int(oracle_pb2.VerifyCredit.FromString(response.credit).candidates)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

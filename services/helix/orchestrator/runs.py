@@ -22,18 +22,18 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import timestamp_pb2
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
-import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
@@ -48,12 +48,12 @@ from helix.orchestrator.breeding import Breeder, BreedingPlan
 from helix.orchestrator.dispatch import NoAgents, RunFailed, Verifier, VerifySettings
 from helix.orchestrator.search import (
     MINIMIZE,
-    SCORED,
     Counters,
     Generation,
+    Outcome,
     Search,
     SearchSpec,
-    rank_key,
+    Verdicts,
 )
 from helix.orchestrator.store import (
     RequestExists,
@@ -78,6 +78,7 @@ FAILED = orchestrator_pb2.RUN_STATE_FAILED
 CANCELLED = orchestrator_pb2.RUN_STATE_CANCELLED
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 VERDICT_FAILED = candidate_pb2.VERDICT_STATUS_FAILED
+VERDICT_PASSED = candidate_pb2.VERDICT_STATUS_PASSED
 MAX_ERROR = 1024
 REQUEST_TTL = 600.0
 PIN_ATTEMPTS = 5
@@ -115,6 +116,22 @@ def _now() -> timestamp_pb2.Timestamp:
 
 def etag_of(version: int) -> str:
     return f"v{version}"
+
+
+def _no_infinite_scores(verdicts: Verdicts) -> None:
+    """The contract says a scored verdict's score is finite; one an agent sent otherwise
+    is recorded as ERROR, so it cannot break ranking."""
+    bad = ~np.isfinite(np.asarray(verdicts.scores, dtype=np.float64))
+    for i in np.flatnonzero(bad).tolist():
+        if verdicts.statuses[i] in (VERDICT_PASSED, VERDICT_FAILED):
+            verdicts.replace(
+                i,
+                candidate_pb2.Verdict(
+                    candidate_id=verdicts.ids[i],
+                    status=candidate_pb2.VERDICT_STATUS_ERROR,
+                    message=f"the oracle agent sent a non-finite score ({verdicts.scores[i]})",
+                ),
+            )
 
 
 def _stop_state(event: orchestrator_pb2.RunEvent) -> bool:
@@ -958,7 +975,7 @@ class Orchestrator:
                     checkpoint=search.state(),
                     population=(generation.number, outcome.encoded_population()),
                     keep_generations=search.spec.window,
-                    candidates=self._retained(active, active.run.objective, outcome.fresh, search),
+                    candidates=self._retained(active, active.run.objective, outcome, search),
                 )
                 if committing is not None and not await asyncio.shield(committing):
                     return
@@ -1024,26 +1041,18 @@ class Orchestrator:
         self,
         verifier: Verifier,
         generation: Generation,
-        request: generator_pb2.GenerateRequest,
+        request: Any,
         plan: BreedingPlan,
     ) -> None:
         """Breed and verify one generation, counting its candidates awaiting a verdict in
         the backlog."""
         handed = [0]
 
-        def record(verdict: candidate_pb2.Verdict) -> bool:
-            if verdict.status in SCORED and not math.isfinite(verdict.score):
-                # The contract says finite; an agent that breaks it does not break ranking.
-                verdict = candidate_pb2.Verdict(
-                    candidate_id=verdict.candidate_id,
-                    status=candidate_pb2.VERDICT_STATUS_ERROR,
-                    message=f"the oracle agent sent a non-finite score ({verdict.score})",
-                )
-            if generation.record(verdict):
-                handed[0] -= 1
-                self.backlog -= 1
-                return True
-            return False
+        def record(verdicts: Verdicts) -> None:
+            _no_infinite_scores(verdicts)
+            taken = generation.record(verdicts)
+            handed[0] -= taken
+            self.backlog -= taken
 
         try:
             await verifier.verify(self._fresh(generation, request, plan, handed), record)
@@ -1051,51 +1060,57 @@ class Orchestrator:
             self.backlog -= handed[0]
 
     def _retained(
-        self,
-        active: _Active,
-        objective: int,
-        fresh: list[candidate_pb2.ScoredCandidate],
-        search: Search,
+        self, active: _Active, objective: int, outcome: Outcome, search: Search
     ) -> list[StoredCandidate]:
         """The fresh candidates to store: those that enter the run's best `keep_best`
         scored ones, and its FAILED ones while the run keeps fewer than `keep_failed`.
 
         `active.best` holds the best (key, id) pairs stored so far (after a restart: since
         then — a subset of the store's best, so its worst is never better than the store's
-        cut); a candidate behind `keep_best` of them cannot enter and is not even
-        serialised, which after the first generations is nearly every one."""
+        cut); a candidate behind `keep_best` of them cannot enter and is not even looked
+        at, which after the first generations is nearly every one."""
         keep = self.settings.keep_best
         best = active.best
         cut = best[-1] if len(best) >= keep else None
-        minimise = objective == MINIMIZE
+        fresh = np.asarray(outcome.fresh, dtype=np.intp)
+        statuses = outcome.statuses[fresh]
+        failed = statuses == VERDICT_FAILED
+        scored = (statuses == VERDICT_PASSED) | failed
+        sign = 1.0 if objective == MINIMIZE else -1.0
+        keys = sign * outcome.scores[fresh] + 0.0  # + 0.0: -0.0 ranks as 0.0
+        maybe = scored if cut is None else scored & (keys <= cut[0])
+        ids = outcome.ids
+        positions = outcome.fresh
         entering: dict[str, tuple[float, str]] = {}
-        for s in fresh:
-            verdict = s.verdict
-            if verdict.status in SCORED:
-                cid = s.candidate.id
-                key = ((verdict.score if minimise else -verdict.score) + 0.0, cid)
-                if (cut is None or key < cut) and cid not in active.best_ids:
-                    entering[cid] = key
+        for k in np.flatnonzero(maybe).tolist():
+            cid = ids[positions[k]]
+            key = (float(keys[k]), cid)
+            if (cut is None or key < cut) and cid not in active.best_ids:
+                entering[cid] = key
         if entering:
             merged = sorted([*best, *entering.values()])[:keep]
             active.best = merged
             active.best_ids = {cid for _, cid in merged}
             entering = {cid: key for cid, key in entering.items() if cid in active.best_ids}
         failed_room = self.settings.keep_failed - search.counters.failed
-        failed_room += sum(1 for s in fresh if s.verdict.status == VERDICT_FAILED)
+        failed_room += int(np.count_nonzero(failed))
         out = []
-        for s in fresh:
-            verdict = s.verdict
-            cid = s.candidate.id
-            failed = verdict.status == VERDICT_FAILED and failed_room > 0
-            failed_room -= failed
+        for k in range(len(positions)) if entering else np.flatnonzero(failed).tolist():
+            position = positions[k]
+            cid = ids[position]
+            kept_failed = bool(failed[k]) and failed_room > 0
+            failed_room -= kept_failed
             entered = entering.get(cid)
-            if entered is None and not failed:
+            if entered is None and not kept_failed:
                 continue
-            order = entered[0] if entered is not None else rank_key(objective, cid, verdict)[1]
             out.append(
                 StoredCandidate(
-                    cid, order, verdict.status, entered is not None, failed, s.SerializeToString()
+                    cid,
+                    float(keys[k]),
+                    int(statuses[k]),
+                    entered is not None,
+                    kept_failed,
+                    outcome.population[position],
                 )
             )
         return out
@@ -1103,18 +1118,18 @@ class Orchestrator:
     async def _fresh(
         self,
         generation: Generation,
-        request: generator_pb2.GenerateRequest,
+        request: Any,
         plan: BreedingPlan,
         handed: list[int],
-    ) -> AsyncIterator[list[candidate_pb2.Candidate]]:
+    ) -> AsyncIterator[tuple[list[bytes], list[str]]]:
         """The generation's candidates that need verifying, as they are generated
-        (counted in `handed` and the backlog)."""
-        async for candidates in self.breeder.candidates(request, plan):
-            fresh = generation.add(candidates)
+        (serialised, with their ids; counted in `handed` and the backlog)."""
+        async for records, ids in self.breeder.candidates(request, plan):
+            fresh, fresh_ids = generation.add(records, ids)
             if fresh:
                 handed[0] += len(fresh)
                 self.backlog += len(fresh)
-                yield fresh
+                yield fresh, fresh_ids
         if generation.received != generation.count:
             raise RunFailed(
                 f"the generator sent {generation.received} candidates, not {generation.count}"

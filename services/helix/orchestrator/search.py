@@ -2,10 +2,11 @@
 
     search = Search(spec, dna)                    # or Search.restore(spec, dna, checkpoint)
     while True:
-        generation = search.begin()               # generation g: its GenerateRequest
-        fresh = generation.add(candidates)        # as the generator streams them, in order
+        generation = search.begin()               # generation g; search.request(): its
+                                                  # GenerateRequest
+        fresh, ids = generation.add(records, ids) # as the generator streams them, in order
         ... verify `fresh` anywhere, in any order, in any split ...
-        generation.record(verdict)                # one per fresh candidate
+        generation.record(verdicts)               # one verdict per fresh candidate
         outcome = search.finish(generation, elapsed_seconds)
         store(outcome.checkpoint, outcome.events) # then stop if outcome.stop_reason
 
@@ -27,17 +28,21 @@ previous generation, so a small window catches nearly all of them
 
 from __future__ import annotations
 
-import collections
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
-import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
+from helix.orchestrator import wire
 
 PASSED = candidate_pb2.VERDICT_STATUS_PASSED
 FAILED = candidate_pb2.VERDICT_STATUS_FAILED
@@ -108,193 +113,321 @@ class Counters:
 
 
 class Window:
-    """The verdicts of the candidates of the last `generations` generations, by id."""
+    """What the candidates of the last `generations` generations were judged, by id: the
+    verdict (serialised), its status and score. Each generation is kept as it came (its
+    lists and an id -> position map, built in C); `latest` says which of them last had
+    an id."""
 
     def __init__(self, generations: int) -> None:
         self.generations = generations
-        self._verdicts: dict[str, tuple[candidate_pb2.Verdict, int]] = {}
-        self._ids: collections.deque[tuple[int, list[str]]] = collections.deque()
+        self.latest: dict[str, int] = {}  # id -> the last generation that had it
+        self._held: dict[int, _Held] = {}
 
     def __len__(self) -> int:
-        return len(self._verdicts)
+        return len(self.latest)
 
-    def get(self, candidate_id: str) -> candidate_pb2.Verdict | None:
-        found = self._verdicts.get(candidate_id)
-        return found[0] if found is not None else None
+    def get(self, candidate_id: str) -> tuple[bytes, int, float, int] | None:
+        """(verdict bytes, status, score, generation) of a remembered id, else None."""
+        number = self.latest.get(candidate_id)
+        if number is None:
+            return None
+        return (*self._held[number].at(candidate_id), number)
 
     def add(self, number: int, population: Sequence[candidate_pb2.ScoredCandidate]) -> None:
-        """Remember generation `number`'s population; forget the generation that leaves."""
+        """Remember generation `number`'s population (messages: a restored checkpoint's)."""
         self.add_verdicts(
-            number, [s.candidate.id for s in population], [s.verdict for s in population]
+            number,
+            [s.candidate.id for s in population],
+            [s.verdict.SerializeToString() for s in population],
+            [s.verdict.status for s in population],
+            [s.verdict.score for s in population],
         )
 
     def add_verdicts(
         self,
         number: int,
         candidate_ids: Sequence[str],
-        found: Sequence[candidate_pb2.Verdict | None],
+        raws: Sequence[bytes],
+        statuses: Sequence[int],
+        scores: Sequence[float],
     ) -> None:
-        """`add` from the generation's ids and verdicts, position by position."""
-        ids: list[str] = []
-        verdicts = self._verdicts
-        for candidate_id, verdict in zip(candidate_ids, found, strict=True):
-            known = verdicts.get(candidate_id)
-            if known is None or known[1] != number:
-                ids.append(candidate_id)
-            verdicts[candidate_id] = (verdict, number)  # type: ignore[assignment]
-        self._ids.append((number, ids))
-        while len(self._ids) > self.generations:
-            old, old_ids = self._ids.popleft()
-            for candidate_id in old_ids:
-                if verdicts.get(candidate_id, (None, -1))[1] == old:
-                    del verdicts[candidate_id]
+        """Remember generation `number` from its ids and verdicts, position by position
+        (the lists are kept, not copied); forget the generation that leaves."""
+        if not len(candidate_ids) == len(raws) == len(statuses) == len(scores):
+            raise ValueError("ids and verdicts differ in length")
+        where = dict(zip(candidate_ids, range(len(candidate_ids)), strict=True))
+        self._held[number] = _Held(where, raws, statuses, scores)
+        self.latest.update(
+            zip(candidate_ids, itertools.repeat(number, len(candidate_ids)), strict=True)
+        )
+        while len(self._held) > self.generations:
+            old = min(self._held)
+            latest = self.latest
+            for candidate_id in self._held.pop(old).where:
+                if latest.get(candidate_id) == old:
+                    del latest[candidate_id]
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """One generation in the window."""
+
+    where: dict[str, int]  # id -> a position
+    raws: Sequence[bytes]
+    statuses: Sequence[int]
+    scores: Sequence[float]
+
+    def at(self, candidate_id: str) -> tuple[bytes, int, float]:
+        i = self.where[candidate_id]
+        return self.raws[i], self.statuses[i], self.scores[i]
+
+
+@dataclass(slots=True)
+class Verdicts:
+    """Verdicts of fresh candidates, column by column (one batch's, in any order)."""
+
+    ids: list[str]
+    statuses: list[int]
+    scores: list[float]
+    cached: list[bool]
+    raws: list[bytes]  # each verdict serialised
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, picked: Sequence[int]) -> Verdicts:
+        """These verdicts at positions `picked`."""
+        return Verdicts(
+            [self.ids[i] for i in picked],
+            [self.statuses[i] for i in picked],
+            [self.scores[i] for i in picked],
+            [self.cached[i] for i in picked],
+            [self.raws[i] for i in picked],
+        )
+
+    def replace(self, i: int, verdict: candidate_pb2.Verdict) -> None:
+        """Put `verdict` at position `i`."""
+        self.ids[i] = verdict.candidate_id
+        self.statuses[i] = verdict.status
+        self.scores[i] = verdict.score
+        self.cached[i] = verdict.cached
+        self.raws[i] = verdict.SerializeToString()
+
+    @classmethod
+    def of(cls, verdicts: Iterable[candidate_pb2.Verdict]) -> Verdicts:
+        listed = list(verdicts)
+        return cls(
+            [v.candidate_id for v in listed],
+            [v.status for v in listed],
+            [v.score for v in listed],
+            [v.cached for v in listed],
+            [v.SerializeToString() for v in listed],
+        )
 
 
 class Generation:
-    """One generation in progress: its candidates in output order, their verdicts as they
-    arrive. `add` returns the candidates that need verifying (each fresh id once)."""
+    """One generation in progress: its candidates (serialised) in output order, their
+    verdicts as they arrive. `add` returns the candidates that need verifying (each fresh
+    id once)."""
 
     def __init__(self, number: int, count: int, window: Window) -> None:
         self.number = number
         self.count = count
-        self.candidates: list[candidate_pb2.Candidate] = []
-        self.verdicts: list[candidate_pb2.Verdict | None] = []
+        self.records: list[bytes] = []  # each candidate serialised
+        self.ids: list[str] = []
+        self.verdicts: list[bytes | None] = []  # each verdict serialised, None until known
+        self.statuses: list[int] = []
+        self.scores: list[float] = []
         self.fresh: list[int] = []  # positions of the candidates verified for this run
+        self.cache_hits = 0  # fresh verdicts the oracle answered from its cache
         self._window = window
         self._waiting: dict[str, list[int]] = {}  # fresh id -> positions awaiting its verdict
         self._first: dict[str, int] = {}  # id -> first position in this generation
         self.missing = 0
-        self._container: orchestrator_pb2.ListRunCandidatesResponse | None = None
 
-    def add(self, candidates: Iterable[candidate_pb2.Candidate]) -> list[candidate_pb2.Candidate]:
-        """Take the next candidates of the generator's output; returns those to verify."""
-        out: list[candidate_pb2.Candidate] = []
-        for candidate in candidates:
-            if len(self.candidates) >= self.count:
-                raise ValueError(f"more than the {self.count} candidates of a generation")
-            position = len(self.candidates)
-            self.candidates.append(candidate)
-            candidate_id = candidate.id
-            known = self._window.get(candidate_id)
+    def add(self, records: Sequence[bytes], ids: Sequence[str]) -> tuple[list[bytes], list[str]]:
+        """Take the next candidates of the generator's output (serialised, with their
+        ids); returns those to verify, with their ids."""
+        n = len(ids)
+        if len(records) != n:
+            raise ValueError("records and ids differ in length")
+        if len(self.records) + n > self.count:
+            raise ValueError(f"more than the {self.count} candidates of a generation")
+        start = len(self.records)
+        if len(set(ids)) != n or not self._first.keys().isdisjoint(ids):
+            return self._add_one_by_one(records, ids)
+        # Each id once in this generation so far: a candidate is either remembered by
+        # the window or fresh. Lists are filled in bulk; only the remembered are visited.
+        known = list(map(self._window.latest.get, ids))
+        self.records.extend(records)
+        self.ids.extend(ids)
+        self.verdicts.extend(itertools.repeat(None, n))
+        self.statuses.extend(itertools.repeat(0, n))
+        self.scores.extend(itertools.repeat(0.0, n))
+        self._first.update(zip(ids, range(start, start + n), strict=True))
+        remembered = [i for i, number in enumerate(known) if number is not None]
+        for i in remembered:
+            raw, status, score, _ = self._window.get(ids[i])  # type: ignore[misc]
+            self.verdicts[start + i] = raw
+            self.statuses[start + i] = status
+            self.scores[start + i] = score
+        if not remembered:
+            fresh_rows: Sequence[int] = range(n)
+            out, out_ids = list(records), list(ids)
+        else:
+            fresh_rows = [i for i, number in enumerate(known) if number is None]
+            out = [records[i] for i in fresh_rows]
+            out_ids = [ids[i] for i in fresh_rows]
+        self._waiting.update((ids[i], [start + i]) for i in fresh_rows)
+        self.fresh.extend(start + i for i in fresh_rows)
+        self.missing += len(out)
+        return out, out_ids
+
+    def _add_one_by_one(
+        self, records: Sequence[bytes], ids: Sequence[str]
+    ) -> tuple[list[bytes], list[str]]:
+        """`add` when an id repeats within the generation."""
+        out: list[bytes] = []
+        out_ids: list[str] = []
+        window = self._window.get
+        waiting_of = self._waiting
+        first = self._first
+        position = len(self.records)
+        self.records.extend(records)
+        self.ids.extend(ids)
+        for record, candidate_id in zip(records, ids, strict=True):
+            known = window(candidate_id)
             if known is not None:
-                self.verdicts.append(known)
-                continue
-            self.verdicts.append(None)
-            waiting = self._waiting.get(candidate_id)
-            if waiting is not None:
-                waiting.append(position)
-            elif candidate_id in self._first:  # a repeat whose verdict came already
-                self.verdicts[position] = self.verdicts[self._first[candidate_id]]
-                continue
+                self.verdicts.append(known[0])
+                self.statuses.append(known[1])
+                self.scores.append(known[2])
             else:
-                self._waiting[candidate_id] = [position]
-                self.fresh.append(position)
-                self.missing += 1
-                out.append(candidate)
-            self._first.setdefault(candidate_id, position)
-        return out
+                self.verdicts.append(None)
+                self.statuses.append(0)
+                self.scores.append(0.0)
+                waiting = waiting_of.get(candidate_id)
+                if waiting is not None:
+                    waiting.append(position)
+                elif candidate_id in first:  # a repeat whose verdict came already
+                    at = first[candidate_id]
+                    self.verdicts[position] = self.verdicts[at]
+                    self.statuses[position] = self.statuses[at]
+                    self.scores[position] = self.scores[at]
+                else:
+                    waiting_of[candidate_id] = [position]
+                    self.fresh.append(position)
+                    self.missing += 1
+                    out.append(record)
+                    out_ids.append(candidate_id)
+            first.setdefault(candidate_id, position)
+            position += 1
+        return out, out_ids
 
     @property
     def received(self) -> int:
-        return len(self.candidates)
+        return len(self.records)
 
-    def record(self, verdict: candidate_pb2.Verdict) -> bool:
-        """The verdict of a fresh candidate (by verdict.candidate_id). False when no fresh
-        candidate awaits it (an unknown id, or a second verdict: ignored)."""
-        positions = self._waiting.pop(verdict.candidate_id, None)
-        if positions is None:
-            return False
-        for position in positions:
-            self.verdicts[position] = verdict
-        self.missing -= 1
-        return True
+    def record(self, verdicts: Verdicts) -> int:
+        """The verdicts of fresh candidates (by id); returns how many were awaited (an
+        unknown id, or a second verdict, is ignored)."""
+        taken = 0
+        waiting = self._waiting
+        for candidate_id, status, score, cached, raw in zip(
+            verdicts.ids,
+            verdicts.statuses,
+            verdicts.scores,
+            verdicts.cached,
+            verdicts.raws,
+            strict=True,
+        ):
+            positions = waiting.pop(candidate_id, None)
+            if positions is None:
+                continue
+            for position in positions:
+                self.verdicts[position] = raw
+                self.statuses[position] = status
+                self.scores[position] = score
+            self.cache_hits += cached
+            taken += 1
+        self.missing -= taken
+        return taken
 
     @property
     def complete(self) -> bool:
         return self.received == self.count and self.missing == 0
 
-    def population(self) -> Sequence[candidate_pb2.ScoredCandidate]:
-        """The generation's candidates with their verdicts, in output order (the repeated
-        field of `container()`, built once)."""
-        return self.container().candidates
-
-    def container(self) -> orchestrator_pb2.ListRunCandidatesResponse:
-        """The population in the message that stores it (built on first use)."""
+    def population(self) -> list[bytes]:
+        """The generation's ScoredCandidates (serialised), in output order."""
         if not self.complete:
             raise ValueError(f"generation {self.number} is not complete")
-        if self._container is None:
-            container = orchestrator_pb2.ListRunCandidatesResponse()
-            add = container.candidates.add
-            for c, v in zip(self.candidates, self.verdicts, strict=True):
-                add(candidate=c, verdict=v)
-            self._container = container
-        return self._container
+        return wire.scored_records(self.records, self.verdicts)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
 class Outcome:
     """What finishing a generation produced: events to record (NewBest, then
-    GenerationCompleted), the fresh candidates (to retain), why the run stops if it does."""
+    GenerationCompleted), the population (serialised ScoredCandidates in output order,
+    with their ids, statuses and scores), the positions of the fresh candidates (to
+    retain), why the run stops if it does."""
 
     events: list[orchestrator_pb2.RunEvent]
-    fresh: list[candidate_pb2.ScoredCandidate]
-    population: Sequence[candidate_pb2.ScoredCandidate]
+    population: list[bytes]
+    ids: list[str]
+    statuses: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float64]
+    fresh: list[int]
     stop_reason: int = 0
     new_best: bool = False
-    container: orchestrator_pb2.ListRunCandidatesResponse | None = None
 
     def encoded_population(self) -> bytes:
         """The population as stored (`encode_population`'s bytes)."""
-        if self.container is not None:
-            return self.container.SerializeToString()
-        return encode_population(self.population)
+        return wire.population_bytes(self.population)
 
 
 @dataclass(slots=True)
 class _Tally:
-    """One pass over a complete generation: ids, the scores of the scored, FAILED and
-    ERROR/TIMEOUT counts, and the best position (-1: none scored) with its rank key."""
+    """One pass over a complete generation (NumPy): FAILED and ERROR/TIMEOUT counts over
+    the population and over its fresh candidates, the scored positions, and the best
+    position (-1: none scored) with its rank key."""
 
-    ids: list[str]
-    scores: list[float]
+    scored: npt.NDArray[np.bool_]
     failed: int
     errors: int
+    fresh_failed: int
+    fresh_errors: int
     best: int
     best_key: RankKey | None
 
     @classmethod
-    def of(cls, objective: int, generation: Generation) -> _Tally:
-        ids = [c.id for c in generation.candidates]
-        scores: list[float] = []
-        failed = errors = 0
+    def of(
+        cls,
+        objective: int,
+        ids: Sequence[str],
+        statuses: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float64],
+        fresh: Sequence[int],
+    ) -> _Tally:
+        failed = statuses == FAILED
+        errors = (statuses == ERROR) | (statuses == TIMEOUT)
+        scored = (statuses == PASSED) | failed
+        picked = np.asarray(fresh, dtype=np.intp)
         best, best_key = -1, None
-        sign = 1.0 if objective == MINIMIZE else -1.0
-        for position, verdict in enumerate(generation.verdicts):
-            assert verdict is not None
-            status = verdict.status
-            if status in SCORED:
-                score = verdict.score
-                scores.append(score)
-                failed += status == FAILED
-                key = (0, sign * score + 0.0, ids[position])
-                if best_key is None or key < best_key:
-                    best, best_key = position, key
-            elif status in (ERROR, TIMEOUT):
-                errors += 1
-        return cls(ids, scores, failed, errors, best, best_key)
-
-
-def _tally(fresh: Sequence[candidate_pb2.ScoredCandidate]) -> dict[str, int]:
-    stats = {"failed": 0, "errors": 0, "cache_hits": 0}
-    for scored in fresh:
-        verdict = scored.verdict
-        if verdict.status == FAILED:
-            stats["failed"] += 1
-        elif verdict.status in (ERROR, TIMEOUT):
-            stats["errors"] += 1
-        if verdict.cached:
-            stats["cache_hits"] += 1
-    return stats
+        rows = np.flatnonzero(scored)
+        if rows.size:
+            sign = 1.0 if objective == MINIMIZE else -1.0
+            keys = sign * scores[rows] + 0.0  # + 0.0: -0.0 ranks as 0.0
+            low = keys.min()
+            best = min(rows[keys == low].tolist(), key=ids.__getitem__)
+            best_key = (0, float(low), ids[best])
+        return cls(
+            scored,
+            int(np.count_nonzero(failed)),
+            int(np.count_nonzero(errors)),
+            int(np.count_nonzero(failed[picked])),
+            int(np.count_nonzero(errors[picked])),
+            best,
+            best_key,
+        )
 
 
 def encode_population(population: Sequence[candidate_pb2.ScoredCandidate]) -> bytes:
@@ -312,9 +445,10 @@ class Search:
     def __init__(self, spec: SearchSpec, dna: dna_pb2.Dna) -> None:
         self.spec = spec
         self.dna = dna
+        self._dna = dna.SerializeToString()
         self.counters = Counters()
         self.best: candidate_pb2.ScoredCandidate | None = None
-        self.parents: Sequence[candidate_pb2.ScoredCandidate] = []
+        self.parents: list[bytes] = []  # the last population's ScoredCandidates, serialised
         self.window = Window(spec.window)
 
     # --- the loop -----------------------------------------------------------------------
@@ -323,12 +457,13 @@ class Search:
     def next_generation(self) -> int:
         return self.counters.generation + 1
 
-    def request(self) -> generator_pb2.GenerateRequest:
-        """The GenerateRequest of the next generation (the DNA inline: pinned)."""
-        return generator_pb2.GenerateRequest(
-            dna=self.dna,
+    def request(self) -> Any:
+        """The GenerateRequest of the next generation (the DNA inline: pinned), as a
+        `wire.RawGenerateRequest` (the parents as the bytes they were stored as)."""
+        return wire.RawGenerateRequest(
+            dna=self._dna,
             parents=self.parents,
-            objective=self.spec.objective,  # type: ignore[arg-type]
+            objective=self.spec.objective,
             count=self.spec.population,
             seed=self.spec.seed,
             generation=self.next_generation,
@@ -344,61 +479,57 @@ class Search:
         population = generation.population()
         objective = self.spec.objective
         counters = self.counters
-        fresh = [population[i] for i in generation.fresh]
-        tally = _Tally.of(objective, generation)
-        scores = tally.scores
-        gen_best = population[tally.best] if tally.best >= 0 else None
-        gen_best_key = tally.best_key
-        stats = _tally(fresh)
+        ids = generation.ids
+        statuses = np.array(generation.statuses, dtype=np.int64)
+        scores = np.array(generation.scores, dtype=np.float64)
+        fresh = generation.fresh
+        tally = _Tally.of(objective, ids, statuses, scores, fresh)
+        scored = scores[tally.scored]
         duplicates = generation.count - len(fresh)
         counters.generation = generation.number
         counters.evaluations += len(fresh)
-        counters.cache_hits += stats["cache_hits"]
+        counters.cache_hits += generation.cache_hits
         counters.duplicates += duplicates
-        counters.failed += stats["failed"]
-        counters.errors += stats["errors"]
+        counters.failed += tally.fresh_failed
+        counters.errors += tally.fresh_errors
         counters.idle = 0 if fresh else counters.idle + 1
         counters.elapsed += max(0.0, elapsed)
         events: list[orchestrator_pb2.RunEvent] = []
         new_best = False
-        if (
-            gen_best is not None
-            and gen_best_key is not None
-            and (
-                self.best is None
-                or gen_best_key < rank_key(objective, self.best.candidate.id, self.best.verdict)
-            )
+        if tally.best_key is not None and (
+            self.best is None
+            or tally.best_key < rank_key(objective, self.best.candidate.id, self.best.verdict)
         ):
-            # A copy: a sub-message would keep its whole population alive (upb arenas).
-            self.best = candidate_pb2.ScoredCandidate()
-            self.best.CopyFrom(gen_best)
+            self.best = candidate_pb2.ScoredCandidate.FromString(population[tally.best])
             new_best = True
             events.append(
-                orchestrator_pb2.RunEvent(new_best=orchestrator_pb2.NewBest(best=gen_best))
+                orchestrator_pb2.RunEvent(new_best=orchestrator_pb2.NewBest(best=self.best))
             )
         completed = orchestrator_pb2.GenerationCompleted(
             generation=generation.number,
             evaluations=counters.evaluations,
-            scored=len(scores),
+            scored=len(scored),
             failed=tally.failed,
             errors=tally.errors,
-            cache_hits=stats["cache_hits"],
+            cache_hits=generation.cache_hits,
             duplicates=duplicates,
         )
-        if scores:
-            assert gen_best is not None
-            completed.generation_best_score = gen_best.verdict.score
-            completed.mean_score = math.fsum(scores) / len(scores)
+        if len(scored):
+            completed.generation_best_score = float(scores[tally.best])
+            completed.mean_score = math.fsum(scored.tolist()) / len(scored)
         if self.best is not None:
             completed.best_score = self.best.verdict.score
         events.append(orchestrator_pb2.RunEvent(generation_completed=completed))
-        # The verdicts as held by the population's message (one arena per generation):
-        # those received are sub-messages of whole VerdictBatch responses, and a verdict
-        # kept in the window for long (a lasting elite) would keep its batch alive.
-        self.window.add_verdicts(generation.number, tally.ids, [p.verdict for p in population])
+        self.window.add_verdicts(
+            generation.number,
+            ids,
+            generation.verdicts,  # type: ignore[arg-type]  # complete: none is None
+            generation.statuses,
+            generation.scores,
+        )
         self.parents = population
         return Outcome(
-            events, fresh, population, self._stop_reason(), new_best, generation.container()
+            events, population, ids, statuses, scores, fresh, self._stop_reason(), new_best
         )
 
     def _stop_reason(self) -> int:
@@ -470,8 +601,7 @@ class Search:
             if not ordered or ordered[-1][0] != c.generation:
                 raise ValueError(f"the population of generation {c.generation} is missing")
             for number, data in ordered:
-                population = decode_population(data)
-                search.window.add(number, population)
-                search.parents = population
+                search.window.add(number, decode_population(data))
+                search.parents = list(wire.RawPopulation.FromString(data).candidates)
         search.best = best
         return search
