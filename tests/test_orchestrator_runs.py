@@ -134,3 +134,41 @@ async def test_helix_run_embedded_prints_the_summary_and_writes_the_run_dir(
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "summary.json").read_text())["run"] == summary["run"]
     assert "SUCCEEDED" in stderr.decode()
+
+
+async def test_ctrl_c_cancels_helix_run_cleanly(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) during `helix run`: the run is cancelled (CancelRun), the command
+    says CANCELLED, exits 130, and still writes the run directory."""
+    import asyncio
+    import json
+    import signal
+    import sys
+
+    out = tmp_path / "out"
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "helix.cli", "run", str(RASTRIGIN), "--oracle", "rastrigin"),
+        *("--budget", "100000000", "--seed", "7", "--json", "--out", str(out)),
+        *("--data-dir", str(tmp_path / "data")),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while "RUNNING" not in "".join(seen):  # the run started: now interrupt it
+                line = (await process.stderr.readline()).decode()
+                assert line, f"helix run ended before its run started: {seen}"
+                seen.append(line)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["state"] == "CANCELLED"
+    assert summary["evaluations"] < 100000000
+    assert "CANCELLED" in stderr.decode()
+    assert json.loads((out / "summary.json").read_text())["state"] == "CANCELLED"

@@ -59,7 +59,13 @@ from helix.cli.run_output import (
     write_run_dir,
 )
 from helix.common.channel import create_channel
-from helix.common.config import ConfigError, Duration, parse_duration_setting
+from helix.common.config import (
+    ConfigError,
+    Duration,
+    env_name,
+    parse_duration_setting,
+    run_loop,
+)
 from helix.security.client import MintingTokenSource, bearer_interceptors
 from helix.security.scopes import AGENTS_READ, DNA_READ, ORACLES_READ, RUNS_READ, RUNS_WRITE
 
@@ -160,8 +166,10 @@ def add_run_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _main(work: Any) -> int:
+    # The event loop the servers use (HELIX_EVENT_LOOP, uvloop by default): `helix run`
+    # hosts the embedded suite in this process.
     try:
-        return int(asyncio.run(work))
+        return int(run_loop(work, os.environ.get(env_name("event_loop"), "uvloop")))
     except grpc.aio.AioRpcError as error:
         print(f"helix: {describe_error(error)}", file=sys.stderr)
         return 1
