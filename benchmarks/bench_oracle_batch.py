@@ -206,7 +206,7 @@ async def _serve(args: argparse.Namespace) -> None:
         await batches.start(Path(folder))
         if profile is not None:
             await batches.run(args.batches, profile)
-            pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profile).sort_stats(args.sort).print_stats(25)
         else:
             print("ready", flush=True)
             while line := sys.stdin.readline():
@@ -312,6 +312,7 @@ def main() -> None:
     parser.add_argument("--turn", type=int, default=20, help="batches a turn")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile this tree instead")
+    parser.add_argument("--sort", default="tottime", help="the profile's order (pstats keys)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker or args.profile:
