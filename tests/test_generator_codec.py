@@ -3,6 +3,7 @@ and GenerateResponse framing (codec), each against protobuf's own serialisation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -133,6 +134,14 @@ def test_worked_example_bytes_and_id() -> None:
     assert codec.candidate_ids(encodings) == [EXAMPLE_ID]
     assert codec.genome_id(EXAMPLE_GENOME) == EXAMPLE_ID
     assert EXAMPLE_GENOME.SerializeToString(deterministic=True) == encodings[0]
+
+
+@given(st.lists(st.binary(max_size=300), max_size=40))
+def test_id_text_is_the_ids_joined(encodings: list[bytes]) -> None:
+    ids = [hashlib.sha256(encoding).hexdigest()[:32] for encoding in encodings]
+    text = codec.candidate_id_text(encodings)
+    assert text == "".join(ids)
+    assert codec.split_ids(text) == codec.candidate_ids(encodings) == ids
 
 
 def test_worked_example_decodes() -> None:

@@ -171,8 +171,30 @@ def _genome_pieces(layout: Layout, pop: Population) -> list[_Piece]:
 
 def candidate_ids(encodings: Iterable[bytes]) -> list[str]:
     """The candidate id of each canonical encoding: 32 hex digits of its SHA-256."""
+    return split_ids(candidate_id_text(encodings))
+
+
+def candidate_id_text(encodings: Iterable[bytes]) -> str:
+    """The candidate ids of the encodings, concatenated (``"".join(candidate_ids(...))``):
+    the digests joined and turned into hex digits at once, not one `hexdigest` each."""
     sha256 = hashlib.sha256
-    return [sha256(encoding).hexdigest()[:32] for encoding in encodings]
+    return _id_text(b"".join([sha256(encoding).digest() for encoding in encodings]))
+
+
+def _id_text(digests: bytes) -> str:
+    """The ids of SHA-256 digests (32 bytes each, concatenated): their first ID_LENGTH hex
+    digits each, concatenated."""
+    rows = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 32)
+    return rows[:, : ID_LENGTH // 2].tobytes().hex()
+
+
+def split_ids(text: str) -> list[str]:
+    """Concatenated ids of ID_LENGTH characters with no NUL among them (candidate ids,
+    `candidate_id_text`), as a list: one NumPy view, not a slice each."""
+    if not text:
+        return []
+    ids: list[str] = np.array(text).reshape(1).view(f"U{ID_LENGTH}").tolist()
+    return ids
 
 
 def canonical_encoding(genome: candidate_pb2.Genome) -> bytes:

@@ -290,18 +290,24 @@ class OracleHost:
         self.stats.batches += 1
         layout = target.layout
         population = records.decode(layout, path)
-        ids = codec.candidate_ids(codec.encode_genomes(layout, population))
-        if records.id_text is None or records.id_text != "".join(ids):
+        id_text = codec.candidate_id_text(codec.encode_genomes(layout, population))
+        ids = codec.split_ids(id_text)
+        if records.id_text != id_text:  # some id is not the genome's, or empty
             given = records.ids()
             if given != ids:
                 _check_ids(given, ids, path)
         spec = hosted.spec
         n = len(ids)
-        first: dict[str, int] = {}
-        for i, candidate_id in enumerate(ids):
-            first.setdefault(candidate_id, i)
-        hits = self._hits(spec, target, first)
-        todo = [cid for cid in first if cid not in hits] if hits else list(first)
+        caching = spec.cache and self.cache is not None
+        hits: dict[str, candidate_pb2.Verdict] = {}
+        if not caching and len(set(ids)) == n:
+            todo = ids  # nothing to look up, no id twice: every row, in order
+        else:
+            first: dict[str, int] = {}
+            for i, candidate_id in enumerate(ids):
+                first.setdefault(candidate_id, i)
+            hits = self._hits(spec, target, first)
+            todo = [cid for cid in first if cid not in hits] if hits else list(first)
         started = time.perf_counter()
         if len(todo) == n:
             scored = await hosted.oracle.evaluate(layout, population, ids, candidate_timeout)
@@ -314,11 +320,7 @@ class OracleHost:
             scored = Scored(np.zeros(0))
         elapsed = time.perf_counter() - started
         scores: Sequence[float]
-        if (
-            len(todo) == n
-            and scored.verdicts is None
-            and not (spec.cache and self.cache is not None)
-        ):
+        if len(todo) == n and scored.verdicts is None and not caching:
             assert scored.scores is not None
             outcome = _fast(field_tag, ids, scored)
             scores = scored.scores.tolist()
