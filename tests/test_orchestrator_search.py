@@ -3,6 +3,9 @@ exactly as an undisturbed run (no network)."""
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
@@ -104,3 +107,50 @@ def test_ranking_ties_break_by_candidate_id() -> None:
     assert s.rank_key(common_pb2.OBJECTIVE_MAXIMIZE, "a", low) < s.rank_key(
         common_pb2.OBJECTIVE_MAXIMIZE, "0", error
     )
+
+
+@given(
+    generations=st.lists(
+        st.lists(st.integers(0, 12), min_size=1, max_size=12), min_size=1, max_size=6
+    ),
+    cuts=st.lists(st.integers(1, 5), min_size=1, max_size=12),
+    window=st.integers(1, 3),
+)
+def test_each_position_gets_its_ids_verdict_and_only_new_ids_are_verified(
+    generations: list[list[int]], cuts: list[int], window: int
+) -> None:
+    """Any ids, in any chunks: every position ends with the verdict of its id; an id is
+    verified once per generation, and only when the window does not remember it."""
+    population = max(len(g) for g in generations)
+    spec = s.SearchSpec(
+        seed=1, objective=common_pb2.OBJECTIVE_MINIMIZE, population=population, window=window
+    )
+    search = s.Search(spec, DNA)
+    recent: list[set[int]] = []  # the ids of the last `window` generations
+    for given_ids in generations:
+        plan = (given_ids * population)[:population]
+        generation = search.begin()
+        verified: list[str] = []
+        at, k = 0, 0
+        while at < len(plan):
+            size = cuts[k % len(cuts)]
+            records, ids = _candidates(plan[at : at + size])
+            _, fresh = generation.add(records, ids)
+            verified += fresh
+            if k % 2:  # the verdicts so far now (in reverse), the others' later
+                assert generation.record(_verdicts(verified[::-1])) == len(verified)
+                assert generation.record(_verdicts(verified)) == 0  # a second: ignored
+                verified = []
+            at, k = at + size, k + 1
+        generation.record(_verdicts(verified))
+        remembered = set().union(*recent[-window:]) if recent else set()
+        expected_fresh = [i for i in dict.fromkeys(plan) if i not in remembered]
+        outcome = search.finish(generation, 0.0)
+        assert [outcome.ids[p] for p in outcome.fresh] == [f"{i:032x}" for i in expected_fresh]
+        for position, i in enumerate(plan):
+            verdict = candidate_pb2.ScoredCandidate.FromString(outcome.population[position])
+            assert verdict.candidate.id == f"{i:032x}"
+            assert verdict.verdict.candidate_id == f"{i:032x}"
+            assert verdict.verdict.score == float(i % 97)
+            assert outcome.scores[position] == float(i % 97)
+        recent.append(set(plan))

@@ -254,74 +254,49 @@ class Generation:
         if len(self.records) + n > self.count:
             raise ValueError(f"more than the {self.count} candidates of a generation")
         start = len(self.records)
-        if len(set(ids)) != n or not self._first.keys().isdisjoint(ids):
-            return self._add_one_by_one(records, ids)
-        # Each id once in this generation so far: a candidate is either remembered by
-        # the window or fresh. Lists are filled in bulk; only the remembered are visited.
-        known = list(map(self._window.latest.get, ids))
+        window = self._window
+        first = self._first
+        waiting_of = self._waiting
+        known = list(map(window.latest.get, ids))
+        first_row = dict(zip(reversed(ids), range(n - 1, -1, -1), strict=True))
+        # Plain: not remembered by the window and the id's first row in the generation;
+        # they are filled in bulk, and only the others (duplicates) are visited one by one.
+        plain = [
+            known[i] is None and first_row[cid] == i and cid not in first
+            for i, cid in enumerate(ids)
+        ]
+        fresh_rows = [i for i, is_plain in enumerate(plain) if is_plain]
         self.records.extend(records)
         self.ids.extend(ids)
         self.verdicts.extend(itertools.repeat(None, n))
         self.statuses.extend(itertools.repeat(0, n))
         self.scores.extend(itertools.repeat(0.0, n))
-        self._first.update(zip(ids, range(start, start + n), strict=True))
-        remembered = [i for i, number in enumerate(known) if number is not None]
-        for i in remembered:
-            raw, status, score, _ = self._window.get(ids[i])  # type: ignore[misc]
-            self.verdicts[start + i] = raw
-            self.statuses[start + i] = status
-            self.scores[start + i] = score
-        if not remembered:
-            fresh_rows: Sequence[int] = range(n)
+        waiting_of.update((ids[i], [start + i]) for i in fresh_rows)
+        first.update((ids[i], start + i) for i in fresh_rows)
+        self.fresh.extend(start + i for i in fresh_rows)
+        if len(fresh_rows) == n:
             out, out_ids = list(records), list(ids)
         else:
-            fresh_rows = [i for i, number in enumerate(known) if number is None]
             out = [records[i] for i in fresh_rows]
             out_ids = [ids[i] for i in fresh_rows]
-        self._waiting.update((ids[i], [start + i]) for i in fresh_rows)
-        self.fresh.extend(start + i for i in fresh_rows)
+            for i in (i for i, is_plain in enumerate(plain) if not is_plain):
+                self._add_duplicate(start + i, ids[i])
         self.missing += len(out)
         return out, out_ids
 
-    def _add_one_by_one(
-        self, records: Sequence[bytes], ids: Sequence[str]
-    ) -> tuple[list[bytes], list[str]]:
-        """`add` when an id repeats within the generation."""
-        out: list[bytes] = []
-        out_ids: list[str] = []
-        window = self._window.get
-        waiting_of = self._waiting
-        first = self._first
-        position = len(self.records)
-        self.records.extend(records)
-        self.ids.extend(ids)
-        for record, candidate_id in zip(records, ids, strict=True):
-            known = window(candidate_id)
-            if known is not None:
-                self.verdicts.append(known[0])
-                self.statuses.append(known[1])
-                self.scores.append(known[2])
-            else:
-                self.verdicts.append(None)
-                self.statuses.append(0)
-                self.scores.append(0.0)
-                waiting = waiting_of.get(candidate_id)
-                if waiting is not None:
-                    waiting.append(position)
-                elif candidate_id in first:  # a repeat whose verdict came already
-                    at = first[candidate_id]
-                    self.verdicts[position] = self.verdicts[at]
-                    self.statuses[position] = self.statuses[at]
-                    self.scores[position] = self.scores[at]
-                else:
-                    waiting_of[candidate_id] = [position]
-                    self.fresh.append(position)
-                    self.missing += 1
-                    out.append(record)
-                    out_ids.append(candidate_id)
-            first.setdefault(candidate_id, position)
-            position += 1
-        return out, out_ids
+    def _add_duplicate(self, position: int, candidate_id: str) -> None:
+        """A candidate the window remembers, or whose id came earlier in the generation."""
+        known = self._window.get(candidate_id)
+        if known is not None:
+            self.verdicts[position], self.statuses[position], self.scores[position] = known[:3]
+        elif (waiting := self._waiting.get(candidate_id)) is not None:
+            waiting.append(position)  # its verdict is still to come
+        else:  # its verdict came already
+            at = self._first[candidate_id]
+            self.verdicts[position] = self.verdicts[at]
+            self.statuses[position] = self.statuses[at]
+            self.scores[position] = self.scores[at]
+        self._first.setdefault(candidate_id, position)
 
     @property
     def received(self) -> int:
