@@ -29,6 +29,7 @@ from helix.generator import validation as checks
 from helix.generator.breeding import MAX_RESPONSE_BYTES, STRATEGIES
 from helix.generator.library import DnaLibrary
 from helix.generator.metrics import register_metrics
+from helix.generator.parent_records import ParentRecords, read_parents
 from helix.generator.stats import GeneratorStats
 from helix.generator.streaming import StreamSlots, bred_ahead
 
@@ -92,14 +93,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
         # Thousands of parents take milliseconds to check: not on the event loop, and not in
         # the breeding threads either, where it would queue behind long chunks.
-        await asyncio.to_thread(
-            validate, lambda r: checks.check_generate_request(r, self._limits), request
-        )
+        records = await asyncio.to_thread(self._check_generate, request)
         with self._slots.hold():
             layout = breeding.layout_for(await self._dna(request))
             loop = asyncio.get_running_loop()
             parents = await loop.run_in_executor(
-                self._executor, breeding.rank_parents, layout, request
+                self._executor, breeding.rank_parents, layout, request, records
             )
             self.stats.streams += 1
             chunks = breeding.breed(
@@ -109,6 +108,13 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 async for responses in ahead:
                     for response in responses:
                         yield response
+
+    def _check_generate(self, request: generator_pb2.GenerateRequest) -> ParentRecords | None:
+        """Validate a Generate request (INVALID_ARGUMENT); its parents as read from its
+        bytes for the check, which ranking reads again (the request is not changed)."""
+        records = read_parents(request)
+        validate(lambda r: checks.check_generate_request(r, self._limits, records=records), request)
+        return records
 
     async def _dna(self, request: generator_pb2.GenerateRequest) -> dna_pb2.Dna:
         if request.WhichOneof("dna_source") == "dna_name":
