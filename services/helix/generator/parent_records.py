@@ -177,6 +177,15 @@ class ParentRecords:
         return GenomeScan.of_ranges(self.buf, self.genome.start, self.genome.end)
 
     def _texts(self, field: _Field) -> list[str]:
+        n = len(self)
+        if n and len(self.buf) >= ID_LENGTH and (field.end - field.start == ID_LENGTH).all():
+            windows = np.lib.stride_tricks.sliding_window_view(self.buf, ID_LENGTH)
+            try:  # every one ID_LENGTH ASCII characters (ids, usually): one decode
+                text = windows[field.start].tobytes().decode("ascii")
+            except UnicodeDecodeError:
+                pass
+            else:
+                return [text[k : k + ID_LENGTH] for k in range(0, n * ID_LENGTH, ID_LENGTH)]
         padded = self.padded
         starts, ends = field.start.tolist(), field.end.tolist()
         return [padded[a:b].decode() for a, b in zip(starts, ends, strict=True)]
