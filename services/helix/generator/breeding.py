@@ -163,11 +163,12 @@ def rank_parents(
     keep = list(first.values())  # dicts keep insertion (rank) order
     counts = Counter(ids)
     rows = keep
-    if len(keep) < len(ids):  # repeats: pick each id's message canonically
-        by_id: dict[str, list[int]] = {}
+    if len(keep) < len(ids):  # repeats: pick each repeated id's message canonically
+        by_id: dict[str, list[int]] = {key: [] for key, count in counts.items() if count > 1}
         for i, candidate_id in enumerate(ids):
-            by_id.setdefault(candidate_id, []).append(i)
-        rows = [_canonical(parents, by_id[ids[i]]) for i in keep]
+            if candidate_id in by_id:
+                by_id[candidate_id].append(i)
+        rows = [_canonical(parents, by_id[ids[i]]) if ids[i] in by_id else i for i in keep]
     kept_statuses = np.asarray(statuses, dtype=np.int64)[keep]
     return Parents(
         population.take(keep),
@@ -180,8 +181,6 @@ def rank_parents(
 
 def _canonical(parents: Sequence[candidate_pb2.ScoredCandidate], rows: list[int]) -> int:
     """Of parents with one id, the (first) one whose Candidate's serialisation sorts first."""
-    if len(rows) == 1:
-        return rows[0]
     return min(rows, key=lambda j: parents[j].candidate.SerializeToString(deterministic=True))
 
 
