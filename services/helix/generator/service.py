@@ -100,6 +100,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             parents = await loop.run_in_executor(
                 self._executor, breeding.rank_parents, layout, request, records
             )
+            del records  # (a copy of the request's bytes: not kept for the whole stream)
             self.stats.streams += 1
             chunks = breeding.breed(
                 layout, request, parents, max_bytes=self._max_bytes, stats=self.stats
