@@ -1,7 +1,8 @@
 """GeneratorService: validate, call the core, reply. Thin by design.
 
 The cores: library.py serves the DNA documents of a directory, dnas.py answers about
-them, breeding.py ranks parents and breeds (pure and synchronous), streaming.py runs the
+them, breeding.py ranks parents and breeds (pure and synchronous; parent_records.py reads
+a request's parents from its bytes, for the checks and the ranking), streaming.py runs the
 breeding one chunk ahead in the service's threads and caps concurrent streams; metrics.py
 exports the counters. Blocking work never runs on the event loop.
 """
