@@ -22,8 +22,10 @@ import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.common import errors, reasons
 from helix.generator import breeding, strategies
+from helix.generator.parent_records import ParentRecords
 from helix.generator.stats import GeneratorStats
 from helix.generator.streaming import StreamSlots, bred_ahead
+from helix.genome import codec
 from helix.genome.layout import Layout, normalise
 
 from waiting import eventually
@@ -153,6 +155,87 @@ def test_batches_follow_the_rule_whether_or_not_everything_fits(
     assert list(breeding.batches(records, batch_size, 10**9)) == one_by_one(
         records, batch_size, 10**9
     )
+
+
+def _ranked(layout: Layout, request: generator_pb2.GenerateRequest) -> object:
+    """What rank_parents gives (or raises), comparably."""
+    try:
+        parents = breeding.rank_parents(layout, request)
+    except errors.InvalidArgument as error:
+        return ("error", error.message, [(v.field, v.description) for v in error.violations])
+    assert parents is not None
+    return (
+        parents.ids,
+        [s.SerializeToString(deterministic=True) for s in parents.sources],
+        parents.scored,
+        parents.copies.tolist(),
+        codec.encode_genomes(layout, parents.population),
+    )
+
+
+def _without_some_ids(given: list[candidate_pb2.ScoredCandidate]) -> None:
+    for parent in given[::2]:
+        parent.candidate.ClearField("id")
+    for parent in given[::3]:
+        parent.verdict.ClearField("candidate_id")
+
+
+def _other_statuses(given: list[candidate_pb2.ScoredCandidate]) -> None:
+    for i, parent in enumerate(given):
+        parent.verdict.status = i % 5  # type: ignore[assignment]
+        parent.verdict.score = float(i % 7)
+    given[4].ClearField("verdict")
+
+
+def _wrong_ids(given: list[candidate_pb2.ScoredCandidate]) -> None:
+    given[3].candidate.id = given[3].verdict.candidate_id = given[4].candidate.id
+    given[6].candidate.ClearField("id")
+    given[6].verdict.candidate_id = "0" * 32
+
+
+def _a_bad_genome(given: list[candidate_pb2.ScoredCandidate]) -> None:
+    given[2].candidate.genome.permutations[0] = 99
+
+
+def _an_unknown_field(given: list[candidate_pb2.ScoredCandidate]) -> None:
+    given[8].ParseFromString(given[8].SerializeToString() + b"\x48\x01")
+
+
+_CHANGES = {
+    "none": lambda given: None,
+    "no ids": _without_some_ids,
+    "statuses": _other_statuses,
+    "wrong ids": _wrong_ids,
+    "bad genome": _a_bad_genome,
+    "unknown field": _an_unknown_field,
+}
+
+
+@pytest.mark.parametrize("change", list(_CHANGES))
+def test_parents_read_from_the_request_bytes_rank_as_read_from_the_messages(
+    change: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = layout_of(ROUTE)
+    given = scored(layout, 40)
+    for i, parent in enumerate(given):
+        parent.verdict.candidate_id = parent.candidate.id
+        parent.verdict.duration.nanos = 1000 * i
+        parent.candidate.generation = 3
+        parent.candidate.parent_ids.extend([given[0].candidate.id, given[1].candidate.id][: i % 3])
+    given += [given[5], given[7], given[5]]  # repeats: copies
+    dup = candidate_pb2.ScoredCandidate()
+    dup.CopyFrom(given[9])
+    dup.candidate.generation = 1  # the same id, another message
+    given.append(dup)
+    _CHANGES[change](given)
+    request = generator_pb2.GenerateRequest(
+        parents=given, objective=common_pb2.OBJECTIVE_MINIMIZE, count=10
+    )
+    clean = ParentRecords.of(request).clean
+    assert clean.all() == (change != "unknown field")  # (else ranked from the messages)
+    from_bytes = _ranked(layout, request)
+    monkeypatch.setattr(breeding, "read_parents", lambda request: None)
+    assert from_bytes == _ranked(layout, request)
 
 
 def test_a_strategy_this_generator_does_not_implement_is_a_failed_precondition() -> None:

@@ -27,7 +27,9 @@ from helix.common import pages
 from helix.common import validation as common
 from helix.common.errors import FieldViolation
 from helix.generator import validation as generator
+from helix.generator.parent_records import ParentRecords
 from helix.genome import validation as genome_validation
+from helix.genome.codec import varint
 from helix.oracle import validation as oracle
 from helix.orchestrator import validation as orchestrator
 from helix.registry import labels
@@ -1155,6 +1157,66 @@ def _parents(draw: st.DrawFn) -> candidate_pb2.ScoredCandidate:
 def test_the_fast_parent_check_agrees_with_the_full_checks(parent) -> None:
     full = generator.parent_violations(parent, "parents[0]")
     assert generator.parent_is_clean(parent) == (full == []), full
+
+
+# Wire bytes a parent's messages may end with: an unknown field (number 9), a third or
+# an empty parent id, a Verdict's duration, metrics and cached.
+_CANDIDATE_TAILS = st.sampled_from([b"", b"\x48\x01", b"\x22\x00", b"\x22\x20" + b"a" * 32])
+_VERDICT_TAILS = st.sampled_from([b"", b"\x32\x03\x10\xe8\x07", b"\x48\x01", b"\x38\x01"])
+
+
+_GOOD_IDS = st.sampled_from(["0" * 32, "0123456789abcdef" * 2])
+
+
+@st.composite
+def _likely_clean_parents(draw: st.DrawFn) -> candidate_pb2.ScoredCandidate:
+    """A parent with a genome and well-formed ids, its verdict often right."""
+    parent = candidate_pb2.ScoredCandidate()
+    own = draw(st.sampled_from(["", "0" * 32, "0123456789abcdef" * 2]))
+    parent.candidate.id = own
+    parent.candidate.genome.reals.append(draw(st.floats()))
+    parent.candidate.generation = draw(st.sampled_from([0, 1, 300]))
+    parent.candidate.parent_ids.extend(draw(st.lists(_GOOD_IDS, max_size=2)))
+    if draw(st.booleans()):
+        parent.verdict.candidate_id = draw(st.sampled_from(["", own, "0" * 32, "A" * 32]))
+        parent.verdict.status = enum_number(draw(st.integers(-1, 6)))
+        parent.verdict.score = draw(st.floats())
+    return parent
+
+
+@st.composite
+def _wire_parents(draw: st.DrawFn) -> candidate_pb2.ScoredCandidate:
+    """A parent, its candidate and verdict possibly extended on the wire."""
+    parent = draw(st.one_of(_parents(), _likely_clean_parents()))
+    candidate = parent.candidate.SerializeToString() + draw(_CANDIDATE_TAILS)
+    verdict = parent.verdict.SerializeToString() + draw(_VERDICT_TAILS)
+    raw = b""
+    if parent.HasField("candidate") or draw(st.booleans()):
+        raw += b"\x0a" + varint(len(candidate)) + candidate
+    if parent.HasField("verdict") or draw(st.booleans()):
+        raw += b"\x12" + varint(len(verdict)) + verdict
+    raw += draw(st.sampled_from([b"", b"\x48\x01"]))  # an unknown field of the parent
+    return candidate_pb2.ScoredCandidate.FromString(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parents=st.lists(_wire_parents(), max_size=6), dna_name=st.booleans())
+def test_the_parents_scan_accepts_only_what_the_full_checks_accept(parents, dna_name) -> None:
+    request = generator_pb2.GenerateRequest(parents=parents, count=3)
+    if dna_name:
+        request.dna_name = "dnas/a"
+    records = ParentRecords.of(request)
+    assert len(records) == len(parents)
+    for i, parent in enumerate(request.parents):
+        full = generator.parent_violations(parent, f"parents[{i}]")
+        if records.clean[i]:
+            assert full == [], (i, parent)
+            assert generator.parent_is_clean(parent)
+        elif not common.has_unknown_fields(parent):  # (those are left to the messages)
+            assert full != [], (i, parent)
+    assert generator.check_generate_request(request, records=records) == (
+        generator.check_generate_request(request)
+    )
 
 
 @st.composite

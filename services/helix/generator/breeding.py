@@ -13,8 +13,10 @@ import functools
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+import numpy.typing as npt
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
@@ -22,6 +24,7 @@ import helix.v1.generator_pb2 as generator_pb2
 from helix.common import errors, reasons, rules
 from helix.generator import strategies
 from helix.generator.codec import encode_generate_response
+from helix.generator.parent_records import ParentRecords, read_parents
 from helix.generator.stats import GeneratorStats
 from helix.genome import codec, genome_checks
 from helix.genome.layout import IntArray, Layout, Population
@@ -77,7 +80,7 @@ class Parents:
 
     population: Population
     ids: list[str]
-    sources: list[candidate_pb2.Candidate]
+    sources: Sequence[candidate_pb2.Candidate]
     scored: int
     copies: IntArray
 
@@ -107,24 +110,48 @@ def _check_ids(ids: list[str], own: list[str], claimed: list[str]) -> None:
         )
 
 
-def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Parents | None:
+class _Sources(Sequence[candidate_pb2.Candidate]):
+    """The Candidate messages of some of a request's parents, read when asked for (only
+    elites are)."""
+
+    def __init__(self, parents: Sequence[candidate_pb2.ScoredCandidate], rows: list[int]):
+        self._parents = parents
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, k: int) -> candidate_pb2.Candidate: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[candidate_pb2.Candidate]: ...
+    def __getitem__(
+        self, k: int | slice
+    ) -> candidate_pb2.Candidate | list[candidate_pb2.Candidate]:
+        if isinstance(k, slice):
+            return [self._parents[row].candidate for row in self._rows[k]]
+        return self._parents[self._rows[k]].candidate
+
+
+def rank_parents(
+    layout: Layout,
+    request: generator_pb2.GenerateRequest,
+    records: ParentRecords | None = None,
+) -> Parents | None:
     """Decode the request's parents (INVALID_ARGUMENT if a genome does not fit the DNA or
     an id is not the genome's) and rank them, keeping one entry per candidate id: its
     best-ranked verdict, and of several messages the one whose serialisation sorts first,
     with the number of messages that had the id as its copies. The result depends on the
-    multiset of parents, never on their order."""
-    if not request.parents:
+    multiset of parents, never on their order.
+
+    `records`: `ParentRecords.of(request)` when the caller has them (of this request,
+    unchanged since), else they are read here."""
+    parents = request.parents
+    if not parents:
         return None
-    candidates, own, claimed, statuses, scores = [], [], [], [], []
-    for parent in request.parents:  # one pass: each field access builds a Python object
-        candidate, verdict = parent.candidate, parent.verdict
-        candidates.append(candidate)
-        own.append(candidate.id)
-        claimed.append(verdict.candidate_id)
-        statuses.append(verdict.status)
-        scores.append(verdict.score)
-    population = genome_checks.decode_genomes(
-        layout, [c.genome for c in candidates], lambda i: f"parents[{i}].candidate.genome"
+    own, claimed, statuses, scores, genomes = _parent_fields(request, records)
+    population = genome_checks.decode_scan(
+        layout, genomes, lambda i: f"parents[{i}].candidate.genome"
     )
     ids = codec.candidate_ids(codec.encode_genomes(layout, population))
     if own != ids or claimed != ids:
@@ -135,21 +162,54 @@ def rank_parents(layout: Layout, request: generator_pb2.GenerateRequest) -> Pare
         first.setdefault(ids[i], i)
     keep = list(first.values())  # dicts keep insertion (rank) order
     counts = Counter(ids)
-    sources = [candidates[i] for i in keep]
-    if len(keep) < len(candidates):  # repeats: pick each id's message canonically
-        by_id: dict[str, list[candidate_pb2.Candidate]] = {}
-        for i, candidate in enumerate(candidates):
-            by_id.setdefault(ids[i], []).append(candidate)
-        sources = [
-            min(by_id[ids[i]], key=lambda c: c.SerializeToString(deterministic=True)) for i in keep
-        ]
+    rows = keep
+    if len(keep) < len(ids):  # repeats: pick each repeated id's message canonically
+        by_id: dict[str, list[int]] = {key: [] for key, count in counts.items() if count > 1}
+        for i, candidate_id in enumerate(ids):
+            if candidate_id in by_id:
+                by_id[candidate_id].append(i)
+        rows = [_canonical(parents, by_id[ids[i]]) if ids[i] in by_id else i for i in keep]
+    kept_statuses = np.asarray(statuses, dtype=np.int64)[keep]
     return Parents(
         population.take(keep),
         [ids[i] for i in keep],
-        sources,
-        sum(1 for i in keep if statuses[i] in _SCORED),
+        _Sources(parents, rows),
+        int(np.isin(kept_statuses, _SCORED).sum()),
         np.array([counts[ids[i]] for i in keep], dtype=np.int64),
     )
+
+
+def _canonical(parents: Sequence[candidate_pb2.ScoredCandidate], rows: list[int]) -> int:
+    """Of parents with one id, the (first) one whose Candidate's serialisation sorts first."""
+    return min(rows, key=lambda j: parents[j].candidate.SerializeToString(deterministic=True))
+
+
+def _parent_fields(
+    request: generator_pb2.GenerateRequest, records: ParentRecords | None
+) -> tuple[list[str], list[str], npt.ArrayLike, npt.ArrayLike, genome_checks.GenomeScan]:
+    """Each parent's candidate.id, verdict.candidate_id, verdict.status and verdict.score,
+    and the scan of their genomes: from the request's bytes when every parent reads
+    cleanly there (the usual case, all rows at once), else parent by parent."""
+    if records is None:
+        records = read_parents(request)
+    if records is not None and records.clean.all():
+        return (
+            records.own_ids(),
+            records.claimed_ids(),
+            records.statuses,
+            records.scores,
+            records.genomes(),
+        )
+    candidates, own, claimed, statuses, scores = [], [], [], [], []
+    for parent in request.parents:  # one pass: each field access builds a Python object
+        candidate, verdict = parent.candidate, parent.verdict
+        candidates.append(candidate)
+        own.append(candidate.id)
+        claimed.append(verdict.candidate_id)
+        statuses.append(verdict.status)
+        scores.append(verdict.score)
+    genomes = genome_checks.GenomeScan.of_genomes([c.genome for c in candidates])
+    return own, claimed, statuses, scores, genomes
 
 
 # --- the children -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """GeneratorService: validate, call the core, reply. Thin by design.
 
 The cores: library.py serves the DNA documents of a directory, dnas.py answers about
-them, breeding.py ranks parents and breeds (pure and synchronous), streaming.py runs the
+them, breeding.py ranks parents and breeds (pure and synchronous; parent_records.py reads
+a request's parents from its bytes, for the checks and the ranking), streaming.py runs the
 breeding one chunk ahead in the service's threads and caps concurrent streams; metrics.py
 exports the counters. Blocking work never runs on the event loop.
 """
@@ -29,6 +30,7 @@ from helix.generator import validation as checks
 from helix.generator.breeding import MAX_RESPONSE_BYTES, STRATEGIES
 from helix.generator.library import DnaLibrary
 from helix.generator.metrics import register_metrics
+from helix.generator.parent_records import ParentRecords, read_parents
 from helix.generator.stats import GeneratorStats
 from helix.generator.streaming import StreamSlots, bred_ahead
 
@@ -92,15 +94,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
         # Thousands of parents take milliseconds to check: not on the event loop, and not in
         # the breeding threads either, where it would queue behind long chunks.
-        await asyncio.to_thread(
-            validate, lambda r: checks.check_generate_request(r, self._limits), request
-        )
+        records = await asyncio.to_thread(self._check_generate, request)
         with self._slots.hold():
             layout = breeding.layout_for(await self._dna(request))
             loop = asyncio.get_running_loop()
             parents = await loop.run_in_executor(
-                self._executor, breeding.rank_parents, layout, request
+                self._executor, breeding.rank_parents, layout, request, records
             )
+            del records  # (a copy of the request's bytes: not kept for the whole stream)
             self.stats.streams += 1
             chunks = breeding.breed(
                 layout, request, parents, max_bytes=self._max_bytes, stats=self.stats
@@ -109,6 +110,13 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 async for responses in ahead:
                     for response in responses:
                         yield response
+
+    def _check_generate(self, request: generator_pb2.GenerateRequest) -> ParentRecords | None:
+        """Validate a Generate request (INVALID_ARGUMENT); its parents as read from its
+        bytes for the check, which ranking reads again (the request is not changed)."""
+        records = read_parents(request)
+        validate(lambda r: checks.check_generate_request(r, self._limits, records=records), request)
+        return records
 
     async def _dna(self, request: generator_pb2.GenerateRequest) -> dna_pb2.Dna:
         if request.WhichOneof("dna_source") == "dna_name":

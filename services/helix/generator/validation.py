@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.generator_pb2 as generator_pb2
@@ -31,6 +33,7 @@ from helix.common.validation import (
     index,
     join,
 )
+from helix.generator.parent_records import ParentRecords, read_parents
 from helix.genome.validation import (
     CANDIDATE_ID_PATTERN,
     VERDICT_STATUSES,
@@ -152,6 +155,22 @@ def parent_is_clean(parent: candidate_pb2.ScoredCandidate) -> bool:
     return verdict.status in VERDICT_STATUSES and math.isfinite(verdict.score)
 
 
+def _unclean_parents(
+    request: generator_pb2.GenerateRequest, max_parents: int, records: ParentRecords | None
+) -> list[int]:
+    """The indices of the first `max_parents` parents that the scan of the request's bytes
+    does not accept (`ParentRecords.clean`: all of them at once, where a parent at a time
+    costs microseconds); every parent should the bytes not read as expected."""
+    count = min(len(request.parents), max_parents)
+    if not count:
+        return []
+    if records is None:
+        records = read_parents(request)
+    if records is None:
+        return list(range(count))
+    return np.flatnonzero(~records.clean[:count]).tolist()
+
+
 def parent_violations(parent: candidate_pb2.ScoredCandidate, path: str) -> Violations:
     """The full per-parent checks of `check_generate_request`, with field paths.
 
@@ -165,11 +184,17 @@ def parent_violations(parent: candidate_pb2.ScoredCandidate, path: str) -> Viola
 
 
 def check_generate_request(
-    request: generator_pb2.GenerateRequest, limits: GeneratorLimits = DEFAULT_LIMITS
+    request: generator_pb2.GenerateRequest,
+    limits: GeneratorLimits = DEFAULT_LIMITS,
+    *,
+    records: ParentRecords | None = None,
 ) -> Violations:
     """DNA (by name or inline, structurally sound); parents capped and sane (their
     parent_ids included: elites are copied); objective required with parents; count
-    1..1000000; batch_size at most 10000; the range [offset, offset + limit) within count."""
+    1..1000000; batch_size at most 10000; the range [offset, offset + limit) within count.
+
+    `records`: `read_parents(request)` when the caller has them (of this request,
+    unchanged since: the servicer passes them on to `rank_parents`), else read here."""
     found = check_no_unknown_fields(request)
     source = request.WhichOneof("dna_source")
     if source is None:
@@ -178,8 +203,10 @@ def check_generate_request(
         found += check_resource_name(request.dna_name, "dnas", "dna_name")
     else:
         found += check_dna(request.dna, "dna")
-    found += check_repeated_len(request.parents, "parents", limits.max_parents)
-    for i, parent in enumerate(request.parents[: limits.max_parents]):
+    parents = request.parents
+    found += check_repeated_len(parents, "parents", limits.max_parents)
+    for i in _unclean_parents(request, limits.max_parents, records):
+        parent = parents[i]
         if not parent_is_clean(parent):
             found += parent_violations(parent, index("parents", i))
     if request.parents:

@@ -106,7 +106,7 @@ class CandidateRecords:
         """The records of field number `field` of the message serialised in `data`."""
         padded = data + bytes(PADDING)
         buf = np.frombuffer(padded, dtype=np.uint8)
-        starts, ends = _records(padded, len(data), buf, field)
+        starts, ends = field_records(padded, len(data), buf, field)
         fields = _fields_alike(padded, buf, starts, ends) or _fields_of_rows(buf, starts, ends)
         id_start, id_size = fields.starts[_ID_TAG], fields.sizes[_ID_TAG]
         genome_start, genome_size = fields.starts[_GENOME_TAG], fields.sizes[_GENOME_TAG]
@@ -271,7 +271,7 @@ def _fields_of(padded: bytes, start: int, end: int) -> list[tuple[int, int, int,
     return found if pos == end else None
 
 
-def _records(padded: bytes, end: int, buf: ByteArray, field: int) -> tuple[IntArray, IntArray]:
+def field_records(padded: bytes, end: int, buf: ByteArray, field: int) -> tuple[IntArray, IntArray]:
     """The start and end of each record of length-delimited field `field` (its tag and
     size excluded) in the message ``padded[:end]``: with NumPy when the records all have
     the first one's length (every record's tag and size bytes compared with the first's),
