@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
+from google.protobuf import descriptor, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from helix.common import errors, logs, reasons, rules
@@ -352,6 +353,35 @@ def passthrough(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
         return response.data if isinstance(response, Encoded) else serialize(response)
 
     return serializer
+
+
+def add_encoding_servicer(
+    service: descriptor.ServiceDescriptor, servicer: Any, server: grpc.aio.Server
+) -> None:
+    """Register `servicer`'s methods of `service` as the generated
+    `add_<Service>Servicer_to_server` does, but with `passthrough` response serializers:
+    its handlers may return or yield `Encoded` responses (bytes they assembled
+    themselves), sent as they are."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        make: Any = kinds[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request.FromString,
+            passthrough(response.SerializeToString),
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def _check_response(response: Any, info: MethodInfo) -> Any:

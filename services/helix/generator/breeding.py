@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.common import errors, reasons, rules
+from helix.common.interceptors import Encoded
 from helix.generator import strategies
 from helix.generator.codec import encode_generate_response
 from helix.generator.parent_records import ParentRecords, read_parents
@@ -254,6 +255,30 @@ def batches(records: Sequence[bytes], batch_size: int, max_bytes: int) -> Iterat
         yield batch
 
 
+@overload
+def breed(
+    layout: Layout,
+    request: generator_pb2.GenerateRequest,
+    parents: Parents | None,
+    *,
+    max_bytes: int = ...,
+    stats: GeneratorStats | None = ...,
+    encoded: Literal[False] = ...,
+) -> Iterator[list[generator_pb2.GenerateResponse]]: ...
+
+
+@overload
+def breed(
+    layout: Layout,
+    request: generator_pb2.GenerateRequest,
+    parents: Parents | None,
+    *,
+    max_bytes: int = ...,
+    stats: GeneratorStats | None = ...,
+    encoded: Literal[True],
+) -> Iterator[list[Encoded]]: ...
+
+
 def breed(
     layout: Layout,
     request: generator_pb2.GenerateRequest,
@@ -261,11 +286,13 @@ def breed(
     *,
     max_bytes: int = MAX_RESPONSE_BYTES,
     stats: GeneratorStats | None = None,
-) -> Iterator[list[generator_pb2.GenerateResponse]]:
+    encoded: bool = False,
+) -> Iterator[list[generator_pb2.GenerateResponse]] | Iterator[list[Encoded]]:
     """The responses of a Generate call for a `layout_for` layout and `rank_parents`'
     result, chunk by chunk: each item is one chunk's candidates in responses of at most
     `request.batch_size` candidates and `max_bytes` bytes, `remaining` counting down to 0
-    in the last.
+    in the last. `encoded`: each response as the bytes Generate sends (`Encoded`), not
+    parsed into a message.
 
     Lazy: a chunk is bred when the next item is asked for, so the caller decides how far
     ahead to breed and stops breeding by not asking. Not thread-safe: ask for one item at
@@ -283,7 +310,7 @@ def breed(
         start=start,
         stop=stop,
     )
-    return _responses(layout, request, parents, chunks, max_bytes, stats)
+    return _responses(layout, request, parents, chunks, (max_bytes, stats, encoded))
 
 
 def request_range(request: generator_pb2.GenerateRequest) -> tuple[int, int]:
@@ -298,12 +325,14 @@ def _responses(
     request: generator_pb2.GenerateRequest,
     parents: Parents | None,
     chunks: Iterator[strategies.Chunk],
-    max_bytes: int,
-    stats: GeneratorStats | None,
-) -> Iterator[list[generator_pb2.GenerateResponse]]:
+    how: tuple[int, GeneratorStats | None, bool],  # max_bytes, stats, encoded
+) -> Iterator[list[Any]]:
+    max_bytes, stats, encoded = how
     generation = request.generation
     batch_size = request.batch_size or DEFAULT_BATCH_SIZE
-    parse = generator_pb2.GenerateResponse.FromString
+    parse: Callable[[bytes], Any] = (
+        Encoded if encoded else generator_pb2.GenerateResponse.FromString
+    )
     encode = encode_generate_response
     start, stop = request_range(request)
     size = strategies.chunk_size(layout)

@@ -23,6 +23,7 @@ import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.generator_pb2_grpc as generator_pb2_grpc
 from helix.agents.presence import AgentPresence
 from helix.common.aio import cancel_and_wait
+from helix.common.interceptors import add_encoding_servicer
 from helix.common.server import ServiceBinding
 from helix.common.services import validate
 from helix.generator import breeding, dnas
@@ -91,7 +92,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         self,
         request: generator_pb2.GenerateRequest,
         context: ServicerContext[generator_pb2.GenerateRequest, generator_pb2.GenerateResponse],
-    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:  # (as Encoded bytes: add_encoding_servicer)
         # Thousands of parents take milliseconds to check: not on the event loop, and not in
         # the breeding threads either, where it would queue behind long chunks.
         records = await asyncio.to_thread(self._check_generate, request)
@@ -104,12 +105,17 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             del records  # (a copy of the request's bytes: not kept for the whole stream)
             self.stats.streams += 1
             chunks = breeding.breed(
-                layout, request, parents, max_bytes=self._max_bytes, stats=self.stats
+                layout,
+                request,
+                parents,
+                max_bytes=self._max_bytes,
+                stats=self.stats,
+                encoded=True,  # sent as bred: not parsed into messages to serialise again
             )
             async with aclosing(bred_ahead(self._executor, chunks, self.stats)) as ahead:
                 async for responses in ahead:
                     for response in responses:
-                        yield response
+                        yield response  # type: ignore[misc]  # Encoded bytes
 
     def _check_generate(self, request: generator_pb2.GenerateRequest) -> ParentRecords | None:
         """Validate a Generate request (INVALID_ARGUMENT); its parents as read from its
@@ -190,7 +196,10 @@ def generator_binding(
     background: list[asyncio.Task[None]] = []
 
     def add(server: grpc.aio.Server) -> None:
-        generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
+        # Generate yields its responses' bytes (Encoded), sent as they are.
+        add_encoding_servicer(
+            generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"], servicer, server
+        )
 
     async def announce() -> None:
         if presence is not None and not background:

@@ -22,12 +22,10 @@ import logging
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import aiofiles
 import aiofiles.os
 import grpc
-from google.protobuf import message_factory
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -38,7 +36,7 @@ from helix.common import errors, rules
 from helix.common.aio import cancel_and_wait
 from helix.common.config import ConfigError
 from helix.common.errors import FieldViolation
-from helix.common.interceptors import passthrough
+from helix.common.interceptors import add_encoding_servicer
 from helix.common.server import ServiceBinding
 from helix.oracle.cache import VerdictCache
 from helix.oracle.config import ConfigCheck, builtin_config, parse_config, read_config
@@ -364,25 +362,7 @@ def add_oracle_servicer(servicer: OracleServicer, server: grpc.aio.Server) -> No
     """OracleService's handlers, as the generated `add_OracleServiceServicer_to_server`
     registers them, but sending the verdicts Verify and VerifyStream encode themselves
     (`Encoded`) as they are."""
-    service = oracle_pb2.DESCRIPTOR.services_by_name["OracleService"]
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in service.methods:
-        request = message_factory.GetMessageClass(method.input_type)
-        response = message_factory.GetMessageClass(method.output_type)
-        behavior = getattr(servicer, method.name)
-        serialize = passthrough(response.SerializeToString)
-        if method.client_streaming:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                behavior, request.FromString, serialize
-            )
-        else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behavior, request.FromString, serialize
-            )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
-    server.add_registered_method_handlers(service.full_name, handlers)
+    add_encoding_servicer(oracle_pb2.DESCRIPTOR.services_by_name["OracleService"], servicer, server)
 
 
 def oracle_service(
