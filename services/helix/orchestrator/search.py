@@ -241,7 +241,8 @@ class Generation:
         self.fresh: list[int] = []  # positions of the candidates verified for this run
         self.cache_hits = 0  # fresh verdicts the oracle answered from its cache
         self._window = window
-        self._waiting: dict[str, list[int]] = {}  # fresh id -> positions awaiting its verdict
+        self._waiting: dict[str, int] = {}  # fresh id -> its position, awaiting its verdict
+        self._repeats: dict[str, list[int]] = {}  # such an id -> its later positions
         self._first: dict[str, int] = {}  # id -> first position in this generation
         self.missing = 0
 
@@ -271,14 +272,14 @@ class Generation:
         self.verdicts.extend(itertools.repeat(None, n))
         self.statuses.extend(itertools.repeat(0, n))
         self.scores.extend(itertools.repeat(0.0, n))
-        waiting_of.update((ids[i], [start + i]) for i in fresh_rows)
-        first.update((ids[i], start + i) for i in fresh_rows)
-        self.fresh.extend(start + i for i in fresh_rows)
-        if len(fresh_rows) == n:
-            out, out_ids = list(records), list(ids)
-        else:
-            out = [records[i] for i in fresh_rows]
-            out_ids = [ids[i] for i in fresh_rows]
+        everyone = len(fresh_rows) == n
+        out = list(records) if everyone else [records[i] for i in fresh_rows]
+        out_ids = list(ids) if everyone else [ids[i] for i in fresh_rows]
+        positions = range(start, start + n) if everyone else [start + i for i in fresh_rows]
+        waiting_of.update(zip(out_ids, positions, strict=True))
+        first.update(zip(out_ids, positions, strict=True))
+        self.fresh.extend(positions)
+        if not everyone:
             for i in (i for i, is_plain in enumerate(plain) if not is_plain):
                 self._add_duplicate(start + i, ids[i])
         self.missing += len(out)
@@ -289,8 +290,8 @@ class Generation:
         known = self._window.get(candidate_id)
         if known is not None:
             self.verdicts[position], self.statuses[position], self.scores[position] = known[:3]
-        elif (waiting := self._waiting.get(candidate_id)) is not None:
-            waiting.append(position)  # its verdict is still to come
+        elif candidate_id in self._waiting:  # its verdict is still to come
+            self._repeats.setdefault(candidate_id, []).append(position)
         else:  # its verdict came already
             at = self._first[candidate_id]
             self.verdicts[position] = self.verdicts[at]
@@ -307,6 +308,7 @@ class Generation:
         unknown id, or a second verdict, is ignored)."""
         taken = 0
         waiting = self._waiting
+        repeats = self._repeats
         for candidate_id, status, score, cached, raw in zip(
             verdicts.ids,
             verdicts.statuses,
@@ -315,13 +317,17 @@ class Generation:
             verdicts.raws,
             strict=True,
         ):
-            positions = waiting.pop(candidate_id, None)
-            if positions is None:
+            position = waiting.pop(candidate_id, None)
+            if position is None:
                 continue
-            for position in positions:
-                self.verdicts[position] = raw
-                self.statuses[position] = status
-                self.scores[position] = score
+            self.verdicts[position] = raw
+            self.statuses[position] = status
+            self.scores[position] = score
+            if repeats:
+                for again in repeats.pop(candidate_id, ()):
+                    self.verdicts[again] = raw
+                    self.statuses[again] = status
+                    self.scores[again] = score
             self.cache_hits += cached
             taken += 1
         self.missing -= taken
