@@ -58,6 +58,7 @@ STOP_DURATION = orchestrator_pb2.RUN_STOP_REASON_MAX_DURATION
 STOP_CONVERGED = orchestrator_pb2.RUN_STOP_REASON_CONVERGED
 
 CHECKPOINT_FORMAT = 1
+MAX_GENERATE_BATCH = 10_000  # GenerateRequest.batch_size at most
 
 RankKey = tuple[int, float, str]
 
@@ -448,6 +449,9 @@ class Search:
             count=self.spec.population,
             seed=self.spec.seed,
             generation=self.next_generation,
+            # One response for a whole generation where it fits (the generator cuts
+            # responses at 4 MiB anyway): every message costs the one shared interpreter.
+            batch_size=min(self.spec.population, MAX_GENERATE_BATCH),
         )
 
     def begin(self) -> Generation:
