@@ -17,6 +17,7 @@ resumed from its last checkpoint. Live events reach WatchRun through `watchers.W
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import hashlib
@@ -1088,10 +1089,15 @@ class Orchestrator:
             if (cut is None or key < cut) and cid not in active.best_ids:
                 entering[cid] = key
         if entering:
-            merged = sorted([*best, *entering.values()])[:keep]
-            active.best = merged
-            active.best_ids = {cid for _, cid in merged}
-            entering = {cid: key for cid, key in entering.items() if cid in active.best_ids}
+            best_ids = active.best_ids
+            for key in sorted(entering.values()):
+                if len(best) >= keep and key >= best[-1]:
+                    break  # sorted: the rest cannot enter either
+                bisect.insort(best, key)
+                best_ids.add(key[1])
+                if len(best) > keep:
+                    best_ids.discard(best.pop()[1])
+            entering = {cid: key for cid, key in entering.items() if cid in best_ids}
         failed_room = self.settings.keep_failed - search.counters.failed
         failed_room += int(np.count_nonzero(failed))
         out = []
