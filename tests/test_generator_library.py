@@ -12,11 +12,14 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
+import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
 from helix.common import errors
 from helix.common.status import status_code_for, to_rpc_status
+from helix.generator import dnas
 from helix.generator import library as library_module
 from helix.generator.library import DnaInvalid, DnaLibrary
+from helix.genome.documents import parse_dna_text
 
 from waiting import eventually
 
@@ -471,3 +474,36 @@ async def test_files_that_are_not_served_are_listed_with_why(library, directory)
     (directory / "sphere.txt").unlink()
     await library.page()
     assert library.stats.skipped == 4
+
+
+def test_inline_dnas_are_remembered_by_their_bytes_within_bounds() -> None:
+    """A run sends its pinned DNA with every Generate: the second check is a lookup, a
+    changed DNA is checked again, an invalid one is never remembered, and the cache keeps
+    at most `entries` DNAs of at most `max_bytes` each."""
+    file = Path(__file__).resolve().parent.parent / "examples" / "dna" / "rastrigin.yaml"
+    dna = parse_dna_text(file.read_text(), file.name).dna
+    kept = dnas.InlineDnas(entries=2, max_bytes=1 << 20)
+    key, found = kept.cached(dna)
+    assert found is None
+    checked = kept.check(key, dna)
+    assert kept.cached(dna) == (key, checked)
+    assert kept.cached(dna)[1] is not kept.cached(dna)[1]  # a fresh message each time
+    other = dna_pb2.Dna()
+    other.CopyFrom(dna)
+    other.name = "dnas/other"
+    assert kept.cached(other)[1] is None
+    broken = dna_pb2.Dna()
+    broken.CopyFrom(dna)
+    broken.ClearField("genes")
+    with pytest.raises(errors.InvalidArgument):
+        kept.check(kept.cached(broken)[0], broken)
+    assert kept.cached(broken)[1] is None
+    for name in ("dnas/a", "dnas/b"):  # two newer ones push the first out
+        newer = dna_pb2.Dna()
+        newer.CopyFrom(dna)
+        newer.name = name
+        kept.check(kept.cached(newer)[0], newer)
+    assert kept.cached(dna)[1] is None
+    small = dnas.InlineDnas(max_bytes=8)  # too big to keep: checked every time
+    small.check(small.cached(dna)[0], dna)
+    assert small.cached(dna)[1] is None

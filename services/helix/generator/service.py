@@ -53,6 +53,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     ) -> None:
         self.library = library
         self._executor = executor
+        self._inline = dnas.InlineDnas()
         self._limits = limits
         # generator.proto promises responses under 4 MiB, the default limit of every
         # gRPC client, whatever this server may send.
@@ -127,7 +128,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def _dna(self, request: generator_pb2.GenerateRequest) -> dna_pb2.Dna:
         if request.WhichOneof("dna_source") == "dna_name":
             return (await self.library.valid(request.dna_name)).dna
-        return await asyncio.to_thread(dnas.inline_dna, request.dna)
+        key, known = self._inline.cached(request.dna)
+        if known is not None:
+            return known
+        return await asyncio.to_thread(self._inline.check, key, request.dna)
 
 
 TRUNCATED_LABEL = "helix.dev/dnas-truncated"
