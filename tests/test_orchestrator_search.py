@@ -10,6 +10,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.dna_pb2 as dna_pb2
 from helix.orchestrator import search as s
+from helix.orchestrator import wire
 
 DNA = dna_pb2.Dna(name="dnas/t")
 
@@ -154,3 +155,27 @@ def test_each_position_gets_its_ids_verdict_and_only_new_ids_are_verified(
             assert verdict.verdict.score == float(i % 97)
             assert outcome.scores[position] == float(i % 97)
         recent.append(set(plan))
+
+
+@given(
+    ids=st.lists(
+        st.one_of(
+            st.integers(0, 2**128 - 1).map(lambda i: f"{i:032x}"),
+            st.text(max_size=40),
+            st.just("\x00" * 32),
+            st.just("A" * 32),
+        ),
+        max_size=20,
+    ),
+    genome=st.booleans(),
+)
+def test_ids_read_from_candidate_bytes_are_the_parsed_ids(ids: list[str], genome: bool) -> None:
+    """wire.candidate_ids reads well-formed ids from the bytes in bulk and parses anything
+    else: the same ids a parse of every candidate gives."""
+    records = [
+        candidate_pb2.Candidate(
+            id=cid, genome=candidate_pb2.Genome(reals=[1.5] * 3) if genome else None
+        ).SerializeToString()
+        for cid in ids
+    ]
+    assert wire.candidate_ids(records) == ids

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.generator_pb2 as generator_pb2
@@ -177,7 +178,13 @@ class Breeder:
                     records, skip = records[dropped:], skip - dropped
                     if records:
                         received += len(records)
-                        yield records, wire.candidate_ids(records)
+                        try:
+                            ids = wire.candidate_ids(records)
+                        except DecodeError:
+                            raise RunFailed(
+                                f"{agent.name} sent a candidate that is not a Candidate message"
+                            ) from None
+                        yield records, ids
                 return
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
                 why = _failed(agent, error, name)

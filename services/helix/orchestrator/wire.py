@@ -91,11 +91,12 @@ def serialize(message: Message | bytes) -> bytes:
 
 def candidate_ids(records: list[bytes]) -> list[str]:
     """The id of each serialised Candidate: read from its first bytes when it starts with
-    a 32-character id (how every generator serialises one: field 1 first), else parsed."""
+    a 32-character ASCII id (how every generator serialises one: field 1 first), else
+    parsed (DecodeError if it is not a Candidate)."""
     head = _ID_HEAD
     return [
-        record[2:34].decode("ascii", "replace")
-        if record[:2] == head
+        record[2:34].decode("ascii")
+        if record[:2] == head and len(record) >= 34 and record[2:34].isascii()
         else candidate_pb2.Candidate.FromString(record).id
         for record in records
     ]
