@@ -1,6 +1,6 @@
 """`helix run` as a user runs it, for the benchmarks: a child process, embedded suite.
 
-`run_helix` starts `python -m helix.cli.main run DNA --oracle NAME --budget N --seed S
+`run_helix` starts `python -m helix.cli run DNA --oracle NAME --budget N --seed S
 --json --out DIR` from the repository root (so `examples/dna` is its DNA library) with
 no `HELIX_ADDRESS`, so the command builds its embedded suite in that process — registry,
 orchestrator, generator and oracle agent over real gRPC on a loopback port, every call
@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from helix.cli.entry import ARENAS
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DNA_DIR = Path(__file__).resolve().parent / "dna"
@@ -79,7 +81,7 @@ def command(
     return [
         sys.executable,
         "-m",
-        "helix.cli.main",
+        "helix.cli",
         "run",
         str(dna),
         "--oracle",
@@ -99,6 +101,9 @@ def environment() -> dict[str, str]:
     """This environment without what would point `helix run` at another suite."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # What the `helix` entry point sets before it runs itself again (helix.cli.entry),
+    # set here so the child is one process image from the start (py-spy follows one).
+    env.setdefault("MALLOC_ARENA_MAX", ARENAS)
     return env
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from helix.cli.main import main
+from helix.cli.entry import main
 
 sys.exit(main())
