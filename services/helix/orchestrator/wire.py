@@ -30,6 +30,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.generator_pb2 as generator_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
+from helix.genome import codec
 
 _FieldProto = descriptor_pb2.FieldDescriptorProto
 _POOL = descriptor_pool.DescriptorPool()
@@ -73,15 +74,8 @@ _CANDIDATE_TAG = b"\x0a"  # ScoredCandidate.candidate: field 1
 _VERDICT_TAG = b"\x12"  # ScoredCandidate.verdict: field 2
 
 
-@functools.lru_cache(maxsize=4096)
-def varint(value: int) -> bytes:
-    """One non-negative integer as a protobuf varint (record sizes repeat: cached)."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+# Record sizes repeat: their varints are cached.
+varint = functools.lru_cache(maxsize=4096)(codec.varint)
 
 
 def serialize(message: Message | bytes) -> bytes:
