@@ -32,6 +32,7 @@ from helix.genome.documents import parse_dna_text
 from helix.genome.layout import Layout, normalise
 from helix.oracle.serving import OracleService, oracle_service
 from helix.oracle.settings import OracleSettings
+from helix.orchestrator import wire
 from helix.orchestrator.agents import AgentPool
 from helix.orchestrator.dispatch import NoAgents, RunFailed, Verifier, VerifySettings
 from helix.orchestrator.search import Verdicts
@@ -566,3 +567,87 @@ async def test_an_unreachable_agent_does_not_keep_the_verifier_waiting_forever(
     finally:
         await verifier.close()
     assert recorder.verdicts == []
+
+
+# --- an agent that answers with bytes that are not the contract's -------------------------
+
+
+class RogueOracle:
+    """A real gRPC server that speaks VerifyStream's framing but answers every batch (or
+    its credit) with bytes that do not parse as the contract's messages."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.batches = 0
+        self.server = grpc.aio.server()
+        handler = grpc.stream_stream_rpc_method_handler(self._verify_stream)
+        self.server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "helix.v1.OracleService", {"VerifyStream": handler}
+                ),
+            )
+        )
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+
+    def _credit(self, n: int) -> bytes:
+        if self.mode == "credit":
+            return wire.RawVerifyStreamResponse(credit=b"\xff\xff").SerializeToString()
+        credit = oracle_pb2.VerifyCredit(candidates=n)
+        return oracle_pb2.VerifyStreamResponse(credit=credit).SerializeToString()
+
+    async def _verify_stream(
+        self, requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        opened = False
+        async for data in requests:
+            if not opened:
+                opened = True
+                yield self._credit(50)
+                continue
+            batch = oracle_pb2.VerifyStreamRequest.FromString(data).batch
+            self.batches += 1
+            if self.mode == "garbage":  # not a VerifyStreamResponse at all
+                yield b"\xff\xff\xff\xff"
+            else:  # a VerdictBatch whose verdicts are not Verdicts (bad UTF-8 in an id)
+                bad = [b"\x0a\x02\xff\xfe"] * len(batch.candidates)
+                answer = wire.RawVerdictBatch(batch_id=batch.batch_id, verdicts=bad)
+                yield wire.RawVerifyStreamResponse(
+                    verdicts=answer.SerializeToString()
+                ).SerializeToString()
+            yield self._credit(len(batch.candidates))
+
+
+@pytest.mark.parametrize("mode", ["garbage", "verdicts", "credit"])
+async def test_an_agent_answering_bytes_that_do_not_parse_loses_no_candidate(
+    world: World, start_server: Callable[..., Any], mode: str
+) -> None:
+    """An oracle agent whose responses (or verdicts, or credit) do not parse: its stream is
+    dropped and its batches go to the other agent; every candidate is recorded exactly once
+    (never lost, never an exception out of the Verifier)."""
+    rogue = RogueOracle(mode)
+    await rogue.server.start()
+    try:
+        await world.register("rogue", rogue.address)
+        await world.in_process(start_server, "good", oracle_dir(world.tmp_path / "o", pause=0.0))
+        agents = await world.seen("oracles/sphere", 2)
+        good = next(a for a in agents if a.name == "agents/good")
+        verifier = Verifier(
+            world.pool,
+            "oracles/sphere",
+            await world.config_hash(good, "oracles/sphere"),
+            dna(REAL_DNA),
+            VerifySettings(max_batch=20, max_attempts=6, wait_timeout=60),
+        )
+        candidates = real_candidates(400, seed=3)
+        recorder = Recorder()
+        try:
+            async with asyncio.timeout(60):
+                await verifier.verify(feed(candidates, chunk=40), recorder)
+        finally:
+            await verifier.close()
+        assert recorder.counts() == Counter(c.id for c in candidates)  # each exactly once
+        assert {v.status for v in recorder.verdicts} <= {PASSED, ERROR}
+        assert mode == "credit" or rogue.batches > 0  # the rogue did get work, and lost none
+    finally:
+        await rogue.server.stop(0)

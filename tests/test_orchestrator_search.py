@@ -3,6 +3,9 @@ exactly as an undisturbed run (no network)."""
 
 from __future__ import annotations
 
+import math
+
+from google.protobuf import duration_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -179,3 +182,39 @@ def test_ids_read_from_candidate_bytes_are_the_parsed_ids(ids: list[str], genome
         for cid in ids
     ]
     assert wire.candidate_ids(records) == ids
+
+
+@given(
+    st.lists(
+        st.builds(
+            candidate_pb2.Verdict,
+            candidate_id=st.one_of(
+                st.integers(0, 2**128 - 1).map(lambda i: f"{i:032x}"), st.text(max_size=34)
+            ),
+            status=st.integers(0, 300),
+            score=st.floats(allow_nan=False) | st.just(0.0) | st.just(-0.0),
+            message=st.just("") | st.text(max_size=5),
+            metrics=st.dictionaries(st.text(max_size=3), st.floats(allow_nan=False), max_size=2),
+            duration=st.none()
+            | st.builds(
+                duration_pb2.Duration,
+                seconds=st.integers(0, 2**40),
+                nanos=st.integers(0, 999_999_999),
+            ),
+            cached=st.booleans(),
+        ),
+        max_size=12,
+    )
+)
+def test_verdicts_read_from_their_bytes_are_the_parsed_verdicts(
+    verdicts: list[candidate_pb2.Verdict],
+) -> None:
+    """wire.read_verdicts reads plain verdicts from the bytes in bulk and parses the others:
+    the same ids, statuses, scores and `cached` as a parse of every verdict."""
+    raws = [v.SerializeToString() for v in verdicts]
+    ids, statuses, scores, cached = wire.read_verdicts(raws)
+    assert ids == [v.candidate_id for v in verdicts]
+    assert statuses == [v.status for v in verdicts]
+    assert [math.copysign(1.0, s) * abs(s) for s in scores] == [v.score for v in verdicts]
+    assert [str(s) for s in scores] == [str(v.score) for v in verdicts]  # -0.0 kept
+    assert cached == [v.cached for v in verdicts]

@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
@@ -176,8 +177,8 @@ class Verifier:
 
         async def feeding() -> None:
             async for records, ids in feed:
-                if ids:
-                    self._pending.append(_Piece(records, ids))
+                if ids:  # copies: pieces are cut in place, the caller's lists are its own
+                    self._pending.append(_Piece(list(records), list(ids)))
                     self._wake.set()
             done_feeding.set()
             self._wake.set()
@@ -284,11 +285,12 @@ class Verifier:
             except BaseException:
                 call.cancel()
                 raise
-            if first is grpc.aio.EOF or not first.HasField("credit"):
+            credit = _first_credit(first)
+            if credit is None:
                 call.cancel()
                 self._rest(name, BUSY_BACKOFF, "opened without credit")
                 return
-            stream = _Stream(agent, call, credit=_credit(first))
+            stream = _Stream(agent, call, credit=credit)
             stream.reader = asyncio.create_task(self._read(stream), name=f"read {name}")
             self._streams[name] = stream
             self.streams_opened += 1
@@ -332,13 +334,12 @@ class Verifier:
                 if response is grpc.aio.EOF:
                     why = "the agent ended the stream"
                     break
-                if response.HasField("credit"):
-                    stream.credit += _credit(response)
-                elif response.HasField("verdicts"):
-                    self._answered(stream, response.verdicts)
+                self._take(stream, response)
                 self._wake.set()
         except grpc.aio.AioRpcError as error:
             why = describe(error)
+        except DecodeError as error:  # its batches go elsewhere, as from a broken stream
+            why = f"the agent sent a malformed response ({error})"
         except asyncio.CancelledError:
             if stream.broken:
                 return
@@ -347,24 +348,33 @@ class Verifier:
             self._drop(stream, why)
             self._wake.set()
 
+    def _take(self, stream: _Stream, response: Any) -> None:
+        """One response of a stream (DecodeError if it is not a VerifyStreamResponse: gRPC
+        gives None for bytes the response type cannot parse)."""
+        if response is None:
+            raise DecodeError("not a VerifyStreamResponse")
+        if response.HasField("credit"):
+            stream.credit += _credit(response)
+        elif response.HasField("verdicts"):
+            self._answered(stream, response.verdicts)
+
     def _answered(self, stream: _Stream, answer: bytes) -> None:
         """A VerdictBatch (serialised): each verdict is recorded once, in its bytes and with
-        the fields the run reads; a batch answered wrongly goes back to the queue."""
+        the fields the run reads; a batch answered wrongly goes back to the queue. Bytes
+        that are not a VerdictBatch raise DecodeError before the batch is touched (the
+        stream is then dropped, and the batch re-sent with its others)."""
         raw = wire.RawVerdictBatch.FromString(answer)
+        raws = list(raw.verdicts)
+        columns = wire.read_verdicts(raws)
         batch = stream.inflight.pop(raw.batch_id, None)
         if batch is None:
             return
         piece = batch.piece
         self.pool.add_outstanding(stream.agent.name, -len(piece))
-        if len(raw.verdicts) != len(piece):
+        if len(raws) != len(piece):
             self._requeue(piece, f"{stream.agent.name} answered a batch wrongly")
             return
-        verdicts = oracle_pb2.VerdictBatch.FromString(answer).verdicts
-        ids, statuses, scores, cached = map(
-            list,
-            zip(*[(v.candidate_id, v.status, v.score, v.cached) for v in verdicts], strict=True),
-        )
-        answered = Verdicts(ids, statuses, scores, cached, list(raw.verdicts))
+        answered = Verdicts(*columns, raws)
         if answered.ids != piece.ids:  # keep the right ones, re-send the others
             right = [i for i, cid in enumerate(piece.ids) if answered.ids[i] == cid]
             wrong = sorted(set(range(len(piece))) - set(right))
@@ -466,8 +476,20 @@ def _quiet(task: asyncio.Task[None]) -> None:
 
 
 def _credit(response: Any) -> int:
-    """The candidates a (raw) VerifyStreamResponse's credit grants."""
+    """The candidates a (raw) VerifyStreamResponse's credit grants (DecodeError if its
+    credit is not a VerifyCredit)."""
     return int(oracle_pb2.VerifyCredit.FromString(response.credit).candidates)
+
+
+def _first_credit(first: Any) -> int | None:
+    """The credit of a stream's first response; None when it is not a credit (the stream
+    ended, the response is not a VerifyStreamResponse, or its credit does not parse)."""
+    if first is grpc.aio.EOF or first is None or not first.HasField("credit"):
+        return None
+    try:
+        return _credit(first)
+    except DecodeError:
+        return None
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -394,7 +394,7 @@ class _Tally:
         scored = (statuses == PASSED) | failed
         picked = np.asarray(fresh, dtype=np.intp)
         best, best_key = -1, None
-        rows = np.flatnonzero(scored)
+        rows = np.flatnonzero(scored & np.isfinite(scores))  # (runs.py makes them finite)
         if rows.size:
             sign = 1.0 if objective == MINIMIZE else -1.0
             keys = sign * scores[rows] + 0.0  # + 0.0: -0.0 ranks as 0.0

@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
@@ -84,16 +86,62 @@ def serialize(message: Message | bytes) -> bytes:
 
 
 def candidate_ids(records: list[bytes]) -> list[str]:
-    """The id of each serialised Candidate: read from its first bytes when it starts with
-    a 32-character ASCII id (how every generator serialises one: field 1 first), else
-    parsed (DecodeError if it is not a Candidate)."""
-    head = _ID_HEAD
-    return [
-        record[2:34].decode("ascii")
-        if record[:2] == head and len(record) >= 34 and record[2:34].isascii()
-        else candidate_pb2.Candidate.FromString(record).id
-        for record in records
-    ]
+    """The id of each serialised Candidate, parsed (DecodeError if one is not a
+    Candidate): a parse checks the whole record, which a read of its first bytes would
+    not, for about 0.4 µs a candidate."""
+    parse = candidate_pb2.Candidate.FromString
+    return [parse(record).id for record in records]
+
+
+# Verdict fields as the oracle agents write a plain verdict: id (1), status (2), score (3),
+# then at most a duration (6) and `cached` (7); anything else is parsed.
+_STATUS_TAG, _SCORE_TAG, _DURATION_TAG, _CACHED_TAG = 0x10, 0x19, 0x32, 0x38
+_PAD = 64
+
+
+def read_verdicts(raws: list[bytes]) -> tuple[list[str], list[int], list[float], list[bool]]:
+    """The id, status, score and `cached` of each serialised Verdict, read from the bytes
+    of all rows at once where a row is a plain verdict (the fields above, in field order,
+    a 32-hex-digit id, a status of one byte, a duration of under 128 bytes); other rows
+    are parsed (DecodeError if one is not a Verdict)."""
+    n = len(raws)
+    if not n:
+        return [], [], [], []
+    sizes = np.fromiter(map(len, raws), dtype=np.int64, count=n)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    buf = np.frombuffer(b"".join(raws) + bytes(_PAD), dtype=np.uint8)
+    ok = sizes >= 2 + ID_LENGTH + 2
+    at = np.where(ok, starts, 0)
+    ok &= (buf[at] == _ID_HEAD[0]) & (buf[at + 1] == _ID_HEAD[1])
+    text = _rows(buf, at + 2, ID_LENGTH)
+    ok &= (((text >= 0x30) & (text <= 0x39)) | ((text >= 0x61) & (text <= 0x66))).all(axis=1)
+    at = at + 2 + ID_LENGTH
+    ok &= (buf[at] == _STATUS_TAG) & (buf[at + 1] < 0x80)
+    statuses = buf[at + 1].astype(np.int64)
+    at = at + 2
+    scored = (at + 9 <= ends) & (buf[at] == _SCORE_TAG)
+    scores = np.where(scored, _rows(buf, at + 1, 8).copy().view("<f8")[:, 0], 0.0)
+    at = at + 9 * scored
+    after = at + 2 + buf[at + 1].astype(np.int64)  # past a duration of under 128 bytes
+    timed = (after <= ends) & (buf[at] == _DURATION_TAG) & (buf[at + 1] < 0x80)
+    at = np.where(timed, after, at)
+    cached = (at + 2 == ends) & (buf[at] == _CACHED_TAG) & (buf[at + 1] == 1)
+    ok &= (at == ends) | cached
+    ids = text.tobytes().decode("latin-1")
+    id_list = [ids[k : k + ID_LENGTH] for k in range(0, n * ID_LENGTH, ID_LENGTH)]
+    status_list, score_list, cached_list = statuses.tolist(), scores.tolist(), cached.tolist()
+    if not ok.all():
+        for i in np.flatnonzero(~ok).tolist():
+            verdict = candidate_pb2.Verdict.FromString(raws[i])
+            id_list[i], status_list[i] = verdict.candidate_id, verdict.status
+            score_list[i], cached_list[i] = verdict.score, verdict.cached
+    return id_list, status_list, score_list, cached_list
+
+
+def _rows(buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], width: int) -> Any:
+    """The `width` bytes at each start (the buffer padded past its end), as rows."""
+    return buf[starts[:, None] + np.arange(width)]
 
 
 def scored_records(candidates: list[bytes], verdicts: list[bytes]) -> list[bytes]:
