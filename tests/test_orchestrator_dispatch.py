@@ -580,7 +580,9 @@ class RogueOracle:
         self.mode = mode
         self.batches = 0
         self.server = grpc.aio.server()
-        handler = grpc.stream_stream_rpc_method_handler(self._verify_stream)
+        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(
+            self._verify_stream
+        )
         self.server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
