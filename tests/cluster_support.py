@@ -172,9 +172,14 @@ class RunCluster(Cluster):
             return await stub.Verify(request, timeout=30)
 
         # (A freshly started agent has reset a first connection on a loaded machine.)
-        response = await eventually(
-            verified, 60, what=f"a verdict from {agent_id}", ignore=(grpc.aio.AioRpcError,)
-        )
+        try:
+            response = await eventually(
+                verified, 60, what=f"a verdict from {agent_id}", ignore=(grpc.aio.AioRpcError,)
+            )
+        except AssertionError as failure:  # say what became of the agent's process
+            raise AssertionError(
+                f"{failure}\n{member.process.describe('gave no verdict')}"
+            ) from None
         assert len(response.verdicts) == 1, response
 
     async def agent(self, agent_id: str) -> registry_pb2.Agent:

@@ -329,6 +329,11 @@ class RunningProcess:
         assert process.returncode is not None
         return process.returncode
 
+    def describe(self, what: str) -> str:
+        """What a failure message shows of this process: `what`, its command, exit status
+        (or still running) and the end of its stdout and stderr."""
+        return self._describe(what)
+
     def _describe(self, what: str) -> str:
         code = self.returncode
         status = "still running" if code is None else f"exit status {code}"
