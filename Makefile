@@ -14,7 +14,11 @@ PROTOS := $(sort $(wildcard protos/helix/v1/*.proto))
 # Vendored protos (protos/third_party/README.md): in the descriptor set only, never compiled
 # to Python (googleapis-common-protos and grpcio-health-checking ship those modules).
 THIRD_PARTY := protos/third_party
-THIRD_PARTY_PROTOS := $(sort $(shell find $(THIRD_PARTY) -name '*.proto'))
+THIRD_PARTY_PROTOS := $(sort $(shell find $(THIRD_PARTY) -path $(THIRD_PARTY)/etcd -prune -o -name '*.proto' -print))
+# etcd's v3 API, stripped of its Go annotations (protos/third_party/etcd/vendor.py): compiled
+# to Python (helix.etcdpb, the etcd client's stubs), never in the protoset (Helix does not serve it).
+ETCD_PROTO_ROOT := $(THIRD_PARTY)/etcd
+ETCD_PROTOS := $(sort $(wildcard $(ETCD_PROTO_ROOT)/helix/etcdpb/*.proto))
 HOST ?= 127.0.0.1
 PORT ?= 50051
 ARGS ?=
@@ -69,7 +73,8 @@ fix: $(STAMP) $(NPM_STAMP) ## format and auto-fix what can be fixed
 	$(VENV)/bin/ruff check --fix services tests benchmarks
 	$(BUF) format -w
 
-# protoc output: Python modules, gRPC stubs and .pyi stubs for both from protos/helix; and
+# protoc output: Python modules, gRPC stubs and .pyi stubs for both from protos/helix and
+# etcd's API (helix.etcdpb); and
 # a descriptor set (with comments) of those plus the vendored health, reflection and
 # google.rpc protos, for `grpcurl -protoset generated/helix.protoset`, `buf curl --schema`
 # and the server's reflection service. One shell line (check-generated runs it in a `&&` chain).
@@ -79,6 +84,11 @@ define protoc
 	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=quiet:$(1) --mypy_grpc_out=quiet:$(1) \
 	  $(PROTOS) && \
+	$(PY) -m grpc_tools.protoc -I $(ETCD_PROTO_ROOT) \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=quiet:$(1) --mypy_grpc_out=quiet:$(1) \
+	  $(ETCD_PROTOS) && \
 	$(PY) -m grpc_tools.protoc -I $(THIRD_PARTY) -I protos \
 	  --include_imports --include_source_info --descriptor_set_out=$(1)/helix.protoset \
 	  $(PROTOS) $(THIRD_PARTY_PROTOS) && \

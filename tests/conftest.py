@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helix.common.config import Duration, ServerConfig
 from helix.common.server import HelixServer, ServiceBinding, create_server
 
+from etcd_support import EtcdCluster, etcd_available
 from harness import SHAPES, Cluster, Processes, Shape, clean_env
 
 StartServer = Callable[..., Awaitable[HelixServer]]
@@ -137,3 +138,23 @@ def shape(request: pytest.FixtureRequest) -> Shape:
 async def cluster(shape: Shape, clusters: StartCluster) -> Cluster:
     """A cluster of each shape with default options: the registry and one generator."""
     return await clusters(shape)
+
+
+@pytest.fixture
+async def etcd(tmp_path: Path, processes: Processes) -> AsyncIterator[EtcdCluster]:
+    """A real single-member etcd on free loopback ports with a temporary data dir, serving;
+    stopped after the test. Skips when the `etcd` binary is not installed."""
+    if not etcd_available():
+        pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
+    async with EtcdCluster(processes, tmp_path / "etcd") as started:
+        yield started
+
+
+@pytest.fixture
+async def etcd_cluster(tmp_path: Path, processes: Processes) -> AsyncIterator[EtcdCluster]:
+    """A real 3-member etcd cluster on loopback, a leader elected and every member serving
+    (for fault tests: members can be killed and restarted); stopped after the test."""
+    if not etcd_available():
+        pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
+    async with EtcdCluster(processes, tmp_path / "etcd", size=3) as started:
+        yield started
