@@ -37,8 +37,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import helix_cli
 
-from helix.cli.entry import ARENAS
-
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "memory.md"
 DNA = helix_cli.BENCH_DNA_DIR / "sphere-10d.yaml"
 ORACLE = "sphere"
@@ -258,8 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--arena-max",
         type=int,
-        help="run helix with MALLOC_ARENA_MAX set to this (glibc's limit on malloc arenas; "
-        "default: what the helix entry point sets, helix.cli.entry.ARENAS)",
+        help="run helix with MALLOC_ARENA_MAX set to this (glibc's limit on malloc arenas)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -316,7 +313,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + (
             f"; the child run with MALLOC_ARENA_MAX={args.arena_max}."
             if args.arena_max is not None
-            else f" (MALLOC_ARENA_MAX={ARENAS}, as the `helix` entry point sets it)."
+            else " (glibc's default arenas; its mmap and trim thresholds fixed by the `helix`"
+            " entry point)."
         ),
         "",
         *lines,

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helix.cli.entry import ARENAS
-
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DNA_DIR = Path(__file__).resolve().parent / "dna"
 DEFAULT_TIMEOUT = 1800.0
@@ -101,9 +99,6 @@ def environment() -> dict[str, str]:
     """This environment without what would point `helix run` at another suite."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
     env["PYTHONUNBUFFERED"] = "1"
-    # What the `helix` entry point sets before it runs itself again (helix.cli.entry),
-    # set here so the child is one process image from the start (py-spy follows one).
-    env.setdefault("MALLOC_ARENA_MAX", ARENAS)
     return env
 
 

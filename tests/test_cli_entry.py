@@ -1,34 +1,37 @@
-"""The `helix` program's entry point: glibc's malloc arenas limited (helix.cli.entry)."""
+"""The `helix` program's entry point: glibc's malloc thresholds fixed (helix.cli.entry)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 
-from harness import HELIX, Processes, clean_env
-
 pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/environ").exists() or not os.confstr("CS_GNU_LIBC_VERSION"),
-    reason="glibc and /proc only",
+    not hasattr(os, "confstr") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc only"
 )
 
-
-def _environment(pid: int) -> list[bytes]:
-    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+_FIX = "from helix.cli import entry; print(' '.join(entry.fix_malloc_thresholds()))"
 
 
-async def test_helix_runs_with_two_malloc_arenas_unless_told_otherwise(
-    processes: Processes, tmp_path: Path
-) -> None:
-    """A `helix` process runs itself again with MALLOC_ARENA_MAX=2 (same pid, same
-    arguments); a value the environment sets is kept."""
-    serve = [HELIX, "registry", "serve", "--host", "127.0.0.1", "--port", "0"]
-    default = await processes.start([*serve, "--data-dir", str(tmp_path / "a")], clean_env())
-    assert b"MALLOC_ARENA_MAX=2" in _environment(default.pid)
-    chosen = await processes.start(
-        [*serve, "--data-dir", str(tmp_path / "b")], {**clean_env(), "MALLOC_ARENA_MAX": "8"}
+def _fix_in_a_new_process(env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _FIX],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert b"MALLOC_ARENA_MAX=8" in _environment(chosen.pid)
-    assert b"MALLOC_ARENA_MAX=2" not in _environment(chosen.pid)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_thresholds_are_fixed_unless_the_environment_sets_them() -> None:
+    """glibc takes both settings (mallopt returns 1); a threshold the environment sets is
+    left as it is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    assert _fix_in_a_new_process(env) == "MALLOC_MMAP_THRESHOLD_ MALLOC_TRIM_THRESHOLD_"
+    chosen = {**env, "MALLOC_MMAP_THRESHOLD_": "262144"}
+    assert _fix_in_a_new_process(chosen) == "MALLOC_TRIM_THRESHOLD_"
