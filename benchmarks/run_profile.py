@@ -48,6 +48,7 @@ PARTS = (
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?):(?P<line>\d+)\)$")
 # Frames that hold every sample of the main thread: never its part.
 _ROOTS = {
+    ("cli/__main__.py", "<module>"),
     ("cli/entry.py", "main"),
     ("cli/main.py", "<module>"),
     ("cli/main.py", "main"),
