@@ -283,6 +283,18 @@ async def test_a_watch_gives_puts_and_deletes_from_a_revision_with_prev_kv(clien
         assert watch.next_revision == reply.header.revision + 1
 
 
+async def test_a_watch_from_now_resumes_from_the_revision_it_was_created_at(client):
+    before = (await client.put(b"/now", b"0")).header.revision
+    watch = Watch(client, b"/now")
+    first = asyncio.create_task(anext(watch))
+    await eventually(lambda: watch.next_revision, within=5.0, what="the watch created")
+    assert watch.next_revision == before + 1  # not a later "now" after a reconnect
+    written = (await client.put(b"/now", b"1")).header.revision
+    event = await first
+    assert (event.kv.value, event.prev_kv.value, event.kv.mod_revision) == (b"1", b"0", written)
+    await watch.close()
+
+
 async def test_a_watch_resumes_after_etcd_restarts_with_no_gap_and_no_duplicate(etcd, client):
     start = (await client.put(b"/r/0", b"0")).header.revision
     watch = Watch(client, b"/r/", prefix_end(b"/r/"), start_revision=start, reconnect_within=30)

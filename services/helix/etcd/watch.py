@@ -1,12 +1,13 @@
 """`Watch`: the events of a key range from a start revision, as an async iterator.
 
 One Watch stream per `Watch` (etcd multiplexes; one per watcher keeps resumption simple),
-opened with `prev_kv` and etcd's require-leader metadata (a member cut off from its leader
-ends the stream instead of going silent). etcd sends the events of one revision in one
-response, so after each response the watch knows the next revision it needs; a broken stream
-is opened again from there, on any member: no gap, no duplicate. Reconnecting gives up with
-`Unavailable` when no stream could be opened for `reconnect_within` seconds. History
-compacted past the revision needed raises `Compacted(compact_revision)`.
+opened with `prev_kv`, progress notifications and etcd's require-leader metadata (a member
+cut off from its leader ends the stream instead of going silent). etcd sends the events of
+one revision in one response, so after each response the watch knows the next revision it
+needs; a broken stream is opened again from there, on any member: no gap, no duplicate.
+Reconnecting gives up with `Unavailable` when no stream could be opened for
+`reconnect_within` seconds. History compacted past the revision needed raises
+`Compacted(compact_revision)`.
 """
 
 from __future__ import annotations
@@ -126,6 +127,14 @@ class Watch:
         if reply.events:
             self.next_revision = reply.events[-1].kv.mod_revision + 1
             self._buffer.extend(reply.events)
+        elif reply.created and self.next_revision == 0:
+            # "From now" means after the revision it was created at: resume from there,
+            # not from a later "now" that would skip what was written in between.
+            self.next_revision = reply.header.revision + 1
+        elif not reply.created:
+            # A progress notification: every event up to header.revision has been sent.
+            # Moving past it spares a quiet watch a needless Compacted on resuming.
+            self.next_revision = max(self.next_revision, reply.header.revision + 1)
 
     async def _open(self) -> _Stream:
         """A stream with this watch created on it from `next_revision`."""
@@ -137,6 +146,7 @@ class Watch:
                 range_end=self.range_end,
                 start_revision=self.next_revision,
                 prev_kv=True,
+                progress_notify=True,
             )
             try:
                 await stream.write(rpc.WatchRequest(create_request=create))
