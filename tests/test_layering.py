@@ -15,7 +15,7 @@ import pytest
 SERVICES = Path(__file__).resolve().parent.parent / "services"
 HELIX = SERVICES / "helix"
 
-_BASE = {"common", "security", "genome", "agents"}
+_BASE = {"common", "security", "genome", "agents", "etcd"}
 _SERVICES = {"registry", "generator", "oracle", "orchestrator"}
 # package -> the helix packages it may import (besides itself and the generated helix.v1)
 ALLOWED: dict[str, set[str]] = {
@@ -23,10 +23,11 @@ ALLOWED: dict[str, set[str]] = {
     "security": {"common"},
     "genome": {"common"},
     "agents": {"common", "security"},
-    "registry": {"common", "security"},
+    "etcd": {"common", "etcdpb"},  # the etcd client; etcdpb: etcd's API, generated
+    "registry": {"common", "security", "etcd"},
     "generator": {"common", "security", "genome", "agents"},
     "oracle": {"common", "security", "genome", "agents"},
-    "orchestrator": {"common", "security", "genome", "agents"},
+    "orchestrator": {"common", "security", "genome", "agents", "etcd"},
     "suite": _BASE | _SERVICES,  # the embedded default: every service in one process
     "cli": _BASE | _SERVICES | {"suite"},
 }

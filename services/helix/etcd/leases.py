@@ -1,0 +1,121 @@
+"""`KeepAlive`: one lease kept alive on one long-lived LeaseKeepAlive stream.
+
+A background task (owned by the client, so `EtcdClient.close()` stops it too) sends a
+keepalive every TTL/3 and reads etcd's answer. A broken stream is opened again (after
+0.2 s, then up to 1 s between tries) with the same lease. The lease is reported lost —
+`lost` set, `on_lost(reason)` called, the task ends — when etcd answers that it no longer
+exists (TTL 0), or when a whole TTL passes since the last renewal etcd confirmed: it may
+then have expired without us hearing, and an owner must behave as if it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+
+import helix.etcdpb.rpc_pb2 as rpc
+from helix.common import errors
+from helix.etcd.client import REQUIRE_LEADER, EtcdClient, Lease
+
+log = logging.getLogger("helix.etcd")
+
+_RETRY_MIN, _RETRY_MAX = 0.2, 1.0
+
+
+class KeepAlive:
+    """Keeps `lease` alive until `close()` (which does not revoke it) or until it is lost."""
+
+    def __init__(
+        self, client: EtcdClient, lease: Lease, on_lost: Callable[[str], None] | None = None
+    ) -> None:
+        self.client = client
+        self.lease = lease
+        self.on_lost = on_lost
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+        self.renewals = 0
+        # Until when the lease is known to live: a renewal confirmed at t (measured when it
+        # was sent) keeps it alive until t + TTL.
+        self.alive_until = time.monotonic() + lease.ttl
+        self._task = client.start_task(self._run(), name=f"etcd-keepalive-{lease.id:x}")
+
+    @property
+    def interval(self) -> float:
+        return max(self.lease.ttl / 3, 0.1)
+
+    async def close(self) -> None:
+        """Stop renewing (the lease then lapses after its TTL unless revoked)."""
+        self._task.cancel()
+        await asyncio.wait({self._task})
+
+    async def wait_lost(self) -> str:
+        """Wait until the lease is lost; why."""
+        await self.lost.wait()
+        return self.lost_reason
+
+    async def __aenter__(self) -> KeepAlive:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _report_lost(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.lost.set()
+        log.warning("etcd lease %x lost: %s", self.lease.id, reason)
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+    async def _run(self) -> None:
+        delay = _RETRY_MIN
+        while True:
+            try:
+                await self._stream()
+                return  # the lease is gone
+            except (grpc.aio.AioRpcError, errors.HelixError, TimeoutError) as exc:
+                if self.client.closed:
+                    return
+                if time.monotonic() >= self.alive_until:
+                    self._report_lost(f"no renewal confirmed within its TTL ({exc!s:.200})")
+                    return
+                log.info(
+                    "etcd lease %x keepalive stream broken, reopening: %.200s", self.lease.id, exc
+                )
+            await asyncio.sleep(min(delay, max(self.alive_until - time.monotonic(), 0.0)))
+            delay = min(delay * 2, _RETRY_MAX)
+
+    async def _stream(self) -> None:
+        """Renew on one stream until it breaks (raises) or the lease is gone (returns)."""
+        metadata, token = await self.client.metadata(REQUIRE_LEADER)
+        stream = self.client.leases.LeaseKeepAlive(metadata=metadata)
+        try:
+            while True:
+                sent = time.monotonic()
+                try:
+                    async with asyncio.timeout(max(self.alive_until - sent, 0.0)):
+                        await stream.write(rpc.LeaseKeepAliveRequest(ID=self.lease.id))
+                        reply = await stream.read()
+                except grpc.aio.AioRpcError as exc:
+                    await self.client.renew_token_if_stale(exc, token)
+                    raise
+                if not isinstance(reply, rpc.LeaseKeepAliveResponse):  # EOF
+                    raise errors.Unavailable("etcd ended the keepalive stream")
+                if reply.TTL <= 0:
+                    self._report_lost("etcd says the lease has expired or was revoked")
+                    return
+                self.alive_until = sent + reply.TTL
+                self.renewals += 1
+                await asyncio.sleep(self.interval)
+        finally:
+            stream.cancel()
+
+
+def keep_alive(
+    client: EtcdClient, lease: Lease, on_lost: Callable[[str], None] | None = None
+) -> KeepAlive:
+    """Start keeping `lease` alive in the background (see `KeepAlive`)."""
+    return KeepAlive(client, lease, on_lost)

@@ -1,0 +1,40 @@
+"""Builders for `EtcdClient.txn`: the compares and operations a backend writes most.
+
+Compares (all EQUAL unless said): `absent(key)` (never created, or deleted), `mod_revision
+(key, rev)` (unchanged since `rev`: an etag), `version(key, n)`, `value(key, v)`.
+Operations: `put`, `get`, `delete`.
+"""
+
+from __future__ import annotations
+
+import helix.etcdpb.rpc_pb2 as rpc
+
+_EQUAL = rpc.Compare.EQUAL
+
+
+def absent(key: bytes) -> rpc.Compare:
+    return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=_EQUAL, create_revision=0)
+
+
+def mod_revision(key: bytes, revision: int) -> rpc.Compare:
+    return rpc.Compare(key=key, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=revision)
+
+
+def version(key: bytes, number: int) -> rpc.Compare:
+    return rpc.Compare(key=key, target=rpc.Compare.VERSION, result=_EQUAL, version=number)
+
+
+def value(key: bytes, expected: bytes) -> rpc.Compare:
+    return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=_EQUAL, value=expected)
+
+
+def put(key: bytes, data: bytes, *, lease: int = 0) -> rpc.RequestOp:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=data, lease=lease))
+
+
+def get(key: bytes, range_end: bytes = b"") -> rpc.RequestOp:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=range_end))
+
+
+def delete(key: bytes, *, prev_kv: bool = False) -> rpc.RequestOp:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, prev_kv=prev_kv))
