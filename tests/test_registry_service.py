@@ -31,6 +31,9 @@ from waiting import eventually
 
 PUT = registry_pb2.AGENT_EVENT_TYPE_PUT
 DELETE = registry_pb2.AGENT_EVENT_TYPE_DELETE
+# Leases for agents a test needs alive throughout: a stalled CI machine expired agents
+# with the default 10 s lease in the middle of tests that are not about expiry.
+LONG_TTL = 300.0
 
 
 @pytest.fixture
@@ -167,7 +170,8 @@ async def test_watch_or_list_from_a_compacted_revision_is_out_of_range(tmp_path)
     try:
         stub = suite.stub()
         first = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_size=1))
-        await stub.RegisterAgent(register_request("keep"))
+        # A long lease: a stalled machine must not expire the agent mid-test.
+        await stub.RegisterAgent(register_request("keep", ttl=LONG_TTL))
         for i in range(120):
             await stub.UpdateAgent(
                 registry_pb2.UpdateAgentRequest(
@@ -182,7 +186,7 @@ async def test_watch_or_list_from_a_compacted_revision_is_out_of_range(tmp_path)
         info = error_info(caught.value)
         assert info.reason == "REVISION_COMPACTED"
         assert info.metadata["compact_revision"] == "22"  # 121 revisions, the last 100 kept
-        await stub.RegisterAgent(register_request("second"))  # give the old listing a page 2
+        await stub.RegisterAgent(register_request("second", ttl=LONG_TTL))  # old listing: page 2
         old = await stub.ListAgents(registry_pb2.ListAgentsRequest(page_size=1))
         assert old.next_page_token
         # A token from a snapshot that has since been compacted.
@@ -766,6 +770,7 @@ async def test_agents_at_the_size_limit_can_be_listed_and_watched_by_any_client(
     count = 80
     for i in range(count):
         agent = big_agent(780)
+        agent.ttl.seconds = int(LONG_TTL)  # a stalled machine must not expire one mid-test
         request = registry_pb2.RegisterAgentRequest(
             agent_id=f"big{i:02d}", agent=agent, request_id=f"big{i}"
         )
