@@ -229,7 +229,9 @@ async def test_a_slow_watcher_is_cancelled_while_fast_ones_continue(tmp_path):
         for i in range(300):
             await stub.RegisterAgent(register_request(f"f{i}"))
         await asyncio.wait_for(reader, 20)
-        assert [e.revision for e in fast_events] == list(range(1, 301))
+        # Every revision, in order, none skipped (on a stalled machine the first agents'
+        # 10 s leases may expire before the flood ends: their DELETEs are revisions too).
+        assert [e.revision for e in fast_events][:300] == list(range(1, 301))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in slow:
                 pass
