@@ -226,8 +226,15 @@ async def test_a_slow_watcher_is_cancelled_while_fast_ones_continue(tmp_path):
 
         reader = asyncio.ensure_future(keep_up())
         # Flood in batches, giving the fast reader time; the slow one reads nothing.
+        # Big agents (about 64 KiB each, 19 MB in all): more than HTTP/2 flow control lets
+        # the server push into a client that does not read, however large its window grew,
+        # so the slow watch's queue must overflow (with small agents it sometimes did not).
         for i in range(300):
-            await stub.RegisterAgent(register_request(f"f{i}"))
+            await stub.RegisterAgent(
+                registry_pb2.RegisterAgentRequest(
+                    agent_id=f"f{i}", agent=big_agent(780), request_id=f"f{i}"
+                )
+            )
         await asyncio.wait_for(reader, 20)
         # Every revision, in order, none skipped (on a stalled machine the first agents'
         # 10 s leases may expire before the flood ends: their DELETEs are revisions too).
