@@ -4,6 +4,7 @@ Helix clusters of either deployment shape (see harness.py)."""
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helix.common.config import Duration, ServerConfig
 from helix.common.server import HelixServer, ServiceBinding, create_server
 
-from etcd_support import EtcdCluster, etcd_available
+from etcd_support import EtcdCluster, SessionEtcd, etcd_available
 from harness import SHAPES, Cluster, Processes, Shape, clean_env
 
 StartServer = Callable[..., Awaitable[HelixServer]]
@@ -158,3 +159,24 @@ async def etcd_cluster(tmp_path: Path, processes: Processes) -> AsyncIterator[Et
         pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
     async with EtcdCluster(processes, tmp_path / "etcd", size=3) as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def session_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionEtcd]:
+    """One real etcd member (fsync on) for the whole session: the suites that run against
+    both stores use it, each test under its own key prefix (`store_settings`)."""
+    if not etcd_available():
+        pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
+    started = SessionEtcd(tmp_path_factory.mktemp("session-etcd")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def store_settings(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings of each store in turn: a test taking it runs once on the embedded
+    SQLite files, once on etcd (the session's member, under a prefix of its own)."""
+    if request.param == "sqlite":
+        return {}
+    etcd: SessionEtcd = request.getfixturevalue("session_etcd")
+    return {"store": f"etcd://{etcd.endpoint}", "etcd_prefix": f"/test-{uuid.uuid4().hex}"}

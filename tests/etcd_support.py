@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,3 +271,47 @@ async def _until_serving(member: EtcdMember) -> None:
                 await kv.Range(etcd_rpc.RangeRequest(key=b"health"), timeout=_PROBE_TIMEOUT)
                 return
             await asyncio.sleep(0.05)
+
+
+class SessionEtcd:
+    """One etcd member for a whole test session, started and stopped without an event loop
+    (a session fixture outlives every test's loop): the suites that run against both
+    stores share it, each test under a key prefix of its own. Its log is kept in
+    `data_dir/etcd.log` and shown if it does not start."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+
+    def start(self, within: float = START_TIMEOUT) -> SessionEtcd:
+        client, peer = free_ports(2)
+        member = EtcdMember("etcd0", client, peer, self.data_dir / "member")
+        cluster = EtcdCluster.__new__(EtcdCluster)
+        cluster.members, cluster.token = [member], "helix-session"
+        with (self.data_dir / "etcd.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                cluster._argv(member), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        self.endpoint = member.endpoint
+        deadline = time.monotonic() + within
+        with grpc.insecure_channel(self.endpoint) as channel:
+            kv = etcd_grpc.KVStub(channel)
+            while True:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    text = (self.data_dir / "etcd.log").read_text(errors="replace")[-3000:]
+                    raise ProcessError(f"the session's etcd did not start:\n{text}")
+                with contextlib.suppress(grpc.RpcError):
+                    kv.Range(etcd_rpc.RangeRequest(key=b"health"), timeout=_PROBE_TIMEOUT)
+                    return self
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

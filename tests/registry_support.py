@@ -18,7 +18,7 @@ import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.common.config import Duration
 from helix.common.server import create_server
 from helix.registry.engine import Registry
-from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.registry.stores import registry_store
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 from helix.suite import EmbeddedConfig, create_embedded, embedded_services, prepare_embedded
@@ -77,7 +77,7 @@ async def start_suite(
     if clock is None:
         server, _ = create_embedded(config)
     else:
-        store = SqliteRegistryStore(config.registry_path, synchronous=config.registry_sync)
+        store = registry_store(config, config.registry_path)
         registry = Registry(store, config.engine_settings(), clock=clock)
         services = embedded_services(config, registry)
         server, _ = create_server(config, services, security=prepare_embedded(config))

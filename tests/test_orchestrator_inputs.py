@@ -1032,9 +1032,13 @@ async def test_a_watcher_that_does_not_keep_up_is_told_and_can_resume(tmp_path: 
         # (one page, however many events the run had by then), then the news that its
         # queue overflowed meanwhile.
         received = [first]
-        with pytest.raises(errors.ResourceExhausted) as caught:
+
+        async def read_until_refused() -> None:
             for _ in range(500):
                 received.append(await anext(slow))
+
+        with pytest.raises(errors.ResourceExhausted) as caught:
+            await read_until_refused()
         assert caught.value.reason == "WATCHER_TOO_SLOW"
         assert [e.sequence for e in received] == list(range(1, len(received) + 1))
         await engine.cancel(alice, run.name, "")

@@ -42,6 +42,7 @@ from helix.security.tokens import mint
 
 from harness import clean_env
 from registry_support import Suite, agent_spec, register_request, start_suite
+from relay import Relay
 from waiting import eventually
 
 PUT = registry_pb2.AGENT_EVENT_TYPE_PUT
@@ -102,8 +103,10 @@ async def channels() -> AsyncIterator[Channels]:
 
 
 @pytest.fixture
-async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
-    started = await start_suite(tmp_path / "data", registry_progress_interval=Duration(0.2))
+async def suite(tmp_path: Path, store_settings: dict[str, str]) -> AsyncIterator[Suite]:
+    started = await start_suite(
+        tmp_path / "data", registry_progress_interval=Duration(0.2), **store_settings
+    )
     yield started
     await started.server.shutdown(0)
 
@@ -156,67 +159,6 @@ async def event_logs() -> AsyncIterator[Callable[..., EventLog]]:
     yield start
     for log in logs:
         await log.close()
-
-
-class Relay:
-    """A TCP relay to a local server. `cut()` drops every connection and refuses new ones
-    until `heal()`: a network partition between a client and the registry."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.partitioned = False
-        self.refused = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> Relay:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.partitioned:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.transport.abort()
-
-    def cut(self) -> None:
-        self.partitioned = True
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    def heal(self) -> None:
-        self.partitioned = False
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 @pytest.fixture
@@ -309,13 +251,15 @@ async def test_registration_heartbeats_past_several_ttls_then_deregisters(
         assert registration.name == "agents/oracle-1"
         assert registration.epoch >= 1
         assert registration.registrations == 1
-        assert registration.ttl == pytest.approx(0.3)
+        # etcd leases are whole seconds, at least etcd's minimum (2 s by default).
+        ttl = 2.0 if suite.config.uses_etcd else 0.3
+        assert registration.ttl == pytest.approx(ttl)
         assert registered == [registration.epoch]
         assert registration.agent.owner == "alice"
         events = event_logs(stub, registration.epoch + 1)
         started = time.monotonic()
-        await eventually(lambda: registration.heartbeats >= 12, what="12 heartbeats")
-        assert time.monotonic() - started > 3 * 0.3  # alive well past its TTL
+        await eventually(lambda: registration.heartbeats >= 10, 10 * ttl, what="10 heartbeats")
+        assert time.monotonic() - started > 3 * ttl  # alive well past its TTL
         found = await get_agent(stub, "agents/oracle-1")
         assert found is not None
         assert found.agent.epoch == registration.epoch
@@ -588,9 +532,9 @@ async def test_filtered_informer_sees_agents_enter_and_leave_its_filter(suite, c
         await eventually(lambda: in_sync(inf, stub, kind=ORACLE, label_selector="zone=a"))
 
 
-async def test_informer_resumes_after_a_registry_restart(tmp_path, channels):
+async def test_informer_resumes_after_a_registry_restart(tmp_path, channels, store_settings):
     data_dir = tmp_path / "data"
-    first = await start_suite(data_dir, registry_progress_interval=Duration(0.2))
+    first = await start_suite(data_dir, registry_progress_interval=Duration(0.2), **store_settings)
     port = first.server.port
     informer = AgentInformer(channels.open(first, fast_reconnect=True), backoff=(0.05, 0.5))
     restarted: Suite | None = None
@@ -602,7 +546,7 @@ async def test_informer_resumes_after_a_registry_restart(tmp_path, channels):
             await eventually(lambda: len(informer) == 2)
             await first.server.shutdown(0)
             restarted = await start_suite(
-                data_dir, port=port, registry_progress_interval=Duration(0.2)
+                data_dir, port=port, registry_progress_interval=Duration(0.2), **store_settings
             )
             stub = channels.stub(restarted)
             await deregister(stub, "agents/a1")
@@ -617,9 +561,14 @@ async def test_informer_resumes_after_a_registry_restart(tmp_path, channels):
             await restarted.server.shutdown(0)
 
 
-async def test_informer_lists_again_after_out_of_range(tmp_path, channels, relay_to):
+async def test_informer_lists_again_after_out_of_range(
+    tmp_path, channels, relay_to, store_settings
+):
     suite = await start_suite(
-        tmp_path / "data", registry_history=100, registry_progress_interval=Duration(0.2)
+        tmp_path / "data",
+        registry_history=100,
+        registry_progress_interval=Duration(0.2),
+        **store_settings,
     )
     try:
         stub = channels.stub(suite)

@@ -37,8 +37,8 @@ LONG_TTL = 300.0
 
 
 @pytest.fixture
-async def suite(tmp_path):
-    running = await start_suite(tmp_path / "data")
+async def suite(tmp_path, store_settings):
+    running = await start_suite(tmp_path / "data", **store_settings)
     yield running
     await running.close()
 
@@ -327,20 +327,28 @@ async def test_lease_expires_after_ttl_not_before_with_an_expired_event(suite):
     watch = stub.WatchAgents(registry_pb2.WatchAgentsRequest(start_revision=1))
     registered = await stub.RegisterAgent(register_request("a1", ttl=0.6))
     ttl = registered.agent.ttl.seconds + registered.agent.ttl.nanos / 1e9
-    assert ttl == pytest.approx(0.6)
+    if suite.config.uses_etcd:
+        # etcd leases are whole seconds, at least etcd's minimum (2 s by default): the
+        # registry grants, and says, what the lease really is; etcd looks for expired
+        # leases every 500 ms, its sweep interval.
+        assert ttl == 2.0
+        sweep = 0.5
+    else:
+        assert ttl == pytest.approx(0.6)
+        sweep = 0.05
     # Heartbeats keep it alive well past its TTL. The one sleep of this file: the server's
     # own monotonic clock and sweeper are under test here, so real time must pass (the
     # engine's rules are tested with a fake clock in test_registry_engine.py).
     for _ in range(6):
-        await asyncio.sleep(0.2)  # an agent's heartbeat cadence, a third of the TTL
+        await asyncio.sleep(ttl / 3)  # an agent's heartbeat cadence, a third of the TTL
         await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=1))
     last_beat = time.monotonic()
-    events = await collect(watch, 2)
+    events = await collect(watch, 2, within=ttl + 10)
     expired_after = time.monotonic() - last_beat
     assert events[1].type == DELETE
     assert events[1].reason == registry_pb2.AGENT_DELETE_REASON_EXPIRED
-    assert expired_after >= 0.6
-    assert expired_after < 0.6 + 0.05 + 0.5  # TTL + sweep interval + scheduling slack
+    assert expired_after >= ttl
+    assert expired_after < ttl + sweep + 0.5  # TTL + sweep interval + scheduling slack
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Heartbeat(registry_pb2.HeartbeatRequest(name="agents/a1", epoch=1))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
@@ -354,7 +362,9 @@ async def test_ttl_is_clamped_into_the_server_bounds(suite):
     stub = suite.stub()
     short = await stub.RegisterAgent(register_request("short", ttl=0.01))
     long = await stub.RegisterAgent(register_request("long", ttl=99999))
-    assert short.agent.ttl.ToNanoseconds() == 200_000_000
+    # The shortest lease: the configured minimum, or etcd's (2 s by default) on etcd.
+    shortest = 2_000_000_000 if suite.config.uses_etcd else 200_000_000
+    assert short.agent.ttl.ToNanoseconds() == shortest
     assert long.agent.ttl.seconds == 300
 
 

@@ -29,7 +29,7 @@ from helix.orchestrator.sqlite_store import SqliteRunStore
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
 from helix.registry.service import registry_binding
-from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.registry.stores import registry_store
 from helix.security.client import MintingTokenSource, bearer_interceptors
 from helix.security.setup import Security, security_from_config
 
@@ -70,8 +70,7 @@ class EmbeddedConfig(
 
 def embedded_registry(config: EmbeddedConfig) -> Registry:
     """The registry engine of the suite, on its SQLite file."""
-    store = SqliteRegistryStore(config.registry_path, synchronous=config.registry_sync)
-    return Registry(store, config.engine_settings())
+    return Registry(registry_store(config, config.registry_path), config.engine_settings())
 
 
 def embedded_services(

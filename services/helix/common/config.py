@@ -447,6 +447,50 @@ class DataDirConfig(ServerConfig):
         return self.auth_hs256_dir or self.data_dir / KEYS_DIR
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreConfig(ServerConfig):
+    """Where a server keeps its shared state: the embedded SQLite files (the default), or an
+    etcd cluster that several registry and orchestrator processes share."""
+
+    store: str = setting(
+        "sqlite",
+        "sqlite (files under the data dir), or etcd://HOST:PORT[,HOST:PORT...] (an etcd "
+        "cluster shared by every replica)",
+    )
+    etcd_prefix: str = setting("/helix", "key prefix of Helix's state in etcd")
+    etcd_user: str | None = setting(None, "etcd user (with --etcd-password-file)")
+    etcd_password_file: Path | None = setting(None, "file holding the etcd user's password")
+    etcd_ca_file: Path | None = setting(None, "CA certificates (PEM) that verify etcd's TLS")
+    etcd_cert_file: Path | None = setting(None, "client certificate (PEM) for etcd's TLS")
+    etcd_key_file: Path | None = setting(None, "its private key (PEM)")
+    etcd_server_name: str | None = setting(None, "name etcd's certificates must carry")
+    etcd_timeout: Duration = setting(Duration(5.0), "deadline of each call to etcd")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.store == "sqlite" or self.store.startswith("etcd://"),
+            "store",
+            f"{self.store!r} is neither sqlite nor etcd://HOST:PORT[,HOST:PORT...]",
+        )
+        require(
+            (self.etcd_user is None) == (self.etcd_password_file is None),
+            "etcd_user",
+            "--etcd-user and --etcd-password-file go together",
+        )
+        require(
+            (self.etcd_cert_file is None) == (self.etcd_key_file is None),
+            "etcd_cert_file",
+            "--etcd-cert-file and --etcd-key-file go together",
+        )
+        require(self.etcd_prefix.startswith("/"), "etcd_prefix", "must start with /")
+        require(self.etcd_timeout > 0, "etcd_timeout", "must be positive")
+
+    @property
+    def uses_etcd(self) -> bool:
+        return self.store != "sqlite"
+
+
 class DataDirBusy(OSError):
     """Another process serves this data dir (it holds DATA_DIR/helix.lock); the message
     names the data dir and that process."""

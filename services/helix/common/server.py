@@ -13,6 +13,7 @@ SIGTERM or SIGINT trigger it in `serve()`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,6 +65,9 @@ class ServiceBinding:
     # A contract served as UNIMPLEMENTED (`helix.common.services.placeholder`): reflection
     # lists it, health does not (it is not served, so it is never reported SERVING).
     placeholder: bool = False
+    # Called once the service is SERVING with a function to report its health from then on
+    # (False: NOT_SERVING, say while the store it depends on is unreachable).
+    health_source: Callable[[Callable[[bool], None]], None] | None = None
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -114,6 +118,7 @@ class HelixServer:
         self._stopped = asyncio.Event()
         self._saturated = False
         self._saturation_update: asyncio.Task[None] | None = None
+        self._health_updates: list[asyncio.Future[None]] = []
 
     @property
     def address(self) -> str:
@@ -158,10 +163,22 @@ class HelixServer:
         await self.grpc_server.start()
         if self.security is not None:
             self.security.start()
+        await self._mark_serving()
+
+    async def _mark_serving(self) -> None:
         await self.health.set("", SERVING)
         for service in self.services:
             if not service.placeholder:
                 await self.health.set(service.name, SERVING)
+                if service.health_source is not None:
+                    service.health_source(functools.partial(self._report_health, service.name))
+
+    def _report_health(self, name: str, serving: bool) -> None:
+        """A service's own report of its health (ignored once the drain has begun)."""
+        self._health_updates.append(
+            asyncio.ensure_future(self.health.set(name, SERVING if serving else NOT_SERVING))
+        )
+        self._health_updates = [u for u in self._health_updates if not u.done()]
 
     def report_saturation(self, saturated: bool) -> None:
         """The overall status `""` is NOT_SERVING while a concurrency pool is full and

@@ -7,7 +7,7 @@ errors are Helix's domain errors (`helix.etcd.errors`). See docs/decisions.md "e
 from helix.etcd.client import EtcdClient, Lease, Page, TlsConfig, prefix_end
 from helix.etcd.endpoints import parse_store_url
 from helix.etcd.errors import Compacted
-from helix.etcd.leases import KeepAlive, keep_alive
+from helix.etcd.leases import KeepAlive, Renewer, keep_alive
 from helix.etcd.watch import Watch
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "KeepAlive",
     "Lease",
     "Page",
+    "Renewer",
     "TlsConfig",
     "Watch",
     "keep_alive",

@@ -11,6 +11,7 @@ then have expired without us hearing, and an owner must behave as if it had.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -119,3 +120,108 @@ def keep_alive(
 ) -> KeepAlive:
     """Start keeping `lease` alive in the background (see `KeepAlive`)."""
     return KeepAlive(client, lease, on_lost)
+
+
+class Renewer:
+    """Renews leases once each on one shared LeaseKeepAlive stream: what a registry does for
+    every heartbeat of every agent, without a stream per lease.
+
+    `renew(id)` sends one keepalive and waits for etcd's answer to it: the lease's TTL
+    from now, or 0 when the lease no longer exists. etcd answers the requests of one
+    stream in order, one answer each, carrying the lease id. A broken stream fails the
+    renewals waiting on it (`Unavailable`) and the next renewal opens a new one.
+    """
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+        self._stream: (
+            grpc.aio.StreamStreamCall[rpc.LeaseKeepAliveRequest, rpc.LeaseKeepAliveResponse] | None
+        ) = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[int, collections.deque[asyncio.Future[int]]] = {}
+        self._lock = asyncio.Lock()
+
+    async def renew(self, lease_id: int) -> int:
+        """Renew `lease_id` now; its TTL in seconds, 0 when it has expired or was revoked.
+        `Unavailable` when etcd does not answer within the client's timeout."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self.client.timeout):
+                async with self._lock:
+                    stream = await self._open()
+                    self._waiting.setdefault(lease_id, collections.deque()).append(future)
+                    try:
+                        await stream.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                    except grpc.aio.AioRpcError as exc:
+                        self._broken(stream, exc)
+                return await future
+        except TimeoutError:
+            raise errors.Unavailable(
+                f"etcd did not confirm the renewal of lease {lease_id:x} in time",
+                retry_after=1.0,
+            ) from None
+        finally:
+            waiting = self._waiting.get(lease_id)
+            if waiting is not None and future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    del self._waiting[lease_id]
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            self._broken(self._stream, errors.Unavailable("the lease renewer is closed"))
+
+    async def _open(
+        self,
+    ) -> grpc.aio.StreamStreamCall[rpc.LeaseKeepAliveRequest, rpc.LeaseKeepAliveResponse]:
+        if self._stream is None:
+            metadata, token = await self.client.metadata(REQUIRE_LEADER)
+            stream = self.client.leases.LeaseKeepAlive(metadata=metadata)
+            self._stream = stream
+            self._reader = self.client.start_task(
+                self._read(stream, token), name="etcd-lease-renewer"
+            )
+        return self._stream
+
+    async def _read(
+        self,
+        stream: grpc.aio.StreamStreamCall[rpc.LeaseKeepAliveRequest, rpc.LeaseKeepAliveResponse],
+        token: str | None,
+    ) -> None:
+        try:
+            while True:
+                reply = await stream.read()
+                if not isinstance(reply, rpc.LeaseKeepAliveResponse):  # EOF
+                    raise errors.Unavailable("etcd ended the keepalive stream")
+                waiting = self._waiting.get(reply.ID)
+                if waiting:
+                    future = waiting.popleft()
+                    if not waiting:
+                        del self._waiting[reply.ID]
+                    if not future.done():
+                        future.set_result(max(int(reply.TTL), 0))
+        except grpc.aio.AioRpcError as exc:
+            if not self.client.closed:
+                await self.client.renew_token_if_stale(exc, token)
+            self._broken(stream, exc)
+        except errors.HelixError as exc:
+            self._broken(stream, exc)
+
+    def _broken(
+        self,
+        stream: grpc.aio.StreamStreamCall[rpc.LeaseKeepAliveRequest, rpc.LeaseKeepAliveResponse],
+        cause: BaseException,
+    ) -> None:
+        """Fail every renewal waiting on `stream` and forget it (the next one reopens)."""
+        if self._stream is not stream:
+            return
+        self._stream = None
+        stream.cancel()
+        waiting, self._waiting = self._waiting, {}
+        error = errors.Unavailable(
+            f"etcd's keepalive stream broke: {cause!s:.200}", retry_after=1.0
+        )
+        for futures in waiting.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)

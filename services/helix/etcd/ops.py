@@ -2,11 +2,13 @@
 
 Compares (all EQUAL unless said): `absent(key)` (never created, or deleted), `mod_revision
 (key, rev)` (unchanged since `rev`: an etag), `version(key, n)`, `value(key, v)`.
-Operations: `put`, `get`, `delete`.
+Compare `lease(key, id)`: attached to that lease. Operations: `put`, `get`, `delete`,
+`delete_range`.
 """
 
 from __future__ import annotations
 
+import helix.etcdpb.kv_pb2 as mvcc
 import helix.etcdpb.rpc_pb2 as rpc
 
 _EQUAL = rpc.Compare.EQUAL
@@ -28,13 +30,30 @@ def value(key: bytes, expected: bytes) -> rpc.Compare:
     return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=_EQUAL, value=expected)
 
 
+def lease(key: bytes, lease_id: int) -> rpc.Compare:
+    """`key` is attached to lease `lease_id`."""
+    return rpc.Compare(key=key, target=rpc.Compare.LEASE, result=_EQUAL, lease=lease_id)
+
+
 def put(key: bytes, data: bytes, *, lease: int = 0) -> rpc.RequestOp:
     return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=data, lease=lease))
 
 
-def get(key: bytes, range_end: bytes = b"") -> rpc.RequestOp:
-    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=range_end))
+def get(key: bytes, range_end: bytes = b"", *, limit: int = 0) -> rpc.RequestOp:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=range_end, limit=limit))
 
 
 def delete(key: bytes, *, prev_kv: bool = False) -> rpc.RequestOp:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, prev_kv=prev_kv))
+
+
+def delete_range(key: bytes, range_end: bytes) -> rpc.RequestOp:
+    """Delete every key in [key, range_end)."""
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=range_end))
+
+
+# The etcd types a backend names.
+RequestOp = rpc.RequestOp
+KeyValue = mvcc.KeyValue
+Event = mvcc.Event
+DELETE = mvcc.Event.DELETE

@@ -56,6 +56,12 @@ class Watch:
     def __aiter__(self) -> Watch:
         return self
 
+    @property
+    def pending(self) -> int:
+        """Events received and not yet taken: 0 means every revision received so far was
+        taken whole (etcd sends each revision in one response)."""
+        return len(self._buffer)
+
     async def __anext__(self) -> mvcc.Event:
         while not self._buffer:
             if self._closed:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from helix.common.config import ByteSize, Duration, ServerConfig, require, setting
+from helix.common.config import ByteSize, Duration, StoreConfig, require, setting
 from helix.registry.engine import EngineSettings
 from helix.registry.validation import RegistryLimits
 
 
 @dataclasses.dataclass(frozen=True)
-class RegistryConfig(ServerConfig):
+class RegistryConfig(StoreConfig):
     """The registry: where it stores agents, lease bounds, history and watch limits."""
 
     registry_db: Path | None = setting(None, "SQLite file of the registry (embedded: DATA_DIR)")

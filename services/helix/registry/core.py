@@ -74,6 +74,9 @@ class Batch:
         self._net_added = 0  # agents this batch adds minus those it removes
         self._owner_added: dict[str, int] = {}  # the same, per owner
         self.new_requests: list[tuple[str, str, RequestRecord]] = []
+        # What a shared store attaches to this batch's commit (the leases of new
+        # registrations, by agent name); opaque here.
+        self.leases: dict[str, Any] = {}
 
     @property
     def revision(self) -> int:

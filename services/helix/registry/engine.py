@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common import errors, pages, reasons
@@ -42,10 +42,13 @@ from helix.registry.state import (
     selector_from,
 )
 from helix.registry.stats import RegistryStats
-from helix.registry.store import RegistryStore, Snapshot, StoreError
+from helix.registry.store import RegistryStore, Snapshot, StoreConflict, StoreError
 from helix.registry.validation import RegistryLimits
 from helix.registry.watch import WatchHub
 from helix.security.principal import Principal
+
+if TYPE_CHECKING:
+    from helix.registry.replica import Replica
 
 log = logging.getLogger("helix.registry")
 T = TypeVar("T")
@@ -86,6 +89,12 @@ class EngineSettings:
 class _Job:
     apply: Callable[[Batch], Any]
     done: asyncio.Future[Any]
+
+
+# A replica that keeps losing the revision compare to others (each attempt first catches
+# up) gives up after this many seconds (UNAVAILABLE: the caller retries). A loser may lose
+# several rounds in a row while another replica has a stream of writes: not a failure.
+_COMMIT_PATIENCE = 5.0
 
 
 def _shutting_down() -> errors.Unavailable:
@@ -130,6 +139,13 @@ class Registry:
         # Idempotency records forgotten in memory for their bounds, for the store to forget
         # in the next commit.
         self._forgotten_requests: builtins.list[tuple[str, str]] = []
+        # On a store shared by several registry processes (etcd), the replica: leases in
+        # the store, the other replicas' changes followed. None on the embedded store.
+        self.replica: Replica | None = None
+        if getattr(store, "shared", False):
+            from helix.registry.replica import Replica
+
+            self.replica = Replica(self, store)  # type: ignore[arg-type]
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -138,22 +154,25 @@ class Registry:
         snapshot = await self.store.open(accept_loss=self.settings.accept_loss)
         try:
             self._load(snapshot)
+            if self.replica is not None:
+                await self.replica.start()
         except BaseException:
             await self.store.close()
             raise
-        self._tasks = [
-            asyncio.create_task(self._write_loop(), name="registry-writer"),
-            asyncio.create_task(self._sweep_loop(), name="registry-sweeper"),
-        ]
+        self._tasks = [asyncio.create_task(self._write_loop(), name="registry-writer")]
+        if self.replica is None:
+            self._tasks.append(asyncio.create_task(self._sweep_loop(), name="registry-sweeper"))
 
     def _load(self, snapshot: Snapshot) -> None:
         state = self.state
         unreadable = load_state(state, snapshot)
         self._forgotten_requests = unreadable + state.trim_requests()
         now = self._clock()
-        # Promise 9: after a restart every lease gets one full TTL.
-        for agent in state.agents.values():
-            self.leases.grant(agent.name, agent.epoch, duration_seconds(agent.ttl), now)
+        # Promise 9: after a restart every lease gets one full TTL (on a shared store the
+        # leases live in the store: `Replica.start`).
+        if self.replica is None:
+            for agent in state.agents.values():
+                self.leases.grant(agent.name, agent.epoch, duration_seconds(agent.ttl), now)
         log.info(
             "registry loaded",
             extra={"revision": state.revision, "agents": len(state.agents)},
@@ -178,6 +197,8 @@ class Registry:
         """
         await self.end_watches()
         tasks, self._tasks = self._tasks, []
+        if self.replica is not None:
+            await self.replica.stop()
         await cancel_and_wait(tasks)
         while not self._queue.empty():
             job = self._queue.get_nowait()
@@ -196,6 +217,8 @@ class Registry:
         if answered is not None:
             return answered
         agent_id = request.agent_id or f"agent-{secrets.token_hex(6)}"
+        if self.replica is not None:
+            return await self.replica.register(principal, request, agent_id, digest)
         return await self.submit(lambda batch: batch.register(principal, request, agent_id, digest))
 
     async def heartbeat(
@@ -208,7 +231,9 @@ class Registry:
         """
         name = request.name
         agent = check_heartbeat(self.state.agents.get(name), principal, name, request.epoch)
-        if self.leases.renew(name, request.epoch, self._clock()) is None:
+        if self.replica is not None:
+            await self.replica.renew(agent)
+        elif self.leases.renew(name, request.epoch, self._clock()) is None:
             raise errors.NotFound(
                 f"{name}'s lease expired: register again", metadata={"name": name}
             )
@@ -226,6 +251,8 @@ class Registry:
         """UpdateAgent; an update that changes nothing advances nothing."""
         agent, event = await self.submit(lambda batch: batch.update(principal, request))
         revision = event.revision if event is not None else self.state.revision
+        if self.replica is not None and event is not None and event.prev is not None:
+            await self.replica.ttl_changed(event.prev, event.agent)
         return registry_pb2.UpdateAgentResponse(agent=agent, revision=revision)
 
     async def deregister(
@@ -236,6 +263,21 @@ class Registry:
             lambda batch: batch.deregister(principal, request.name, request.etag)
         )
         return registry_pb2.DeregisterAgentResponse(revision=event.revision)
+
+    def report_health_to(self, report: Callable[[bool], None]) -> None:
+        """Tell `report` whether the registry can serve: on a shared store, whether it is
+        in touch with the store (now and on every change); always, on the embedded one."""
+        if self.replica is not None:
+            self.replica.report_health_to(report)
+
+    async def sync(self) -> None:
+        """Before a read: on a shared store, wait until this replica has every change
+        committed before the read began (a linearizable read of the revision in the
+        store, then the replica's state at least there), so a read never misses a change
+        another replica acknowledged; UNAVAILABLE when the store cannot say. Nothing to do
+        on the embedded store, whose state is the committed one."""
+        if self.replica is not None:
+            await self.replica.sync()
 
     def get(self, name: str) -> registry_pb2.GetAgentResponse:
         """GetAgent, from committed state."""
@@ -350,12 +392,14 @@ class Registry:
         return result
 
     async def _write_loop(self) -> None:
+        carried: builtins.list[_Job] = []  # jobs the last batch had no room for
         while True:
-            jobs = [await self._queue.get()]
+            jobs = carried or [await self._queue.get()]
             while len(jobs) < self.settings.max_batch and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
+            carried = []
             try:
-                await self._run_batch(jobs)
+                carried = await self._run_batch(jobs)
             except asyncio.CancelledError:
                 for job in jobs:  # stopped mid-batch: the callers get an answer
                     if not job.done.done():
@@ -370,34 +414,81 @@ class Registry:
                     if not job.done.done():
                         job.done.set_exception(errors.Internal("the registry failed a write"))
 
-    async def _run_batch(self, jobs: builtins.list[_Job]) -> None:
+    def _apply_jobs(
+        self, jobs: builtins.list[_Job]
+    ) -> tuple[Batch, builtins.list[tuple[_Job, bool, Any]], builtins.list[_Job]]:
+        """Apply the jobs in order on a new batch: (the batch, each job's outcome — ok and
+        result or error —, the jobs left for the next batch: on a shared store a batch
+        stays within one store transaction's room)."""
         batch = Batch(self.state, self.settings.limits, self._wall())
-        results: builtins.list[tuple[_Job, Any]] = []
-        for job in jobs:
+        outcomes: builtins.list[tuple[_Job, bool, Any]] = []
+        room = self.replica.room(batch) if self.replica is not None else None
+        for index, job in enumerate(jobs):
             if job.done.done():  # the caller went away
                 continue
+            if room is not None and not room():
+                return batch, outcomes, jobs[index:]
             try:
-                results.append((job, job.apply(batch)))
+                outcomes.append((job, True, job.apply(batch)))
             except Exception as exc:  # a domain error for this job only
-                self._count_refusal(exc)
-                job.done.set_exception(exc)
-        if batch.events or batch.new_requests:
-            try:
-                await self._commit(batch)
-            except StoreError as exc:
-                log.error("registry commit failed: %s", exc)
-                for job, _ in results:
-                    if not job.done.done():
-                        job.done.set_exception(
-                            errors.Unavailable(
-                                "the registry could not store the change", retry_after=1.0
-                            )
-                        )
-                return
-        self._apply_committed(batch)
-        for job, result in results:
+                outcomes.append((job, False, exc))
+        return batch, outcomes, []
+
+    async def _run_batch(self, jobs: builtins.list[_Job]) -> builtins.list[_Job]:
+        """Apply, commit and install one batch; answer its callers. Returns the jobs left
+        for the next batch. On a shared store a commit that lost the revision compare to
+        another replica catches up and applies the jobs again on the newer state."""
+        give_up = time.monotonic() + _COMMIT_PATIENCE
+        while True:
+            batch, outcomes, rest = self._apply_jobs(jobs)
+            if batch.events or batch.new_requests:
+                try:
+                    await self._commit(batch)
+                except StoreConflict as conflict:
+                    try:
+                        await self._catch_up(conflict)
+                    except errors.HelixError as exc:
+                        self._fail(outcomes, exc)
+                        return rest
+                    if time.monotonic() < give_up:
+                        continue
+                    busy = errors.Unavailable(
+                        "the registry's replicas are writing too much at once; try again",
+                        retry_after=0.1,
+                    )
+                    self._fail(outcomes, busy)
+                    return rest
+                except StoreError as exc:
+                    log.error("registry commit failed: %s", exc)
+                    self._fail(
+                        outcomes,
+                        errors.Unavailable(
+                            "the registry could not store the change", retry_after=1.0
+                        ),
+                    )
+                    return rest
+            self._apply_committed(batch)
+            for job, ok, value in outcomes:
+                if job.done.done():
+                    continue
+                if ok:
+                    job.done.set_result(value)
+                else:
+                    self._count_refusal(value)
+                    job.done.set_exception(value)
+            return rest
+
+    def _fail(self, outcomes: builtins.list[tuple[_Job, bool, Any]], error: Exception) -> None:
+        """Answer a batch that was not stored: domain errors stand, the rest get `error`."""
+        for job, ok, value in outcomes:
             if not job.done.done():
-                job.done.set_result(result)
+                job.done.set_exception(error if ok else value)
+
+    async def _catch_up(self, conflict: StoreConflict) -> None:
+        if self.replica is None:
+            raise errors.Internal("the registry's store reported a conflict it cannot have")
+        self.replica.install_missed(conflict.events)
+        await self.replica.caught_up(conflict.revision)
 
     def _count_refusal(self, error: Exception) -> None:
         """Count a write refused for one of the registry's limits (a metric)."""
@@ -413,13 +504,16 @@ class Registry:
         expired_before = 0.0
         if wall - self._pruned_at >= 10.0:
             expired_before = wall - self.settings.request_ttl
-        await self.store.commit(
-            stored_events(batch),
-            stored_requests(batch),
-            forget_events_before=forget_before,
-            forget_requests_before=expired_before,
-            forget_requests=self._forgotten_requests,
-        )
+        if self.replica is not None:
+            await self.replica.commit(batch, forget_before, expired_before)
+        else:
+            await self.store.commit(
+                stored_events(batch),
+                stored_requests(batch),
+                forget_events_before=forget_before,
+                forget_requests_before=expired_before,
+                forget_requests=self._forgotten_requests,
+            )
         self._forgotten_requests = []
         if expired_before:
             self._pruned_at = wall
@@ -431,8 +525,15 @@ class Registry:
         for owner, request_id, record in batch.new_requests:
             state.remember(owner, request_id, record)
         self._forgotten_requests += state.trim_requests()
+        if self.replica is not None:
+            self.replica.committed(batch)
+        else:
+            self._grant_leases(batch.events)
+        self.publish(batch.events)
+
+    def _grant_leases(self, events: builtins.list[Event]) -> None:
         now = self._clock()
-        for event in batch.events:
+        for event in events:
             agent = event.agent
             if event.type == DELETE:
                 self.leases.release(agent.name)
@@ -440,6 +541,9 @@ class Registry:
                 self.leases.grant(agent.name, agent.epoch, duration_seconds(agent.ttl), now)
             elif event.prev.ttl != agent.ttl:
                 self.leases.set_ttl(agent.name, duration_seconds(agent.ttl), now)
-        if batch.events:
-            self.hub.publish(batch.events)
-            self.stats.batch_sizes.observe(len(batch.events))
+
+    def publish(self, events: builtins.list[Event]) -> None:
+        """Hand installed events to the watches."""
+        if events:
+            self.hub.publish(events)
+            self.stats.batch_sizes.observe(len(events))

@@ -84,7 +84,9 @@ class RegistryCollector(Collector):
             "helix_registry_watchers", "Watch streams being served.", value=len(registry.hub)
         )
         yield GaugeMetricFamily(
-            "helix_registry_leases", "Leases held (one per live agent).", value=len(registry.leases)
+            "helix_registry_leases",
+            "Leases held (one per live agent).",
+            value=len(registry.replica.leases if registry.replica else registry.leases),
         )
         yield GaugeMetricFamily(
             "helix_registry_queued_writes",

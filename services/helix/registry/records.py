@@ -96,6 +96,24 @@ def load_state(state: RegistryState, snapshot: Snapshot) -> list[tuple[str, str]
     return dropped
 
 
+def read_events(stored: list[StoredEvent], source: str, last: Event | None) -> list[Event]:
+    """Events another registry replica committed, as this one installs them (after `last`,
+    the newest in its history). An event that cannot be read raises `StoreCorrupt`."""
+    reader = _Reader(source)
+    events = []
+    previous = last.revision if last is not None else None
+    for item in stored:
+        event = reader.event(item, previous)
+        events.append(event)
+        previous = event.revision
+    return events
+
+
+def read_request(stored: StoredRequest, source: str) -> RequestRecord | None:
+    """An idempotency record another replica stored (None, logged, if unreadable)."""
+    return _Reader(source).request(stored)
+
+
 class _Reader:
     """Decodes and checks stored records, sharing equal agents, and words what is wrong
     with one: the store, the table, the key."""

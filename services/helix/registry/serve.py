@@ -22,7 +22,7 @@ from helix.common.server import HelixServer, create_server, run_server_process
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
 from helix.registry.service import registry_binding
-from helix.registry.sqlite_store import SqliteRegistryStore
+from helix.registry.stores import registry_store
 from helix.security.setup import Security, security_from_config
 
 
@@ -52,9 +52,8 @@ def prepare_registry(config: RegistryServerConfig) -> Security:
 def create_registry_server(
     config: RegistryServerConfig, security: Security
 ) -> tuple[HelixServer, int]:
-    """Create (not start) the registry's server on its SQLite store."""
-    store = SqliteRegistryStore(config.registry_path, synchronous=config.registry_sync)
-    registry = Registry(store, config.engine_settings())
+    """Create (not start) the registry's server on its store (SQLite, or etcd)."""
+    registry = Registry(registry_store(config, config.registry_path), config.engine_settings())
     return create_server(config, [registry_binding(registry)], security=security)
 
 

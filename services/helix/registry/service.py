@@ -70,6 +70,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         context: Context[pb.GetAgentRequest, pb.GetAgentResponse],
     ) -> pb.GetAgentResponse:
         validate(checks.check_get_agent_request, request)
+        await self._registry.sync()
         return self._registry.get(request.name)
 
     async def ListAgents(
@@ -78,6 +79,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         context: Context[pb.ListAgentsRequest, pb.ListAgentsResponse],
     ) -> pb.ListAgentsResponse:
         validate(checks.check_list_agents_request, request)
+        await self._registry.sync()
         return self._registry.list(request)
 
     async def WatchAgents(
@@ -86,6 +88,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         context: Context[pb.WatchAgentsRequest, pb.WatchAgentsResponse],
     ) -> AsyncIterator[pb.WatchAgentsResponse]:
         validate(checks.check_watch_agents_request, request)
+        await self._registry.sync()
         # A watch cut off as too slow (or drained) ends the call at once through the chain,
         # even while a write waits for a client that reads nothing: its slot is freed.
         stream = current_stream()
@@ -115,4 +118,5 @@ def registry_binding(registry: Registry) -> ServiceBinding:
         on_shutdown=(registry.end_watches,),
         on_stopped=(registry.stop,),
         add_metrics=lambda metrics: register_metrics(registry, metrics),
+        health_source=registry.report_health_to,
     )

@@ -234,6 +234,11 @@ class RegistryState:
             return record.response
         return None
 
+    def forget_request(self, owner: str, request_id: str) -> None:
+        old = self.requests.pop((owner, request_id), None)
+        if old is not None:
+            self.requests_size -= old.size
+
     def forget_requests_before(self, created_at: float) -> None:
         stale = [k for k, r in self.requests.items() if r.created_at < created_at]
         for key in stale:

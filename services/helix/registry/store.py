@@ -43,6 +43,17 @@ class StoredEvent:
     reason: int
 
 
+class StoreConflict(Exception):
+    """A shared store's revision is not the one a commit was based on: another registry
+    replica committed first. Nothing was written; `revision` is the store's, `events` the
+    first of those the committer had not seen (as many as one read returned)."""
+
+    def __init__(self, revision: int, events: list[StoredEvent] | None = None) -> None:
+        super().__init__(f"the registry is at revision {revision} in the store")
+        self.revision = revision
+        self.events = events or []
+
+
 @dataclass(frozen=True, slots=True)
 class StoredRequest:
     """An idempotency record: a RegisterAgent retried with `request_id` gets `response`."""

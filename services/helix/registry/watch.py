@@ -357,6 +357,12 @@ class WatchHub:
         finally:
             self.remove(watcher)
 
+    def end_all(self, reason: errors.HelixError) -> None:
+        """End every watch with `reason`; new ones are welcome (the state was reloaded)."""
+        for watcher in self._watchers:
+            watcher.close(reason)
+        self._watchers.clear()
+
     def close_all(self, reason: errors.HelixError) -> None:
         """End every watch with `reason`, and refuse new ones with it from now on."""
         self._closed = reason
