@@ -126,8 +126,8 @@ async def ready(tmp_path: Path, **overrides: Any) -> Parties:
 
 
 @pytest.fixture
-async def parties(tmp_path: Path) -> AsyncIterator[Parties]:
-    found = await ready(tmp_path)
+async def parties(tmp_path: Path, store_settings: dict[str, str]) -> AsyncIterator[Parties]:
+    found = await ready(tmp_path, **store_settings)
     yield found
     await found.suite.close()
 

@@ -1,5 +1,5 @@
 """OrchestratorService end to end on the embedded suite: real gRPC on loopback, the real
-generator and builtin oracle agents, the SQLite run store."""
+generator and builtin oracle agents, the run store on SQLite and on etcd."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ SUCCEEDED = orchestrator_pb2.RUN_STATE_SUCCEEDED
 RASTRIGIN = Path(__file__).resolve().parent.parent / "examples" / "dna" / "rastrigin.yaml"
 
 
-async def test_a_run_reaches_its_budget_and_reports_its_best(tmp_path: Path) -> None:
-    suite = await start_run_suite(tmp_path)
+async def test_a_run_reaches_its_budget_and_reports_its_best(
+    tmp_path: Path, store_settings: dict[str, str]
+) -> None:
+    suite = await start_run_suite(tmp_path, **store_settings)
     try:
         stub = runs_stub(suite)
         created = (await stub.CreateRun(run_request(evaluations=2000))).run
@@ -53,10 +55,15 @@ async def test_a_run_reaches_its_budget_and_reports_its_best(tmp_path: Path) -> 
         await suite.close()
 
 
-async def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:
+async def test_the_same_seed_gives_the_same_run(
+    tmp_path: Path, store_settings: dict[str, str]
+) -> None:
     results = []
     for i in range(2):
-        suite = await start_run_suite(tmp_path / str(i))
+        settings = dict(store_settings)
+        if "etcd_prefix" in settings:
+            settings["etcd_prefix"] += f"-{i}"
+        suite = await start_run_suite(tmp_path / str(i), **settings)
         try:
             stub = runs_stub(suite)
             created = (await stub.CreateRun(run_request(evaluations=1500, seed=11))).run
@@ -76,8 +83,10 @@ async def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:
     assert results[0] == results[1]
 
 
-async def test_someone_elses_run_is_denied_whether_or_not_it_exists(tmp_path: Path) -> None:
-    suite = await start_run_suite(tmp_path)
+async def test_someone_elses_run_is_denied_whether_or_not_it_exists(
+    tmp_path: Path, store_settings: dict[str, str]
+) -> None:
+    suite = await start_run_suite(tmp_path, **store_settings)
     try:
         alice, bob = runs_stub(suite, "alice"), runs_stub(suite, "bob")
         created = (await alice.CreateRun(run_request(evaluations=300))).run

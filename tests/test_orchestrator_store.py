@@ -8,11 +8,14 @@ tests by adding its factory to STORES.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from helix.etcd import EtcdClient
+from helix.orchestrator.etcd_store import EtcdRunStore
 from helix.orchestrator.sqlite_store import SqliteRunStore
 from helix.orchestrator.store import (
     RunCommit,
@@ -37,8 +40,17 @@ STORES: dict[str, Callable[[Path], RunStore]] = {
 }
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=[*sorted(STORES), "etcd"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], RunStore]:
+    if request.param == "etcd":
+        etcd = request.getfixturevalue("session_etcd")
+        prefix = f"/test-{uuid.uuid4().hex}"
+
+        def on_etcd() -> RunStore:
+            client = EtcdClient([etcd.endpoint])
+            return EtcdRunStore(client, prefix, owns_client=True)
+
+        return on_etcd
     factory = STORES[request.param]
     return lambda: factory(tmp_path)
 

@@ -25,7 +25,7 @@ from helix.orchestrator.agents import AgentPool
 from helix.orchestrator.config import OrchestratorSettings
 from helix.orchestrator.runs import Orchestrator
 from helix.orchestrator.service import orchestrator_binding
-from helix.orchestrator.sqlite_store import SqliteRunStore
+from helix.orchestrator.stores import run_store
 from helix.registry.config import RegistryConfig
 from helix.registry.engine import Registry
 from helix.registry.service import registry_binding
@@ -171,7 +171,7 @@ def create_embedded(
             return create_channel(address, interceptors=bearer_interceptors(calls))
 
         engine = Orchestrator(
-            SqliteRunStore(config.runs_path, synchronous=config.registry_sync),
+            run_store(config, config.runs_path, synchronous=config.registry_sync),
             AgentPool(
                 lambda: dial(target["address"]),
                 dial,

@@ -312,6 +312,18 @@ class EtcdClient:
         read_at = revision or reply.header.revision
         return Page(kvs=list(reply.kvs), revision=read_at, more=reply.more)
 
+    async def last_in_prefix(self, prefix: bytes) -> mvcc.KeyValue | None:
+        """The pair with the greatest key under `prefix`, or None."""
+        request = rpc.RangeRequest(
+            key=prefix,
+            range_end=prefix_end(prefix),
+            limit=1,
+            sort_order=rpc.RangeRequest.DESCEND,
+            sort_target=rpc.RangeRequest.KEY,
+        )
+        reply = await self.call(self.kv.Range, request, f"last of {prefix!r}*")
+        return reply.kvs[0] if reply.kvs else None
+
     async def scan_prefix(self, prefix: bytes, *, page_size: int = 500) -> AsyncIterator[Page]:
         """Every pair under `prefix` as pages of `page_size`, all read at the revision of the
         first page (a consistent snapshot; `Compacted` if it is compacted meanwhile)."""

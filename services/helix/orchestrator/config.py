@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from helix.common.config import Duration, ServerConfig, require, setting
+from helix.common.config import Duration, StoreConfig, require, setting
 from helix.orchestrator.dispatch import VerifySettings
 from helix.orchestrator.runs import RunSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class OrchestratorSettings(ServerConfig):
+class OrchestratorSettings(StoreConfig):
     """Runs: where they are stored, how long they wait for agents, what they retain."""
 
     orchestrator_db: Path | None = setting(

@@ -36,7 +36,7 @@ from helix.orchestrator.agents import GENERATOR_MAJOR, ORCHESTRATOR_SCOPES, Agen
 from helix.orchestrator.config import OrchestratorSettings
 from helix.orchestrator.runs import Orchestrator
 from helix.orchestrator.service import orchestrator_binding
-from helix.orchestrator.sqlite_store import SqliteRunStore
+from helix.orchestrator.stores import run_store
 from helix.security.client import bearer_interceptors, service_token_source
 from helix.security.setup import Security, security_from_config
 
@@ -91,7 +91,7 @@ def create_orchestrator_server(
         )
 
     engine = Orchestrator(
-        SqliteRunStore(config.runs_path),
+        run_store(config, config.runs_path),
         AgentPool(lambda: dial(config.registry_address), dial, generator_major=GENERATOR_MAJOR),
         config.run_settings(),
     )

@@ -1,0 +1,578 @@
+"""The run store on etcd (`--store etcd://…`): runs shared by orchestrator replicas.
+
+Keys under `<prefix>/runs/`:
+
+- `ver/<name>`: the run's version, decimal: every commit compares it (the compare-and-set
+  of `RunStore.commit`) and sets it, in the commit's final transaction.
+- `run/<name>`: the record: a small JSON head (owner, state, times, version, and the
+  manifest: which blobs hold the checkpoint, the populations, the pinned DNA and the spec)
+  and the Run message.
+- `blob/<name>/<version, 12 digits>/<kind>[/<generation>]/<chunk, 4 digits>`: the large
+  values (checkpoint, populations, pinned DNA, spec) in chunks of 256 KiB, written under
+  the version that introduced them *before* the final transaction and made current by it
+  (the manifest in `run/<name>`): etcd takes at most 1.5 MiB and 128 operations per
+  transaction, a population can be larger. A commit that loses the compare deletes what it
+  wrote; the old blobs a commit replaces go in its final transaction.
+- `event/<name>/<sequence, 20 digits>`: the run's events, trimmed by `keep_events`.
+- `cand/<name>/<candidate id>`: retained candidates (upserted in transactions of their own
+  before the final one, since a generation may add a thousand; they are deterministic, so
+  a candidate seen a moment before its generation's commit is the one the run will have);
+  the rows `keep_best` drops go after it.
+- `req/<sha256(owner, request_id)>`: CreateRun idempotency records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from helix.common import errors
+from helix.etcd import EtcdClient, ops, prefix_end
+from helix.orchestrator.store import (
+    CandidatePage,
+    RequestExists,
+    RunCommit,
+    RunConflict,
+    RunExists,
+    StoreCorrupt,
+    StoredCandidate,
+    StoredEvent,
+    StoredRun,
+    StoredRunRequest,
+    StoreError,
+)
+
+CHUNK = 256 * 1024
+TXN_OPS = 100  # of etcd's 128
+TXN_BYTES = 1024 * 1024  # of etcd's 1.5 MiB
+_UNFINISHED = (1, 2)  # RUN_STATE_PENDING, RUN_STATE_RUNNING
+_CANDIDATE_HEAD = struct.Struct(">dibb")  # key, status, best, failed
+_INDEXES = 64  # runs whose candidate index a store keeps (the runs it drives)
+PRUNE_BATCH = 20
+
+
+@dataclass
+class _Record:
+    run: StoredRun
+    checkpoint: int = 0  # the version whose blob holds the checkpoint (0: none)
+    populations: dict[int, int] = field(default_factory=dict)  # generation -> version
+    pinned: int = 0
+    spec: int = 0
+    request: str = ""  # the key of its idempotency record
+    digests: dict[str, str] = field(default_factory=dict)  # of the pinned DNA and the spec
+
+    def encode(self) -> bytes:
+        run = self.run
+        head = {
+            "owner": run.owner,
+            "state": run.state,
+            "create": run.create_time_ns,
+            "version": run.version,
+            "end": run.end_time_ns,
+            "checkpoint": self.checkpoint,
+            "populations": sorted(self.populations.items()),
+            "pinned": self.pinned,
+            "spec": self.spec,
+            "request": self.request,
+            "digests": self.digests,
+        }
+        encoded = json.dumps(head, separators=(",", ":")).encode()
+        return struct.pack(">I", len(encoded)) + encoded + run.run
+
+
+@dataclass
+class _Index:
+    """The retained candidates of a run this store commits: id -> (key, status, best,
+    failed), as of `version`."""
+
+    version: int
+    rows: dict[str, tuple[float, int, bool, bool]] = field(default_factory=dict)
+
+
+class EtcdRunStore:
+    """`RunStore` on etcd (see the module's docstring)."""
+
+    def __init__(self, client: EtcdClient, prefix: str = "/helix", *, owns_client: bool = False):
+        root = prefix.rstrip("/").encode() + b"/runs/"
+        self.client = client
+        self.root = root
+        self.source = f"etcd {','.join(client.endpoints)} {root.decode()}"
+        self._owns_client = owns_client
+        self._indexes: OrderedDict[str, _Index] = OrderedDict()
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def _key(self, kind: str, name: str, *rest: str) -> bytes:
+        return b"/".join([self.root + kind.encode(), name.encode(), *(r.encode() for r in rest)])
+
+    def _blob(self, name: str, version: int, kind: str) -> bytes:
+        return self._key("blob", name, f"{version:012d}", kind) + b"/"
+
+    def _event(self, name: str, sequence: int) -> bytes:
+        return self._key("event", name, f"{sequence:020d}")
+
+    def _request(self, owner: str, request_id: str) -> bytes:
+        digest = hashlib.sha256(f"{owner}\0{request_id}".encode()).hexdigest()[:40]
+        return self.root + b"req/" + digest.encode()
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Check that etcd answers (StoreError naming it when it does not)."""
+        try:
+            await self.client.get(self.root + b"ver")
+        except errors.HelixError as exc:
+            raise StoreError(f"{self.source}: cannot reach the run store: {exc.message}") from None
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self.client.close()
+
+    async def _call(self, what: str, coroutine: Any) -> Any:
+        try:
+            return await coroutine
+        except errors.HelixError as exc:
+            raise StoreError(f"{self.source}: {what} failed: {exc.message}") from None
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _decode(self, key: bytes, value: bytes) -> _Record:
+        try:
+            (size,) = struct.unpack_from(">I", value)
+            head = json.loads(value[4 : 4 + size])
+            run = StoredRun(
+                key[len(self.root) + 4 :].decode(),
+                str(head["owner"]),
+                int(head["state"]),
+                int(head["create"]),
+                int(head["version"]),
+                value[4 + size :],
+                b"",
+                b"",
+                int(head["end"]),
+            )
+            return _Record(
+                run,
+                int(head["checkpoint"]),
+                {int(g): int(v) for g, v in head["populations"]},
+                int(head["pinned"]),
+                int(head["spec"]),
+                str(head["request"]),
+                {str(k): str(v) for k, v in head["digests"].items()},
+            )
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            raise StoreCorrupt(
+                f"{self.source}: corrupt run record {key!r} ({exc}); delete it to drop the run"
+            ) from None
+
+    async def _record(self, name: str) -> _Record | None:
+        kv = await self._call(f"reading {name}", self.client.get(self._key("run", name)))
+        return self._decode(kv.key, kv.value) if kv is not None else None
+
+    async def _read_blob(self, base: bytes) -> bytes:
+        parts = []
+        async for page in self.client.scan_prefix(base):
+            parts += [kv.value for kv in page.kvs]
+        return b"".join(parts)
+
+    async def _with_blobs(self, record: _Record) -> StoredRun:
+        name, run = record.run.name, record.run
+        pinned = spec = b""
+        if record.pinned:
+            pinned = await self._read_blob(self._blob(name, record.pinned, "pinned"))
+        if record.spec:
+            spec = await self._read_blob(self._blob(name, record.spec, "spec"))
+        return StoredRun(
+            run.name,
+            run.owner,
+            run.state,
+            run.create_time_ns,
+            run.version,
+            run.run,
+            pinned,
+            spec,
+            run.end_time_ns,
+        )
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def create(
+        self, run: StoredRun, event: StoredEvent, request: StoredRunRequest | None
+    ) -> None:
+        record = _Record(run)
+        writes = []
+        for kind, value in (("pinned", run.pinned), ("spec", run.spec)):
+            if value:
+                setattr(record, kind, run.version)
+                record.digests[kind] = _digest(value)
+                writes += _chunks(self._blob(run.name, run.version, kind), value)
+        compare = [ops.absent(self._key("run", run.name))]
+        success = [
+            ops.put(self._key("ver", run.name), str(run.version).encode()),
+            ops.put(self._event(run.name, event.sequence), event.event),
+            *(ops.put(k, v) for k, v in writes),
+        ]
+        if request is not None:
+            key = self._request(request.owner, request.request_id)
+            record.request = key.decode()
+            compare.append(ops.absent(key))
+            success.append(ops.put(key, _encode_request(request)))
+        success.append(ops.put(self._key("run", run.name), record.encode()))
+        reply = await self._call(f"creating {run.name}", self.client.txn(compare, success))
+        if reply.succeeded:
+            return
+        if request is not None and await self.find_request(request.owner, request.request_id):
+            raise RequestExists(request.request_id)
+        raise RunExists(run.name)
+
+    async def forget_requests(self, before: float) -> None:
+        stale = []
+        async for page in self.client.scan_prefix(self.root + b"req/"):
+            for kv in page.kvs:
+                with contextlib.suppress(ValueError, KeyError):
+                    if _decode_request(kv.value).created_at < before:
+                        stale.append(ops.delete(kv.key))
+        await self._in_batches("forgetting requests", stale)
+
+    async def _in_batches(self, what: str, operations: Sequence[ops.RequestOp]) -> None:
+        """Unconditional operations in transactions within etcd's limits."""
+        batch: list[ops.RequestOp] = []
+        size = 0
+        for op in operations:
+            op_size = op.ByteSize()
+            if batch and (len(batch) >= TXN_OPS or size + op_size > TXN_BYTES):
+                await self._call(what, self.client.txn([], batch))
+                batch, size = [], 0
+            batch.append(op)
+            size += op_size
+        if batch:
+            await self._call(what, self.client.txn([], batch))
+
+    async def commit(self, change: RunCommit) -> None:
+        run = change.run
+        name, version = run.name, run.version
+        record = await self._record(name)
+        if record is None or record.run.version != change.expected_version:
+            raise RunConflict(name)
+        new = _Record(
+            run,
+            record.checkpoint,
+            dict(record.populations),
+            record.pinned,
+            record.spec,
+            record.request,
+            dict(record.digests),
+        )
+        early, dropped = self._blob_changes(record, new, change)
+        await self._in_batches(f"writing {name}", [ops.put(k, v) for k, v in early])
+        after = await self._candidates_before(name, change)
+        final = [
+            ops.put(self._key("ver", name), str(version).encode()),
+            ops.put(self._key("run", name), new.encode()),
+            *(ops.put(self._event(name, e.sequence), e.event) for e in change.events),
+            *(ops.delete_range(base, prefix_end(base)) for base in dropped),
+        ]
+        if change.keep_events and change.events and change.events[-1].sequence > change.keep_events:
+            last = change.events[-1].sequence
+            start = self._key("event", name) + b"/"
+            final.append(ops.delete_range(start, self._event(name, last - change.keep_events + 1)))
+        compare = [ops.value(self._key("ver", name), str(change.expected_version).encode())]
+        reply = await self._call(f"committing {name}", self.client.txn(compare, final))
+        if not reply.succeeded:
+            self._indexes.pop(name, None)
+            written = {k.rsplit(b"/", 1)[0] + b"/" for k, _ in early}
+            with contextlib.suppress(StoreError):
+                await self._in_batches(
+                    "dropping a lost commit", [ops.delete_range(b, prefix_end(b)) for b in written]
+                )
+            raise RunConflict(name)
+        index = self._indexes.get(name)
+        if index is not None:
+            index.version = version
+        await self._in_batches(f"trimming the candidates of {name}", after)
+
+    def _blob_changes(
+        self, record: _Record, new: _Record, change: RunCommit
+    ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+        """The blobs a commit writes before its final transaction (key, chunk), and the
+        bases of those it replaces; `new`'s manifest is updated to match."""
+        run = change.run
+        name, version = run.name, run.version
+        early: list[tuple[bytes, bytes]] = []  # blobs written before the final transaction
+        dropped: list[bytes] = []  # blob bases the commit replaces
+        if change.checkpoint is not None:
+            early += _chunks(self._blob(name, version, "checkpoint"), change.checkpoint)
+            if record.checkpoint:
+                dropped.append(self._blob(name, record.checkpoint, "checkpoint"))
+            new.checkpoint = version
+        if change.population is not None:
+            generation, population = change.population
+            base = self._blob(name, version, f"population/{generation:012d}")
+            early += _chunks(base, population)
+            if generation in new.populations:
+                dropped.append(self._population(name, generation, new.populations[generation]))
+            new.populations[generation] = version
+            if change.keep_generations:
+                for old in [
+                    g for g in new.populations if g <= generation - change.keep_generations
+                ]:
+                    dropped.append(self._population(name, old, new.populations.pop(old)))
+        self._fixed_blobs(record, new, change.run, early, dropped)
+        return early, dropped
+
+    def _fixed_blobs(
+        self,
+        record: _Record,
+        new: _Record,
+        run: StoredRun,
+        early: list[tuple[bytes, bytes]],
+        dropped: list[bytes],
+    ) -> None:
+        """The pinned DNA and the spec, fixed once a run starts: written when they change."""
+        name, version = run.name, run.version
+        for kind, value in (("pinned", run.pinned), ("spec", run.spec)):
+            old_version = getattr(record, kind)
+            digest = _digest(value) if value else ""
+            if digest != record.digests.get(kind, ""):
+                if value:
+                    early.extend(_chunks(self._blob(name, version, kind), value))
+                if old_version:
+                    dropped.append(self._blob(name, old_version, kind))
+                setattr(new, kind, version if value else 0)
+                new.digests[kind] = digest
+
+    def _population(self, name: str, generation: int, version: int) -> bytes:
+        return self._blob(name, version, f"population/{generation:012d}")
+
+    async def _candidates_before(self, name: str, change: RunCommit) -> list[ops.RequestOp]:
+        """Upsert the commit's candidates (before its final transaction); the operations
+        that apply `keep_best` afterwards."""
+        if not change.candidates:
+            return []
+        index = await self._index(name, change.expected_version)
+        puts = []
+        for c in change.candidates:
+            old = index.rows.get(c.candidate_id)
+            best = c.best or (old is not None and old[2])
+            failed = c.failed or (old is not None and old[3])
+            if old is not None and old == (c.key, c.status, best, failed):
+                continue
+            row = StoredCandidate(c.candidate_id, c.key, c.status, best, failed, c.scored)
+            if old is not None:  # keep the stored row's content, as SQLite's upsert does
+                row = StoredCandidate(c.candidate_id, old[0], old[1], best, failed, c.scored)
+            index.rows[c.candidate_id] = (row.key, row.status, best, failed)
+            puts.append(ops.put(self._key("cand", name, c.candidate_id), _encode_candidate(row)))
+        await self._in_batches(f"storing the candidates of {name}", puts)
+        if not change.keep_best:
+            return []
+        ranked = sorted((row[0], cid) for cid, row in index.rows.items() if row[2])
+        after: list[ops.RequestOp] = []
+        for _, cid in ranked[change.keep_best :]:
+            key, status, _, failed = index.rows[cid]
+            if failed:
+                index.rows[cid] = (key, status, False, True)
+                kv = await self._call(
+                    "reading a candidate", self.client.get(self._key("cand", name, cid))
+                )
+                if kv is not None:
+                    row = _decode_candidate(cid, kv.value)
+                    unmarked = StoredCandidate(cid, row.key, row.status, False, True, row.scored)
+                    after.append(ops.put(kv.key, _encode_candidate(unmarked)))
+            else:
+                del index.rows[cid]
+                after.append(ops.delete(self._key("cand", name, cid)))
+        return after
+
+    async def _index(self, name: str, version: int) -> _Index:
+        index = self._indexes.get(name)
+        if index is None or index.version != version:
+            index = _Index(version)
+            async for page in self.client.scan_prefix(self._key("cand", name) + b"/"):
+                for kv in page.kvs:
+                    cid = kv.key.rsplit(b"/", 1)[1].decode()
+                    row = _decode_candidate(cid, kv.value)
+                    index.rows[cid] = (row.key, row.status, row.best, row.failed)
+            self._indexes[name] = index
+        self._indexes.move_to_end(name)
+        while len(self._indexes) > _INDEXES:
+            self._indexes.popitem(last=False)
+        return index
+
+    async def prune(self, *, owner: str | None, keep: int, ended_before_ns: int) -> list[str]:
+        finished = [r for r in await self._records() if r.run.state not in _UNFINISHED]
+        names: list[str] = []
+        if owner is not None:
+            mine = sorted(
+                (r for r in finished if r.run.owner == owner),
+                key=lambda r: (-r.run.create_time_ns, r.run.name),
+            )
+            names += [r.run.name for r in mine[max(keep, 0) :]][:PRUNE_BATCH]
+        if ended_before_ns > 0 and len(names) < PRUNE_BATCH:
+            names += [
+                r.run.name
+                for r in finished
+                if 0 < r.run.end_time_ns < ended_before_ns and r.run.name not in names
+            ][: PRUNE_BATCH - len(names)]
+        by_name = {r.run.name: r for r in finished}
+        deleted = []
+        for name in sorted(set(names)):
+            record = by_name[name]
+            success = [
+                ops.delete_range(
+                    self._key(kind, name) + b"/", prefix_end(self._key(kind, name) + b"/")
+                )
+                for kind in ("event", "blob", "cand")
+            ]
+            success += [ops.delete(self._key("run", name)), ops.delete(self._key("ver", name))]
+            if record.request:
+                success.append(ops.delete(record.request.encode()))
+            compare = [ops.value(self._key("ver", name), str(record.run.version).encode())]
+            reply = await self._call(f"deleting {name}", self.client.txn(compare, success))
+            if reply.succeeded:
+                deleted.append(name)
+                self._indexes.pop(name, None)
+        return deleted
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def _records(self) -> list[_Record]:
+        records = []
+        async for page in self.client.scan_prefix(self.root + b"run/"):
+            records += [self._decode(kv.key, kv.value) for kv in page.kvs]
+        return records
+
+    async def find_request(self, owner: str, request_id: str) -> StoredRunRequest | None:
+        kv = await self._call(
+            "reading a request", self.client.get(self._request(owner, request_id))
+        )
+        if kv is None:
+            return None
+        try:
+            return _decode_request(kv.value)
+        except (ValueError, KeyError) as exc:
+            raise StoreCorrupt(f"{self.source}: corrupt request record {kv.key!r}: {exc}") from None
+
+    async def get(self, name: str) -> StoredRun | None:
+        record = await self._record(name)
+        return await self._with_blobs(record) if record is not None else None
+
+    async def list_runs(
+        self,
+        *,
+        owner: str | None,
+        state: int,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[StoredRun]:
+        runs = [
+            r.run
+            for r in await self._call("listing runs", self._records())
+            if (owner is None or r.run.owner == owner) and (not state or r.run.state == state)
+        ]
+        runs.sort(key=lambda r: (-r.create_time_ns, r.name))
+        if after is not None:
+            runs = [r for r in runs if (-r.create_time_ns, r.name) > (-after[0], after[1])]
+        return [await self.get(r.name) or r for r in runs[:limit]]
+
+    async def unfinished(self) -> list[StoredRun]:
+        records = [
+            r
+            for r in await self._call("listing runs", self._records())
+            if r.run.state in _UNFINISHED
+        ]
+        records.sort(key=lambda r: (r.run.create_time_ns, r.run.name))
+        return [await self._with_blobs(r) for r in records]
+
+    async def events(self, name: str, after: int, limit: int) -> list[StoredEvent]:
+        base = self._key("event", name) + b"/"
+        page = await self._call(
+            f"reading the events of {name}",
+            self.client.range_prefix(
+                base, limit=limit, after=self._event(name, after) if after > 0 else b""
+            ),
+        )
+        return [StoredEvent(int(kv.key[len(base) :]), kv.value) for kv in page.kvs]
+
+    async def first_sequence(self, name: str) -> int:
+        base = self._key("event", name) + b"/"
+        page = await self._call("reading events", self.client.range_prefix(base, limit=1))
+        return int(page.kvs[0].key[len(base) :]) if page.kvs else 0
+
+    async def last_sequence(self, name: str) -> int:
+        base = self._key("event", name) + b"/"
+        kv = await self._call("reading events", self.client.last_in_prefix(base))
+        return int(kv.key[len(base) :]) if kv is not None else 0
+
+    async def checkpoint(self, name: str) -> tuple[bytes, list[tuple[int, bytes]]] | None:
+        record = await self._record(name)
+        if record is None or not record.checkpoint:
+            return None
+        checkpoint = await self._read_blob(self._blob(name, record.checkpoint, "checkpoint"))
+        populations = [
+            (g, await self._read_blob(self._population(name, g, v)))
+            for g, v in sorted(record.populations.items())
+        ]
+        return checkpoint, populations
+
+    async def candidates(
+        self, name: str, *, status: int, after: tuple[float, str] | None, limit: int
+    ) -> CandidatePage:
+        rows = []
+        async for page in self.client.scan_prefix(self._key("cand", name) + b"/"):
+            for kv in page.kvs:
+                cid = kv.key.rsplit(b"/", 1)[1].decode()
+                row = _decode_candidate(cid, kv.value)
+                if status and row.status != status:
+                    continue
+                if after is not None and (row.key, cid) <= after:
+                    continue
+                rows.append(row)
+        rows.sort(key=lambda c: (c.key, c.candidate_id))
+        return CandidatePage(rows[:limit], len(rows) > limit)
+
+
+def _chunks(base: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    return [
+        (base + b"%04d" % (i // CHUNK), value[i : i + CHUNK])
+        for i in range(0, max(len(value), 1), CHUNK)
+    ]
+
+
+def _encode_candidate(c: StoredCandidate) -> bytes:
+    return _CANDIDATE_HEAD.pack(c.key, c.status, c.best, c.failed) + c.scored
+
+
+def _decode_candidate(candidate_id: str, value: bytes) -> StoredCandidate:
+    key, status, best, failed = _CANDIDATE_HEAD.unpack_from(value)
+    return StoredCandidate(
+        candidate_id, key, status, bool(best), bool(failed), value[_CANDIDATE_HEAD.size :]
+    )
+
+
+def _encode_request(r: StoredRunRequest) -> bytes:
+    return json.dumps(
+        {
+            "owner": r.owner,
+            "request_id": r.request_id,
+            "fingerprint": r.fingerprint.hex(),
+            "name": r.name,
+            "created_at": r.created_at,
+        }
+    ).encode()
+
+
+def _decode_request(value: bytes) -> StoredRunRequest:
+    d = json.loads(value)
+    return StoredRunRequest(
+        d["owner"], d["request_id"], bytes.fromhex(d["fingerprint"]), d["name"], d["created_at"]
+    )
+
+
+def _digest(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()[:32]
