@@ -22,7 +22,7 @@ from helix.oracle.settings import OracleSettings
 from helix.orchestrator import validation as orchestrator_checks
 from helix.orchestrator.agents import ORCHESTRATOR_SCOPES as ORCHESTRATOR_SCOPES  # re-exported
 from helix.orchestrator.agents import AgentPool
-from helix.orchestrator.config import OrchestratorSettings
+from helix.orchestrator.config import OrchestratorSettings, run_ownership
 from helix.orchestrator.runs import Orchestrator
 from helix.orchestrator.service import orchestrator_binding
 from helix.orchestrator.stores import run_store
@@ -178,6 +178,7 @@ def create_embedded(
                 generator_major=generator_labels()[MAJOR_LABEL],
             ),
             config.run_settings(),
+            run_ownership(config),
         )
         orchestrator_presence = None
         if config.generator_self_register:

@@ -154,6 +154,12 @@ class Renewer:
                         await stream.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                     except grpc.aio.AioRpcError as exc:
                         self._broken(stream, exc)
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise  # this renewal was cancelled
+                        # The stream was cancelled under the write (it broke): not ours.
+                        self._broken(stream, errors.Unavailable("the stream was cut"))
                 return await future
         except TimeoutError:
             raise errors.Unavailable(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from helix.common.config import Duration, StoreConfig, require, setting
 from helix.orchestrator.dispatch import VerifySettings
+from helix.orchestrator.ownership import RunOwnership
 from helix.orchestrator.runs import RunSettings
 
 
@@ -48,9 +49,15 @@ class OrchestratorSettings(StoreConfig):
     orchestrator_keep_finished_for: Duration = setting(
         Duration(30 * 86400.0), "finished runs are deleted this long after they ended (0: never)"
     )
+    orchestrator_owner_ttl: Duration = setting(
+        Duration(3.0),
+        "with --store etcd: the lease that holds this orchestrator's runs; another takes "
+        "them over this long after it dies",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.orchestrator_owner_ttl >= 1, "orchestrator_owner_ttl", "at least 1s")
         for name in (
             "orchestrator_max_attempts",
             "orchestrator_max_batch",
@@ -87,3 +94,14 @@ class OrchestratorSettings(StoreConfig):
                 wait_timeout=float(self.orchestrator_wait_timeout),
             ),
         )
+
+
+def run_ownership(config: OrchestratorSettings) -> RunOwnership | None:
+    """With --store etcd, this orchestrator's share of the runs (None on SQLite)."""
+    if not config.uses_etcd:
+        return None
+    from helix.etcd.config import etcd_client
+
+    return RunOwnership(
+        etcd_client(config), config.etcd_prefix, ttl=float(config.orchestrator_owner_ttl)
+    )

@@ -283,6 +283,8 @@ class EtcdRunStore:
             start = self._key("event", name) + b"/"
             final.append(ops.delete_range(start, self._event(name, last - change.keep_events + 1)))
         compare = [ops.value(self._key("ver", name), str(change.expected_version).encode())]
+        if change.fence is not None:
+            compare.append(ops.value(*change.fence))
         reply = await self._call(f"committing {name}", self.client.txn(compare, final))
         if not reply.succeeded:
             self._indexes.pop(name, None)

@@ -47,6 +47,7 @@ from helix.genome.layout import fingerprint, normalise, population_size
 from helix.orchestrator.agents import GENERATOR, ORACLE, AgentPool, cancelled_by_channel
 from helix.orchestrator.breeding import Breeder, BreedingPlan
 from helix.orchestrator.dispatch import NoAgents, RunFailed, Verifier, VerifySettings
+from helix.orchestrator.ownership import RunOwnership
 from helix.orchestrator.search import (
     MINIMIZE,
     Counters,
@@ -166,6 +167,16 @@ class _Active:
     best_ids: set[str] = field(default_factory=set)
 
 
+class Superseded(errors.Aborted):
+    """A commit found the run changed by another writer (a CancelRun at another
+    orchestrator, or a successor that took the run over): the run is no longer this
+    orchestrator's to drive."""
+
+
+# How often WatchRun reads the store for a run another orchestrator drives.
+TAIL_INTERVAL = 0.2
+
+
 class Orchestrator:
     """Runs: creation, reads, cancellation, watching, and driving them (module docstring)."""
 
@@ -174,8 +185,14 @@ class Orchestrator:
         store: RunStore,
         pool: AgentPool,
         settings: RunSettings | None = None,
+        ownership: RunOwnership | None = None,
     ) -> None:
         self.store = store
+        # With several orchestrators on one etcd run store: which runs this one drives.
+        self.ownership = ownership
+        self._adopter: asyncio.Task[None] | None = None
+        self._taking_over: dict[str, asyncio.Task[None]] = {}
+        self._releasing: set[asyncio.Future[None]] = set()
         self.pool = pool
         self.settings = settings or RunSettings()
         self.watchers = Watchers(
@@ -200,18 +217,80 @@ class Orchestrator:
     # --- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store and the agent pool; resume every unfinished run."""
+        """Open the store and the agent pool; resume every unfinished run (with several
+        orchestrators, every one nobody else drives)."""
         await self.store.open()
         await self.pool.start()
         self._started = True
+        if self.ownership is not None:
+            await self.ownership.start(self._orphaned)
         for record in await self.store.unfinished():
-            run = orchestrator_pb2.Run.FromString(record.run)
-            last = await self._last_sequence(record.name)
-            active = _Active(record, run, last)
-            self._active[record.name] = active
-            active.task = asyncio.create_task(self._drive(active), name=f"run {record.name}")
-            log.info("resuming %s (%s)", record.name, orchestrator_pb2.RunState.Name(run.state))
+            await self._resume(record)
         self._sweeper = asyncio.create_task(self._sweep(), name="finished runs retention")
+        if self.ownership is not None:
+            self._adopter = asyncio.create_task(self._adopt(), name="run takeover")
+
+    async def _resume(self, record: StoredRun) -> None:
+        """Drive an unfinished stored run from its last checkpoint (if this orchestrator
+        may: with several, once it owns the run)."""
+        name = record.name
+        if name in self._active:
+            return
+        if self.ownership is not None:
+            if not await self.ownership.acquire(name):
+                return
+            latest = await self.store.get(name)  # as its last owner left it
+            if latest is None or latest.state in TERMINAL or name in self._active:
+                await self.ownership.release(name)
+                return
+            record = latest
+        run = orchestrator_pb2.Run.FromString(record.run)
+        last = await self._last_sequence(name)
+        active = _Active(record, run, last)
+        self._active[name] = active
+        active.task = asyncio.create_task(self._drive(active), name=f"run {name}")
+        log.info("resuming %s (%s)", name, orchestrator_pb2.RunState.Name(run.state))
+
+    def _orphaned(self, name: str) -> None:
+        """Another orchestrator let run `name` go (it ended, stopped, or died): take it
+        over if it is unfinished."""
+        if name in self._active or name in self._taking_over:
+            return
+        task = asyncio.create_task(self._take_over(name), name=f"take over {name}")
+        self._taking_over[name] = task
+        task.add_done_callback(lambda _: self._taking_over.pop(name, None))
+
+    async def _take_over(self, name: str) -> None:
+        try:
+            record = await self.store.get(name)
+            if record is not None and record.state not in TERMINAL:
+                await self._resume(record)
+        except (errors.HelixError, OSError) as exc:
+            log.warning("taking %s over failed (the next scan tries again): %s", name, exc)
+
+    async def _adopt(self) -> None:
+        """Now and then: take over unfinished runs nobody owns (a deletion the watch
+        missed, a run whose creator died before owning it); after this process's session
+        was lost (it may have been partitioned from etcd), stop driving its runs — others
+        own them now — and open a new session."""
+        ownership = self.ownership
+        assert ownership is not None
+        while True:
+            await asyncio.sleep(max(ownership.ttl, 1.0))
+            try:
+                if ownership.lost.is_set():
+                    log.warning("this orchestrator's etcd session was lost; its runs go")
+                    await cancel_and_wait([a.task for a in self._active.values()])
+                    self._active.clear()
+                    await ownership.stop(revoke=False)
+                    ownership.lost.clear()
+                    await ownership.start(self._orphaned)
+                owners = await ownership.owners()
+                for record in await self.store.unfinished():
+                    if record.name not in owners:
+                        await self._resume(record)
+            except (errors.HelixError, OSError) as exc:
+                log.warning("scanning for runs to take over failed: %s", exc)
 
     async def _last_sequence(self, name: str) -> int:
         return await self.store.last_sequence(name)
@@ -219,9 +298,11 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop driving runs (they stay PENDING/RUNNING in the store, resumed next start)."""
         tasks = [a.task for a in self._active.values()]
-        tasks.append(self._sweeper)
-        self._sweeper = None
+        tasks += [self._sweeper, self._adopter, *self._taking_over.values()]
+        self._sweeper = self._adopter = None
         await cancel_and_wait(tasks)
+        if self.ownership is not None and self._started:
+            await self.ownership.stop()  # the others take the runs over at once
         self.watchers.close("the orchestrator is stopping; watch again from the last sequence")
         self._active.clear()
         if self._started:
@@ -324,6 +405,8 @@ class Orchestrator:
             """Store the run and start driving it, as one: shielded below, so a caller
             cancelled meanwhile (its deadline) never leaves a stored run undriven."""
             await self.store.create(record, StoredEvent(1, event.SerializeToString()), stored)
+            if self.ownership is not None and not await self.ownership.acquire(run.name):
+                return  # another orchestrator adopted it in between: it drives it
             active = _Active(record, run, 1)
             self._active[run.name] = active
             active.task = asyncio.create_task(self._drive(active), name=f"run {run.name}")
@@ -533,6 +616,8 @@ class Orchestrator:
         record = await self._visible(principal, name)
         active = self._active.get(name)
         if active is None:
+            if self.ownership is not None and record.state not in TERMINAL:
+                return await self._cancel_elsewhere(record, etag)
             run = orchestrator_pb2.Run.FromString(record.run)
             return self._cancel_finished(run, etag)
         async with active.lock:
@@ -566,6 +651,53 @@ class Orchestrator:
                 self._active.pop(name, None)
         return self._copy(run)
 
+    async def _cancel_elsewhere(self, record: StoredRun, etag: str) -> orchestrator_pb2.Run:
+        """CancelRun of a run another orchestrator drives: CANCELLED written to the store
+        (compare-and-set on its version); the driver's next commit finds the run changed
+        and lets it go. Retried on the driver's own commits meanwhile."""
+        for _ in range(20):
+            run = orchestrator_pb2.Run.FromString(record.run)
+            if run.state in TERMINAL:
+                return self._cancel_finished(run, etag)
+            if etag and etag != run.etag:
+                raise errors.Aborted(
+                    f"{run.name} changed: its etag is {run.etag}, not {etag}",
+                    reason=reasons.STALE_ETAG,
+                )
+            run.state = CANCELLED
+            run.end_time.CopyFrom(_now())
+            run.state_message = ""
+            version = record.version + 1
+            run.etag = etag_of(version)
+            event = orchestrator_pb2.RunEvent(
+                sequence=await self.store.last_sequence(run.name) + 1,
+                time=_now(),
+                state_changed=orchestrator_pb2.RunStateChanged(state=CANCELLED),
+            )
+            change = RunCommit(
+                dataclasses.replace(
+                    record,
+                    state=CANCELLED,
+                    version=version,
+                    run=run.SerializeToString(),
+                    end_time_ns=run.end_time.ToNanoseconds(),
+                ),
+                record.version,
+                [StoredEvent(event.sequence, event.SerializeToString())],
+                keep_events=self.settings.keep_events,
+            )
+            try:
+                await self.store.commit(change)
+            except RunConflict:
+                latest = await self.store.get(run.name)
+                if latest is None:
+                    raise errors.NotFound(f"{run.name} was deleted") from None
+                record = latest
+                continue
+            self.ended[CANCELLED] = self.ended.get(CANCELLED, 0) + 1
+            return run
+        raise errors.Aborted(f"{record.name} keeps changing; retry")
+
     @staticmethod
     def _cancel_finished(run: orchestrator_pb2.Run, etag: str) -> orchestrator_pb2.Run:
         if run.state == CANCELLED:
@@ -590,6 +722,10 @@ class Orchestrator:
                 if _stop_state(event):
                     return
             if name not in self._active:
+                if self.ownership is not None:
+                    async for event in self._tail(name, last):
+                        yield event
+                    return
                 async for event in self._ended(name, watcher, last):
                     yield event
                 return
@@ -651,6 +787,25 @@ class Orchestrator:
                 last = event.sequence
                 if _stop_state(event):
                     return
+
+    async def _tail(self, name: str, last: int) -> AsyncIterator[orchestrator_pb2.RunEvent]:
+        """The events of a run another orchestrator drives, from the store as they are
+        committed, until the terminal state's (polled every TAIL_INTERVAL)."""
+        while True:
+            got = False
+            async for event in self._history(name, last, None):
+                got = True
+                yield event
+                last = event.sequence
+                if _stop_state(event):
+                    return
+            if not got:
+                record = await self.store.get(name)
+                if record is None:
+                    raise errors.NotFound(f"{name} was deleted (finished runs are kept a while)")
+                if record.state in TERMINAL and await self.store.last_sequence(name) <= last:
+                    return
+                await asyncio.sleep(TAIL_INTERVAL)
 
     async def _history(
         self, name: str, after: int, upto: int | None
@@ -721,6 +876,7 @@ class Orchestrator:
             candidates=candidates,
             keep_best=self.settings.keep_best,
             keep_events=self.settings.keep_events,
+            fence=self.ownership.fence(run.name) if self.ownership is not None else None,
         )
 
         async def apply() -> None:
@@ -749,7 +905,7 @@ class Orchestrator:
             await asyncio.wait([writing])
             raise
         except RunConflict:
-            raise errors.Aborted(f"{run.name} was changed by another writer") from None
+            raise Superseded(f"{run.name} was changed by another writer") from None
 
     # --- driving a run ----------------------------------------------------------------------
 
@@ -786,6 +942,10 @@ class Orchestrator:
             await self._generations(active, search, verifier)
         except asyncio.CancelledError:
             raise
+        except Superseded:
+            # Cancelled at another orchestrator, or taken over: no longer this one's.
+            log.info("%s changed elsewhere; no longer driven here", run.name)
+            self._let_go(run.name)
         except (RunFailed, NoAgents) as failure:
             await self._fail(active, str(failure))
         except errors.HelixError as failure:
@@ -797,6 +957,16 @@ class Orchestrator:
             if verifier is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(verifier.close())
+            if run.state in TERMINAL:
+                self._let_go(run.name)
+
+    def _let_go(self, name: str) -> None:
+        """Stop holding run `name`: out of the runs driven here, its ownership released."""
+        self._active.pop(name, None)
+        if self.ownership is not None:
+            task = asyncio.ensure_future(self.ownership.release(name))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
     async def _fail(self, active: _Active, why: str) -> None:
         run = active.run
@@ -818,12 +988,14 @@ class Orchestrator:
                         )
                     ],
                 )
+        except Superseded:
+            log.info("%s changed elsewhere before its failure was recorded: %s", run.name, why)
         except Exception:
             # The store refuses even this: the run is left as stored (resumed at the next
             # start) and no longer held here, so it does not keep its place in the limits.
             log.exception("recording that %s failed (%s) failed", run.name, why)
         finally:
-            self._active.pop(run.name, None)
+            self._let_go(run.name)
 
     async def _wait_for_agents(self, active: _Active) -> None:
         """Until a generator for the DNA and an oracle agent for the oracle are live;

@@ -33,7 +33,7 @@ from helix.common.channel import create_channel, tls_channel_credentials
 from helix.common.config import DataDirConfig, DataDirLock, require
 from helix.common.server import HelixServer, create_server, run_server_process
 from helix.orchestrator.agents import GENERATOR_MAJOR, ORCHESTRATOR_SCOPES, AgentPool
-from helix.orchestrator.config import OrchestratorSettings
+from helix.orchestrator.config import OrchestratorSettings, run_ownership
 from helix.orchestrator.runs import Orchestrator
 from helix.orchestrator.service import orchestrator_binding
 from helix.orchestrator.stores import run_store
@@ -94,6 +94,7 @@ def create_orchestrator_server(
         run_store(config, config.runs_path),
         AgentPool(lambda: dial(config.registry_address), dial, generator_major=GENERATOR_MAJOR),
         config.run_settings(),
+        run_ownership(config),
     )
     agent = registry_pb2.Agent(kind=registry_pb2.AGENT_KIND_ORCHESTRATOR, capacity=AGENT_CAPACITY)
     presence = agent_presence(config, agent, security.signer, DEFAULT_SUBJECT)

@@ -117,6 +117,9 @@ class RunCommit:
     candidates: Sequence[StoredCandidate] = ()
     keep_best: int = 0  # then unmark `best` beyond the best N (rows neither best nor failed go)
     keep_events: int = 0  # keep only the last N events (0: all)
+    # A shared store's guard that this writer still owns the run: (key, value) the commit
+    # must find (see helix.orchestrator.ownership); ignored by a store of one process.
+    fence: tuple[bytes, bytes] | None = None
 
 
 @dataclass

@@ -55,6 +55,14 @@ class RegistryConfig(StoreConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # etcd takes 1.5 MiB per transaction by default; a change writes its agent about
+        # four times (the agent, the event with its previous state, the RegisterAgent
+        # answer).
+        require(
+            not self.uses_etcd or self.registry_max_agent_bytes <= 256 * 1024,
+            "registry_max_agent_bytes",
+            "at most 256 KiB with --store etcd://",
+        )
         require(self.registry_sync.lower() in ("full", "normal"), "registry_sync", "full or normal")
         require(
             0 < self.registry_min_ttl <= self.registry_default_ttl <= self.registry_max_ttl,

@@ -95,6 +95,8 @@ class _Job:
 # up) gives up after this many seconds (UNAVAILABLE: the caller retries). A loser may lose
 # several rounds in a row while another replica has a stream of writes: not a failure.
 _COMMIT_PATIENCE = 5.0
+# Idempotency records waiting to be dropped from the store, at most.
+_FORGET_LIMIT = 100_000
 
 
 def _shutting_down() -> errors.Unavailable:
@@ -230,10 +232,11 @@ class Registry:
         the reply, nothing else (the TTL is the committed agent's, no new Duration).
         """
         name = request.name
-        agent = check_heartbeat(self.state.agents.get(name), principal, name, request.epoch)
         if self.replica is not None:
-            await self.replica.renew(agent)
-        elif self.leases.renew(name, request.epoch, self._clock()) is None:
+            agent = await self._renew_shared(principal, request)
+        else:
+            agent = check_heartbeat(self.state.agents.get(name), principal, name, request.epoch)
+        if self.replica is None and self.leases.renew(name, request.epoch, self._clock()) is None:
             raise errors.NotFound(
                 f"{name}'s lease expired: register again", metadata={"name": name}
             )
@@ -244,6 +247,26 @@ class Registry:
             current = self.state.agents.get(name)
             etag = current.etag if current is not None else etag
         return registry_pb2.HeartbeatResponse(revision=revision, ttl=agent.ttl, etag=etag)
+
+    async def _renew_shared(
+        self, principal: Principal, request: registry_pb2.HeartbeatRequest
+    ) -> registry_pb2.Agent:
+        """A heartbeat's checks and renewal on a shared store. A refusal (unknown name,
+        another epoch, no lease) may come from a replica behind another one: it is given
+        only once this replica has caught up with everything committed."""
+        assert self.replica is not None
+        name = request.name
+        for attempt in (1, 2):
+            try:
+                agent = check_heartbeat(self.state.agents.get(name), principal, name, request.epoch)
+                await self.replica.renew(agent)
+            except (errors.NotFound, errors.FailedPrecondition, errors.PermissionDenied):
+                if attempt == 2:
+                    raise
+                await self.replica.sync_all()
+                continue
+            return agent
+        raise AssertionError("unreachable")
 
     async def update(
         self, principal: Principal, request: registry_pb2.UpdateAgentRequest
@@ -439,44 +462,73 @@ class Registry:
         for the next batch. On a shared store a commit that lost the revision compare to
         another replica catches up and applies the jobs again on the newer state."""
         give_up = time.monotonic() + _COMMIT_PATIENCE
+        synced = False
         while True:
             batch, outcomes, rest = self._apply_jobs(jobs)
-            if batch.events or batch.new_requests:
+            if self.replica is not None and not synced and not batch.events:
+                # Nothing to commit, so no compare proves these answers current (a refusal
+                # from a replica behind another, say): catch up first, then apply again.
+                synced = True
+                before = self.state.revision
                 try:
-                    await self._commit(batch)
-                except StoreConflict as conflict:
-                    try:
-                        await self._catch_up(conflict)
-                    except errors.HelixError as exc:
-                        self._fail(outcomes, exc)
-                        return rest
-                    if time.monotonic() < give_up:
-                        continue
-                    busy = errors.Unavailable(
-                        "the registry's replicas are writing too much at once; try again",
-                        retry_after=0.1,
-                    )
-                    self._fail(outcomes, busy)
+                    await self.replica.sync_all()
+                except errors.HelixError as exc:
+                    self._fail(outcomes, exc)
                     return rest
-                except StoreError as exc:
-                    log.error("registry commit failed: %s", exc)
-                    self._fail(
-                        outcomes,
-                        errors.Unavailable(
-                            "the registry could not store the change", retry_after=1.0
-                        ),
-                    )
-                    return rest
-            self._apply_committed(batch)
-            for job, ok, value in outcomes:
-                if job.done.done():
+                if self.state.revision != before:
                     continue
-                if ok:
-                    job.done.set_result(value)
-                else:
-                    self._count_refusal(value)
-                    job.done.set_exception(value)
+            if not (batch.events or batch.new_requests):
+                self._apply_committed(batch)
+                self._answer(outcomes)
+                return rest
+            try:
+                await self._commit_and_install(batch)
+            except StoreConflict as conflict:
+                try:
+                    await self._catch_up(conflict)
+                except errors.HelixError as exc:
+                    self._fail(outcomes, exc)
+                    return rest
+                if time.monotonic() < give_up:
+                    continue
+                busy = errors.Unavailable(
+                    "the registry's replicas are writing too much at once; try again",
+                    retry_after=0.1,
+                )
+                self._fail(outcomes, busy)
+                return rest
+            except StoreError as exc:
+                log.error("registry commit failed: %s", exc)
+                self._fail(
+                    outcomes,
+                    errors.Unavailable("the registry could not store the change", retry_after=1.0),
+                )
+                return rest
+            self._answer(outcomes)
             return rest
+
+    def _answer(self, outcomes: builtins.list[tuple[_Job, bool, Any]]) -> None:
+        """Answer a batch's callers once it is installed: results, and domain errors."""
+        for job, ok, value in outcomes:
+            if job.done.done():
+                continue
+            if ok:
+                job.done.set_result(value)
+            else:
+                self._count_refusal(value)
+                job.done.set_exception(value)
+
+    async def _commit_and_install(self, batch: Batch) -> None:
+        """Make `batch` durable, then visible. On a shared store the replica's lock is held
+        throughout (its follower installs nothing in between), after waiting its turn."""
+        if self.replica is None:
+            await self._commit(batch)
+            self._apply_committed(batch)
+            return
+        await self.replica.take_turns()
+        async with self.replica.lock:
+            await self._commit(batch)
+            self._apply_committed(batch)
 
     def _fail(self, outcomes: builtins.list[tuple[_Job, bool, Any]], error: Exception) -> None:
         """Answer a batch that was not stored: domain errors stand, the rest get `error`."""
@@ -487,8 +539,7 @@ class Registry:
     async def _catch_up(self, conflict: StoreConflict) -> None:
         if self.replica is None:
             raise errors.Internal("the registry's store reported a conflict it cannot have")
-        self.replica.install_missed(conflict.events)
-        await self.replica.caught_up(conflict.revision)
+        await self.replica.caught_up_after(conflict)
 
     def _count_refusal(self, error: Exception) -> None:
         """Count a write refused for one of the registry's limits (a metric)."""
@@ -504,17 +555,21 @@ class Registry:
         expired_before = 0.0
         if wall - self._pruned_at >= 10.0:
             expired_before = wall - self.settings.request_ttl
-        if self.replica is not None:
-            await self.replica.commit(batch, forget_before, expired_before)
-        else:
-            await self.store.commit(
-                stored_events(batch),
-                stored_requests(batch),
-                forget_events_before=forget_before,
-                forget_requests_before=expired_before,
-                forget_requests=self._forgotten_requests,
-            )
-        self._forgotten_requests = []
+        forget, self._forgotten_requests = self._forgotten_requests, []
+        try:
+            if self.replica is not None:
+                await self.replica.commit(batch, forget_before, expired_before, forget)
+            else:
+                await self.store.commit(
+                    stored_events(batch),
+                    stored_requests(batch),
+                    forget_events_before=forget_before,
+                    forget_requests_before=expired_before,
+                    forget_requests=forget,
+                )
+        except BaseException:
+            self.forget_requests(forget)  # for the next commit
+            raise
         if expired_before:
             self._pruned_at = wall
             self.state.forget_requests_before(expired_before)
@@ -524,12 +579,20 @@ class Registry:
         state.install(batch.events)
         for owner, request_id, record in batch.new_requests:
             state.remember(owner, request_id, record)
-        self._forgotten_requests += state.trim_requests()
+        self.forget_requests(state.trim_requests())
         if self.replica is not None:
             self.replica.committed(batch)
         else:
             self._grant_leases(batch.events)
         self.publish(batch.events)
+
+    def forget_requests(self, keys: builtins.list[tuple[str, str]]) -> None:
+        """Idempotency records dropped from memory, for the store to drop in the next
+        commit (bounded: beyond the bound they stay in the store until a restart trims
+        them again — they are only a retry cache)."""
+        room = _FORGET_LIMIT - len(self._forgotten_requests)
+        if room > 0:
+            self._forgotten_requests += keys[:room]
 
     def _grant_leases(self, events: builtins.list[Event]) -> None:
         now = self._clock()

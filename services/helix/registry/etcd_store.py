@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import math
 import struct
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from helix.common import errors
@@ -137,7 +137,7 @@ class EtcdRegistryStore:
 
     Beyond the protocol it offers what replicas need: commits conditional on the revision
     (`StoreConflict`), the changes other replicas make (`follow`), a linearizable read of
-    the revision (`current_revision`), and agent leases (`grant`, `renew`, `revoke`).
+    the revision (`current`), and agent leases (`grant`, `renew`, `revoke`).
     """
 
     shared = True
@@ -219,38 +219,28 @@ class EtcdRegistryStore:
         revision of the write. Idempotency records to forget go in transactions of their
         own afterwards (they are a retry cache; one left behind is forgotten again later)."""
         del forget_requests_before  # the engine names the records it forgets
-        success: list[ops.RequestOp] = []
-        final: dict[str, StoredEvent] = {}  # etcd refuses two ops on one key in a txn
-        for event in events:
-            final[event.name] = event
-            success.append(ops.put(self._event_key(event.revision), encode_event(event)))
-        for name, event in final.items():
-            key = self.root + name.encode()
-            put = event.type == EVENT_PUT
-            success.append(ops.put(key, event.agent) if put else ops.delete(key))
-        for request in requests:
-            key = self._requests + _request_key(request.owner, request.request_id)
-            success.append(ops.put(key, encode_request(request)))
-        for agent_name, lease in (leases or {}).items():
-            lease_key = self._leases + agent_name.encode()
-            value = encode_lease(lease.epoch, lease.ttl)
-            success.append(ops.put(lease_key, value, lease=lease.lease_id))
-        last = events[-1].revision if events else base_revision
-        success.append(ops.put(self._revision_key, str(last).encode()))
-        if forget_events_before > 1:
-            success.append(ops.delete_range(self._events, self._event_key(forget_events_before)))
-        compare = (
+        success, request_keys = self._writes(
+            events, requests, leases or {}, forget_events_before, base_revision
+        )
+        compare = [
             ops.value(self._revision_key, str(base_revision).encode())
             if base_revision
             else ops.absent(self._revision_key)
-        )
+        ]
+        # A request_id another replica answered first (this one has not seen its record
+        # yet): the retry must get that answer, not register again.
+        compare += [ops.absent(key) for key in request_keys]
         # When another replica committed first: the revision, and the events this one
         # missed (so it catches up at once instead of waiting for its watch).
         missed = ops.get(
             self._event_key(base_revision + 1), prefix_end(self._events), limit=_CATCH_UP_READ
         )
         try:
-            reply = await self.client.txn([compare], success, [ops.get(self._revision_key), missed])
+            reply = await self.client.txn(
+                compare,
+                success,
+                [ops.get(self._revision_key), missed, *(ops.get(k) for k in request_keys)],
+            )
         except errors.HelixError as exc:
             raise StoreError(f"{self.source}: commit failed: {exc.message}") from None
         if not reply.succeeded:
@@ -262,7 +252,8 @@ class EtcdRegistryStore:
                 ]
             except ValueError:
                 events = []  # the follower will say what is wrong
-            raise StoreConflict(int(kvs[0].value) if kvs else 0, events)
+            answered = [kv.mod_revision for r in reply.responses[2:] for kv in r.response_range.kvs]
+            raise StoreConflict(int(kvs[0].value) if kvs else 0, events, max(answered, default=0))
         self.last_commit = reply.header.revision
         if forget_requests:
             await self._forget(forget_requests)
@@ -277,12 +268,10 @@ class EtcdRegistryStore:
 
     async def attach(self, name: str, lease: LeaseKey, *, replacing: int | None) -> bool:
         """Attach agent `name`'s lease key to `lease` (outside the registry's revisions: a
-        lease is not registry state). With `replacing`, only if the key is still on that
-        lease (else nothing is written and this returns False)."""
+        lease is not registry state): only if the key is still on lease `replacing`, or
+        absent when that is None (else nothing is written and this returns False)."""
         key = self._leases + name.encode()
-        compare = []
-        if replacing is not None:
-            compare.append(ops.lease(key, replacing))
+        compare = [ops.absent(key) if replacing is None else ops.lease(key, replacing)]
         put = ops.put(key, encode_lease(lease.epoch, lease.ttl), lease=lease.lease_id)
         try:
             reply = await self.client.txn(compare, [put])
@@ -292,19 +281,55 @@ class EtcdRegistryStore:
             ) from None
         return reply.succeeded
 
-    async def current_revision(self) -> int:
-        """The registry's revision as etcd's quorum knows it now (a linearizable read)."""
+    def _writes(
+        self,
+        events: Sequence[StoredEvent],
+        requests: Sequence[StoredRequest],
+        leases: Mapping[str, LeaseKey],
+        forget_events_before: int,
+        base_revision: int,
+    ) -> tuple[list[ops.RequestOp], list[bytes]]:
+        """A commit's operations, and the keys of the idempotency records it stores."""
+        success: list[ops.RequestOp] = []
+        final: dict[str, StoredEvent] = {}  # etcd refuses two ops on one key in a txn
+        for event in events:
+            final[event.name] = event
+            success.append(ops.put(self._event_key(event.revision), encode_event(event)))
+        for name, event in final.items():
+            key = self.root + name.encode()
+            put = event.type == EVENT_PUT
+            success.append(ops.put(key, event.agent) if put else ops.delete(key))
+        request_keys = []
+        for request in requests:
+            key = self._requests + _request_key(request.owner, request.request_id)
+            request_keys.append(key)
+            success.append(ops.put(key, encode_request(request)))
+        for agent_name, lease in leases.items():
+            lease_key = self._leases + agent_name.encode()
+            value = encode_lease(lease.epoch, lease.ttl)
+            success.append(ops.put(lease_key, value, lease=lease.lease_id))
+        last = events[-1].revision if events else base_revision
+        success.append(ops.put(self._revision_key, str(last).encode()))
+        if events:  # never a key this transaction writes (etcd refuses that)
+            forget_events_before = min(forget_events_before, events[0].revision)
+        if forget_events_before > 1:
+            success.append(ops.delete_range(self._events, self._event_key(forget_events_before)))
+        return success, request_keys
+
+    async def current(self) -> tuple[int, int]:
+        """The registry's revision as etcd's quorum knows it now (a linearizable read),
+        and the etcd revision of the commit that set it."""
         try:
             kv = await self.client.get(self._revision_key)
         except errors.HelixError as exc:
             raise errors.Unavailable(
                 f"the registry cannot reach etcd: {exc.message}", retry_after=1.0
             ) from None
-        return int(kv.value) if kv is not None else 0
+        return (int(kv.value), kv.mod_revision) if kv is not None else (0, 0)
 
     # --- following other replicas -------------------------------------------------------------
 
-    async def follow(self, after: int) -> AsyncIterator[RemoteChange]:
+    async def follow(self, after: int) -> AsyncGenerator[RemoteChange, None]:
         """Every change under the prefix after etcd revision `after`, one etcd revision at
         a time. Raises `Compacted` when etcd no longer has them (reopen, then follow from
         `opened_at`), `Unavailable` when etcd stays unreachable (`reconnect_within`)."""

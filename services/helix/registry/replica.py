@@ -52,7 +52,7 @@ from helix.registry.etcd_store import (
 from helix.registry.records import load_state, read_events, read_request, stored_events
 from helix.registry.records import stored_requests as stored_requests_of
 from helix.registry.state import DELETE, Event, RegistryState
-from helix.registry.store import StoredEvent
+from helix.registry.store import Snapshot, StoreConflict, StoredEvent
 from helix.registry.validation import granted_ttl_seconds
 from helix.security.principal import Principal
 
@@ -83,10 +83,10 @@ class Replica:
         self._follower: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiring: set[str] = set()
-        # Clear while this replica's own commit is in flight: the follower waits, so the
+        # Held by the writer from its commit to the install of its batch, and by the
+        # follower while it installs: one installs at a time, in revision order, and the
         # writer installs its own batch (and its leases) before the watch echoes it.
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.lock = asyncio.Lock()
         # Fairness between replicas writing at once: the etcd revision of this replica's
         # last commit, the last one its follower delivered, and when it last delivered
         # another replica's events (see `_take_turns`).
@@ -132,7 +132,8 @@ class Replica:
                     and await self.store.renew(lease.lease_id) > 0
                 ):
                     return
-                await self._attach(agent, duration_seconds(agent.ttl), None)
+                stale = lease if lease is not None and lease.epoch != agent.epoch else None
+                await self._attach(agent, duration_seconds(agent.ttl), stale)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -163,7 +164,36 @@ class Replica:
 
     async def sync(self) -> None:
         """Wait until this replica has every change etcd's quorum holds now."""
-        await self.caught_up(await self.store.current_revision())
+        revision, _ = await self.store.current()
+        await self.caught_up(revision)
+
+    async def sync_all(self) -> None:
+        """`sync`, and the follower past the last commit's etcd revision too: every
+        idempotency record and lease key committed so far is known here."""
+        revision, etcd_revision = await self.store.current()
+        await self.caught_up(revision)
+        await self.followed_to(etcd_revision)
+
+    async def followed_to(self, etcd_revision: int) -> None:
+        """Wait (at most the etcd timeout) until the follower delivered `etcd_revision`."""
+        try:
+            async with asyncio.timeout(self.store.client.timeout):
+                while self._seen_etcd < etcd_revision:
+                    await self._advanced.wait()
+        except TimeoutError:
+            raise errors.Unavailable(
+                "this registry replica is not following etcd (is etcd reachable?); try again",
+                retry_after=1.0,
+            ) from None
+
+    async def caught_up_after(self, conflict: StoreConflict) -> None:
+        """After losing a commit: install what the losing transaction read back, then wait
+        for the rest (the revision it found; the records of a request_id another replica
+        answered first)."""
+        self.install_missed(conflict.events)
+        await self.caught_up(conflict.revision)
+        if conflict.etcd_revision:
+            await self.followed_to(conflict.etcd_revision)
 
     async def caught_up(self, revision: int) -> None:
         """Wait (at most the etcd timeout) until the state is at `revision` or later."""
@@ -202,29 +232,31 @@ class Replica:
 
         return fits
 
-    async def commit(self, batch: Batch, forget_before: int, expired_before: float) -> None:
-        """Write `batch` if the registry is still at this replica's revision
-        (`StoreConflict` otherwise)."""
-        forget = list(self.registry._forgotten_requests)
+    async def commit(
+        self,
+        batch: Batch,
+        forget_before: int,
+        expired_before: float,
+        forget: list[tuple[str, str]],
+    ) -> None:
+        """Write `batch` if the registry is still at the revision the batch was applied on
+        (`StoreConflict` otherwise). The writer holds `lock`."""
+        base = batch.events[0].revision - 1 if batch.events else self.state.revision
+        if base != self.state.revision:  # the follower installed others' changes meanwhile
+            raise StoreConflict(self.state.revision)
         if expired_before:
             forget += [k for k, r in self.state.requests.items() if r.created_at < expired_before]
-        await self._take_turns()
-        self._idle.clear()  # set again by `committed`, or here if nothing was written
-        try:
-            await self.store.commit(
-                stored_events(batch),
-                stored_requests_of(batch),
-                forget_events_before=forget_before,
-                forget_requests=forget,
-                base_revision=self.state.revision,
-                leases=batch.leases,
-            )
-            self._own_etcd = self.store.last_commit
-        except BaseException:
-            self._idle.set()
-            raise
+        await self.store.commit(
+            stored_events(batch),
+            stored_requests_of(batch),
+            forget_events_before=forget_before,
+            forget_requests=forget,
+            base_revision=base,
+            leases=batch.leases,
+        )
+        self._own_etcd = self.store.last_commit
 
-    async def _take_turns(self) -> None:
+    async def take_turns(self) -> None:
         """While another replica writes too, commit only once the follower delivered this
         replica's own last commit. The replica that just won a commit would otherwise
         always try again first (its state is current at once; the loser's only when the
@@ -240,7 +272,6 @@ class Replica:
     def committed(self, batch: Batch) -> None:
         """After the writer installed its own batch: the leases it attached and released."""
         self._leases_after(batch.events, batch.leases, revoke=True)
-        self._idle.set()
         self._advance()
 
     def _leases_after(
@@ -292,15 +323,26 @@ class Replica:
             response = batch.register(principal, request, agent_id, digest)
             last = batch.events[-1] if batch.events else None
             if last is not None and last.revision == response.revision and last.name == name:
-                batch.leases[name] = LeaseKey(lease_id, response.agent.epoch, ttl)
+                batch.leases[name] = lease_key(lease_id, response.agent.epoch, ttl)
             return response
 
         try:
-            return await self.registry.submit(apply)
-        finally:
-            current = self.leases.get(name)
-            if current is None or current.lease_id != lease_id:
-                self._revoke(lease_id)
+            response = await self.registry.submit(apply)
+        except asyncio.CancelledError:
+            # The batch may still commit it: the lease is left to lapse if it did not.
+            raise
+        except BaseException:
+            self._revoke_unless_held(name, lease_id)
+            raise
+        self._revoke_unless_held(name, lease_id)
+        return response
+
+    def _revoke_unless_held(self, name: str, lease_id: int) -> None:
+        """Revoke a lease granted for a registration that did not take it (refused, or a
+        retry answered with the first registration)."""
+        current = self.leases.get(name)
+        if current is None or current.lease_id != lease_id:
+            self._revoke(lease_id)
 
     async def renew(self, agent: registry_pb2.Agent) -> None:
         """A heartbeat's renewal of `agent`'s lease (NOT_FOUND when it has lapsed)."""
@@ -315,7 +357,7 @@ class Replica:
                 f"{name}'s lease expired: register again", metadata={"name": name}
             )
         ttl = duration_seconds(agent.ttl)
-        if lease.ttl != ttl:  # an UpdateAgent shortened it: it applies from this renewal
+        if _ttl_differs(lease.ttl, ttl):  # an UpdateAgent shortened it: from this renewal
             await self._attach(agent, ttl, lease)
 
     async def ttl_changed(self, prev: registry_pb2.Agent, agent: registry_pb2.Agent) -> None:
@@ -324,13 +366,17 @@ class Replica:
         lease = self.leases.get(agent.name)
         ttl = duration_seconds(agent.ttl)
         if lease is not None and prev.ttl != agent.ttl and ttl > lease.ttl:
-            await self._attach(agent, ttl, lease)
+            # Best effort: the update is durable already; the next heartbeat moves the
+            # lease if this cannot.
+            with contextlib.suppress(errors.HelixError):
+                await self._attach(agent, ttl, lease)
 
     async def _attach(self, agent: registry_pb2.Agent, ttl: float, old: LeaseKey | None) -> None:
-        """Hold `agent`'s registration on a new lease of `ttl` (replacing `old`, unless the
-        key moved meanwhile: then nothing changes and the new lease is revoked)."""
+        """Hold `agent`'s registration on a new lease of `ttl` (replacing `old`, or where
+        it has none; unless the key changed meanwhile: then nothing changes and the new
+        lease is revoked)."""
         lease_id, _ = await self.store.grant(ttl)
-        new = LeaseKey(lease_id, agent.epoch, ttl)
+        new = lease_key(lease_id, agent.epoch, ttl)
         if await self.store.attach(agent.name, new, replacing=old.lease_id if old else None):
             self.leases[agent.name] = new
             if old is not None:
@@ -346,13 +392,14 @@ class Replica:
         while True:
             try:
                 if not self.connected:
-                    await self.store.current_revision()  # etcd answers again: serving
+                    await self.store.current()  # etcd answers again: serving
                     self.connected = True
                     delay = _RETRY_MIN
-                async for change in self.store.follow(after):
-                    await self._idle.wait()
-                    self._install(change)
-                    after = change.etcd_revision
+                async with contextlib.aclosing(self.store.follow(after)) as changes:
+                    async for change in changes:
+                        async with self.lock:
+                            self._install(change)
+                        after = change.etcd_revision
             except Compacted as exc:
                 log.warning("the registry's etcd watch was compacted (%s); reading it again", exc)
                 after = await self._resync()
@@ -362,8 +409,11 @@ class Replica:
                 self.connected = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
-            except errors.HelixError:
+            except Exception:  # a record it cannot read, a bug: never stop following
                 log.exception("the registry could not install a change from etcd; reading again")
+                self.connected = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
                 after = await self._resync()
 
     async def _resync(self) -> int:
@@ -377,6 +427,12 @@ class Replica:
                 self.connected = False
                 log.warning("the registry cannot read etcd: %s", exc)
                 await asyncio.sleep(_RETRY_MAX)
+        async with self.lock:
+            self._catch_up_with(snapshot)
+        self._advance()
+        return self.store.opened_at
+
+    def _catch_up_with(self, snapshot: Snapshot) -> None:
         state = self.state
         missed = [e for e in snapshot.events if e.revision > state.revision]
         if snapshot.revision > state.revision and (
@@ -403,8 +459,12 @@ class Replica:
         elif missed:
             self._install_events(missed)
         self.leases = dict(self.store.leases)
-        self._advance()
-        return self.store.opened_at
+        self._seen_etcd = max(self._seen_etcd, self.store.opened_at)
+        # Lease keys deleted while the watch was away: those leases lapsed.
+        for agent in list(state.agents.values()):
+            lease = self.leases.get(agent.name)
+            if lease is None or lease.epoch != agent.epoch:
+                self._expire(agent.name, agent.epoch)
 
     def _install(self, change: RemoteChange) -> None:
         theirs = [e for e in change.events if e.revision > self.state.revision]
@@ -419,17 +479,18 @@ class Replica:
                 state.remember(stored.owner, stored.request_id, record)
         for owner, request_id in change.forgotten:
             state.forget_request(owner, request_id)
-        self.registry._forgotten_requests += state.trim_requests()
+        self.registry.forget_requests(state.trim_requests())
         for name, lease in change.leases.items():
             agent = state.agents.get(name)
             if agent is not None and agent.epoch == lease.epoch:
                 self.leases[name] = lease
         for name, lease in change.lapsed.items():
             current = self.leases.get(name)
-            if current is not None and current.lease_id == lease.lease_id:
-                del self.leases[name]
+            if current is None or current.lease_id != lease.lease_id:
+                continue  # an old lease the agent no longer holds (moved, re-registered)
+            del self.leases[name]
             agent = state.agents.get(name)
-            if agent is not None and agent.epoch == lease.epoch and current == lease:
+            if agent is not None and agent.epoch == lease.epoch:
                 self._expire(name, lease.epoch)
         self._advance()
 
@@ -495,3 +556,12 @@ def _with_ttl(
     copy.CopyFrom(request)
     copy.agent.ttl.FromNanoseconds(round(ttl * 1e9))
     return copy
+
+
+def lease_key(lease_id: int, epoch: int, ttl: float) -> LeaseKey:
+    """A LeaseKey as etcd keeps it (the TTL in whole milliseconds)."""
+    return LeaseKey(lease_id, epoch, round(ttl, 3))
+
+
+def _ttl_differs(held: float, wanted: float) -> bool:
+    return abs(held - wanted) > 0.002

@@ -48,10 +48,15 @@ class StoreConflict(Exception):
     replica committed first. Nothing was written; `revision` is the store's, `events` the
     first of those the committer had not seen (as many as one read returned)."""
 
-    def __init__(self, revision: int, events: list[StoredEvent] | None = None) -> None:
+    def __init__(
+        self, revision: int, events: list[StoredEvent] | None = None, etcd_revision: int = 0
+    ) -> None:
         super().__init__(f"the registry is at revision {revision} in the store")
         self.revision = revision
         self.events = events or []
+        # A store revision to follow up to before trying again (an idempotency record
+        # another replica stored first), 0 when none.
+        self.etcd_revision = etcd_revision
 
 
 @dataclass(frozen=True, slots=True)
