@@ -136,22 +136,25 @@ class RunCluster(Cluster):
             f"oracle-{agent_id}", argv, env, {"oracle"}, agent_id=agent_id
         )
 
-    async def add_orchestrator(self, **settings: object) -> Member:
-        """`helix orchestrator serve` on its own data dir, registered as `orchestrator`."""
+    async def add_orchestrator(self, name: str = "orchestrator", **settings: object) -> Member:
+        """`helix orchestrator serve` on its own data dir, registered as `name` (the member
+        and agent id; several, on one etcd store, are replicas)."""
         argv = [HELIX, "orchestrator", "serve", "--port", "0"]
-        argv += ["--data-dir", str(self.root / "orchestrator")]
-        argv += ["--registry-address", self.address_of("registry"), "--agent-id", "orchestrator"]
+        argv += ["--data-dir", str(self.root / name)]
+        argv += ["--registry-address", self.address_of("registry"), "--agent-id", name]
         env = clean_env({**self.settings, **settings, "auth_hs256_dir": self.key_dir})
-        return await self._start_member(
-            "orchestrator", argv, env, {"orchestrator"}, agent_id="orchestrator"
-        )
+        services = {"orchestrator"} if name == "orchestrator" else {name}
+        return await self._start_member(name, argv, env, services, agent_id=name)
 
-    def runs(self, subject: str = "alice") -> orchestrator_pb2_grpc.OrchestratorServiceAsyncStub:
-        """A stub of the orchestrator for `subject` (runs.read, runs.write). A new channel
-        for each address, so a restarted orchestrator is dialled afresh."""
-        key = f"{subject}@{self.address_of('orchestrator')}"
+    def runs(
+        self, subject: str = "alice", member: str = "orchestrator"
+    ) -> orchestrator_pb2_grpc.OrchestratorServiceAsyncStub:
+        """A stub of the orchestrator `member` for `subject` (runs.read, runs.write). A new
+        channel for each address, so a restarted orchestrator is dialled afresh."""
+        address = self.member(member).address
+        key = f"{subject}@{address}"
         if key not in self._stubs:
-            channel = self.channel("orchestrator", subject, RUN_SCOPES)
+            channel = self.channel("orchestrator", subject, RUN_SCOPES, address=address)
             self._stubs[key] = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         return self._stubs[key]
 
