@@ -50,6 +50,11 @@ SETTINGS = {
 
 
 async def start(processes: Processes, root: Path, store: dict[str, str]) -> tuple[Cluster, str]:
+    cluster = await start_cluster(processes, root, store)
+    return cluster, cluster.token("bench", ["agents.read", "agents.write"])
+
+
+async def start_cluster(processes: Processes, root: Path, store: dict[str, str]) -> Cluster:
     cluster = Cluster(
         "embedded",
         root / uuid.uuid4().hex,
@@ -59,13 +64,13 @@ async def start(processes: Processes, root: Path, store: dict[str, str]) -> tupl
     )
     await cluster.start()
     pin_to_first_core(cluster.member("registry").process.pid)
-    return cluster, cluster.token("bench", ["agents.read", "agents.write"])
+    return cluster
 
 
 async def registrations(addresses: list[str], token: str, callers: int, total: int) -> float:
     """Durable RegisterAgent/s: `callers` callers spread over `addresses`."""
     stubs = [stub_for(address, token) for address in addresses]
-    prefix = uuid.uuid4().hex[:8]
+    prefix = "r" + uuid.uuid4().hex[:8]
     queue = list(range(total))
 
     async def caller(k: int) -> None:
@@ -104,7 +109,7 @@ async def two_replicas(
     prefix = f"/bench-{uuid.uuid4().hex}"
     first, token = await start(processes, root, {**store, "etcd_prefix": prefix})
     keys = first.data_dir / "keys"
-    second, _ = await start(
+    second = await start_cluster(
         processes, root, {**store, "etcd_prefix": prefix, "auth_hs256_dir": str(keys)}
     )
     try:
@@ -135,7 +140,8 @@ async def main() -> None:
             replicas: list[float] = []
             for _ in range(args.rounds):
                 for name, store in stores.items():
-                    results[name].append(await one_round(processes, root, store, args))
+                    fresh = {**store, "etcd_prefix": f"/bench-{uuid.uuid4().hex}"} if store else {}
+                    results[name].append(await one_round(processes, root, fresh, args))
                 replicas.append(await two_replicas(processes, root, stores["etcd"], args))
         finally:
             await processes.close()

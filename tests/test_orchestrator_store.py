@@ -515,3 +515,43 @@ async def test_an_empty_file_becomes_a_new_store(tmp_path: Path) -> None:
         assert path.exists()
     finally:
         await store.close()
+
+
+async def test_a_commit_larger_than_one_etcd_transaction_reads_back_whole(
+    store: RunStore,
+) -> None:
+    """A population and a checkpoint of several MiB and hundreds of candidates (etcd takes
+    1.5 MiB and 128 operations per transaction): all or nothing, and read back whole."""
+    run = stored_run()
+    await create(store, run)
+    population = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    checkpoint = b"c" * (2 * 1024 * 1024 + 7)
+    found = [candidate(f"c{i:04d}", float(i)) for i in range(300)]
+    run = await advance(
+        store,
+        run,
+        state=RUNNING,
+        events=[event(2)],
+        checkpoint=checkpoint,
+        population=(0, population),
+        keep_generations=2,
+        candidates=found,
+        keep_best=250,
+    )
+    assert await store.checkpoint("runs/a") == (checkpoint, [(0, population)])
+    page = await store.candidates("runs/a", status=0, after=None, limit=1000)
+    assert [c.candidate_id for c in page.candidates] == [f"c{i:04d}" for i in range(250)]
+    # A stale writer's large commit changes nothing.
+    with pytest.raises(RunConflict):
+        await store.commit(
+            RunCommit(
+                stored_run(version=3),
+                1,
+                [event(3)],
+                checkpoint=b"x" * 3_000_000,
+                population=(1, b"y"),
+            )
+        )
+    assert await store.checkpoint("runs/a") == (checkpoint, [(0, population)])
+    assert await all_events(store, "runs/a") == [1, 2]
+    assert (await store.get("runs/a")) == run

@@ -105,6 +105,7 @@ class EtcdRunStore:
         self.source = f"etcd {','.join(client.endpoints)} {root.decode()}"
         self._owns_client = owns_client
         self._indexes: OrderedDict[str, _Index] = OrderedDict()
+        self._written: OrderedDict[str, _Record] = OrderedDict()
 
     # --- keys ------------------------------------------------------------------------------
 
@@ -226,6 +227,7 @@ class EtcdRunStore:
         success.append(ops.put(self._key("run", run.name), record.encode()))
         reply = await self._call(f"creating {run.name}", self.client.txn(compare, success))
         if reply.succeeded:
+            self._remember(record)
             return
         if request is not None and await self.find_request(request.owner, request.request_id):
             raise RequestExists(request.request_id)
@@ -255,9 +257,14 @@ class EtcdRunStore:
             await self._call(what, self.client.txn([], batch))
 
     async def commit(self, change: RunCommit) -> None:
+        """One transaction when the commit fits in one (a generation of a population in
+        the hundreds); else its large values and candidates first, in as many as they
+        need, then the compare-and-set (module docstring)."""
         run = change.run
         name, version = run.name, run.version
-        record = await self._record(name)
+        record = self._written.get(name)
+        if record is None or record.run.version != change.expected_version:
+            record = await self._record(name)
         if record is None or record.run.version != change.expected_version:
             raise RunConflict(name)
         new = _Record(
@@ -269,9 +276,9 @@ class EtcdRunStore:
             record.request,
             dict(record.digests),
         )
-        early, dropped = self._blob_changes(record, new, change)
-        await self._in_batches(f"writing {name}", [ops.put(k, v) for k, v in early])
-        after = await self._candidates_before(name, change)
+        blobs, dropped = self._blob_changes(record, new, change)
+        candidates = await self._candidate_ops(name, change)
+        before = [ops.put(k, v) for k, v in blobs] + list(candidates.values())
         final = [
             ops.put(self._key("ver", name), str(version).encode()),
             ops.put(self._key("run", name), new.encode()),
@@ -282,13 +289,18 @@ class EtcdRunStore:
             last = change.events[-1].sequence
             start = self._key("event", name) + b"/"
             final.append(ops.delete_range(start, self._event(name, last - change.keep_events + 1)))
+        if _fits([*before, *final]):
+            final, before = [*before, *final], []
+        else:
+            await self._in_batches(f"writing {name}", before)
         compare = [ops.value(self._key("ver", name), str(change.expected_version).encode())]
         if change.fence is not None:
             compare.append(ops.value(*change.fence))
         reply = await self._call(f"committing {name}", self.client.txn(compare, final))
         if not reply.succeeded:
             self._indexes.pop(name, None)
-            written = {k.rsplit(b"/", 1)[0] + b"/" for k, _ in early}
+            self._written.pop(name, None)
+            written = {k.rsplit(b"/", 1)[0] + b"/" for k, _ in blobs} if before else set()
             with contextlib.suppress(StoreError):
                 await self._in_batches(
                     "dropping a lost commit", [ops.delete_range(b, prefix_end(b)) for b in written]
@@ -297,7 +309,15 @@ class EtcdRunStore:
         index = self._indexes.get(name)
         if index is not None:
             index.version = version
-        await self._in_batches(f"trimming the candidates of {name}", after)
+        self._remember(new)
+
+    def _remember(self, record: _Record) -> None:
+        """Keep the record this store last wrote of a run (its next commit need not read
+        it back); bounded like the candidate indexes."""
+        self._written[record.run.name] = record
+        self._written.move_to_end(record.run.name)
+        while len(self._written) > _INDEXES:
+            self._written.popitem(last=False)
 
     def _blob_changes(
         self, record: _Record, new: _Record, change: RunCommit
@@ -352,13 +372,13 @@ class EtcdRunStore:
     def _population(self, name: str, generation: int, version: int) -> bytes:
         return self._blob(name, version, f"population/{generation:012d}")
 
-    async def _candidates_before(self, name: str, change: RunCommit) -> list[ops.RequestOp]:
-        """Upsert the commit's candidates (before its final transaction); the operations
-        that apply `keep_best` afterwards."""
+    async def _candidate_ops(self, name: str, change: RunCommit) -> dict[bytes, ops.RequestOp]:
+        """The writes of the commit's candidates: upserts, then what `keep_best` drops
+        (one operation per key: etcd refuses two on one key in a transaction)."""
         if not change.candidates:
-            return []
+            return {}
         index = await self._index(name, change.expected_version)
-        puts = []
+        written: dict[str, StoredCandidate] = {}
         for c in change.candidates:
             old = index.rows.get(c.candidate_id)
             best = c.best or (old is not None and old[2])
@@ -369,27 +389,34 @@ class EtcdRunStore:
             if old is not None:  # keep the stored row's content, as SQLite's upsert does
                 row = StoredCandidate(c.candidate_id, old[0], old[1], best, failed, c.scored)
             index.rows[c.candidate_id] = (row.key, row.status, best, failed)
-            puts.append(ops.put(self._key("cand", name, c.candidate_id), _encode_candidate(row)))
-        await self._in_batches(f"storing the candidates of {name}", puts)
+            written[c.candidate_id] = row
+        result = {
+            self._key("cand", name, cid): ops.put(
+                self._key("cand", name, cid), _encode_candidate(r)
+            )
+            for cid, r in written.items()
+        }
         if not change.keep_best:
-            return []
+            return result
         ranked = sorted((row[0], cid) for cid, row in index.rows.items() if row[2])
-        after: list[ops.RequestOp] = []
         for _, cid in ranked[change.keep_best :]:
             key, status, _, failed = index.rows[cid]
-            if failed:
-                index.rows[cid] = (key, status, False, True)
-                kv = await self._call(
-                    "reading a candidate", self.client.get(self._key("cand", name, cid))
-                )
-                if kv is not None:
-                    row = _decode_candidate(cid, kv.value)
-                    unmarked = StoredCandidate(cid, row.key, row.status, False, True, row.scored)
-                    after.append(ops.put(kv.key, _encode_candidate(unmarked)))
-            else:
+            row_key = self._key("cand", name, cid)
+            if not failed:
                 del index.rows[cid]
-                after.append(ops.delete(self._key("cand", name, cid)))
-        return after
+                result[row_key] = ops.delete(row_key)
+                continue
+            index.rows[cid] = (key, status, False, True)
+            stored = written.get(cid)
+            if stored is None:
+                kv = await self._call("reading a candidate", self.client.get(row_key))
+                stored = _decode_candidate(cid, kv.value) if kv is not None else None
+            if stored is not None:
+                unmarked = StoredCandidate(
+                    cid, stored.key, stored.status, False, True, stored.scored
+                )
+                result[row_key] = ops.put(row_key, _encode_candidate(unmarked))
+        return result
 
     async def _index(self, name: str, version: int) -> _Index:
         index = self._indexes.get(name)
@@ -439,6 +466,7 @@ class EtcdRunStore:
             if reply.succeeded:
                 deleted.append(name)
                 self._indexes.pop(name, None)
+                self._written.pop(name, None)
         return deleted
 
     # --- reads -----------------------------------------------------------------------------
@@ -537,6 +565,11 @@ class EtcdRunStore:
                 rows.append(row)
         rows.sort(key=lambda c: (c.key, c.candidate_id))
         return CandidatePage(rows[:limit], len(rows) > limit)
+
+
+def _fits(operations: Sequence[ops.RequestOp]) -> bool:
+    """Whether the operations fit in one etcd transaction (with room to spare)."""
+    return len(operations) <= TXN_OPS and sum(op.ByteSize() for op in operations) <= TXN_BYTES
 
 
 def _chunks(base: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
