@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from cluster_support import (
     CANCELLED,
@@ -26,6 +29,8 @@ from cluster_support import (
     run_request,
     wait_generations,
 )
+from orchestrator_support import run_request as suite_run_request
+from orchestrator_support import runs_stub, start_run_suite
 
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 
@@ -143,3 +148,43 @@ async def test_a_run_on_etcd_survives_the_etcd_leader_killed(
         run = await finish(lambda: stub, created.name)
         assert run.state == SUCCEEDED, run.error
         assert Outcome.of(run) == expected
+
+
+@pytest.mark.timeout(180)
+async def test_etcd_unreachable_for_10s_pauses_a_run_and_it_resumes_with_the_same_result(
+    tmp_path: Path, etcd: EtcdCluster
+) -> None:
+    """The embedded suite on etcd: etcd killed for 10 s mid-run. Meanwhile the
+    orchestrator answers UNAVAILABLE (never INTERNAL); when etcd is back the run resumes
+    from its checkpoint by itself and ends as the undisturbed run does."""
+    outcomes = []
+    for i, disturb in enumerate((False, True)):
+        settings = {"store": etcd.url, "etcd_prefix": f"/outage-{i}-{uuid.uuid4().hex}"}
+        suite = await start_run_suite(tmp_path / f"suite-{i}", **settings)
+        try:
+            stub = runs_stub(suite)
+            created = (await stub.CreateRun(suite_run_request(evaluations=6000, seed=3))).run
+            if disturb:
+                await wait_generations(stub, created.name, 5)
+                await etcd.kill("etcd0")
+                down = time.monotonic()
+                # What needs etcd is UNAVAILABLE; the run it drives it knows as last
+                # committed.
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.ListRuns(orchestrator_pb2.ListRunsRequest())
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.GetRun(orchestrator_pb2.GetRunRequest(name="runs/elsewhere"))
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(max(0.0, 10 - (time.monotonic() - down)))
+                await etcd.restart("etcd0")
+            run = await finish(partial(runs_stub_of, stub), created.name, within=120)
+            assert run.state == SUCCEEDED, run.error
+            outcomes.append(Outcome.of(run))
+        finally:
+            await suite.close()
+    assert outcomes[0] == outcomes[1]
+
+
+def runs_stub_of(stub: Any) -> Any:
+    return stub

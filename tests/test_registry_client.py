@@ -103,7 +103,7 @@ async def channels() -> AsyncIterator[Channels]:
 
 
 @pytest.fixture
-async def suite(tmp_path: Path, store_settings: dict[str, str]) -> AsyncIterator[Suite]:
+async def suite(tmp_path: Path, store_settings: dict[str, Any]) -> AsyncIterator[Suite]:
     started = await start_suite(
         tmp_path / "data", registry_progress_interval=Duration(0.2), **store_settings
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,7 @@ async def test_etcd_unreachable_answers_unavailable_and_recovers(tmp_path, etcd:
         assert await health_of(suite) == health_pb2.HealthCheckResponse.SERVING
         await etcd.kill("etcd0")
         down_since = time.monotonic()
-        calls = {
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
             "RegisterAgent": lambda: stub.RegisterAgent(register_request("newcomer")),
             "GetAgent": lambda: stub.GetAgent(registry_pb2.GetAgentRequest(name="agents/survivor")),
             "ListAgents": lambda: stub.ListAgents(registry_pb2.ListAgentsRequest()),

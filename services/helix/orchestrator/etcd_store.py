@@ -106,6 +106,7 @@ class EtcdRunStore:
         self._owns_client = owns_client
         self._indexes: OrderedDict[str, _Index] = OrderedDict()
         self._written: OrderedDict[str, _Record] = OrderedDict()
+        self._closed = False
 
     # --- keys ------------------------------------------------------------------------------
 
@@ -132,12 +133,22 @@ class EtcdRunStore:
             raise StoreError(f"{self.source}: cannot reach the run store: {exc.message}") from None
 
     async def close(self) -> None:
+        self._closed = True
         if self._owns_client:
             await self.client.close()
 
     async def _call(self, what: str, coroutine: Any) -> Any:
+        """Await an etcd call: etcd unreachable is UNAVAILABLE (the caller retries, a
+        run is resumed later), anything else a StoreError."""
+        if self._closed:
+            coroutine.close()
+            raise StoreError(f"{self.source}: the run store is closed")
         try:
             return await coroutine
+        except errors.Unavailable as exc:
+            raise errors.Unavailable(
+                f"{self.source}: {what} failed: {exc.message}", retry_after=1.0
+            ) from None
         except errors.HelixError as exc:
             raise StoreError(f"{self.source}: {what} failed: {exc.message}") from None
 

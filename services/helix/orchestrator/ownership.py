@@ -40,7 +40,7 @@ class RunOwnership:
         self.client = client
         self.root = prefix.rstrip("/").encode() + b"/runs/owner/"
         self.ttl = ttl
-        self.identity = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.identity = ""  # this session's: set by `start`
         self.lost = asyncio.Event()
         self._lease: Lease | None = None
         self._keepalive: KeepAlive | None = None
@@ -54,7 +54,10 @@ class RunOwnership:
         return self.key(name), self.identity.encode()
 
     async def start(self, on_orphan: Callable[[str], None]) -> None:
-        """Open the session; `on_orphan(name)` is called for every run whose owner goes."""
+        """Open a session (a new identity each time: the runs a lost session owned are
+        not this one's until their keys lapse and they are taken over afresh);
+        `on_orphan(name)` is called for every run whose owner goes."""
+        self.identity = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._lease = await self.client.grant(max(1, round(self.ttl)))
         self._keepalive = keep_alive(self.client, self._lease, lambda why: self.lost.set())
         self._watcher = asyncio.create_task(self._watch(on_orphan), name="run owners")
@@ -64,11 +67,17 @@ class RunOwnership:
         if self._lease is None or self.lost.is_set():
             return False
         key = self.key(name)
-        reply = await self.client.txn(
-            [ops.absent(key)],
-            [ops.put(key, self.identity.encode(), lease=self._lease.id)],
-            [ops.get(key)],
-        )
+        try:
+            reply = await self.client.txn(
+                [ops.absent(key)],
+                [ops.put(key, self.identity.encode(), lease=self._lease.id)],
+                [ops.get(key)],
+            )
+        except errors.Internal as exc:
+            if "lease not found" in exc.message:  # etcd no longer has this session
+                self.lost.set()
+                return False
+            raise
         if reply.succeeded:
             return True
         kvs = reply.responses[0].response_range.kvs

@@ -287,7 +287,11 @@ class Orchestrator:
                     await ownership.start(self._orphaned)
                 owners = await ownership.owners()
                 for record in await self.store.unfinished():
-                    if record.name not in owners:
+                    owner = owners.get(record.name)
+                    # Nobody's, or this process's but not driven (paused by an outage).
+                    if owner is None or (
+                        owner == ownership.identity and record.name not in self._active
+                    ):
                         await self._resume(record)
             except (errors.HelixError, OSError) as exc:
                 log.warning("scanning for runs to take over failed: %s", exc)
@@ -946,6 +950,14 @@ class Orchestrator:
             # Cancelled at another orchestrator, or taken over: no longer this one's.
             log.info("%s changed elsewhere; no longer driven here", run.name)
             self._let_go(run.name)
+        except errors.Unavailable as failure:
+            if self.ownership is None:
+                await self._fail(active, failure.message)
+            else:
+                # etcd unreachable (or an agent): not the run's fault. It stays as stored
+                # and owned; the takeover scan resumes it from its checkpoint.
+                log.warning("%s paused: %s", run.name, failure.message)
+                self._active.pop(run.name, None)
         except (RunFailed, NoAgents) as failure:
             await self._fail(active, str(failure))
         except errors.HelixError as failure:
