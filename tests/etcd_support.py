@@ -28,6 +28,7 @@ import helix.etcdpb.rpc_pb2 as etcd_rpc
 import helix.etcdpb.rpc_pb2_grpc as etcd_grpc
 
 from harness import CLIENT_OPTIONS, ProcessError, Processes, RunningProcess
+from tls_support import Pki
 
 ETCD = "etcd"
 HOST = "127.0.0.1"
@@ -64,6 +65,7 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     process: RunningProcess | None = field(default=None, repr=False)
+    tls: Pki | None = field(default=None, repr=False)  # serve clients over TLS with these
 
     @property
     def endpoint(self) -> str:
@@ -72,7 +74,19 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.endpoint}"
+
+    def channel(self) -> grpc.aio.Channel:
+        """A channel to its client listener (TLS with the test CA and client certificate
+        when it serves TLS)."""
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.endpoint, options=CLIENT_OPTIONS)
+        pki = self.tls
+        credentials = grpc.ssl_channel_credentials(
+            pki.ca.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+        )
+        return grpc.aio.secure_channel(self.endpoint, credentials, options=CLIENT_OPTIONS)
 
     @property
     def peer_url(self) -> str:
@@ -88,7 +102,13 @@ class EtcdCluster:
     together through `processes`."""
 
     def __init__(
-        self, processes: Processes, data_root: Path, *, size: int = 1, token: str = "helix-test"
+        self,
+        processes: Processes,
+        data_root: Path,
+        *,
+        size: int = 1,
+        token: str = "helix-test",
+        tls: Pki | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster has at least one member")
@@ -96,6 +116,7 @@ class EtcdCluster:
         self.data_root = data_root
         self.size = size
         self.token = token
+        self.tls = tls  # clients must speak TLS and show a certificate of the test CA
         self.members: list[EtcdMember] = []
 
     # --- what it is ------------------------------------------------------------------------
@@ -146,6 +167,7 @@ class EtcdCluster:
                 client_port=ports[2 * i],
                 peer_port=ports[2 * i + 1],
                 data_dir=attempt_dir / f"etcd{i}",
+                tls=self.tls,
             )
             for i in range(self.size)
         ]
@@ -165,6 +187,16 @@ class EtcdCluster:
             "--initial-cluster-state=new",
             "--logger=zap",
             "--log-outputs=stderr",
+            *(
+                [
+                    f"--cert-file={self.tls.server_cert}",
+                    f"--key-file={self.tls.server_key}",
+                    f"--trusted-ca-file={self.tls.ca}",
+                    "--client-cert-auth",
+                ]
+                if self.tls is not None
+                else []
+            ),
         ]
 
     async def _launch(self, member: EtcdMember) -> None:
@@ -253,7 +285,7 @@ def _tail(member: EtcdMember, lines: int = 15) -> str:
 
 
 async def _status(member: EtcdMember) -> etcd_rpc.StatusResponse:
-    async with grpc.aio.insecure_channel(member.endpoint, options=CLIENT_OPTIONS) as channel:
+    async with member.channel() as channel:
         stub = etcd_grpc.MaintenanceStub(channel)
         return await stub.Status(etcd_rpc.StatusRequest(), timeout=_PROBE_TIMEOUT)
 
@@ -261,7 +293,7 @@ async def _status(member: EtcdMember) -> etcd_rpc.StatusResponse:
 async def _until_serving(member: EtcdMember) -> None:
     """Poll `member` until it answers a linearizable Range (what `etcdctl endpoint health`
     checks); ProcessError at once if its process ends."""
-    async with grpc.aio.insecure_channel(member.endpoint, options=CLIENT_OPTIONS) as channel:
+    async with member.channel() as channel:
         kv = etcd_grpc.KVStub(channel)
         while True:
             process = member.process
@@ -288,7 +320,7 @@ class SessionEtcd:
         client, peer = free_ports(2)
         member = EtcdMember("etcd0", client, peer, self.data_dir / "member")
         cluster = EtcdCluster.__new__(EtcdCluster)
-        cluster.members, cluster.token = [member], "helix-session"
+        cluster.members, cluster.token, cluster.tls = [member], "helix-session", None
         with (self.data_dir / "etcd.log").open("wb") as log:
             self.process = subprocess.Popen(
                 cluster._argv(member), stdout=log, stderr=log, stdin=subprocess.DEVNULL

@@ -28,8 +28,10 @@ from helix.security.keys import ensure_hs256_secret
 from helix.security.tokens import mint
 
 from etcd_support import EtcdCluster, SessionEtcd
+from harness import Processes
 from registry_support import Suite, register_request, start_suite
 from relay import Relay
+from tls_support import make_pki
 from waiting import eventually
 
 PUT = registry_pb2.AGENT_EVENT_TYPE_PUT
@@ -344,3 +346,32 @@ async def test_killing_the_etcd_leader_in_a_burst_loses_nothing(tmp_path, etcd_c
         assert {e.agent.name: e.revision for e in events if e.type == PUT} == acknowledged
     finally:
         await replicas.close()
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+async def test_the_registry_reaches_etcd_over_tls_with_its_client_certificate(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """etcd serving TLS and asking for client certificates: with --etcd-ca-file and the
+    client certificate the registry works; without the certificate it does not start, and
+    says etcd refused it."""
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    async with EtcdCluster(processes, tmp_path / "etcd", tls=pki) as etcd:
+        replicas = Replicas(tmp_path / "suites", etcd.url)
+        try:
+            suite = await replicas.start(
+                etcd_ca_file=pki.ca, etcd_cert_file=pki.client_cert, etcd_key_file=pki.client_key
+            )
+            registered = await suite.stub().RegisterAgent(register_request("secure", ttl=30))
+            found = await suite.stub().GetAgent(
+                registry_pb2.GetAgentRequest(name=registered.agent.name)
+            )
+            assert found.agent == registered.agent
+            with pytest.raises(OSError, match="etcd") as refused:
+                await replicas.start(etcd_ca_file=pki.ca)
+            assert "UNAVAILABLE" in str(refused.value)
+        finally:
+            await replicas.close()

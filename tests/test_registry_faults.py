@@ -31,8 +31,10 @@ async def list_everything(stub) -> tuple[dict[str, registry_pb2.Agent], int]:
 
 
 @pytest.mark.timeout(120)
-async def test_kill_9_during_a_burst_loses_no_acknowledged_registration(shape, clusters):
-    cluster = await clusters(shape, generators=0, settings=GENEROUS)
+async def test_kill_9_during_a_burst_loses_no_acknowledged_registration(
+    shape, clusters, store_settings
+):
+    cluster = await clusters(shape, generators=0, settings={**GENEROUS, **store_settings})
     stub = cluster.registry("burst")
     acknowledged: dict[str, int] = {}
     enough = asyncio.Event()
