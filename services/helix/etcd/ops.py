@@ -54,6 +54,7 @@ def delete_range(key: bytes, range_end: bytes) -> rpc.RequestOp:
 
 # The etcd types a backend names.
 RequestOp = rpc.RequestOp
+Compare = rpc.Compare
 KeyValue = mvcc.KeyValue
 Event = mvcc.Event
 DELETE = mvcc.Event.DELETE

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import secrets
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -60,10 +61,12 @@ PRUNE_BATCH = 20
 @dataclass
 class _Record:
     run: StoredRun
-    checkpoint: int = 0  # the version whose blob holds the checkpoint (0: none)
-    populations: dict[int, int] = field(default_factory=dict)  # generation -> version
-    pinned: int = 0
-    spec: int = 0
+    # The blobs current for this version: each a blob id ("<version>-<token>", unique to
+    # the commit that wrote it; "" none).
+    checkpoint: str = ""
+    populations: dict[int, str] = field(default_factory=dict)  # generation -> blob id
+    pinned: str = ""
+    spec: str = ""
     request: str = ""  # the key of its idempotency record
     digests: dict[str, str] = field(default_factory=dict)  # of the pinned DNA and the spec
 
@@ -113,8 +116,8 @@ class EtcdRunStore:
     def _key(self, kind: str, name: str, *rest: str) -> bytes:
         return b"/".join([self.root + kind.encode(), name.encode(), *(r.encode() for r in rest)])
 
-    def _blob(self, name: str, version: int, kind: str) -> bytes:
-        return self._key("blob", name, f"{version:012d}", kind) + b"/"
+    def _blob(self, name: str, blob_id: str, kind: str) -> bytes:
+        return self._key("blob", name, blob_id, kind) + b"/"
 
     def _event(self, name: str, sequence: int) -> bytes:
         return self._key("event", name, f"{sequence:020d}")
@@ -171,10 +174,10 @@ class EtcdRunStore:
             )
             return _Record(
                 run,
-                int(head["checkpoint"]),
-                {int(g): int(v) for g, v in head["populations"]},
-                int(head["pinned"]),
-                int(head["spec"]),
+                str(head["checkpoint"]),
+                {int(g): str(v) for g, v in head["populations"]},
+                str(head["pinned"]),
+                str(head["spec"]),
                 str(head["request"]),
                 {str(k): str(v) for k, v in head["digests"].items()},
             )
@@ -219,11 +222,12 @@ class EtcdRunStore:
     ) -> None:
         record = _Record(run)
         writes = []
+        blob_id = _blob_id(run.version)
         for kind, value in (("pinned", run.pinned), ("spec", run.spec)):
             if value:
-                setattr(record, kind, run.version)
+                setattr(record, kind, blob_id)
                 record.digests[kind] = _digest(value)
-                writes += _chunks(self._blob(run.name, run.version, kind), value)
+                writes += _chunks(self._blob(run.name, blob_id, kind), value)
         compare = [ops.absent(self._key("run", run.name))]
         success = [
             ops.put(self._key("ver", run.name), str(run.version).encode()),
@@ -253,28 +257,46 @@ class EtcdRunStore:
                         stale.append(ops.delete(kv.key))
         await self._in_batches("forgetting requests", stale)
 
-    async def _in_batches(self, what: str, operations: Sequence[ops.RequestOp]) -> None:
-        """Unconditional operations in transactions within etcd's limits."""
+    async def _in_batches(
+        self,
+        what: str,
+        operations: Sequence[ops.RequestOp],
+        compare: Sequence[ops.Compare] = (),
+        name: str = "",
+    ) -> None:
+        """Operations in transactions within etcd's limits, each conditional on `compare`
+        (RunConflict for run `name` when one fails)."""
         batch: list[ops.RequestOp] = []
         size = 0
+
+        async def send() -> None:
+            reply = await self._call(what, self.client.txn(compare, batch))
+            if not reply.succeeded:
+                raise RunConflict(name)
+
         for op in operations:
             op_size = op.ByteSize()
             if batch and (len(batch) >= TXN_OPS or size + op_size > TXN_BYTES):
-                await self._call(what, self.client.txn([], batch))
+                await send()
                 batch, size = [], 0
             batch.append(op)
             size += op_size
         if batch:
-            await self._call(what, self.client.txn([], batch))
+            await send()
 
     async def commit(self, change: RunCommit) -> None:
         """One transaction when the commit fits in one (a generation of a population in
         the hundreds); else its large values and candidates first, in as many as they
-        need, then the compare-and-set (module docstring)."""
+        need — each conditional on the run's version and owner too — then the final
+        compare-and-set (module docstring)."""
         run = change.run
         name, version = run.name, run.version
         record = self._written.get(name)
-        if record is None or record.run.version != change.expected_version:
+        if (
+            record is None
+            or record.run.version != change.expected_version
+            or record.run.create_time_ns != run.create_time_ns
+        ):
             record = await self._record(name)
         if record is None or record.run.version != change.expected_version:
             raise RunConflict(name)
@@ -287,39 +309,48 @@ class EtcdRunStore:
             record.request,
             dict(record.digests),
         )
-        blobs, dropped = self._blob_changes(record, new, change)
-        candidates = await self._candidate_ops(name, change)
+        blob_id = _blob_id(version)
+        blobs, dropped = self._blob_changes(record, new, change, blob_id)
+        # The candidate index comes out while the commit is in flight: it goes back, at
+        # the new version, only if the commit succeeds.
+        index = self._indexes.pop(name, None)
+        index, candidates = await self._candidate_ops(name, change, index)
         before = [ops.put(k, v) for k, v in blobs] + list(candidates.values())
+        events = list(change.events)
+        start = self._key("event", name) + b"/"
         final = [
             ops.put(self._key("ver", name), str(version).encode()),
             ops.put(self._key("run", name), new.encode()),
-            *(ops.put(self._event(name, e.sequence), e.event) for e in change.events),
             *(ops.delete_range(base, prefix_end(base)) for base in dropped),
         ]
-        if change.keep_events and change.events and change.events[-1].sequence > change.keep_events:
-            last = change.events[-1].sequence
-            start = self._key("event", name) + b"/"
-            final.append(ops.delete_range(start, self._event(name, last - change.keep_events + 1)))
-        if _fits([*before, *final]):
-            final, before = [*before, *final], []
-        else:
-            await self._in_batches(f"writing {name}", before)
+        if change.keep_events and events and events[-1].sequence > change.keep_events:
+            first_kept = events[-1].sequence - change.keep_events + 1
+            final.append(ops.delete_range(start, self._event(name, first_kept)))
+            events = [e for e in events if e.sequence >= first_kept]  # one op per key
+        final += [ops.put(self._event(name, e.sequence), e.event) for e in events]
         compare = [ops.value(self._key("ver", name), str(change.expected_version).encode())]
         if change.fence is not None:
             compare.append(ops.value(*change.fence))
-        reply = await self._call(f"committing {name}", self.client.txn(compare, final))
-        if not reply.succeeded:
-            self._indexes.pop(name, None)
+        try:
+            if _fits([*before, *final]):
+                final, before = [*before, *final], []
+            else:
+                await self._in_batches(f"writing {name}", before, compare, name)
+            reply = await self._call(f"committing {name}", self.client.txn(compare, final))
+            if not reply.succeeded:
+                raise RunConflict(name)
+        except BaseException:
             self._written.pop(name, None)
-            written = {k.rsplit(b"/", 1)[0] + b"/" for k, _ in blobs} if before else set()
-            with contextlib.suppress(StoreError):
-                await self._in_batches(
-                    "dropping a lost commit", [ops.delete_range(b, prefix_end(b)) for b in written]
-                )
-            raise RunConflict(name)
-        index = self._indexes.get(name)
+            if blobs:  # this commit's own blobs (their base is unique to it)
+                base = self._key("blob", name, blob_id) + b"/"
+                with contextlib.suppress(StoreError, errors.HelixError):
+                    await self._call(
+                        "dropping a lost commit", self.client.delete(base, prefix=True)
+                    )
+            raise
         if index is not None:
             index.version = version
+            self._keep_index(name, index)
         self._remember(new)
 
     def _remember(self, record: _Record) -> None:
@@ -331,32 +362,30 @@ class EtcdRunStore:
             self._written.popitem(last=False)
 
     def _blob_changes(
-        self, record: _Record, new: _Record, change: RunCommit
+        self, record: _Record, new: _Record, change: RunCommit, blob_id: str
     ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
-        """The blobs a commit writes before its final transaction (key, chunk), and the
-        bases of those it replaces; `new`'s manifest is updated to match."""
-        run = change.run
-        name, version = run.name, run.version
+        """The blobs a commit writes before its final transaction (key, chunk), under
+        `blob_id`, and the bases of those it replaces; `new`'s manifest follows."""
+        name = change.run.name
         early: list[tuple[bytes, bytes]] = []  # blobs written before the final transaction
         dropped: list[bytes] = []  # blob bases the commit replaces
         if change.checkpoint is not None:
-            early += _chunks(self._blob(name, version, "checkpoint"), change.checkpoint)
+            early += _chunks(self._blob(name, blob_id, "checkpoint"), change.checkpoint)
             if record.checkpoint:
                 dropped.append(self._blob(name, record.checkpoint, "checkpoint"))
-            new.checkpoint = version
+            new.checkpoint = blob_id
         if change.population is not None:
             generation, population = change.population
-            base = self._blob(name, version, f"population/{generation:012d}")
-            early += _chunks(base, population)
+            early += _chunks(self._population(name, generation, blob_id), population)
             if generation in new.populations:
                 dropped.append(self._population(name, generation, new.populations[generation]))
-            new.populations[generation] = version
+            new.populations[generation] = blob_id
             if change.keep_generations:
                 for old in [
                     g for g in new.populations if g <= generation - change.keep_generations
                 ]:
                     dropped.append(self._population(name, old, new.populations.pop(old)))
-        self._fixed_blobs(record, new, change.run, early, dropped)
+        self._fixed_blobs(record, new, change.run, blob_id, early, dropped)
         return early, dropped
 
     def _fixed_blobs(
@@ -364,31 +393,37 @@ class EtcdRunStore:
         record: _Record,
         new: _Record,
         run: StoredRun,
+        blob_id: str,
         early: list[tuple[bytes, bytes]],
         dropped: list[bytes],
     ) -> None:
         """The pinned DNA and the spec, fixed once a run starts: written when they change."""
-        name, version = run.name, run.version
         for kind, value in (("pinned", run.pinned), ("spec", run.spec)):
-            old_version = getattr(record, kind)
+            old_id = getattr(record, kind)
             digest = _digest(value) if value else ""
             if digest != record.digests.get(kind, ""):
                 if value:
-                    early.extend(_chunks(self._blob(name, version, kind), value))
-                if old_version:
-                    dropped.append(self._blob(name, old_version, kind))
-                setattr(new, kind, version if value else 0)
+                    early.extend(_chunks(self._blob(run.name, blob_id, kind), value))
+                if old_id:
+                    dropped.append(self._blob(run.name, old_id, kind))
+                setattr(new, kind, blob_id if value else "")
                 new.digests[kind] = digest
 
-    def _population(self, name: str, generation: int, version: int) -> bytes:
-        return self._blob(name, version, f"population/{generation:012d}")
+    def _population(self, name: str, generation: int, blob_id: str) -> bytes:
+        return self._blob(name, blob_id, f"population/{generation:012d}")
 
-    async def _candidate_ops(self, name: str, change: RunCommit) -> dict[bytes, ops.RequestOp]:
-        """The writes of the commit's candidates: upserts, then what `keep_best` drops
-        (one operation per key: etcd refuses two on one key in a transaction)."""
+    async def _candidate_ops(
+        self, name: str, change: RunCommit, index: _Index | None
+    ) -> tuple[_Index | None, dict[bytes, ops.RequestOp]]:
+        """The writes of the commit's candidates — upserts, then what `keep_best` drops
+        (one operation per key: etcd refuses two on one key in a transaction) — and the
+        index as it will be once they are applied (None: not loaded, nothing to write)."""
+        if index is not None and index.version != change.expected_version:
+            index = None  # another writer changed the run since: read it again
         if not change.candidates:
-            return {}
-        index = await self._index(name, change.expected_version)
+            return index, {}
+        if index is None:
+            index = await self._load_index(name, change.expected_version)
         written: dict[str, StoredCandidate] = {}
         for c in change.candidates:
             old = index.rows.get(c.candidate_id)
@@ -407,10 +442,22 @@ class EtcdRunStore:
             )
             for cid, r in written.items()
         }
-        if not change.keep_best:
-            return result
+        if change.keep_best:
+            await self._keep_best(name, change.keep_best, index, written, result)
+        return index, result
+
+    async def _keep_best(
+        self,
+        name: str,
+        keep: int,
+        index: _Index,
+        written: dict[str, StoredCandidate],
+        result: dict[bytes, ops.RequestOp],
+    ) -> None:
+        """Into `result`: the rows beyond the best `keep` lose `best` (deleted unless
+        failed)."""
         ranked = sorted((row[0], cid) for cid, row in index.rows.items() if row[2])
-        for _, cid in ranked[change.keep_best :]:
+        for _, cid in ranked[keep:]:
             key, status, _, failed = index.rows[cid]
             row_key = self._key("cand", name, cid)
             if not failed:
@@ -427,22 +474,21 @@ class EtcdRunStore:
                     cid, stored.key, stored.status, False, True, stored.scored
                 )
                 result[row_key] = ops.put(row_key, _encode_candidate(unmarked))
-        return result
 
-    async def _index(self, name: str, version: int) -> _Index:
-        index = self._indexes.get(name)
-        if index is None or index.version != version:
-            index = _Index(version)
-            async for page in self.client.scan_prefix(self._key("cand", name) + b"/"):
-                for kv in page.kvs:
-                    cid = kv.key.rsplit(b"/", 1)[1].decode()
-                    row = _decode_candidate(cid, kv.value)
-                    index.rows[cid] = (row.key, row.status, row.best, row.failed)
-            self._indexes[name] = index
+    async def _load_index(self, name: str, version: int) -> _Index:
+        index = _Index(version)
+        async for page in self.client.scan_prefix(self._key("cand", name) + b"/"):
+            for kv in page.kvs:
+                cid = kv.key.rsplit(b"/", 1)[1].decode()
+                row = _decode_candidate(cid, kv.value)
+                index.rows[cid] = (row.key, row.status, row.best, row.failed)
+        return index
+
+    def _keep_index(self, name: str, index: _Index) -> None:
+        self._indexes[name] = index
         self._indexes.move_to_end(name)
         while len(self._indexes) > _INDEXES:
             self._indexes.popitem(last=False)
-        return index
 
     async def prune(self, *, owner: str | None, keep: int, ended_before_ns: int) -> list[str]:
         finished = [r for r in await self._records() if r.run.state not in _UNFINISHED]
@@ -622,3 +668,9 @@ def _decode_request(value: bytes) -> StoredRunRequest:
 
 def _digest(value: bytes) -> str:
     return hashlib.sha256(value).hexdigest()[:32]
+
+
+def _blob_id(version: int) -> str:
+    """A blob id unique to one commit attempt: two writers of one version (a successor,
+    and a predecessor that has not noticed yet) never write, or delete, each other's."""
+    return f"{version:012d}-{secrets.token_hex(4)}"

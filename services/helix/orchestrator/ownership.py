@@ -46,6 +46,11 @@ class RunOwnership:
         self._keepalive: KeepAlive | None = None
         self._watcher: asyncio.Task[None] | None = None
 
+    @property
+    def active(self) -> bool:
+        """Whether this process holds a session now (not lost, not stopped)."""
+        return self._lease is not None and not self.lost.is_set()
+
     def key(self, name: str) -> bytes:
         return self.root + name.encode()
 
@@ -59,6 +64,7 @@ class RunOwnership:
         `on_orphan(name)` is called for every run whose owner goes."""
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._lease = await self.client.grant(max(1, round(self.ttl)))
+        self.lost.clear()
         self._keepalive = keep_alive(self.client, self._lease, lambda why: self.lost.set())
         self._watcher = asyncio.create_task(self._watch(on_orphan), name="run owners")
 
@@ -73,11 +79,9 @@ class RunOwnership:
                 [ops.put(key, self.identity.encode(), lease=self._lease.id)],
                 [ops.get(key)],
             )
-        except errors.Internal as exc:
-            if "lease not found" in exc.message:  # etcd no longer has this session
-                self.lost.set()
-                return False
-            raise
+        except errors.NotFound:  # "requested lease not found": etcd lost this session
+            self.lost.set()
+            return False
         if reply.succeeded:
             return True
         kvs = reply.responses[0].response_range.kvs

@@ -193,6 +193,8 @@ class Orchestrator:
         self._adopter: asyncio.Task[None] | None = None
         self._taking_over: dict[str, asyncio.Task[None]] = {}
         self._releasing: set[asyncio.Future[None]] = set()
+        # Runs being started here (resumed, taken over, created) but not yet driven.
+        self._claimed: set[str] = set()
         self.pool = pool
         self.settings = settings or RunSettings()
         self.watchers = Watchers(
@@ -234,21 +236,25 @@ class Orchestrator:
         """Drive an unfinished stored run from its last checkpoint (if this orchestrator
         may: with several, once it owns the run)."""
         name = record.name
-        if name in self._active:
+        if name in self._active or name in self._claimed:
             return
-        if self.ownership is not None:
-            if not await self.ownership.acquire(name):
-                return
-            latest = await self.store.get(name)  # as its last owner left it
-            if latest is None or latest.state in TERMINAL or name in self._active:
-                await self.ownership.release(name)
-                return
-            record = latest
-        run = orchestrator_pb2.Run.FromString(record.run)
-        last = await self._last_sequence(name)
-        active = _Active(record, run, last)
-        self._active[name] = active
-        active.task = asyncio.create_task(self._drive(active), name=f"run {name}")
+        self._claimed.add(name)  # no other path starts this run meanwhile
+        try:
+            if self.ownership is not None:
+                if not await self.ownership.acquire(name):
+                    return
+                latest = await self.store.get(name)  # as its last owner left it
+                if latest is None or latest.state in TERMINAL:
+                    await self.ownership.release(name)
+                    return
+                record = latest
+            run = orchestrator_pb2.Run.FromString(record.run)
+            last = await self._last_sequence(name)
+            active = _Active(record, run, last)
+            self._active[name] = active
+            active.task = asyncio.create_task(self._drive(active), name=f"run {name}")
+        finally:
+            self._claimed.discard(name)
         log.info("resuming %s (%s)", name, orchestrator_pb2.RunState.Name(run.state))
 
     def _orphaned(self, name: str) -> None:
@@ -278,23 +284,38 @@ class Orchestrator:
         while True:
             await asyncio.sleep(max(ownership.ttl, 1.0))
             try:
-                if ownership.lost.is_set():
-                    log.warning("this orchestrator's etcd session was lost; its runs go")
-                    await cancel_and_wait([a.task for a in self._active.values()])
-                    self._active.clear()
-                    await ownership.stop(revoke=False)
-                    ownership.lost.clear()
-                    await ownership.start(self._orphaned)
+                if not ownership.active:
+                    await self._new_session()
                 owners = await ownership.owners()
-                for record in await self.store.unfinished():
-                    owner = owners.get(record.name)
-                    # Nobody's, or this process's but not driven (paused by an outage).
-                    if owner is None or (
-                        owner == ownership.identity and record.name not in self._active
-                    ):
-                        await self._resume(record)
+                unfinished = await self.store.unfinished()
             except (errors.HelixError, OSError) as exc:
                 log.warning("scanning for runs to take over failed: %s", exc)
+                continue
+            for record in unfinished:
+                owner = owners.get(record.name)
+                # Nobody's, or this session's but not driven (paused by an outage).
+                if owner is None or (
+                    owner == ownership.identity and record.name not in self._active
+                ):
+                    try:
+                        await self._resume(record)
+                    except (errors.HelixError, OSError) as exc:
+                        log.warning("taking %s over failed: %s", record.name, exc)
+
+    async def _new_session(self) -> None:
+        """This process's session was lost (or never opened): its runs are others' now;
+        stop driving them and open a new session (retried by the next scan if etcd is
+        still away)."""
+        ownership = self.ownership
+        assert ownership is not None
+        if self._active:
+            log.warning("this orchestrator's etcd session was lost; its runs go")
+        for name in list(self._active):
+            self.watchers.close_run(name, "this orchestrator no longer drives the run")
+        await cancel_and_wait([a.task for a in self._active.values()])
+        self._active.clear()
+        await ownership.stop(revoke=False)
+        await ownership.start(self._orphaned)
 
     async def _last_sequence(self, name: str) -> int:
         return await self.store.last_sequence(name)
@@ -408,12 +429,16 @@ class Orchestrator:
         async def store_and_start() -> None:
             """Store the run and start driving it, as one: shielded below, so a caller
             cancelled meanwhile (its deadline) never leaves a stored run undriven."""
-            await self.store.create(record, StoredEvent(1, event.SerializeToString()), stored)
-            if self.ownership is not None and not await self.ownership.acquire(run.name):
-                return  # another orchestrator adopted it in between: it drives it
-            active = _Active(record, run, 1)
-            self._active[run.name] = active
-            active.task = asyncio.create_task(self._drive(active), name=f"run {run.name}")
+            self._claimed.add(run.name)  # the takeover scan leaves it to this call
+            try:
+                await self.store.create(record, StoredEvent(1, event.SerializeToString()), stored)
+                if self.ownership is not None and not await self.ownership.acquire(run.name):
+                    return  # another orchestrator adopted it in between: it drives it
+                active = _Active(record, run, 1)
+                self._active[run.name] = active
+                active.task = asyncio.create_task(self._drive(active), name=f"run {run.name}")
+            finally:
+                self._claimed.discard(run.name)
 
         self._reserve(principal.subject)
         try:
@@ -652,7 +677,10 @@ class Orchestrator:
                 # Its task is cancelled: whether the write went through (even if this
                 # call was cancelled meanwhile) or failed (the run stays as stored, and is
                 # resumed at the next start), nothing drives it here any more.
-                self._active.pop(name, None)
+                if active.record.state in TERMINAL:
+                    self._let_go(name)
+                else:
+                    self._active.pop(name, None)
         return self._copy(run)
 
     async def _cancel_elsewhere(self, record: StoredRun, etag: str) -> orchestrator_pb2.Run:
@@ -797,6 +825,12 @@ class Orchestrator:
         committed, until the terminal state's (polled every TAIL_INTERVAL)."""
         while True:
             got = False
+            first = await self.store.first_sequence(name)
+            if first > last + 1:
+                raise errors.OutOfRange(
+                    f"events after {last} of {name} are no longer retained; the oldest is {first}",
+                    metadata={"first_sequence": str(first)},
+                )
             async for event in self._history(name, last, None):
                 got = True
                 yield event
@@ -958,6 +992,7 @@ class Orchestrator:
                 # and owned; the takeover scan resumes it from its checkpoint.
                 log.warning("%s paused: %s", run.name, failure.message)
                 self._active.pop(run.name, None)
+                self.watchers.close_run(run.name, "the run is paused; watch again")
         except (RunFailed, NoAgents) as failure:
             await self._fail(active, str(failure))
         except errors.HelixError as failure:
@@ -969,12 +1004,14 @@ class Orchestrator:
             if verifier is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(verifier.close())
-            if run.state in TERMINAL:
+            if active.record.state in TERMINAL:  # committed so (not a cancel in flight)
                 self._let_go(run.name)
 
     def _let_go(self, name: str) -> None:
-        """Stop holding run `name`: out of the runs driven here, its ownership released."""
+        """Stop holding run `name`: out of the runs driven here, its ownership released,
+        its live watchers told (they watch again, at whichever replica drives it now)."""
         self._active.pop(name, None)
+        self.watchers.close_run(name, "this orchestrator no longer drives the run")
         if self.ownership is not None:
             task = asyncio.ensure_future(self.ownership.release(name))
             self._releasing.add(task)

@@ -62,6 +62,12 @@ class Watchers:
             for watcher in watchers:
                 watcher.close(why)
 
+    def close_run(self, run: str, why: str) -> None:
+        """End the live watches of one run (UNAVAILABLE with `why`; events already queued
+        are delivered first): it is no longer driven here."""
+        for watcher in self._by_run.get(run, ()):
+            watcher.close(why)
+
     def publish(self, run: str, events: Sequence[orchestrator_pb2.RunEvent]) -> None:
         for watcher in self._by_run.get(run, ()):
             watcher.push(events)
