@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,8 +31,10 @@ async def _refused(call: object) -> grpc.aio.AioRpcError:
     return caught.value
 
 
-async def test_a_caller_cannot_hold_more_unfinished_runs_than_its_share(tmp_path: Path) -> None:
-    suite = await start_run_suite(tmp_path, orchestrator_max_runs_per_principal=2)
+async def test_a_caller_cannot_hold_more_unfinished_runs_than_its_share(
+    tmp_path: Path, store_settings: dict[str, Any]
+) -> None:
+    suite = await start_run_suite(tmp_path, orchestrator_max_runs_per_principal=2, **store_settings)
     try:
         alice, bob = runs_stub(suite, "alice"), runs_stub(suite, "bob")
         first = (await alice.CreateRun(run_request(evaluations=RUNNING_FOREVER))).run
@@ -58,8 +61,10 @@ async def test_a_caller_cannot_hold_more_unfinished_runs_than_its_share(tmp_path
         await suite.close()
 
 
-async def test_the_orchestrator_drives_at_most_its_limit_of_runs(tmp_path: Path) -> None:
-    suite = await start_run_suite(tmp_path, orchestrator_max_runs=2)
+async def test_the_orchestrator_drives_at_most_its_limit_of_runs(
+    tmp_path: Path, store_settings: dict[str, Any]
+) -> None:
+    suite = await start_run_suite(tmp_path, orchestrator_max_runs=2, **store_settings)
     try:
         stubs = [runs_stub(suite, who) for who in ("alice", "bob", "carol")]
         names = [
@@ -77,8 +82,10 @@ async def test_the_orchestrator_drives_at_most_its_limit_of_runs(tmp_path: Path)
         await suite.close()
 
 
-async def test_an_owner_keeps_its_newest_finished_runs(tmp_path: Path) -> None:
-    suite = await start_run_suite(tmp_path, orchestrator_keep_finished_runs=2)
+async def test_an_owner_keeps_its_newest_finished_runs(
+    tmp_path: Path, store_settings: dict[str, Any]
+) -> None:
+    suite = await start_run_suite(tmp_path, orchestrator_keep_finished_runs=2, **store_settings)
     try:
         alice, bob = runs_stub(suite, "alice"), runs_stub(suite, "bob")
         admin = runs_stub(suite, "root", ("runs.read", "runs.write", "admin"))

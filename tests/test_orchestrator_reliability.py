@@ -163,9 +163,11 @@ async def test_a_batch_an_unresponsive_agent_holds_past_its_deadline_is_sent_els
         await cluster.kill("oracle-o2")  # (a stopped process would not heed SIGTERM)
 
 
-async def test_an_orchestrator_killed_and_restarted_resumes_the_run(tmp_path: Path) -> None:
+async def test_an_orchestrator_killed_and_restarted_resumes_the_run(
+    tmp_path: Path, store_settings: dict[str, str]
+) -> None:
     expected = await baseline(tmp_path / "baseline")
-    async with RunCluster(tmp_path / "cluster") as cluster:
+    async with RunCluster(tmp_path / "cluster", settings=store_settings) as cluster:
         await asyncio.gather(cluster.add_oracle("o1"), cluster.add_orchestrator())
         stub = cluster.runs()
         created = (await stub.CreateRun(run_request(EVALUATIONS, SEED), timeout=10)).run
