@@ -51,6 +51,7 @@ async def test_a_run_reaches_its_budget_and_reports_its_best(
         assert metric("helix_orchestrator_runs", {"state": "running"}) == 0
         assert metric("helix_orchestrator_backlog") == 0
         assert (metric("helix_orchestrator_oracle_capacity") or 0) > 0
+        assert metric("helix_orchestrator_backlog_ratio") == 0
     finally:
         await suite.close()
 

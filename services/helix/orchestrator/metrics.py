@@ -83,8 +83,20 @@ class _Collector(Collector):
             value=capacity,
         )
         yield GaugeMetricFamily(
+            "helix_orchestrator_backlog_ratio",
+            "Backlog per unit of live oracle capacity (the backlog itself while no oracle "
+            "is live): above 1, candidates wait for a free slot; what autoscalers follow.",
+            value=backlog_ratio(engine.backlog, capacity),
+        )
+        yield GaugeMetricFamily(
             "helix_orchestrator_watchers", "WatchRun streams open.", value=engine.watchers.count
         )
+
+
+def backlog_ratio(backlog: int, capacity: int) -> float:
+    """Candidates awaiting a verdict per unit of live oracle capacity; with no capacity,
+    the backlog itself (so any waiting candidate reads as pressure to scale up)."""
+    return backlog / capacity if capacity > 0 else float(backlog)
 
 
 def register_metrics(engine: Orchestrator, metrics: CollectorRegistry) -> None:
