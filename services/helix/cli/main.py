@@ -13,6 +13,7 @@ from helix.cli.agents import add_agents_commands
 from helix.cli.client import add_call_command, local_signer
 from helix.cli.dna import add_dna_commands
 from helix.cli.generate import add_generate_command
+from helix.cli.loadtest import add_loadtest_command
 from helix.cli.oracles import add_oracle_commands
 from helix.cli.runs import add_run_commands
 from helix.common import config as cfg
@@ -85,6 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_oracle_commands(commands)
     add_orchestrator_commands(commands)
     add_run_commands(commands)
+    add_loadtest_command(commands)
 
     show_version = commands.add_parser("version", help="print the Helix version")
     show_version.set_defaults(handler=_version)

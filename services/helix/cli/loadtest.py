@@ -1,0 +1,711 @@
+"""`helix loadtest`: drive a running deployment with simulated agents and runs, and
+measure every RPC it makes.
+
+It never starts a server: it targets `--address` (and `--registry-address`, by default the
+same) and stops by itself after `--duration` (default 60s) or `--count` runs in all.
+
+- N simulated agents (`--agents`): each RegisterAgent as an ORACLE agent that hosts no
+  oracle, with health NOT_SERVING and the label `helix-loadtest=<session>` — an agent no
+  orchestrator gives work to (it takes only SERVING or DEGRADED agents hosting the run's
+  oracle) — then Heartbeat at its lease's pace (a third of the TTL, or
+  `--heartbeat-interval`), first ones spread over one interval, and DeregisterAgent at
+  the end. A lost lease (heartbeat NOT_FOUND) is registered again. Every agent it
+  registered is deregistered when it stops, on Ctrl-C and errors too; only a second Ctrl-C
+  or a kill leaves them to expire at their TTL.
+- M concurrent runs (`--runs`): each CreateRun with a small budget on `--dna` and
+  `--oracle`, WatchRun to the end, GetRun for the final counters, ListAgents of its own
+  agents, then the next run. At the end of `--duration` (or on Ctrl-C) runs still going
+  are cancelled (CancelRun) and watched to their end.
+
+Before any load it checks, through the registry, that a generator advertises the DNA and
+an oracle agent hosts the oracle (else the runs would wait PENDING): an unreachable
+address or a missing DNA or oracle is a clear error, exit status 1.
+
+Report: per method calls, calls/s, latency p50/p95/p99/max (ms, of calls that succeeded)
+and errors by status code; runs by outcome and evaluations/s. A table, or with `--json` one
+JSON document on stdout (keys in docs/loadtest.md). Exit status: 0 when calls succeeded,
+1 when none did (or the checks failed), 2 for bad flags, 130 after Ctrl-C (report printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from rich.console import Console
+from rich.live import Live
+
+import helix.v1.common_pb2 as common_pb2
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
+import helix.v1.registry_pb2 as registry_pb2
+import helix.v1.registry_pb2_grpc as registry_pb2_grpc
+from helix.agents.support import describe, retry_delay, seconds
+from helix.cli.client import add_client_arguments, open_channel
+from helix.cli.loadstats import OK, LoadStats, report_tables
+from helix.cli.oracles import parse_oracle_name
+from helix.common.aio import cancel_and_wait
+from helix.common.config import ConfigError, env_name, parse_duration_setting, run_loop
+from helix.common.validation import check_resource_name
+from helix.security.scopes import (
+    AGENTS_READ,
+    AGENTS_WRITE,
+    ORACLES_READ,
+    RUNS_READ,
+    RUNS_WRITE,
+)
+
+SCOPES = (AGENTS_READ, AGENTS_WRITE, ORACLES_READ, RUNS_READ, RUNS_WRITE)
+LABEL = "helix-loadtest"  # label of the simulated agents; its value is the session id
+DEFAULT_DURATION = "60s"
+MAX_AGENTS = 10_000
+MAX_RUNS = 1_000
+MAX_COUNT = 1_000_000
+MAX_BUDGET = 10**9
+RETRY_PAUSE = 0.5  # seconds before retrying a refused call that named no delay
+MAX_WATCH_ATTEMPTS = 5  # broken WatchRun streams of one run before it is given up
+AGENT_ENDPOINT = "127.0.0.1:9"  # advertised, never dialled: the agents take no work
+AGENT_CAPACITY = 1
+
+REGISTER = "RegistryService/RegisterAgent"
+HEARTBEAT = "RegistryService/Heartbeat"
+DEREGISTER = "RegistryService/DeregisterAgent"
+LIST_AGENTS = "RegistryService/ListAgents"
+GET_ORACLE = "OracleService/GetOracle"
+CREATE_RUN = "OrchestratorService/CreateRun"
+WATCH_RUN = "OrchestratorService/WatchRun"
+GET_RUN = "OrchestratorService/GetRun"
+CANCEL_RUN = "OrchestratorService/CancelRun"
+TERMINAL = (
+    orchestrator_pb2.RUN_STATE_SUCCEEDED,
+    orchestrator_pb2.RUN_STATE_FAILED,
+    orchestrator_pb2.RUN_STATE_CANCELLED,
+)
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """The checked flags of one load test."""
+
+    address: str
+    registry_address: str
+    agents: int
+    runs: int
+    oracle: str
+    dna: str
+    budget: int
+    duration_seconds: float | None
+    count: int | None
+    agent_ttl_seconds: float
+    heartbeat_interval_seconds: float | None  # None: a third of the granted TTL
+    timeout_seconds: float  # --timeout: each call's deadline; also how long a run cancelled
+    # at the end may take to end
+
+
+def _bounded(flag: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise ConfigError(f"{flag}: {value} is not within {low}..{high:,}")
+    return value
+
+
+def settings_from(args: argparse.Namespace) -> LoadSettings:
+    """Check the flags (ConfigError naming the flag, exit status 2) before any call."""
+    agents = _bounded("--agents", args.agents, 0, MAX_AGENTS)
+    runs = _bounded("--runs", args.runs, 0, MAX_RUNS)
+    budget = _bounded("--budget", args.budget, 1, MAX_BUDGET)
+    if args.duration is not None and args.count is not None:
+        raise ConfigError("--duration and --count exclude each other: give one")
+    count = None if args.count is None else _bounded("--count", args.count, 1, MAX_COUNT)
+    duration = None
+    if count is None:
+        duration = parse_duration_setting("--duration", args.duration or DEFAULT_DURATION)
+        if not 0 < duration <= 30 * 24 * 3600:
+            raise ConfigError(f"--duration: {args.duration!r} is not within 1ms..30 days")
+    if agents == 0 and runs == 0:
+        raise ConfigError("--agents and --runs are both 0: nothing to do")
+    if count is not None and runs == 0:
+        raise ConfigError("--count counts runs: it needs --runs of 1 or more")
+    ttl = parse_duration_setting("--agent-ttl", args.agent_ttl)
+    if not 1 <= ttl <= 3600:
+        raise ConfigError(f"--agent-ttl: {args.agent_ttl!r} is not within 1s..1h")
+    interval = None
+    if args.heartbeat_interval is not None:
+        interval = parse_duration_setting("--heartbeat-interval", args.heartbeat_interval)
+        if not 0.01 <= interval <= 3600:
+            raise ConfigError(
+                f"--heartbeat-interval: {args.heartbeat_interval!r} is not within 10ms..1h"
+            )
+    dna = args.dna if args.dna.startswith("dnas/") else f"dnas/{args.dna}"
+    if check_resource_name(dna, "dnas", "dna"):
+        raise ConfigError(f"--dna: {args.dna!r} is not dnas/ID or ID, ID matching [a-z][a-z0-9-]*")
+    return LoadSettings(
+        address=args.address,
+        registry_address=args.registry_address or args.address,
+        agents=agents,
+        runs=runs,
+        oracle=args.oracle,
+        dna=dna,
+        budget=budget,
+        duration_seconds=duration,
+        count=count,
+        agent_ttl_seconds=ttl,
+        heartbeat_interval_seconds=interval,
+        timeout_seconds=parse_duration_setting("--timeout", args.timeout),
+    )
+
+
+def add_loadtest_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `helix loadtest` to the `helix` command line."""
+    parser = subparsers.add_parser(
+        "loadtest",
+        help="drive a running deployment with simulated agents and runs; measure every RPC",
+        description="\n\n".join(__doc__.split("\n\n")[:2]) if __doc__ else None,
+    )
+    parser.add_argument("--agents", type=int, default=10, help="simulated agents [default 10]")
+    parser.add_argument("--runs", type=int, default=2, help="concurrent runs [default 2]")
+    parser.add_argument(
+        "--oracle",
+        type=parse_oracle_name,
+        default="oracles/rastrigin",
+        help="the runs' oracle, oracles/NAME or NAME [default rastrigin]",
+    )
+    parser.add_argument(
+        "--dna",
+        default="dnas/rastrigin",
+        help="the runs' DNA in the generators' library, dnas/NAME or NAME "
+        "[default rastrigin, examples/dna/rastrigin.yaml]",
+    )
+    parser.add_argument("--budget", type=int, default=500, help="evaluations per run [default 500]")
+    parser.add_argument(
+        "--duration", help=f"stop after this long, e.g. 30s, 5m [default {DEFAULT_DURATION}]"
+    )
+    parser.add_argument("--count", type=int, help="stop after this many runs in all")
+    parser.add_argument(
+        "--agent-ttl", default="10s", help="lease TTL the agents ask for [default 10s]"
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        help="time between an agent's heartbeats [default: a third of the granted TTL]",
+    )
+    parser.add_argument(
+        "--registry-address",
+        help="the registry's HOST:PORT when it is not --address's [default --address]",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    add_client_arguments(parser)
+    parser.set_defaults(handler=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    # A load generator as fast as the servers: uvloop unless HELIX_EVENT_LOOP says otherwise.
+    return int(
+        run_loop(_loadtest(args, settings), os.environ.get(env_name("event_loop"), "uvloop"))
+    )
+
+
+# --- measuring --------------------------------------------------------------------------
+
+
+class Session:
+    """One load test: its stubs, what it measured, and the stop signal."""
+
+    def __init__(
+        self, settings: LoadSettings, registry: grpc.aio.Channel, front: grpc.aio.Channel
+    ) -> None:
+        self.settings = settings
+        self.id = f"lt-{secrets.token_hex(4)}"
+        self.registry: registry_pb2_grpc.RegistryServiceAsyncStub = (
+            registry_pb2_grpc.RegistryServiceStub(registry)
+        )
+        self.orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub = (
+            orchestrator_pb2_grpc.OrchestratorServiceStub(front)
+        )
+        self.oracles: oracle_pb2_grpc.OracleServiceAsyncStub = oracle_pb2_grpc.OracleServiceStub(
+            front
+        )
+        self.stats = LoadStats()
+        self.stop = asyncio.Event()
+        self.stopped_by = ""
+        self._runs_taken = 0
+
+    @contextlib.contextmanager
+    def measure(self, method: str) -> Iterator[None]:
+        """Record one call of `method`: its latency and status code. A call cancelled
+        (the load test stopping) is not recorded."""
+        started = time.perf_counter()
+        try:
+            yield
+        except grpc.aio.AioRpcError as error:
+            self.stats.record(method, time.perf_counter() - started, error.code().name)
+            raise
+        self.stats.record(method, time.perf_counter() - started, OK)
+
+    def end(self, why: str) -> None:
+        if not self.stop.is_set():
+            self.stopped_by = why
+            self.stop.set()
+
+    def take_run(self) -> bool:
+        """Whether another run may start (`--count`: K in all)."""
+        if self.stop.is_set():
+            return False
+        count = self.settings.count
+        if count is not None and self._runs_taken >= count:
+            return False
+        self._runs_taken += 1
+        return True
+
+    async def pause(self, delay: float) -> bool:
+        """Wait `delay` seconds or until the load test stops; whether it stopped."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.stop.wait()
+        return self.stop.is_set()
+
+
+# --- the simulated agents ---------------------------------------------------------------
+
+
+class SimulatedAgent:
+    """An agent that registers, heartbeats and deregisters, and takes no work."""
+
+    def __init__(self, session: Session, index: int) -> None:
+        self.session = session
+        self.agent_id = f"{session.id}-agent-{index}"
+        self.name = f"agents/{self.agent_id}"
+        self.epoch = 0
+        self.etag = ""
+        self.ttl = session.settings.agent_ttl_seconds
+        self.registered = False
+
+    def _agent(self) -> registry_pb2.Agent:
+        ttl = self.session.settings.agent_ttl_seconds
+        agent = registry_pb2.Agent(
+            kind=registry_pb2.AGENT_KIND_ORACLE,
+            endpoint=AGENT_ENDPOINT,
+            capacity=AGENT_CAPACITY,
+            health=registry_pb2.AGENT_HEALTH_NOT_SERVING,
+            labels={LABEL: self.session.id},
+            ttl=duration_pb2.Duration(seconds=int(ttl), nanos=int(ttl % 1 * 1e9)),
+        )
+        agent.oracle.SetInParent()  # hosts no oracle
+        return agent
+
+    async def register(self) -> bool:
+        """Register (retrying refusals with the same request_id until the test stops)."""
+        session = self.session
+        request = registry_pb2.RegisterAgentRequest(
+            agent_id=self.agent_id, agent=self._agent(), request_id=secrets.token_hex(16)
+        )
+        while not session.stop.is_set():
+            try:
+                with session.measure(REGISTER):
+                    response = await session.registry.RegisterAgent(request)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE:
+                    print(f"helix loadtest: {self.name}: {describe(error)}", file=sys.stderr)
+                    return False
+                await session.pause(retry_delay(error) or RETRY_PAUSE)
+                continue
+            self.epoch = response.agent.epoch
+            self.etag = response.agent.etag
+            self.ttl = seconds(response.agent.ttl) or self.ttl
+            self.registered = True
+            return True
+        return False
+
+    def _interval(self) -> float:
+        given = self.session.settings.heartbeat_interval_seconds
+        return given if given is not None else max(self.ttl / 3, 0.01)
+
+    async def live(self) -> None:
+        """Register, heartbeat until the test stops, deregister (always, once registered)."""
+        session = self.session
+        try:
+            if not await self.register():
+                session.stats.agents.registrations_failed += 1
+                return
+            session.stats.agents.registered += 1
+            # The first heartbeats spread over one interval, so N agents do not beat together.
+            delay = random.uniform(0, self._interval())
+            while not await session.pause(delay):
+                delay = self._interval()
+                if not await self._heartbeat():
+                    return
+        finally:
+            if self.registered:
+                await self.deregister()
+
+    async def _heartbeat(self) -> bool:
+        """One heartbeat; False once this registration is gone for good."""
+        session = self.session
+        request = registry_pb2.HeartbeatRequest(name=self.name, epoch=self.epoch)
+        try:
+            with session.measure(HEARTBEAT):
+                response = await session.registry.Heartbeat(request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:  # the lease lapsed: register again
+                session.stats.agents.leases_lost += 1
+                self.registered = False
+                return await self.register()
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:  # superseded: not ours
+                self.registered = False
+                return False
+            return True  # recorded; the next heartbeat tries again
+        session.stats.agents.heartbeats += 1
+        self.etag = response.etag or self.etag
+        return True
+
+    async def deregister(self) -> None:
+        """Remove this registration (only it: by its etag); NOT_FOUND means it is gone."""
+        session = self.session
+        request = registry_pb2.DeregisterAgentRequest(name=self.name, etag=self.etag)
+        for attempt in range(3):
+            try:
+                with session.measure(DEREGISTER):
+                    await session.registry.DeregisterAgent(request)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    break
+                if error.code() in RETRYABLE and attempt < 2:
+                    await asyncio.sleep(retry_delay(error) or RETRY_PAUSE)
+                    continue
+                session.stats.agents.left_registered.append(self.name)
+                return
+            break
+        self.registered = False
+        session.stats.agents.deregistered += 1
+
+
+# --- the runs ---------------------------------------------------------------------------
+
+
+def _run_template(settings: LoadSettings, objective: int) -> orchestrator_pb2.Run:
+    return orchestrator_pb2.Run(
+        display_name="helix loadtest",
+        dna_name=settings.dna,
+        oracle=settings.oracle,
+        objective=objective,  # type: ignore[arg-type]
+        budget=orchestrator_pb2.RunBudget(max_evaluations=settings.budget),
+    )
+
+
+async def _runner(session: Session, template: orchestrator_pb2.Run) -> None:
+    """Runs one after another until the test stops."""
+    while session.take_run():
+        await _one_run(session, template)
+
+
+async def _one_run(session: Session, template: orchestrator_pb2.Run) -> None:
+    tally = session.stats.runs
+    tally.started += 1
+    started = time.monotonic()
+    request = orchestrator_pb2.CreateRunRequest(run=template, request_id=secrets.token_hex(16))
+    try:
+        with session.measure(CREATE_RUN):
+            created = await session.orchestrator.CreateRun(request)
+    except grpc.aio.AioRpcError as error:
+        tally.create_failed += 1
+        if error.code() in RETRYABLE:
+            await session.pause(retry_delay(error) or RETRY_PAUSE)
+        else:
+            print(f"helix loadtest: CreateRun: {describe(error)}", file=sys.stderr)
+            await session.pause(RETRY_PAUSE)  # a persistent refusal must not spin
+        return
+    name = created.run.name
+    try:
+        await _follow(session, name)
+        with session.measure(GET_RUN):
+            final = (
+                await session.orchestrator.GetRun(orchestrator_pb2.GetRunRequest(name=name))
+            ).run
+    except (grpc.aio.AioRpcError, TimeoutError):
+        tally.not_followed += 1
+        return
+    state = orchestrator_pb2.RunState.Name(final.state).removeprefix("RUN_STATE_")
+    tally.ended(state, final.progress.evaluations, time.monotonic() - started)
+    if session.settings.agents:
+        with contextlib.suppress(grpc.aio.AioRpcError), session.measure(LIST_AGENTS):
+            await session.registry.ListAgents(
+                registry_pb2.ListAgentsRequest(
+                    page_size=100, label_selector=f"{LABEL}={session.id}"
+                )
+            )
+
+
+async def _follow(session: Session, name: str) -> None:
+    """Watch `name` to its end (resuming a broken stream); once the test stops, cancel it
+    and watch it end. Raises the last error when the run cannot be followed."""
+    last = 0
+    cancelled = False
+    failures = 0
+    while True:
+        if session.stop.is_set() and not cancelled:
+            cancelled = True
+            await _cancel(session, name)
+        try:
+            # Once cancelled, the run has --timeout to end: a stuck server cannot hold the
+            # load test (and its report) forever.
+            async with asyncio.timeout(session.settings.timeout_seconds if cancelled else None):
+                async for event in _watch(session, name, last, cancelled):
+                    last = event.sequence
+            return
+        except grpc.aio.AioRpcError as error:
+            failures += 1
+            if error.code() not in RETRYABLE or failures >= MAX_WATCH_ATTEMPTS:
+                raise
+            await asyncio.sleep(retry_delay(error) or RETRY_PAUSE)
+        except _Stopped:
+            continue  # the test stopped mid-watch: cancel, then watch the rest
+
+
+class _Stopped(Exception):
+    """The load test stopped while a run was being watched."""
+
+
+async def _watch(
+    session: Session, name: str, after: int, cancelled: bool
+) -> AsyncIterator[orchestrator_pb2.RunEvent]:
+    """One WatchRun stream, measured: its latency is the time to its first event (or to
+    its end, with none). Raises _Stopped if the test stops first, unless `cancelled` or
+    the run's terminal event has come (then the stream's end is awaited: nothing to cancel)."""
+    started = time.perf_counter()
+    first: float | None = None
+    ended = False
+    call = session.orchestrator.WatchRun(
+        orchestrator_pb2.WatchRunRequest(name=name, after_sequence=after)
+    )
+    never = asyncio.Event()
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(
+        never.wait() if cancelled else session.stop.wait()
+    )
+    reading: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if reading is None:
+                reading = asyncio.ensure_future(call.read())
+            done, _ = await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if reading not in done:
+                if not ended:
+                    raise _Stopped
+                stopping = asyncio.ensure_future(never.wait())
+                continue
+            response = reading.result()
+            reading = None
+            if not isinstance(response, orchestrator_pb2.WatchRunResponse):  # EOF: it ended
+                session.stats.record(WATCH_RUN, (first or time.perf_counter()) - started)
+                return
+            if first is None:
+                first = time.perf_counter()
+            session.stats.received(WATCH_RUN)
+            event = response.event
+            ended = ended or (
+                event.HasField("state_changed") and event.state_changed.state in TERMINAL
+            )
+            yield event
+    except grpc.aio.AioRpcError as error:
+        session.stats.record(WATCH_RUN, time.perf_counter() - started, error.code().name)
+        raise
+    finally:
+        stopping.cancel()
+        if reading is not None:
+            reading.cancel()
+        call.cancel()
+
+
+async def _cancel(session: Session, name: str) -> None:
+    """CancelRun; FAILED_PRECONDITION (it ended first) is recorded and harmless."""
+    with contextlib.suppress(grpc.aio.AioRpcError), session.measure(CANCEL_RUN):
+        await session.orchestrator.CancelRun(orchestrator_pb2.CancelRunRequest(name=name))
+
+
+# --- before and around the load ---------------------------------------------------------
+
+
+class Unready(Exception):
+    """The deployment cannot take this load test (unreachable, no DNA, no oracle)."""
+
+
+async def _listed(session: Session, kind: int) -> list[registry_pb2.Agent]:
+    request = registry_pb2.ListAgentsRequest(page_size=1000, kind=kind)  # type: ignore[arg-type]
+    agents: list[registry_pb2.Agent] = []
+    while True:
+        with session.measure(LIST_AGENTS):
+            page = await session.registry.ListAgents(request)
+        agents.extend(page.agents)
+        if not page.next_page_token or len(agents) >= 100_000:
+            return agents
+        request.page_token = page.next_page_token
+
+
+async def _preflight(session: Session) -> int:
+    """Check the deployment can take the runs; the runs' objective (the oracle's own)."""
+    settings = session.settings
+    where = settings.registry_address
+    try:
+        generators = await _listed(session, registry_pb2.AGENT_KIND_GENERATOR)
+        oracles = await _listed(session, registry_pb2.AGENT_KIND_ORACLE) if settings.runs else []
+    except grpc.aio.AioRpcError as error:
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise Unready(f"cannot reach the registry at {where}: {describe(error)}") from None
+        raise Unready(f"the registry at {where} refused ListAgents: {describe(error)}") from None
+    if not settings.runs:
+        return common_pb2.OBJECTIVE_MINIMIZE
+    if not any(settings.dna in agent.generator.dnas for agent in generators):
+        served = sorted({dna for agent in generators for dna in agent.generator.dnas})
+        raise Unready(
+            f"no generator agent in the registry at {where} serves --dna {settings.dna} "
+            f"(served: {', '.join(served[:20]) or 'none'})"
+        )
+    if not any(settings.oracle in agent.oracle.oracles for agent in oracles):
+        hosted = sorted({oracle for agent in oracles for oracle in agent.oracle.oracles})
+        raise Unready(
+            f"no oracle agent in the registry at {where} hosts --oracle {settings.oracle} "
+            f"(hosted: {', '.join(hosted[:20]) or 'none'})"
+        )
+    try:
+        with session.measure(GET_ORACLE):
+            found = await session.oracles.GetOracle(
+                oracle_pb2.GetOracleRequest(name=settings.oracle)
+            )
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            raise Unready(f"cannot reach {settings.address}: {describe(error)}") from None
+        return common_pb2.OBJECTIVE_MINIMIZE  # no oracle service there: minimize
+    return found.oracle.objective or common_pb2.OBJECTIVE_MINIMIZE
+
+
+@contextlib.contextmanager
+def _interrupts(session: Session) -> Iterator[None]:
+    """The first Ctrl-C (or SIGTERM) stops the test cleanly; a second Ctrl-C is the
+    default one again (the agents left then expire at their TTL)."""
+    loop = asyncio.get_running_loop()
+
+    def stop(signum: int) -> None:
+        session.end("interrupt")
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signum)
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop, signum)
+            installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+
+
+async def _loadtest(args: argparse.Namespace, settings: LoadSettings) -> int:
+    registry_args = argparse.Namespace(**{**vars(args), "address": settings.registry_address})
+    async with (
+        open_channel(args, SCOPES) as front,
+        open_channel(registry_args, SCOPES) as registry,
+    ):
+        session = Session(settings, registry, front)
+        started = time.monotonic()
+        try:
+            objective = await _preflight(session)
+        except Unready as exc:
+            print(f"helix loadtest: {exc}", file=sys.stderr)
+            return 1
+        with _interrupts(session):
+            await _drive(session, objective)
+        elapsed = time.monotonic() - started
+    report = session.stats.report(elapsed, _settings_report(session), session.stopped_by)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        Console(width=max(120, Console().width)).print(report_tables(report))
+    if report["agents"]["left_registered"]:
+        print(
+            "helix loadtest: could not deregister "
+            f"{', '.join(report['agents']['left_registered'])}: they expire at their TTL",
+            file=sys.stderr,
+        )
+    if session.stopped_by == "interrupt":
+        return 130
+    return 0 if session.stats.succeeded() else 1
+
+
+def _settings_report(session: Session) -> dict[str, object]:
+    found = asdict(session.settings)
+    found["session"] = session.id
+    return found
+
+
+async def _drive(session: Session, objective: int) -> None:
+    """The agents and runs, until the duration or count is over (or Ctrl-C)."""
+    settings = session.settings
+    agents = [SimulatedAgent(session, index) for index in range(settings.agents)]
+    session.stats.agents.simulated = len(agents)
+    template = _run_template(settings, objective)
+    timer = None
+    if settings.duration_seconds is not None:
+        timer = asyncio.get_running_loop().call_later(
+            settings.duration_seconds, session.end, "duration"
+        )
+    runners = [asyncio.ensure_future(_runner(session, template)) for _ in range(settings.runs)]
+    lives = [asyncio.ensure_future(agent.live()) for agent in agents]
+    progress = asyncio.ensure_future(_progress(session))
+    try:
+        if runners:
+            await asyncio.gather(*runners)
+            session.end("count")  # runners end before the duration only with --count
+        await asyncio.gather(*lives)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        session.end("error")  # whatever else ends it: the agents deregister
+        await asyncio.gather(*runners, *lives, return_exceptions=True)
+        await cancel_and_wait([progress])
+
+
+def _status(session: Session, started: float) -> str:
+    stats = session.stats
+    calls = sum(method.calls for method in stats.methods.values())
+    ended = sum(stats.runs.states.values())
+    limit = session.settings.duration_seconds
+    elapsed = time.monotonic() - started
+    clock = f"{elapsed:.0f}s" + (f" of {limit:.0f}s" if limit is not None else "")
+    stopping = " - stopping: cancelling runs, deregistering agents" if session.stop.is_set() else ""
+    return (
+        f"helix loadtest {clock}: {calls:,} calls, {ended:,} runs ended, "
+        f"{stats.agents.registered - stats.agents.deregistered:,} agents registered{stopping}"
+    )
+
+
+async def _progress(session: Session) -> None:
+    """A status line on a terminal's stderr while the load runs (erased at the end)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return
+    started = time.monotonic()
+    with Live(_status(session, started), console=console, transient=True) as live:
+        while True:
+            await asyncio.sleep(0.5)
+            live.update(_status(session, started))

@@ -1,0 +1,324 @@
+"""`helix loadtest` against a real `helix up` (a subprocess on a free port, the example DNA
+library, the builtin oracles): the figures it reports, the agents it leaves behind (none),
+the runs it drives, how it stops (count, duration, Ctrl-C) and how it refuses bad input.
+Plus the bounded latency histogram the figures come from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+import helix.v1.registry_pb2 as registry_pb2
+from helix.cli.loadstats import LatencyHistogram, LoadStats
+from helix.cli.loadtest import LABEL
+from helix.cli.main import main
+from helix.suite import EMBEDDED_ORACLE_ID
+
+from harness import HELIX, Cluster, clean_env, run_helix
+from waiting import eventually
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dna"
+REGISTER = "RegistryService/RegisterAgent"
+HEARTBEAT = "RegistryService/Heartbeat"
+DEREGISTER = "RegistryService/DeregisterAgent"
+
+
+@pytest.fixture
+async def suite(clusters) -> Cluster:
+    """`helix up` serving examples/dna, its generator, oracle and orchestrator registered."""
+    started: Cluster = await clusters("embedded", dna_dir=EXAMPLES)
+    registry = started.registry()
+
+    async def oracle_registered() -> bool:
+        found = await registry.GetAgent(
+            registry_pb2.GetAgentRequest(name=f"agents/{EMBEDDED_ORACLE_ID}")
+        )
+        return found.agent.health == registry_pb2.AGENT_HEALTH_SERVING
+
+    await eventually(oracle_registered, 30, what="the embedded oracle agent", ignore=(Exception,))
+    return started
+
+
+def _client_flags(suite: Cluster) -> list[str]:
+    return ["--address", suite.address_of("orchestrator"), "--data-dir", str(suite.data_dir)]
+
+
+async def _loadtest(suite: Cluster, *flags: str, within: float = 90) -> tuple[int, str, str]:
+    return await run_helix(
+        "loadtest", *flags, *_client_flags(suite), env=clean_env(), within=within
+    )
+
+
+async def _simulated_agents(suite: Cluster) -> list[str]:
+    """Names of the agents a load test registered (any session) still in the registry."""
+    response = await suite.registry().ListAgents(
+        registry_pb2.ListAgentsRequest(page_size=1000, label_selector=LABEL)
+    )
+    return [agent.name for agent in response.agents]
+
+
+def _check_latencies(method: dict) -> None:
+    latency = method["latency_ms"]
+    assert method["ok"] > 0
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert latency["mean"] <= latency["max"]
+
+
+async def test_count_of_runs_with_agents_reports_every_rpc_and_cleans_up(suite):
+    code, out, err = await _loadtest(
+        suite, "--json", "--agents", "5", "--runs", "2", "--count", "4", "--budget", "300"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["stopped_by"] == "count"
+    assert report["settings"]["agents"] == 5
+    assert report["settings"]["count"] == 4
+    methods = report["methods"]
+    assert methods[REGISTER]["calls"] == 5
+    assert methods[DEREGISTER]["calls"] == 5
+    for name in (REGISTER, DEREGISTER, "OrchestratorService/CreateRun"):
+        _check_latencies(methods[name])
+    assert methods["OrchestratorService/CreateRun"]["calls"] == 4
+    assert methods["OrchestratorService/GetRun"]["calls"] == 4
+    watch = methods["OrchestratorService/WatchRun"]
+    assert watch["calls"] == 4
+    assert watch["messages"] >= 4 * 3  # at least RUNNING, a generation and SUCCEEDED each
+    for name, method in methods.items():
+        assert method["errors"] == {}, (name, method["errors"])
+        assert method["calls"] == method["ok"]
+        assert method["calls_per_second"] > 0
+    totals = report["totals"]
+    assert totals["errors"] == 0
+    assert totals["calls"] == sum(m["calls"] for m in methods.values())
+    assert totals["calls_per_second"] == pytest.approx(
+        totals["calls"] / report["elapsed_seconds"], rel=0.01
+    )
+    runs = report["runs"]
+    assert (runs["started"], runs["succeeded"], runs["failed"], runs["cancelled"]) == (4, 4, 0, 0)
+    assert runs["evaluations"] >= 4 * 300
+    assert runs["evaluations_per_second"] > 0
+    assert 0 < runs["seconds"]["p50"] <= runs["seconds"]["p99"] <= report["elapsed_seconds"]
+    agents = report["agents"]
+    assert (agents["simulated"], agents["registered"], agents["deregistered"]) == (5, 5, 5)
+    assert agents["left_registered"] == []
+    # Gone from the registry; the runs (seen by their owner) all succeeded, scored in full:
+    # none of their work went to a simulated agent (it advertises an endpoint nobody serves).
+    assert await _simulated_agents(suite) == []
+    code, out, err = await run_helix(
+        "runs", "list", "--json", *_client_flags(suite), env=clean_env()
+    )
+    assert code == 0, err
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert len(listed) == 4
+    for run in listed:
+        assert run["state"] == "RUN_STATE_SUCCEEDED"
+        assert run["displayName"] == "helix loadtest"
+        assert run["dnaName"] == "dnas/rastrigin"
+        assert run["oracle"] == "oracles/rastrigin"
+        assert run["progress"]["errors"] == "0"  # no ERROR or TIMEOUT verdict
+
+
+async def test_agents_only_for_a_duration_heartbeat_and_render_a_table(suite):
+    started = time.monotonic()
+    code, out, err = await _loadtest(
+        suite, "--agents", "3", "--runs", "0", "--duration", "2s", "--agent-ttl", "2s"
+    )
+    elapsed = time.monotonic() - started
+    assert code == 0, err
+    assert elapsed < 20
+    for text in ("helix loadtest", "stopped by duration", "RPCs", "P50 MS", "P99 MS"):
+        assert text in out, out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if "Service/" in line}
+    assert set(rows) == {"RegistryService/ListAgents", REGISTER, HEARTBEAT, DEREGISTER}
+    assert rows[REGISTER][1] == "3"
+    assert rows[DEREGISTER][1] == "3"
+    # 2 s at a third of the 2 s TTL, the first within one interval: at least 2 each.
+    assert int(rows[HEARTBEAT][1].replace(",", "")) >= 6
+    assert all(row[-1] == "-" for row in rows.values()), out  # no errors
+    assert "Traceback" not in err
+    assert await _simulated_agents(suite) == []
+
+
+async def test_duration_cancels_the_runs_still_going(suite):
+    code, out, err = await _loadtest(
+        suite,
+        "--json",
+        "--agents",
+        "0",
+        "--runs",
+        "1",
+        "--duration",
+        "2s",
+        "--budget",
+        "1000000000",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["stopped_by"] == "duration"
+    assert 2 <= report["elapsed_seconds"] < 15
+    runs = report["runs"]
+    assert (runs["started"], runs["cancelled"]) == (1, 1)
+    assert runs["evaluations"] > 0  # what the cancelled run did counts
+    assert report["methods"]["OrchestratorService/CancelRun"]["ok"] == 1
+    assert "RegistryService/RegisterAgent" not in report["methods"]
+
+
+async def test_ctrl_c_stops_cleanly_deregisters_and_reports(suite):
+    process = await asyncio.create_subprocess_exec(
+        HELIX,
+        "loadtest",
+        "--json",
+        "--agents",
+        "5",
+        "--runs",
+        "2",
+        "--duration",
+        "5m",
+        "--budget",
+        "1000000000",
+        *_client_flags(suite),
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await eventually(
+            lambda: _five(suite), 30, what="the 5 simulated agents", ignore=(Exception,)
+        )
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130, err.decode()
+    report = json.loads(out)
+    assert report["stopped_by"] == "interrupt"
+    assert report["agents"]["deregistered"] == 5
+    assert report["runs"]["cancelled"] >= 2  # the two going when it was interrupted
+    assert await _simulated_agents(suite) == []
+
+
+async def _five(suite: Cluster) -> bool:
+    return len(await _simulated_agents(suite)) == 5
+
+
+async def test_an_unreachable_address_is_a_quick_clear_error():
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    code, out, err = await run_helix(
+        "loadtest",
+        "--count",
+        "1",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--token",
+        "not-needed-to-fail",
+        env=clean_env(),
+        within=30,
+    )
+    assert code == 1
+    assert time.monotonic() - started < 20
+    assert f"cannot reach the registry at 127.0.0.1:{port}" in err
+    assert "UNAVAILABLE" in err
+    assert "Traceback" not in err
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--agents", "-1"], "--agents"),
+        (["--runs", "100000"], "--runs"),
+        (["--duration", "banana"], "--duration"),
+        (["--duration", "5s", "--count", "3"], "--duration and --count"),
+        (["--count", "0"], "--count"),
+        (["--runs", "0", "--count", "2"], "--count"),
+        (["--agents", "0", "--runs", "0"], "--agents and --runs"),
+        (["--budget", "0"], "--budget"),
+        (["--agent-ttl", "0s"], "--agent-ttl"),
+        (["--heartbeat-interval", "soon"], "--heartbeat-interval"),
+        (["--dna", "Not A Name"], "--dna"),
+    ],
+)
+def test_bad_flags_are_configuration_errors_naming_the_flag(flags, named, capsys):
+    # Checked before any credentials or call: the address is never dialled.
+    assert main(["loadtest", *flags, "--address", "127.0.0.1:1", "--token", "t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("helix loadtest: configuration error: ")
+    assert named in err
+
+
+def test_bad_oracle_name_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["loadtest", "--oracle", "Bad Name", "--token", "t"])
+    assert exited.value.code == 2
+    assert "--oracle" in capsys.readouterr().err
+
+
+# --- the figures: a bounded histogram ------------------------------------------------------
+
+
+def test_histogram_quantiles_are_within_their_bucket_of_the_true_ones():
+    rng = random.Random(7)
+    samples = [rng.lognormvariate(math.log(0.005), 1.0) for _ in range(20_000)]
+    histogram = LatencyHistogram()
+    for value in samples:
+        histogram.record(value)
+    ordered = sorted(samples)
+    for q in (0.5, 0.95, 0.99):
+        true = ordered[math.ceil(q * len(ordered)) - 1]
+        found = histogram.quantile(q)
+        assert found is not None
+        assert found == pytest.approx(true, rel=0.045), q  # one bucket: 2**(1/16) - 1
+    assert histogram.quantile(1.0) == histogram.max == max(samples)
+    assert histogram.quantile(0.0) == histogram.min == min(samples)
+    assert histogram.mean() == pytest.approx(sum(samples) / len(samples))
+
+
+def test_histogram_memory_is_fixed_and_extremes_are_clamped():
+    histogram = LatencyHistogram()
+    size = len(histogram._counts)
+    for value in (0.0, 1e-9, 3.0, 1e9):  # zero, below the first bucket, beyond the last
+        histogram.record(value)
+    assert len(histogram._counts) == size
+    assert histogram.count == 4
+    assert histogram.quantile(0.0) == 0.0
+    assert (histogram.quantile(0.5) or math.inf) <= 1.1e-6  # the first bucket's: ~1 µs
+    assert histogram.quantile(0.75) == pytest.approx(3.0, rel=0.045)
+    assert histogram.quantile(1.0) == 1e9  # the last is the largest seen, exactly
+    assert LatencyHistogram().quantile(0.5) is None
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="finite and not negative"):
+            histogram.record(bad)
+    with pytest.raises(ValueError, match=r"within 0\.\.1"):
+        histogram.quantile(1.5)
+
+
+def test_report_counts_errors_by_code_and_latency_only_of_successes():
+    stats = LoadStats()
+    stats.record("S/A", 0.010)
+    stats.record("S/A", 0.020)
+    stats.record("S/A", 5.0, "UNAVAILABLE")
+    stats.record("S/B", 0.5, "RESOURCE_EXHAUSTED")
+    stats.received("S/A", 3)
+    report = stats.report(2.0, {"address": "x"}, "count")
+    a, b = report["methods"]["S/A"], report["methods"]["S/B"]
+    assert (a["calls"], a["ok"], a["errors"], a["messages"]) == (3, 2, {"UNAVAILABLE": 1}, 3)
+    assert a["calls_per_second"] == 1.5
+    assert a["latency_ms"]["max"] == 20.0  # the failed call's 5 s is not a latency
+    assert b["latency_ms"]["p50"] is None
+    assert report["totals"] == {"calls": 4, "ok": 2, "errors": 2, "calls_per_second": 2.0}
+    assert stats.succeeded() == 2
+    json.dumps(report)  # JSON as it is
