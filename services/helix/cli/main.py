@@ -15,6 +15,7 @@ from helix.cli.dna import add_dna_commands
 from helix.cli.generate import add_generate_command
 from helix.cli.loadtest import add_loadtest_command
 from helix.cli.oracles import add_oracle_commands
+from helix.cli.probe import add_probe_command
 from helix.cli.runs import add_run_commands
 from helix.common import config as cfg
 from helix.common import logs
@@ -84,6 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_generate_command(commands)
     add_generator_commands(commands)
     add_oracle_commands(commands)
+    add_probe_command(commands)
     add_orchestrator_commands(commands)
     add_run_commands(commands)
     add_loadtest_command(commands)
