@@ -18,7 +18,7 @@ import pytest
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.cli.loadstats import LatencyHistogram, LoadStats
-from helix.cli.loadtest import LABEL
+from helix.cli.loadwork import LABEL
 from helix.cli.main import main
 from helix.suite import EMBEDDED_ORACLE_ID
 
