@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, descriptor_pb2
 
+from helix.common import tracing
 from helix.common.config import ByteSize, ConfigError, Duration, setting
 
 _IDEMPOTENT_LEVELS = (
@@ -227,6 +228,7 @@ def create_channel(
     options = channel_options(config, helix_services() if services is None else services)
     chain: list[grpc.aio.ClientInterceptor] = [
         *deadline_interceptors(config.default_timeout),
+        *tracing.client_interceptors(),  # none when tracing is off
         *interceptors,
     ]
     if credentials is None:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from helix.common import logs
+from helix.common import logs, tracing
 from helix.common.config import DataDirConfig, DataDirLock, ServerConfig, run_loop
 from helix.common.health import NOT_SERVING, SERVING, HealthService
 from helix.common.health import SERVICE_NAME as HEALTH_SERVICE
@@ -333,6 +333,7 @@ def _build_server(
     streams = StreamSettings(config.stream_first_message_timeout, config.stream_write_timeout)
     register_limit_metrics(pools, streams.stats, metrics.registry)
     stages = [
+        *tracing.server_stages(),  # first: its span covers the whole call (none when off)
         *default_stages(metrics, pools),
         *(security.stages(metrics.registry) if security is not None else ()),
         # The share needs the principal; without security every caller is "anonymous".

@@ -39,7 +39,7 @@ import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 from helix.agents.support import describe
-from helix.common import errors, reasons, rules
+from helix.common import errors, reasons, rules, tracing
 from helix.common.aio import cancel_and_wait
 from helix.common.errors import FieldViolation
 from helix.genome.documents import check_dna_message
@@ -1185,7 +1185,8 @@ class Orchestrator:
                 started = loop.time()
                 generation = search.begin()
                 request = search.request()
-                await self._verify(verifier, generation, request, plan)
+                with tracing.generation_span(active.run.name, generation.number):
+                    await self._verify(verifier, generation, request, plan)
                 outcome = search.finish(generation, loop.time() - started)
                 self.generations += 1
                 self.evaluations += len(outcome.fresh)
