@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cluster_support import RunCluster
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.cli.loadstats import LatencyHistogram, LoadStats
@@ -212,6 +213,43 @@ async def _five(suite: Cluster) -> bool:
     return len(await _simulated_agents(suite)) == 5
 
 
+async def test_separate_processes_runs_at_the_orchestrator_agents_at_the_registry(tmp_path):
+    async with RunCluster(tmp_path / "cluster") as cluster:
+        await asyncio.gather(cluster.add_oracle("o1"), cluster.add_orchestrator())
+        await cluster.warm_oracle("o1")
+        code, out, err = await run_helix(
+            "loadtest",
+            "--json",
+            "--agents",
+            "3",
+            "--runs",
+            "2",
+            "--count",
+            "2",
+            "--budget",
+            "200",
+            "--objective",
+            "minimize",  # the orchestrator's address serves no OracleService to ask
+            "--address",
+            cluster.address_of("orchestrator"),
+            "--registry-address",
+            cluster.address_of("registry"),
+            "--data-dir",
+            str(cluster.data_dir),  # the registry's: every process shares its key
+            env=clean_env(),
+            within=120,
+        )
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["totals"]["errors"] == 0, report["methods"]
+        assert "OracleService/GetOracle" not in report["methods"]
+        assert report["methods"]["OrchestratorService/ListRuns"]["ok"] == 1  # the check
+        assert report["methods"][REGISTER]["ok"] == 3
+        assert (report["runs"]["started"], report["runs"]["succeeded"]) == (2, 2)
+        assert report["agents"]["deregistered"] == 3
+        assert await _simulated_agents(cluster) == []
+
+
 async def test_an_unreachable_address_is_a_quick_clear_error():
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -234,6 +272,30 @@ async def test_an_unreachable_address_is_a_quick_clear_error():
     assert "UNAVAILABLE" in err
     assert "Traceback" not in err
     assert out == ""
+
+
+async def test_an_unreachable_orchestrator_is_a_clear_error_too(suite):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, out, err = await run_helix(
+        "loadtest",
+        "--count",
+        "1",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--registry-address",
+        suite.address_of("registry"),
+        "--data-dir",
+        str(suite.data_dir),
+        env=clean_env(),
+        within=30,
+    )
+    assert code == 1
+    assert f"cannot reach the orchestrator at 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+    assert out == ""
+    assert await _simulated_agents(suite) == []  # it stopped before registering any
 
 
 @pytest.mark.parametrize(

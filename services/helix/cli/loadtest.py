@@ -18,8 +18,9 @@ same) and stops by itself after `--duration` (default 60s) or `--count` runs in 
   are cancelled (CancelRun) and watched to their end.
 
 Before any load it checks, through the registry, that a generator advertises the DNA and
-an oracle agent hosts the oracle (else the runs would wait PENDING): an unreachable
-address or a missing DNA or oracle is a clear error, exit status 1.
+an oracle agent hosts the oracle (else the runs would wait PENDING), and that the
+orchestrator answers: an unreachable address or a missing DNA or oracle is a clear error,
+exit status 1.
 
 Report: per method calls, calls/s, latency p50/p95/p99/max (ms, of calls that succeeded)
 and errors by status code; runs by outcome and evaluations/s. A table, or with `--json` one
@@ -46,6 +47,7 @@ from rich.live import Live
 
 import helix.v1.common_pb2 as common_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.support import describe
 from helix.cli.client import add_client_arguments, open_channel
@@ -53,6 +55,7 @@ from helix.cli.loadstats import report_tables
 from helix.cli.loadwork import (
     GET_ORACLE,
     LIST_AGENTS,
+    LIST_RUNS,
     LoadSettings,
     Session,
     SimulatedAgent,
@@ -77,6 +80,10 @@ MAX_AGENTS = 10_000
 MAX_RUNS = 1_000
 MAX_COUNT = 1_000_000
 MAX_BUDGET = 10**9
+OBJECTIVES = {
+    "minimize": common_pb2.OBJECTIVE_MINIMIZE,
+    "maximize": common_pb2.OBJECTIVE_MAXIMIZE,
+}
 
 
 def _bounded(flag: str, value: int, low: int, high: int) -> int:
@@ -128,6 +135,7 @@ def settings_from(args: argparse.Namespace) -> LoadSettings:
         agent_ttl_seconds=ttl,
         heartbeat_interval_seconds=interval,
         timeout_seconds=parse_duration_setting("--timeout", args.timeout),
+        objective=args.objective or "",
     )
 
 
@@ -167,6 +175,12 @@ def add_loadtest_command(subparsers: argparse._SubParsersAction[argparse.Argumen
     parser.add_argument(
         "--registry-address",
         help="the registry's HOST:PORT when it is not --address's [default --address]",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=("minimize", "maximize"),
+        help="the runs' objective [default: the oracle's own, read with GetOracle at "
+        "--address; give it when --address serves no OracleService]",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     add_client_arguments(parser)
@@ -225,14 +239,22 @@ async def _preflight(session: Session) -> int:
             f"no oracle agent in the registry at {where} hosts --oracle {settings.oracle} "
             f"(hosted: {', '.join(hosted[:20]) or 'none'})"
         )
+    front = settings.address
+    try:
+        with session.measure(LIST_RUNS):
+            await session.orchestrator.ListRuns(orchestrator_pb2.ListRunsRequest(page_size=1))
+    except grpc.aio.AioRpcError as error:
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise Unready(f"cannot reach the orchestrator at {front}: {describe(error)}") from None
+        raise Unready(f"the orchestrator at {front} refused ListRuns: {describe(error)}") from None
+    if settings.objective:
+        return OBJECTIVES[settings.objective]
     try:
         with session.measure(GET_ORACLE):
             found = await session.oracles.GetOracle(
                 oracle_pb2.GetOracleRequest(name=settings.oracle)
             )
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.UNAVAILABLE:
-            raise Unready(f"cannot reach {settings.address}: {describe(error)}") from None
+    except grpc.aio.AioRpcError:
         return common_pb2.OBJECTIVE_MINIMIZE  # no oracle service there: minimize
     return found.oracle.objective or common_pb2.OBJECTIVE_MINIMIZE
 

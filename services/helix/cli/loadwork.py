@@ -42,6 +42,7 @@ HEARTBEAT = "RegistryService/Heartbeat"
 DEREGISTER = "RegistryService/DeregisterAgent"
 LIST_AGENTS = "RegistryService/ListAgents"
 GET_ORACLE = "OracleService/GetOracle"
+LIST_RUNS = "OrchestratorService/ListRuns"
 CREATE_RUN = "OrchestratorService/CreateRun"
 WATCH_RUN = "OrchestratorService/WatchRun"
 GET_RUN = "OrchestratorService/GetRun"
@@ -75,6 +76,7 @@ class LoadSettings:
     heartbeat_interval_seconds: float | None  # None: a third of the granted TTL
     timeout_seconds: float  # --timeout: each call's deadline; also how long a run cancelled
     # at the end may take to end
+    objective: str  # "minimize", "maximize", or "" for the oracle's own (GetOracle)
 
 
 # --- measuring --------------------------------------------------------------------------
