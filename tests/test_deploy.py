@@ -381,9 +381,12 @@ def test_ports_and_paths_are_the_ones_the_command_uses(found: Found, tmp_path: P
     assert settings.metrics_port is not None, f"{found.command.where}: no --metrics-port"
     assert settings.host == "0.0.0.0", f"{found.command.where}: gRPC only on loopback"
     assert settings.metrics_host == "0.0.0.0", f"{found.command.where}: metrics on loopback"
-    advertised = getattr(settings, "advertise_address", "")
-    if advertised:
-        assert advertised.rsplit(":", 1)[1] == str(settings.port), found.command.where
+    if isinstance(settings, RegistryMembership) and settings.registry_address:
+        # Listening on 0.0.0.0, an agent would advertise 127.0.0.1 to the registry.
+        advertised: str = settings.advertise_address
+        port: int = getattr(settings, "port")  # noqa: B009 - a ServerConfig too
+        assert advertised, f"{found.command.where}: registers with no --advertise-address"
+        assert advertised.rsplit(":", 1)[1] == str(port), found.command.where
     for name in vars(namespace):
         value = getattr(namespace, name)
         if isinstance(value, str) and value.startswith("/"):
