@@ -172,6 +172,39 @@ async def test_duration_cancels_the_runs_still_going(suite):
     assert "RegistryService/RegisterAgent" not in report["methods"]
 
 
+async def test_refused_calls_are_counted_by_code_and_said_once(suite):
+    # A token without runs.write: every CreateRun is PERMISSION_DENIED.
+    token = suite.token("lt-reader", ["agents.read", "agents.write", "runs.read"])
+    code, out, err = await run_helix(
+        "loadtest",
+        "--json",
+        "--agents",
+        "2",
+        "--runs",
+        "2",
+        "--count",
+        "3",
+        "--objective",
+        "minimize",
+        "--address",
+        suite.address_of("orchestrator"),
+        "--token",
+        token,
+        env=clean_env(),
+        within=60,
+    )
+    assert code == 0, err  # calls succeeded (the agents'); the refusals are in the report
+    report = json.loads(out)
+    create = report["methods"]["OrchestratorService/CreateRun"]
+    assert (create["calls"], create["ok"], create["errors"]) == (3, 0, {"PERMISSION_DENIED": 3})
+    assert create["latency_ms"]["p50"] is None  # no successful call to time
+    assert report["runs"]["create_failed"] == 3
+    assert report["totals"]["errors"] == 3
+    assert err.count("PERMISSION_DENIED") == 1, err
+    assert "OrchestratorService/CreateRun" in err
+    assert report["agents"]["deregistered"] == 2
+
+
 async def test_ctrl_c_stops_cleanly_deregisters_and_reports(suite):
     process = await asyncio.create_subprocess_exec(
         HELIX,

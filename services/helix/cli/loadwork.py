@@ -103,6 +103,7 @@ class Session:
         self.stop = asyncio.Event()
         self.stopped_by = ""
         self._runs_taken = 0
+        self._warned: set[tuple[str, str]] = set()  # (method, code): bounded by both
 
     @contextlib.contextmanager
     def measure(self, method: str) -> Iterator[None]:
@@ -115,6 +116,16 @@ class Session:
             self.stats.record(method, time.perf_counter() - started, error.code().name)
             raise
         self.stats.record(method, time.perf_counter() - started, OK)
+
+    def warn(self, method: str, error: grpc.aio.AioRpcError, what: str = "") -> None:
+        """Say on stderr why a call failed, once per method and status code (N agents or
+        runners failing alike would otherwise say it N times, or once a second)."""
+        key = (method, error.code().name)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        subject = f"{what}: " if what else ""
+        print(f"helix loadtest: {subject}{method}: {describe(error)}", file=sys.stderr)
 
     def end(self, why: str) -> None:
         if not self.stop.is_set():
@@ -179,7 +190,7 @@ class SimulatedAgent:
                     response = await session.registry.RegisterAgent(request)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE:
-                    print(f"helix loadtest: {self.name}: {describe(error)}", file=sys.stderr)
+                    session.warn(REGISTER, error, "an agent could not register")
                     return False
                 await session.pause(retry_delay(error) or RETRY_PAUSE)
                 continue
@@ -285,7 +296,7 @@ async def _one_run(session: Session, template: orchestrator_pb2.Run) -> None:
         if error.code() in RETRYABLE:
             await session.pause(retry_delay(error) or RETRY_PAUSE)
         else:
-            print(f"helix loadtest: CreateRun: {describe(error)}", file=sys.stderr)
+            session.warn(CREATE_RUN, error)
             await session.pause(RETRY_PAUSE)  # a persistent refusal must not spin
         return
     name = created.run.name
