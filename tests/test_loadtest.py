@@ -130,7 +130,7 @@ async def test_count_of_runs_with_agents_reports_every_rpc_and_cleans_up(suite):
 async def test_agents_only_for_a_duration_heartbeat_and_render_a_table(suite):
     started = time.monotonic()
     code, out, err = await _loadtest(
-        suite, "--agents", "3", "--runs", "0", "--duration", "2s", "--agent-ttl", "2s"
+        suite, "--agents", "3", "--runs", "0", "--duration", "3s", "--agent-ttl", "2s"
     )
     elapsed = time.monotonic() - started
     assert code == 0, err
@@ -141,7 +141,8 @@ async def test_agents_only_for_a_duration_heartbeat_and_render_a_table(suite):
     assert set(rows) == {"RegistryService/ListAgents", REGISTER, HEARTBEAT, DEREGISTER}
     assert rows[REGISTER][1] == "3"
     assert rows[DEREGISTER][1] == "3"
-    # 2 s at a third of the 2 s TTL, the first within one interval: at least 2 each.
+    # 3 s at a third of the 2 s TTL, the first within one interval: 4 each, 2 even if
+    # registering and each heartbeat took a loaded machine half a second.
     assert int(rows[HEARTBEAT][1].replace(",", "")) >= 6
     assert all(row[-1] == "-" for row in rows.values()), out  # no errors
     assert "Traceback" not in err
