@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import re
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,7 @@ from harness import HELIX, Processes, clean_env
 KUSTOMIZATIONS = [DEPLOY / "base", DEPLOY / "overlays" / "dev"]
 DASHBOARD = DEPLOY / "grafana" / "helix-dashboard.json"
 ADAPTER = DEPLOY / "monitoring" / "prometheus-adapter-values.yaml"
+SCHEMAS = Path(__file__).resolve().parent / "deploy_schemas.mjs"
 PARSER = _build_parser()
 
 # The server commands, the settings class each loads, and the services each serves.
@@ -595,6 +597,22 @@ def test_mounted_config_maps_are_the_examples_and_valid(tmp_path: Path):
         assert text == (ROOT / "examples" / "dna" / name).read_text(), f"{name} differs"
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(["dna", "validate", str(ROOT / "examples" / "dna" / name)]) == 0
+
+
+def test_manifests_and_compose_match_their_published_schemas(tmp_path: Path):
+    """The Kubernetes API's schemas (kubernetes-models, and the Prometheus Operator's for
+    the PodMonitor) and the compose-spec schema, by tests/deploy_schemas.mjs under node."""
+    models = ROOT / "node_modules" / "kubernetes-models"
+    assert models.is_dir(), f"{models} is missing: `make test` installs it with npm ci"
+    objects = [render_kustomization(directory) for directory in KUSTOMIZATIONS]
+    others = [yaml_documents(path) for path in sorted((DEPLOY / "monitoring").glob("*.yaml"))]
+    manifests = [o for group in objects + others for o in group if "apiVersion" in o]
+    (tmp_path / "objects.json").write_text(json.dumps(manifests))
+    (tmp_path / "compose.json").write_text(json.dumps(compose()))
+    argv = ["node", str(SCHEMAS), str(tmp_path / "objects.json"), str(tmp_path / "compose.json")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(manifests)} Kubernetes objects and the compose file are valid" in result.stdout
 
 
 # --- compose and Dockerfile ---------------------------------------------------------------
