@@ -29,7 +29,9 @@ ALLOWED: dict[str, set[str]] = {
     "oracle": {"common", "security", "genome", "agents"},
     "orchestrator": {"common", "security", "genome", "agents", "etcd"},
     "suite": _BASE | _SERVICES,  # the embedded default: every service in one process
-    "cli": _BASE | _SERVICES | {"suite"},
+    # helix cluster up: the services as processes (it runs `helix … serve`, imports none)
+    "cluster": {"common"},
+    "cli": _BASE | _SERVICES | {"suite", "cluster"},
 }
 # The pure domain cores: synchronous, no grpc (DESIGN.md §10: "a pure, synchronous domain
 # core that never imports grpc").

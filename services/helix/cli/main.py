@@ -11,6 +11,7 @@ from pathlib import Path
 
 from helix.cli.agents import add_agents_commands
 from helix.cli.client import add_call_command, local_signer
+from helix.cli.cluster import add_cluster_commands
 from helix.cli.dna import add_dna_commands
 from helix.cli.generate import add_generate_command
 from helix.cli.loadtest import add_loadtest_command
@@ -88,6 +89,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_probe_command(commands)
     add_orchestrator_commands(commands)
     add_run_commands(commands)
+    add_cluster_commands(commands)
     add_loadtest_command(commands)
 
     show_version = commands.add_parser("version", help="print the Helix version")

@@ -263,7 +263,11 @@ class HelixServer:
         """Start, then serve until SIGTERM or SIGINT, then drain; cancelling also drains."""
         loop = asyncio.get_running_loop()
         await self.start()
-        signals = (signal.SIGTERM, signal.SIGINT)
+        # SIGINT only where it is not ignored: a process started with it ignored (as
+        # `helix cluster up` starts its processes, to stop them in order itself) keeps it so.
+        signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signals = (signal.SIGTERM, signal.SIGINT)
         for signum in signals:
             loop.add_signal_handler(signum, self._on_signal)
         try:

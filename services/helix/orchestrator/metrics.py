@@ -65,7 +65,8 @@ class _Collector(Collector):
         )
         yield GaugeMetricFamily(
             "helix_orchestrator_backlog",
-            "Candidates handed to verification that have no verdict yet (all runs).",
+            "Candidates of the generations being verified that have no verdict yet, whether "
+            "handed to an oracle agent or waiting for room (all runs).",
             value=engine.backlog,
         )
         try:
