@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import re
+import shlex
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -414,6 +415,44 @@ def test_health_probes_ask_a_served_service_on_the_served_port(found: Found, tmp
     served_path, settings = server_settings(servers[0], tmp_path)
     assert namespace.service in SERVED[served_path], found.command.where
     assert int(port) == settings.port, f"{found.command.where}: not the port it listens on"
+
+
+def docs_commands() -> list[list[str]]:
+    """The `helix ...` commands of docs/deploy.md's ```sh blocks (continuations joined;
+    also after `docker compose exec SERVICE` and inside `$(...)`)."""
+    commands, in_block, joined = [], False, ""
+    for line in (ROOT / "docs" / "deploy.md").read_text().splitlines():
+        if line.startswith("```"):
+            in_block = line.strip() == "```sh"
+            continue
+        if not in_block:
+            continue
+        joined += line.rstrip().removesuffix("\\")
+        if line.rstrip().endswith("\\"):
+            continue
+        words = shlex.split(joined.split("#")[0].replace("$(", " ").replace(")", " "))
+        joined = ""
+        for i, word in enumerate(words):  # helix as the command, not a namespace's name
+            if word == "helix" and (i == 0 or words[i - 2 : i - 1] == ["exec"]):
+                commands.append(words[i + 1 :])
+    return commands
+
+
+def test_docs_helix_commands_use_real_flags():
+    commands = docs_commands()
+    assert len(commands) >= 3
+    published = {  # host port -> the compose service behind it
+        int(str(port).split(":")[-2]): name
+        for name, service in compose()["services"].items()
+        for port in service.get("ports", [])
+    }
+    wanted = {"agents": "registry", "run": "orchestrator", "runs": "orchestrator"}
+    for argv in commands:
+        _, namespace = parse(Found(HelixCommand("docs/deploy.md", argv), {}))
+        address = getattr(namespace, "address", None)
+        if address and argv[0] in wanted:
+            port = int(address.rsplit(":", 1)[1])
+            assert published.get(port) == wanted[argv[0]], f"docs/deploy.md: {address}"
 
 
 # --- Kubernetes ---------------------------------------------------------------------------
