@@ -36,7 +36,7 @@ def _dna() -> dna_pb2.Dna:
 
 async def _oracle(start_server: Callable[..., Any], tmp_path: Path, name: str) -> HelixServer:
     settings = OracleSettings(port=0, oracle_reports_dir=tmp_path / name)
-    return await start_server([oracle_service(settings).binding], grace_period=Duration(2))  # type: ignore[no-any-return]
+    return await start_server([oracle_service(settings).binding], grace_period=Duration(2))
 
 
 async def _gateway(
@@ -67,7 +67,7 @@ async def test_unary_and_bidi_stream_calls_go_through(
             )
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         # Bidirectional stream with the credit protocol, answered batch by batch.
-        call = stub.VerifyStream(timeout=30)
+        call: Any = stub.VerifyStream(timeout=30)
         await call.write(
             oracle_pb2.VerifyStreamRequest(
                 open=oracle_pb2.VerifyStreamOpen(oracle="oracles/sphere", dna=_dna())
@@ -171,7 +171,7 @@ async def test_a_client_that_goes_away_cancels_the_call_upstream(
     gateway, routes = await _gateway(start_server, [backend])
     async with grpc.aio.insecure_channel(gateway.address) as channel:
         stub = oracle_pb2_grpc.OracleServiceStub(channel)
-        call = stub.VerifyStream(timeout=30)
+        call: Any = stub.VerifyStream(timeout=30)
         await call.write(
             oracle_pb2.VerifyStreamRequest(
                 open=oracle_pb2.VerifyStreamOpen(oracle="oracles/sphere", dna=_dna())
