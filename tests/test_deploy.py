@@ -21,6 +21,7 @@ import json
 import re
 import shlex
 import subprocess
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -714,6 +715,30 @@ def test_dockerfile_is_slim_non_root_and_multi_stage():
     kept = [line[1:] for line in ignored if line.startswith("!")]
     assert next(line for line in ignored if not line.startswith("#")) == "*", "an allow-list"
     assert not any(k.startswith((".git", ".venv", "tests", "node_modules")) for k in kept)
+
+
+def test_image_build_has_every_file_the_package_build_reads():
+    """What pyproject.toml's build reads (readme, packages, force-included files) passes
+    .dockerignore's allow-list and is copied into the build stage."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    needed = [project["project"]["readme"], "pyproject.toml", "requirements.lock"]
+    needed += [*wheel["packages"], *wheel.get("force-include", {})]
+    kept = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+            if line.startswith("!")]  # fmt: skip
+    instructions = dockerfile_instructions()
+    build_stage = instructions[: len(instructions) - len(final_stage(instructions))]
+    copied = [
+        source.rstrip("/")
+        for keyword, rest in build_stage
+        if keyword == "COPY"
+        for source in rest.split()[:-1]
+    ]
+    for path in needed:
+        assert (ROOT / path).exists(), path
+        inside = [k for k in kept if path == k or path.startswith(k + "/")]
+        assert inside, f".dockerignore leaves {path} out of the build context"
+        assert any(path == c or path.startswith(c + "/") for c in copied), f"{path} not copied"
 
 
 # --- drift: metric names ------------------------------------------------------------------
