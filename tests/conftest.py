@@ -180,3 +180,28 @@ def store_settings(request: pytest.FixtureRequest) -> dict[str, str]:
         return {}
     etcd: SessionEtcd = request.getfixturevalue("session_etcd")
     return {"store": f"etcd://{etcd.endpoint}", "etcd_prefix": f"/test-{uuid.uuid4().hex}"}
+
+
+# Tests of whole topologies, faults and benchmarks: minutes of processes starting, dying
+# and restarting, through the same library calls (grpcio, protobuf, PyJWT…) the rest of the
+# suite makes. `make test` runs them; CI's pass on the oldest releases the dependency ranges
+# allow (`make test-lowest`) leaves them out (-m "not slow") to stay well inside its time.
+SLOW_FILES = frozenset(
+    {
+        "test_bench_quality.py",
+        "test_bench_run.py",
+        "test_bench_scale.py",
+        "test_cluster.py",
+        "test_deploy_compose.py",
+        "test_loadtest.py",
+        "test_orchestrator_reliability.py",
+        "test_orchestrator_replicas.py",
+        "test_registry_etcd.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
