@@ -16,18 +16,15 @@ roles, and each process drains to exit status 0 on SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
+from deploy_processes import Instance, check_agents, check_metrics, run_search, scrape
 from deploy_support import (
     COMPOSE,
-    DEPLOY,
     ROOT,
     compose_command,
     dockerfile_exec_form,
@@ -35,43 +32,17 @@ from deploy_support import (
     final_stage,
     healthcheck_command,
     helix_argv,
-    promql_metric_names,
     yaml_documents,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
-import helix.v1.registry_pb2 as registry_pb2
-import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.security.keys import load_hs256_dir
 from helix.security.tokens import mint
 
 from etcd_support import EtcdCluster, free_ports
-from harness import HELIX, Processes, RunningProcess, clean_env, run_helix
-from waiting import eventually
+from harness import HELIX, Processes, clean_env, run_helix
 
 pytestmark = pytest.mark.timeout(300)
 LOOPBACK = ("127.0.0.1", "localhost")
-KIND = {"generator": "AGENT_KIND_GENERATOR", "oracle": "AGENT_KIND_ORACLE"}
-
-
-@dataclass
-class Instance:
-    """One replica of a compose service, as a process here."""
-
-    service: str
-    index: int
-    port: int  # the free port standing in for its --port
-    metrics_port: int  # and for its --metrics-port
-    volumes: dict[str, Path]  # container path -> local directory or file
-    process: RunningProcess | None = None
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    @property
-    def name(self) -> str:
-        return f"{self.service}-{self.index}"
 
 
 @dataclass
@@ -218,18 +189,6 @@ async def start_topology(topology: Topology, processes: Processes) -> None:
         await asyncio.gather(*(start(instance) for instance in group))
 
 
-def scrape(url: str) -> set[str]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    names = set()
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
-    for family in text_string_to_metric_families(text):
-        names.add(family.name)
-        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
-        names.update(sample.name for sample in family.samples)
-    return names
-
-
 async def test_the_compose_topology_runs_a_search(tmp_path: Path, etcd: EtcdCluster):
     topology = Topology(yaml_documents(COMPOSE)[0], tmp_path, etcd.endpoint)
     async with Processes(tmp_path / "logs") as processes:
@@ -247,26 +206,8 @@ async def test_the_compose_topology_runs_a_search(tmp_path: Path, etcd: EtcdClus
         _, signer = load_hs256_dir(keys)
         assert signer is not None, "the registry created no key in the helix-keys volume"
         token = mint(signer, "tester", ["agents.read", "runs.read", "runs.write"], 600)
-        await check_agents(topology, token)
-
-        out_dir = tmp_path / "run"
-        status, out, err = await run_helix(
-            "run",
-            str(ROOT / "examples" / "dna" / "rastrigin.yaml"),
-            "--oracle=rastrigin",
-            "--budget=1000",
-            "--seed=7",
-            f"--address=127.0.0.1:{topology.instances['orchestrator'][0].port}",
-            f"--token={token}",
-            "--json",
-            f"--out={out_dir}",
-            env=clean_env(),
-            within=120,
-        )
-        assert status == 0, err
-        summary = json.loads(out)
-        assert summary["state"] == "SUCCEEDED", summary
-        assert summary["evaluations"] >= 1000
+        await check_agents(topology.instances, token)
+        await run_search(topology.instances["orchestrator"][0], token, tmp_path / "run")
 
         exported: set[str] = set()
         for instance in instances:
@@ -277,46 +218,3 @@ async def test_the_compose_topology_runs_a_search(tmp_path: Path, etcd: EtcdClus
             for instance in topology.instances[service]:
                 assert instance.process is not None
                 assert await instance.process.stop(grace=30) == 0, instance.name
-
-
-async def check_agents(topology: Topology, token: str) -> None:
-    """Every generator and oracle replica registered, SERVING, at the address it
-    advertises (which the orchestrator dials)."""
-    expected = {
-        (KIND[service], f"127.0.0.1:{instance.port}")
-        for service in KIND
-        for instance in topology.instances[service]
-    }
-    registry = f"127.0.0.1:{topology.instances['registry'][0].port}"
-    async with grpc.aio.insecure_channel(registry) as channel:
-        stub = registry_pb2_grpc.RegistryServiceStub(channel)
-
-        async def registered() -> bool:
-            listed = await stub.ListAgents(
-                registry_pb2.ListAgentsRequest(page_size=100),
-                metadata=[("authorization", f"Bearer {token}")],
-                timeout=5,
-            )
-            seen = {
-                (registry_pb2.AgentKind.Name(a.kind), a.endpoint)
-                for a in listed.agents
-                if a.health == registry_pb2.AGENT_HEALTH_SERVING
-            }
-            return expected <= seen
-
-        await eventually(registered, 30, what="every agent replica registered")
-
-
-def check_metrics(exported: set[str]) -> None:
-    dashboard = json.loads((DEPLOY / "grafana" / "helix-dashboard.json").read_text())
-    queried = {
-        name
-        for panel in dashboard["panels"]
-        for target in panel.get("targets", [])
-        for name in promql_metric_names(target["expr"])
-    }
-    adapter = yaml_documents(DEPLOY / "monitoring" / "prometheus-adapter-values.yaml")[0]
-    for rule in adapter["rules"]["external"]:
-        queried |= promql_metric_names(rule["metricsQuery"])
-    missing = queried - exported
-    assert not missing, f"queried but exported by no process of the topology: {sorted(missing)}"
