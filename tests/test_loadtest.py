@@ -18,7 +18,7 @@ import pytest
 from cluster_support import RunCluster
 
 import helix.v1.registry_pb2 as registry_pb2
-from helix.cli.loadstats import LatencyHistogram, LoadStats
+from helix.cli.loadstats import LatencyHistogram, LoadStats, some_names
 from helix.cli.loadwork import LABEL
 from helix.cli.main import main
 from helix.suite import EMBEDDED_ORACLE_ID
@@ -204,6 +204,28 @@ async def test_refused_calls_are_counted_by_code_and_said_once(suite):
     assert err.count("PERMISSION_DENIED") == 1, err
     assert "OrchestratorService/CreateRun" in err
     assert report["agents"]["deregistered"] == 2
+
+
+async def test_agents_refused_by_the_rate_limit_are_still_all_deregistered(clusters):
+    # 5 writes/s for the load test's principal (a bucket of 10): 20 agents register in
+    # turns, and their deregistrations at the end are refused and retried too.
+    limited = await clusters("embedded", generators=0, settings={"rate_write": 5})
+    code, out, err = await _loadtest(
+        limited, "--json", "--agents", "20", "--runs", "0", "--duration", "1s"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    agents = report["agents"]
+    assert agents["registered"] >= 10
+    assert agents["deregistered"] == agents["registered"]
+    assert agents["left_registered"] == []
+    refused = {
+        name: method["errors"].get("RESOURCE_EXHAUSTED", 0)
+        for name, method in report["methods"].items()
+    }
+    assert refused[REGISTER] > 0, refused
+    assert refused[DEREGISTER] > 0, refused
+    assert await _simulated_agents(limited) == []
 
 
 async def test_ctrl_c_stops_cleanly_deregisters_and_reports(suite):
@@ -417,4 +439,6 @@ def test_report_counts_errors_by_code_and_latency_only_of_successes():
     assert b["latency_ms"]["p50"] is None
     assert report["totals"] == {"calls": 4, "ok": 2, "errors": 2, "calls_per_second": 2.0}
     assert stats.succeeded() == 2
+    assert some_names(["a", "b"]) == "a, b"
+    assert some_names([f"n{i}" for i in range(8)], 3) == "n0, n1, n2 and 5 more"
     json.dumps(report)  # JSON as it is

@@ -307,13 +307,19 @@ def summary_table(report: Mapping[str, Any]) -> Table:
             )
         )
     if agents["left_registered"]:
-        rows.append(("left registered", ", ".join(agents["left_registered"])))
+        rows.append(("left registered", some_names(agents["left_registered"])))
     for what, value in rows:
         table.add_row(what, value)
     return table
 
 
 _KEYS = ("p50", "p95", "p99")
+
+
+def some_names(names: list[str], shown: int = 5) -> str:
+    """The first `shown` names, and how many more (a list of 1000 agents helps nobody)."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more:,} more" if more > 0 else "")
 
 
 def report_tables(report: Mapping[str, Any]) -> Group:

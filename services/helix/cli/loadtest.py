@@ -51,7 +51,7 @@ import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.support import describe
 from helix.cli.client import add_client_arguments, open_channel
-from helix.cli.loadstats import report_tables
+from helix.cli.loadstats import report_tables, some_names
 from helix.cli.loadwork import (
     GET_ORACLE,
     LIST_AGENTS,
@@ -304,10 +304,11 @@ async def _loadtest(args: argparse.Namespace, settings: LoadSettings) -> int:
         print(json.dumps(report, indent=2))
     else:
         Console(width=max(120, Console().width)).print(report_tables(report))
-    if report["agents"]["left_registered"]:
+    left = report["agents"]["left_registered"]
+    if left:
         print(
-            "helix loadtest: could not deregister "
-            f"{', '.join(report['agents']['left_registered'])}: they expire at their TTL",
+            f"helix loadtest: {len(left):,} agents could not be deregistered "
+            f"({some_names(left)}): they expire at their TTL",
             file=sys.stderr,
         )
     if session.stopped_by == "interrupt":

@@ -33,6 +33,7 @@ from helix.cli.loadstats import OK, LoadStats
 
 LABEL = "helix-loadtest"  # label of the simulated agents; its value is the session id
 RETRY_PAUSE = 0.5  # seconds before retrying a refused call that named no delay
+MAX_DEREGISTER_SECONDS = 120.0  # the longest an agent retries its deregistration
 MAX_WATCH_ATTEMPTS = 5  # broken WatchRun streams of one run before it is given up
 AGENT_ENDPOINT = "127.0.0.1:9"  # advertised, never dialled: the agents take no work
 AGENT_CAPACITY = 1
@@ -192,7 +193,7 @@ class SimulatedAgent:
                 if error.code() not in RETRYABLE:
                     session.warn(REGISTER, error, "an agent could not register")
                     return False
-                await session.pause(retry_delay(error) or RETRY_PAUSE)
+                await session.pause(retry_pause(error))
                 continue
             self.epoch = response.agent.epoch
             self.etag = response.agent.etag
@@ -244,24 +245,37 @@ class SimulatedAgent:
         return True
 
     async def deregister(self) -> None:
-        """Remove this registration (only it: by its etag); NOT_FOUND means it is gone."""
+        """Remove this registration (only it: by its etag); NOT_FOUND means it is gone.
+        Refusals (a rate limit after N agents stop at once) are retried at the pace the
+        server asks, for as long as the lease could still be alive: after that the agent
+        has expired anyway."""
         session = self.session
         request = registry_pb2.DeregisterAgentRequest(name=self.name, etag=self.etag)
-        for attempt in range(3):
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + min(self.ttl + 1.0, MAX_DEREGISTER_SECONDS)
+        while True:
             try:
                 with session.measure(DEREGISTER):
                     await session.registry.DeregisterAgent(request)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     break
-                if error.code() in RETRYABLE and attempt < 2:
-                    await asyncio.sleep(retry_delay(error) or RETRY_PAUSE)
+                if error.code() in RETRYABLE and loop.time() < give_up:
+                    await asyncio.sleep(retry_pause(error))
                     continue
+                session.warn(DEREGISTER, error, "an agent could not deregister")
                 session.stats.agents.left_registered.append(self.name)
                 return
             break
         self.registered = False
         session.stats.agents.deregistered += 1
+
+
+def retry_pause(error: grpc.aio.AioRpcError) -> float:
+    """How long to wait before retrying a refused call: the delay its RetryInfo asks for
+    (else RETRY_PAUSE), stretched by up to half again at random, so that N agents or
+    runners refused together do not all come back in the same instant."""
+    return (retry_delay(error) or RETRY_PAUSE) * random.uniform(1.0, 1.5)
 
 
 # --- the runs ---------------------------------------------------------------------------
@@ -294,7 +308,7 @@ async def _one_run(session: Session, template: orchestrator_pb2.Run) -> None:
     except grpc.aio.AioRpcError as error:
         tally.create_failed += 1
         if error.code() in RETRYABLE:
-            await session.pause(retry_delay(error) or RETRY_PAUSE)
+            await session.pause(retry_pause(error))
         else:
             session.warn(CREATE_RUN, error)
             await session.pause(RETRY_PAUSE)  # a persistent refusal must not spin
@@ -341,7 +355,7 @@ async def _follow(session: Session, name: str) -> None:
             failures += 1
             if error.code() not in RETRYABLE or failures >= MAX_WATCH_ATTEMPTS:
                 raise
-            await asyncio.sleep(retry_delay(error) or RETRY_PAUSE)
+            await asyncio.sleep(retry_pause(error))
         except _Stopped:
             continue  # the test stopped mid-watch: cancel, then watch the rest
 
