@@ -368,6 +368,7 @@ async def test_an_unreachable_orchestrator_is_a_clear_error_too(suite):
         (["--agent-ttl", "0s"], "--agent-ttl"),
         (["--heartbeat-interval", "soon"], "--heartbeat-interval"),
         (["--dna", "Not A Name"], "--dna"),
+        (["--timeout", "0s"], "--timeout"),
     ],
 )
 def test_bad_flags_are_configuration_errors_naming_the_flag(flags, named, capsys):

@@ -92,6 +92,13 @@ def _bounded(flag: str, value: int, low: int, high: int) -> int:
     return value
 
 
+def _seconds(flag: str, text: str, low: float, high: float, bounds: str) -> float:
+    seconds = parse_duration_setting(flag, text)
+    if not low <= seconds <= high:
+        raise ConfigError(f"{flag}: {text!r} is not within {bounds}")
+    return seconds
+
+
 def settings_from(args: argparse.Namespace) -> LoadSettings:
     """Check the flags (ConfigError naming the flag, exit status 2) before any call."""
     agents = _bounded("--agents", args.agents, 0, MAX_AGENTS)
@@ -102,23 +109,17 @@ def settings_from(args: argparse.Namespace) -> LoadSettings:
     count = None if args.count is None else _bounded("--count", args.count, 1, MAX_COUNT)
     duration = None
     if count is None:
-        duration = parse_duration_setting("--duration", args.duration or DEFAULT_DURATION)
-        if not 0 < duration <= 30 * 24 * 3600:
-            raise ConfigError(f"--duration: {args.duration!r} is not within 1ms..30 days")
+        text = args.duration or DEFAULT_DURATION
+        duration = _seconds("--duration", text, 0.001, 30 * 86400, "1ms..30 days")
     if agents == 0 and runs == 0:
         raise ConfigError("--agents and --runs are both 0: nothing to do")
     if count is not None and runs == 0:
         raise ConfigError("--count counts runs: it needs --runs of 1 or more")
-    ttl = parse_duration_setting("--agent-ttl", args.agent_ttl)
-    if not 1 <= ttl <= 3600:
-        raise ConfigError(f"--agent-ttl: {args.agent_ttl!r} is not within 1s..1h")
+    ttl = _seconds("--agent-ttl", args.agent_ttl, 1, 3600, "1s..1h")
     interval = None
     if args.heartbeat_interval is not None:
-        interval = parse_duration_setting("--heartbeat-interval", args.heartbeat_interval)
-        if not 0.01 <= interval <= 3600:
-            raise ConfigError(
-                f"--heartbeat-interval: {args.heartbeat_interval!r} is not within 10ms..1h"
-            )
+        interval = _seconds("--heartbeat-interval", args.heartbeat_interval, 0.01, 3600, "10ms..1h")
+    timeout = _seconds("--timeout", args.timeout, 0.001, 3600, "1ms..1h")
     dna = args.dna if args.dna.startswith("dnas/") else f"dnas/{args.dna}"
     if check_resource_name(dna, "dnas", "dna"):
         raise ConfigError(f"--dna: {args.dna!r} is not dnas/ID or ID, ID matching [a-z][a-z0-9-]*")
@@ -134,7 +135,7 @@ def settings_from(args: argparse.Namespace) -> LoadSettings:
         count=count,
         agent_ttl_seconds=ttl,
         heartbeat_interval_seconds=interval,
-        timeout_seconds=parse_duration_setting("--timeout", args.timeout),
+        timeout_seconds=timeout,
         objective=args.objective or "",
     )
 
