@@ -22,8 +22,10 @@ ETCD_PROTOS := $(sort $(wildcard $(ETCD_PROTO_ROOT)/helix/etcdpb/*.proto))
 HOST ?= 127.0.0.1
 PORT ?= 50051
 ARGS ?=
+# Oracle worker process counts of `make bench-scale`.
+WORKERS ?= 1 2
 
-.PHONY: help run serve test test-lowest check fix lint format-check typecheck buf-lint generate check-generated bench clean lock errors-doc
+.PHONY: help run serve test test-lowest check fix lint format-check typecheck buf-lint generate check-generated bench bench-scale clean lock errors-doc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -112,7 +114,13 @@ errors-doc: $(STAMP) ## rewrite the generated tables of docs/errors.md from the 
 
 bench: $(STAMP) ## run the benchmarks (each prints its figures and ratios)
 	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	for b in benchmarks/bench_*.py; do $(PY) $$b; done
+	for b in benchmarks/bench_*.py; do \
+	  [[ $$b == benchmarks/bench_scale.py ]] || $(PY) $$b; \
+	done
+
+# Not in `bench`: it starts a cluster per worker count and takes minutes per point.
+bench-scale: $(STAMP) ## search throughput vs oracle worker processes, WORKERS="1 2 4 8 12"
+	$(PY) benchmarks/bench_scale.py --workers "$(WORKERS)" $(ARGS)
 
 lock: ## re-resolve the dependency ranges and rewrite requirements.lock
 	rm -rf /tmp/helix-lock && $(PYTHON) -m venv /tmp/helix-lock
