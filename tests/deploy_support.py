@@ -81,8 +81,8 @@ def render_kustomization(directory: Path) -> list[Obj]:
 def _transform(objects: list[Obj], kustomization: Obj) -> None:
     """Apply a kustomization's transformers to the objects of its resources, in place."""
     for entry in kustomization.get("labels", []):
-        _add_labels(objects, entry["pairs"], entry.get("includeTemplates", False),
-                    entry.get("includeSelectors", False))  # fmt: skip
+        templates = entry.get("includeTemplates", False)
+        _add_labels(objects, entry["pairs"], templates, entry.get("includeSelectors", False))
     if kustomization.get("commonLabels"):
         _add_labels(objects, kustomization["commonLabels"], True, True)
     for image in kustomization.get("images", []):

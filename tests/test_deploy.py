@@ -377,7 +377,8 @@ def test_ports_and_paths_are_the_ones_the_command_uses(found: Found, tmp_path: P
     if path not in CONFIGS:
         return
     _, settings = server_settings(found, tmp_path)
-    listens = {settings.port, settings.metrics_port} - {None}
+    grpc_port: int = settings.port
+    listens = {grpc_port, settings.metrics_port} - {None}
     assert found.command.ports <= listens, (
         f"{found.command.where}: ports {sorted(found.command.ports - listens)} are not ones "
         f"helix {' '.join(path)} listens on ({sorted(listens)})"
@@ -388,9 +389,8 @@ def test_ports_and_paths_are_the_ones_the_command_uses(found: Found, tmp_path: P
     if isinstance(settings, RegistryMembership) and settings.registry_address:
         # Listening on 0.0.0.0, an agent would advertise 127.0.0.1 to the registry.
         advertised: str = settings.advertise_address
-        port: int = getattr(settings, "port")  # noqa: B009 - a ServerConfig too
         assert advertised, f"{found.command.where}: registers with no --advertise-address"
-        assert advertised.rsplit(":", 1)[1] == str(port), found.command.where
+        assert advertised.rsplit(":", 1)[1] == str(grpc_port), found.command.where
     for name in vars(namespace):
         value = getattr(namespace, name)
         if isinstance(value, str) and value.startswith("/"):
@@ -703,8 +703,8 @@ def test_compose_addresses_name_services_listening_there():
 def test_dockerfile_is_slim_non_root_and_multi_stage():
     instructions = dockerfile_instructions()
     args = dict(re.findall(r"(\w+)=(\S+)", " ".join(r for k, r in instructions if k == "ARG")))
-    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.split()[0])
-             for keyword, rest in instructions if keyword == "FROM"]  # fmt: skip
+    froms = [rest.split()[0] for keyword, rest in instructions if keyword == "FROM"]
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base) for base in froms]
     assert len(bases) == 2, "a build stage and a runtime stage"
     assert all(re.fullmatch(r"python:3\.11-slim(-\w+)?", base) for base in bases), bases
     users = [rest for keyword, rest in final_stage(instructions) if keyword == "USER"]
@@ -724,8 +724,8 @@ def test_image_build_has_every_file_the_package_build_reads():
     wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
     needed = [project["project"]["readme"], "pyproject.toml", "requirements.lock"]
     needed += [*wheel["packages"], *wheel.get("force-include", {})]
-    kept = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-            if line.startswith("!")]  # fmt: skip
+    ignore_lines = (ROOT / ".dockerignore").read_text().splitlines()
+    kept = [line[1:].rstrip("/") for line in ignore_lines if line.startswith("!")]
     instructions = dockerfile_instructions()
     build_stage = instructions[: len(instructions) - len(final_stage(instructions))]
     copied = [
