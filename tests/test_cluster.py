@@ -269,12 +269,14 @@ async def test_the_autoscaler_follows_a_burst_and_drains_without_losing_a_verdic
                 lambda: len(_live_oracles(supervisor)) == 3, 60, what="three oracle processes"
             )
             assert any("oracles 1 -> 3" in d or "-> 3" in d for d in supervisor.decisions)
-            # A scale-down while the run goes: the process drains.
+            # A scale-down while the run goes: the process drains, answering what it held.
             await supervisor.scale_oracles(2)
             drained = [c for c in supervisor.children if c.draining]
             assert len(drained) == 1
+            before = _verified(data, burst.run.name, drained[0].name)
             done = await finish(lambda: runs, burst.run.name, within=240)
             assert done.state == orchestrator_pb2.RUN_STATE_SUCCEEDED
+            assert _verified(data, burst.run.name, drained[0].name) > before, "held nothing"
             # Idle: back to the minimum, each drained process gone.
             await eventually(
                 lambda: (
@@ -316,10 +318,10 @@ def _live_oracles(supervisor: Supervisor) -> list[object]:
     return [c for c in supervisor.oracle_processes() if c.running and c.address]
 
 
-def _verified(data: Path, run: str) -> int:
-    """Verdicts reported for `run` by every oracle process (reports/<agent>/verdicts.jsonl)."""
+def _verified(data: Path, run: str, agent: str = "*") -> int:
+    """Verdicts reported for `run` by the oracle processes (reports/<agent>/verdicts.jsonl)."""
     count = 0
-    for path in (data / "reports").glob("*/verdicts.jsonl"):
+    for path in (data / "reports").glob(f"{agent}/verdicts.jsonl"):
         with path.open() as lines:
             count += sum(1 for line in lines if json.loads(line).get("run") == run)
     return count

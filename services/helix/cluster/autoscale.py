@@ -1,10 +1,11 @@
 """How many oracle agent processes the backlog calls for: the autoscaler's policy (pure,
 clock given) and the reading of the orchestrator's backlog from its /metrics.
 
-The signal is the orchestrator's backlog ratio: candidates handed to verification without
-a verdict yet, per unit of capacity the live oracle agents advertise (the same figures a
-Kubernetes HorizontalPodAutoscaler reads from `helix_orchestrator_backlog` and
-`helix_orchestrator_oracle_capacity`). The policy is the HPA's, for a process count:
+The signal is the orchestrator's backlog ratio: candidates bred and handed to verification
+without a verdict yet (on an agent, or queued for room on one), per unit of capacity the
+live oracle agents advertise (the same figures a Kubernetes HorizontalPodAutoscaler reads
+from `helix_orchestrator_backlog` and `helix_orchestrator_oracle_capacity`). The policy is
+the HPA's, for a process count:
 
 - **up**: when the mean ratio over the last few samples is at or above `up_ratio`, ask
   for `ceil(workers * ratio / up_ratio)` (at least one more, at most `maximum`) — a burst

@@ -34,6 +34,7 @@ log = logging.getLogger("helix.cluster.gateway")
 Metadata = tuple[tuple[str, str | bytes], ...]
 # Not forwarded: HTTP/2 pseudo-headers and what gRPC itself sets per hop.
 _CLOSE_GRACE = 30.0  # seconds a retired process's channel keeps its calls
+_LAST_GRACE = 5.0  # what is left of it when the gateway closes
 _HOP_BY_HOP = ("grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "user-agent", "te")
 
 
@@ -97,13 +98,17 @@ class Routes:
         return channel
 
     async def close(self) -> None:
+        """Close every channel (the processes are gone or going: calls on retired
+        channels get a few seconds more to end with them)."""
         channels = list(self._channels.values())
         self._channels.clear()
         for channel in channels:
             await channel.close(grace=None)
-        for task in list(self._closing):
-            task.cancel()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._closing:
+            _, late = await asyncio.wait(list(self._closing), timeout=_LAST_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 def _methods() -> dict[str, _Method]:

@@ -45,7 +45,7 @@ from helix.cluster.autoscale import Autoscaler, Policy, read_backlog
 from helix.cluster.config import ClusterConfig
 from helix.cluster.gateway import Routes, gateway_bindings
 from helix.common.config import ServerConfig, StoreConfig, env_name, flag_name, format_setting
-from helix.common.server import HelixServer, create_server, server_options
+from helix.common.server import HelixServer, create_server
 
 log = logging.getLogger("helix.cluster")
 
@@ -113,7 +113,13 @@ class Supervisor:
         self.config = config
         self._say_to = say or _print
         self.data_dir = config.data_dir.resolve()
-        self.routes = Routes(server_options(config))
+        # To the processes: the message limits; their keepalive rules are their own.
+        self.routes = Routes(
+            [
+                ("grpc.max_receive_message_length", int(config.max_receive_message_bytes)),
+                ("grpc.max_send_message_length", int(config.max_send_message_bytes)),
+            ]
+        )
         self.children: list[Child] = []
         self.gateway: HelixServer | None = None
         self.decisions: list[str] = []
@@ -133,13 +139,20 @@ class Supervisor:
             self.gateway, _ = create_server(
                 self.config, gateway_bindings(self.routes), security=None
             )
+            starting = asyncio.create_task(self._start_all())
+            stopped = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not starting.done():  # told to stop while starting: stop what has started
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ClusterError):
+                    await starting
+                return 0
             try:
-                await self._start_all()
+                starting.result()
             except ClusterError as exc:
                 self.say(f"cannot start: {exc}")
                 return 1
-            if self._stopping.is_set():
-                return 0
             await self.gateway.start()
             self._print_ready()
             self.ready.set()
@@ -221,7 +234,10 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._autoscaler
         if self.gateway is not None:
-            await self.gateway.shutdown()
+            try:
+                await self.gateway.shutdown()
+            except Exception:  # the processes must still be stopped
+                log.exception("the gateway's drain failed")
         tasks = [c.task for c in self.children if c.task is not None]
         for task in tasks:
             task.cancel()
@@ -238,8 +254,9 @@ class Supervisor:
         process = child.process
         if process is None or process.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+        if not (child.draining and child.address is not None):  # (a second one would hurry it)
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), self.config.grace_period + _STOP_MARGIN)
         except TimeoutError:
@@ -254,6 +271,9 @@ class Supervisor:
         env = dict(os.environ)
         env[env_name("auth_hs256_dir")] = str(self.config.key_dir.resolve())
         env.pop(env_name("data_dir"), None)  # each process is given its own
+        # The gateway's TLS, not theirs: the processes serve plaintext on loopback.
+        for name in [k for k in env if k.startswith(env_name("tls_"))]:
+            del env[name]
         return env
 
     async def _spawn(self, child: Child) -> None:
@@ -334,14 +354,17 @@ class Supervisor:
                     if not ready.done():
                         ready.set_result(True)
                 elif ready.done():
-                    print(f"[{child.name}] {line}", file=sys.stderr, flush=True)
+                    _relay(child, line)
         finally:
             if not ready.done():
                 ready.set_result(False)
 
     @staticmethod
     async def _metrics_line(child: Child, stdout: asyncio.StreamReader) -> None:
-        """The metrics line follows the listening line at once where there is one."""
+        """The metrics line follows the listening line at once where there is one (the
+        registry's and the orchestrator's; the agents print none)."""
+        if child.role not in ("registry", "orchestrator"):
+            return
         with contextlib.suppress(TimeoutError, ValueError):
             following = await asyncio.wait_for(stdout.readline(), 0.5)
             if metrics := _METRICS.match(following.decode(errors="replace").strip()):
@@ -358,13 +381,13 @@ class Supervisor:
                 return
             if child.draining:
                 self.say(f"{child.name} (pid {child.process.pid}) drained, exit status {status}")
-                self.children.remove(child)
+                self._forget(child)
                 return
             if time.monotonic() - child.started >= _STABLE:
                 child.crashes = 0
             delay = min(
                 self.config.restart_backoff_max,
-                self.config.restart_backoff * 2**child.crashes,
+                self.config.restart_backoff * 2 ** min(child.crashes, 32),
             )
             child.crashes += 1
             self.say(
@@ -376,12 +399,24 @@ class Supervisor:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 if self._stopping.is_set():
                     return
+                if child.draining:  # scaled away while it waited: no restart
+                    self._forget(child)
+                    return
                 try:
                     await self._spawn(child)
-                    break
-                except ClusterError as exc:
+                except Exception as exc:  # a restart that fails is retried
                     delay = min(self.config.restart_backoff_max, delay * 2)
-                    self.say(f"restart failed: {exc}; again in {delay:g}s")
+                    self.say(f"restart of {child.name} failed: {exc}; again in {delay:g}s")
+                    continue
+                if child.draining and child.process is not None:  # scaled away meanwhile
+                    self.say(f"{child.name} (pid {child.process.pid}) draining")
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.send_signal(signal.SIGTERM)
+                break
+
+    def _forget(self, child: Child) -> None:
+        if child in self.children:
+            self.children.remove(child)
 
     def _route(self) -> None:
         """Point the gateway at the processes listening now."""
@@ -397,12 +432,21 @@ class Supervisor:
     # ---- command lines ----------------------------------------------------------------
 
     def _common(self) -> list[str]:
-        return ["--host", "127.0.0.1", "--metrics-port", "0", "--log-level", self.config.log_level]
+        return [
+            "--host",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+            "--log-level",
+            self.config.log_level,
+            "--grace-period",
+            format_setting(self.config.grace_period),
+        ]
 
     def _registry_address(self) -> str:
+        """Where the registry listens: its first port, which it keeps across restarts."""
         registry = next(c for c in self.children if c.role == "registry")
-        assert registry.address is not None
-        return registry.address
+        return f"127.0.0.1:{registry.port}"
 
     def _registry_args(self) -> list[str]:
         return [
@@ -491,7 +535,10 @@ class Supervisor:
                 self.decisions.append(text)
                 del self.decisions[:-1000]
                 self.say(f"autoscale: {text}")
-                await self.scale_oracles(decision.wanted)
+                try:
+                    await self.scale_oracles(decision.wanted)
+                except Exception as exc:  # said; the next sample tries again
+                    self.say(f"autoscale: scaling to {decision.wanted} failed: {exc!r}")
 
     async def scale_oracles(self, wanted: int) -> None:
         """Start or drain oracle processes until `wanted` count (draining ones do not)."""
@@ -507,15 +554,18 @@ class Supervisor:
                         self._launch(self._child(name, "oracle", self._oracle_args(name)))
                     )
                 for result in await asyncio.gather(*starts, return_exceptions=True):
-                    if isinstance(result, ClusterError):
-                        self.say(f"autoscale: {result}")
-                    elif isinstance(result, BaseException):
+                    if isinstance(result, asyncio.CancelledError):
                         raise result
+                    if isinstance(result, BaseException):
+                        self.say(f"autoscale: {result}")
                 self._drop_failed()
-            for child in sorted(current, key=_index, reverse=True)[: max(0, len(current) - wanted)]:
+            # Those listening first (newest first); one restarting or starting goes when
+            # its keeper sees it is draining.
+            order = sorted(current, key=lambda c: (c.running and c.address is not None, _index(c)))
+            for child in order[::-1][: max(0, len(current) - wanted)]:
                 child.draining = True
                 self._route()
-                if child.running:
+                if child.running and child.address is not None:
                     assert child.process is not None
                     self.say(f"{child.name} (pid {child.process.pid}) draining")
                     with contextlib.suppress(ProcessLookupError):
@@ -540,6 +590,12 @@ class Supervisor:
                 f"gateway metrics on http://{self.config.metrics_host}:{self.gateway.metrics_port}/metrics"
             )
         self._say_to(f"helix listening on {self.gateway.address}")
+
+
+def _relay(child: Child, line: str) -> None:
+    """A line a process printed after its ready line: to our stderr, named."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"[{child.name}] {line}", file=sys.stderr, flush=True)
 
 
 def _index(child: Child) -> int:

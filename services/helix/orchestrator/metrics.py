@@ -65,8 +65,7 @@ class _Collector(Collector):
         )
         yield GaugeMetricFamily(
             "helix_orchestrator_backlog",
-            "Candidates of the generations being verified that have no verdict yet, whether "
-            "handed to an oracle agent or waiting for room (all runs).",
+            "Candidates handed to verification that have no verdict yet (all runs).",
             value=engine.backlog,
         )
         try:

@@ -1267,24 +1267,20 @@ class Orchestrator:
         request: Any,
         plan: BreedingPlan,
     ) -> None:
-        """Breed and verify one generation, counting its candidates that await a verdict
-        in the backlog: all of them at first (bred or not yet, handed to an oracle agent or
-        not yet), less the duplicates found and each verdict recorded. (Counting only those
-        handed out would count no more than the agents' capacity: verification takes
-        candidates only as fast as the agents have room.)"""
-        waiting = [generation.count]
-        self.backlog += generation.count
+        """Breed and verify one generation, counting its candidates awaiting a verdict in
+        the backlog."""
+        handed = [0]
 
         def record(verdicts: Verdicts) -> None:
             _no_infinite_scores(verdicts)
             taken = generation.record(verdicts)
-            waiting[0] -= taken
+            handed[0] -= taken
             self.backlog -= taken
 
         try:
-            await verifier.verify(self._fresh(generation, request, plan, waiting), record)
+            await verifier.verify(self._fresh(generation, request, plan, handed), record)
         finally:
-            self.backlog -= waiting[0]
+            self.backlog -= handed[0]
 
     def _retained(
         self, active: _Active, objective: int, outcome: Outcome, search: Search
@@ -1352,16 +1348,15 @@ class Orchestrator:
         generation: Generation,
         request: Any,
         plan: BreedingPlan,
-        waiting: list[int],
+        handed: list[int],
     ) -> AsyncIterator[tuple[list[bytes], list[str]]]:
         """The generation's candidates that need verifying, as they are generated
-        (serialised, with their ids); the duplicates leave `waiting` and the backlog."""
+        (serialised, with their ids; counted in `handed` and the backlog)."""
         async for records, ids in self.breeder.candidates(request, plan):
             fresh, fresh_ids = generation.add(records, ids)
-            known = len(ids) - len(fresh_ids)
-            waiting[0] -= known
-            self.backlog -= known
             if fresh:
+                handed[0] += len(fresh)
+                self.backlog += len(fresh)
                 yield fresh, fresh_ids
         if generation.received != generation.count:
             raise RunFailed(
