@@ -135,11 +135,18 @@ def _add_labels(
 
 
 def _set_image(objects: list[Obj], image: Obj) -> None:
+    """kustomize's images transformer. An entry that matches no container is an error here
+    (kustomize ignores it): an overlay naming an image its base already renamed does
+    nothing, silently."""
+    matched = 0
     for container in all_containers(objects):
         name = re.split(r"[:@]", container["image"], maxsplit=1)[0]
         if name == image["name"]:
             new = image.get("newName", name)
             container["image"] = f"{new}:{image['newTag']}" if "newTag" in image else new
+            matched += 1
+    if not matched:
+        raise ValueError(f"images: no container has the image {image['name']!r}")
 
 
 def _set_replicas(objects: list[Obj], name: str, count: int) -> None:

@@ -507,6 +507,23 @@ def test_workloads_are_hardened_probed_and_bounded(rendered: list[Obj]):
             check_probes(name, container)
 
 
+def test_every_helix_container_runs_the_overlays_image():
+    """The base's `helix` image, renamed by the dev overlay, in every container that runs
+    helix (and the init containers that copy its key)."""
+    for directory, expected in zip(KUSTOMIZATIONS, ("helix", "helix:dev"), strict=True):
+        rendered = render_kustomization(directory)
+        images = {
+            container["image"]
+            for obj in rendered
+            if obj["kind"] in WORKLOADS and obj["metadata"]["name"].startswith("helix-")
+            for container in [
+                *pod_spec(obj).get("initContainers", []),
+                *pod_spec(obj)["containers"],
+            ]
+        }
+        assert images == {expected}, directory
+
+
 def check_probes(name: str, container: Obj) -> None:
     ports = {p["containerPort"] for p in container["ports"]}
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
