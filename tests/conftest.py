@@ -193,6 +193,7 @@ SLOW_FILES = frozenset(
         "test_bench_scale.py",
         "test_cluster.py",
         "test_deploy_compose.py",
+        "test_deploy_kubernetes.py",
         "test_loadtest.py",
         "test_orchestrator_reliability.py",
         "test_orchestrator_replicas.py",
