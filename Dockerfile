@@ -18,7 +18,8 @@ RUN python -m venv /opt/helix
 COPY pyproject.toml requirements.lock README.md ./
 COPY generated/ generated/
 COPY services/ services/
-RUN /opt/helix/bin/pip install --constraint requirements.lock . \
+# With the otel extra: tracing stays off (and costs nothing) until OTEL_* variables ask.
+RUN /opt/helix/bin/pip install --constraint requirements.lock '.[otel]' \
     && /opt/helix/bin/python -m compileall -q /opt/helix
 
 # --- runtime: the virtualenv, the example DNAs and oracle config, nothing else ------------
