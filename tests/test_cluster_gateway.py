@@ -198,3 +198,67 @@ async def test_a_client_that_goes_away_cancels_the_call_upstream(
         await asyncio.sleep(0.025)
     assert await upstream_ended()
     await routes.close()
+
+
+async def _open_stream(stub: oracle_pb2_grpc.OracleServiceAsyncStub, deadline: float) -> Any:
+    call: Any = stub.VerifyStream(timeout=deadline)
+    await call.write(
+        oracle_pb2.VerifyStreamRequest(
+            open=oracle_pb2.VerifyStreamOpen(oracle="oracles/sphere", dna=_dna())
+        )
+    )
+    first = await call.read()
+    assert first.WhichOneof("kind") == "credit"
+    return call
+
+
+def _handled(server: HelixServer, code: str) -> float:
+    value = server.metrics.registry.get_sample_value(
+        "grpc_server_handled_total",
+        {
+            "grpc_type": "BIDI_STREAM",
+            "grpc_service": ORACLE_SERVICE,
+            "grpc_method": "VerifyStream",
+            "grpc_code": code,
+        },
+    )
+    return value or 0.0
+
+
+async def test_the_callers_deadline_reaches_the_process(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    backend = await _oracle(start_server, tmp_path, "a")
+    gateway, routes = await _gateway(start_server, [backend])
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        call = await _open_stream(oracle_pb2_grpc.OracleServiceStub(channel), deadline=1.0)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()  # nothing sent: the deadline ends it
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The process behind saw the same deadline, not a call left open.
+    for _ in range(200):
+        if _handled(backend, "DEADLINE_EXCEEDED") or _handled(backend, "CANCELLED"):
+            break
+        await asyncio.sleep(0.025)
+    assert _handled(backend, "DEADLINE_EXCEEDED") or _handled(backend, "CANCELLED")
+    await routes.close()
+
+
+async def test_a_process_that_dies_mid_stream_ends_the_callers_stream(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    backend = await _oracle(start_server, tmp_path, "a")
+    gateway, routes = await _gateway(start_server, [backend])
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        call = await _open_stream(oracle_pb2_grpc.OracleServiceStub(channel), deadline=30)
+        await backend.grpc_server.stop(0)  # the process goes, the stream with it
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _read_to_the_end(call)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    await routes.close()
+
+
+async def _read_to_the_end(call: Any) -> None:
+    async with asyncio.timeout(10):
+        while await call.read() != grpc.aio.EOF:
+            pass
