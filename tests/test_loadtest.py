@@ -14,12 +14,13 @@ import socket
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from cluster_support import RunCluster
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.cli.loadstats import LatencyHistogram, LoadStats, some_names
-from helix.cli.loadwork import LABEL
+from helix.cli.loadwork import LABEL, LoadSettings, Session, SimulatedAgent
 from helix.cli.main import main
 from helix.suite import EMBEDDED_ORACLE_ID
 
@@ -99,11 +100,18 @@ async def test_count_of_runs_with_agents_reports_every_rpc_and_cleans_up(suite):
     totals = report["totals"]
     assert totals["errors"] == 0
     assert totals["calls"] == sum(m["calls"] for m in methods.values())
+    # Rates over the load alone; the checks before it and the drain after it timed apart.
     assert totals["calls_per_second"] == pytest.approx(
-        totals["calls"] / report["elapsed_seconds"], rel=0.01
+        totals["calls"] / report["load_seconds"], rel=0.01
+    )
+    assert report["checks_seconds"] > 0
+    assert report["drain_seconds"] >= 0
+    assert report["elapsed_seconds"] == pytest.approx(
+        report["checks_seconds"] + report["load_seconds"] + report["drain_seconds"], abs=1e-5
     )
     runs = report["runs"]
     assert (runs["started"], runs["succeeded"], runs["failed"], runs["cancelled"]) == (4, 4, 0, 0)
+    assert runs["timed_out"] == 0
     assert runs["evaluations"] >= 4 * 300
     assert runs["evaluations_per_second"] > 0
     assert 0 < runs["seconds"]["p50"] <= runs["seconds"]["p99"] <= report["elapsed_seconds"]
@@ -206,6 +214,93 @@ async def test_refused_calls_are_counted_by_code_and_said_once(suite):
     assert report["agents"]["deregistered"] == 2
 
 
+async def test_nothing_of_the_load_succeeding_is_exit_status_1(suite):
+    # Runs only, every CreateRun refused: the checks (ListAgents, ListRuns) succeeded, but
+    # they are not the load.
+    token = suite.token("lt-reader", ["agents.read", "runs.read", "oracles.read"])
+    code, out, err = await run_helix(
+        "loadtest",
+        "--json",
+        *("--agents", "0", "--runs", "2", "--count", "5"),
+        *("--address", suite.address_of("orchestrator"), "--token", token),
+        env=clean_env(),
+        within=60,
+    )
+    assert code == 1, err
+    report = json.loads(out)  # reported all the same
+    create = report["methods"]["OrchestratorService/CreateRun"]
+    assert (create["calls"], create["errors"]) == (5, {"PERMISSION_DENIED": 5})
+    assert report["methods"]["OrchestratorService/ListRuns"]["ok"] == 1  # the check
+    assert "no call of the load succeeded" in err
+    assert "Traceback" not in err
+
+
+async def _register(suite: Cluster, agent_id: str, agent: registry_pb2.Agent) -> None:
+    agent.endpoint = "127.0.0.1:9"  # never dialled: it takes no work
+    agent.capacity = 1
+    agent.health = registry_pb2.AGENT_HEALTH_NOT_SERVING
+    agent.ttl.FromSeconds(120)
+    await suite.registry().RegisterAgent(
+        registry_pb2.RegisterAgentRequest(agent_id=agent_id, agent=agent, request_id=agent_id)
+    )
+
+
+async def test_a_run_that_never_starts_is_cancelled_at_its_run_timeout(suite):
+    # A generator advertising dnas/ghost, NOT_SERVING: the check sees the DNA advertised,
+    # the orchestrator takes the run and leaves it PENDING (no generator takes work).
+    ghost = registry_pb2.Agent(kind=registry_pb2.AGENT_KIND_GENERATOR)
+    ghost.generator.dnas.append("dnas/ghost")
+    await _register(suite, "ghost-generator", ghost)
+    started = time.monotonic()
+    code, out, err = await _loadtest(
+        suite,
+        "--json",
+        *("--agents", "0", "--runs", "1", "--count", "1", "--dna", "ghost"),
+        *("--run-timeout", "2s"),
+        within=60,
+    )
+    assert time.monotonic() - started < 30
+    assert code == 1, err  # its calls do not count: nothing of the load succeeded
+    report = json.loads(out)
+    runs = report["runs"]
+    assert (runs["started"], runs["timed_out"]) == (1, 1), runs
+    assert (runs["succeeded"], runs["cancelled"], runs["not_followed"]) == (0, 0, 0)
+    assert report["settings"]["run_timeout_seconds"] == 2.0
+    assert report["methods"]["OrchestratorService/CancelRun"]["ok"] == 1
+    assert 2 <= report["load_seconds"] < 20
+    assert "did not end within --run-timeout 2s: cancelled" in err
+    assert "Traceback" not in err
+    # The run was cancelled, not left waiting.
+    code, listed, err = await run_helix(
+        "runs", "list", "--json", *_client_flags(suite), env=clean_env()
+    )
+    assert code == 0, err
+    assert [json.loads(line)["state"] for line in listed.splitlines()] == ["RUN_STATE_CANCELLED"]
+    # The table says it too.
+    code, out, err = await _loadtest(
+        suite,
+        *("--agents", "0", "--runs", "1", "--count", "1", "--dna", "ghost"),
+        *("--run-timeout", "1s"),
+        within=60,
+    )
+    assert code == 1, err
+    assert "1 timed out (cancelled after --run-timeout)" in out, out
+
+
+async def test_an_oracle_hosted_only_by_agents_not_serving_is_a_clear_error(suite):
+    idle = registry_pb2.Agent(kind=registry_pb2.AGENT_KIND_ORACLE)
+    idle.oracle.oracles.append("oracles/ghost")
+    await _register(suite, "ghost-oracle", idle)
+    code, out, err = await _loadtest(
+        suite, "--agents", "0", "--runs", "1", "--count", "1", "--oracle", "ghost", within=30
+    )
+    assert code == 1
+    assert "no oracle agent in the registry" in err, err
+    assert "that takes work hosts --oracle oracles/ghost" in err, err
+    assert "agents/ghost-oracle: not SERVING or DEGRADED" in err, err
+    assert out == ""
+
+
 async def test_agents_refused_by_the_rate_limit_are_still_all_deregistered(clusters):
     # 5 writes/s for the load test's principal (a bucket of 10): 20 agents register in
     # turns, and their deregistrations at the end are refused and retried too.
@@ -228,7 +323,71 @@ async def test_agents_refused_by_the_rate_limit_are_still_all_deregistered(clust
     assert await _simulated_agents(limited) == []
 
 
-async def test_ctrl_c_stops_cleanly_deregisters_and_reports(suite):
+async def test_a_registration_whose_answer_was_lost_is_deregistered_when_stopping(suite):
+    # The real registry; between it and the agent, RegisterAgent's answer is lost (the
+    # client's deadline passed) and the test stops meanwhile. The agent is registered all
+    # the same: it must be deregistered (by name) and counted, not left to its TTL.
+    channel = suite.channel("registry", scopes=["agents.read", "agents.write"])
+    settings = LoadSettings(
+        address="-",
+        registry_address=suite.address_of("registry"),
+        agents=2,
+        runs=0,
+        oracle="oracles/rastrigin",
+        dna="dnas/rastrigin",
+        budget=1,
+        duration_seconds=None,
+        count=None,
+        agent_ttl_seconds=60,
+        heartbeat_interval_seconds=None,
+        timeout_seconds=5,
+        run_timeout_seconds=60,
+        objective="minimize",
+    )
+    registry = Session(settings, channel, channel).registry
+
+    class AnswerLost:
+        """The registry's stub, but RegisterAgent ends DEADLINE_EXCEEDED (registered
+        first when `reaches`) and stops the load test."""
+
+        def __init__(self, session: Session, reaches: bool) -> None:
+            self.session = session
+            self.reaches = reaches
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(registry, name)
+
+        async def RegisterAgent(self, request: registry_pb2.RegisterAgentRequest) -> None:
+            if self.reaches:
+                await registry.RegisterAgent(request)
+            self.session.end("interrupt")
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "Deadline Exceeded",
+            )
+
+    for reaches in (True, False):
+        session = Session(settings, channel, channel)
+        session.loading = True
+        session.registry = AnswerLost(session, reaches)  # type: ignore[assignment]
+        await SimulatedAgent(session, 0).live()
+        agents = session.stats.agents
+        assert session.stats.methods[REGISTER].codes == {"DEADLINE_EXCEEDED": 1}
+        assert agents.registrations_failed == 0  # the stop interrupted it: not a failure
+        assert agents.left_registered == []
+        if reaches:  # registered unseen: deregistered by name, and counted
+            assert (agents.registered, agents.deregistered) == (1, 1)
+            assert session.stats.methods[DEREGISTER].codes == {"OK": 1}
+        else:  # never registered: NOT_FOUND, counted as nothing
+            assert (agents.registered, agents.deregistered) == (0, 0)
+            assert session.stats.methods[DEREGISTER].codes == {"NOT_FOUND": 1}
+        assert await _simulated_agents(suite) == []
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_ctrl_c_or_sigterm_stops_cleanly_deregisters_and_reports(suite, signum, status):
     process = await asyncio.create_subprocess_exec(
         HELIX,
         "loadtest",
@@ -250,14 +409,14 @@ async def test_ctrl_c_stops_cleanly_deregisters_and_reports(suite):
         await eventually(
             lambda: _five(suite), 30, what="the 5 simulated agents", ignore=(Exception,)
         )
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         async with asyncio.timeout(30):
             out, err = await process.communicate()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 130, err.decode()
+    assert process.returncode == status, err.decode()
     report = json.loads(out)
     assert report["stopped_by"] == "interrupt"
     assert report["agents"]["deregistered"] == 5
@@ -369,6 +528,8 @@ async def test_an_unreachable_orchestrator_is_a_clear_error_too(suite):
         (["--heartbeat-interval", "soon"], "--heartbeat-interval"),
         (["--dna", "Not A Name"], "--dna"),
         (["--timeout", "0s"], "--timeout"),
+        (["--run-timeout", "0s"], "--run-timeout"),
+        (["--run-timeout", "later"], "--run-timeout"),
     ],
 )
 def test_bad_flags_are_configuration_errors_naming_the_flag(flags, named, capsys):
@@ -432,7 +593,13 @@ def test_report_counts_errors_by_code_and_latency_only_of_successes():
     stats.record("S/A", 5.0, "UNAVAILABLE")
     stats.record("S/B", 0.5, "RESOURCE_EXHAUSTED")
     stats.received("S/A", 3)
-    report = stats.report(2.0, {"address": "x"}, "count")
+    stats.runs.timed_out = 1
+    report = stats.report(
+        {"address": "x"}, "count", checks_seconds=0.5, load_seconds=2.0, drain_seconds=7.5
+    )
+    assert (report["elapsed_seconds"], report["load_seconds"]) == (10.0, 2.0)
+    assert (report["checks_seconds"], report["drain_seconds"]) == (0.5, 7.5)
+    assert report["runs"]["timed_out"] == 1
     a, b = report["methods"]["S/A"], report["methods"]["S/B"]
     assert (a["calls"], a["ok"], a["errors"], a["messages"]) == (3, 2, {"UNAVAILABLE": 1}, 3)
     assert a["calls_per_second"] == 1.5

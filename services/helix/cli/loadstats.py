@@ -107,8 +107,9 @@ class RunTally:
     started: int = 0
     states: dict[str, int] = field(default_factory=dict)  # terminal state -> runs
     not_followed: int = 0  # created, but their end not seen (an RPC error)
+    timed_out: int = 0  # still going after --run-timeout: cancelled (not in `states`)
     create_failed: int = 0  # CreateRun refused or failed
-    evaluations: int = 0  # of every run whose end was seen, cancelled ones included
+    evaluations: int = 0  # of every run whose end was seen, cancelled and timed out included
     seconds: LatencyHistogram = field(default_factory=LatencyHistogram)  # create -> end
 
     def ended(self, state: str, evaluations: int, seconds: float) -> None:
@@ -161,10 +162,20 @@ class LoadStats:
         return sum(stats.codes.get(OK, 0) for stats in self.methods.values())
 
     def report(
-        self, elapsed: float, settings: Mapping[str, Any], stopped_by: str
+        self,
+        settings: Mapping[str, Any],
+        stopped_by: str,
+        *,
+        load_seconds: float,
+        checks_seconds: float = 0.0,
+        drain_seconds: float = 0.0,
     ) -> dict[str, Any]:
-        """The JSON document of `helix loadtest --json` (keys documented in docs/loadtest.md)."""
-        per_second = 1.0 / elapsed if elapsed > 0 else 0.0
+        """The JSON document of `helix loadtest --json` (keys documented in docs/loadtest.md).
+        Rates are over `load_seconds`, the load from its start to the stop; the checks
+        before it and the drain after it (cancelling runs, deregistering agents) are
+        reported apart."""
+        per_second = 1.0 / load_seconds if load_seconds > 0 else 0.0
+        elapsed = checks_seconds + load_seconds + drain_seconds
         methods = {
             name: _method_report(stats, per_second) for name, stats in sorted(self.methods.items())
         }
@@ -175,6 +186,9 @@ class LoadStats:
         return {
             "settings": dict(settings),
             "elapsed_seconds": round(elapsed, 6),
+            "checks_seconds": round(checks_seconds, 6),
+            "load_seconds": round(load_seconds, 6),
+            "drain_seconds": round(drain_seconds, 6),
             "stopped_by": stopped_by,
             "totals": {
                 "calls": calls,
@@ -189,6 +203,7 @@ class LoadStats:
                 "failed": runs.states.get("FAILED", 0),
                 "cancelled": runs.states.get("CANCELLED", 0),
                 "not_followed": runs.not_followed,
+                "timed_out": runs.timed_out,
                 "create_failed": runs.create_failed,
                 "evaluations": runs.evaluations,
                 "evaluations_per_second": round(runs.evaluations * per_second, 3),
@@ -238,7 +253,8 @@ def _ms(value: float | None) -> str:
 
 
 def methods_table(report: Mapping[str, Any]) -> Table:
-    """One row per method: calls, calls/s, latency quantiles (ms) and errors by code."""
+    """One row per method: calls, calls/s (over the load), latency quantiles (ms) and
+    errors by code."""
     table = Table(title="RPCs", title_justify="left", box=None, pad_edge=False)
     table.add_column("METHOD")
     for heading in ("CALLS", "CALLS/S", "P50 MS", "P95 MS", "P99 MS", "MAX MS"):
@@ -280,11 +296,21 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     table.add_column("value", overflow="fold")
     rows = [
         ("address", settings["address"]),
-        ("elapsed", f"{report['elapsed_seconds']:.1f}s (stopped by {report['stopped_by']})"),
+        (
+            "elapsed",
+            f"{report['elapsed_seconds']:.1f}s: checks {report['checks_seconds']:.1f}s, "
+            f"load {report['load_seconds']:.1f}s (stopped by {report['stopped_by']}; the "
+            f"rates are over it), drain {report['drain_seconds']:.1f}s",
+        ),
         (
             "runs",
             f"{runs['started']:,} started: {runs['succeeded']:,} succeeded, "
-            f"{runs['failed']:,} failed, {runs['cancelled']:,} cancelled",
+            f"{runs['failed']:,} failed, {runs['cancelled']:,} cancelled"
+            + (
+                f", {runs['timed_out']:,} timed out (cancelled after --run-timeout)"
+                if runs["timed_out"]
+                else ""
+            ),
         ),
         ("evaluations", format_count(runs["evaluations"])),
         ("evaluations/s", format_rate(runs["evaluations_per_second"])),

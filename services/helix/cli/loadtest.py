@@ -10,22 +10,26 @@ same) and stops by itself after `--duration` (default 60s) or `--count` runs in 
   oracle) — then Heartbeat at its lease's pace (a third of the TTL, or
   `--heartbeat-interval`), first ones spread over one interval, and DeregisterAgent at
   the end. A lost lease (heartbeat NOT_FOUND) is registered again. Every agent it
-  registered is deregistered when it stops, on Ctrl-C and errors too; only a second Ctrl-C
-  or a kill leaves them to expire at their TTL.
+  registered is deregistered when it stops, on Ctrl-C, SIGTERM and errors too; only a
+  second signal or a kill leaves them to expire at their TTL.
 - M concurrent runs (`--runs`): each CreateRun with a small budget on `--dna` and
   `--oracle`, WatchRun to the end, GetRun for the final counters, ListAgents of its own
-  agents, then the next run. At the end of `--duration` (or on Ctrl-C) runs still going
-  are cancelled (CancelRun) and watched to their end.
+  agents, then the next run. A run still going after `--run-timeout` (default 5m) is
+  cancelled and counted as timed out. At the end of `--duration` (or on Ctrl-C) runs still
+  going are cancelled (CancelRun) and watched to their end.
 
 Before any load it checks, through the registry, that a generator advertises the DNA and
-an oracle agent hosts the oracle (else the runs would wait PENDING), and that the
-orchestrator answers: an unreachable address or a missing DNA or oracle is a clear error,
-exit status 1.
+an oracle agent that takes work (SERVING, DEGRADED or health unset) hosts the oracle (else
+the runs would wait PENDING), and that the orchestrator answers: an unreachable address or
+a missing DNA or oracle is a clear error, exit status 1.
 
 Report: per method calls, calls/s, latency p50/p95/p99/max (ms, of calls that succeeded)
-and errors by status code; runs by outcome and evaluations/s. A table, or with `--json` one
-JSON document on stdout (keys in docs/loadtest.md). Exit status: 0 when calls succeeded,
-1 when none did (or the checks failed), 2 for bad flags, 130 after Ctrl-C (report printed).
+and errors by status code; runs by outcome and evaluations/s. Rates are over the load
+(from its start to the stop); the checks and the drain are timed apart. A table, or with
+`--json` one JSON document on stdout (keys in docs/loadtest.md). Exit status: 0 when calls
+of the load succeeded (not counting the checks, nor the calls of runs that timed out), 1
+when none did (or the checks failed), 2 for bad flags, 130 after Ctrl-C and 143 after
+SIGTERM (the report printed).
 """
 
 from __future__ import annotations
@@ -76,6 +80,13 @@ from helix.security.scopes import (
 
 SCOPES = (AGENTS_READ, AGENTS_WRITE, ORACLES_READ, RUNS_READ, RUNS_WRITE)
 DEFAULT_DURATION = "60s"
+DEFAULT_RUN_TIMEOUT = "5m"
+# An agent registered without health is SERVING; these take work (as the orchestrator says).
+TAKING_WORK = (
+    registry_pb2.AGENT_HEALTH_UNSPECIFIED,
+    registry_pb2.AGENT_HEALTH_SERVING,
+    registry_pb2.AGENT_HEALTH_DEGRADED,
+)
 MAX_AGENTS = 10_000
 MAX_RUNS = 1_000
 MAX_COUNT = 1_000_000
@@ -120,6 +131,7 @@ def settings_from(args: argparse.Namespace) -> LoadSettings:
     if args.heartbeat_interval is not None:
         interval = _seconds("--heartbeat-interval", args.heartbeat_interval, 0.01, 3600, "10ms..1h")
     timeout = _seconds("--timeout", args.timeout, 0.001, 3600, "1ms..1h")
+    run_timeout = _seconds("--run-timeout", args.run_timeout, 0.01, 30 * 86400, "10ms..30 days")
     dna = args.dna if args.dna.startswith("dnas/") else f"dnas/{args.dna}"
     if check_resource_name(dna, "dnas", "dna"):
         raise ConfigError(f"--dna: {args.dna!r} is not dnas/ID or ID, ID matching [a-z][a-z0-9-]*")
@@ -136,6 +148,7 @@ def settings_from(args: argparse.Namespace) -> LoadSettings:
         agent_ttl_seconds=ttl,
         heartbeat_interval_seconds=interval,
         timeout_seconds=timeout,
+        run_timeout_seconds=run_timeout,
         objective=args.objective or "",
     )
 
@@ -166,6 +179,12 @@ def add_loadtest_command(subparsers: argparse._SubParsersAction[argparse.Argumen
         "--duration", help=f"stop after this long, e.g. 30s, 5m [default {DEFAULT_DURATION}]"
     )
     parser.add_argument("--count", type=int, help="stop after this many runs in all")
+    parser.add_argument(
+        "--run-timeout",
+        default=DEFAULT_RUN_TIMEOUT,
+        help="cancel a run still going after this long, counted as timed out "
+        f"[default {DEFAULT_RUN_TIMEOUT}]",
+    )
     parser.add_argument(
         "--agent-ttl", default="10s", help="lease TTL the agents ask for [default 10s]"
     )
@@ -215,6 +234,33 @@ async def _listed(session: Session, kind: int) -> list[registry_pb2.Agent]:
         request.page_token = page.next_page_token
 
 
+def _check_hosts(
+    settings: LoadSettings, generators: list[registry_pb2.Agent], oracles: list[registry_pb2.Agent]
+) -> None:
+    """Unready unless a generator advertises the DNA and an oracle agent that takes work
+    hosts the oracle."""
+    where = settings.registry_address
+    if not any(settings.dna in agent.generator.dnas for agent in generators):
+        served = sorted({dna for agent in generators for dna in agent.generator.dnas})
+        raise Unready(
+            f"no generator agent in the registry at {where} serves --dna {settings.dna} "
+            f"(served: {', '.join(served[:20]) or 'none'})"
+        )
+    hosting = [agent for agent in oracles if settings.oracle in agent.oracle.oracles]
+    if not any(agent.health in TAKING_WORK for agent in hosting):
+        if hosting:
+            idle = some_names(sorted(agent.name for agent in hosting), 3)
+            raise Unready(
+                f"no oracle agent in the registry at {where} that takes work hosts --oracle "
+                f"{settings.oracle} ({idle}: not SERVING or DEGRADED)"
+            )
+        hosted = sorted({oracle for agent in oracles for oracle in agent.oracle.oracles})
+        raise Unready(
+            f"no oracle agent in the registry at {where} hosts --oracle {settings.oracle} "
+            f"(hosted: {', '.join(hosted[:20]) or 'none'})"
+        )
+
+
 async def _preflight(session: Session) -> int:
     """Check the deployment can take the runs; the runs' objective (the oracle's own)."""
     settings = session.settings
@@ -228,18 +274,7 @@ async def _preflight(session: Session) -> int:
         raise Unready(f"the registry at {where} refused ListAgents: {describe(error)}") from None
     if not settings.runs:
         return common_pb2.OBJECTIVE_MINIMIZE
-    if not any(settings.dna in agent.generator.dnas for agent in generators):
-        served = sorted({dna for agent in generators for dna in agent.generator.dnas})
-        raise Unready(
-            f"no generator agent in the registry at {where} serves --dna {settings.dna} "
-            f"(served: {', '.join(served[:20]) or 'none'})"
-        )
-    if not any(settings.oracle in agent.oracle.oracles for agent in oracles):
-        hosted = sorted({oracle for agent in oracles for oracle in agent.oracle.oracles})
-        raise Unready(
-            f"no oracle agent in the registry at {where} hosts --oracle {settings.oracle} "
-            f"(hosted: {', '.join(hosted[:20]) or 'none'})"
-        )
+    _check_hosts(settings, generators, oracles)
     front = settings.address
     try:
         with session.measure(LIST_RUNS):
@@ -261,17 +296,22 @@ async def _preflight(session: Session) -> int:
 
 
 @contextlib.contextmanager
-def _interrupts(session: Session) -> Iterator[None]:
-    """The first Ctrl-C (or SIGTERM) stops the test cleanly; a second Ctrl-C is the
-    default one again (the agents left then expire at their TTL)."""
+def _interrupts(session: Session, received: list[int]) -> Iterator[None]:
+    """The first Ctrl-C or SIGTERM (appended to `received`) stops the test cleanly; a
+    second one of either is the default again (the agents left then expire at their TTL)."""
     loop = asyncio.get_running_loop()
+    installed: list[int] = []
+
+    def remove() -> None:
+        while installed:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(installed.pop())
 
     def stop(signum: int) -> None:
+        received.append(signum)
         session.end("interrupt")
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signum)
+        remove()
 
-    installed = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop, signum)
@@ -279,9 +319,7 @@ def _interrupts(session: Session) -> Iterator[None]:
     try:
         yield
     finally:
-        for signum in installed:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
+        remove()
 
 
 async def _loadtest(args: argparse.Namespace, settings: LoadSettings) -> int:
@@ -297,10 +335,21 @@ async def _loadtest(args: argparse.Namespace, settings: LoadSettings) -> int:
         except Unready as exc:
             print(f"helix loadtest: {exc}", file=sys.stderr)
             return 1
-        with _interrupts(session):
+        received: list[int] = []
+        with _interrupts(session, received):
+            load_started = time.monotonic()
+            session.loading = True  # from here the calls that succeed count (exit status)
             await _drive(session, objective)
-        elapsed = time.monotonic() - started
-    report = session.stats.report(elapsed, _settings_report(session), session.stopped_by)
+        ended = time.monotonic()
+    # (a signal in the instant before the load started: a load of 0 s)
+    stopped_at = max(session.stopped_at or ended, load_started)
+    report = session.stats.report(
+        _settings_report(session),
+        session.stopped_by,
+        checks_seconds=load_started - started,
+        load_seconds=stopped_at - load_started,
+        drain_seconds=ended - stopped_at,
+    )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -312,9 +361,16 @@ async def _loadtest(args: argparse.Namespace, settings: LoadSettings) -> int:
             f"({some_names(left)}): they expire at their TTL",
             file=sys.stderr,
         )
-    if session.stopped_by == "interrupt":
-        return 130
-    return 0 if session.stats.succeeded() else 1
+    if received:  # the shell's 128 + the signal's number
+        return 143 if received[0] == signal.SIGTERM else 130
+    if not session.load_ok:
+        print(
+            "helix loadtest: no call of the load succeeded "
+            "(the checks before it do not count; nor do runs that timed out)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _settings_report(session: Session) -> dict[str, object]:

@@ -4,8 +4,12 @@ measured, until the session's stop event is set.
 - `SimulatedAgent`: registers as an ORACLE agent hosting no oracle, NOT_SERVING, labelled
   `helix-loadtest=<session>` (no orchestrator gives it work), heartbeats, registers again
   after a lost lease, and is deregistered (by its etag) once registered, however it stops.
-- runners: CreateRun, WatchRun to the end (cancelling the run once the test stops),
-  GetRun, ListAgents of the session's agents; then the next run.
+- runners: CreateRun, WatchRun to the end (cancelling the run once the test stops, or
+  once it has outlived `--run-timeout`), GetRun, ListAgents of the session's agents; then
+  the next run.
+
+`Session.load_ok` counts the calls of the load that succeeded (the exit status): not the
+checks before it, nor the calls of a run that outlived `--run-timeout`.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class LoadSettings:
     heartbeat_interval_seconds: float | None  # None: a third of the granted TTL
     timeout_seconds: float  # --timeout: each call's deadline; also how long a run cancelled
     # at the end may take to end
+    run_timeout_seconds: float  # --run-timeout: a run still going after this is cancelled
     objective: str  # "minimize", "maximize", or "" for the oracle's own (GetOracle)
 
 
@@ -103,20 +108,31 @@ class Session:
         self.stats = LoadStats()
         self.stop = asyncio.Event()
         self.stopped_by = ""
+        self.stopped_at: float | None = None  # time.monotonic() when the stop came
+        self.loading = False  # set once the load starts: the checks before it do not count
+        self.load_ok = 0  # calls of the load that succeeded (see the module docstring)
         self._runs_taken = 0
         self._warned: set[tuple[str, str]] = set()  # (method, code): bounded by both
 
     @contextlib.contextmanager
-    def measure(self, method: str) -> Iterator[None]:
+    def measure(self, method: str, run: RunCalls | None = None) -> Iterator[None]:
         """Record one call of `method`: its latency and status code. A call cancelled
-        (the load test stopping) is not recorded."""
+        (the load test stopping) is not recorded. One that succeeded counts in `load_ok`
+        once the load has started (for a run's call: once the run ends in time)."""
         started = time.perf_counter()
         try:
             yield
         except grpc.aio.AioRpcError as error:
             self.stats.record(method, time.perf_counter() - started, error.code().name)
             raise
-        self.stats.record(method, time.perf_counter() - started, OK)
+        self.record_ok(method, time.perf_counter() - started, run)
+
+    def record_ok(self, method: str, seconds: float, run: RunCalls | None = None) -> None:
+        self.stats.record(method, seconds, OK)
+        if run is not None:
+            run.ok += 1
+        elif self.loading:
+            self.load_ok += 1
 
     def warn(self, method: str, error: grpc.aio.AioRpcError, what: str = "") -> None:
         """Say on stderr why a call failed, once per method and status code (N agents or
@@ -128,9 +144,16 @@ class Session:
         subject = f"{what}: " if what else ""
         print(f"helix loadtest: {subject}{method}: {describe(error)}", file=sys.stderr)
 
+    def warn_once(self, key: str, message: str) -> None:
+        """Print `message` on stderr the first time `key` (one of a fixed few) comes."""
+        if ("", key) not in self._warned:
+            self._warned.add(("", key))
+            print(message, file=sys.stderr)
+
     def end(self, why: str) -> None:
         if not self.stop.is_set():
             self.stopped_by = why
+            self.stopped_at = time.monotonic()
             self.stop.set()
 
     def take_run(self) -> bool:
@@ -165,6 +188,8 @@ class SimulatedAgent:
         self.etag = ""
         self.ttl = session.settings.agent_ttl_seconds
         self.registered = False
+        self.refused = False  # its registration was refused for good
+        self.unsure = False  # a RegisterAgent deadline: it may have registered unseen
 
     def _agent(self) -> registry_pb2.Agent:
         ttl = self.session.settings.agent_ttl_seconds
@@ -180,7 +205,9 @@ class SimulatedAgent:
         return agent
 
     async def register(self) -> bool:
-        """Register (retrying refusals with the same request_id until the test stops)."""
+        """Register (retrying refusals with the same request_id until the test stops).
+        False when refused for good (`refused`) or when the test stopped first; after a
+        DEADLINE_EXCEEDED the registry may have registered it all the same (`unsure`)."""
         session = self.session
         request = registry_pb2.RegisterAgentRequest(
             agent_id=self.agent_id, agent=self._agent(), request_id=secrets.token_hex(16)
@@ -192,13 +219,17 @@ class SimulatedAgent:
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE:
                     session.warn(REGISTER, error, "an agent could not register")
+                    self.refused = True
                     return False
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self.unsure = True
                 await session.pause(retry_pause(error))
                 continue
             self.epoch = response.agent.epoch
             self.etag = response.agent.etag
             self.ttl = seconds(response.agent.ttl) or self.ttl
             self.registered = True
+            self.unsure = False
             return True
         return False
 
@@ -211,7 +242,8 @@ class SimulatedAgent:
         session = self.session
         try:
             if not await self.register():
-                session.stats.agents.registrations_failed += 1
+                if self.refused:  # not one the stop interrupted
+                    session.stats.agents.registrations_failed += 1
                 return
             session.stats.agents.registered += 1
             # The first heartbeats spread over one interval, so N agents do not beat together.
@@ -223,6 +255,8 @@ class SimulatedAgent:
         finally:
             if self.registered:
                 await self.deregister()
+            elif self.unsure:  # it may be registered: by name (NOT_FOUND if it is not)
+                await self.deregister(unsure=True)
 
     async def _heartbeat(self) -> bool:
         """One heartbeat; False once this registration is gone for good."""
@@ -244,11 +278,13 @@ class SimulatedAgent:
         self.etag = response.etag or self.etag
         return True
 
-    async def deregister(self) -> None:
+    async def deregister(self, unsure: bool = False) -> None:
         """Remove this registration (only it: by its etag); NOT_FOUND means it is gone.
         Refusals (a rate limit after N agents stop at once) are retried at the pace the
         server asks, for as long as the lease could still be alive: after that the agent
-        has expired anyway."""
+        has expired anyway. `unsure`: a registration this agent never saw succeed (its
+        call's deadline passed); removed, it counts as registered and deregistered, and
+        NOT_FOUND (it never registered) counts as nothing."""
         session = self.session
         request = registry_pb2.DeregisterAgentRequest(name=self.name, etag=self.etag)
         loop = asyncio.get_running_loop()
@@ -259,6 +295,9 @@ class SimulatedAgent:
                     await session.registry.DeregisterAgent(request)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
+                    if unsure:
+                        self.unsure = False
+                        return
                     break
                 if error.code() in RETRYABLE and loop.time() < give_up:
                     await asyncio.sleep(retry_pause(error))
@@ -267,6 +306,9 @@ class SimulatedAgent:
                 session.stats.agents.left_registered.append(self.name)
                 return
             break
+        if unsure:
+            self.unsure = False
+            session.stats.agents.registered += 1
         self.registered = False
         session.stats.agents.deregistered += 1
 
@@ -291,6 +333,17 @@ def run_template(settings: LoadSettings, objective: int) -> orchestrator_pb2.Run
     )
 
 
+class RunCalls:
+    """One run's calls that succeeded (they count in `Session.load_ok` only if the run
+    ends in time), and whether it outlived `--run-timeout`."""
+
+    __slots__ = ("ok", "timed_out")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.timed_out = False
+
+
 async def runner(session: Session, template: orchestrator_pb2.Run) -> None:
     """Runs one after another until the test stops."""
     while session.take_run():
@@ -301,9 +354,10 @@ async def _one_run(session: Session, template: orchestrator_pb2.Run) -> None:
     tally = session.stats.runs
     tally.started += 1
     started = time.monotonic()
+    calls = RunCalls()
     request = orchestrator_pb2.CreateRunRequest(run=template, request_id=secrets.token_hex(16))
     try:
-        with session.measure(CREATE_RUN):
+        with session.measure(CREATE_RUN, calls):
             created = await session.orchestrator.CreateRun(request)
     except grpc.aio.AioRpcError as error:
         tally.create_failed += 1
@@ -314,15 +368,25 @@ async def _one_run(session: Session, template: orchestrator_pb2.Run) -> None:
             await session.pause(RETRY_PAUSE)  # a persistent refusal must not spin
         return
     name = created.run.name
+    deadline = asyncio.get_running_loop().time() + session.settings.run_timeout_seconds
     try:
-        await _follow(session, name)
-        with session.measure(GET_RUN):
+        await _follow(session, name, deadline, calls)
+        with session.measure(GET_RUN, calls):
             final = (
                 await session.orchestrator.GetRun(orchestrator_pb2.GetRunRequest(name=name))
             ).run
     except (grpc.aio.AioRpcError, TimeoutError):
-        tally.not_followed += 1
+        if calls.timed_out:
+            tally.timed_out += 1
+        else:
+            tally.not_followed += 1
+            session.load_ok += calls.ok
         return
+    if calls.timed_out:
+        tally.timed_out += 1
+        tally.evaluations += final.progress.evaluations
+        return
+    session.load_ok += calls.ok
     state = orchestrator_pb2.RunState.Name(final.state).removeprefix("RUN_STATE_")
     tally.ended(state, final.progress.evaluations, time.monotonic() - started)
     if session.settings.agents:
@@ -334,23 +398,40 @@ async def _one_run(session: Session, template: orchestrator_pb2.Run) -> None:
             )
 
 
-async def _follow(session: Session, name: str) -> None:
-    """Watch `name` to its end (resuming a broken stream); once the test stops, cancel it
-    and watch it end. Raises the last error when the run cannot be followed."""
+async def _follow(session: Session, name: str, deadline: float, calls: RunCalls) -> None:
+    """Watch `name` to its end (resuming a broken stream); once the test stops, or at
+    `deadline` (loop time: --run-timeout after its creation, `calls.timed_out` then),
+    cancel it and watch it end. Raises the last error (TimeoutError: a cancelled run that
+    did not end within --timeout) when the run cannot be followed."""
+    loop = asyncio.get_running_loop()
     last = 0
     cancelled = False
     failures = 0
     while True:
         if session.stop.is_set() and not cancelled:
             cancelled = True
-            await _cancel(session, name)
+            await _cancel(session, name, calls)
+        # Once cancelled, the run has --timeout to end: a stuck server cannot hold the
+        # load test (and its report) forever. Before, it has until its deadline (a run
+        # left PENDING, with no agent to take it, would otherwise be watched forever).
+        limit = loop.time() + session.settings.timeout_seconds if cancelled else deadline
         try:
-            # Once cancelled, the run has --timeout to end: a stuck server cannot hold the
-            # load test (and its report) forever.
-            async with asyncio.timeout(session.settings.timeout_seconds if cancelled else None):
-                async for event in _watch(session, name, last, cancelled):
+            async with asyncio.timeout_at(limit):
+                async for event in _watch(session, name, last, cancelled, calls):
                     last = event.sequence
             return
+        except TimeoutError:
+            if cancelled:
+                raise
+            calls.timed_out = True
+            cancelled = True
+            session.warn_once(
+                "run-timeout",
+                f"helix loadtest: {name} did not end within --run-timeout "
+                f"{session.settings.run_timeout_seconds:g}s: cancelled (runs that outlive it "
+                "are counted as runs.timed_out; is it PENDING, waiting for an agent?)",
+            )
+            await _cancel(session, name, calls)
         except grpc.aio.AioRpcError as error:
             failures += 1
             if error.code() not in RETRYABLE or failures >= MAX_WATCH_ATTEMPTS:
@@ -365,7 +446,7 @@ class _Stopped(Exception):
 
 
 async def _watch(
-    session: Session, name: str, after: int, cancelled: bool
+    session: Session, name: str, after: int, cancelled: bool, calls: RunCalls
 ) -> AsyncIterator[orchestrator_pb2.RunEvent]:
     """One WatchRun stream, measured: its latency is the time to its first event (or to
     its end, with none). Raises _Stopped if the test stops first, unless `cancelled` or
@@ -394,7 +475,7 @@ async def _watch(
             response = reading.result()
             reading = None
             if not isinstance(response, orchestrator_pb2.WatchRunResponse):  # EOF: it ended
-                session.stats.record(WATCH_RUN, (first or time.perf_counter()) - started)
+                session.record_ok(WATCH_RUN, (first or time.perf_counter()) - started, calls)
                 return
             if first is None:
                 first = time.perf_counter()
@@ -414,7 +495,7 @@ async def _watch(
         call.cancel()
 
 
-async def _cancel(session: Session, name: str) -> None:
+async def _cancel(session: Session, name: str, calls: RunCalls) -> None:
     """CancelRun; FAILED_PRECONDITION (it ended first) is recorded and harmless."""
-    with contextlib.suppress(grpc.aio.AioRpcError), session.measure(CANCEL_RUN):
+    with contextlib.suppress(grpc.aio.AioRpcError), session.measure(CANCEL_RUN, calls):
         await session.orchestrator.CancelRun(orchestrator_pb2.CancelRunRequest(name=name))
