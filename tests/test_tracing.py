@@ -4,6 +4,8 @@ generator's Generate and the oracle's VerifyStream; nothing at all when tracing 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import importlib.util
 import json
 import sys
@@ -23,11 +25,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from orchestrator_support import RUN_SCOPES, run_request, start_run_suite, watch_to_end
 
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
 from helix.common import tracing
 from helix.common.channel import create_channel
-from helix.common.config import ConfigError, ServerConfig
+from helix.common.config import ConfigError, Duration, ServerConfig
 from helix.common.server import create_server
+from helix.oracle import remote
+from helix.oracle.serving import oracle_service
+from helix.oracle.settings import OracleSettings
 from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 
@@ -38,6 +47,10 @@ CREATE_RUN = "helix.v1.OrchestratorService/CreateRun"
 GENERATE = "helix.v1.GeneratorService/Generate"
 VERIFY_STREAM = "helix.v1.OracleService/VerifyStream"
 GENERATION = "helix.generation"
+SPHERE_DNA = dna_pb2.Dna(
+    name="dnas/sphere-3d",
+    genes=[dna_pb2.Gene(name="x", real=dna_pb2.RealGene(low=-5, high=5, size=3))],
+)
 TESTS = Path(__file__).resolve().parent
 RASTRIGIN = TESTS.parent / "examples" / "dna" / "rastrigin.yaml"
 # OTLP's span kinds (what the collector receives).
@@ -285,6 +298,8 @@ _OFF_PROBE = textwrap.dedent(
     import asyncio, json, sys
     if sys.argv[1] == "absent":
         sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+    if sys.argv[1] == "no_exporter":  # the SDK installed, not the OTLP/gRPC exporter
+        sys.modules["opentelemetry.exporter.otlp.proto.grpc.trace_exporter"] = None
     sys.path.insert(0, sys.argv[2])
     from helix.common import tracing
     from helix.common.channel import create_channel
@@ -347,6 +362,17 @@ async def test_on_without_the_extra_says_so_and_stays_off() -> None:
     assert report["tracing"] is False
     assert report["unary_interceptors"] == 1
     assert "the otel extra is not installed" in report["stderr"]
+
+
+async def test_on_without_the_otlp_exporter_says_so_once_and_stays_off() -> None:
+    """The SDK is there but not the exporter OTEL_EXPORTER_OTLP_ENDPOINT asks for: the
+    decision is taken (off) once, so the server and the channel are built and work."""
+    env = _env_without_otel() | {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    report = await _probe("no_exporter", env)
+    assert report["answer"] == "hi"
+    assert report["tracing"] is False
+    assert report["unary_interceptors"] == 1
+    assert report["stderr"].count("opentelemetry-exporter-otlp-proto-grpc is missing") == 1
 
 
 def _exporter_types(environ: dict[str, str]) -> list[type[Any]]:
@@ -522,3 +548,208 @@ def _attribute(span: Any, key: str) -> Any:
             value = attribute.value
             return getattr(value, value.WhichOneof("value"))
     raise KeyError(key)
+
+
+# --- shared work started from inside a call ---------------------------------------------------
+
+
+async def test_a_shared_remote_stream_is_not_traced_under_the_call_that_opened_it(
+    spans: InMemorySpanExporter, start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The near oracle forwards every caller's rows on one VerifyStream, opened by the
+    first Verify: that stream is a trace of its own, not a child of the first caller's
+    (long ended) SERVER span with the other callers' rows under it."""
+    monkeypatch.setattr(remote, "IDLE_CLOSE", 0.2)  # the stream (and its span) ends soon
+
+    async def start_oracle(name: str, text: str) -> Any:
+        config = tmp_path / name / "oracles.yaml"
+        config.parent.mkdir()
+        config.write_text(text)
+        service = oracle_service(
+            OracleSettings(oracle_config=config, oracle_config_poll=Duration(0.1))
+        )
+        return await start_server([service.binding]), service
+
+    far, _ = await start_oracle("far", "oracles:\n  sphere:\n    kind: builtin\n")
+    near, near_service = await start_oracle(
+        "near",
+        f"oracles:\n  proxied:\n    kind: remote\n    address: {far.address}\n    oracle: sphere\n",
+    )
+    channel = create_channel(near.address)
+    try:
+        stub = oracle_pb2_grpc.OracleServiceStub(channel)
+        batches = [
+            [
+                candidate_pb2.Candidate(genome=candidate_pb2.Genome(reals=[i / 10 + k, 1, 2]))
+                for i in range(5)
+            ]
+            for k in range(3)
+        ]
+        first = stub.Verify(
+            oracle_pb2.VerifyRequest(
+                oracle="oracles/proxied", dna=SPHERE_DNA, candidates=batches[0]
+            ),
+            timeout=30,
+        )
+        await first
+        # Two more callers while the first caller's stream is still open.
+        await asyncio.gather(
+            *(
+                stub.Verify(
+                    oracle_pb2.VerifyRequest(
+                        oracle="oracles/proxied", dna=SPHERE_DNA, candidates=batch
+                    ),
+                    timeout=30,
+                )
+                for batch in batches[1:]
+            )
+        )
+        assert len(near_service.host.oracles["proxied"].oracle.streams) == 1
+
+        def stream_ended() -> list[ReadableSpan] | None:
+            found = list(spans.get_finished_spans())
+            return found if _named(found, VERIFY_STREAM, SpanKind.CLIENT) else None
+
+        found = await eventually(stream_ended, 10, what="the idle remote stream to end")
+    finally:
+        await channel.close()
+    verify = "helix.v1.OracleService/Verify"
+    callers = _named(found, verify, SpanKind.SERVER)
+    assert len(callers) == 3
+    (stream,) = _named(found, VERIFY_STREAM, SpanKind.CLIENT)
+    assert stream.parent is None  # a root: no caller's span is current in the shared task
+    assert stream.context is not None
+    for caller in callers:
+        assert caller.context is not None
+        assert caller.context.trace_id != stream.context.trace_id
+    # The far side's span is the stream's child, in the stream's own trace.
+    _served_for(found, stream)
+
+
+async def test_spawn_detached_drops_the_span_and_keeps_the_rest_of_the_context(
+    spans: InMemorySpanExporter,
+) -> None:
+    from opentelemetry import trace
+
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="")
+    seen: dict[str, Any] = {}
+
+    async def work(key: str) -> None:
+        seen[key] = (trace.get_current_span().get_span_context().is_valid, marker.get())
+
+    current = tracing.current()
+    assert current is not None
+    marker.set("kept")
+    with current.tracer.start_as_current_span("a call"):
+        await tracing.spawn_detached(work("detached"), name="shared")
+        await asyncio.create_task(work("attached"))
+        assert trace.get_current_span().get_span_context().is_valid  # the caller's is intact
+    assert seen == {"detached": (False, "kept"), "attached": (True, "kept")}
+
+
+def test_spawn_detached_is_create_task_while_tracing_is_off(off: None) -> None:
+    async def main() -> str:
+        task = tracing.spawn_detached(asyncio.sleep(0, "done"), name="shared")
+        assert task.get_name() == "shared"
+        return await task
+
+    assert asyncio.run(main()) == "done"
+    assert tracing.current() is None
+
+
+# --- statuses of calls cut short ----------------------------------------------------------------
+
+
+async def test_a_unary_call_the_caller_cancels_is_cancelled_not_an_error(
+    echo: grpc.aio.Channel, spans: InMemorySpanExporter
+) -> None:
+    sleep = asyncio.ensure_future(_echo_method(echo, "unary_unary", "Sleep")(String(value="30")))
+    await asyncio.sleep(0.3)  # the call is open, the servicer sleeping
+    sleep.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleep
+
+    def both() -> list[ReadableSpan] | None:
+        found = _named(spans.get_finished_spans(), f"{SERVICE}/Sleep", SpanKind.CLIENT)
+        servers = _named(spans.get_finished_spans(), f"{SERVICE}/Sleep", SpanKind.SERVER)
+        return [*found, *servers] if found and servers else None
+
+    client, server = await eventually(both, 10, what="both spans of the cancelled call")
+    for span in (client, server):
+        _check_rpc(span, grpc.StatusCode.CANCELLED)
+        assert span.status.status_code != StatusCode.ERROR, span.kind
+
+
+async def test_a_call_cancelled_while_it_opens_is_cancelled_not_an_error(
+    spans: InMemorySpanExporter,
+) -> None:
+    """Cancelled before grpc.aio has the call to return (the opening awaited): CANCELLED,
+    the caller's own doing; a call that cannot open for another reason is UNKNOWN."""
+    from helix.common import rpc_spans
+
+    current = tracing.current()
+    assert current is not None
+    client = rpc_spans._ClientSpans(current)
+    path = f"/{SERVICE}/Count"
+    details = grpc.aio.ClientCallDetails(path, None, None, None, None)
+    span, _ = client.start(details)
+    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    opening = asyncio.ensure_future(client.opened(span, never))
+    await asyncio.sleep(0)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    span, _ = client.start(details)
+    broken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    broken.set_exception(RuntimeError("the channel is closed"))
+    with pytest.raises(RuntimeError):
+        await client.opened(span, broken)
+    cancelled, failed = _named(spans.get_finished_spans(), path[1:], SpanKind.CLIENT)
+    _check_rpc(cancelled, grpc.StatusCode.CANCELLED)
+    assert cancelled.status.status_code != StatusCode.ERROR
+    _check_rpc(failed, grpc.StatusCode.UNKNOWN)
+    assert failed.status.status_code == StatusCode.ERROR
+
+
+async def test_a_stream_the_client_stops_reading_or_leaves_is_no_server_error(
+    spans: InMemorySpanExporter, start_server: Any
+) -> None:
+    from test_stalled_streams import UNLIMITED, FloodServicer, MiB, flood_binding
+
+    server = await start_server(
+        [binding(EchoServicer()), flood_binding(FloodServicer())],
+        stream_write_timeout=Duration(0.3),
+    )
+    channel = grpc.aio.insecure_channel(
+        server.address, options=UNLIMITED, interceptors=tracing.client_interceptors()
+    )
+    flood_path = "helix.test.FloodService/Flood"
+    try:
+        flood = channel.unary_stream(
+            f"/{flood_path}",
+            request_serializer=String.SerializeToString,
+            response_deserializer=String.FromString,
+        )
+
+        def ended_spans(count: int) -> list[ReadableSpan] | None:
+            found = _named(spans.get_finished_spans(), flood_path, SpanKind.SERVER)
+            return sorted(found, key=lambda s: s.start_time or 0) if len(found) == count else None
+
+        # Never read: the server's write waits, then it gives up on the client (whose
+        # status waits behind the unread data).
+        stalled = flood(String(value=str(MiB)), timeout=60)
+        await eventually(lambda: ended_spans(1), 20, what="the stalled stream's server span")
+        stalled.cancel()
+        # Leaves after one response (cancels its stream).
+        left = flood(String(value=str(MiB)), timeout=60)
+        await left.read()
+        left.cancel()
+        stalled_span, left_span = await eventually(
+            lambda: ended_spans(2), 10, what="both server spans"
+        )
+    finally:
+        await channel.close()
+    _check_rpc(stalled_span, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    _check_rpc(left_span, grpc.StatusCode.CANCELLED)
+    for span in (stalled_span, left_span):
+        assert span.status.status_code != StatusCode.ERROR

@@ -77,6 +77,12 @@ _serving: contextvars.ContextVar[tuple[Span, object] | None] = contextvars.Conte
 )
 
 
+def forget_serving() -> None:
+    """Clear the served call's span in this context (a task detached from the call: only
+    the call's own task may end it)."""
+    _serving.set(None)
+
+
 class ServerSpans(Stage):
     """A SERVER span per call, the caller's span (from the metadata) its parent."""
 
@@ -173,6 +179,10 @@ class _ClientSpans:
         """The call `opening` starts (its span ended if it cannot start)."""
         try:
             return await opening
+        except asyncio.CancelledError:
+            if span is not None:  # the caller's own cancellation: no error (see `_end`)
+                _finish(span, grpc.StatusCode.CANCELLED, _no_error)
+            raise
         except BaseException:
             if span is not None:
                 _finish(span, grpc.StatusCode.UNKNOWN, _client_error)
@@ -186,8 +196,9 @@ class _ClientSpans:
         try:
             code = await call.code()
         except asyncio.CancelledError:
+            # The caller cancelled its own call: as for a stream it cancels, no error.
             call.cancel()
-            _finish(span, grpc.StatusCode.CANCELLED, _client_error)
+            _finish(span, grpc.StatusCode.CANCELLED, _no_error)
             raise
         _finish(span, code, _client_error)
         return call
@@ -207,8 +218,8 @@ class _ClientSpans:
     async def _end(self, span: Span, call: Any) -> None:
         try:
             code = await call.code()  # done: the status is there already
-        except asyncio.CancelledError:
-            _finish(span, grpc.StatusCode.CANCELLED, _client_error)
+        except asyncio.CancelledError:  # the loop is closing under the finished call
+            _finish(span, grpc.StatusCode.CANCELLED, _no_error)
             raise
         # A stream the caller itself cancelled is how it ends one (the orchestrator closes
         # a run's VerifyStreams so): the code says CANCELLED, but it is no error.

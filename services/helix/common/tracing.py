@@ -17,19 +17,27 @@ Spans are named `helix.v1.Service/Method` and carry rpc.system, rpc.service, rpc
 and rpc.grpc.status_code. Health and reflection calls are not traced (probes would drown
 the traces).
 
+Work shared across callers but started from inside one call (a stream forwarding every
+caller's rows, a pool started by the first request) is started with `spawn_detached`, so
+that it is not traced under whichever call happened to start it (that call's span ends
+long before the work does, and the other callers' work would be its children).
+
 Off, nothing is paid: `server_stages()` and `client_interceptors()` are empty (no stage or
-interceptor runs per call), `generation_span` is a shared null context, and opentelemetry
-is never imported. The decision is taken once per process, on first use.
+interceptor runs per call), `generation_span` is a shared null context, `spawn_detached`
+is `asyncio.create_task`, and opentelemetry is never imported. The decision is taken once
+per process, on first use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 log = logging.getLogger("helix.tracing")
+T = TypeVar("T")
 
 INSTRUMENTATION = "helix"
 DEFAULT_SERVICE_NAME = "helix"
@@ -69,6 +78,7 @@ class _Decision:
 
     taken = False
     tracing: Tracing | None = None
+    error: ConfigError | None = None  # the environment's tracing settings are wrong
 
 
 _decision = _Decision()
@@ -112,8 +122,10 @@ def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
         or "grpc"
     ).strip()
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise _MissingExtra("opentelemetry-exporter-otlp-proto-grpc") from None
         return OTLPSpanExporter()
     if protocol == "http/protobuf":
         try:
@@ -132,10 +144,20 @@ def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
     )
 
 
+class _MissingExtra(ImportError):
+    """A package of the otel extra is not installed (`name`, or the SDK itself)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.package = name
+
+
 def from_environment(environ: Mapping[str, str]) -> Tracing | None:
     """Tracing as the OTEL_* variables in `environ` configure it: None when they do not ask
-    for it, or when the otel extra is not installed (said once in the log); otherwise an
-    SDK TracerProvider with a BatchSpanProcessor per exporter (flushed at exit)."""
+    for it, or when the otel extra (the SDK, or its OTLP/gRPC exporter when otlp is asked
+    for) is not installed (said in the log); otherwise an SDK TracerProvider with a
+    BatchSpanProcessor per exporter (flushed at exit). Settings Helix does not support
+    raise ConfigError."""
     if not wanted(environ):
         return None
     try:
@@ -144,12 +166,13 @@ def from_environment(environ: Mapping[str, str]) -> Tracing | None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
-        log.warning(
-            "OTEL_* variables ask for tracing but the otel extra is not installed "
-            "(pip install 'helix[otel]'): tracing is off"
-        )
+        _warn_missing("the otel extra is not installed")
         return None
-    exporters = exporters_from_env(environ)
+    try:
+        exporters = exporters_from_env(environ)
+    except _MissingExtra as missing:
+        _warn_missing(f"the otel extra is incomplete ({missing.package} is missing)")
+        return None
     if not exporters:
         return None
     attributes = {}
@@ -165,6 +188,13 @@ def from_environment(environ: Mapping[str, str]) -> Tracing | None:
     return Tracing(tracer, propagate.get_global_textmap(), provider)
 
 
+def _warn_missing(what: str) -> None:
+    log.warning(
+        "OTEL_* variables ask for tracing but %s (pip install 'helix[otel]'): tracing is off",
+        what,
+    )
+
+
 def install(provider: Any, propagator: TextMapPropagator | None = None) -> Tracing:
     """Turn tracing on with `provider` (any OpenTelemetry TracerProvider; a test's, with an
     in-memory exporter), for the servers and channels built from now on."""
@@ -173,22 +203,31 @@ def install(provider: Any, propagator: TextMapPropagator | None = None) -> Traci
     tracing = Tracing(
         provider.get_tracer(INSTRUMENTATION), propagator or propagate.get_global_textmap()
     )
-    _decision.taken, _decision.tracing = True, tracing
+    _decision.taken, _decision.tracing, _decision.error = True, tracing, None
     return tracing
 
 
 def reset() -> None:
     """Forget the decision (tests): the next use decides again from the environment."""
-    _decision.taken, _decision.tracing = False, None
+    _decision.taken, _decision.tracing, _decision.error = False, None, None
 
 
 def current() -> Tracing | None:
-    """Tracing as it is on in this process, or None; decided from os.environ on first use."""
+    """Tracing as it is on in this process, or None; decided from os.environ on first use.
+
+    Settings Helix does not support raise ConfigError, on first use and every use after
+    (the decision is taken once either way: nothing is retried per call)."""
     if not _decision.taken:
-        _decision.tracing = from_environment(os.environ)
-        _decision.taken = True
+        try:
+            _decision.tracing = from_environment(os.environ)
+        except ConfigError as error:
+            _decision.error = error
+        finally:
+            _decision.taken = True
         if _decision.tracing is not None:
             log.info("tracing on", extra={"exporters": os.environ.get("OTEL_TRACES_EXPORTER")})
+    if _decision.error is not None:
+        raise _decision.error
     return _decision.tracing
 
 
@@ -216,3 +255,23 @@ def generation_span(run: str, generation: int) -> contextlib.AbstractContextMana
     return tracing.tracer.start_as_current_span(
         "helix.generation", attributes={"helix.run": run, "helix.generation": generation}
     )
+
+
+def spawn_detached(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+    """`asyncio.create_task(coro)`, but with no span current in the task: for work shared
+    by many callers that one call happens to start (its spans are roots of their own
+    traces, not children of that call's span, which ends long before). Only the tracing
+    context is dropped: the task sees every other context variable as the caller's.
+    Exactly `asyncio.create_task` while tracing is off."""
+    if _decision.tracing is None:
+        return asyncio.create_task(coro, name=name)
+    context = contextvars.copy_context()
+    context.run(_no_current_span)
+    return asyncio.create_task(coro, name=name, context=context)
+
+
+def _no_current_span() -> None:
+    from opentelemetry import context
+
+    context.attach(context.Context())  # in a copied context, which nothing detaches
+    rpc_spans.forget_serving()

@@ -54,6 +54,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 from helix.agents.support import Backoff, describe, retry_delay, status_details
+from helix.common import tracing
 from helix.common.aio import cancel_and_wait
 from helix.common.channel import create_channel, tls_channel_credentials
 from helix.common.errors import FieldViolation
@@ -283,7 +284,8 @@ class _Stream:
         self.queue.append(_Slice(job, 0, len(job.ids)))
         self.wake.set()
         if self.task is None:
-            self.task = asyncio.create_task(self.run(), name=f"remote oracle {self.remote.id}")
+            # Shared by every caller: not traced under the call that happens to start it.
+            self.task = tracing.spawn_detached(self.run(), name=f"remote oracle {self.remote.id}")
 
     async def run(self) -> None:
         try:
