@@ -375,6 +375,21 @@ async def test_on_without_the_otlp_exporter_says_so_once_and_stays_off() -> None
     assert report["stderr"].count("opentelemetry-exporter-otlp-proto-grpc is missing") == 1
 
 
+def test_an_unsupported_setting_is_refused_at_every_use(
+    off: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER='zipkin'"):
+            tracing.server_stages()
+    # Decided once: the environment is not read again on every server or channel built.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    with pytest.raises(ConfigError, match="zipkin"):
+        tracing.client_interceptors()
+    tracing.reset()
+    assert tracing.current() is None
+
+
 def _exporter_types(environ: dict[str, str]) -> list[type[Any]]:
     return [type(e) for e in tracing.exporters_from_env(environ)]
 
