@@ -145,7 +145,7 @@ def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
 
 
 class _MissingExtra(ImportError):
-    """A package of the otel extra is not installed (`name`, or the SDK itself)."""
+    """A package of the otel extra (the exporter `package`) is not installed."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -227,7 +227,7 @@ def current() -> Tracing | None:
         if _decision.tracing is not None:
             log.info("tracing on", extra={"exporters": os.environ.get("OTEL_TRACES_EXPORTER")})
     if _decision.error is not None:
-        raise _decision.error
+        raise _decision.error.with_traceback(None)  # not a traceback growing per use
     return _decision.tracing
 
 
