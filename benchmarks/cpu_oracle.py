@@ -73,3 +73,25 @@ def sphere(genomes: list[dict[str, Any]]) -> list[float]:
         burn(LOOPS)
         scores.append(float(sum(value * value for value in genome["x"])))
     return scores
+
+
+def _timed_loop(evaluations: int, batch: int = 32) -> tuple[int, float, float]:
+    """(evaluations, wall seconds, CPU seconds) of `sphere` called in a loop on batches of
+    `batch`: the oracle alone, no Helix."""
+    genomes = [{"x": [0.1 * ((i + j) % 50) for j in range(10)]} for i in range(batch)]
+    sphere(genomes[:2])  # warm
+    done = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    while done < evaluations:
+        done += len(sphere(genomes[: min(batch, evaluations - done)]))
+    return done, time.perf_counter() - wall, time.process_time() - cpu
+
+
+if __name__ == "__main__":
+    # `python cpu_oracle.py N`: waits for a line on stdin (so several start together), runs
+    # N candidates through `sphere` and prints "evaluations wall_seconds cpu_seconds".
+    import sys
+
+    count = int(sys.argv[1])
+    sys.stdin.readline()
+    print(*_timed_loop(count))

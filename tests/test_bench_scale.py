@@ -49,6 +49,7 @@ def test_one_worker_point_through_the_whole_cluster(tmp_path, capsys):
     assert cpu["oracle agents"] > 0
     assert cpu["client (helix run)"] > 0
     assert report["oracle_alone_evaluations_per_second"] > 0
+    assert point["oracle_alone_evaluations_per_second"] > 0
 
     text = out.read_text()
     assert "| 1 | " in text
