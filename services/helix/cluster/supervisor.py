@@ -92,18 +92,47 @@ class Child:
         return self.process.pid if self.process is not None else None
 
 
-def _store_flags(config: ClusterConfig) -> list[str]:
-    """The store flags the registry and the orchestrator are given: the cluster's own
-    where they differ from the defaults."""
-    server = {f.name for f in dataclasses.fields(ServerConfig)}
+# Server settings that are the gateway's alone (each process listens on loopback, plaintext,
+# with its own metrics port) or given to each process explicitly (`Supervisor._common`).
+_GATEWAY_ONLY = frozenset(
+    {
+        "host",
+        "port",
+        "metrics_port",
+        "metrics_host",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "log_level",
+        "grace_period",
+    }
+)
+
+
+def _changed(config: ClusterConfig, fields: tuple[dataclasses.Field[object], ...]) -> list[str]:
+    """`--flag value` for each of `fields` the cluster was given a value other than its
+    default for."""
     flags: list[str] = []
-    for item in dataclasses.fields(StoreConfig):
-        if item.name in server:
-            continue
+    for item in fields:
         value = getattr(config, item.name)
         if value is not None and value != item.default:
             flags += [flag_name(item), format_setting(value)]
     return flags
+
+
+def _server_flags(config: ClusterConfig) -> list[str]:
+    """The server settings every process is given too: limits, keepalive, auth, rate
+    limits, the event loop (each process checks the tokens and limits itself)."""
+    fields = tuple(f for f in dataclasses.fields(ServerConfig) if f.name not in _GATEWAY_ONLY)
+    return _changed(config, fields)
+
+
+def _store_flags(config: ClusterConfig) -> list[str]:
+    """The store flags the registry and the orchestrator are given."""
+    server = {f.name for f in dataclasses.fields(ServerConfig)}
+    return _changed(
+        config, tuple(f for f in dataclasses.fields(StoreConfig) if f.name not in server)
+    )
 
 
 class Supervisor:
@@ -441,6 +470,7 @@ class Supervisor:
             self.config.log_level,
             "--grace-period",
             format_setting(self.config.grace_period),
+            *_server_flags(self.config),
         ]
 
     def _registry_address(self) -> str:
