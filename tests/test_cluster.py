@@ -39,7 +39,7 @@ import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 from helix.cli.cluster import prepare_cluster
 from helix.cluster.config import ClusterConfig
-from helix.cluster.supervisor import Supervisor
+from helix.cluster.supervisor import Child, Supervisor
 from helix.common import config as cfg
 from helix.common.config import DataDirLock
 from helix.security.client import StaticTokenSource, bearer_interceptors
@@ -269,7 +269,15 @@ async def test_the_autoscaler_follows_a_burst_and_drains_without_losing_a_verdic
                 lambda: len(_live_oracles(supervisor)) == 3, 60, what="three oracle processes"
             )
             assert any("oracles 1 -> 3" in d or "-> 3" in d for d in supervisor.decisions)
-            # A scale-down while the run goes: the process drains, answering what it held.
+            # Every process busy with the run (its reports name it), then a scale-down
+            # while the run goes: the process drains, answering what it held.
+            await eventually(
+                lambda: all(
+                    _verified(data, burst.run.name, c.name) > 0 for c in _live_oracles(supervisor)
+                ),
+                60,
+                what="every oracle process verifying for the run",
+            )
             await supervisor.scale_oracles(2)
             drained = [c for c in supervisor.children if c.draining]
             assert len(drained) == 1
@@ -314,7 +322,7 @@ def _narrow_oracle_config(directory: Path) -> Path:
     return config
 
 
-def _live_oracles(supervisor: Supervisor) -> list[object]:
+def _live_oracles(supervisor: Supervisor) -> list[Child]:
     return [c for c in supervisor.oracle_processes() if c.running and c.address]
 
 
