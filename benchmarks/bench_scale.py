@@ -39,6 +39,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -664,7 +665,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ceiling = oracle_alone(loops, alone, 1)
     elapsed = time.perf_counter() - started
     results = table(points, ceiling, machine_cores)
-    command = " ".join(["python benchmarks/bench_scale.py", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "benchmarks/bench_scale.py", *(argv or sys.argv[1:])])
     document = [
         "# Search throughput against oracle worker processes (`helix cluster up`)",
         "",
