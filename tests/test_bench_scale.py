@@ -70,8 +70,13 @@ def test_a_failed_run_says_why_and_the_cluster_stops_with_every_process(tmp_path
             "orchestrator",
             "registry",
         ]
-        # Every process of the cluster: the supervisor, its children, the oracle's worker.
+        # Every process of the cluster: the supervisor, its children, the oracle's worker
+        # (which the oracle agent starts once it listens: on a loaded machine, a moment on).
+        deadline = time.monotonic() + 30
         pids = list(bench_scale.process_tree(cluster.process.pid))
+        while len(pids) < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = list(bench_scale.process_tree(cluster.process.pid))
         assert len(pids) >= 6
         with pytest.raises(RuntimeError, match="--budget must be at least 1"):
             bench_scale.run_on(cluster, 0, 1, tmp_path / "run")
