@@ -126,10 +126,6 @@ def _encoded_bytes(response: Encoded) -> bytes:
     return response.data
 
 
-class _Unavailable(Exception):
-    pass
-
-
 async def _relay_failure(context: grpc.aio.ServicerContext[Any, Any], error: Any) -> NoReturn:
     """End the client's call with the upstream call's status, details and trailers."""
     trailing = _forwarded(error.trailing_metadata())
@@ -151,35 +147,35 @@ class Proxy(grpc.GenericRpcHandler):
         method = self._methods.get(handler_call_details.method)
         if method is None:
             return None
-        # Requests stay bytes (no deserializer); responses go out as `Encoded` bytes.
-        send = _encoded_bytes
-        if method.request_streaming and method.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream_stream(method), response_serializer=send
-            )
-        if method.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(
-                self._stream_unary(method), response_serializer=send
-            )
-        if method.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(method), response_serializer=send
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            self._unary_unary(method), response_serializer=send
+        # Requests stay bytes (no deserializer); responses go out as `Encoded` bytes. The
+        # upstream multicallable is of the same kind; a request is bytes or their stream.
+        kind = ("stream" if method.request_streaming else "unary") + (
+            "_stream" if method.response_streaming else "_unary"
+        )
+        forward = self._streamed(method, kind) if method.response_streaming else None
+        make: Any = getattr(grpc, f"{kind}_rpc_method_handler")
+        return make(  # type: ignore[no-any-return]
+            forward or self._single(method, kind), response_serializer=_encoded_bytes
         )
 
-    def _target(
-        self, method: _Method, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tuple[grpc.aio.Channel, dict[str, Any]]:
+    async def _call(
+        self, method: _Method, kind: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        """The upstream call of the same kind, with the caller's metadata and deadline
+        (UNAVAILABLE when no process serves the service)."""
         channel = self.routes.channel(method.service)
         if channel is None:
-            raise _Unavailable(f"no process serves {method.service} right now (restarting?)")
-        options: dict[str, Any] = {
-            "metadata": _forwarded(context.invocation_metadata()),
-            "timeout": context.time_remaining(),
-        }
-        return channel, options
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no process serves {method.service} right now (restarting?)",
+            )
+        multi: Any = getattr(channel, kind)(method.path)
+        call = multi(
+            request,
+            metadata=_forwarded(context.invocation_metadata()),
+            timeout=context.time_remaining(),
+        )
+        return call
 
     async def _start(self, call: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         initial = _forwarded(await call.initial_metadata())
@@ -191,14 +187,11 @@ class Proxy(grpc.GenericRpcHandler):
         if trailing:
             context.set_trailing_metadata(trailing)
 
-    def _unary_unary(self, method: _Method) -> Callable[..., Any]:
-        async def forward(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Encoded:
-            try:
-                channel, options = self._target(method, context)
-            except _Unavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            multi: Any = channel.unary_unary(method.path)
-            call = multi(request, **options)
+    def _single(self, method: _Method, kind: str) -> Callable[..., Any]:
+        """unary_unary and stream_unary: one response."""
+
+        async def forward(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Encoded:
+            call = await self._call(method, kind, request, context)
             try:
                 await self._start(call, context)
                 response: bytes = await call
@@ -211,64 +204,17 @@ class Proxy(grpc.GenericRpcHandler):
 
         return forward
 
-    def _stream_unary(self, method: _Method) -> Callable[..., Any]:
-        async def forward(
-            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-        ) -> Encoded:
-            try:
-                channel, options = self._target(method, context)
-            except _Unavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            multi: Any = channel.stream_unary(method.path)
-            call = multi(requests, **options)
-            try:
-                await self._start(call, context)
-                response: bytes = await call
-            except grpc.aio.AioRpcError as error:
-                await _relay_failure(context, error)
-            finally:
-                call.cancel()
-            await self._finish(call, context)
-            return Encoded(response)
+    def _streamed(self, method: _Method, kind: str) -> Callable[..., Any]:
+        """unary_stream and stream_stream: a stream of responses."""
 
-        return forward
-
-    def _unary_stream(self, method: _Method) -> Callable[..., Any]:
         async def forward(
-            request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Encoded]:
-            try:
-                channel, options = self._target(method, context)
-            except _Unavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            multi: Any = channel.unary_stream(method.path)
-            call = multi(request, **options)
+            call = await self._call(method, kind, request, context)
             try:
                 await self._start(call, context)
                 async for response in call:
                     yield Encoded(response)  # waits for the client to take it: flow control
-            except grpc.aio.AioRpcError as error:
-                await _relay_failure(context, error)
-            finally:
-                call.cancel()
-            await self._finish(call, context)
-
-        return forward
-
-    def _stream_stream(self, method: _Method) -> Callable[..., Any]:
-        async def forward(
-            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Encoded]:
-            try:
-                channel, options = self._target(method, context)
-            except _Unavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            multi: Any = channel.stream_stream(method.path)
-            call = multi(requests, **options)
-            try:
-                await self._start(call, context)
-                async for response in call:
-                    yield Encoded(response)
             except grpc.aio.AioRpcError as error:
                 await _relay_failure(context, error)
             finally:
