@@ -53,6 +53,7 @@ from deap import algorithms, base, creator, tools
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import helix_cli
 import run_profile
+from helix_cli import kept_analysis
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "run.md"
 DNA = helix_cli.BENCH_DNA_DIR / "sphere-10d.yaml"
@@ -271,18 +272,6 @@ def profile_section(profile: run_profile.Profile, run: helix_cli.HelixRun) -> li
             f"- {count / profile.rate:.2f} s ({100 * count / profile.samples:.1f}%) `{name}`"
         )
     return lines
-
-
-ANALYSIS = "## Analysis"
-
-
-def kept_analysis(path: Path) -> list[str]:
-    """The hand-written `## Analysis` section of the previous results file, kept as is."""
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    at = text.find(f"\n{ANALYSIS}")
-    return ["", text[at + 1 :].rstrip("\n")] if at >= 0 else []
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_oracle
 import helix_cli
+from helix_cli import kept_analysis
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -619,18 +620,6 @@ def plot(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
-
-
-ANALYSIS = "## Analysis"
-
-
-def kept_analysis(path: Path) -> list[str]:
-    """The hand-written `## Analysis` section of the previous results file, kept as is."""
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    at = text.find(f"\n{ANALYSIS}")
-    return ["", text[at + 1 :].rstrip("\n")] if at >= 0 else []
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -69,6 +69,18 @@ class HelixRun:
         return _stamp(self.summary["end_time"])
 
 
+ANALYSIS = "## Analysis"
+
+
+def kept_analysis(path: Path) -> list[str]:
+    """The hand-written `## Analysis` section of the previous results file, kept as is."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    at = text.find(f"\n{ANALYSIS}")
+    return ["", text[at + 1 :].rstrip("\n")] if at >= 0 else []
+
+
 def _stamp(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
