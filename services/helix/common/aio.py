@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
+
+import grpc
 
 log = logging.getLogger("helix")
 
@@ -25,3 +28,26 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[object] | None]) -> None:
     for task in pending:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+async def raise_for_status(call: Any) -> None:
+    """Raise a finished grpc.aio call's error as an AioRpcError, if it ended with one."""
+    code = await call.code()
+    if code != grpc.StatusCode.OK:
+        raise grpc.aio.AioRpcError(
+            code,
+            await call.initial_metadata(),
+            await call.trailing_metadata(),
+            await call.details(),
+        )
+
+
+async def write(call: Any, message: Any) -> None:
+    """Write a message on a streaming call; the call's AioRpcError when it has already
+    failed. grpc.aio raises InvalidStateError for a write after the end, whatever the
+    status, which still comes from here when the call ended with OK."""
+    try:
+        await call.write(message)
+    except asyncio.InvalidStateError:
+        await raise_for_status(call)
+        raise

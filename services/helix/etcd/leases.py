@@ -19,7 +19,7 @@ from collections.abc import Callable
 import grpc
 
 import helix.etcdpb.rpc_pb2 as rpc
-from helix.common import errors
+from helix.common import aio, errors
 from helix.etcd.client import REQUIRE_LEADER, EtcdClient, Lease
 
 log = logging.getLogger("helix.etcd")
@@ -86,6 +86,10 @@ class KeepAlive:
                 log.info(
                     "etcd lease %x keepalive stream broken, reopening: %.200s", self.lease.id, exc
                 )
+            except Exception as exc:  # a defect: its owner must not go on trusting the lease
+                log.exception("etcd lease %x: the keepalive failed", self.lease.id)
+                self._report_lost(f"the keepalive failed: {exc!r:.200}")
+                return
             await asyncio.sleep(min(delay, max(self.alive_until - time.monotonic(), 0.0)))
             delay = min(delay * 2, _RETRY_MAX)
 
@@ -98,11 +102,13 @@ class KeepAlive:
                 sent = time.monotonic()
                 try:
                     async with asyncio.timeout(max(self.alive_until - sent, 0.0)):
-                        await stream.write(rpc.LeaseKeepAliveRequest(ID=self.lease.id))
+                        await aio.write(stream, rpc.LeaseKeepAliveRequest(ID=self.lease.id))
                         reply = await stream.read()
                 except grpc.aio.AioRpcError as exc:
                     await self.client.renew_token_if_stale(exc, token)
                     raise
+                except asyncio.InvalidStateError:  # it ended (OK) while we slept
+                    raise errors.Unavailable("etcd ended the keepalive stream") from None
                 if not isinstance(reply, rpc.LeaseKeepAliveResponse):  # EOF
                     raise errors.Unavailable("etcd ended the keepalive stream")
                 if reply.TTL <= 0:
@@ -151,9 +157,11 @@ class Renewer:
                     stream = await self._open()
                     self._waiting.setdefault(lease_id, collections.deque()).append(future)
                     try:
-                        await stream.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                        await aio.write(stream, rpc.LeaseKeepAliveRequest(ID=lease_id))
                     except grpc.aio.AioRpcError as exc:
                         self._broken(stream, exc)
+                    except asyncio.InvalidStateError:  # it had ended (OK)
+                        self._broken(stream, errors.Unavailable("etcd ended the stream"))
                     except asyncio.CancelledError:
                         task = asyncio.current_task()
                         if task is not None and task.cancelling():

@@ -21,7 +21,7 @@ import grpc
 
 import helix.etcdpb.kv_pb2 as mvcc
 import helix.etcdpb.rpc_pb2 as rpc
-from helix.common import errors
+from helix.common import aio, errors
 from helix.etcd import errors as etcd_errors
 from helix.etcd.client import REQUIRE_LEADER, EtcdClient
 
@@ -155,12 +155,15 @@ class Watch:
                 progress_notify=True,
             )
             try:
-                await stream.write(rpc.WatchRequest(create_request=create))
+                await aio.write(stream, rpc.WatchRequest(create_request=create))
                 async with asyncio.timeout(self.client.timeout):
                     reply = await _read(stream)
             except TimeoutError:
                 stream.cancel()
                 raise errors.Unavailable("etcd did not confirm a watch in time") from None
+            except asyncio.InvalidStateError:  # it ended (OK) before the request went out
+                stream.cancel()
+                raise errors.Unavailable("etcd ended the watch stream") from None
             except BaseException:
                 stream.cancel()
                 raise

@@ -54,7 +54,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 from helix.agents.support import Backoff, describe, retry_delay, status_details
-from helix.common import tracing
+from helix.common import aio, tracing
 from helix.common.aio import cancel_and_wait
 from helix.common.channel import create_channel, tls_channel_credentials
 from helix.common.errors import FieldViolation
@@ -334,10 +334,10 @@ class _Stream:
             call = remote.verify_stream()
             try:
                 async with asyncio.timeout(OPEN_TIMEOUT):
-                    await _write(call, self.opening)
+                    await aio.write(call, self.opening)
                     first = await call.read()
                     if first is grpc.aio.EOF:
-                        await _raise_for_status(call)
+                        await aio.raise_for_status(call)
                         raise _Protocol("the remote ended the stream before granting credit")
                 if first.WhichOneof("kind") != "credit":
                     raise _Protocol("the remote's first message was not credit")
@@ -394,7 +394,7 @@ class _Stream:
                 if reading in done:
                     response = reading.result()
                     if response is grpc.aio.EOF:
-                        await _raise_for_status(call)
+                        await aio.raise_for_status(call)
                         return self._ended_ok() if self.pieces else None
                     self.answer(response)
                     reading = asyncio.ensure_future(call.read())
@@ -420,7 +420,7 @@ class _Stream:
             await call.done_writing()
             return
         while not self.closing and self.allowance > 0 and self._drop_abandoned():
-            await _write(call, self.next_piece(asyncio.get_running_loop().time()))
+            await aio.write(call, self.next_piece(asyncio.get_running_loop().time()))
 
     def _due(self, now: float) -> float | None:
         """When to look again without news: the first piece's deadline, or when an idle
@@ -542,34 +542,12 @@ class _Protocol(Exception):
     """The remote broke the VerifyStream protocol."""
 
 
-async def _raise_for_status(call: Any) -> None:
-    """Raise the call's error, if it ended with one."""
-    code = await call.code()
-    if code != grpc.StatusCode.OK:
-        raise grpc.aio.AioRpcError(
-            code,
-            await call.initial_metadata(),
-            await call.trailing_metadata(),
-            await call.details(),
-        )
-
-
 async def _end_call(call: Any) -> None:
     """Cancel a call and end its request side: grpc.aio's intercepted calls keep a task
     waiting for writes otherwise, once the call has ended on its own."""
     call.cancel()
     with contextlib.suppress(Exception):
         await call.done_writing()
-
-
-async def _write(call: Any, message: bytes) -> None:
-    """Write a message; AioRpcError when the call has already failed (grpc.aio raises
-    InvalidStateError for a write after the end, whatever the status)."""
-    try:
-        await call.write(message)
-    except asyncio.InvalidStateError:
-        await _raise_for_status(call)
-        raise
 
 
 def _identity(data: bytes) -> bytes:
