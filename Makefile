@@ -25,7 +25,7 @@ ARGS ?=
 # Oracle worker process counts of `make bench-scale`.
 WORKERS ?= 1 2
 
-.PHONY: help run serve test test-lowest check fix lint format-check typecheck buf-lint generate check-generated bench bench-scale clean lock errors-doc
+.PHONY: help run serve test test-lowest check fix lint format-check typecheck buf-lint buf-breaking baseline stubs generate check-generated bench bench-scale clean lock errors-doc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -55,13 +55,13 @@ test-lowest: $(NPM_STAMP) ## the tests on the oldest releases pyproject's ranges
 	$(LOWEST)/bin/python -m pip install --quiet -c constraints-lowest.txt -e '.[dev]'
 	$(LOWEST)/bin/python -m pytest -p no:cacheprovider $(ARGS)
 
-check: format-check lint typecheck buf-lint check-generated ## every static check CI runs
+check: format-check lint typecheck buf-lint buf-breaking check-generated ## every static check CI runs
 
 format-check: $(STAMP)
-	$(VENV)/bin/ruff format --check services tests benchmarks
+	$(VENV)/bin/ruff format --check services tests benchmarks scripts
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests benchmarks
+	$(VENV)/bin/ruff check services tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -70,9 +70,20 @@ buf-lint: $(NPM_STAMP)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
+BASELINE := protos/baseline/helix-v1.binpb
+
+buf-breaking: $(NPM_STAMP) ## fail if protos/ breaks the released helix.v1 contract ($(BASELINE); docs/contracts.md)
+	$(BUF) breaking --against $(BASELINE)
+
+baseline: $(NPM_STAMP) ## at a release only: record protos/ as the contract buf-breaking holds later changes to
+	$(BUF) build --exclude-source-info -o $(BASELINE)
+
+stubs: $(STAMP) $(NPM_STAMP) ## generate buf.gen.yaml's Go and TypeScript stubs into a temp dir, build and run them
+	$(PY) scripts/stubs.py $(ARGS)
+
 fix: $(STAMP) $(NPM_STAMP) ## format and auto-fix what can be fixed
-	$(VENV)/bin/ruff format services tests benchmarks
-	$(VENV)/bin/ruff check --fix services tests benchmarks
+	$(VENV)/bin/ruff format services tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix services tests benchmarks scripts
 	$(BUF) format -w
 
 # protoc output: Python modules, gRPC stubs and .pyi stubs for both from protos/helix and
