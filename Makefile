@@ -9,6 +9,9 @@ LOWEST := .venv-lowest
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
+# The Node.js client and oracle agent (their own package.json and lockfile).
+NODE_EXAMPLES := examples/node
+NODE_STAMP := $(NODE_EXAMPLES)/node_modules/.installed
 BUF := node_modules/.bin/buf
 PROTOS := $(sort $(wildcard protos/helix/v1/*.proto))
 # Vendored protos (protos/third_party/README.md): in the descriptor set only, never compiled
@@ -25,7 +28,7 @@ ARGS ?=
 # Oracle worker process counts of `make bench-scale`.
 WORKERS ?= 1 2
 
-.PHONY: help run serve test test-lowest check fix lint format-check typecheck buf-lint buf-breaking baseline stubs generate check-generated bench bench-scale clean lock errors-doc
+.PHONY: help run serve test test-lowest check fix lint format-check typecheck buf-lint buf-breaking node-check baseline stubs generate check-generated bench bench-scale clean lock errors-doc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,22 +43,26 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(NODE_STAMP): $(NODE_EXAMPLES)/package.json $(NODE_EXAMPLES)/package-lock.json
+	cd $(NODE_EXAMPLES) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 run: $(STAMP) ## the main job: a rastrigin-10D search on the embedded suite, to the end
 	$(VENV)/bin/helix run examples/dna/rastrigin.yaml --oracle rastrigin --budget 20000 $(ARGS)
 
 serve: $(STAMP) ## serve the embedded suite (all four services on one port) for other clients
 	$(VENV)/bin/helix up --host $(HOST) --port $(PORT) --generator-dna-dir examples/dna $(ARGS)
 
-test: $(STAMP) $(NPM_STAMP) ## run the test suite (buf from npm is used by CLI tests)
+test: $(STAMP) $(NPM_STAMP) $(NODE_STAMP) ## run the test suite (buf, protoc-gen-es, tsc and the Node examples from npm)
 	$(PY) -m pytest $(ARGS)
 
-test-lowest: $(NPM_STAMP) ## the tests on the oldest releases pyproject's ranges allow (constraints-lowest.txt)
+test-lowest: $(NPM_STAMP) $(NODE_STAMP) ## the tests on the oldest releases pyproject's ranges allow (constraints-lowest.txt)
 	@$(LOWEST)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST); }
 	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LOWEST)/bin/python -m pip install --quiet -c constraints-lowest.txt -e '.[dev]'
 	$(LOWEST)/bin/python -m pytest -p no:cacheprovider $(ARGS)
 
-check: format-check lint typecheck buf-lint buf-breaking check-generated ## every static check CI runs
+check: format-check lint typecheck buf-lint buf-breaking node-check check-generated ## every static check CI runs
 
 format-check: $(STAMP)
 	$(VENV)/bin/ruff format --check services tests benchmarks scripts
@@ -65,6 +72,9 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+node-check: ## the Node examples parse (node --check)
+	npm --prefix $(NODE_EXAMPLES) run --silent check
 
 buf-lint: $(NPM_STAMP)
 	$(BUF) lint
@@ -142,4 +152,4 @@ lock: ## re-resolve the dependency ranges and rewrite requirements.lock
 	  /tmp/helix-lock/bin/pip freeze --exclude-editable | sort -f; } > requirements.lock
 
 clean: ## remove the virtualenv, node_modules and caches
-	rm -rf $(VENV) $(LOWEST) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) node_modules $(NODE_EXAMPLES)/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -31,14 +31,25 @@ function judge(request) {
   return verdict;
 }
 
-const lines = readline.createInterface({ input: process.stdin });
-lines.on("line", (line) => {
-  const request = JSON.parse(line);
-  let verdict;
-  try {
-    verdict = judge(request);
-  } catch (err) {
-    verdict = { id: request.id, status: "error", message: String(err).slice(0, 1000) };
-  }
-  process.stdout.write(JSON.stringify(verdict) + "\n");
-});
+// Run as a program (`node node_worker.js`, what oracles.yaml starts): answer JSON Lines on
+// stdin/stdout. Required as a module (examples/node/oracle_agent.js): export `judge` and the
+// instance, and read nothing.
+function serve() {
+  const lines = readline.createInterface({ input: process.stdin });
+  lines.on("line", (line) => {
+    const request = JSON.parse(line);
+    let verdict;
+    try {
+      verdict = judge(request);
+    } catch (err) {
+      verdict = { id: request.id, status: "error", message: String(err).slice(0, 1000) };
+    }
+    process.stdout.write(JSON.stringify(verdict) + "\n");
+  });
+}
+
+module.exports = { judge, WEIGHTS, VALUES, CAPACITY };
+
+if (require.main === module) {
+  serve();
+}

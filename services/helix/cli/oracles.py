@@ -40,6 +40,7 @@ from helix.genome.genome_checks import decode_genomes
 from helix.genome.layout import Layout, Population, normalise
 from helix.genome.named import from_named, to_named_rows
 from helix.oracle.agent import add_oracle_serve_command
+from helix.oracle.config import read_config
 from helix.oracle.host import OracleHost, target_for
 from helix.oracle.serving import ConfigSource
 from helix.security.scopes import ORACLES_READ, VERIFY
@@ -118,7 +119,44 @@ def add_oracle_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     add_client_arguments(test)
     test.set_defaults(address=os.environ.get("HELIX_ADDRESS"))
     test.set_defaults(handler=lambda args: asyncio.run(test_oracle(args)))
+    hashing = oracle_actions.add_parser(
+        "hash",
+        help="print the config_hash an oracle agent computes for a configured oracle",
+        description=(
+            "Print the config_hash (OracleInfo.config_hash) that an oracle agent serving "
+            "--config FILE reports for oracle NAME: the SHA-256 of its normalised settings "
+            "and of the files it names. An agent written in another language that hosts an "
+            "equivalent oracle states that equivalence by reporting this hash, so runs use "
+            "it alongside the Python agents."
+        ),
+    )
+    hashing.add_argument("name", type=parse_oracle_name, help="oracles/NAME or NAME")
+    hashing.add_argument(
+        "--config", required=True, type=Path, help="the oracle configuration file (YAML or JSON)"
+    )
+    hashing.set_defaults(handler=oracle_hash)
     add_oracle_serve_command(oracle_actions)
+
+
+def oracle_hash(args: argparse.Namespace) -> int:
+    """`helix oracle hash NAME --config FILE`: the oracle's config_hash, as agents compute it
+    (helix.oracle.config), or a configuration error naming every problem (exit 2)."""
+    path: Path = args.config
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read: {exc.strerror or exc}") from None
+    check = read_config(path, data)
+    if not check.valid:
+        shown = "\n  ".join(str(v) for v in check.violations[:50])
+        raise ConfigError(f"the oracle configuration {path} is invalid:\n  {shown}")
+    wanted = args.name.removeprefix("oracles/")
+    spec = check.oracles.get(wanted)
+    if spec is None:
+        names = ", ".join(sorted(check.oracles)) or "none"
+        raise ConfigError(f"no oracle {args.name} in {path} (it has: {names})")
+    print(spec.config_hash)
+    return 0
 
 
 def format_oracles(oracles: Sequence[oracle_pb2.OracleInfo]) -> str:
