@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import grpc  # noqa: E402
-from orchestrator_support import RUN_SCOPES, run_request, start_run_suite  # noqa: E402
 
 from helix.etcd import EtcdClient  # noqa: E402
 from helix.orchestrator.agents import GENERATOR_MAJOR, ORCHESTRATOR_SCOPES, AgentPool  # noqa: E402
@@ -42,6 +41,7 @@ from helix.security.principal import Principal  # noqa: E402
 
 from etcd_support import EtcdCluster, etcd_available  # noqa: E402
 from harness import Processes  # noqa: E402
+from orchestrator_support import RUN_SCOPES, run_request, start_run_suite  # noqa: E402
 
 
 class TimedStore:

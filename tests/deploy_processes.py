@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from deploy_support import DEPLOY, ROOT, promql_metric_names, yaml_documents
 from prometheus_client.parser import text_string_to_metric_families
 
 import helix.v1.registry_pb2 as registry_pb2
 import helix.v1.registry_pb2_grpc as registry_pb2_grpc
 
+from deploy_support import DEPLOY, ROOT, promql_metric_names, yaml_documents
 from harness import RunningProcess, clean_env, run_helix
 from waiting import eventually
 

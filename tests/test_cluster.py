@@ -20,15 +20,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster_support import (
-    DNA_DIR,
-    ORACLE,
-    Outcome,
-    finish,
-    run_request,
-    wait_generations,
-    write_oracle_config,
-)
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -46,6 +37,15 @@ from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.keys import load_hs256_dir
 from helix.security.tokens import mint
 
+from cluster_support import (
+    DNA_DIR,
+    ORACLE,
+    Outcome,
+    finish,
+    run_request,
+    wait_generations,
+    write_oracle_config,
+)
 from harness import HELIX, Processes, RunningProcess, clean_env, run_helix
 from waiting import eventually
 

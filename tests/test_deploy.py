@@ -28,6 +28,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import helix.v1.generator_pb2 as generator_pb2
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.registry_pb2 as registry_pb2
+from helix.agents.membership import RegistryMembership
+from helix.cli.main import _build_parser, main
+from helix.common import config as cfg
+from helix.generator.agent import GeneratorAgentConfig
+from helix.oracle.agent import OracleAgentConfig
+from helix.oracle.serving import require_valid_config
+from helix.orchestrator.serve import OrchestratorServerConfig
+from helix.registry.serve import RegistryServerConfig
+from helix.security.client import SERVICE_TOKEN_ENV, SERVICE_TOKEN_FILE_ENV
+from helix.suite import EmbeddedConfig
+
 from deploy_support import (
     COMPOSE,
     DEPLOY,
@@ -48,23 +65,6 @@ from deploy_support import (
     workloads_selected,
     yaml_documents,
 )
-from prometheus_client.parser import text_string_to_metric_families
-
-import helix.v1.generator_pb2 as generator_pb2
-import helix.v1.oracle_pb2 as oracle_pb2
-import helix.v1.orchestrator_pb2 as orchestrator_pb2
-import helix.v1.registry_pb2 as registry_pb2
-from helix.agents.membership import RegistryMembership
-from helix.cli.main import _build_parser, main
-from helix.common import config as cfg
-from helix.generator.agent import GeneratorAgentConfig
-from helix.oracle.agent import OracleAgentConfig
-from helix.oracle.serving import require_valid_config
-from helix.orchestrator.serve import OrchestratorServerConfig
-from helix.registry.serve import RegistryServerConfig
-from helix.security.client import SERVICE_TOKEN_ENV, SERVICE_TOKEN_FILE_ENV
-from helix.suite import EmbeddedConfig
-
 from harness import HELIX, Processes, clean_env
 
 KUSTOMIZATIONS = [DEPLOY / "base", DEPLOY / "overlays" / "dev"]

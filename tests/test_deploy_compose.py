@@ -23,6 +23,10 @@ from typing import Any
 
 import pytest
 from deploy_processes import Instance, check_agents, check_metrics, run_search, scrape
+
+from helix.security.keys import load_hs256_dir
+from helix.security.tokens import mint
+
 from deploy_support import (
     COMPOSE,
     ROOT,
@@ -34,10 +38,6 @@ from deploy_support import (
     helix_argv,
     yaml_documents,
 )
-
-from helix.security.keys import load_hs256_dir
-from helix.security.tokens import mint
-
 from etcd_support import EtcdCluster, free_ports
 from harness import HELIX, Processes, clean_env, run_helix
 

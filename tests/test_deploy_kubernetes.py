@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 from deploy_processes import Instance, check_agents, check_metrics, run_search, scrape
-from deploy_support import DEPLOY, pod_spec, render_kustomization, selects
 
 from helix.security.keys import load_hs256_dir
 from helix.security.tokens import mint
 
+from deploy_support import DEPLOY, pod_spec, render_kustomization, selects
 from etcd_support import EtcdCluster, free_ports
 from harness import HELIX, Processes, clean_env, run_command, run_helix
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster_support import RunCluster
 
 import helix.v1.registry_pb2 as registry_pb2
 from helix.cli.loadstats import LatencyHistogram, LoadStats, some_names
@@ -24,6 +23,7 @@ from helix.cli.loadwork import LABEL, LoadSettings, Session, SimulatedAgent
 from helix.cli.main import main
 from helix.suite import EMBEDDED_ORACLE_ID
 
+from cluster_support import RunCluster
 from harness import HELIX, Cluster, clean_env, run_helix
 from waiting import eventually
 

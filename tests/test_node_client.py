@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from harness import Cluster, Processes, run_command
 from node_support import (
     NODE,
     NODE_DIR,
@@ -23,8 +25,6 @@ from node_support import (
     start_suite,
     write_knapsack_config,
 )
-
-from harness import Cluster, Processes, run_command
 
 pytestmark = [requires_node, pytest.mark.timeout(300)]
 

@@ -24,6 +24,15 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+
+import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.dna_pb2 as dna_pb2
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
+import helix.v1.registry_pb2 as registry_pb2
+from helix.genome.codec import genome_id
+
+from harness import Cluster, Processes, RunningProcess, run_command, run_helix
 from node_support import (
     CLIENT_SCOPES,
     EXAMPLE_CONFIG,
@@ -43,15 +52,6 @@ from node_support import (
     start_suite,
     write_knapsack_config,
 )
-
-import helix.v1.candidate_pb2 as candidate_pb2
-import helix.v1.dna_pb2 as dna_pb2
-import helix.v1.oracle_pb2 as oracle_pb2
-import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
-import helix.v1.registry_pb2 as registry_pb2
-from helix.genome.codec import genome_id
-
-from harness import Cluster, Processes, RunningProcess, run_command, run_helix
 
 pytestmark = [requires_node, pytest.mark.timeout(300)]
 

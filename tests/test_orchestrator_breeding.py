@@ -10,7 +10,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from orchestrator_support import DNA_DIR, start_run_suite
 from test_orchestrator_split import _second_generator
 
 import helix.v1.candidate_pb2 as candidate_pb2
@@ -22,6 +21,7 @@ from helix.orchestrator.agents import ORCHESTRATOR_SCOPES, AgentPool
 from helix.orchestrator.breeding import Breeder, BreedingPlan
 from helix.security.client import MintingTokenSource, bearer_interceptors
 
+from orchestrator_support import DNA_DIR, start_run_suite
 from registry_support import Suite
 from waiting import eventually
 

@@ -20,7 +20,6 @@ import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from orchestrator_support import RUN_SCOPES, run_request, runs_stub, start_run_suite, watch_to_end
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.common_pb2 as common_pb2
@@ -36,6 +35,7 @@ from helix.security.principal import ADMIN_SCOPE, Principal
 from helix.security.tokens import mint
 from helix.suite import ORCHESTRATOR_SCOPES
 
+from orchestrator_support import RUN_SCOPES, run_request, runs_stub, start_run_suite, watch_to_end
 from registry_support import Suite, start_suite
 from waiting import eventually
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-from orchestrator_support import run_request, runs_stub, start_run_suite, watch_to_end
 
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.registry_pb2 as registry_pb2
@@ -19,6 +18,7 @@ from helix.orchestrator.config import OrchestratorSettings
 from helix.orchestrator.sqlite_store import SqliteRunStore
 from helix.orchestrator.store import RunCommit, StoredCandidate, StoredEvent, StoredRun
 
+from orchestrator_support import run_request, runs_stub, start_run_suite, watch_to_end
 from registry_support import error_info
 from waiting import eventually
 

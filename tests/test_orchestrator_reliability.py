@@ -19,6 +19,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+import helix.v1.oracle_pb2 as oracle_pb2
+import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
+import helix.v1.registry_pb2 as registry_pb2
+
 from cluster_support import (
     CANCELLED,
     FAILED,
@@ -37,13 +44,6 @@ from cluster_support import (
     run_request,
     wait_generations,
 )
-
-import helix.v1.oracle_pb2 as oracle_pb2
-import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
-import helix.v1.orchestrator_pb2 as orchestrator_pb2
-import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
-import helix.v1.registry_pb2 as registry_pb2
-
 from harness import clean_env, run_helix
 from waiting import eventually
 

@@ -18,6 +18,9 @@ from typing import Any
 
 import grpc
 import pytest
+
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+
 from cluster_support import (
     CANCELLED,
     SUCCEEDED,
@@ -29,12 +32,9 @@ from cluster_support import (
     run_request,
     wait_generations,
 )
+from etcd_support import EtcdCluster
 from orchestrator_support import run_request as suite_run_request
 from orchestrator_support import runs_stub, start_run_suite
-
-import helix.v1.orchestrator_pb2 as orchestrator_pb2
-
-from etcd_support import EtcdCluster
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from orchestrator_support import run_request, runs_stub, start_run_suite, watch_to_end
 
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
+
+from orchestrator_support import run_request, runs_stub, start_run_suite, watch_to_end
 
 SUCCEEDED = orchestrator_pb2.RUN_STATE_SUCCEEDED
 RASTRIGIN = Path(__file__).resolve().parent.parent / "examples" / "dna" / "rastrigin.yaml"

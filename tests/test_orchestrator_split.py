@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator_support import DNA_DIR, run_request, runs_stub, start_run_suite, watch_to_end
-
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 import helix.v1.registry_pb2 as registry_pb2
 from helix.common.server import HelixServer
 from helix.generator.agent import GeneratorAgentConfig, create_agent
 from helix.security.setup import security_from_config
 
+from orchestrator_support import DNA_DIR, run_request, runs_stub, start_run_suite, watch_to_end
 from registry_support import Suite
 from waiting import eventually
 

@@ -115,8 +115,8 @@ def grpcurl_parts(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def test_the_readme_grpcurl_commands_name_what_the_protoset_holds():
-    # CI has no grpcurl (neither PyPI, npm nor Debian ship it): check each command against
-    # the descriptors it would use; the buf curl twins below run for real.
+    # Checked against the descriptors each command would use; grpcurl itself runs every
+    # command of docs/grpcurl.md (tests/test_grpcurl_guide.py), the buf curl twins below too.
     commands = readme_commands("grpcurl")
     assert len(commands) >= 4
     loaded = pool()

@@ -60,6 +60,9 @@ async def test_reflection_serves_json_names_like_the_protoset(suite, channel_to)
         ("grpc.reflection.v1alpha.ServerReflection", "grpc/reflection/v1alpha/reflection.proto"),
         # What grpcurl asks for to render the details of an error.
         ("google.rpc.BadRequest", "google/rpc/error_details.proto"),
+        # A method: what `grpcurl describe helix.v1.OracleService.GetOracle` asks for.
+        ("helix.v1.OracleService.GetOracle", "helix/v1/oracle.proto"),
+        ("grpc.health.v1.Health.Watch", "grpc/health/v1/health.proto"),
     ],
 )
 async def test_reflection_describes_health_reflection_and_error_details(
@@ -89,6 +92,10 @@ def test_an_unknown_symbol_is_not_found():
     servicer = reflection_servicer(["helix.v1.RegistryService"])
     for request in (
         reflection_pb2.ServerReflectionRequest(file_containing_symbol="helix.v1.Nope"),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="helix.v1.Nope.Get"),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="helix.v1.RegistryService.Nope"
+        ),
         reflection_pb2.ServerReflectionRequest(file_by_filename="nope.proto"),
         reflection_pb2.ServerReflectionRequest(all_extension_numbers_of_type="helix.v1.Nope"),
     ):

@@ -23,7 +23,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from orchestrator_support import RUN_SCOPES, run_request, start_run_suite, watch_to_end
 
 import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
@@ -41,6 +40,7 @@ from helix.security.client import StaticTokenSource, bearer_interceptors
 from helix.security.tokens import mint
 
 from echo_service import SERVICE, EchoServicer, String, binding
+from orchestrator_support import RUN_SCOPES, run_request, start_run_suite, watch_to_end
 from waiting import eventually
 
 CREATE_RUN = "helix.v1.OrchestratorService/CreateRun"

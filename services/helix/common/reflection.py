@@ -66,7 +66,7 @@ class ProtosetReflection:
             return self._files(lambda pool: pool.FindFileByName(request.file_by_filename))
         if kind == "file_containing_symbol":
             symbol = request.file_containing_symbol
-            return self._files(lambda pool: pool.FindFileContainingSymbol(symbol))
+            return self._files(lambda pool: _symbol_file(pool, symbol))
         if kind == "file_containing_extension":
             wanted = request.file_containing_extension
             return self._files(
@@ -110,6 +110,19 @@ class ProtosetReflection:
                 )
             )
         return _error(grpc.StatusCode.NOT_FOUND, "not found")
+
+
+def _symbol_file(pool: descriptor_pool.DescriptorPool, symbol: str) -> descriptor.FileDescriptor:
+    """The file defining `symbol`: a message, enum, service, field, value or extension (what
+    the pool finds itself) or a method (`pkg.Service.Method`, which it does not: grpcurl
+    `describe` asks for methods by name)."""
+    try:
+        return pool.FindFileContainingSymbol(symbol)
+    except KeyError:
+        service, _, method = symbol.rpartition(".")
+        if not service or method not in pool.FindServiceByName(service).methods_by_name:
+            raise
+        return pool.FindServiceByName(service).file
 
 
 def _extension_file(
