@@ -123,6 +123,23 @@ async def test_oracles_list_and_get(suite, helix_env):
     assert "NOT_FOUND" in err
 
 
+async def test_oracle_hash_is_the_hash_the_agent_reports(suite, helix_env, tmp_path):
+    # The embedded suite serves the builtin oracles with their defaults, as builtins.yaml.
+    code, out, err = await run(
+        "oracles", "get", "rastrigin", "--json", *flags(suite), env=helix_env
+    )
+    assert code == 0, err
+    reported = json.loads(out)["configHash"]
+    builtins = ROOT / "examples" / "oracles" / "builtins.yaml"
+    code, out, err = await run("oracle", "hash", "oracles/rastrigin", "--config", str(builtins))
+    assert (code, out.strip()) == (0, reported), err
+    invalid = tmp_path / "oracles.yaml"
+    invalid.write_text("oracles:\n  x:\n    kind: builtin\n    function: cube\n")
+    code, _, err = await run("oracle", "hash", "x", "--config", str(invalid))
+    assert code == 2
+    assert "oracles.yaml:4: oracles.x.function" in err
+
+
 async def test_an_oracle_agent_registers_and_leaves(suite, processes, tmp_path, helix_env):
     folder = tmp_path / "oracles"
     shutil.copytree(ROOT / "examples" / "oracles", folder)

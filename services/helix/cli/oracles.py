@@ -40,9 +40,8 @@ from helix.genome.genome_checks import decode_genomes
 from helix.genome.layout import Layout, Population, normalise
 from helix.genome.named import from_named, to_named_rows
 from helix.oracle.agent import add_oracle_serve_command
-from helix.oracle.config import read_config
 from helix.oracle.host import OracleHost, target_for
-from helix.oracle.serving import ConfigSource
+from helix.oracle.serving import ConfigSource, valid_config
 from helix.security.scopes import ORACLES_READ, VERIFY
 
 MAX_SAMPLES = 10_000
@@ -142,14 +141,7 @@ def oracle_hash(args: argparse.Namespace) -> int:
     """`helix oracle hash NAME --config FILE`: the oracle's config_hash, as agents compute it
     (helix.oracle.config), or a configuration error naming every problem (exit 2)."""
     path: Path = args.config
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read: {exc.strerror or exc}") from None
-    check = read_config(path, data)
-    if not check.valid:
-        shown = "\n  ".join(str(v) for v in check.violations[:50])
-        raise ConfigError(f"the oracle configuration {path} is invalid:\n  {shown}")
+    check = valid_config(path, "--config")
     wanted = args.name.removeprefix("oracles/")
     spec = check.oracles.get(wanted)
     if spec is None:

@@ -72,16 +72,22 @@ async def read_config_file(path: Path) -> tuple[ConfigCheck, bytes]:
 def require_valid_config(path: Path | None) -> None:
     """Before a server starts (blocking): ConfigError listing every problem of the oracle
     configuration file, so a bad file stops the command with its problems, not a trace."""
-    if path is None:
-        return
+    if path is not None:
+        valid_config(path, "--oracle-config")
+
+
+def valid_config(path: Path, flag: str) -> ConfigCheck:
+    """The oracle configuration file given by `flag` (blocking), or ConfigError naming the
+    flag when it cannot be read, or listing every problem it has."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"--oracle-config {path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{flag} {path}: cannot read: {exc.strerror or exc}") from None
     check = read_config(path, data)
     if not check.valid:
         shown = "\n  ".join(str(v) for v in check.violations[:50])
         raise ConfigError(f"the oracle configuration {path} is invalid:\n  {shown}")
+    return check
 
 
 class ConfigSource:
