@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,10 @@ CLIENT_SCOPES = ("agents.read", "dna.read", "oracles.read", "runs.read", "runs.w
 AGENT_SCOPES = ("agents.write", "agents.read")
 # The ready line of the Node agent (the harness's LISTENING pattern matches it too).
 AGENT_READY = r"^helix node oracle listening on (?P<address>\S+:\d+)$"
+# The agents of these tests drain within AGENT_GRACE seconds (--grace), then deregister
+# (one call, at most 10 s): STOP_WITHIN leaves room for both on a slow machine.
+AGENT_GRACE = "5"
+STOP_WITHIN = 60.0
 
 requires_node = pytest.mark.skipif(NODE is None, reason="node (Node.js >= 20) is not installed")
 
@@ -82,22 +86,30 @@ def node_env(token: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
-async def start_agent(
+async def start_agent(  # noqa: PLR0913 - keyword-only options, each with its default
     cluster: Cluster,
     processes: Processes,
     config_hash_: str,
     *,
     agent_id: str = "node-oracle-1",
     extra: Sequence[str] = (),
+    keys: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> RunningProcess:
-    """The Node oracle agent, registered with the cluster's registry, checking tokens with
-    its keys; waits for its registration line."""
+    """The Node oracle agent, registered with the cluster's registry; waits for its
+    registration line. With `keys` it checks callers' tokens with the cluster's keys and
+    mints its own registry tokens with them; else `env` gives it a token (HELIX_TOKEN or
+    HELIX_TOKEN_FILE)."""
     assert NODE is not None
     argv = [NODE, str(NODE_DIR / "oracle_agent.js"), "--config-hash", config_hash_]
     argv += ["--registry-address", cluster.address_of("registry"), "--agent-id", agent_id]
-    argv += ["--auth-hs256-dir", str(cluster.key_dir), *extra]
-    token = cluster.token("node-oracle", AGENT_SCOPES)
-    agent = await processes.start(argv, node_env(token), ready=AGENT_READY, name="node-oracle")
+    argv += ["--grace", AGENT_GRACE]
+    if keys:
+        argv += ["--auth-hs256-dir", str(cluster.key_dir)]
+    argv += extra
+    agent = await processes.start(
+        argv, node_env(None, **(env or {})), ready=AGENT_READY, name="node-oracle"
+    )
     await agent.wait_for_line(rf"^registered as agents/{agent_id}$", within=30)
     return agent
 

@@ -9,10 +9,17 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
+
+import helix.v1.orchestrator_pb2 as orchestrator_pb2
+import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
+import helix.v1.registry_pb2 as registry_pb2
+from helix.v1 import common_pb2
 
 from harness import Cluster, Processes, run_command
 from node_support import (
+    CLIENT_SCOPES,
     NODE,
     NODE_DIR,
     helix_run_outcome,
@@ -140,10 +147,12 @@ async def test_token_without_a_scope_is_a_readable_permission_error(suite: Clust
         (["--bogus"], "Unknown option '--bogus'"),
     ],
 )
-async def test_flags_of_the_wrong_type_are_usage_errors(
-    suite: Cluster, args: list[str], message: str
-) -> None:
-    code, out, err = await run_client(suite, *args)
+async def test_flags_of_the_wrong_type_are_usage_errors(args: list[str], message: str) -> None:
+    # Refused before any call: no suite is needed (nothing answers at port 1).
+    require_node_modules()
+    assert NODE is not None
+    argv = [NODE, str(NODE_DIR / "client.js"), "--address", "127.0.0.1:1", *args]
+    code, out, err = await run_command(argv, node_env("x"), within=60)
     assert code == 2
     assert err.startswith(f"client.js: {message}"), err
     assert "created" not in out
@@ -206,4 +215,115 @@ async def test_no_server_is_a_readable_unavailable_error() -> None:
     assert code == 1
     assert "listing agents failed: UNAVAILABLE: " in err
     assert "hint: is a Helix suite serving at 127.0.0.1:1?" in err
+    no_stack_trace(err)
+
+
+class Recorder(grpc.GenericRpcHandler):
+    """Any call to this server: its method and authorization header recorded, then answered
+    UNIMPLEMENTED."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> None:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        self.calls.append((handler_call_details.method, str(metadata.get("authorization", ""))))
+
+
+async def test_the_users_token_goes_only_to_the_suite(suite: Cluster) -> None:
+    # An agent registered in the registry, claiming the run's oracle, at an endpoint that
+    # records what it is sent: the client must not send it the user's token.
+    recorder = Recorder()
+    decoy = grpc.aio.server()
+    decoy.add_generic_rpc_handlers([recorder])
+    port = decoy.add_insecure_port("127.0.0.1:0")
+    await decoy.start()
+    try:
+        await suite.registry("decoy").RegisterAgent(
+            registry_pb2.RegisterAgentRequest(
+                agent_id="decoy",
+                request_id="decoy-1",
+                agent=registry_pb2.Agent(
+                    kind=registry_pb2.AGENT_KIND_ORACLE,
+                    endpoint=f"127.0.0.1:{port}",
+                    health=registry_pb2.AGENT_HEALTH_NOT_SERVING,
+                    capacity=1,
+                    oracle=registry_pb2.OracleDetails(oracles=["oracles/knapsack-node"]),
+                ),
+            )
+        )
+        token = suite.token("node-client", CLIENT_SCOPES)
+        code, out, err = await run_client(suite, "--generations", "2", "--seed", "1", token=token)
+        assert code == 0, err
+        assert "agents/decoy" in out
+        # The objective came from the suite the user named (GetOracle there: maximize).
+        assert re.search(r"^created runs/\S+: .*, maximize, seed 1$", out, re.MULTILINE), out
+        assert not [call for call in recorder.calls if token in call[1]], recorder.calls
+    finally:
+        await decoy.stop(None)
+
+
+class EndsAfterTheEnd(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    """An orchestrator whose WatchRun breaks (UNAVAILABLE) right after the terminal event, and
+    at once on every resumed watch; the run itself SUCCEEDED."""
+
+    def __init__(self) -> None:
+        self.watches = 0
+
+    def run(self, state: orchestrator_pb2.RunState.ValueType) -> orchestrator_pb2.Run:
+        return orchestrator_pb2.Run(
+            name="runs/r1", dna_name="dnas/knapsack", oracle="oracles/knapsack-node",
+            objective=common_pb2.OBJECTIVE_MAXIMIZE, seed=1, state=state,
+            progress=orchestrator_pb2.RunProgress(),
+        )  # fmt: skip
+
+    async def CreateRun(self, request, context):
+        return orchestrator_pb2.CreateRunResponse(run=self.run(orchestrator_pb2.RUN_STATE_PENDING))
+
+    async def GetRun(self, request, context):
+        return orchestrator_pb2.GetRunResponse(run=self.run(orchestrator_pb2.RUN_STATE_SUCCEEDED))
+
+    async def WatchRun(self, request, context):
+        self.watches += 1
+        for sequence, state in (
+            (1, orchestrator_pb2.RUN_STATE_RUNNING),
+            (2, orchestrator_pb2.RUN_STATE_SUCCEEDED),
+        ):
+            if sequence > request.after_sequence:
+                changed = orchestrator_pb2.RunStateChanged(state=state)
+                event = orchestrator_pb2.RunEvent(sequence=sequence, state_changed=changed)
+                yield orchestrator_pb2.WatchRunResponse(event=event)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the watch broke")
+
+
+async def test_a_watch_breaking_after_the_terminal_event_is_not_a_failure() -> None:
+    require_node_modules()
+    assert NODE is not None
+    from helix.v1 import generator_pb2, generator_pb2_grpc, registry_pb2_grpc
+
+    class Registry(registry_pb2_grpc.RegistryServiceServicer):
+        async def ListAgents(self, request, context):
+            return registry_pb2.ListAgentsResponse()
+
+    class Generator(generator_pb2_grpc.GeneratorServiceServicer):
+        async def ListDnas(self, request, context):
+            return generator_pb2.ListDnasResponse()
+
+    orchestrator = EndsAfterTheEnd()  # type: ignore[abstract]  # only what the client calls
+    server = grpc.aio.server()
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(Registry(), server)  # type: ignore[abstract]
+    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(Generator(), server)  # type: ignore[abstract]
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(orchestrator, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        argv = [NODE, str(NODE_DIR / "client.js"), "--address", f"127.0.0.1:{port}"]
+        argv += ["--objective", "maximize"]
+        code, out, err = await run_command(argv, node_env("x"), within=120)
+    finally:
+        await server.stop(None)
+    assert code == 0, err
+    assert "state SUCCEEDED" in out.splitlines()
+    assert "run runs/r1 SUCCEEDED" in out.splitlines()
+    assert orchestrator.watches == 1, err
     no_stack_trace(err)

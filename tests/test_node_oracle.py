@@ -8,13 +8,22 @@ Python oracle agent hosts the same `knapsack-node` (tests/node_support.py):
 - its verdicts equal the Python command oracle's for every genome, field by field;
 - Verify and VerifyStream refuse bad input with INVALID_ARGUMENT naming the field (and the
   other codes of oracle.proto: NOT_FOUND, CONFIG_HASH_MISMATCH, CREDIT_EXCEEDED, ...);
-- candidate ids are computed as candidate.proto says (its worked example).
+- candidate ids are computed as candidate.proto says (its worked example);
+- at SIGTERM a stream's held batch is answered, no credit follows, the stream ends
+  UNAVAILABLE (ORACLE_DRAINING) and new streams are refused; a cancelled stream's batch stops
+  being judged;
+- the agent's registry tokens stay valid (minted and renewed, or re-read from a file), an
+  expired one is fatal; it registers again after losing its registration, and heartbeats
+  carry its load;
+- malformed and expired tokens of callers are refused as a Helix server refuses them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +40,18 @@ import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
 from helix.genome.codec import genome_id
+from helix.security.tokens import mint
 
 from harness import Cluster, Processes, RunningProcess, run_command, run_helix
 from node_support import (
+    AGENT_SCOPES,
     CLIENT_SCOPES,
     EXAMPLE_CONFIG,
     NODE,
     NODE_DIR,
     ORACLE,
+    ORACLES_DIR,
+    STOP_WITHIN,
     config_hash,
     helix_run_outcome,
     node_env,
@@ -52,6 +65,7 @@ from node_support import (
     start_suite,
     write_knapsack_config,
 )
+from waiting import eventually
 
 pytestmark = [requires_node, pytest.mark.timeout(300)]
 
@@ -122,7 +136,7 @@ def details(error: grpc.aio.AioRpcError) -> tuple[str, list[tuple[str, str]], di
 
 async def stop_agent(agent: RunningProcess) -> tuple[int, int, int]:
     """SIGTERM the agent; (exit status, verified, judged) from its last line."""
-    code = await agent.stop()
+    code = await agent.stop(STOP_WITHIN)
     found = SUMMARY.match(agent.lines[-1]) if agent.lines else None
     assert found, agent.describe("printed no summary line")
     return code, int(found[1]), int(found[2])
@@ -458,6 +472,12 @@ def _wrong_id_batch() -> oracle_pb2.VerifyStreamRequest:
     ("messages", "code", "reason", "fields"),
     [
         (
+            [],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+            [("open", "required")],
+        ),
+        (
             [_batch(1, 1)],
             grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_ARGUMENT",
@@ -507,6 +527,7 @@ def _wrong_id_batch() -> oracle_pb2.VerifyStreamRequest:
         ),
     ],
     ids=[
+        "empty",
         "batch-first",
         "config-hash",
         "dna-shape",
@@ -528,6 +549,7 @@ async def test_verify_stream_refuses_protocol_errors(
     call = oracle_stub(setup, agent.address).VerifyStream()
     for message in messages:
         await call.write(message)
+    await call.done_writing()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in call:
             pass
@@ -536,33 +558,327 @@ async def test_verify_stream_refuses_protocol_errors(
     assert (found_reason, found_fields) == (reason, fields)
     if reason == "CONFIG_HASH_MISMATCH":
         assert metadata == {"config_hash": setup.config_hash}
-    # The stream gave its window back: a new one gets full credit.
-    again = oracle_stub(setup, agent.address).VerifyStream()
-    await again.write(_open())
-    assert (await _read(again)).credit.candidates == 32
-    again.cancel()
+    # The stream gave its window back: two new ones each get full credit, half the capacity
+    # of 64 (had the window leaked, the second would be refused ORACLE_BUSY).
+    node = oracle_stub(setup, agent.address)
+    streams = [node.VerifyStream(), node.VerifyStream()]
+    for stream in streams:
+        await stream.write(_open())
+        assert (await _read(stream)).credit.candidates == 32
+    for stream in streams:
+        stream.cancel()
 
 
-async def test_agent_refuses_bad_flags() -> None:
+# What a stack trace printed by Node looks like ("    at Foo (file.js:1:2)").
+STACK_FRAME = re.compile(r"^\s+at .+:\d+:\d+\)?$", re.MULTILINE)
+
+
+async def test_agent_refuses_bad_flags(tmp_path: Path) -> None:
     require_node_modules()
     assert NODE is not None
     agent = str(NODE_DIR / "oracle_agent.js")
-    for args, message in [
-        ([], "--config-hash is required"),
-        (["--config-hash", "abc"], "--config-hash must be 64 lowercase hex characters"),
-        (["--config-hash", "a" * 64, "--capacity", "0"], "--capacity: 0 is out of range"),
+    hash_ = ["--config-hash", "a" * 64]
+    registry = ["--registry-address", "127.0.0.1:1"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = tmp_path / "missing"
+    for args, env, message in [
+        ([], {}, "--config-hash is required"),
+        (["--config-hash", "abc"], {}, "--config-hash must be 64 lowercase hex characters"),
+        ([*hash_, "--capacity", "0"], {}, "--capacity: 0 is out of range"),
+        ([*hash_, "--port", "x"], {}, '--port: "x" is not a non-negative whole number'),
+        # No token checks on a host others can reach, unless said so plainly.
         (
-            ["--config-hash", "a" * 64, "--port", "x"],
-            '--port: "x" is not a non-negative whole number',
+            [*hash_, "--host", "0.0.0.0"],
+            {},
+            "--host 0.0.0.0 is not loopback: give --auth-hs256-dir",
+        ),
+        # A wildcard is no endpoint to register.
+        (
+            [*hash_, "--host", "0.0.0.0", "--insecure-no-auth", *registry],
+            {},
+            "--host 0.0.0.0 listens on every interface, which is no address to register: "
+            "give --advertise-address",
+        ),
+        # Bad key directories and workers are named, with no stack trace.
+        (
+            [*hash_, "--auth-hs256-dir", str(missing)],
+            {},
+            f"--auth-hs256-dir {missing}: cannot read it (ENOENT)",
+        ),
+        (
+            [*hash_, "--auth-hs256-dir", str(empty)],
+            {},
+            f"--auth-hs256-dir {empty}: no .hs256 key of at least 32 bytes there",
+        ),
+        (
+            hash_,
+            {"HELIX_NODE_WORKER": str(missing / "worker.js")},
+            f"the worker {missing / 'worker.js'} (HELIX_NODE_WORKER) cannot be loaded: "
+            "no such module",
+        ),
+        (
+            hash_,
+            {"HELIX_NODE_WORKER": str(NODE_DIR / "lib" / "auth.js")},
+            f"the worker {NODE_DIR / 'lib' / 'auth.js'} (HELIX_NODE_WORKER) exports no judge",
+        ),
+        # Registering needs a token.
+        ([*hash_, *registry], {}, "no token for the registry (scopes agents.write, agents.read)"),
+        (
+            [*hash_, *registry],
+            {"HELIX_TOKEN_FILE": str(missing)},
+            f"HELIX_TOKEN_FILE {missing}: cannot read it (ENOENT)",
         ),
     ]:
-        code, _out, err = await run_command([NODE, agent, *args], node_env(None))
+        code, _out, err = await run_command([NODE, agent, *args], node_env(None, **env))
         assert code == 2, err
         assert err.startswith(f"oracle_agent.js: {message}"), err
-    # Registering needs a token.
-    code, _out, err = await run_command(
-        [NODE, agent, "--config-hash", "a" * 64, "--registry-address", "127.0.0.1:1"],
-        node_env(None),
+        assert not STACK_FRAME.search(err), err
+
+
+# --- callers' tokens -----------------------------------------------------------------------
+
+
+def _bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+# Tokens whose header is base64url JSON but not an object: each must be refused as malformed
+# (UNAUTHENTICATED, TOKEN_MALFORMED), never answered INTERNAL or UNKNOWN.
+MALFORMED_HEADERS = {"null": "bnVsbA", "array": "W10", "number": "NQ", "string": "InMi"}
+
+
+async def test_malformed_and_expired_tokens_are_refused_as_helix_refuses_them(
+    setup: Setup,
+) -> None:
+    agent = await start_agent(setup.cluster, setup.processes, setup.config_hash)
+    request = oracle_pb2.VerifyRequest(oracle=ORACLE, dna=KNAPSACK, candidates=[candidate(5)])
+    channel = grpc.aio.insecure_channel(agent.address)
+    stub = oracle_pb2_grpc.OracleServiceStub(channel)
+    try:
+        for kind, header in MALFORMED_HEADERS.items():
+            token = f"{header}.e30.c2ln"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Verify(request, metadata=_bearer(token))
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, (kind, caught.value)
+            assert details(caught.value)[0] == "TOKEN_MALFORMED", kind
+            call = stub.VerifyStream(metadata=_bearer(token))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, (kind, caught.value)
+            assert details(caught.value)[0] == "TOKEN_MALFORMED", kind
+        # Expired 24 s ago: past the leeway of 10 s that Helix servers give (tokens.py).
+        signer = setup.cluster.signer
+        stale = mint(signer, "tester", ["verify"], 1, now=time.time() - 25)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Verify(request, metadata=_bearer(stale))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert details(caught.value)[0] == "TOKEN_EXPIRED"
+        # Expired 5 s ago: within the leeway.
+        recent = mint(signer, "tester", ["verify"], 1, now=time.time() - 6)
+        answer = await stub.Verify(request, metadata=_bearer(recent))
+        assert len(answer.verdicts) == 1
+    finally:
+        await channel.close()
+    # Refusals are not failures: nothing was logged as unexpected, no stack trace.
+    code, _verified, _judged = await stop_agent(agent)
+    assert code == 0
+    log = agent.stderr_text()
+    assert "failed unexpectedly" not in log, log
+    assert not STACK_FRAME.search(log), log
+
+
+# --- the agent's own registry tokens -------------------------------------------------------
+
+
+async def _agent_record(setup: Setup, name: str) -> registry_pb2.Agent:
+    response = await setup.cluster.registry().GetAgent(registry_pb2.GetAgentRequest(name=name))
+    return response.agent
+
+
+async def test_registry_tokens_are_renewed_or_reread_and_an_expired_one_is_fatal(
+    setup: Setup,
+) -> None:
+    cluster = setup.cluster
+    lease = ["--ttl", "3"]  # a heartbeat every second: a refused token shows at once
+    started = time.monotonic()
+    # Minted with the keys, lasting 2 s: renewed all along.
+    minting = await start_agent(
+        cluster, setup.processes, setup.config_hash, agent_id="node-mint",
+        extra=[*lease, "--token-ttl", "2"],
+    )  # fmt: skip
+    # From a file holding a token about to expire, replaced by a fresh one once registered.
+    token_file = setup.tmp / "token"
+    token_file.write_text(cluster.token("node-file", AGENT_SCOPES, ttl=1) + "\n")
+    from_file = await start_agent(
+        cluster, setup.processes, setup.config_hash, agent_id="node-file", extra=lease,
+        keys=False, env={"HELIX_TOKEN_FILE": str(token_file)},
+    )  # fmt: skip
+    token_file.write_text(cluster.token("node-file", AGENT_SCOPES, ttl=3600) + "\n")
+    # A fixed HELIX_TOKEN about to expire: once the registry refuses it, the agent says so and
+    # exits 1 instead of serving unregistered.
+    fixed = await start_agent(
+        cluster, setup.processes, setup.config_hash, agent_id="node-fixed", extra=lease,
+        keys=False, env={"HELIX_TOKEN": cluster.token("node-fixed", AGENT_SCOPES, ttl=1)},
+    )  # fmt: skip
+    epochs = {
+        name: (await _agent_record(setup, f"agents/{name}")).epoch
+        for name in ("node-mint", "node-file")
+    }
+    assert await fixed.wait(within=60) == 1, fixed.describe("did not exit 1")
+    assert "the registry refused the agent's token: UNAUTHENTICATED" in fixed.stderr_text()
+    # Both tokens the others started with are past their life plus the registry's leeway of
+    # 10 s: had they not been renewed or re-read, the heartbeats would have been refused.
+    await asyncio.sleep(max(0.0, started + 16 - time.monotonic()))
+    for process, name in ((minting, "node-mint"), (from_file, "node-file")):
+        assert process.running, process.describe("ended")
+        record = await _agent_record(setup, f"agents/{name}")
+        assert record.epoch == epochs[name], f"{name} lost its registration"
+        assert "heartbeat failed" not in process.stderr_text(), process.stderr_text()
+        assert "refused" not in process.stderr_text(), process.stderr_text()
+
+
+async def test_registers_again_after_losing_its_registration(setup: Setup) -> None:
+    agent = await start_agent(
+        setup.cluster, setup.processes, setup.config_hash, extra=["--ttl", "3"]
     )
-    assert code == 1, err
-    assert "no token: set HELIX_TOKEN" in err
+    name = "agents/node-oracle-1"
+    first = await _agent_record(setup, name)
+    # The registry drops it (as when its lease lapsed): its next heartbeat gets NOT_FOUND. Only
+    # its owner may remove it: the subject of the agent's minted tokens, its agent id.
+    await setup.cluster.registry("node-oracle-1").DeregisterAgent(
+        registry_pb2.DeregisterAgentRequest(name=name, etag=first.etag)
+    )
+
+    async def registered_again() -> registry_pb2.Agent | None:
+        record = await _agent_record(setup, name)
+        return record if record.epoch != first.epoch else None
+
+    again = await eventually(
+        registered_again, within=30, what=f"{name} registered again",
+        ignore=(grpc.aio.AioRpcError,),
+    )  # fmt: skip
+    assert again.epoch > first.epoch
+    assert again.endpoint == agent.address
+    assert f"{name} lost its registration, registering again" in agent.stderr_text()
+    code, _verified, _judged = await stop_agent(agent)
+    assert code == 0
+    assert name not in await registered_agents(setup.cluster)
+
+
+# --- drain and cancellation, at the stream level -------------------------------------------
+
+
+def holding_worker(directory: Path, hold: Path) -> Path:
+    """node_worker.js, slowed to 20 ms a candidate while the file `hold` exists: a batch stays
+    held as long as a test needs, then finishes at full speed once `hold` is removed."""
+    worker = directory / "holding_worker.js"
+    worker.write_text(
+        '"use strict";\n'
+        'const fs = require("node:fs");\n'
+        f"const real = require({str(ORACLES_DIR / 'node_worker.js')!r});\n"
+        "const cell = new Int32Array(new SharedArrayBuffer(4));\n"
+        "function judge(request) {\n"
+        f"  if (fs.existsSync({str(hold)!r})) Atomics.wait(cell, 0, 0, 20);\n"
+        "  return real.judge(request);\n"
+        "}\n"
+        "module.exports = { ...real, judge };\n"
+    )
+    return worker
+
+
+HELD = ["--capacity", "2048", "--stream-share", "1", "--cache-entries", "0"]
+
+
+async def test_sigterm_answers_the_held_batch_grants_nothing_and_ends_the_stream(
+    setup: Setup,
+) -> None:
+    hold = setup.tmp / "hold"
+    hold.touch()
+    worker = holding_worker(setup.tmp, hold)
+    agent = await start_agent(
+        setup.cluster, setup.processes, setup.config_hash,
+        extra=[*HELD, "--ttl", "3", "--grace", "60"], env={"HELIX_NODE_WORKER": str(worker)},
+    )  # fmt: skip
+    node = oracle_stub(setup, agent.address)
+    call = node.VerifyStream()
+    await call.write(_open())
+    assert (await _read(call)).credit.candidates == 2048
+    await call.write(_batch(1, *range(1024)))  # 20 s while held
+    await call.write(_batch(2, *range(10)))
+    # The small batch is answered and its credit given back while the big one is held.
+    assert (await _read(call)).verdicts.batch_id == 2
+    assert (await _read(call)).credit.candidates == 10
+
+    # The heartbeats carry the load: the stream holds the whole capacity.
+    async def loaded() -> registry_pb2.Agent | None:
+        record = await _agent_record(setup, "agents/node-oracle-1")
+        return record if record.load.in_flight > 0 else None
+
+    record = await eventually(loaded, within=30, what="a heartbeat with the agent's load")
+    assert (record.load.in_flight, record.load.utilization) == (2048, 1.0)
+    agent.send_signal(signal.SIGTERM)
+    await eventually(
+        lambda: "draining:" in agent.stderr_text(), within=30, what="the agent draining"
+    )
+    # Draining: NOT_SERVING, new streams refused, while batch 1 is still held.
+    plain = grpc.aio.insecure_channel(agent.address)
+    try:
+        health = health_pb2_grpc.HealthStub(plain)
+        answer = await health.Check(health_pb2.HealthCheckRequest(service="helix.v1.OracleService"))
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await plain.close()
+    late = node.VerifyStream()
+    await late.write(_open())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await late.read()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert details(caught.value)[0] == "ORACLE_DRAINING"
+    assert agent.running
+    hold.unlink()  # batch 1 finishes now
+    # Its verdicts arrive, then no credit: the stream ends UNAVAILABLE, ORACLE_DRAINING.
+    message = await _read(call)
+    assert message.verdicts.batch_id == 1
+    assert [v.candidate_id for v in message.verdicts.verdicts] == [
+        candidate(f).id for f in range(1024)
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # not a message: no credit
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+    assert details(caught.value)[0] == "ORACLE_DRAINING"
+    assert await agent.wait(within=STOP_WITHIN) == 0
+    found = SUMMARY.match(agent.lines[-1])
+    assert found, agent.describe("printed no summary")
+    assert int(found[1]) == 1034
+    assert "agents/node-oracle-1" not in await registered_agents(setup.cluster)
+
+
+async def test_a_cancelled_streams_batch_stops_being_judged(setup: Setup) -> None:
+    hold = setup.tmp / "hold"
+    hold.touch()
+    worker = holding_worker(setup.tmp, hold)
+    agent = await start_agent(
+        setup.cluster, setup.processes, setup.config_hash, extra=HELD,
+        env={"HELIX_NODE_WORKER": str(worker)},
+    )  # fmt: skip
+    call = oracle_stub(setup, agent.address).VerifyStream()
+    await call.write(_open())
+    assert (await _read(call)).credit.candidates == 2048
+    await call.write(_batch(1, *range(1024)))  # 20 s while held
+    call.cancel()
+    await eventually(
+        lambda: "batch 1 stopped being judged" in agent.stderr_text(),
+        within=30,
+        what="the cancelled batch stopping",
+    )
+    hold.unlink()
+    # Its window is back: a new stream gets the whole capacity.
+    again = oracle_stub(setup, agent.address).VerifyStream()
+    await again.write(_open())
+    assert (await _read(again)).credit.candidates == 2048
+    again.cancel()
+    code, verified, judged = await stop_agent(agent)
+    assert code == 0
+    assert verified == 0
+    assert judged < 1024, f"{judged} of the cancelled batch's 1024 candidates were judged"

@@ -141,7 +141,8 @@ class Client {
     this.registry = client("RegistryService", opts.address, connect);
     this.generator = client("GeneratorService", opts.address, connect);
     this.orchestrator = client("OrchestratorService", opts.address, connect);
-    this.stubs = [this.registry, this.generator, this.orchestrator];
+    this.oracles = client("OracleService", opts.address, connect);
+    this.stubs = [this.registry, this.generator, this.orchestrator, this.oracles];
     this.watch = null;
   }
 
@@ -200,27 +201,23 @@ class Client {
     return dnas;
   }
 
-  /** The objective to run with: --objective, else the oracle's own, asked of an agent that
-   * hosts it; "" when none can say (CreateRun is then left to name the problem). */
-  async objective(agents) {
+  /** The objective to run with: --objective, else the oracle's own, asked of the suite at
+   * --address (as `helix run` does) and of no other endpoint: the user's token goes only
+   * where the user sent it, never to whatever endpoint an agent registered. "" when the
+   * suite cannot say (CreateRun is then left to name the problem). */
+  async objective() {
     if (this.opts.objective) return this.opts.objective;
-    const hosts = agents.filter((a) => a.oracle && a.oracle.oracles.includes(this.opts.oracle));
-    for (const agent of hosts) {
-      const stub = client("OracleService", agent.endpoint, { caFile: this.opts.tlsCa });
-      try {
-        const found = await unary(stub, "GetOracle", { name: this.opts.oracle }, {
-          metadata: this.metadata,
-          timeout: this.opts.timeout,
-        });
-        if (found.oracle.objective !== "OBJECTIVE_UNSPECIFIED") return found.oracle.objective;
-      } catch (err) {
-        process.stderr.write(
-          `client.js: asking ${agent.name} for the objective of ${this.opts.oracle} failed: ` +
-            `${describeError(err).split("\n")[0]}\n`
-        );
-      } finally {
-        stub.close();
-      }
+    try {
+      const found = await unary(this.oracles, "GetOracle", { name: this.opts.oracle }, {
+        metadata: this.metadata,
+        timeout: this.opts.timeout,
+      });
+      if (found.oracle.objective !== "OBJECTIVE_UNSPECIFIED") return found.oracle.objective;
+    } catch (err) {
+      process.stderr.write(
+        `client.js: asking ${this.opts.address} for the objective of ${this.opts.oracle} ` +
+          `failed: ${describeError(err).split("\n")[0]} (say --objective to choose)\n`
+      );
     }
     return "";
   }
@@ -251,16 +248,20 @@ class Client {
   }
 
   /** Watch the run to its terminal event, printing each event; resumes a broken stream from
-   * the last sequence received (a few times). Returns the terminal state. */
+   * the last sequence received (a few times). Returns the terminal state. A terminal event
+   * once received is kept: a watch that breaks right after it ends the watching there (the
+   * run is over), it is not retried into a failure. */
   async watchRun(name) {
     const giveUp = Date.now() + this.opts.watchTimeout * 1000;
     let after = "0";
     let failures = 0;
+    let terminal = "";
     for (;;) {
       try {
-        const terminal = await this.watchOnce(name, after, giveUp, (sequence) => {
+        await this.watchOnce(name, after, giveUp, (sequence, state) => {
           after = sequence;
           failures = 0;
+          if (state) terminal = state;
         });
         if (terminal) return terminal;
         throw new CallFailed("watching the run", {
@@ -268,6 +269,7 @@ class Client {
           message: "the watch ended before the run did",
         });
       } catch (err) {
+        if (terminal) return terminal; // the run ended; only the stream after it broke
         const code = err.error ? err.error.code : undefined;
         const retry = code === grpc.status.UNAVAILABLE || code === grpc.status.RESOURCE_EXHAUSTED;
         if (!retry || ++failures > WATCH_RETRIES || Date.now() >= giveUp) throw err;
@@ -286,12 +288,9 @@ class Client {
         deadline: new Date(giveUp),
       });
       this.watch = call;
-      let terminal = "";
       call.on("data", (response) => {
         const event = response.event;
-        seen(event.sequence);
-        const state = printEvent(event);
-        if (state) terminal = state;
+        seen(event.sequence, printEvent(event));
       });
       call.on("error", (err) => {
         this.watch = null;
@@ -301,7 +300,7 @@ class Client {
       });
       call.on("end", () => {
         this.watch = null;
-        resolve(terminal);
+        resolve();
       });
     });
   }
@@ -462,10 +461,10 @@ async function main() {
     );
   });
   try {
-    const agents = await helix.listAgents();
+    await helix.listAgents();
     await helix.listDnas();
     if (opts.listOnly) return 0;
-    const objective = await helix.objective(agents);
+    const objective = await helix.objective();
     const run = await helix.createRun(objective);
     runName = run.name;
     await helix.watchRun(run.name);

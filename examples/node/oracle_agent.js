@@ -6,8 +6,6 @@
 // config_hash of the Python agents' oracle it is equivalent to, so a run uses both:
 //
 //   HASH=$(helix oracle hash knapsack-node --config examples/oracles/oracles.yaml)
-//   HELIX_TOKEN=$(helix token mint --sub node-oracle --scope agents.write --scope agents.read \
-//       --data-dir DATA_DIR) \
 //   node oracle_agent.js --config-hash "$HASH" --registry-address 127.0.0.1:50051 \
 //       --auth-hs256-dir DATA_DIR/keys
 //
@@ -16,14 +14,17 @@
 // are refused). With --registry-address it registers itself (kind ORACLE, its endpoint,
 // capacity and oracle), heartbeats at a third of its lease with its load, and on SIGTERM
 // (or SIGINT) drains: NOT_SERVING, no new streams or credit, the batches it holds answered,
-// then it deregisters and exits 0, printing how many candidates it verified.
+// then it deregisters and exits 0, printing how many candidates it verified. Its registry
+// calls carry tokens it mints with the --auth-hs256-dir keys (renewed before they expire),
+// else HELIX_TOKEN_FILE (re-read at every call), else HELIX_TOKEN; if the registry refuses
+// the token (expired, a scope missing), the agent drains and exits 1 rather than serve
+// unregistered.
 "use strict";
 
 const grpc = require("@grpc/grpc-js");
 
 const {
   UsageError,
-  authMetadata,
   channelCredentials,
   client,
   describeError,
@@ -34,23 +35,25 @@ const {
   protos,
   rpcError,
   secondsFlag,
-  tokenFromEnv,
   violation,
 } = require("./lib/helix");
 const { KnapsackOracle, decodeCandidates, requireDna } = require("./lib/oracle");
-const { TokenVerifier } = require("./lib/auth");
+const { TokenVerifier, tokenSource } = require("./lib/auth");
 const { Registration } = require("./lib/registration");
 
 const USAGE = `usage: node oracle_agent.js --config-hash HASH [options]
 
 Serves oracle NAME (default knapsack-node) on HOST:PORT and, with --registry-address,
-registers it there. The agent's own registry calls carry HELIX_TOKEN (scopes agents.write
-and agents.read).
+registers it there. The agent's own registry calls (scopes agents.write, agents.read) carry
+tokens it mints with the --auth-hs256-dir keys, renewed before they expire; without keys,
+the token in the file HELIX_TOKEN_FILE names (re-read at every call: rotate it there), else
+HELIX_TOKEN (never renewed: when the registry refuses it, the agent drains and exits 1).
 
   --config-hash HASH        the config_hash it serves under (env HELIX_ORACLE_CONFIG_HASH):
                             helix oracle hash NAME --config FILE prints the Python agents' one
   --oracle NAME             the oracle's id [knapsack-node]
-  --host HOST               listen host [127.0.0.1]
+  --host HOST               listen host [127.0.0.1]; a host other than loopback needs
+                            --auth-hs256-dir (or --insecure-no-auth)
   --port PORT               listen port; 0 picks a free one [0]
   --capacity N              candidates held at once [64]
   --stream-share F          share of the capacity one stream may hold, (0, 1] [0.5]
@@ -60,10 +63,14 @@ and agents.read).
   --registry-address ADDR   register with the registry there (env HELIX_REGISTRY_ADDRESS)
   --registry-ca FILE        CA bundle to reach the registry by TLS
   --agent-id ID             id to register as [the registry picks one]
-  --advertise-address ADDR  endpoint to register [the listen address]
+  --advertise-address ADDR  endpoint to register [the listen address]; required when
+                            --host is a wildcard (0.0.0.0, ::)
   --ttl S                   lease asked for, in seconds [the registry's default]
-  --auth-hs256-dir DIR      check callers' tokens with these HS256 keys (DATA_DIR/keys;
-                            env HELIX_AUTH_HS256_DIR); without it, calls are not checked
+  --auth-hs256-dir DIR      the suite's HS256 keys (DATA_DIR/keys; env
+                            HELIX_AUTH_HS256_DIR): callers' tokens are checked with them,
+                            and the agent mints its own registry tokens with them
+  --token-ttl S             life of the tokens it mints [300]
+  --insecure-no-auth        serve a host other than loopback without checking tokens
   --grace S                 at SIGTERM, how long held batches may take [20]
   -h, --help                this help`;
 
@@ -84,6 +91,8 @@ const FLAG_SPEC = {
   ttl: { type: "string" },
   "auth-hs256-dir": { type: "string" },
   grace: { type: "string" },
+  "token-ttl": { type: "string" },
+  "insecure-no-auth": { type: "boolean", default: false },
   help: { type: "boolean", short: "h", default: false },
 };
 
@@ -92,6 +101,14 @@ const MAX_CANDIDATES = 10000;
 const MAX_BATCH_ID_RANGES = 65536;
 const REPORT_EVERY_MS = 1000;
 const HEALTH_WATCHERS = 100;
+const AGENT_SCOPES = ["agents.write", "agents.read"]; // Heartbeat, ...; GetAgent (deregister)
+const WILDCARD_HOSTS = new Set(["0.0.0.0", "::", "[::]", ""]);
+
+/** Whether `host` is a loopback address (127.0.0.0/8, ::1, localhost). */
+function isLoopback(host) {
+  const bare = host.replace(/^\[(.*)\]$/, "$1").toLowerCase();
+  return bare === "localhost" || bare === "::1" || /^127(\.\d{1,3}){3}$/.test(bare);
+}
 
 function log(line) {
   process.stderr.write(`${new Date().toISOString()} helix-node-oracle: ${line}\n`);
@@ -128,6 +145,20 @@ function settings(argv) {
   if (agentId && !ORACLE_ID.test(agentId)) {
     throw new UsageError("--agent-id must match [a-z][a-z0-9-]{0,62}");
   }
+  const keyDir = flags["auth-hs256-dir"] || process.env.HELIX_AUTH_HS256_DIR || "";
+  if (!keyDir && !isLoopback(flags.host) && !flags["insecure-no-auth"]) {
+    throw new UsageError(
+      `--host ${flags.host} is not loopback: give --auth-hs256-dir DATA_DIR/keys so callers' ` +
+        "tokens are checked (or --insecure-no-auth to serve anyone unchecked)"
+    );
+  }
+  const registryAddress = flags["registry-address"] || process.env.HELIX_REGISTRY_ADDRESS || "";
+  if (registryAddress && WILDCARD_HOSTS.has(flags.host) && !flags["advertise-address"]) {
+    throw new UsageError(
+      `--host ${flags.host || '""'} listens on every interface, which is no address to ` +
+        "register: give --advertise-address HOST:PORT (where the orchestrator reaches this agent)"
+    );
+  }
   return {
     configHash,
     oracle: flags.oracle,
@@ -138,13 +169,14 @@ function settings(argv) {
     idleTimeout: secondsFlag("idle-timeout", flags["idle-timeout"], 60),
     cacheEntries: Number(integerFlag("cache-entries", flags["cache-entries"], 0n, 10000000n)),
     objective: objectives[flags.objective],
-    registryAddress: flags["registry-address"] || process.env.HELIX_REGISTRY_ADDRESS || "",
+    registryAddress,
     registryCa: flags["registry-ca"],
     agentId,
     advertiseAddress: flags["advertise-address"],
     ttl: secondsFlag("ttl", flags.ttl, 0),
-    keyDir: flags["auth-hs256-dir"] || process.env.HELIX_AUTH_HS256_DIR || "",
+    keyDir,
     grace: secondsFlag("grace", flags.grace, 20),
+    tokenTtl: secondsFlag("token-ttl", flags["token-ttl"], 300),
   };
 }
 
@@ -193,10 +225,17 @@ class BatchIds {
   }
 }
 
-/** INTERNAL without details for an unexpected exception (logged here, never sent). */
+/** INTERNAL without details for an unexpected exception: logged here as one line (no
+ * stack trace: a caller repeating a bad call must not flood the log), never sent. */
 function internal(err, what) {
-  log(`${what} failed: ${err && err.stack ? err.stack : err}`);
+  const text = err && err.message ? `${err.name || "Error"}: ${err.message}` : String(err);
+  log(`${what} failed unexpectedly: ${text.split("\n")[0].slice(0, 500)}`);
   return rpcError(grpc.status.INTERNAL, `${what} failed`, { reason: "INTERNAL" });
+}
+
+/** The error to answer with: a gRPC status error as it is, anything else INTERNAL. */
+function asStatus(err, what) {
+  return err && typeof err.code === "number" ? err : internal(err, what);
 }
 
 /** The agent: its oracle, its server, its streams, its registration and its drain. */
@@ -212,6 +251,19 @@ class Agent {
       description: "the ten-item 0/1 knapsack of node_worker.js, served by a Node.js agent",
     });
     this.verifier = config.keyDir ? new TokenVerifier(config.keyDir) : null;
+    // The registry calls' token source, made here so a bad one is a usage error (exit 2).
+    this.tokens = config.registryAddress
+      ? tokenSource({
+          keyDir: config.keyDir,
+          subject: config.agentId || "helix-node-oracle",
+          scopes: AGENT_SCOPES,
+          ttl: config.tokenTtl,
+        })
+      : null;
+    // Settles with the error when the registry refuses the agent's token for good.
+    this.fatal = new Promise((resolve) => {
+      this.onFatal = resolve;
+    });
     this.draining = false;
     this.sessions = new Set();
     this.healthWatchers = new Set();
@@ -295,11 +347,11 @@ class Agent {
       Promise.resolve()
         .then(() => {
           this.authorize(call, scope);
-          return body(call.request);
+          return body(call.request, call);
         })
         .then(
           (response) => callback(null, response),
-          (err) => callback(typeof err.code === "number" ? err : internal(err, what))
+          (err) => callback(asStatus(err, what))
         );
     };
   }
@@ -323,7 +375,7 @@ class Agent {
     return { oracle: this.lookup(request.name, "name").info() };
   }
 
-  async verify(request) {
+  async verify(request, call) {
     const found = [];
     const n = request.candidates.length;
     if (n < 1) found.push(violation("candidates", "must hold at least 1 candidate", "too_few"));
@@ -339,8 +391,12 @@ class Agent {
     requireDna(request.dna, "dna", oracle.id);
     const decoded = decodeCandidates(request.candidates, "candidates");
     const release = this.lease(n);
+    const abort = { aborted: false }; // the caller went away: stop judging its candidates
+    if (call) call.on("cancelled", () => (abort.aborted = true));
     try {
-      return { verdicts: await oracle.verify(decoded) };
+      const verdicts = await oracle.verify(decoded, abort);
+      if (verdicts === null) throw rpcError(grpc.status.CANCELLED, "the call was cancelled");
+      return { verdicts };
     } finally {
       release();
     }
@@ -354,7 +410,7 @@ class Agent {
     try {
       this.authorize(call, "verify");
     } catch (err) {
-      call.emit("error", err);
+      call.emit("error", asStatus(err, "VerifyStream"));
       return;
     }
     const session = new StreamSession(this, call);
@@ -421,7 +477,7 @@ class Agent {
     server.addService(proto.helix.v1.OracleService.service, {
       ListOracles: this.unary("ListOracles", "oracles.read", (r) => this.listOracles(r)),
       GetOracle: this.unary("GetOracle", "oracles.read", (r) => this.getOracle(r)),
-      Verify: this.unary("Verify", "verify", (r) => this.verify(r)),
+      Verify: this.unary("Verify", "verify", (r, call) => this.verify(r, call)),
       VerifyStream: (call) => this.verifyStream(call),
     });
     server.addService(proto.grpc.health.v1.Health.service, {
@@ -439,19 +495,22 @@ class Agent {
     process.stdout.write(`helix node oracle listening on ${this.address}\n`);
     if (!this.verifier) log("no --auth-hs256-dir: callers' tokens are not checked");
     if (this.config.registryAddress) await this.register();
+    this.reportLoad();
     this.reporter = setInterval(() => this.reportLoad(), REPORT_EVERY_MS);
   }
 
   async register() {
     const config = this.config;
-    const token = tokenFromEnv("for the registry (scopes agents.write, agents.read)");
+    const source = this.tokens;
+    log(`registry calls carry ${source.what}`);
     const stub = client("RegistryService", config.registryAddress, { caFile: config.registryCa });
     this.registration = new Registration({
       stub,
-      metadata: authMetadata(token),
+      token: source.token,
       agentId: config.agentId,
       ttl: config.ttl,
       log,
+      onFatal: (err) => this.onFatal(err),
       agent: {
         kind: "AGENT_KIND_ORACLE",
         endpoint: config.advertiseAddress || this.address,
@@ -533,6 +592,7 @@ class StreamSession {
     this.readingDone = false;
     this.ended = false;
     this.idleTimer = null;
+    this.abort = { aborted: false }; // set when the stream ends: its batches stop being judged
   }
 
   start() {
@@ -540,6 +600,15 @@ class StreamSession {
     call.on("data", (message) => this.take(message));
     call.on("end", () => {
       this.readingDone = true;
+      if (!this.opened) {
+        // Half-closed before `open`: a protocol error, as the Python service answers it.
+        this.finish(
+          invalidArgument([
+            violation("open", "must be sent as the stream's first message", "required"),
+          ])
+        );
+        return;
+      }
       this.maybeFinish();
     });
     call.on("cancelled", () => this.close()); // the client went away: abandon the work
@@ -556,9 +625,11 @@ class StreamSession {
     else this.call.end();
   }
 
-  /** Stop everything the stream holds: its window, its idle timer; forget it. */
+  /** Stop everything the stream holds: its window, its idle timer, the judging of its
+   * batches (they stop at their next yield); forget it. */
   close() {
     this.ended = true;
+    this.abort.aborted = true;
     clearTimeout(this.idleTimer);
     if (this.release) this.release();
     this.agent.sessions.delete(this);
@@ -586,7 +657,7 @@ class StreamSession {
       if (!this.opened) this.open(message);
       else this.batch(message);
     } catch (err) {
-      this.finish(typeof err.code === "number" ? err : internal(err, "VerifyStream"));
+      this.finish(asStatus(err, "VerifyStream"));
     }
   }
 
@@ -664,8 +735,14 @@ class StreamSession {
     this.allowance -= n;
     this.held += 1;
     clearTimeout(this.idleTimer);
-    this.oracle.verify(decoded).then(
-      (verdicts) => this.answer(batch.batch_id, n, verdicts),
+    this.oracle.verify(decoded, this.abort).then(
+      (verdicts) => {
+        if (verdicts === null) {
+          log(`a VerifyStream ended: batch ${batch.batch_id} stopped being judged`);
+          return;
+        }
+        this.answer(batch.batch_id, n, verdicts);
+      },
       (err) => this.finish(internal(err, "verifying a batch"))
     );
   }
@@ -709,7 +786,14 @@ async function main() {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
-  const agent = new Agent(config);
+  let agent;
+  try {
+    agent = new Agent(config);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`oracle_agent.js: ${err.message}\n`);
+    return 2;
+  }
   // The first SIGTERM or SIGINT starts the drain; later ones are ignored while it runs.
   const signalled = new Promise((resolve) => {
     process.once("SIGTERM", () => resolve("SIGTERM"));
@@ -725,10 +809,22 @@ async function main() {
     await agent.stopServing();
     return 1;
   }
-  log(`${await signalled}: stopping`);
+  const refused = agent.fatal.then((err) => ({ err }));
+  const why = await Promise.race([signalled, refused]);
+  if (typeof why === "string") {
+    log(`${why}: stopping`);
+    await agent.drain();
+    process.stdout.write(`${agent.summary()}\n`);
+    return 0;
+  }
+  // The registry refused the token: serving unregistered helps no one. Answer what is held,
+  // then exit non-zero so a supervisor notices.
+  process.stderr.write(
+    `oracle_agent.js: the registry refused the agent's token: ${describeError(why.err).split("\n")[0]}\n`
+  );
   await agent.drain();
   process.stdout.write(`${agent.summary()}\n`);
-  return 0;
+  return 1;
 }
 
 // A bug must not leave a half-working agent: report it and exit non-zero.

@@ -16,17 +16,39 @@
 
 const path = require("node:path");
 
-const { genomeId, invalidArgument, violation } = require("./helix");
+const { UsageError, genomeId, invalidArgument, violation } = require("./helix");
 
 // The worker whose `judge` this agent runs (override: HELIX_NODE_WORKER=/path/to/worker.js).
 const WORKER =
   process.env.HELIX_NODE_WORKER ||
   path.resolve(__dirname, "..", "..", "oracles", "node_worker.js");
-const { judge, WEIGHTS } = require(WORKER);
 
 const GENE = "take";
-const FLAGS = WEIGHTS.length; // 10
+const FLAGS = 10; // the worker's ten items: one flag each
 const BYTES = Math.ceil(FLAGS / 8); // 2
+
+let judge = null; // the worker's judge(request), once loadWorker() ran
+
+/** Load the worker's `judge` (once); UsageError naming the file when it cannot be loaded or
+ * is not a ten-item knapsack worker (exports judge and WEIGHTS of length 10). */
+function loadWorker(file = WORKER) {
+  if (judge) return judge;
+  let worker;
+  try {
+    worker = require(file);
+  } catch (err) {
+    const why = err.code === "MODULE_NOT_FOUND" ? "no such module" : String(err.message).split("\n")[0];
+    throw new UsageError(`the worker ${file} (HELIX_NODE_WORKER) cannot be loaded: ${why}`);
+  }
+  if (!worker || typeof worker.judge !== "function") {
+    throw new UsageError(`the worker ${file} (HELIX_NODE_WORKER) exports no judge function`);
+  }
+  if (!Array.isArray(worker.WEIGHTS) || worker.WEIGHTS.length !== FLAGS) {
+    throw new UsageError(`the worker ${file} (HELIX_NODE_WORKER) must export WEIGHTS of ${FLAGS} items`);
+  }
+  judge = worker.judge;
+  return judge;
+}
 const MAX_MESSAGE_CHARS = 1024;
 const MAX_METRICS = 64;
 const METRIC_KEY = /^[a-z_][a-z0-9_.]{0,63}$/;
@@ -44,7 +66,11 @@ const OTHER_GENOME_FIELDS = [
   "sequence_lengths",
   "sequences",
 ];
-const CHUNK = 256; // candidates judged between two turns of the event loop
+// Judging yields to the event loop after CHUNK candidates or SLICE_MS milliseconds, whichever
+// comes first: streams, heartbeats and signals are served during a long batch however slow
+// the worker is, and a batch whose stream ended stops at its next yield.
+const CHUNK = 256;
+const SLICE_MS = 20;
 
 /** Violations of a DNA that does not have the worker's layout (empty when it fits). */
 function checkDna(dna, where) {
@@ -274,6 +300,7 @@ const yieldToLoop = () => new Promise((resolve) => setImmediate(resolve));
 /** The hosted oracle: its description (OracleInfo), capacity accounting and verification. */
 class KnapsackOracle {
   constructor({ id, configHash, capacity, cacheEntries, objective, description }) {
+    loadWorker();
     this.id = id;
     this.name = `oracles/${id}`;
     this.configHash = configHash;
@@ -304,14 +331,21 @@ class KnapsackOracle {
     return this.capacity - this.free;
   }
 
-  /** The verdicts of decoded candidates (`decodeCandidates`), in order. Duplicates and
-   * cached candidates are judged once; judging yields to the event loop every CHUNK
-   * candidates, so streams and heartbeats are served during a long batch. */
-  async verify({ ids, takes }) {
+  /** The verdicts of decoded candidates (`decodeCandidates`), in order; null when
+   * `abort.aborted` became true (the caller went away): judging stops at the next yield.
+   * Duplicates and cached candidates are judged once. */
+  async verify({ ids, takes }, abort = { aborted: false }) {
     this.batches += 1;
     const byId = new Map();
     let sinceYield = 0;
+    let sliceStart = Date.now();
     for (let i = 0; i < ids.length; i++) {
+      if (++sinceYield > CHUNK || Date.now() - sliceStart >= SLICE_MS) {
+        await yieldToLoop();
+        sinceYield = 0;
+        sliceStart = Date.now();
+      }
+      if (abort.aborted) return null;
       const id = ids[i];
       if (byId.has(id)) continue;
       const hit = this.cache.get(id);
@@ -323,11 +357,8 @@ class KnapsackOracle {
       this.judged += 1;
       this.cache.put(id, verdict);
       byId.set(id, verdict);
-      if (++sinceYield >= CHUNK) {
-        sinceYield = 0;
-        await yieldToLoop();
-      }
     }
+    if (abort.aborted) return null;
     this.answered += ids.length;
     return ids.map((id) => byId.get(id));
   }
@@ -339,6 +370,7 @@ module.exports = {
   KnapsackOracle,
   WORKER,
   checkDna,
+  loadWorker,
   decodeCandidates,
   readAnswer,
   requireDna,

@@ -7,7 +7,9 @@
 // - heartbeats every ttl/3 of the TTL granted (with jitter), carrying the health and load
 //   when they changed; a health change is sent at once. A heartbeat answered NOT_FOUND (the
 //   lease lapsed) registers again (a new epoch); FAILED_PRECONDITION EPOCH_MISMATCH (another
-//   process registered the same id) stops heartbeats for good;
+//   process registered the same id) stops heartbeats for good; UNAUTHENTICATED or
+//   PERMISSION_DENIED (the token expired or lacks a scope) is fatal: `onFatal` is called
+//   once and heartbeats stop, rather than retrying for ever while the lease lapses;
 // - stop(): DeregisterAgent with the last etag known, so it never removes a newer
 //   registration of the name; ABORTED (the etag moved) re-reads the agent and removes it only
 //   if it is still this registration (same epoch); NOT_FOUND counts as done.
@@ -17,7 +19,7 @@ const crypto = require("node:crypto");
 
 const grpc = require("@grpc/grpc-js");
 
-const { describeError, durationSeconds, errorReason, unary } = require("./helix");
+const { authMetadata, describeError, durationSeconds, errorReason, unary } = require("./helix");
 
 const TRANSIENT = new Set([
   grpc.status.UNAVAILABLE,
@@ -25,20 +27,26 @@ const TRANSIENT = new Set([
   grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.ABORTED,
 ]);
+// The token was refused: retrying with the same credentials cannot help.
+const FATAL = new Set([grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED]);
 const CALL_TIMEOUT = 10; // seconds: register, deregister, get
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 class Registration {
   /**
-   * `stub`: a RegistryService client; `metadata`: its calls' metadata (the agent token,
-   * scope agents.write); `agent`: the Agent to register (kind, endpoint, capacity,
-   * details); `agentId`: the id to register under (empty: the registry picks one, kept for
-   * re-registrations); `ttl`: the lease asked for in seconds (0: the registry's default);
-   * `log`: a function taking one line.
+   * `stub`: a RegistryService client; `token`: a function giving the bearer token of each
+   * call (scopes agents.write and agents.read; asked at every call, so a renewed token is
+   * used); `agent`: the Agent to register (kind, endpoint, capacity, details); `agentId`:
+   * the id to register under (empty: the registry picks one, kept for re-registrations);
+   * `ttl`: the lease asked for in seconds (0: the registry's default); `log`: a function
+   * taking one line; `onFatal`: called once with the error when the registry refuses the
+   * token of a heartbeat or re-registration.
    */
-  constructor({ stub, metadata, agent, agentId = "", ttl = 0, log = () => {} }) {
+  constructor({ stub, token, agent, agentId = "", ttl = 0, log = () => {}, onFatal = () => {} }) {
     this.stub = stub;
-    this.metadata = metadata;
+    this.token = token;
+    this.onFatal = onFatal;
+    this.failed = null; // the error that made the registration fatal
     this.spec = agent;
     this.agentId = agentId;
     this.ttlAsked = ttl;
@@ -53,6 +61,11 @@ class Registration {
     this.stopped = false;
     this.superseded = false;
     this.heartbeats = 0;
+  }
+
+  /** Metadata with the token of now (minted, re-read or fixed: see auth.js tokenSource). */
+  get metadata() {
+    return authMetadata(this.token());
   }
 
   get name() {
@@ -103,7 +116,7 @@ class Registration {
   }
 
   schedule(ms) {
-    if (this.stopped || this.superseded) return;
+    if (this.stopped || this.superseded || this.failed) return;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = null;
@@ -146,11 +159,17 @@ class Registration {
       this.schedule(health !== this.health ? 0 : this.interval());
     } catch (err) {
       if (this.stopped) return;
-      if (err.code === grpc.status.NOT_FOUND) {
+      if (FATAL.has(err.code)) {
+        this.fail(err, "a heartbeat");
+      } else if (err.code === grpc.status.NOT_FOUND) {
         this.log(`${this.agent.name} lost its registration, registering again`);
         try {
           await this.register(this.ttl);
         } catch (again) {
+          if (FATAL.has(again.code)) {
+            this.fail(again, "registering again");
+            return;
+          }
           this.log(`registering again failed: ${describeError(again).split("\n")[0]}`);
         }
         this.schedule(this.interval());
@@ -167,12 +186,26 @@ class Registration {
     }
   }
 
-  /** Stop heartbeating and deregister (unless superseded); never throws. */
+  /** The registry refused the token (`err`) during `what`: heartbeats stop, onFatal is told. */
+  fail(err, what) {
+    if (this.failed) return;
+    this.failed = err;
+    clearTimeout(this.timer);
+    this.log(
+      `the registry refused the agent's token on ${what}: ${describeError(err).split("\n")[0]}` +
+        " — the registration cannot be kept (an expired HELIX_TOKEN? use --auth-hs256-dir or " +
+        "HELIX_TOKEN_FILE, which are renewed)"
+    );
+    this.onFatal(err);
+  }
+
+  /** Stop heartbeating and deregister (unless superseded, or the token was refused); never
+   * throws. */
   async stop() {
     this.stopped = true;
     clearTimeout(this.timer);
     if (this.beating) await this.beating;
-    if (!this.agent || this.superseded) return;
+    if (!this.agent || this.superseded || this.failed) return;
     try {
       await this.deregister(this.agent.etag);
     } catch (err) {
