@@ -22,6 +22,7 @@ import helix.v1.candidate_pb2 as candidate_pb2
 import helix.v1.dna_pb2 as dna_pb2
 import helix.v1.oracle_pb2 as oracle_pb2
 import helix.v1.oracle_pb2_grpc as oracle_pb2_grpc
+from helix.common import errors, reasons
 from helix.common.config import Duration
 from helix.common.server import HelixServer
 from helix.genome import codec
@@ -521,6 +522,26 @@ async def test_a_draining_server_answers_held_batches_then_ends_unavailable(
     assert all(v.status == PASSED for v in answered[0].verdicts)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert details(caught.value)[0] == "ORACLE_DRAINING"
+
+
+async def test_a_batch_arriving_after_the_stream_ended_is_not_verified(
+    oracle_server: Callable[..., Any],
+) -> None:
+    # A drain ends a stream as soon as it holds nothing; a batch the client sent before it
+    # saw the end may still arrive. The client re-sends that batch elsewhere (it got no
+    # answer), so verifying it here too would verify and report its candidates twice.
+    _, service, stub = await oracle_server()
+    call = stub.VerifyStream()
+    await call.write(open_message())
+    await call.read()
+    (stream,) = service.servicer.streams
+    stream.end(errors.Unavailable("ending", reason=reasons.ORACLE_DRAINING))
+    assert await call.code() == grpc.StatusCode.UNAVAILABLE
+    batch, _ = sphere_batch(5)
+    stream.take(batch_message(1, batch))  # as the reader would, had it been on the wire
+    assert (stream.held, stream.tasks) == (0, set())
+    await asyncio.sleep(0.2)
+    assert (service.host.stats.batches, service.host.stats.verified) == (0, {})
 
 
 # --- configuration reload and reports ------------------------------------------------------

@@ -217,6 +217,11 @@ class _Stream:
         self.maybe_finish()
 
     def take(self, message: oracle_pb2.VerifyStreamRequest) -> None:
+        if self.ended:
+            # The stream's end is queued (a drain, an error): a batch still on its way is
+            # neither verified nor answered. The client re-sends it elsewhere, so verifying
+            # it here would verify (and report) its candidates twice.
+            return
         kind = message.WhichOneof("kind")
         if kind != "batch":
             found = check_no_unknown_fields(message)
