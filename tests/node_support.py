@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,20 @@ async def config_hash(config: Path, name: str = "knapsack-node") -> str:
     code, out, err = await run_helix("oracle", "hash", name, "--config", str(config))
     assert code == 0, err
     return out.strip()
+
+
+@asynccontextmanager
+async def knapsack_suite(tmp_path: Path) -> AsyncIterator[tuple[Cluster, Processes, Path]]:
+    """`helix up` hosting only knapsack-node (a copy of the example's entry and worker under
+    `tmp_path/oracles`, data in `tmp_path/data`): the suite, its processes and the config."""
+    require_node_modules()
+    config = write_knapsack_config(tmp_path / "oracles")
+    async with Processes() as processes:
+        cluster = await start_suite(tmp_path / "data", config, processes)
+        try:
+            yield cluster, processes, config
+        finally:
+            await cluster.close()
 
 
 async def start_suite(data_dir: Path, config: Path, processes: Processes) -> Cluster:

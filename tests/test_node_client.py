@@ -17,19 +17,19 @@ import helix.v1.orchestrator_pb2_grpc as orchestrator_pb2_grpc
 import helix.v1.registry_pb2 as registry_pb2
 from helix.v1 import common_pb2
 
-from harness import Cluster, Processes, run_command
+from harness import Cluster, run_command
 from node_support import (
     CLIENT_SCOPES,
     NODE,
     NODE_DIR,
     helix_run_outcome,
+    knapsack_suite,
     node_env,
     outcome_line,
     require_node_modules,
     requires_node,
     run_client,
     same_outcome,
-    start_suite,
     write_knapsack_config,
 )
 
@@ -41,14 +41,8 @@ STACK_FRAME = re.compile(r"^\s+at .+:\d+:\d+\)?$", re.MULTILINE)
 
 @pytest.fixture
 async def suite(tmp_path: Path) -> AsyncIterator[Cluster]:
-    require_node_modules()
-    config = write_knapsack_config(tmp_path / "oracles")
-    async with Processes() as processes:
-        cluster = await start_suite(tmp_path / "data", config, processes)
-        try:
-            yield cluster
-        finally:
-            await cluster.close()
+    async with knapsack_suite(tmp_path) as (cluster, _processes, _config):
+        yield cluster
 
 
 def no_stack_trace(stderr: str) -> None:

@@ -54,6 +54,7 @@ from node_support import (
     STOP_WITHIN,
     config_hash,
     helix_run_outcome,
+    knapsack_suite,
     node_env,
     outcome_line,
     python_verdicts_for,
@@ -62,7 +63,6 @@ from node_support import (
     run_client,
     same_outcome,
     start_agent,
-    start_suite,
     write_knapsack_config,
 )
 from waiting import eventually
@@ -89,16 +89,10 @@ class Setup:
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    require_node_modules()
-    config = write_knapsack_config(tmp_path / "oracles")
-    async with Processes() as processes:
-        cluster = await start_suite(tmp_path / "data", config, processes)
-        try:
-            yield Setup(
-                cluster, processes, config, await config_hash(config), tmp_path / "data", tmp_path
-            )
-        finally:
-            await cluster.close()
+    async with knapsack_suite(tmp_path) as (cluster, processes, config):
+        yield Setup(
+            cluster, processes, config, await config_hash(config), tmp_path / "data", tmp_path
+        )
 
 
 def oracle_stub(
