@@ -73,8 +73,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-node-check: ## the Node examples parse (node --check)
+node-check: ## the Node examples and the dashboard's script parse (node --check)
 	npm --prefix $(NODE_EXAMPLES) run --silent check
+	node --check services/helix/dashboard/static/app.js
 
 buf-lint: $(NPM_STAMP)
 	$(BUF) lint

@@ -194,6 +194,8 @@ SLOW_FILES = frozenset(
         "test_bench_scale.py",
         "test_cluster.py",
         "test_contract_stubs.py",
+        "test_dashboard_browser.py",
+        "test_dashboard_cli.py",
         "test_deploy_compose.py",
         "test_deploy_kubernetes.py",
         "test_loadtest.py",

@@ -31,7 +31,10 @@ ALLOWED: dict[str, set[str]] = {
     "suite": _BASE | _SERVICES,  # the embedded default: every service in one process
     # helix cluster up: the services as processes (it runs `helix … serve`, imports none)
     "cluster": {"common"},
-    "cli": _BASE | _SERVICES | {"suite", "cluster"},
+    # the web dashboard: a gRPC client of the services (helix.v1 stubs), never their
+    # internals; genome for candidates in named form; agents for error details
+    "dashboard": {"common", "security", "genome", "agents"},
+    "cli": _BASE | _SERVICES | {"suite", "cluster", "dashboard"},
 }
 # The pure domain cores: synchronous, no grpc (DESIGN.md §10: "a pure, synchronous domain
 # core that never imports grpc").

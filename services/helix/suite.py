@@ -10,7 +10,7 @@ import grpc
 import helix.v1.registry_pb2 as registry_pb2
 from helix.agents.presence import AgentPresence
 from helix.common.channel import create_channel
-from helix.common.config import DataDirConfig, DataDirLock, setting
+from helix.common.config import DashboardConfig, DataDirConfig, DataDirLock, setting
 from helix.common.server import HelixServer, ServiceBinding, create_server
 from helix.common.services import ORCHESTRATOR, placeholder
 from helix.generator.agent import MAJOR_LABEL, generator_labels
@@ -40,7 +40,12 @@ EMBEDDED_ORCHESTRATOR_ID = "embedded-orchestrator"
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddedConfig(
-    RegistryConfig, GeneratorConfig, OracleSettings, OrchestratorSettings, DataDirConfig
+    RegistryConfig,
+    GeneratorConfig,
+    OracleSettings,
+    OrchestratorSettings,
+    DashboardConfig,
+    DataDirConfig,
 ):
     """`helix up`: all four services in one process on one port, state under `data_dir`."""
 

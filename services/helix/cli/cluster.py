@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import shutil
 
+from helix.cli.dashboard import check_dashboard_config, dashboard_for
 from helix.cluster.config import ClusterConfig
 from helix.cluster.supervisor import Supervisor
 from helix.common import config as cfg
@@ -65,8 +66,12 @@ def prepare_cluster(config: ClusterConfig) -> ClusterConfig:
 def _up(args: argparse.Namespace) -> int:
     config = cfg.load(ClusterConfig, args)
     logs.configure(config.log_level)
+    dashboard = check_dashboard_config(config)
     config = prepare_cluster(config)
+    attach = []
+    if dashboard:
+        attach.append(lambda gateway: dashboard_for(gateway, config, config.data_dir))
     try:
-        return run_loop(Supervisor(config).run(), config.event_loop)
+        return run_loop(Supervisor(config, attach=attach).run(), config.event_loop)
     finally:
         logs.shutdown()

@@ -12,6 +12,7 @@ from pathlib import Path
 from helix.cli.agents import add_agents_commands
 from helix.cli.client import add_call_command, local_signer
 from helix.cli.cluster import add_cluster_commands
+from helix.cli.dashboard import add_dashboard_commands, check_dashboard_config, dashboard_for
 from helix.cli.dna import add_dna_commands
 from helix.cli.generate import add_generate_command
 from helix.cli.loadtest import add_loadtest_command
@@ -90,6 +91,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_orchestrator_commands(commands)
     add_run_commands(commands)
     add_cluster_commands(commands)
+    add_dashboard_commands(commands)
     add_loadtest_command(commands)
 
     show_version = commands.add_parser("version", help="print the Helix version")
@@ -128,6 +130,13 @@ def _up(args: argparse.Namespace) -> int:
     logs.configure(config.log_level)
     security = prepare_embedded(config)  # key files: before the event loop runs
     require_valid_config(config.oracle_config)
+    dashboard = check_dashboard_config(config)
+
+    def build() -> HelixServer:
+        server = create_embedded(config, security)[0]
+        if dashboard:
+            server.attachments.append(dashboard_for(server, config, config.data_dir))
+        return server
 
     def ready(server: HelixServer) -> None:
         print(f"helix listening on {server.address}", flush=True)
@@ -135,7 +144,7 @@ def _up(args: argparse.Namespace) -> int:
             metrics_url = f"http://{config.metrics_host}:{server.metrics_port}/metrics"
             print(f"helix metrics on {metrics_url}", flush=True)
 
-    return run_server_process(config, lambda: create_embedded(config, security)[0], ready)
+    return run_server_process(config, build, ready)
 
 
 def _version(args: argparse.Namespace) -> int:

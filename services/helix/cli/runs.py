@@ -68,9 +68,12 @@ from helix.common.config import (
 )
 from helix.security.client import MintingTokenSource, bearer_interceptors
 from helix.security.scopes import AGENTS_READ, DNA_READ, ORACLES_READ, RUNS_READ, RUNS_WRITE
+from helix.security.tokens import mint
 
 SCOPES = (RUNS_READ, RUNS_WRITE, DNA_READ, ORACLES_READ, AGENTS_READ)
 EMBEDDED_START = 30.0  # seconds the embedded agents have to register
+DASHBOARD_SESSION = 8 * 3600.0  # the dashboard session of `helix run --dashboard`
+DASHBOARD_LINK_TTL = 600.0  # its one-time link: long enough to open it while the run goes
 # Agents that take work (a DEGRADED one too: one of its oracles failing leaves the others).
 TAKES_WORK = (registry_pb2.AGENT_HEALTH_SERVING, registry_pb2.AGENT_HEALTH_DEGRADED)
 DEFAULT_BUDGET = 10_000
@@ -129,6 +132,18 @@ def add_run_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "--oracle-config",
         type=Path,
         help="embedded: oracle configuration file [default: the builtin oracles]",
+    )
+    run.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="embedded: serve the web dashboard too, print a one-time login link to it, and "
+        "keep serving after the run until Ctrl-C (docs/dashboard.md)",
+    )
+    run.add_argument(
+        "--dashboard-port",
+        type=int,
+        help="embedded: serve the dashboard on this port of 127.0.0.1 (implies --dashboard) "
+        "[default: a free one]",
     )
     add_client_arguments(run)
     run.set_defaults(handler=lambda args: _main(_run(args)), address=None)
@@ -213,7 +228,9 @@ def _dna(args: argparse.Namespace) -> tuple[str, dna_pb2.Dna | None]:
 
 
 @contextlib.asynccontextmanager
-async def _embedded(args: argparse.Namespace, reports: Path) -> AsyncIterator[grpc.aio.Channel]:
+async def _embedded(
+    args: argparse.Namespace, reports: Path, console: Console
+) -> AsyncIterator[grpc.aio.Channel]:
     """The embedded suite on a loopback port for this run, and a channel to it."""
     from helix.common import logs
     from helix.suite import (
@@ -247,13 +264,28 @@ async def _embedded(args: argparse.Namespace, reports: Path) -> AsyncIterator[gr
     try:
         security = await asyncio.to_thread(prepare_embedded, config)
         server, _ = create_embedded(config, security)
+        dashboard = None
+        if args.dashboard:
+            from helix.dashboard.server import Dashboard  # aiohttp: only when asked for
+
+            dashboard = Dashboard(server.address, port=args.dashboard_port or 0)
+            server.attachments.append(dashboard)
         await server.start()
         try:
             assert security.signer is not None
-            tokens = MintingTokenSource(security.signer, f"cli:{getpass.getuser()}", SCOPES)
+            subject = f"cli:{getpass.getuser()}"
+            tokens = MintingTokenSource(security.signer, subject, SCOPES)
             channel = create_channel(server.address, interceptors=bearer_interceptors(tokens))
             try:
                 await _registered(channel, (EMBEDDED_GENERATOR_ID, EMBEDDED_ORACLE_ID))
+                if dashboard is not None:
+                    token = mint(security.signer, subject, SCOPES, DASHBOARD_SESSION)
+                    link = dashboard.login_url(token, DASHBOARD_LINK_TTL)
+                    # To stdout, like every ready line: the link is what a person looks for.
+                    print(f"helix dashboard on {link}", flush=True)
+                    console.print(
+                        f"the link signs one browser in, once, within {DASHBOARD_LINK_TTL:g}s"
+                    )
                 yield channel
             finally:
                 await channel.close()
@@ -307,12 +339,39 @@ async def _run(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"run-{secrets.token_hex(5)}"
     out: Path = args.out or Path("runs") / run_id
     console = Console(stderr=True)
+    if args.dashboard_port is not None:
+        if not 0 <= args.dashboard_port <= 65535:
+            raise ConfigError(f"--dashboard-port: {args.dashboard_port} is not in 0..65535")
+        args.dashboard = True
+    if args.dashboard and args.address:
+        raise ConfigError(
+            "--dashboard serves the embedded suite's dashboard; a suite at --address serves "
+            "its own (helix up --dashboard-port N, then helix dashboard open)"
+        )
     if args.address:
         channel = open_channel(args, SCOPES)
         async with channel:
             return await _search(args, channel, run_id, out, dna_name, dna, budget, console)
-    async with _embedded(args, out / "reports") as channel:
-        return await _search(args, channel, run_id, out, dna_name, dna, budget, console)
+    async with _embedded(args, out / "reports", console) as channel:
+        status = await _search(args, channel, run_id, out, dna_name, dna, budget, console)
+        if args.dashboard:
+            console.print("the dashboard keeps serving: Ctrl-C to stop")
+            await _interrupted()
+        return status
+
+
+async def _interrupted() -> None:
+    """Return on SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from helix.common.config import (
+    DashboardConfig,
     DataDirConfig,
     Duration,
     StoreConfig,
@@ -26,7 +27,7 @@ def machine_cores() -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClusterConfig(StoreConfig, DataDirConfig):
+class ClusterConfig(StoreConfig, DashboardConfig, DataDirConfig):
     """One machine, every core: the registry, the orchestrator, generator and oracle agent
     processes under one supervisor, behind one address (`--host`/`--port`: the gateway).
 

@@ -34,7 +34,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import helix.v1.generator_pb2 as generator_pb2
@@ -45,7 +45,7 @@ from helix.cluster.autoscale import Autoscaler, Policy, read_backlog
 from helix.cluster.config import ClusterConfig
 from helix.cluster.gateway import Routes, gateway_bindings
 from helix.common.config import ServerConfig, StoreConfig, env_name, flag_name, format_setting
-from helix.common.server import HelixServer, create_server
+from helix.common.server import Attachment, HelixServer, create_server
 
 log = logging.getLogger("helix.cluster")
 
@@ -138,8 +138,15 @@ def _store_flags(config: ClusterConfig) -> list[str]:
 class Supervisor:
     """Runs one cluster until told to stop (`run`)."""
 
-    def __init__(self, config: ClusterConfig, say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        say: Callable[[str], None] | None = None,
+        attach: Sequence[Callable[[HelixServer], Attachment]] = (),
+    ) -> None:
         self.config = config
+        # Served beside the gateway, from its address (the dashboard: helix.cli.cluster).
+        self._attach = tuple(attach)
         self._say_to = say or _print
         self.data_dir = config.data_dir.resolve()
         # To the processes: the message limits; their keepalive rules are their own.
@@ -168,6 +175,7 @@ class Supervisor:
             self.gateway, _ = create_server(
                 self.config, gateway_bindings(self.routes), security=None
             )
+            self.gateway.attachments.extend(make(self.gateway) for make in self._attach)
             starting = asyncio.create_task(self._start_all())
             stopped = asyncio.create_task(self._stopping.wait())
             await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)

@@ -448,6 +448,26 @@ class DataDirConfig(ServerConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class DashboardConfig(ServerConfig):
+    """A server that can also serve the web dashboard (helix.dashboard) over HTTP, from the
+    same process and event loop, talking to the services through their gRPC API."""
+
+    dashboard_port: int | None = setting(
+        None, "HTTP port of the web dashboard (docs/dashboard.md); 0 picks one [default: off]"
+    )
+    dashboard_host: str = setting("127.0.0.1", "address the web dashboard listens on")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.dashboard_port is None or 0 <= self.dashboard_port <= 65535,
+            "dashboard_port",
+            f"{self.dashboard_port} is not in 0..65535",
+        )
+        require(_valid_host(self.dashboard_host), "dashboard_host", "not a host name or IP")
+
+
+@dataclasses.dataclass(frozen=True)
 class StoreConfig(ServerConfig):
     """Where a server keeps its shared state: the embedded SQLite files (the default), or an
     etcd cluster that several registry and orchestrator processes share."""

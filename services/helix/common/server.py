@@ -18,7 +18,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -90,6 +90,14 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
     ]
 
 
+class Attachment(Protocol):
+    """Something served beside the gRPC services, in the same process and loop."""
+
+    async def start(self) -> object: ...
+
+    async def stop(self) -> None: ...
+
+
 class HelixServer:
     """A bound gRPC server with its health service, metrics and drain logic."""
 
@@ -119,6 +127,8 @@ class HelixServer:
         self._saturated = False
         self._saturation_update: asyncio.Task[None] | None = None
         self._health_updates: list[asyncio.Future[None]] = []
+        # Started once gRPC serves, stopped first when the drain begins (the dashboard).
+        self.attachments: list[Attachment] = []
 
     @property
     def address(self) -> str:
@@ -164,6 +174,18 @@ class HelixServer:
         if self.security is not None:
             self.security.start()
         await self._mark_serving()
+        await self._start_attachments()
+
+    async def _start_attachments(self) -> None:
+        """Start the attachments; if one fails, stop everything started and re-raise."""
+        for attachment in self.attachments:
+            try:
+                await attachment.start()
+            except BaseException:
+                # A full drain (it stops every attachment, runs the services' shutdown and
+                # stop hooks, releases the data dir) and never a second one later.
+                await self.shutdown(0)
+                raise
 
     async def _mark_serving(self) -> None:
         await self.health.set("", SERVING)
@@ -216,6 +238,11 @@ class HelixServer:
         log.info("draining", extra={"grace_seconds": grace})
         try:
             await self.health.enter_graceful_shutdown()
+            for attachment in reversed(self.attachments):
+                try:
+                    await asyncio.wait_for(attachment.stop(), timeout=max(0.5, grace))
+                except Exception:
+                    log.exception("stopping %s failed", attachment)
             # Last served, first drained: a service that calls an earlier one (the embedded
             # orchestrator and agents call the registry) lets go of it while it still
             # answers, as a stack unwinds.

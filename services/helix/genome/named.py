@@ -17,11 +17,12 @@ import numpy as np
 import numpy.typing as npt
 
 import helix.v1.candidate_pb2 as candidate_pb2
+import helix.v1.dna_pb2 as dna_pb2
 from helix.common import rules
 from helix.common.errors import FieldViolation, InvalidArgument
 from helix.common.validation import format_number, index, join, key, matches, show
-from helix.genome.genome_checks import MAX_VIOLATIONS, first_repeat
-from helix.genome.layout import GeneSlot, Kind, Layout, Population
+from helix.genome.genome_checks import MAX_VIOLATIONS, decode_genomes, first_repeat
+from helix.genome.layout import GeneSlot, Kind, Layout, Population, normalise
 
 _GENE_NAME = "[a-z_][a-z0-9_]{0,62}"
 
@@ -70,6 +71,16 @@ def to_named_rows(layout: Layout, pop: Population) -> list[dict[str, object]]:
     names = [gene.name for gene in layout.genes]
     columns = [_named_column(layout, pop, gene) for gene in layout.genes]
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def named_genomes(
+    dna: dna_pb2.Dna, genomes: Sequence[candidate_pb2.Genome]
+) -> list[dict[str, object]]:
+    """Genomes of a (valid) DNA in named JSON form (candidate.proto), one dict each. Raises
+    `InvalidArgument` naming the first genome that does not fit the DNA."""
+    layout = Layout(normalise(dna))
+    population = decode_genomes(layout, list(genomes), lambda i: f"candidates[{i}].genome")
+    return to_named_rows(layout, population)
 
 
 def to_named(layout: Layout, pop: Population, row: int) -> dict[str, object]:
