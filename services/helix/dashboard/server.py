@@ -5,15 +5,18 @@ carrying the signed-in person's own bearer token: the dashboard holds no key, mi
 nothing for itself and sees only what that token's scopes allow. Live pages use
 server-sent events fed by WatchRun and WatchAgents streams; no page polls.
 
-Bounded by bytes and time: request bodies (64 KiB), sessions (in all and per subject),
-event streams (in all, per session and per subject; each lives at most 10 minutes and is
-closed when its reader stops reading for 10 s, and the browser resumes it from the last
-event it received), listings (pages of the services' own maximum sizes, a few pages).
+Bounded by bytes and time: request bodies (64 KiB, and 10 s to arrive), sessions (in all
+and per subject), event streams (in all, per session and per subject; each lives at most
+10 minutes, after which the browser resumes it from the last event it received; a reader
+that stops reading is dropped once what it left unread fills the socket's buffers and a
+write then waits 10 s, and at the latest when the stream's lifetime ends), listings
+(pages of the services' own maximum sizes, a few pages).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -365,7 +368,7 @@ class Dashboard:
         session = self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             if request.method == "GET" and not path.endswith(("/events", ".json")):
-                target = quote(request.path_qs, safe="/?=&")
+                target = quote(request.path_qs, safe="/")
                 return _redirect(f"/login?next={target}")
             return web.Response(status=401, text="sign in first")
         if request.method == "POST":
@@ -374,7 +377,7 @@ class Dashboard:
                 return web.Response(status=408, text="the form took too long to arrive")
             if form.get("csrf") != session.csrf:
                 return web.Response(status=403, text="the form is stale: reload the page")
-        request["session"] = session
+        _current_session.set(session)  # the handler runs in this task, in this context
         return await handler(request)
 
     async def _form(self, request: web.Request) -> Any:
@@ -505,7 +508,7 @@ class Dashboard:
         self, request: web.Request, error: grpc.aio.AioRpcError, title: str, active: str
     ) -> web.StreamResponse:
         """The page for a call the suite refused or could not answer."""
-        session: Session = request["session"]
+        session = _session()
         code = error.code()
         if code == grpc.StatusCode.UNAUTHENTICATED:
             self.sessions.close(request.cookies.get(COOKIE))
@@ -526,7 +529,7 @@ class Dashboard:
     # ---- runs ---------------------------------------------------------------------------
 
     async def _runs(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         if not session.can(RUNS_READ):
             return _html(pages.refusal_page(session, "Runs", RUNS_READ, "to list runs", "runs"))
         try:
@@ -542,7 +545,7 @@ class Dashboard:
         return _html(pages.runs_page(session, found.runs, found.next_page_token, time.time()))
 
     async def _run(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         if not session.can(RUNS_READ):
             return _html(pages.refusal_page(session, "Run", RUNS_READ, "to see runs", "runs"))
         name = f"runs/{request.match_info['run']}"
@@ -554,6 +557,10 @@ class Dashboard:
             ).run
             rows, note = await self._candidate_rows(session, run)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.PERMISSION_DENIED:
+                # The suite does not say whether another principal's run exists.
+                text = f"{name} was not found, or is not yours: {error.details()}"
+                return _html(pages.message_page(session, "Run", text, "runs"), status=404)
             return self._failure(request, error, "Run", "runs")
         table = pages.candidates_table(rows, note)
         return _html(pages.run_page(session, run, table, time.time()))
@@ -594,7 +601,7 @@ class Dashboard:
         return pages.candidate_rows(candidates, named), note
 
     async def _candidates_json(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         name = f"runs/{request.match_info['run']}"
         try:
             run = (
@@ -611,7 +618,7 @@ class Dashboard:
         return web.json_response(_finite({"candidates": rows, "note": note}))
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         run = request.match_info["run"]
         if not session.can(RUNS_WRITE):
             return _html(pages.refusal_page(session, "Run", RUNS_WRITE, "to cancel runs", "runs"))
@@ -626,7 +633,7 @@ class Dashboard:
         return _redirect(f"/runs/{run}")
 
     async def _run_events(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         if not session.can(RUNS_READ):
             return web.Response(status=403, text=f"this token does not grant {RUNS_READ}")
         name = f"runs/{request.match_info['run']}"
@@ -686,7 +693,7 @@ class Dashboard:
                 return agents[: self.limits.max_agents], revision, True
 
     async def _agents(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         if not session.can(AGENTS_READ):
             return _html(
                 pages.refusal_page(session, "Agents", AGENTS_READ, "to list agents", "agents")
@@ -699,7 +706,7 @@ class Dashboard:
         return _html(pages.agents_page(session, agents, note, time.time()))
 
     async def _agent_events(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         if not session.can(AGENTS_READ):
             return web.Response(status=403, text=f"this token does not grant {AGENTS_READ}")
 
@@ -738,7 +745,7 @@ class Dashboard:
     # ---- DNAs and oracles ---------------------------------------------------------------
 
     async def _dnas(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         if not session.can(DNA_READ):
             return _html(pages.refusal_page(session, "DNAs", DNA_READ, "to list DNAs", "dnas"))
         dnas: list[generator_pb2.DnaDocument] = []
@@ -770,7 +777,7 @@ class Dashboard:
         )
 
     async def _oracles(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session()
         if not session.can(ORACLES_READ):
             return _html(
                 pages.refusal_page(session, "Oracles", ORACLES_READ, "to list oracles", "oracles")
@@ -967,6 +974,14 @@ def loopback(address: str) -> str:
     elif host in ("[::]", "::"):
         host = "[::1]"
     return f"{host}:{port}"
+
+
+_current_session: contextvars.ContextVar[Session] = contextvars.ContextVar("dashboard_session")
+
+
+def _session() -> Session:
+    """The session of the request being handled (set by the authenticating middleware)."""
+    return _current_session.get()
 
 
 def _auth(token: str) -> tuple[tuple[str, str], ...]:
