@@ -20,7 +20,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -62,6 +62,8 @@ from helix.security.tokens import inspect_token
 log = logging.getLogger("helix.dashboard")
 
 T = TypeVar("T")
+P = TypeVar("P")  # a List response
+M = TypeVar("M")  # an item of one
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -675,22 +677,37 @@ class Dashboard:
 
     async def _list_agents(self, session: Session) -> tuple[list[dict[str, object]], int, bool]:
         """Every agent (up to the limit), the listing's revision, whether it was cut."""
-        agents: list[dict[str, object]] = []
+        found, first, cut = await self._listing(
+            session,
+            self._registry.ListAgents,
+            lambda token: registry_pb2.ListAgentsRequest(page_size=1000, page_token=token),
+            lambda page: page.agents,
+            self.limits.max_agents,
+        )
+        return [pages.agent_data(a) for a in found], first.revision, cut
+
+    async def _listing(
+        self,
+        session: Session,
+        method: Callable[..., Awaitable[P]],
+        request_for: Callable[[str], object],
+        items_of: Callable[[P], Sequence[M]],
+        limit: int,
+    ) -> tuple[list[M], P, bool]:
+        """The items of a paged List call, page after page, at most `limit` of them; the
+        first page (a listing's revision, DNA files skipped) and whether it was cut."""
+        items: list[M] = []
         token = ""
-        revision = 0
+        first: P | None = None
         while True:
-            page = await self._call(
-                session,
-                self._registry.ListAgents,
-                registry_pb2.ListAgentsRequest(page_size=1000, page_token=token),
-            )
-            revision = revision or page.revision
-            agents.extend(pages.agent_data(a) for a in page.agents)
-            token = page.next_page_token
+            page = await self._call(session, method, request_for(token))
+            first = first if first is not None else page
+            items.extend(items_of(page))
+            token = page.next_page_token  # type: ignore[attr-defined]
             if not token:
-                return agents, revision, False
-            if len(agents) >= self.limits.max_agents:
-                return agents[: self.limits.max_agents], revision, True
+                return items, first, False
+            if len(items) >= limit:
+                return items[:limit], first, True
 
     async def _agents(self, request: web.Request) -> web.StreamResponse:
         session = _session()
@@ -748,30 +765,19 @@ class Dashboard:
         session = _session()
         if not session.can(DNA_READ):
             return _html(pages.refusal_page(session, "DNAs", DNA_READ, "to list DNAs", "dnas"))
-        dnas: list[generator_pb2.DnaDocument] = []
-        skipped: list[generator_pb2.SkippedDnaFile] = []
-        total_skipped = 0
-        token = ""
-        note = None
         try:
-            while True:
-                page = await self._call(
-                    session,
-                    self._generator.ListDnas,
-                    generator_pb2.ListDnasRequest(page_size=500, page_token=token),
-                )
-                dnas.extend(page.dnas)
-                if not token:  # the skipped files come with the first page
-                    skipped.extend(page.skipped)
-                    total_skipped = page.total_skipped
-                token = page.next_page_token
-                if not token:
-                    break
-                if len(dnas) >= self.limits.max_dnas:
-                    note = f"the first {len(dnas):,} DNAs are shown"
-                    break
+            dnas, first, cut = await self._listing(
+                session,
+                self._generator.ListDnas,
+                lambda token: generator_pb2.ListDnasRequest(page_size=500, page_token=token),
+                lambda page: page.dnas,
+                self.limits.max_dnas,
+            )
         except grpc.aio.AioRpcError as error:
             return self._failure(request, error, "DNAs", "dnas")
+        # The files skipped come with the first page.
+        skipped, total_skipped = list(first.skipped), first.total_skipped
+        note = f"the first {len(dnas):,} DNAs are shown" if cut else None
         return _html(
             pages.dnas_page(session, dnas, skipped, max(total_skipped, len(skipped)), note)
         )
@@ -782,25 +788,17 @@ class Dashboard:
             return _html(
                 pages.refusal_page(session, "Oracles", ORACLES_READ, "to list oracles", "oracles")
             )
-        oracles: list[oracle_pb2.OracleInfo] = []
-        token = ""
-        note = None
         try:
-            while True:
-                page = await self._call(
-                    session,
-                    self._oracle.ListOracles,
-                    oracle_pb2.ListOraclesRequest(page_size=100, page_token=token),
-                )
-                oracles.extend(page.oracles)
-                token = page.next_page_token
-                if not token:
-                    break
-                if len(oracles) >= self.limits.max_oracles:
-                    note = f"the first {len(oracles):,} oracles are shown"
-                    break
+            oracles, _, cut = await self._listing(
+                session,
+                self._oracle.ListOracles,
+                lambda token: oracle_pb2.ListOraclesRequest(page_size=100, page_token=token),
+                lambda page: page.oracles,
+                self.limits.max_oracles,
+            )
         except grpc.aio.AioRpcError as error:
             return self._failure(request, error, "Oracles", "oracles")
+        note = f"the first {len(oracles):,} oracles are shown" if cut else None
         return _html(pages.oracles_page(session, oracles, note))
 
     # ---- event streams ------------------------------------------------------------------
