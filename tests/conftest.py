@@ -188,6 +188,7 @@ def store_settings(request: pytest.FixtureRequest) -> dict[str, str]:
 # allow (`make test-lowest`) leaves them out (-m "not slow") to stay well inside its time.
 SLOW_FILES = frozenset(
     {
+        "test_bench_dashboard.py",
         "test_bench_polyglot.py",
         "test_bench_quality.py",
         "test_bench_run.py",
