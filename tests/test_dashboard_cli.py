@@ -253,3 +253,27 @@ async def test_run_with_a_dashboard_and_an_address_is_refused(tmp_path: Path) ->
     assert (code, out) == (2, ""), err
     assert "--dashboard" in err
     assert "helix dashboard open" in err
+
+
+async def test_run_with_a_dashboard_and_json_keeps_stdout_one_json_object(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """With --json, stdout holds the run's one JSON object only: the link goes to stderr."""
+    helix_run = await processes.start(
+        [
+            HELIX, "run", str(EXAMPLE_DNAS / "rastrigin.yaml"), "--oracle", "rastrigin",
+            "--budget", "500", "--out", str(tmp_path / "out"), "--dashboard-port", "0", "--json",
+        ],
+        clean_env({"data_dir": tmp_path / "data"}),
+        ready=None,
+    )  # fmt: skip
+    await eventually(
+        lambda: "the dashboard keeps serving" in helix_run.stderr_text(),
+        90,
+        what="the run to end and the dashboard to keep serving",
+    )
+    assert re.search(r"^helix dashboard on http://\S+/login\?code=", helix_run.stderr_text(), re.M)
+    helix_run.send_signal(signal.SIGINT)
+    assert await helix_run.wait(30) == 0
+    summary = json.loads("\n".join(helix_run.lines))
+    assert summary["state"] == "SUCCEEDED"

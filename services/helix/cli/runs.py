@@ -281,8 +281,13 @@ async def _embedded(
                 if dashboard is not None:
                     token = mint(security.signer, subject, SCOPES, DASHBOARD_SESSION)
                     link = dashboard.login_url(token, DASHBOARD_LINK_TTL)
-                    # To stdout, like every ready line: the link is what a person looks for.
-                    print(f"helix dashboard on {link}", flush=True)
+                    # To stdout, like every ready line (the link is what a person looks
+                    # for), unless stdout is kept for the one JSON object of --json.
+                    print(
+                        f"helix dashboard on {link}",
+                        file=sys.stderr if args.json else sys.stdout,
+                        flush=True,
+                    )
                     console.print(
                         f"the link signs one browser in, once, within {DASHBOARD_LINK_TTL:g}s"
                     )
