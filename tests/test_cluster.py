@@ -285,15 +285,20 @@ async def test_the_autoscaler_follows_a_burst_and_drains_without_losing_a_verdic
             # The newest goes first: drain it while it is answering batches (its reports
             # grow), so that it holds some as it drains.
             await _while_verifying(data, burst.run.name, newest.name)
-            # Counted before the SIGTERM: a drain that answers what it holds quickly may
-            # have answered all of it by the time scale_oracles has returned (seen in CI).
             before = _verified(data, burst.run.name, newest.name)
             await supervisor.scale_oracles(len(current) - 1)
             drained = [c for c in current if c.draining]
             assert drained == [newest]
             done = await finish(lambda: runs, burst.run.name, within=240)
             assert done.state == orchestrator_pb2.RUN_STATE_SUCCEEDED
-            assert _verified(data, burst.run.name, drained[0].name) > before, "held nothing"
+            # What it held when told to drain was answered, not dropped: its report keeps
+            # what it wrote, and every candidate of the run is reported exactly once
+            # (below). The moment is not controlled here: with a paced 4 ms a candidate
+            # and a late start, the newest process is idle most of the time, so it may
+            # hold nothing at the SIGTERM (CI saw "held nothing" twice); the batch-by-batch
+            # proof is test_oracle_service.py's
+            # test_a_draining_server_answers_held_batches_then_ends_unavailable.
+            assert _verified(data, burst.run.name, drained[0].name) >= before
             # Idle: back to the minimum, each drained process gone.
             await eventually(
                 lambda: (
