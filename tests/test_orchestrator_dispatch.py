@@ -55,11 +55,16 @@ genes:
     bits: {size: 8}
 """
 SLOW_MODULE = """
+import os
 import time
+
+HOLD = {hold}
 
 
 def slow(genome):
     time.sleep({pause})
+    while HOLD and os.path.exists(HOLD):  # held while the test's file exists
+        time.sleep(0.005)
     return float(sum(genome["x"]))
 """
 CONFIG = """
@@ -97,11 +102,15 @@ def real_candidates(n: int, seed: int = 0) -> list[candidate_pb2.Candidate]:
 pytestmark = pytest.mark.timeout(150)
 
 
-def oracle_dir(folder: Path, *, pause: float, workers: int = 2, capacity: int = 8) -> Path:
-    """An oracle configuration: `slow` (python, sleeps `pause` s per candidate) and the
-    builtin `sphere`; `capacity` changes both oracles' config_hash."""
+def oracle_dir(
+    folder: Path, *, pause: float, workers: int = 2, capacity: int = 8, hold: Path | None = None
+) -> Path:
+    """An oracle configuration: `slow` (python, sleeps `pause` s per candidate, then waits
+    while the file `hold` exists) and the builtin `sphere`; `capacity` changes both
+    oracles' config_hash."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "slow.py").write_text(SLOW_MODULE.replace("{pause}", repr(pause)))
+    module = SLOW_MODULE.replace("{pause}", repr(pause)).replace("{hold}", repr(str(hold or "")))
+    (folder / "slow.py").write_text(module)
     text = CONFIG.replace("{workers}", str(workers)).replace("{capacity}", str(capacity))
     (folder / "oracles.yaml").write_text(text)
     return folder / "oracles.yaml"
@@ -343,7 +352,10 @@ async def test_an_agent_that_leaves_the_registry_mid_batch_loses_its_batches(
     """Deregistered while it holds batches (it still runs): its streams are dropped, its
     channel closed, its batches re-sent to the other agent, each verdict recorded once,
     and a late answer from it is not counted."""
-    config = oracle_dir(world.tmp_path / "oracles", pause=0.01, workers=2)
+    # Answers are held while `hold` exists: oracle-a surely holds a batch when it leaves
+    # (without it, the batch could be answered between the check and the deregistration).
+    hold = world.tmp_path / "hold"
+    config = oracle_dir(world.tmp_path / "oracles", pause=0.01, workers=2, hold=hold)
     leaving = await world.in_process(start_server, "oracle-a", config)
     await world.in_process(start_server, "oracle-b", config)
     agents = await world.seen("oracles/slow", 2)
@@ -360,18 +372,23 @@ async def test_an_agent_that_leaves_the_registry_mid_batch_loses_its_batches(
 
     async def leave_mid_batch() -> None:
         await eventually(
-            lambda: (
-                len(recorder.verdicts) >= 40
-                and world.pool.outstanding.get("agents/oracle-a", 0) > 0
-            ),
-            30,
-            what="oracle-a to hold a batch after some verdicts",
-            interval=0.002,
+            lambda: len(recorder.verdicts) >= 40, 30, what="some verdicts", interval=0.002
         )
-        left.append(len(recorder.verdicts))
-        await world.registry.DeregisterAgent(
-            registry_pb2.DeregisterAgentRequest(name="agents/oracle-a")
-        )
+        await asyncio.to_thread(hold.touch)
+        try:
+            await eventually(
+                lambda: world.pool.outstanding.get("agents/oracle-a", 0) > 0,
+                30,
+                what="oracle-a to hold a batch",
+                interval=0.002,
+            )
+            left.append(len(recorder.verdicts))
+            await world.registry.DeregisterAgent(
+                registry_pb2.DeregisterAgentRequest(name="agents/oracle-a")
+            )
+            await eventually(lambda: verifier.resent > 0, 30, what="oracle-a's batches re-sent")
+        finally:
+            await asyncio.to_thread(hold.unlink, missing_ok=True)
 
     leaver = asyncio.create_task(leave_mid_batch())
     try:

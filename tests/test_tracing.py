@@ -188,10 +188,17 @@ async def test_one_generation_is_one_trace_across_the_services(
         assert server.context.trace_id == trace_id
     for client in verify_calls:
         # Kept open from generation to generation, then cancelled when the run ends: the
-        # code says so on both sides, but a stream its caller closes is no error.
+        # client's span says so, but a stream its caller closes is no error. A cancel
+        # reaches the server first as the end of the request stream (grpc does not yet
+        # report the call cancelled then): an oracle holding no batch ends the stream
+        # at once, OK, unless grpc cancels its task first (CANCELLED).
         server = _served_for(found, client)
         _check_rpc(client, grpc.StatusCode.CANCELLED)
-        _check_rpc(server, grpc.StatusCode.CANCELLED)
+        assert server.attributes is not None
+        ended = server.attributes["rpc.grpc.status_code"]
+        assert ended in (grpc.StatusCode.OK.value[0], grpc.StatusCode.CANCELLED.value[0])
+        _check_rpc(server, grpc.StatusCode.OK if ended == 0 else grpc.StatusCode.CANCELLED)
+        assert server.status.status_code != StatusCode.ERROR
         assert client.status.status_code != StatusCode.ERROR
         assert server.context is not None
         assert server.context.trace_id == trace_id
