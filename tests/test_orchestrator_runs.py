@@ -3,6 +3,10 @@ generator and builtin oracle agents, the run store on SQLite and on etcd."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+import sys
 from pathlib import Path
 
 import grpc
@@ -10,6 +14,7 @@ import pytest
 
 import helix.v1.orchestrator_pb2 as orchestrator_pb2
 
+from harness import clean_env
 from orchestrator_support import run_request, runs_stub, start_run_suite, watch_to_end
 
 SUCCEEDED = orchestrator_pb2.RUN_STATE_SUCCEEDED
@@ -147,21 +152,22 @@ async def test_helix_run_embedded_prints_the_summary_and_writes_the_run_dir(
     assert "SUCCEEDED" in stderr.decode()
 
 
-async def test_ctrl_c_cancels_helix_run_cleanly(tmp_path: Path) -> None:
-    """SIGINT (Ctrl-C) during `helix run`: the run is cancelled (CancelRun), the command
-    says CANCELLED, exits 130, and still writes the run directory."""
-    import asyncio
-    import json
-    import signal
-    import sys
-
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_a_signal_cancels_helix_run_cleanly(
+    tmp_path: Path, signum: signal.Signals, status: int
+) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM during `helix run`: the run is cancelled (CancelRun),
+    the command says CANCELLED, exits 130 or 143, still writes the run directory, and
+    leaves no scratch data dir (with its signing key) behind."""
     out = tmp_path / "out"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "helix.cli", "run", str(RASTRIGIN), "--oracle", "rastrigin"),
         *("--budget", "100000000", "--seed", "7", "--json", "--out", str(out)),
-        *("--data-dir", str(tmp_path / "data")),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**clean_env(), "TMPDIR": str(scratch)},
     )
     assert process.stderr is not None
     seen: list[str] = []
@@ -171,15 +177,48 @@ async def test_ctrl_c_cancels_helix_run_cleanly(tmp_path: Path) -> None:
                 line = (await process.stderr.readline()).decode()
                 assert line, f"helix run ended before its run started: {seen}"
                 seen.append(line)
-        process.send_signal(signal.SIGINT)
+        assert [p.name[:10] for p in scratch.iterdir()] == ["helix-run-"]
+        process.send_signal(signum)
         stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 130, stderr.decode()
+    assert process.returncode == status, stderr.decode()
     summary = json.loads(stdout)
     assert summary["state"] == "CANCELLED"
     assert summary["evaluations"] < 100000000
     assert "CANCELLED" in stderr.decode()
     assert json.loads((out / "summary.json").read_text())["state"] == "CANCELLED"
+    assert list(scratch.iterdir()) == []
+
+
+async def test_sigterm_while_the_embedded_suite_starts_stops_helix_run_in_order(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM before the run exists (the embedded suite starting, as soon as its scratch
+    data dir appears): the command stops with 143, no traceback, the suite drained and
+    the scratch dir gone. A run it had already created is cancelled, also with 143."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "helix.cli", "run", str(RASTRIGIN), "--oracle", "rastrigin"),
+        *("--budget", "100000000", "--json", "--out", str(tmp_path / "out")),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**clean_env(), "TMPDIR": str(scratch)},
+    )
+    try:
+        async with asyncio.timeout(60):
+            while not await asyncio.to_thread(lambda: any(scratch.iterdir())):
+                assert process.returncode is None
+                await asyncio.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 143, stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    assert list(scratch.iterdir()) == []

@@ -7,10 +7,13 @@ candidates, best first, in named form), convergence.png and convergence.json, an
 embedded case the oracle's verdict report (reports/, JSON Lines). Without `--address` it
 starts the embedded suite in this process on a loopback port — registry, orchestrator,
 generator and oracle agent, over real gRPC — in a fresh data dir (or `--data-dir`), and
-stops it afterwards. Ctrl-C cancels the run (CancelRun) and waits for CANCELLED.
+stops it afterwards. Ctrl-C or SIGTERM cancels the run (CancelRun), waits for CANCELLED
+and still writes the run's directory; before the run (or after it, with --dashboard) the
+first one stops the command, the embedded suite drained and its scratch data dir removed.
+A second one is the default again.
 
 Exit status: 0 SUCCEEDED, 1 FAILED or an error from the server, 2 a usage error, 130
-CANCELLED.
+CANCELLED or stopped by Ctrl-C before the run, 143 the same after SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -353,30 +356,89 @@ async def _run(args: argparse.Namespace) -> int:
             "--dashboard serves the embedded suite's dashboard; a suite at --address serves "
             "its own (helix up --dashboard-port N, then helix dashboard open)"
         )
-    if args.address:
-        channel = open_channel(args, SCOPES)
-        async with channel:
-            return await _search(args, channel, run_id, out, dna_name, dna, budget, console)
-    async with _embedded(args, out / "reports", console) as channel:
-        status = await _search(args, channel, run_id, out, dna_name, dna, budget, console)
-        if args.dashboard:
-            console.print("the dashboard keeps serving: Ctrl-C to stop")
-            await _interrupted()
-        return status
+    with _Signals() as signals:
+        try:
+            if args.address:
+                channel = open_channel(args, SCOPES)
+                async with channel:
+                    return await _search(
+                        args, channel, run_id, out, dna_name, dna, budget, console, signals
+                    )
+            async with _embedded(args, out / "reports", console) as channel:
+                signals.status = await _search(
+                    args, channel, run_id, out, dna_name, dna, budget, console, signals
+                )
+                if args.dashboard:
+                    console.print("the dashboard keeps serving: Ctrl-C to stop")
+                    await asyncio.Event().wait()  # until a signal stops the command
+                return signals.status
+        except asyncio.CancelledError:
+            if not signals.stopped(asyncio.current_task()):
+                raise
+            return signals.exit_status()
 
 
-async def _interrupted() -> None:
-    """Return on SIGINT or SIGTERM."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for signum in signals:
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
+class _Signals:
+    """Ctrl-C (SIGINT) and SIGTERM for the whole of `helix run`.
+
+    While the run goes (`running`), the first one sets `cancel`: the run is cancelled and
+    its results still written. Otherwise (the embedded suite starting, the dashboard's
+    keep-serving phase) the first one cancels the command's task, so that everything
+    unwinds in order: the suite drains, the scratch data dir (with its signing key) is
+    removed. After that first stop a second signal is the default again (a hard stop)."""
+
+    def __init__(self) -> None:
+        self.cancel = asyncio.Event()
+        self.received: list[int] = []
+        self.status: int | None = None  # the run's exit status, once it has ended
+        self._running = False
+        self._stopping = False
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._installed: list[int] = []
+
+    def __enter__(self) -> _Signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(signum, self._on, signum)
+                self._installed.append(signum)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        while self._installed:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.remove_signal_handler(self._installed.pop())
+
+    def _on(self, signum: int) -> None:
+        self.received.append(signum)
+        if self._running and not self.cancel.is_set():
+            self.cancel.set()
+            return
+        self._stopping = True
+        self._remove()
+        if self._task is not None:
+            self._task.cancel()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self._running = True
+        try:
+            yield
+        finally:
+            self._running = False
+
+    def stopped(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether the cancellation being handled is this stop's (then taken back)."""
+        return self._stopping and task is not None and task.uncancel() == 0
+
+    def exit_status(self) -> int:
+        """The run's status once it has ended, else 130 (SIGINT) or 143 (SIGTERM)."""
+        if self.status is not None:
+            return self.status
+        return 128 + int(self.received[0]) if self.received else 130
 
 
 async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`
@@ -388,6 +450,7 @@ async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`
     dna: dna_pb2.Dna | None,
     budget: orchestrator_pb2.RunBudget,
     console: Console,
+    signals: _Signals,
 ) -> int:
     stub = _stub(channel)
     run = await _run_message(args, channel, dna_name, dna, budget)
@@ -397,17 +460,9 @@ async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`
     )
     name = created.run.name
     convergence = Convergence()
-    cancel = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, cancel.set)
-    try:
-        with RunDisplay(console) as display:
-            display.update_run(created.run)
-            await _follow(stub, name, display, convergence, cancel)
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
+    with signals.running(), RunDisplay(console) as display:
+        display.update_run(created.run)
+        await _follow(stub, name, display, convergence, signals.cancel)
     wall = time.monotonic() - started
     final = (await stub.GetRun(orchestrator_pb2.GetRunRequest(name=name))).run
     pinned = dna if dna is not None else await _library_dna(channel, dna_name)
@@ -430,7 +485,10 @@ async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`
             print(json.dumps(best_named))
         if files is not None:
             console.print(f"plot: {files.plot}")
-    return EXIT.get(final.state, 1)
+    status = EXIT.get(final.state, 1)
+    if final.state == orchestrator_pb2.RUN_STATE_CANCELLED and signals.received:
+        status = 128 + int(signals.received[0])  # 130 after Ctrl-C, 143 after SIGTERM
+    return status
 
 
 async def _run_message(
