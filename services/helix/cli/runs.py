@@ -455,14 +455,19 @@ async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`
     stub = _stub(channel)
     run = await _run_message(args, channel, dna_name, dna, budget)
     started = time.monotonic()
-    created = await stub.CreateRun(
-        orchestrator_pb2.CreateRunRequest(run=run, run_id=run_id, request_id=secrets.token_hex(16))
-    )
-    name = created.run.name
     convergence = Convergence()
-    with signals.running(), RunDisplay(console) as display:
-        display.update_run(created.run)
-        await _follow(stub, name, display, convergence, signals.cancel)
+    # From CreateRun on, a signal cancels the run (one created as it came is cancelled
+    # as soon as it is followed), so no run is left going on a suite at --address.
+    with signals.running():
+        created = await stub.CreateRun(
+            orchestrator_pb2.CreateRunRequest(
+                run=run, run_id=run_id, request_id=secrets.token_hex(16)
+            )
+        )
+        name = created.run.name
+        with RunDisplay(console) as display:
+            display.update_run(created.run)
+            await _follow(stub, name, display, convergence, signals.cancel)
     wall = time.monotonic() - started
     final = (await stub.GetRun(orchestrator_pb2.GetRunRequest(name=name))).run
     pinned = dna if dna is not None else await _library_dna(channel, dna_name)
