@@ -10,7 +10,8 @@ generator and oracle agent, over real gRPC — in a fresh data dir (or `--data-d
 stops it afterwards. Ctrl-C or SIGTERM cancels the run (CancelRun), waits for CANCELLED
 and still writes the run's directory; before the run (or after it, with --dashboard) the
 first one stops the command, the embedded suite drained and its scratch data dir removed.
-A second one is the default again.
+During the run a second one stops the command that way; one after a stop is the default
+again (a hard stop).
 
 Exit status: 0 SUCCEEDED, 1 FAILED or an error from the server, 2 a usage error, 130
 CANCELLED or stopped by Ctrl-C before the run, 143 the same after SIGTERM.
@@ -385,7 +386,8 @@ class _Signals:
     its results still written. Otherwise (the embedded suite starting, the dashboard's
     keep-serving phase) the first one cancels the command's task, so that everything
     unwinds in order: the suite drains, the scratch data dir (with its signing key) is
-    removed. After that first stop a second signal is the default again (a hard stop)."""
+    removed. A second one during the run stops the command so; one after a stop is the
+    default again (a hard stop)."""
 
     def __init__(self) -> None:
         self.cancel = asyncio.Event()
