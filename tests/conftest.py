@@ -3,6 +3,7 @@ Helix clusters of either deployment shape (see harness.py)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -213,3 +214,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Started in the background of a non-interactive shell (`nohup make test &`, some CI
+    runners), the test process inherits SIGINT ignored, and so would every process a test
+    starts: a test that sends one Ctrl-C would wait for nothing. The test process takes
+    the default back, which the processes it starts inherit. (Before, a test that had
+    installed and removed an asyncio SIGINT handler earlier in the same process did it by
+    chance: `helix agents watch`'s Ctrl-C test failed when it ran before any such test.)"""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
