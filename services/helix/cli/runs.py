@@ -30,9 +30,9 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -81,6 +81,7 @@ DASHBOARD_LINK_TTL = 600.0  # its one-time link: long enough to open it while th
 # Agents that take work (a DEGRADED one too: one of its oracles failing leaves the others).
 TAKES_WORK = (registry_pb2.AGENT_HEALTH_SERVING, registry_pb2.AGENT_HEALTH_DEGRADED)
 DEFAULT_BUDGET = 10_000
+T = TypeVar("T")
 MAX_CANDIDATES_WRITTEN = 1000
 TERMINAL = (
     orchestrator_pb2.RUN_STATE_SUCCEEDED,
@@ -245,28 +246,31 @@ async def _embedded(
         prepare_embedded,
     )
 
+    dna_dir = args.dna_dir
+    if dna_dir is None and await asyncio.to_thread(Path("examples/dna").is_dir):
+        dna_dir = Path("examples/dna")
     scratch = None
     data_dir = args.data_dir
     if data_dir is None:
         scratch = tempfile.TemporaryDirectory(prefix="helix-run-")
         data_dir = Path(scratch.name)
-    dna_dir = args.dna_dir
-    if dna_dir is None and await asyncio.to_thread(Path("examples/dna").is_dir):
-        dna_dir = Path("examples/dna")
-    config = EmbeddedConfig(
-        host="127.0.0.1",
-        port=0,
-        data_dir=data_dir,
-        generator_dna_dir=dna_dir,
-        oracle_config=args.oracle_config,
-        oracle_reports_dir=reports,
-        grace_period=Duration(1.0),
-        log_level="warning",
-        metrics_port=None,
-    )
-    logs.configure(config.log_level)
+    # A signal before the run cancels this task (`_Signals`): what writes into the data
+    # dir, starts or drains the suite is finished first (`_to_the_end`), so the scratch
+    # dir is removed after the last write and the suite never stops halfway.
     try:
-        security = await asyncio.to_thread(prepare_embedded, config)
+        config = EmbeddedConfig(
+            host="127.0.0.1",
+            port=0,
+            data_dir=data_dir,
+            generator_dna_dir=dna_dir,
+            oracle_config=args.oracle_config,
+            oracle_reports_dir=reports,
+            grace_period=Duration(1.0),
+            log_level="warning",
+            metrics_port=None,
+        )
+        logs.configure(config.log_level)
+        security = await _to_the_end(asyncio.to_thread(prepare_embedded, config))
         server, _ = create_embedded(config, security)
         dashboard = None
         if args.dashboard:
@@ -274,8 +278,9 @@ async def _embedded(
 
             dashboard = Dashboard(server.address, port=args.dashboard_port or 0)
             server.attachments.append(dashboard)
-        await server.start()
+        starting = asyncio.ensure_future(server.start())
         try:
+            await _to_the_end(starting)
             assert security.signer is not None
             subject = f"cli:{getpass.getuser()}"
             tokens = MintingTokenSource(security.signer, subject, SCOPES)
@@ -299,10 +304,25 @@ async def _embedded(
             finally:
                 await channel.close()
         finally:
-            await server.shutdown(1.0)
+            # A start that failed has undone itself (HelixServer.start); one that
+            # finished is drained.
+            if starting.done() and not starting.cancelled() and starting.exception() is None:
+                await _to_the_end(server.shutdown(1.0))
     finally:
         if scratch is not None:
-            await asyncio.to_thread(scratch.cleanup)
+            await _to_the_end(asyncio.to_thread(scratch.cleanup))
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await `work` to its end even when this task is cancelled meanwhile, then re-raise
+    the cancel: a thread cannot be stopped halfway (cancelling `to_thread` would leave it
+    writing into a dir being removed), nor should a server's start or drain be."""
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.shield(future)
+        raise
 
 
 async def _registered(channel: grpc.aio.Channel, agent_ids: tuple[str, ...]) -> None:
@@ -400,7 +420,12 @@ class _Signals:
         self._installed: list[int] = []
 
     def __enter__(self) -> _Signals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # SIGINT only where it is not ignored (HelixServer.serve does the same): a process
+        # started with it ignored (a background job, `helix cluster up`'s) keeps it so.
+        signums = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signums.append(signal.SIGINT)
+        for signum in signums:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(signum, self._on, signum)
                 self._installed.append(signum)
@@ -458,8 +483,9 @@ async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`
     run = await _run_message(args, channel, dna_name, dna, budget)
     started = time.monotonic()
     convergence = Convergence()
-    # From CreateRun on, a signal cancels the run (one created as it came is cancelled
-    # as soon as it is followed), so no run is left going on a suite at --address.
+    # From CreateRun until its results are written, a signal cancels the run (one created
+    # as it came is cancelled as soon as it is followed, so none is left going on a suite
+    # at --address; after its end it changes nothing), and a second stops the command.
     with signals.running():
         created = await stub.CreateRun(
             orchestrator_pb2.CreateRunRequest(
@@ -470,32 +496,32 @@ async def _search(  # noqa: PLR0913 - the resolved arguments of `helix run`
         with RunDisplay(console) as display:
             display.update_run(created.run)
             await _follow(stub, name, display, convergence, signals.cancel)
-    wall = time.monotonic() - started
-    final = (await stub.GetRun(orchestrator_pb2.GetRunRequest(name=name))).run
-    pinned = dna if dna is not None else await _library_dna(channel, dna_name)
-    candidates = await _candidates(stub, name, MAX_CANDIDATES_WRITTEN)
-    best_named = None
-    if final.progress.HasField("best") and pinned is not None:
-        best_named = named_candidate(pinned, final.progress.best.candidate)
-    files = None
-    if pinned is not None:
-        files = await asyncio.to_thread(
-            write_run_dir, out, final, pinned, convergence, candidates, wall
-        )
-    summary = summary_dict(final, wall, best_named)
-    summary["out"] = str(out)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        console.print(summary_table(final, wall))
-        if best_named is not None:
-            print(json.dumps(best_named))
-        if files is not None:
-            console.print(f"plot: {files.plot}")
-    status = EXIT.get(final.state, 1)
-    if final.state == orchestrator_pb2.RUN_STATE_CANCELLED and signals.received:
-        status = 128 + int(signals.received[0])  # 130 after Ctrl-C, 143 after SIGTERM
-    return status
+        wall = time.monotonic() - started
+        final = (await stub.GetRun(orchestrator_pb2.GetRunRequest(name=name))).run
+        pinned = dna if dna is not None else await _library_dna(channel, dna_name)
+        candidates = await _candidates(stub, name, MAX_CANDIDATES_WRITTEN)
+        best_named = None
+        if final.progress.HasField("best") and pinned is not None:
+            best_named = named_candidate(pinned, final.progress.best.candidate)
+        files = None
+        if pinned is not None:
+            files = await asyncio.to_thread(
+                write_run_dir, out, final, pinned, convergence, candidates, wall
+            )
+        summary = summary_dict(final, wall, best_named)
+        summary["out"] = str(out)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            console.print(summary_table(final, wall))
+            if best_named is not None:
+                print(json.dumps(best_named))
+            if files is not None:
+                console.print(f"plot: {files.plot}")
+        status = EXIT.get(final.state, 1)
+        if final.state == orchestrator_pb2.RUN_STATE_CANCELLED and signals.received:
+            status = 128 + int(signals.received[0])  # 130 after Ctrl-C, 143 after SIGTERM
+        return status
 
 
 async def _run_message(
