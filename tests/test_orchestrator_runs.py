@@ -223,3 +223,31 @@ async def test_sigterm_while_the_embedded_suite_starts_stops_helix_run_in_order(
     assert process.returncode == 143, stderr.decode()
     assert "Traceback" not in stderr.decode()
     assert list(scratch.iterdir()) == []
+
+
+async def test_a_cancel_that_comes_after_the_run_ended_changes_nothing(tmp_path: Path) -> None:
+    """`helix run`'s follower with its cancel already set (a Ctrl-C as the run ended, its
+    end not read yet): CancelRun is refused FAILED_PRECONDITION, which is no error there,
+    and the run is followed to its end, SUCCEEDED."""
+    import io
+
+    from rich.console import Console
+
+    from helix.cli.run_output import Convergence, RunDisplay
+    from helix.cli.runs import _follow
+
+    suite = await start_run_suite(tmp_path)
+    try:
+        stub = runs_stub(suite)
+        created = (await stub.CreateRun(run_request(evaluations=300))).run
+        await watch_to_end(stub, created.name)
+        cancel = asyncio.Event()
+        cancel.set()
+        convergence = Convergence()
+        with RunDisplay(Console(file=io.StringIO())) as display:
+            await _follow(stub, created.name, display, convergence, cancel)
+        run = (await stub.GetRun(orchestrator_pb2.GetRunRequest(name=created.name))).run
+        assert run.state == SUCCEEDED
+        assert convergence.points
+    finally:
+        await suite.close()

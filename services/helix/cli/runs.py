@@ -302,7 +302,7 @@ async def _embedded(
                     )
                 yield channel
             finally:
-                await channel.close()
+                await _to_the_end(channel.close())
         finally:
             # A start that failed has undone itself (HelixServer.start); one that
             # finished is drained.
@@ -569,7 +569,13 @@ async def _follow(
                 done, _ = await asyncio.wait([reading, waiter], return_when=asyncio.FIRST_COMPLETED)
                 if waiter in done and not cancelled:
                     cancelled = True
-                    await stub.CancelRun(orchestrator_pb2.CancelRunRequest(name=name))
+                    try:
+                        await stub.CancelRun(orchestrator_pb2.CancelRunRequest(name=name))
+                    except grpc.aio.AioRpcError as error:
+                        # Ended before the cancel reached it (its end not read yet): the
+                        # run keeps its state, and its end is read below.
+                        if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                            raise
                     waiter = asyncio.ensure_future(asyncio.Event().wait())
                 response = await reading
                 if not isinstance(response, orchestrator_pb2.WatchRunResponse):
